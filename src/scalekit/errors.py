@@ -1,0 +1,168 @@
+"""The errors scalekit raises, in one tree.
+
+Every error scalekit raises on purpose derives from :class:`ScalekitError`, so
+``except ScalekitError`` catches all of them and nothing else. Errors that
+refine a builtin meaning also subclass that builtin (an invalid cursor *is* a
+``ValueError``), so code written against the builtin keeps working.
+
+::
+
+    ScalekitError
+    ├── ConfigurationError (ValueError)      bad parameters, found at construction
+    ├── CircuitOpenError                     a breaker rejected the call; .name, .retry_after
+    ├── RetryError                           attempts ran out; .attempts, .last_exception
+    ├── RateLimitExceeded                    a limiter denied the hit; .key, .retry_after
+    ├── InvalidCursor (ValueError)           a pagination cursor is malformed, forged or stale
+    ├── RoutingError
+    │   ├── NoHealthyNode                    no node can serve; .role, .tried
+    │   └── ReadOnlyViolation                a write was routed to a replica
+    ├── CacheError
+    │   └── SerializationError (ValueError)  a value cannot be encoded or decoded
+    ├── BatchInsertError                     a chunk failed; .chunk_index, .rows_written
+    └── ShardingError
+        └── UnknownShard (LookupError)       a shard name or key maps nowhere
+
+Errors carry the data a caller needs to act (``retry_after``, the node name,
+the failing chunk) as attributes, never only inside the message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = [
+    "BatchInsertError",
+    "CacheError",
+    "CircuitOpenError",
+    "ConfigurationError",
+    "InvalidCursor",
+    "NoHealthyNode",
+    "RateLimitExceeded",
+    "ReadOnlyViolation",
+    "RetryError",
+    "RoutingError",
+    "ScalekitError",
+    "SerializationError",
+    "ShardingError",
+    "UnknownShard",
+]
+
+
+class ScalekitError(Exception):
+    """Base class of every error scalekit raises on purpose."""
+
+
+class ConfigurationError(ScalekitError, ValueError):
+    """A parameter is invalid; raised when the object is built, never later.
+
+    ``parameter`` names the offending argument so tools can point at it.
+    """
+
+    def __init__(self, message: str, *, parameter: str | None = None) -> None:
+        super().__init__(message)
+        self.parameter = parameter
+
+
+class CircuitOpenError(ScalekitError):
+    """A circuit breaker rejected the call without running it.
+
+    ``name`` is the breaker's name; ``retry_after`` the seconds until it lets a
+    probe through (``None`` when it is forced open and will not recover alone).
+    """
+
+    def __init__(self, name: str, retry_after: float | None) -> None:
+        if retry_after is None:
+            message = f"circuit {name!r} is open"
+        else:
+            message = f"circuit {name!r} is open; retry after {retry_after:.3f}s"
+        super().__init__(message)
+        self.name = name
+        self.retry_after = retry_after
+
+    def __reduce__(self) -> tuple[type[CircuitOpenError], tuple[str, float | None]]:
+        return (type(self), (self.name, self.retry_after))
+
+
+class RetryError(ScalekitError):
+    """A retry policy gave up: attempts or deadline ran out.
+
+    ``last_exception`` is the error of the last attempt (also chained as
+    ``__cause__``); ``attempts`` how many attempts ran.
+    """
+
+    def __init__(self, attempts: int, last_exception: BaseException | None) -> None:
+        super().__init__(f"gave up after {attempts} attempt(s): {last_exception!r}")
+        self.attempts = attempts
+        self.last_exception = last_exception
+
+
+class RateLimitExceeded(ScalekitError):
+    """A rate limiter denied the hit.
+
+    ``key`` is the limited key, ``retry_after`` the seconds until the same hit
+    would be allowed, ``limit`` a description of the limit that denied it.
+    """
+
+    def __init__(self, key: str, retry_after: float, limit: object = None) -> None:
+        super().__init__(f"rate limit exceeded for {key!r}; retry after {retry_after:.3f}s")
+        self.key = key
+        self.retry_after = retry_after
+        self.limit = limit
+
+
+class InvalidCursor(ScalekitError, ValueError):
+    """A pagination cursor is malformed, was tampered with, or no longer fits the query."""
+
+
+class RoutingError(ScalekitError):
+    """Base class of the routing pool's errors."""
+
+
+class NoHealthyNode(RoutingError):
+    """No node of the wanted role can take the work.
+
+    ``role`` is ``"primary"`` or ``"replica"``; ``tried`` the names of the nodes
+    that were tried or skipped, in order.
+    """
+
+    def __init__(self, role: str, tried: Sequence[str] = (), reason: str | None = None) -> None:
+        detail = f": {reason}" if reason else ""
+        tried_part = f" (tried {', '.join(tried)})" if tried else ""
+        super().__init__(f"no healthy {role} node{tried_part}{detail}")
+        self.role = role
+        self.tried = tuple(tried)
+        self.reason = reason
+
+
+class ReadOnlyViolation(RoutingError):
+    """A statement that writes was about to run on a read-only (replica) connection."""
+
+
+class CacheError(ScalekitError):
+    """Base class of the cache's errors."""
+
+
+class SerializationError(CacheError, ValueError):
+    """A value could not be serialised, or stored bytes could not be read back."""
+
+
+class BatchInsertError(ScalekitError):
+    """A chunk of a batch insert failed.
+
+    ``chunk_index`` is the zero-based index of the failing chunk and
+    ``rows_written`` how many rows were durably written before it, so a rerun
+    can resume; the driver's error is chained as ``__cause__``.
+    """
+
+    def __init__(self, message: str, *, chunk_index: int, rows_written: int) -> None:
+        super().__init__(message)
+        self.chunk_index = chunk_index
+        self.rows_written = rows_written
+
+
+class ShardingError(ScalekitError):
+    """Base class of shard routing errors."""
+
+
+class UnknownShard(ShardingError, LookupError):
+    """A shard name or key does not map to any configured shard."""
