@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import inspect
+import pickle
+
+import pytest
+
+from scalekit import errors
+
+
+def all_error_classes() -> list[type[BaseException]]:
+    return [
+        value for value in vars(errors).values()
+        if inspect.isclass(value) and issubclass(value, BaseException)
+        and value.__module__ == "scalekit.errors"
+    ]
+
+
+def test_every_error_derives_from_scalekit_error_and_is_exported() -> None:
+    classes = all_error_classes()
+    assert len(classes) >= 10
+    for cls in classes:
+        assert issubclass(cls, errors.ScalekitError)
+        assert cls.__name__ in errors.__all__
+        assert cls.__doc__
+
+
+def test_every_error_is_drawn_in_the_module_docstring() -> None:
+    assert errors.__doc__ is not None
+    for cls in all_error_classes():
+        assert cls.__name__ in errors.__doc__, f"{cls.__name__} missing from the tree"
+
+
+@pytest.mark.parametrize(
+    ("error", "builtin"),
+    [
+        (errors.ConfigurationError("bad"), ValueError),
+        (errors.InvalidCursor("bad"), ValueError),
+        (errors.SerializationError("bad"), ValueError),
+        (errors.UnknownShard("s9"), LookupError),
+    ],
+)
+def test_errors_refine_their_builtin(error: Exception, builtin: type[Exception]) -> None:
+    assert isinstance(error, builtin)
+    assert isinstance(error, errors.ScalekitError)
+
+
+def test_errors_carry_their_data() -> None:
+    circuit = errors.CircuitOpenError("billing", 1.5)
+    assert (circuit.name, circuit.retry_after) == ("billing", 1.5)
+    assert "billing" in str(circuit) and "1.500" in str(circuit)
+    assert "retry" not in str(errors.CircuitOpenError("billing", None))
+    config = errors.ConfigurationError("window must be >= min_calls", parameter="window")
+    assert config.parameter == "window"
+    node = errors.NoHealthyNode("replica", ["r1", "r2"], reason="all lagging")
+    assert node.tried == ("r1", "r2") and "r1, r2" in str(node) and "all lagging" in str(node)
+    limit = errors.RateLimitExceeded("customer:42", 0.25, limit="100/hour")
+    assert (limit.key, limit.retry_after, limit.limit) == ("customer:42", 0.25, "100/hour")
+    batch = errors.BatchInsertError("chunk 3 failed", chunk_index=3, rows_written=15000)
+    assert (batch.chunk_index, batch.rows_written) == (3, 15000)
+    cause = RuntimeError("boom")
+    retry = errors.RetryError(3, cause)
+    assert retry.attempts == 3 and retry.last_exception is cause
+
+
+def test_circuit_open_error_pickles_with_its_data() -> None:
+    copy = pickle.loads(pickle.dumps(errors.CircuitOpenError("db", 2.0)))
+    assert (copy.name, copy.retry_after) == ("db", 2.0)
