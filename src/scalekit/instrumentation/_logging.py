@@ -25,10 +25,10 @@ class LoggingHook:
         self._loggers: dict[str, logging.Logger] = {}
 
     def __call__(self, event: Event) -> None:
-        component = event.component
-        logger = self._loggers.get(component)
+        # Keyed by kind, so the disabled path is one dict lookup and isEnabledFor().
+        logger = self._loggers.get(event.kind)
         if logger is None:
-            logger = self._loggers[component] = logging.getLogger(f"scalekit.{component}")
+            logger = self._loggers[event.kind] = logging.getLogger(f"scalekit.{event.component}")
         if not logger.isEnabledFor(event.level):
             return
         details = " ".join(

@@ -34,6 +34,8 @@ class PrometheusHook:
         self._lock = threading.Lock()
         self._counter: Any = None
         self._histogram: Any = None
+        # (kind, name) -> (counter child, histogram child): labels() is the costly part.
+        self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
 
     def _ensure(self) -> None:
         with self._lock:
@@ -62,11 +64,15 @@ class PrometheusHook:
     def __call__(self, event: Event) -> None:
         if self._counter is None:
             self._ensure()
-        labels = event.labels()
-        self._counter.labels(labels["kind"], labels["name"]).inc()
+        key = (event.kind, event.name)
+        children = self._children.get(key)
+        if children is None:
+            children = (self._counter.labels(*key), self._histogram.labels(*key))
+            self._children[key] = children
+        children[0].inc()
         duration = getattr(event, "duration", None)
         if isinstance(duration, (int, float)):
-            self._histogram.labels(labels["kind"], labels["name"]).observe(duration)
+            children[1].observe(duration)
 
 
 class OpenTelemetryHook:
