@@ -1,181 +1,239 @@
-"""Success-path cost of retry policies: scalekit vs tenacity vs stamina.
+"""Retry policies: scalekit vs tenacity vs stamina, on the success path and on one retry.
 
-Every row wraps the same trivial function and calls it when it succeeds
-first time (the common case), so the numbers are the pure overhead of the
-wrapper. Run::
+Every row wraps the same trivial function, so the numbers are the wrapper's
+own cost. Four tables, in one run:
 
-    python benchmarks/bench_retry.py [--calls 200000] [--repeat 5]
+1. success path (sync): the call succeeds first time, the common case;
+2. success path (async);
+3. a failing-then-succeeding call: the first attempt raises, the second
+   returns (waits set to zero everywhere, so only the machinery is timed);
+4. retry around a breaker (success path): scalekit's policy over scalekit's
+   breaker vs tenacity over pybreaker.
 
-Prints ns/call, the overhead over a bare call, and the ratio of each
-scalekit overhead to its peer's. Target: scalekit's retry overhead <= 0.1x
-tenacity's.
+Instrumentation is off on both sides (scalekit's hooks and stamina's
+on-retry hooks), so no row pays for logging. No servers are needed.
+
+Run::
+
+    python benchmarks/bench_retry.py [--number 100000] [--repeat 5]
+
+Targets (issue 4): scalekit's success-path overhead <= 0.1x tenacity's.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).parent))
+
+import pybreaker
+import stamina
+import stamina.instrumentation
+import tenacity
+from _bench import Result, print_table, time_per_call
+
+from scalekit.breaker import CircuitBreaker
+from scalekit.instrumentation import set_hooks
 from scalekit.retry import Backoff, RetryBudget, RetryPolicy, transient
 
 
-def work(x: int) -> int:
-    return x + 1
+class Flaky(Exception):
+    pass
 
 
-async def awork(x: int) -> int:
-    return x + 1
+def work() -> int:
+    return 1
 
 
-def measure(fn: Callable[[int], Any], calls: int, repeat: int) -> float:
-    """Best-of-``repeat`` ns per call (the minimum is the least noisy estimate)."""
-    best = float("inf")
-    for _ in range(repeat):
-        gc.collect()
-        start = time.perf_counter_ns()
-        for i in range(calls):
-            fn(i)
-        best = min(best, (time.perf_counter_ns() - start) / calls)
-    return best
+async def awork() -> int:
+    return 1
 
 
-def measure_async(fn: Callable[[int], Awaitable[Any]], calls: int, repeat: int) -> float:
-    async def loop() -> float:
+def fails_every_other_call() -> Callable[[], int]:
+    """A function whose odd calls raise and even calls return: one retry per wrapped call."""
+    failing = False
+
+    def flaky() -> int:
+        nonlocal failing
+        failing = not failing
+        if failing:
+            raise Flaky
+        return 1
+
+    return flaky
+
+
+def async_time_per_call(fn: Callable[[], Awaitable[object]], *, number: int, repeat: int) -> float:
+    """ns per awaited call, best of ``repeat``, all inside one event loop."""
+
+    async def run() -> float:
+        for _ in range(min(number, 1000)):
+            await fn()
         best = float("inf")
         for _ in range(repeat):
-            gc.collect()
             start = time.perf_counter_ns()
-            for i in range(calls):
-                await fn(i)
-            best = min(best, (time.perf_counter_ns() - start) / calls)
+            for _ in range(number):
+                await fn()
+            best = min(best, (time.perf_counter_ns() - start) / number)
         return best
 
-    return asyncio.run(loop())
+    return asyncio.run(run())
+
+
+def tenacity_policy(**extra: Any) -> Any:
+    return tenacity.retry(
+        stop=tenacity.stop_after_attempt(3),
+        wait=tenacity.wait_random_exponential(multiplier=0.1, max=5.0),  # full jitter, as ours
+        reraise=True,
+        **extra,
+    )
+
+
+def overhead_ratio(results: list[Result], ours: str, peer: str, bare: str) -> str:
+    by_name = {r.name: r.ns_per_call for r in results}
+    ours_ns = max(by_name[ours] - by_name[bare], 1.0)
+    peer_ns = max(by_name[peer] - by_name[bare], 1.0)
+    return f"{ours_ns:8.0f} ns vs {peer_ns:8.0f} ns = {ours_ns / peer_ns:6.3f}x"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, default=100_000)
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--number", type=int, default=100_000, help="calls per timing run")
+    parser.add_argument("--repeat", type=int, default=5, help="timing runs (the best is kept)")
     args = parser.parse_args()
-    calls, repeat = args.calls, args.repeat
-    peer_calls = max(1000, calls // 10)  # tenacity is slow: fewer calls, same precision
+    number, repeat = args.number, args.repeat
+    peer_number = max(1000, number // 10)  # the peers are slower: fewer calls, same precision
 
-    rows: list[tuple[str, float | None, str]] = []
-    notes: list[str] = []
+    set_hooks([])
+    stamina.instrumentation.set_on_retry_hooks([])
 
-    bare = measure(work, calls, repeat)
-    rows.append(("bare call", bare, ""))
+    def ours(fn: Callable[[], Any]) -> float:
+        return time_per_call(fn, number=number, repeat=repeat)
 
-    ours = RetryPolicy(attempts=3, backoff=Backoff.exponential(0.1, cap=5.0))(work)
-    ours_ns = measure(ours, calls, repeat)
-    rows.append(("scalekit RetryPolicy", ours_ns, ""))
+    def peer(fn: Callable[[], Any]) -> float:
+        return time_per_call(fn, number=peer_number, repeat=repeat)
 
-    full_policy = RetryPolicy(
+    # 1. success path, sync --------------------------------------------------------------
+    sync = [Result("bare call", ours(work))]
+    sync.append(
+        Result(
+            "scalekit RetryPolicy",
+            ours(RetryPolicy(attempts=3, backoff=Backoff.exponential(0.1, cap=5.0))(work)),
+        )
+    )
+    full = RetryPolicy(
         attempts=3,
         backoff=Backoff.exponential(0.1, cap=5.0),
         retry_on=transient.database | transient.redis,
         deadline=10.0,
-        budget=RetryBudget(ratio=0.2, name="bench"),
+        budget=RetryBudget(ratio=0.2, name="bench-retry"),
     )
-    ours_full_ns = measure(full_policy(work), calls, repeat)
-    rows.append(("scalekit + deadline + budget", ours_full_ns, ""))
+    sync.append(Result("scalekit + deadline + budget", ours(full(work))))
+    sync.append(Result("tenacity @retry", peer(tenacity_policy()(work))))
+    sync.append(Result("stamina @retry", peer(stamina.retry(on=Exception, attempts=3)(work))))
+    print_table(
+        "1. success path, sync (ns per call)", sync, baseline="bare call", overhead_over="bare call"
+    )
 
-    tenacity_ns: float | None = None
-    try:
-        import tenacity
+    # 2. success path, async -------------------------------------------------------------
+    def aours(fn: Callable[[], Awaitable[object]]) -> float:
+        return async_time_per_call(fn, number=number, repeat=repeat)
 
-        peer = tenacity.retry(
-            stop=tenacity.stop_after_attempt(3),
-            wait=tenacity.wait_exponential_jitter(0.1, max=5.0),
-            reraise=True,
-        )(work)
-        tenacity_ns = measure(peer, peer_calls, repeat)
-        rows.append(("tenacity @retry", tenacity_ns, "ratio base"))
-    except ImportError:
-        notes.append("tenacity not installed: its rows are skipped")
+    def apeer(fn: Callable[[], Awaitable[object]]) -> float:
+        return async_time_per_call(fn, number=peer_number, repeat=repeat)
 
-    try:
-        import stamina
+    asynchronous = [Result("bare async call", aours(awork))]
+    asynchronous.append(
+        Result("scalekit RetryPolicy (async)", aours(RetryPolicy(attempts=3)(awork)))
+    )
+    asynchronous.append(Result("tenacity @retry (async)", apeer(tenacity_policy()(awork))))
+    asynchronous.append(
+        Result("stamina @retry (async)", apeer(stamina.retry(on=Exception, attempts=3)(awork)))
+    )
+    print_table(
+        "2. success path, async (ns per call)",
+        asynchronous,
+        baseline="bare async call",
+        overhead_over="bare async call",
+    )
 
-        stamina_fn = stamina.retry(on=Exception, attempts=3)(work)
-        rows.append(("stamina @retry", measure(stamina_fn, peer_calls, repeat), ""))
-    except ImportError:
-        notes.append("stamina not installed: its row is skipped")
-
-    # Retry around a breaker: every attempt goes through the breaker.
-    combo_ns: float | None = None
-    try:
-        from scalekit.breaker import CircuitBreaker
-
-        breaker = CircuitBreaker("bench-retry", fail_max=5)
-        combo = RetryPolicy(attempts=3, backoff=Backoff.exponential(0.1, cap=5.0))(breaker(work))
-        combo_ns = measure(combo, calls, repeat)
-        rows.append(("scalekit retry over breaker", combo_ns, ""))
-    except Exception as exc:  # the breaker is optional for this script
-        notes.append(f"scalekit.breaker unavailable ({type(exc).__name__}: {exc}): row skipped")
-
-    peer_combo_ns: float | None = None
-    try:
-        import pybreaker
-        import tenacity
-
-        pb = pybreaker.CircuitBreaker(fail_max=5)
-        peer_combo = tenacity.retry(
-            stop=tenacity.stop_after_attempt(3),
-            wait=tenacity.wait_exponential_jitter(0.1, max=5.0),
-            reraise=True,
-        )(pb(work))
-        peer_combo_ns = measure(peer_combo, peer_calls, repeat)
-        rows.append(("tenacity over pybreaker", peer_combo_ns, ""))
-    except ImportError:
-        notes.append("pybreaker/tenacity not installed: peer combination skipped")
-
-    abare = measure_async(awork, calls, repeat)
-    rows.append(("bare async call", abare, ""))
-    aours_ns = measure_async(RetryPolicy(attempts=3)(awork), calls, repeat)
-    rows.append(("scalekit RetryPolicy (async)", aours_ns, ""))
-    atenacity_ns: float | None = None
-    try:
-        import tenacity
-
-        apeer = tenacity.retry(stop=tenacity.stop_after_attempt(3), reraise=True)(awork)
-        atenacity_ns = measure_async(apeer, peer_calls, repeat)
-        rows.append(("tenacity @retry (async)", atenacity_ns, ""))
-    except ImportError:
-        pass
-
-    print(f"python {sys.version.split()[0]}, best of {repeat}, {calls} calls ({peer_calls} peers)")
-    print(f"{'case':34} {'ns/call':>10} {'overhead':>10}")
-    for name, ns, note in rows:
-        base = abare if "async" in name else bare
-        if ns is None:
-            continue
-        print(f"{name:34} {ns:10.0f} {ns - base:10.0f}  {note}")
-
-    def ratio(label: str, ours_value: float | None, peer: float | None, base: float) -> None:
-        if ours_value is None or peer is None:
-            print(f"{label}: n/a")
-            return
-        ours_overhead = max(ours_value - base, 1.0)
-        peer_overhead = max(peer - base, 1.0)
-        print(
-            f"{label}: ours {ours_overhead:.0f} ns vs {peer_overhead:.0f} ns overhead "
-            f"= {ours_overhead / peer_overhead:.3f}x"
+    # 3. one failure, then success (no waits) ----------------------------------------------
+    retried = [Result("bare call (for reference)", ours(work))]
+    retried.append(
+        Result(
+            "scalekit RetryPolicy",
+            peer(RetryPolicy(attempts=3, backoff=Backoff.none())(fails_every_other_call())),
         )
+    )
+    retried.append(
+        Result(
+            "tenacity @retry",
+            peer(
+                tenacity.retry(stop=tenacity.stop_after_attempt(3), reraise=True)(
+                    fails_every_other_call()
+                )
+            ),
+        )
+    )
+    retried.append(
+        Result(
+            "stamina @retry",
+            peer(
+                stamina.retry(
+                    on=Flaky, attempts=3, wait_initial=0.0, wait_max=0.0, wait_jitter=0.0
+                )(fails_every_other_call())
+            ),
+        )
+    )
+    print_table(
+        "3. failing-then-succeeding call (ns per call, no waits)",
+        retried,
+        baseline="scalekit RetryPolicy",
+    )
 
-    print()
-    ratio("retry overhead vs tenacity (target <= 0.1x)", ours_ns, tenacity_ns, bare)
-    ratio("retry+deadline+budget vs tenacity", ours_full_ns, tenacity_ns, bare)
-    ratio("retry over breaker vs tenacity over pybreaker", combo_ns, peer_combo_ns, bare)
-    ratio("async retry vs async tenacity", aours_ns, atenacity_ns, abare)
-    for note in notes:
-        print(f"note: {note}")
+    # 4. retry around a breaker, success path -------------------------------------------
+    combo = [Result("bare call", ours(work))]
+    breaker = CircuitBreaker("bench-retry", fail_max=5)
+    combo.append(
+        Result("scalekit retry over scalekit breaker", ours(RetryPolicy(attempts=3)(breaker(work))))
+    )
+    combo.append(
+        Result(
+            "tenacity over pybreaker",
+            peer(tenacity_policy()(pybreaker.CircuitBreaker(fail_max=5)(work))),
+        )
+    )
+    print_table(
+        "4. retry around a breaker, success path (ns per call)",
+        combo,
+        baseline="bare call",
+        overhead_over="bare call",
+    )
+
+    print("\nratios of overhead above a bare call (lower is better; target <= 0.1x tenacity)")
+    a_ours, a_tenacity, a_stamina = (r.name for r in asynchronous[1:])
+    comparisons = [
+        ("sync retry vs tenacity", sync, sync[1].name, "tenacity @retry", "bare call"),
+        ("sync retry vs stamina", sync, sync[1].name, "stamina @retry", "bare call"),
+        ("retry+deadline+budget vs tenacity", sync, sync[2].name, "tenacity @retry", "bare call"),
+        ("async retry vs tenacity", asynchronous, a_ours, a_tenacity, "bare async call"),
+        ("async retry vs stamina", asynchronous, a_ours, a_stamina, "bare async call"),
+        ("retry/breaker vs tenacity/pybreaker", combo, combo[1].name, combo[2].name, "bare call"),
+    ]
+    for label, table, ours_name, peer_name, bare_name in comparisons:
+        print(f"  {label:36} {overhead_ratio(table, ours_name, peer_name, bare_name)}")
+    by_name = {r.name: r.ns_per_call for r in retried}
+    ours_retry = by_name["scalekit RetryPolicy"]
+    print(
+        f"  one retry: tenacity / scalekit = {by_name['tenacity @retry'] / ours_retry:.1f}x, "
+        f"stamina / scalekit = {by_name['stamina @retry'] / ours_retry:.1f}x"
+    )
     return 0
 
 

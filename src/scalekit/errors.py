@@ -11,14 +11,18 @@ refine a builtin meaning also subclass that builtin (an invalid cursor *is* a
     ├── ConfigurationError (ValueError)      bad parameters, found at construction
     ├── CircuitOpenError                     a breaker rejected the call; .name, .retry_after
     ├── RetryError                           attempts ran out; .attempts, .last_exception
-    ├── RateLimitExceeded                    a limiter denied the hit; .key, .retry_after
-    ├── InvalidCursor (ValueError)           a pagination cursor is malformed, forged or stale
+    ├── RateLimitExceeded                    a limiter denied the hit; .key, .retry_after, .decision
+    │   └── ConcurrencyLimitExceeded         no free concurrency slot; .limit, .in_flight
+    ├── InvalidCursor (ValueError)           a cursor is malformed, forged or stale; .reason
     ├── RoutingError
     │   ├── NoHealthyNode                    no node can serve; .role, .tried
     │   └── ReadOnlyViolation                a write was routed to a replica
     ├── CacheError
+    │   ├── CacheUnavailable                 Redis is down and the policy is "raise"; .namespace
     │   └── SerializationError (ValueError)  a value cannot be encoded or decoded
     ├── BatchInsertError                     a chunk failed; .chunk_index, .rows_written
+    │   ├── BatchChunkError                  the database refused a chunk; .position, .result
+    │   └── InvalidBatchRow (ValueError)     a row does not fit the table; .position, .column
     └── ShardingError
         └── UnknownShard (LookupError)       a shard name or key maps nowhere
 
@@ -31,10 +35,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 __all__ = [
+    "BatchChunkError",
     "BatchInsertError",
     "CacheError",
+    "CacheUnavailable",
     "CircuitOpenError",
+    "ConcurrencyLimitExceeded",
     "ConfigurationError",
+    "InvalidBatchRow",
     "InvalidCursor",
     "NoHealthyNode",
     "RateLimitExceeded",
@@ -103,15 +111,43 @@ class RateLimitExceeded(ScalekitError):
     would be allowed, ``limit`` a description of the limit that denied it.
     """
 
-    def __init__(self, key: str, retry_after: float, limit: object = None) -> None:
+    def __init__(
+        self, key: str, retry_after: float, limit: object = None, *, decision: object = None
+    ) -> None:
         super().__init__(f"rate limit exceeded for {key!r}; retry after {retry_after:.3f}s")
         self.key = key
         self.retry_after = retry_after
         self.limit = limit
+        #: the limiter's full decision (a ``scalekit.ratelimit.Decision``), when there is one
+        self.decision = decision
+
+
+class ConcurrencyLimitExceeded(RateLimitExceeded):
+    """A concurrency limiter had no free slot: ``limit`` requests already in flight.
+
+    ``retry_after`` is the time until the oldest lease expires (an upper bound:
+    a holder that finishes frees its slot sooner); ``in_flight`` the count seen.
+    """
+
+    def __init__(self, key: str, retry_after: float, limit: int, in_flight: int) -> None:
+        super().__init__(key, retry_after, limit)
+        self.in_flight = in_flight
 
 
 class InvalidCursor(ScalekitError, ValueError):
-    """A pagination cursor is malformed, was tampered with, or no longer fits the query."""
+    """A pagination cursor is malformed, was tampered with, or no longer fits the query.
+
+    ``reason`` says which: ``"malformed"`` (not a cursor, or values that do not
+    fit the sort keys), ``"tampered"`` (signature missing or wrong),
+    ``"expired"`` or ``"wrong_query"`` (made for another order or filter).
+    """
+
+    def __init__(self, message: str = "invalid cursor", *, reason: str = "malformed") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[type[InvalidCursor], tuple[str], dict[str, str]]:
+        return (type(self), (str(self),), {"reason": self.reason})
 
 
 class RoutingError(ScalekitError):
@@ -142,6 +178,20 @@ class CacheError(ScalekitError):
     """Base class of the cache's errors."""
 
 
+class CacheUnavailable(CacheError):
+    """The cache's store is unreachable and its ``on_redis_down`` policy is ``"raise"``.
+
+    ``namespace`` is the cache's namespace; the store's error is chained as ``__cause__``.
+    """
+
+    def __init__(self, namespace: str) -> None:
+        super().__init__(f"cache {namespace!r} is unavailable")
+        self.namespace = namespace
+
+    def __reduce__(self) -> tuple[type[CacheUnavailable], tuple[str]]:
+        return (type(self), (self.namespace,))
+
+
 class SerializationError(CacheError, ValueError):
     """A value could not be serialised, or stored bytes could not be read back."""
 
@@ -158,6 +208,54 @@ class BatchInsertError(ScalekitError):
         super().__init__(message)
         self.chunk_index = chunk_index
         self.rows_written = rows_written
+
+
+class BatchChunkError(BatchInsertError):
+    """The database refused a chunk of a batch insert (after any retries).
+
+    ``position`` is the input position (zero-based) of the chunk's first row;
+    ``result`` the partial ``scalekit.batch.BatchResult`` of the load so far,
+    whose ``resume_position`` says where a rerun can start.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        chunk_index: int,
+        rows_written: int,
+        position: int,
+        result: object = None,
+    ) -> None:
+        super().__init__(message, chunk_index=chunk_index, rows_written=rows_written)
+        self.position = position
+        self.result = result
+
+
+class InvalidBatchRow(BatchInsertError, ValueError):
+    """An input row of a batch insert does not fit the table.
+
+    Raised before anything of its chunk is written: an unknown or missing
+    column, a tuple of the wrong length, a value COPY cannot encode for its
+    column's type. ``position`` is the row's zero-based input position,
+    ``column`` the offending column's name (``None`` when the whole row is
+    wrong), ``result`` the partial ``scalekit.batch.BatchResult`` so far.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        chunk_index: int,
+        rows_written: int,
+        position: int,
+        column: str | None = None,
+        result: object = None,
+    ) -> None:
+        super().__init__(message, chunk_index=chunk_index, rows_written=rows_written)
+        self.position = position
+        self.column = column
+        self.result = result
 
 
 class ShardingError(ScalekitError):

@@ -1,0 +1,237 @@
+"""Benchmark: the circuit breaker's success path and the threaded case, scalekit vs pybreaker.
+
+Run: ``python benchmarks/bench_breaker.py [--url redis://127.0.0.1:6379/0]``
+(about 30 s). Prints ns/call for a bare call, scalekit's breaker (closed,
+success path, in several modes) and pybreaker, with each one's ratio to the
+bare call and to pybreaker and its overhead; then the issue's threaded case:
+8 threads x 20 calls of a 10 ms function, bare vs scalekit vs pybreaker.
+
+The Redis-shared cases use the Redis at ``--url`` (default: the machine's
+local Redis) under a scratch key prefix that is deleted at the end; they are
+left out, with a note, when that Redis does not answer.
+
+Targets (issue 4): success-path overhead <= 0.5x pybreaker's; threaded case
+<= 1.1x bare. These are figures to read, never assertions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pybreaker
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _bench import Result, print_table, time_per_call
+
+from scalekit.breaker import CircuitBreaker, RedisStorage
+
+
+def work() -> int:
+    return 1
+
+
+async def awork() -> int:
+    return 1
+
+
+def best_interleaved(
+    cases: dict[str, Callable[[], object]], number: int, rounds: int
+) -> list[Result]:
+    """Best ns/call of each case over ``rounds``; the cases take turns within each
+    round, so a noisy neighbour on the machine slows all of them alike."""
+    best = dict.fromkeys(cases, float("inf"))
+    for _ in range(rounds):
+        for name, fn in cases.items():
+            best[name] = min(best[name], time_per_call(fn, number=number, repeat=1))
+    return [Result(name, ns) for name, ns in best.items()]
+
+
+def async_ns_per_call(factory: Callable[[], Any], number: int, rounds: int) -> float:
+    """Best ns per awaited call of ``factory()`` (a coroutine), in one event loop."""
+
+    async def run() -> float:
+        for _ in range(min(number, 1000)):
+            await factory()
+        best = float("inf")
+        for _ in range(rounds):
+            start = time.perf_counter_ns()
+            for _ in range(number):
+                await factory()
+            best = min(best, (time.perf_counter_ns() - start) / number)
+        return best
+
+    return asyncio.run(run())
+
+
+def threaded_seconds(func: Callable[[], Any], threads: int = 8, calls: int = 20) -> float:
+    barrier = threading.Barrier(threads + 1)
+
+    def worker() -> None:
+        barrier.wait()
+        for _ in range(calls):
+            func()
+
+    pool = [threading.Thread(target=worker) for _ in range(threads)]
+    for thread in pool:
+        thread.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for thread in pool:
+        thread.join()
+    return time.perf_counter() - start
+
+
+def redis_client(url: str) -> Any:
+    """A client for ``url``, or ``None`` (with a note) when it does not answer."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    client = redis.Redis.from_url(url, socket_timeout=2, retry=Retry(NoBackoff(), 0))
+    try:
+        client.ping()
+    except (redis.RedisError, OSError) as exc:
+        print(f"(Redis at {url} unreachable: {type(exc).__name__}; shared cases left out)")
+        return None
+    return client
+
+
+def ratio_line(label: str, value: float, target: float) -> None:
+    verdict = "met" if value <= target else "NOT met"
+    print(f"{label}: {value:.2f}x (target <= {target:.2f}x: {verdict})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", default="redis://127.0.0.1:6379/0", help="Redis for shared cases")
+    parser.add_argument("--number", type=int, default=50_000, help="calls per measurement")
+    parser.add_argument("--rounds", type=int, default=5, help="measurements per case (best)")
+    parser.add_argument("--threaded-runs", type=int, default=5)
+    args = parser.parse_args()
+    number, rounds = args.number, args.rounds
+
+    ours = CircuitBreaker("bench", fail_max=5)
+    ours_rate = CircuitBreaker("bench-rate", failure_rate=0.5, window=100, min_calls=20)
+    ours_time = CircuitBreaker("bench-time", failure_rate=0.5, window_seconds=10.0)
+    theirs = pybreaker.CircuitBreaker(fail_max=5)
+    ours_work, theirs_work = ours(work), theirs(work)
+    rate_work, time_work = ours_rate(work), ours_time(work)
+
+    cases: dict[str, Callable[[], object]] = {
+        "bare call": work,
+        "pybreaker @breaker (closed)": theirs_work,
+        "scalekit @breaker (fail_max, closed)": ours_work,
+        "pybreaker breaker.call(f)": lambda: theirs.call(work),
+        "scalekit breaker.call(f)": lambda: ours.call(work),
+        "scalekit @breaker (failure_rate, count window)": rate_work,
+        "scalekit @breaker (failure_rate, time window)": time_work,
+    }
+
+    prefix = f"scalekit-bench-{uuid.uuid4().hex[:8]}"
+    client = redis_client(args.url)
+    if client is not None:
+        cached = CircuitBreaker(
+            "shared-cached",
+            fail_max=5,
+            storage=RedisStorage(client, prefix=prefix, local_cache_seconds=1.0),
+        )
+        uncached = CircuitBreaker(
+            "shared-uncached",
+            fail_max=5,
+            storage=RedisStorage(client, prefix=prefix, local_cache_seconds=0.0),
+        )
+        cases["scalekit @breaker (Redis-shared, cached closed)"] = cached(work)
+
+    results = best_interleaved(cases, number, rounds)
+    print_table(
+        f"success path, best of {rounds} x {number:,} calls",
+        results,
+        baseline="bare call",
+        peer="pybreaker @breaker (closed)",
+        overhead_over="bare call",
+    )
+    by_name = {r.name: r.ns_per_call for r in results}
+    bare = by_name["bare call"]
+    theirs_overhead = by_name["pybreaker @breaker (closed)"] - bare
+    print()
+    ratio_line(
+        "overhead scalekit / pybreaker (decorator, fail_max, closed)",
+        (by_name["scalekit @breaker (fail_max, closed)"] - bare) / theirs_overhead,
+        0.5,
+    )
+    ratio_line(
+        "overhead scalekit / pybreaker (breaker.call)",
+        (by_name["scalekit breaker.call(f)"] - bare)
+        / (by_name["pybreaker breaker.call(f)"] - bare),
+        0.5,
+    )
+
+    if client is not None:
+        # Every admission asks Redis: the cost without the local "closed" cache.
+        trips = max(number // 50, 200)
+        round_trip = [
+            Result("redis PING (one round trip)", time_per_call(client.ping, number=trips)),
+            Result(
+                "scalekit @breaker (Redis-shared, no cache)",
+                time_per_call(uncached(work), number=trips),
+            ),
+        ]
+        print_table(
+            f"Redis-shared with local_cache_seconds=0 ({args.url}), best of 5 x {trips:,} calls",
+            round_trip,
+            baseline="redis PING (one round trip)",
+        )
+
+    ours_async = ours(awork)
+    async_number = max(number // 5, 1000)
+    async_results = [
+        Result("bare await", async_ns_per_call(awork, async_number, rounds)),
+        Result(
+            "scalekit @breaker on async def", async_ns_per_call(ours_async, async_number, rounds)
+        ),
+    ]
+    print_table(
+        f"asyncio success path (pybreaker has no asyncio support), {async_number:,} awaits",
+        async_results,
+        baseline="bare await",
+        overhead_over="bare await",
+    )
+
+    def sleeper() -> None:
+        time.sleep(0.01)
+
+    ours_t = CircuitBreaker("bench-threads", fail_max=5)
+    theirs_t = pybreaker.CircuitBreaker(fail_max=5)
+    threaded = {"bare": sleeper, "scalekit": ours_t(sleeper), "pybreaker": theirs_t(sleeper)}
+    seconds: dict[str, list[float]] = {name: [] for name in threaded}
+    for _ in range(args.threaded_runs):
+        for name, func in threaded.items():
+            seconds[name].append(threaded_seconds(func))
+    print(f"\nthreaded: 8 threads x 20 calls of a 10 ms function, median of {args.threaded_runs}")
+    print(f"{'case':12} {'seconds':>9} {'vs bare':>9}")
+    bare_s = statistics.median(seconds["bare"])
+    for name, values in seconds.items():
+        median = statistics.median(values)
+        print(f"{name:12} {median:9.3f} {median / bare_s:8.2f}x")
+    print()
+    ratio_line("threaded scalekit / bare", statistics.median(seconds["scalekit"]) / bare_s, 1.1)
+
+    if client is not None:
+        stale = list(client.scan_iter(match=f"{{{prefix}:*"))
+        if stale:
+            client.delete(*stale)
+        client.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,340 @@
+"""The Redis-shared circuit breaker against real Redis: standalone, Cluster, and a
+private node stopped, killed and paused mid-test.
+
+The scenarios are those of ``tests/unit/breaker/shared_scenarios.py`` (also
+run on fakeredis); here they run on the harness's servers.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from scalekit.breaker import CircuitBreaker, RedisStorage, State
+from scalekit.errors import CircuitOpenError
+from scalekit.instrumentation import FallbackUsed, Recovered
+from scalekit.testing import FakeClock, capture_events
+from tests.unit.breaker import shared_scenarios as scenarios
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.parametrize("scenario", scenarios.SYNC_SCENARIOS, ids=lambda f: f.__name__)
+def test_shared_scenarios_standalone(scenario: Callable[[Any], None], redis_server: Any) -> None:
+    clients: list[Any] = []
+
+    def factory() -> Any:
+        clients.append(redis_server.client())
+        return clients[-1]
+
+    try:
+        scenario(factory)
+    finally:
+        for client in clients:
+            client.close()
+
+
+@pytest.mark.parametrize("scenario", scenarios.SYNC_SCENARIOS, ids=lambda f: f.__name__)
+def test_shared_scenarios_cluster(scenario: Callable[[Any], None], redis_cluster: Any) -> None:
+    clients: list[Any] = []
+
+    def factory() -> Any:
+        clients.append(redis_cluster.client())
+        return clients[-1]
+
+    try:
+        scenario(factory)
+    finally:
+        for client in clients:
+            client.close()
+
+
+async def test_async_scenario_standalone(redis_server: Any) -> None:
+    clients: list[Any] = []
+
+    def factory() -> Any:
+        clients.append(redis_server.async_client())
+        return clients[-1]
+
+    try:
+        await scenarios.async_scenario(factory)
+    finally:
+        for client in clients:
+            await client.aclose()
+
+
+async def test_async_scenario_cluster(redis_cluster: Any) -> None:
+    clients: list[Any] = []
+
+    def factory() -> Any:
+        clients.append(redis_cluster.async_client())
+        return clients[-1]
+
+    try:
+        await scenarios.async_scenario(factory)
+    finally:
+        for client in clients:
+            await client.aclose()
+
+
+def test_cluster_keys_live_on_one_node(redis_cluster: Any) -> None:
+    keys = RedisStorage(redis_cluster.client()).keys("billing")
+    nodes = {redis_cluster.node_for_key(key).port for key in keys}
+    assert len(nodes) == 1
+
+
+def test_concurrent_processes_reserve_at_most_the_probe_limit(redis_server: Any) -> None:
+    """16 "processes" (own client, own breaker) race for 2 half-open probe slots."""
+    name = f"race-{uuid.uuid4().hex[:8]}"
+    clock = FakeClock()
+    breakers = [
+        CircuitBreaker(
+            name,
+            fail_max=1,
+            reset_timeout=0.2,
+            half_open_max_calls=2,
+            success_threshold=100,
+            storage=RedisStorage(redis_server.client()),
+            clock=clock,
+        )
+        for _ in range(16)
+    ]
+    with pytest.raises(scenarios.Boom):
+        breakers[0].call(scenarios.fail)
+    time.sleep(0.25)
+    clock.advance(5.0)
+    gate = threading.Barrier(16, timeout=10)
+    admitted: list[int] = []
+    lock = threading.Lock()
+
+    def race(breaker: CircuitBreaker) -> None:
+        gate.wait()
+        try:
+            breaker.acquire()
+        except CircuitOpenError:
+            return
+        with lock:
+            admitted.append(1)
+
+    threads = [threading.Thread(target=race, args=(b,)) for b in breakers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert len(admitted) == 2
+    for breaker in breakers:
+        breaker._shared.storage.client.close()  # type: ignore[union-attr]
+
+
+# redis-py retries a failed command by default (with back-off): a breaker over a
+# down Redis should see the outage at once, so the private nodes' clients do not.
+NO_RETRY = Retry(NoBackoff(), 0)
+SOCKET_TIMEOUT = 0.5
+
+
+def private_breaker(node: Any, clock: FakeClock, **storage_options: Any) -> CircuitBreaker:
+    client = node.client(
+        socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=SOCKET_TIMEOUT, retry=NO_RETRY
+    )
+    storage = RedisStorage(client, retry_interval=1.0, **storage_options)
+    return CircuitBreaker("svc", fail_max=2, reset_timeout=30.0, storage=storage, clock=clock)
+
+
+def timed(func: Callable[[], Any]) -> tuple[Any, float]:
+    start = time.perf_counter()
+    result = func()
+    return result, time.perf_counter() - start
+
+
+def test_redis_stopped_fail_open_then_recovers(redis_server_factory: Any) -> None:
+    node = redis_server_factory()
+    clock = FakeClock()
+    breaker = private_breaker(node, clock)
+    assert breaker.call(len, "x") == 1
+    node.stop()
+    clock.advance(5.0)  # the "closed" cache expires: the next call needs Redis
+    with capture_events() as events:
+        result, seconds = timed(lambda: breaker.call(len, "abc"))
+        assert result == 3  # fail_open: the call ran
+        assert seconds < SOCKET_TIMEOUT + 0.5
+        scenarios.fail_open_uses_the_local_breaker(breaker, events)  # local breaker trips
+        node.start()
+        clock.advance(1.0)  # retry_interval: Redis is tried again
+        breaker.close()
+        assert breaker.call(len, "ab") == 2
+    assert any(isinstance(e, Recovered) for e in events)
+    assert breaker.state is State.CLOSED
+    client = node.client()
+    assert client.hget("{scalekit:breaker:svc}", "state") == b"closed"
+    client.close()
+
+
+def test_redis_stopped_fail_closed(redis_server_factory: Any) -> None:
+    node = redis_server_factory()
+    clock = FakeClock()
+    breaker = private_breaker(node, clock, on_redis_error="fail_closed")
+    assert breaker.call(len, "x") == 1
+    node.stop()
+    clock.advance(5.0)  # the "closed" cache expires: the next call needs Redis
+    with capture_events() as events:
+        scenarios.fail_closed_rejects(breaker)
+        # Within retry_interval, rejections do not touch the network at all.
+        start = time.perf_counter()
+        with pytest.raises(CircuitOpenError):
+            breaker.call(len, "x")
+        assert time.perf_counter() - start < 0.05
+    assert [e.fallback for e in events if isinstance(e, FallbackUsed)] == ["fail_closed"]
+    node.start()
+    clock.advance(1.0)
+    assert breaker.call(len, "x") == 1
+
+
+async def test_redis_stopped_async_fail_open_and_fail_closed(redis_server_factory: Any) -> None:
+    node = redis_server_factory()
+    clock = FakeClock()
+    breakers = {
+        mode: CircuitBreaker(
+            f"svc-{mode}",
+            fail_max=2,
+            storage=RedisStorage(
+                node.async_client(
+                    socket_timeout=SOCKET_TIMEOUT,
+                    socket_connect_timeout=SOCKET_TIMEOUT,
+                    retry=NO_RETRY,
+                ),
+                on_redis_error=mode,
+                retry_interval=1.0,
+            ),
+            clock=clock,
+        )
+        for mode in ("fail_open", "fail_closed")
+    }
+
+    async def ok() -> str:
+        return "ran"
+
+    for breaker in breakers.values():
+        assert await breaker.call_async(ok) == "ran"
+    node.stop()
+    clock.advance(5.0)
+    with capture_events() as events:
+        assert await breakers["fail_open"].call_async(ok) == "ran"
+        with pytest.raises(CircuitOpenError) as error:
+            await breakers["fail_closed"].call_async(ok)
+    assert error.value.retry_after == pytest.approx(1.0)
+    assert sorted(e.fallback for e in events if isinstance(e, FallbackUsed)) == [
+        "fail_closed",
+        "fail_open",
+    ]
+    node.start()
+    clock.advance(1.0)
+    for breaker in breakers.values():
+        assert await breaker.call_async(ok) == "ran"
+        assert not breaker.metrics().degraded
+        assert breaker._shared is not None
+        await breaker._shared.storage.client.aclose()
+
+
+def test_redis_paused_times_out_into_fail_open(redis_server_factory: Any) -> None:
+    node = redis_server_factory()
+    clock = FakeClock()
+    breaker = private_breaker(node, clock)
+    breaker.call(len, "x")
+    node.pause()
+    try:
+        clock.advance(5.0)
+        result, first = timed(lambda: breaker.call(len, "abc"))
+        assert result == 3  # ran, after the client's socket timeout
+        assert SOCKET_TIMEOUT * 0.8 < first < SOCKET_TIMEOUT + 1.0
+        result, second = timed(lambda: breaker.call(len, "ab"))
+        assert result == 2
+        assert second < 0.05  # within retry_interval: no wait on Redis at all
+        metrics = breaker.metrics()
+        assert metrics.degraded and metrics.fallback_incidents == 1
+    finally:
+        node.resume()
+    clock.advance(1.0)
+    assert breaker.call(len, "x") == 1  # back to the shared state
+    metrics = breaker.metrics()
+    assert not metrics.degraded and metrics.fallback_incidents == 1
+
+
+def test_redis_killed_loses_state_and_the_breaker_carries_on(
+    redis_server_factory: Any,
+) -> None:
+    node = redis_server_factory()
+    clock = FakeClock()
+    breaker = private_breaker(node, clock)
+    for _ in range(2):
+        with pytest.raises(scenarios.Boom):
+            breaker.call(scenarios.fail)
+    assert breaker.state is State.OPEN
+    node.kill()
+    node.start()  # same port, data lost
+    clock.advance(60.0)
+    assert breaker.call(len, "x") == 1
+    assert breaker.state is State.CLOSED
+
+
+def test_shared_state_survives_a_new_process(redis_server: Any) -> None:
+    """A breaker built later (a new process) sees the open state at once."""
+    name = f"late-{uuid.uuid4().hex[:8]}"
+    first = CircuitBreaker(
+        name, fail_max=1, reset_timeout=30.0, storage=RedisStorage(redis_server.client())
+    )
+    with pytest.raises(scenarios.Boom):
+        first.call(scenarios.fail)
+    late = CircuitBreaker(
+        name, fail_max=1, reset_timeout=30.0, storage=RedisStorage(redis_server.client())
+    )
+    with pytest.raises(CircuitOpenError) as error:
+        late.call(len, "x")
+    assert error.value.retry_after is not None and 25 < error.value.retry_after <= 30
+
+
+def test_cluster_node_holding_the_breaker_stopped(harness_root: Any, redis_binaries: Any) -> None:
+    """A private 3-master cluster: the master that owns the breaker's slot stops."""
+    from redis.cluster import ClusterNode, RedisCluster
+
+    from tests.harness.redis import RedisClusterHarness
+
+    cluster = RedisClusterHarness.start(redis_binaries, harness_root / f"bc-{uuid.uuid4().hex[:6]}")
+    client = None
+    try:
+        client = RedisCluster(
+            startup_nodes=[ClusterNode(h, p) for h, p in cluster.startup_nodes],
+            socket_timeout=SOCKET_TIMEOUT,
+            socket_connect_timeout=SOCKET_TIMEOUT,
+            retry=NO_RETRY,
+        )
+        clock = FakeClock()
+        storage = RedisStorage(client, retry_interval=1.0)
+        breaker = CircuitBreaker(
+            "svc", fail_max=2, reset_timeout=30.0, storage=storage, clock=clock
+        )
+        assert breaker.call(len, "x") == 1
+        owner = cluster.node_for_key(storage.keys("svc")[0])
+        owner.stop()
+        clock.advance(5.0)
+        with capture_events() as events:
+            start = time.perf_counter()
+            assert breaker.call(len, "abc") == 3  # fail_open: runs under the local breaker
+            assert time.perf_counter() - start < 2.0
+            for _ in range(2):
+                with pytest.raises(scenarios.Boom):
+                    breaker.call(scenarios.fail)
+            with pytest.raises(CircuitOpenError):
+                breaker.call(len, "x")  # the local breaker tripped on its own
+        assert [e.fallback for e in events if isinstance(e, FallbackUsed)] == ["fail_open"]
+        assert breaker.metrics().degraded
+    finally:
+        if client is not None:
+            client.close()
+        cluster.close()
