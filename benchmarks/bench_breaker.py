@@ -1,7 +1,7 @@
 """Benchmark: the circuit breaker's success path and the threaded case, scalekit vs pybreaker.
 
 Run: ``python benchmarks/bench_breaker.py [--url redis://127.0.0.1:6379/0]``
-(about 30 s). Prints ns/call for a bare call, scalekit's breaker (closed,
+(about a minute). Prints ns/call for a bare call, scalekit's breaker (closed,
 success path, in several modes) and pybreaker, with each one's ratio to the
 bare call and to pybreaker and its overhead; then the issue's threaded case:
 8 threads x 20 calls of a 10 ms function, bare vs scalekit vs pybreaker.
@@ -114,8 +114,8 @@ def ratio_line(label: str, value: float, target: float) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="redis://127.0.0.1:6379/0", help="Redis for shared cases")
-    parser.add_argument("--number", type=int, default=50_000, help="calls per measurement")
-    parser.add_argument("--rounds", type=int, default=5, help="measurements per case (best)")
+    parser.add_argument("--number", type=int, default=30_000, help="calls per measurement")
+    parser.add_argument("--rounds", type=int, default=10, help="measurements per case (best)")
     parser.add_argument("--threaded-runs", type=int, default=5)
     args = parser.parse_args()
     number, rounds = args.number, args.rounds

@@ -110,6 +110,8 @@ def wrap_async(
     As in :func:`._sync.wrap_sync`, a fast-path breaker's wrapper inlines the
     hot path of :func:`call_async`.
     """
+    if breaker._local and not breaker._fast:
+        return _wrap_local(breaker, func)
     if not breaker._fast:
 
         @functools.wraps(func)
@@ -139,6 +141,50 @@ def wrap_async(
                 core.record(ticket, SUCCESS, None, 0.0)
         else:
             next(lockless_successes)
+        return result
+
+    guarded.breaker = breaker  # type: ignore[attr-defined]
+    return guarded
+
+
+def _wrap_local(
+    breaker: CircuitBreaker, func: Callable[P, Coroutine[Any, Any, T]]
+) -> Callable[P, Coroutine[Any, Any, T]]:
+    """As :func:`._sync._wrap_local`: :func:`_call_full` inlined for a closed local
+    breaker without listeners."""
+    core = breaker._core
+    lock = breaker._lock
+    monotonic = breaker._clock.monotonic
+    timed = breaker._timed
+    policy = breaker._policy
+    classify = policy.classify_exception
+    check_result = policy.failure_result is not None
+
+    @functools.wraps(func)
+    async def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
+        ticket = core.free_ticket
+        if ticket is None:
+            return await _call_full(breaker, func, args, kwargs)
+        start = monotonic() if timed else 0.0
+        try:
+            result = await func(*args, **kwargs)
+        except BaseException as exc:
+            duration = monotonic() - start if timed else None
+            breaker._finish_sync(ticket, classify(exc), duration, exc)
+            raise
+        now = monotonic()
+        duration = now - start if timed else None
+        outcome = SUCCESS
+        if check_result:
+            try:
+                outcome = policy.classify_result(result)
+            except BaseException:
+                breaker._finish_sync(ticket, SUCCESS, duration, None)
+                raise
+        with lock:
+            core.record(ticket, outcome, duration, now)
+        if core.transitions:
+            breaker._announce()
         return result
 
     guarded.breaker = breaker  # type: ignore[attr-defined]

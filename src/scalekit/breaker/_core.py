@@ -230,7 +230,10 @@ class TimeWindow:
 
     def add(self, code: int, now: float) -> bool:
         """Count one call at ``now``; True (buckets may have expired: always evaluate)."""
-        slot = self._advance(now) % self.buckets
+        epoch = int(now // self._width)
+        if epoch != self._head:  # a new bucket (or a late clock read): move the window
+            epoch = self._advance(now)
+        slot = epoch % self.buckets
         self._bucket_calls[slot] += 1
         self.calls += 1
         if code & 1:

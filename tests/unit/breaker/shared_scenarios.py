@@ -225,6 +225,34 @@ def keys_share_one_hash_tag(client_factory: Callable[[], Any]) -> None:
     assert client.pttl(keys[0]) > 0
 
 
+def time_window_forgets_old_calls(client_factory: Callable[[], Any]) -> None:
+    """Buckets older than ``window_seconds`` (by Redis TIME) drop out of the rate."""
+    fleet = Fleet(
+        client_factory,
+        fail_max=None,
+        failure_rate=0.5,
+        window_seconds=1.2,
+        window_buckets=4,
+        min_calls=3,
+        reset_timeout=LONG_OPEN_SECONDS,
+    )
+    a, b = fleet.process(), fleet.process()
+    for breaker in (a, b):
+        with pytest.raises(Boom):
+            breaker.call(fail)
+    time.sleep(1.3)  # both failures fall out of the window
+    a.call(len, "x")
+    fleet.expire_caches()
+    a.call(len, "x")  # flushes the success: 1 call in the window, not 3 with 2 failures
+    assert a.state is State.CLOSED
+    with pytest.raises(Boom):
+        b.call(fail)
+    assert b.state is State.CLOSED  # 1 of 2: below min_calls
+    with pytest.raises(Boom):
+        b.call(fail)
+    assert b.state is State.OPEN  # 2 of 3
+
+
 def fail_open_uses_the_local_breaker(breaker: CircuitBreaker, events: list[Any]) -> None:
     """``breaker``'s Redis is down: calls run, the local breaker still trips."""
     from scalekit.instrumentation import FallbackUsed
@@ -258,6 +286,7 @@ SYNC_SCENARIOS = [
     failed_probe_reopens_for_longer,
     manual_commands_are_shared,
     keys_share_one_hash_tag,
+    time_window_forgets_old_calls,
 ]
 
 

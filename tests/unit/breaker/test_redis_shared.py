@@ -114,13 +114,25 @@ POLICIES = {
     "consecutive": {"fail_max": 3},
     "rate": {"failure_rate": 0.5, "window": 6, "min_calls": 3},
     "both": {"fail_max": 2, "failure_rate": 0.6, "window": 5, "min_calls": 4},
+    # A time window too long for anything to expire during the test (the script
+    # reads Redis TIME, the core a FakeClock): it must count exactly like the core.
+    "time": {"failure_rate": 0.5, "window_seconds": 1000.0, "min_calls": 3},
+    "slow": {
+        "failure_rate": 0.9,
+        "window": 5,
+        "min_calls": 3,
+        "slow_call_seconds": 1.0,
+        "slow_call_rate": 0.6,
+    },
 }
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     kind=st.sampled_from(sorted(POLICIES)),
-    outcomes=st.lists(st.sampled_from(["success", "failure", "ignored"]), max_size=30),
+    outcomes=st.lists(
+        st.sampled_from(["success", "failure", "ignored", "slow", "slow_failure"]), max_size=30
+    ),
 )
 def test_the_lua_script_admits_exactly_as_the_core(kind: str, outcomes: list[str]) -> None:
     """Differential test: the shared state machine (Lua on fakeredis) and the pure
@@ -140,9 +152,13 @@ def test_the_lua_script_admits_exactly_as_the_core(kind: str, outcomes: list[str
                 continue
             admitted.append(True)
             if outcome == "success":
-                permit.record_success()
+                permit.record_success(duration=0.1)
             elif outcome == "failure":
-                permit.record_failure()
+                permit.record_failure(duration=0.1)
+            elif outcome == "slow":
+                permit.record_success(duration=2.0)
+            elif outcome == "slow_failure":
+                permit.record_failure(duration=2.0)
             else:
                 permit.release()
         assert admitted[0] == admitted[1], (step, outcomes[: step + 1])
