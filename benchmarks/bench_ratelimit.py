@@ -1,0 +1,297 @@
+"""Rate limiting on one Redis: scalekit vs ``limits``, against raw GET and raw EVALSHA.
+
+Every row runs against the same Redis, in one run, over the same 1,000 keys
+(round robin) and the same limit (1000/minute, so every hit is allowed and
+every row does the same work). For each row the table gives ns per check,
+the ratio to a raw ``GET``, the ratio to a raw ``EVALSHA`` of ``return 1``,
+and two counts per check: client round trips (requests sent on the socket)
+and the Redis commands the server ran (from ``INFO commandstats``, which also
+counts the commands run inside scripts).
+
+Rows:
+
+- raw GET, raw EVALSHA (the floor for any one-round-trip limiter);
+- scalekit ``hit`` for each algorithm, ``hit`` + ``headers()``,
+  ``hit_all`` with two limits, and ``peek``;
+- limits' fixed window, moving window and sliding window counter ``hit``,
+  and ``get_window_stats`` (what limits needs for headers).
+
+Run (defaults to the machine's Redis on 127.0.0.1:6379; keys are created
+under ``scalekit-bench*`` prefixes and deleted at the end)::
+
+    python benchmarks/bench_ratelimit.py [--url redis://127.0.0.1:6379/0] [--number 2000]
+
+Targets (issue 6): GCRA and token bucket ``hit`` >= 0.90x raw EVALSHA
+(ops/s), every algorithm faster than limits' nearest equivalent, ``hit`` +
+headers at the cost of ``hit``, exactly 1 round trip per check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import redis
+from _bench import Result, print_table, time_per_call
+from limits import parse as limits_parse
+from limits.storage import RedisStorage
+from limits.strategies import (
+    FixedWindowRateLimiter,
+    MovingWindowRateLimiter,
+    SlidingWindowCounterRateLimiter,
+)
+
+from scalekit.instrumentation import set_hooks
+from scalekit.ratelimit import ALGORITHMS, Limit, RateLimiter
+
+KEYS = [f"user:{n}" for n in range(1000)]
+LIMIT_TEXT = "1000/minute"
+PREFIX = "scalekit-bench"
+
+
+class CountingConnection(redis.Connection):
+    """Counts requests sent on the socket: one per round trip."""
+
+    sent = 0
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        CountingConnection.sent += 1
+        super().send_packed_command(command, check_health)
+
+
+class CountingUnixConnection(redis.UnixDomainSocketConnection):
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        CountingConnection.sent += 1
+        super().send_packed_command(command, check_health)
+
+
+Check = Callable[[str], object]
+#: A row: its name and how to build its check for a Redis URL (each row owns its clients).
+Factory = Callable[[str], Check]
+
+
+def connect(url: str) -> redis.Redis:
+    if url.startswith("unix://"):
+        pool = redis.ConnectionPool(
+            path=url.removeprefix("unix://"), connection_class=CountingUnixConnection
+        )
+    else:
+        pool = redis.ConnectionPool.from_url(url, connection_class=CountingConnection)
+    return redis.Redis(connection_pool=pool)
+
+
+def limits_storage(url: str, name: str) -> RedisStorage:
+    """One storage per strategy (their keys would collide), counted like ours."""
+    uri = "redis+unix://" + url.removeprefix("unix://") if url.startswith("unix://") else url
+    storage = RedisStorage(uri, key_prefix=f"{PREFIX}-limits-{name}")
+    pool = storage.storage.connection_pool
+    pool.connection_class = (
+        CountingUnixConnection if url.startswith("unix://") else CountingConnection
+    )
+    pool.reset()
+    return storage
+
+
+def rows() -> list[tuple[str, Factory]]:
+    limit = Limit.parse(LIMIT_TEXT)
+    second = Limit.parse("100000/day")
+    item = limits_parse(LIMIT_TEXT)
+
+    def raw_get(url: str) -> Check:
+        client = connect(url)
+        return lambda key: client.get(f"{PREFIX}:raw:{key}")
+
+    def raw_evalsha(url: str) -> Check:
+        client = connect(url)
+        sha = client.script_load("return 1")
+        return lambda key: client.evalsha(sha, 1, f"{PREFIX}:raw:{key}")
+
+    def ours(algorithm: str, how: str) -> Factory:
+        def make(url: str) -> Check:
+            limiter = RateLimiter(
+                connect(url),
+                algorithm=algorithm,  # type: ignore[arg-type]
+                namespace=f"{PREFIX}:{algorithm}:{how.split()[0]}",
+            )
+            if how == "hit + headers":
+                return lambda key: limiter.hit(key, limit).headers(style="both")
+            if how == "hit_all (2 limits)":
+                return lambda key: limiter.hit_all(key, [limit, second])
+            if how == "peek":
+                return lambda key: limiter.peek(key, limit)
+            return lambda key: limiter.hit(key, limit)
+
+        return make
+
+    def theirs(strategy: type[Any], with_stats: bool) -> Factory:
+        def make(url: str) -> Check:
+            limiter = strategy(limits_storage(url, f"{strategy.__name__}-{with_stats}"))
+            if with_stats:
+                return lambda key: (limiter.hit(item, key), limiter.get_window_stats(item, key))
+            return lambda key: limiter.hit(item, key)
+
+        return make
+
+    table: list[tuple[str, Factory]] = [
+        ("raw GET", raw_get),
+        ("raw EVALSHA (return 1)", raw_evalsha),
+    ]
+    table += [(f"scalekit {algorithm} hit", ours(algorithm, "hit")) for algorithm in ALGORITHMS]
+    table += [
+        (f"scalekit gcra {how}", ours("gcra", how))
+        for how in ("hit + headers", "hit_all (2 limits)", "peek")
+    ]
+    table += [
+        ("limits fixed window hit", theirs(FixedWindowRateLimiter, False)),
+        ("limits moving window hit", theirs(MovingWindowRateLimiter, False)),
+        ("limits sliding window counter hit", theirs(SlidingWindowCounterRateLimiter, False)),
+        ("limits fixed hit + get_window_stats", theirs(FixedWindowRateLimiter, True)),
+        ("limits moving hit + get_window_stats", theirs(MovingWindowRateLimiter, True)),
+    ]
+    return table
+
+
+def cycle(check: Check) -> Callable[[], object]:
+    keys = itertools.cycle(KEYS)
+    return lambda: check(next(keys))
+
+
+def count(factory: Factory, url: str, stats: redis.Redis) -> tuple[float, float | None]:
+    """Round trips per check (client side), and Redis commands per check (server side).
+
+    Server commands come from ``INFO commandstats`` (which counts the commands
+    run inside scripts too); ``stats`` must be a server nobody else uses.
+    """
+    call = cycle(factory(url))
+    for _ in range(len(KEYS)):  # every key once: scripts loaded, keys created
+        call()
+    stats.config_resetstat()
+    sent = CountingConnection.sent
+    for _ in range(100):
+        call()
+    trips = (CountingConnection.sent - sent) / 100
+    commandstats = stats.info("commandstats")
+    calls = sum(int(value["calls"]) for value in commandstats.values()) - 1  # our CONFIG
+    return trips, calls / 100
+
+
+def private_server() -> tuple[subprocess.Popen[bytes], str, Path] | None:
+    """A throwaway redis-server on a unix socket, for exact command counts (None if absent)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        return None
+    directory = Path(tempfile.mkdtemp(prefix="scalekit-bench-"))
+    socket = directory / "redis.sock"
+    process = subprocess.Popen(
+        [binary, "--port", "0", "--unixsocket", str(socket), "--save", "", "--dir", str(directory)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    for _ in range(100):
+        if socket.exists():
+            return process, f"unix://{socket}", directory
+        time.sleep(0.05)
+    process.kill()
+    return None
+
+
+def cleanup(client: redis.Redis) -> int:
+    deleted = 0
+    for key in client.scan_iter(match=f"{PREFIX}*", count=1000):
+        deleted += client.delete(key)
+    return deleted
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--number", type=int, default=2000)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    set_hooks(())  # instrumentation off: time the limiters, not logging
+
+    admin = connect(args.url)
+    admin.ping()
+    cleanup(admin)
+    table = rows()
+    print(f"Redis {admin.info('server')['redis_version']} at {args.url}; limit {LIMIT_TEXT}")
+
+    # Counts on a private server (a shared one counts other clients' commands too).
+    counts: dict[str, tuple[float, float | None]] = {}
+    private = private_server()
+    try:
+        if private is not None:
+            _process, private_url, _directory = private
+            with contextlib.closing(connect(private_url)) as stats:
+                for name, factory in table:
+                    counts[name] = count(factory, private_url, stats)
+        else:
+            for name, factory in table:
+                counts[name] = (count(factory, args.url, admin)[0], None)
+    finally:
+        if private is not None:
+            private[0].kill()
+            private[0].wait()
+            shutil.rmtree(private[2], ignore_errors=True)
+
+    # Timing on --url. Rows take turns, so load spikes hit them all alike.
+    calls = []
+    for _name, factory in table:
+        call = cycle(factory(args.url))
+        for _ in range(len(KEYS)):
+            call()
+        calls.append(call)
+    best = [float("inf")] * len(table)
+    for round_number in range(args.repeat):
+        for index, call in enumerate(calls):
+            best[index] = min(best[index], time_per_call(call, number=args.number, repeat=1))
+        print(f"  round {round_number + 1}/{args.repeat}", flush=True)
+    results = [Result(name, ns) for (name, _factory), ns in zip(table, best, strict=True)]
+
+    print_table(
+        "Rate limiting on one Redis (ns per check; lower is better)",
+        results,
+        baseline="raw GET",
+        peer="raw EVALSHA (return 1)",
+    )
+    by_name = {result.name: result.ns_per_call for result in results}
+    get_ns = by_name["raw GET"]
+    print(f"\n{'case':<40} {'ops/s':>8} {'x GET':>7} {'round trips':>12} {'commands':>9}")
+    for result in results:
+        trips, commands = counts[result.name]
+        shown = "n/a" if commands is None else f"{commands:.2f}"
+        print(
+            f"{result.name:<40} {1e9 / result.ns_per_call:>8.0f} "
+            f"{get_ns / result.ns_per_call:>6.2f}x {trips:>12.2f} {shown:>9}"
+        )
+    print("\nscalekit vs limits' nearest equivalent (ops/s ratio; > 1: scalekit is faster):")
+    for ours, theirs in (
+        ("scalekit fixed_window hit", "limits fixed window hit"),
+        ("scalekit sliding_window_log hit", "limits moving window hit"),
+        ("scalekit sliding_window_counter hit", "limits sliding window counter hit"),
+        ("scalekit gcra hit + headers", "limits fixed hit + get_window_stats"),
+        ("scalekit sliding_window_log hit", "limits moving hit + get_window_stats"),
+    ):
+        print(f"  {ours:<36} vs {theirs:<37} {by_name[theirs] / by_name[ours]:.2f}x")
+    evalsha = by_name["raw EVALSHA (return 1)"]
+    for name in ("scalekit gcra hit", "scalekit token_bucket hit"):
+        print(f"  {name:<36} vs raw EVALSHA: {evalsha / by_name[name]:.2f}x ops/s (target >= 0.90)")
+    hit, headers = by_name["scalekit gcra hit"], by_name["scalekit gcra hit + headers"]
+    print(f"  scalekit gcra hit + headers costs {headers / hit:.2f}x a hit")
+    print(f"\ndeleted {cleanup(admin)} benchmark keys")
+    admin.close()
+
+
+if __name__ == "__main__":
+    main()

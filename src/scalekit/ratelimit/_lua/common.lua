@@ -1,0 +1,5 @@
+-- scalekit.ratelimit: shared by every algorithm script.
+-- A script is common.lua .. <algorithm>.lua .. driver.lua (see _scripts.py).
+-- Numbers are doubles, as in Python, so Redis and the memory backend agree bit
+-- for bit. States are written with %d (whole numbers: times in microseconds,
+-- windows, counts) and %.17g (fractions), both exact round trips.

@@ -1,0 +1,401 @@
+"""What the sync and async limiters share: everything but the I/O.
+
+A check goes: :meth:`LimiterLogic.plan` (validate, build keys) ->
+:meth:`~LimiterLogic.cached` (the local over-limit cache may answer) ->
+:meth:`StoreGuard.available` (the breaker may skip the store) -> the store
+call (the only line that differs between :mod:`._sync` and :mod:`._async`) ->
+:meth:`~LimiterLogic.finish` or :meth:`~LimiterLogic.degraded`.
+
+:class:`StoreGuard` is a small consecutive-failure breaker: after
+``failure_threshold`` failed calls the store is skipped for
+``recovery_interval`` seconds (those checks take the fallback at once, so an
+outage adds no latency); then one call probes it, and the others keep
+skipping until that probe succeeds. It emits
+:class:`~scalekit.instrumentation.FallbackUsed` once when an incident starts
+and :class:`~scalekit.instrumentation.Recovered` when it ends.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Final, Literal, NamedTuple, TypeAlias
+
+from scalekit.errors import CircuitOpenError, ConfigurationError
+from scalekit.instrumentation import Event, FallbackUsed, Recovered, emit
+from scalekit.ratelimit._backends._base import StoreUnavailable
+from scalekit.ratelimit._backends._memory import MemoryBackend
+from scalekit.ratelimit._core import (
+    Decision,
+    Limit,
+    Outcome,
+    check_algorithm,
+    check_cost,
+    check_namespace,
+    coerce_limit,
+    decision_from_outcome,
+    fixed_decision,
+    hash_key_part,
+    is_int,
+    is_number,
+    key_suffix,
+)
+
+if TYPE_CHECKING:
+    from scalekit.typing import Clock
+
+__all__ = ["FallbackPolicy", "LimiterLogic", "Plan", "ShadowDenied", "StoreGuard"]
+
+FallbackPolicy: TypeAlias = Literal["allow", "deny", "local", "raise"]
+FALLBACKS: Final = ("allow", "deny", "local", "raise")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ShadowDenied(Event):
+    """A limiter in shadow mode would have denied a hit (it allowed it).
+
+    ``limit`` is the denying limit (``"100/3600s"``); ``key_hash`` a short
+    hash of the key, never the key itself (keys are often IPs or API keys).
+    """
+
+    kind: ClassVar[str] = "ratelimit.shadow_denied"
+    level: ClassVar[int] = logging.INFO
+
+    limit: str
+    key_hash: str
+    retry_after: float
+
+
+def key_digest(key: str | bytes) -> str:
+    """A short, stable, non-reversible hash of a key, for events and logs."""
+    raw = key if isinstance(key, bytes) else key.encode("utf-8", "surrogatepass")
+    return hashlib.blake2b(raw, digest_size=8).hexdigest()
+
+
+def check_positive(value: float, parameter: str) -> float:
+    if not is_number(value) or not value > 0:
+        raise ConfigurationError(
+            f"{parameter} must be a positive number, got {value!r}", parameter=parameter
+        )
+    return float(value)
+
+
+def check_count(value: int, parameter: str) -> int:
+    if not is_int(value) or value < 1:
+        raise ConfigurationError(
+            f"{parameter} must be an int >= 1, got {value!r}", parameter=parameter
+        )
+    return value
+
+
+def check_fallback(fallback: str) -> FallbackPolicy:
+    for known in FALLBACKS:
+        if fallback == known:
+            return known
+    raise ConfigurationError(
+        f"fallback must be one of {', '.join(FALLBACKS)}, got {fallback!r}", parameter="fallback"
+    )
+
+
+class StoreGuard:
+    """Consecutive-failure breaker and incident events around one store. Thread-safe."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        fallback: str,
+        failure_threshold: int,
+        recovery_interval: float,
+        clock: Clock,
+    ) -> None:
+        self.name = name
+        self.fallback = fallback
+        self.failure_threshold = check_count(failure_threshold, "failure_threshold")
+        self.recovery_interval = check_positive(recovery_interval, "recovery_interval")
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._failures = 0
+        self._open_until: float | None = None
+        self._incident_started: float | None = None
+
+    @property
+    def degraded(self) -> bool:
+        """Whether an incident is in progress (the last store call failed)."""
+        return self._incident_started is not None
+
+    def available(self) -> bool:
+        """Whether to call the store now; claims the probe when one is due."""
+        if self._open_until is None:
+            return True
+        return self._claim_probe()
+
+    def _claim_probe(self) -> bool:
+        with self._lock:
+            until = self._open_until
+            if until is None:  # closed meanwhile by another thread
+                return True
+            now = self._clock.monotonic()
+            if now < until:
+                return False
+            # This caller probes; the others skip the store for another interval.
+            self._open_until = now + self.recovery_interval
+            return True
+
+    def retry_after(self) -> float:
+        """Seconds until the store is tried again (0 when it is not skipped)."""
+        until = self._open_until
+        return 0.0 if until is None else max(until - self._clock.monotonic(), 0.0)
+
+    def succeeded(self) -> None:
+        if self._incident_started is None and self._failures == 0:
+            return
+        with self._lock:
+            started, self._incident_started = self._incident_started, None
+            self._failures = 0
+            self._open_until = None
+        if started is not None:
+            emit(
+                Recovered(
+                    name=self.name,
+                    component_name="ratelimit",
+                    seconds_degraded=max(self._clock.monotonic() - started, 0.0),
+                )
+            )
+
+    def failed(self, reason: str) -> None:
+        with self._lock:
+            now = self._clock.monotonic()
+            self._failures += 1
+            started = self._incident_started is None
+            if started:
+                self._incident_started = now
+            if self._failures >= self.failure_threshold:
+                self._open_until = now + self.recovery_interval
+        if started:
+            emit(
+                FallbackUsed(
+                    name=self.name,
+                    component_name="ratelimit",
+                    fallback=self.fallback,
+                    reason=reason,
+                )
+            )
+
+
+class Plan(NamedTuple):
+    """One check, ready for the store: validated limits, keys and numbers."""
+
+    key: str | bytes
+    limits: tuple[Limit, ...]
+    keys: tuple[str, ...]
+    params: tuple[tuple[float, float, float], ...]
+    cost: float
+    write: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Denial:
+    until: float
+    stored_at: float
+    cost: float
+    decision: Decision
+
+
+class LimiterLogic:
+    """The I/O-free part of :class:`RateLimiter` and :class:`AsyncRateLimiter`."""
+
+    def __init__(
+        self,
+        *,
+        algorithm: str,
+        namespace: str,
+        fallback: str,
+        instances: int,
+        local_cache: bool | int,
+        shadow: bool,
+        consume_denied: bool,
+        failure_threshold: int,
+        recovery_interval: float,
+        max_local_keys: int,
+        clock: Clock,
+        name: str | None,
+    ) -> None:
+        self.algorithm = check_algorithm(algorithm)
+        self.namespace = check_namespace(namespace)
+        self.fallback = check_fallback(fallback)
+        self.instances = check_count(instances, "instances")
+        if isinstance(local_cache, bool):
+            self.local_cache_size = 10_000 if local_cache else 0
+        elif is_int(local_cache) and local_cache >= 0:
+            self.local_cache_size = local_cache
+        else:
+            raise ConfigurationError(
+                f"local_cache must be a bool or a size >= 0, got {local_cache!r}",
+                parameter="local_cache",
+            )
+        self.shadow = bool(shadow)
+        self.consume_denied = bool(consume_denied)
+        self.clock = clock
+        self.name = name or namespace
+        self.guard = StoreGuard(
+            name=self.name,
+            fallback=self.fallback,
+            failure_threshold=failure_threshold,
+            recovery_interval=recovery_interval,
+            clock=clock,
+        )
+        self.local = MemoryBackend(max_keys=max_local_keys, clock=clock)
+        self._specs: dict[Limit | str, tuple[Limit, tuple[float, float, float], str]] = {}
+        self._denials: OrderedDict[tuple[str, ...], _Denial] = OrderedDict()
+        self._denials_lock = threading.Lock()
+
+    # -- before the store ---------------------------------------------------
+
+    def plan(
+        self, key: str | bytes, limits: Sequence[Limit | str], cost: int, *, write: bool
+    ) -> Plan:
+        """Validate a check and build its keys.
+
+        Raises:
+            ConfigurationError: no limits, a bad limit, cost or key.
+        """
+        if isinstance(limits, (Limit, str)):
+            limits = [limits]
+        specs = [self._spec(limit) for limit in limits]
+        if not specs:
+            raise ConfigurationError("at least one limit is needed", parameter="limits")
+        if len(specs) > 1:  # limits that differ only by name share one key: check it once
+            unique: dict[str, tuple[Limit, tuple[float, float, float], str]] = {}
+            for spec in specs:
+                unique.setdefault(spec[2], spec)
+            specs = list(unique.values())
+        parsed = tuple(spec[0] for spec in specs)
+        cost_value = check_cost(cost, parsed)
+        prefix = f"{self.namespace}:{{{hash_key_part(key)}}}"
+        keys = tuple(prefix + spec[2] for spec in specs)
+        return Plan(key, parsed, keys, tuple(spec[1] for spec in specs), cost_value, write)
+
+    def _spec(self, limit: Limit | str) -> tuple[Limit, tuple[float, float, float], str]:
+        """``(limit, params, key suffix)``, cached: limits are few and checks many."""
+        given: object = limit  # typed callers aside, anything may arrive here
+        if not isinstance(given, (Limit, str)):
+            coerce_limit(limit)  # raises ConfigurationError
+        spec = self._specs.get(limit)
+        if spec is None:
+            parsed = coerce_limit(limit)
+            spec = (parsed, parsed.params(self.algorithm), key_suffix(self.algorithm, parsed))
+            if len(self._specs) >= 1024:  # many distinct limits: keep memory bounded
+                self._specs.clear()
+            self._specs[limit] = spec
+        return spec
+
+    def cached(self, plan: Plan) -> Decision | None:
+        """A denial from the local over-limit cache, or None to ask the store."""
+        if not self.local_cache_size or not plan.write or self.shadow:
+            return None
+        denial = self._denials.get(plan.keys)
+        if denial is None:
+            return None
+        now = self.clock.monotonic()
+        if now >= denial.until:
+            with self._denials_lock:
+                self._denials.pop(plan.keys, None)
+            return None
+        if plan.cost < denial.cost:
+            return None  # a cheaper hit might fit: ask the store
+        elapsed = now - denial.stored_at
+        return dataclasses.replace(
+            denial.decision,
+            retry_after=denial.until - now,
+            reset_after=max(denial.decision.reset_after - elapsed, 0.0),
+            cached=True,
+        )
+
+    # -- after the store ----------------------------------------------------
+
+    def finish(self, plan: Plan, outcome: Outcome) -> Decision:
+        """The decision for the store's outcome; updates breaker and cache."""
+        self.guard.succeeded()
+        decision = decision_from_outcome(outcome, plan.key, plan.limits, shadow=self.shadow)
+        if self.local_cache_size and plan.write and not self.shadow:
+            self._remember(plan, decision)
+        return self._report(decision)
+
+    def degraded(self, plan: Plan, error: StoreUnavailable | None) -> Decision:
+        """The decision of the fallback policy; ``error`` is None when the store was skipped.
+
+        Raises:
+            the store's error (``fallback="raise"``), or CircuitOpenError when the
+            store is being skipped under ``fallback="raise"``.
+        """
+        if error is not None:
+            self.guard.failed(error.reason)
+        if self.fallback == "raise":
+            if error is not None and error.__cause__ is not None:
+                raise error.__cause__
+            raise CircuitOpenError(self.name, self.guard.retry_after())
+        if self.fallback == "local":
+            limits = [limit.scaled(self.instances) for limit in plan.limits]
+            params = [limit.params(self.algorithm) for limit in limits]
+            if plan.cost > min(limit.burst for limit in limits):
+                # More than this instance's share could ever admit: never over-admit.
+                outcome = Outcome(False, 0, 0.0, 0.0, limits[0].period_us)
+            else:
+                outcome = self.local.evaluate(
+                    self.algorithm,
+                    plan.keys,
+                    params,
+                    plan.cost,
+                    consume_denied=self.consume_denied,
+                    write=plan.write,
+                )
+            decision = decision_from_outcome(
+                outcome, plan.key, limits, fallback="local", shadow=self.shadow
+            )
+        else:
+            decision = fixed_decision(
+                self.fallback == "allow", plan.key, plan.limits, fallback=self.fallback
+            )
+            if not decision.allowed:
+                decision = dataclasses.replace(
+                    decision, retry_after=max(self.guard.retry_after(), 1.0)
+                )
+                if self.shadow:
+                    decision = dataclasses.replace(decision, allowed=True, shadowed=True)
+        return self._report(decision)
+
+    def forget(self, keys: Sequence[str]) -> None:
+        """Drop local state of ``keys`` (on reset)."""
+        self.local.delete(keys)
+        with self._denials_lock:
+            for cached in [k for k in self._denials if set(k) & set(keys)]:
+                del self._denials[cached]
+
+    def _remember(self, plan: Plan, decision: Decision) -> None:
+        with self._denials_lock:
+            if decision.allowed:
+                self._denials.pop(plan.keys, None)
+                return
+            now = self.clock.monotonic()
+            self._denials[plan.keys] = _Denial(now + decision.retry_after, now, plan.cost, decision)
+            self._denials.move_to_end(plan.keys)
+            while len(self._denials) > self.local_cache_size:
+                self._denials.popitem(last=False)
+
+    def _report(self, decision: Decision) -> Decision:
+        if decision.shadowed:
+            emit(
+                ShadowDenied(
+                    name=self.name,
+                    limit=str(decision.limit),
+                    key_hash=key_digest(decision.key),
+                    retry_after=decision.retry_after,
+                )
+            )
+        return decision

@@ -1,0 +1,216 @@
+"""The blocking rate limiter. All logic lives in :mod:`._shell` and :mod:`._core`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from scalekit._clock import SYSTEM_CLOCK
+from scalekit.errors import ConfigurationError
+from scalekit.ratelimit._backends import MemoryBackend, RedisBackend, StoreUnavailable
+from scalekit.ratelimit._core import Algorithm, Decision, Limit
+from scalekit.ratelimit._shell import FallbackPolicy, LimiterLogic, Plan
+
+if TYPE_CHECKING:
+    from scalekit.ratelimit._backends import SyncBackend
+    from scalekit.typing import Clock
+
+__all__ = ["RateLimiter"]
+
+
+def is_async_client(store: object) -> bool:
+    """Whether ``store`` is a ``redis.asyncio`` client (standalone or cluster, or a fake of one)."""
+    try:
+        from redis.asyncio import Redis as AsyncRedis
+        from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+    except ImportError:  # pragma: no cover - redis is not installed
+        return False
+    return isinstance(store, (AsyncRedis, AsyncRedisCluster))
+
+
+def sync_backend(store: Any) -> SyncBackend:
+    """The backend for a blocking ``store``; raises ConfigurationError if it is not one."""
+    if isinstance(store, (MemoryBackend, RedisBackend)):
+        return store
+    if is_async_client(store):
+        raise ConfigurationError(
+            f"{type(store).__name__} is an asyncio client: use the Async* limiter",
+            parameter="store",
+        )
+    if callable(getattr(store, "evalsha", None)):
+        return RedisBackend(store)
+    raise ConfigurationError(
+        f"store must be a redis-py client or a MemoryBackend, got {type(store).__name__}",
+        parameter="store",
+    )
+
+
+class RateLimiter:
+    """Limit how often a key may act, shared by every process on one Redis.
+
+    ``store`` is your ``redis.Redis`` or ``redis.cluster.RedisCluster`` (or a
+    :class:`MemoryBackend` for one process and tests). Each check is one
+    EVALSHA that runs on Redis's clock and returns the whole decision.
+
+    Args:
+        algorithm: ``"gcra"`` (default), ``"token_bucket"``,
+            ``"sliding_window_log"`` (exact), ``"sliding_window_counter"``
+            (approximate, two counters) or ``"fixed_window"``.
+        namespace: prefix of every Redis key; limiters with different
+            namespaces never share state.
+        fallback: when Redis is unreachable: ``"local"`` (default: an
+            in-process limiter with each limit divided by ``instances``),
+            ``"allow"`` (fail open), ``"deny"`` (fail closed) or ``"raise"``.
+        instances: how many processes share the limit, for ``"local"``.
+        local_cache: deny locally, without a round trip, a key known to be
+            over its limit until its ``retry_after`` (``True`` or a max size).
+        shadow: decide and report but never deny (for rolling out a limit);
+            would-be denials emit ``ShadowDenied`` events.
+        consume_denied: count denied hits against the limit too.
+        failure_threshold: consecutive store failures before the store is
+            skipped for ``recovery_interval`` seconds.
+        max_local_keys: bound on the keys the local fallback keeps.
+        clock: time for the breaker and the local limiter.
+        name: the name in events (defaults to ``namespace``).
+
+    Set ``socket_timeout`` on your client: it bounds how long a hung Redis can
+    block a check before the fallback answers.
+
+    >>> from scalekit.ratelimit import Limit, MemoryBackend, RateLimiter
+    >>> limiter = RateLimiter(MemoryBackend())
+    >>> decision = limiter.hit("customer:42", "2/minute")
+    >>> decision.allowed, decision.remaining
+    (True, 1)
+
+    Raises:
+        ConfigurationError: a bad parameter (``parameter`` names it).
+    """
+
+    def __init__(
+        self,
+        store: Any,
+        *,
+        algorithm: Algorithm = "gcra",
+        namespace: str = "scalekit:rl",
+        fallback: FallbackPolicy = "local",
+        instances: int = 1,
+        local_cache: bool | int = False,
+        shadow: bool = False,
+        consume_denied: bool = False,
+        failure_threshold: int = 1,
+        recovery_interval: float = 1.0,
+        max_local_keys: int = 10_000,
+        clock: Clock = SYSTEM_CLOCK,
+        name: str | None = None,
+    ) -> None:
+        self.backend = sync_backend(store)
+        self._logic = LimiterLogic(
+            algorithm=algorithm,
+            namespace=namespace,
+            fallback=fallback,
+            instances=instances,
+            local_cache=local_cache,
+            shadow=shadow,
+            consume_denied=consume_denied,
+            failure_threshold=failure_threshold,
+            recovery_interval=recovery_interval,
+            max_local_keys=max_local_keys,
+            clock=clock,
+            name=name,
+        )
+
+    @property
+    def algorithm(self) -> Algorithm:
+        """The algorithm this limiter runs."""
+        return self._logic.algorithm
+
+    @property
+    def degraded(self) -> bool:
+        """Whether the store is failing now (checks take the fallback)."""
+        return self._logic.guard.degraded
+
+    def hit(self, key: str | bytes, limit: Limit | str, cost: int = 1) -> Decision:
+        """Count a hit of ``cost`` against ``limit`` for ``key``, if allowed.
+
+        >>> RateLimiter(MemoryBackend()).hit("ip:10.0.0.1", Limit(1, per=1)).allowed
+        True
+
+        Raises:
+            ConfigurationError: a bad limit, key or cost (more than the limit's capacity).
+        """
+        return self._check(self._logic.plan(key, [limit], cost, write=True))
+
+    def hit_all(self, key: str | bytes, limits: Sequence[Limit | str], cost: int = 1) -> Decision:
+        """Hit several limits atomically (one script call): allowed only if all allow.
+
+        Nothing is counted when any limit denies. The decision reports the most
+        restrictive limit: the denial with the longest ``retry_after``, or the
+        allowance with the fewest ``remaining``.
+
+        >>> limiter = RateLimiter(MemoryBackend())
+        >>> limiter.hit_all("k", ["10/second", "1000/hour"]).limit
+        Limit(10/1s)
+
+        Raises:
+            ConfigurationError: no limits, or a bad limit, key or cost.
+        """
+        return self._check(self._logic.plan(key, limits, cost, write=True))
+
+    def peek(self, key: str | bytes, limit: Limit | str | Sequence[Limit | str]) -> Decision:
+        """Whether a hit of 1 would be allowed now, and what remains; counts nothing.
+
+        Raises:
+            ConfigurationError: a bad limit or key.
+        """
+        limits = [limit] if isinstance(limit, (Limit, str)) else list(limit)
+        return self._check(self._logic.plan(key, limits, 1, write=False))
+
+    def enforce(
+        self, key: str | bytes, limit: Limit | str | Sequence[Limit | str], cost: int = 1
+    ) -> Decision:
+        """Like :meth:`hit_all`, but raise when denied.
+
+        Raises:
+            RateLimitExceeded: denied; ``.decision`` holds the decision.
+            ConfigurationError: a bad limit, key or cost.
+        """
+        limits = [limit] if isinstance(limit, (Limit, str)) else list(limit)
+        return self._check(self._logic.plan(key, limits, cost, write=True)).raise_for_denied()
+
+    def reset(self, key: str | bytes, limit: Limit | str | Sequence[Limit | str]) -> None:
+        """Forget ``key``'s usage of ``limit`` (or of several limits), in Redis and locally.
+
+        Raises:
+            ConfigurationError: a bad limit or key.
+            redis.exceptions.RedisError: the store failed (reset has no fallback).
+        """
+        limits = [limit] if isinstance(limit, (Limit, str)) else list(limit)
+        plan = self._logic.plan(key, limits, 0, write=False)
+        self._logic.forget(plan.keys)
+        self.backend.delete(plan.keys)
+
+    def _check(self, plan: Plan) -> Decision:
+        logic = self._logic
+        decision = logic.cached(plan)
+        if decision is not None:
+            return decision
+        if not logic.guard.available():
+            return logic.degraded(plan, None)
+        try:
+            outcome = self.backend.evaluate(
+                logic.algorithm,
+                plan.keys,
+                plan.params,
+                plan.cost,
+                consume_denied=logic.consume_denied,
+                write=plan.write,
+            )
+        except StoreUnavailable as error:
+            return logic.degraded(plan, error)
+        return logic.finish(plan, outcome)
+
+    def __repr__(self) -> str:
+        return (
+            f"RateLimiter({self.backend!r}, algorithm={self.algorithm!r}, "
+            f"namespace={self._logic.namespace!r}, fallback={self._logic.fallback!r})"
+        )

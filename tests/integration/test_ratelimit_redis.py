@@ -1,0 +1,360 @@
+"""Rate limiting against the harness's real Redis (standalone and Cluster).
+
+- the Lua scripts agree with the pure core decision by decision (the same
+  scenarios as ``tests/unit/ratelimit/test_lua_parity_fakeredis.py``);
+- one round trip per check, on the server's clock, NOSCRIPT reloads;
+- 4 processes hammering one key admit exactly the limit;
+- the concurrency limiter frees the slots of a killed holder;
+- Redis Cluster, sync and asyncio.
+
+Store-down tests (stop, pause, restart) are in ``test_ratelimit_failover.py``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio
+
+from scalekit.errors import ConcurrencyLimitExceeded
+from scalekit.ratelimit import (
+    ALGORITHMS,
+    AsyncConcurrencyLimiter,
+    AsyncRateLimiter,
+    AsyncRedisBackend,
+    ConcurrencyLimiter,
+    Limit,
+    MemoryBackend,
+    RateLimiter,
+    RedisBackend,
+)
+from scalekit.ratelimit._scripts import algorithm_script
+from scalekit.testing import FakeClock
+from tests.unit.ratelimit._scenarios import (
+    Scenario,
+    Step,
+    areplay,
+    evaluator,
+    random_scenario,
+    replay,
+)
+
+pytestmark = pytest.mark.integration
+
+
+class CountingConnection(redis.Connection):
+    """Counts the requests sent (each is one round trip: a command and its reply)."""
+
+    sent = 0
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        type(self).sent += 1
+        super().send_packed_command(command, check_health)
+
+
+def counting_client(node: Any) -> redis.Redis:
+    CountingConnection.sent = 0
+    pool = redis.ConnectionPool(host=node.host, port=node.port, connection_class=CountingConnection)
+    return redis.Redis(connection_pool=pool)
+
+
+# -- the scripts mirror the core ---------------------------------------------
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_lua_on_real_redis_mirrors_the_core(algorithm: str, redis_client: Any) -> None:
+    backend = RedisBackend(redis_client)
+    steps = 0
+    for seed in range(12):
+        scenario = random_scenario(seed * 7919 + 1, algorithm, length=40)
+        steps += replay(scenario, evaluator(MemoryBackend()), evaluator(backend), f"s{seed}")
+    assert steps == 12 * 40
+
+
+async def test_async_lua_on_real_redis_mirrors_the_core(async_redis_client: Any) -> None:
+    backend = AsyncRedisBackend(async_redis_client)
+
+    async def run(scenario: Scenario, keys: list[str], now: float, step: Step) -> Any:
+        return await backend.evaluate(
+            scenario.algorithm,
+            keys,
+            scenario.params(),
+            float(step.cost),
+            consume_denied=scenario.consume_denied,
+            write=step.write,
+            now=now,
+        )
+
+    for number, algorithm in enumerate(ALGORITHMS):
+        scenario = random_scenario(number + 100, algorithm, length=30)
+        assert await areplay(scenario, evaluator(MemoryBackend()), run, f"a{number}") == 30
+
+
+# -- one round trip, server clock, NOSCRIPT -----------------------------------
+
+
+def test_one_round_trip_per_check_headers_included(redis_server: Any) -> None:
+    client = counting_client(redis_server)
+    client.flushall()
+    try:
+        for algorithm in ALGORITHMS:
+            limiter = RateLimiter(client, algorithm=algorithm)
+            limiter.hit("warm", "5/minute")  # may load the script (NOSCRIPT + EVAL)
+            client.config_resetstat()
+            CountingConnection.sent = 0
+            for _ in range(10):
+                decision = limiter.hit("k", "5/minute")
+                decision.headers(style="both")
+            limiter.hit_all("k", ["5/minute", "100/hour", "1000/day"])
+            limiter.peek("k", ["5/minute", "100/hour"])
+            assert CountingConnection.sent == 12, algorithm
+            stats = client.info("commandstats")
+            assert stats["cmdstat_evalsha"]["calls"] == 12, algorithm
+            assert "cmdstat_eval" not in stats
+    finally:
+        client.close()
+
+
+def test_noscript_reloads_the_script(redis_server: Any) -> None:
+    client = counting_client(redis_server)
+    client.flushall()
+    try:
+        limiter = RateLimiter(client, algorithm="token_bucket")
+        limiter.hit("k", "3/minute")
+        client.script_flush()
+        CountingConnection.sent = 0
+        assert limiter.hit("k", "3/minute").remaining == 1  # state kept, script reloaded
+        assert CountingConnection.sent == 2  # EVALSHA -> NOSCRIPT, then EVAL
+        assert client.script_exists(algorithm_script("token_bucket").sha) == [True]
+        CountingConnection.sent = 0
+        limiter.hit("k", "3/minute")
+        assert CountingConnection.sent == 1
+    finally:
+        client.close()
+
+
+def test_state_lives_on_the_servers_clock(redis_client: Any) -> None:
+    # The app's clock is 50 years off: it must not matter.
+    limiter = RateLimiter(redis_client, algorithm="token_bucket", clock=FakeClock(start=5.0))
+    limiter.hit("k", Limit(10, per=60))
+    seconds, micros = redis_client.time()
+    server_now = seconds * 1_000_000 + micros
+    (key,) = redis_client.keys("*")
+    tokens, last = redis_client.get(key).split()
+    assert float(tokens) == 9.0
+    assert 0 <= server_now - float(last) < 2_000_000
+    assert 0 < redis_client.pttl(key) <= 60_000 + 1
+
+
+def test_keys_expire_once_the_limit_is_full_again(redis_client: Any) -> None:
+    limiter = RateLimiter(redis_client, algorithm="gcra")
+    limiter.hit("k", Limit(100, per=0.2))
+    (key,) = redis_client.keys("*")
+    assert 0 < redis_client.pttl(key) <= 10
+    time.sleep(0.05)
+    assert redis_client.keys("*") == []
+
+
+def test_unsafe_keys_never_reach_redis_raw(redis_client: Any) -> None:
+    limiter = RateLimiter(redis_client, namespace="app")
+    for key in ("*", "{x}", "ü" * 300, b"\x00\xff"):
+        limiter.hit(key, "1/minute")
+        assert not limiter.hit(key, "1/minute").allowed
+    keys = redis_client.keys("*")
+    assert len(keys) == 4
+    assert all(key.startswith(b"app:{h:") for key in keys)
+
+
+# -- many processes, one limit -----------------------------------------------
+
+
+def _hammer(args: tuple[str | list[tuple[str, int]], str, list[str], int]) -> int:
+    where, algorithm, limits, hits = args
+    if isinstance(where, str):
+        client: Any = redis.Redis.from_url(where)
+    else:
+        from redis.cluster import ClusterNode, RedisCluster
+
+        client = RedisCluster(startup_nodes=[ClusterNode(host, port) for host, port in where])
+    namespace = f"hammer-{len(limits)}"
+    limiter = RateLimiter(client, algorithm=algorithm, namespace=namespace)  # type: ignore[arg-type]
+    admitted = sum(limiter.hit_all("shared", limits).allowed for _ in range(hits))
+    client.close()
+    return admitted
+
+
+def test_four_processes_admit_exactly_the_limit(
+    redis_client: Any, redis_server: Any, redis_cluster: Any
+) -> None:
+    # A day-long window: refills during the run are far below one unit.
+    redis_cluster.flushall()
+    jobs: list[tuple[str | list[tuple[str, int]], str, list[str], int]] = []
+    for where in (redis_server.url, redis_cluster.startup_nodes):
+        for algorithm in ALGORITHMS:
+            jobs += [(where, algorithm, ["50/day"], 40)] * 4
+        jobs += [(where, "gcra", ["50/day", "30/day"], 40)] * 4
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        admitted = pool.map(_hammer, jobs)
+    totals = [sum(admitted[i : i + 4]) for i in range(0, len(admitted), 4)]
+    # Standalone, then Cluster: each algorithm admitted exactly 50 of 160, and
+    # hit_all exactly 30 (the tighter of its two limits).
+    assert totals == ([50] * len(ALGORITHMS) + [30]) * 2
+
+
+# -- the concurrency limiter ------------------------------------------------
+
+_HOLDER = """
+import sys, time, redis
+from scalekit.ratelimit import ConcurrencyLimiter
+limiter = ConcurrencyLimiter(redis.Redis.from_url(sys.argv[1]), limit=2, lease=1.0)
+leases = [limiter.acquire("job"), limiter.acquire("job")]
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_killed_holders_leases_expire(redis_client: Any, redis_server: Any) -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, redis_server.url], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "held"
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait(timeout=10)
+        killed = time.monotonic()
+        limiter = ConcurrencyLimiter(redis_client, limit=2, lease=1.0)
+        with pytest.raises(ConcurrencyLimitExceeded) as caught:
+            limiter.acquire("job")
+        assert caught.value.in_flight == 2 and 0 < caught.value.retry_after <= 1.0
+        first = limiter.acquire("job", timeout=3.0)
+        second = limiter.acquire("job", timeout=1.0)  # both dead slots came back
+        waited = time.monotonic() - killed
+        assert first.fallback is None and second.in_flight == 2
+        assert waited < 2.5
+        print(f"slots of the killed holder came back after {waited:.2f}s (lease 1.0s)")
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+        if holder.stdout is not None:
+            holder.stdout.close()
+
+
+def _hold(args: tuple[str, int]) -> int:
+    url, rounds = args
+    client = redis.Redis.from_url(url)
+    limiter = ConcurrencyLimiter(client, limit=3, lease=5.0, namespace="cc-hammer")
+    client.incr("ready")
+    while not client.exists("go"):  # start together, so that the holds overlap
+        time.sleep(0.005)
+    peak = 0
+    for _ in range(rounds):
+        with limiter.acquire("job", timeout=10.0):
+            peak = max(peak, int(client.incr("in-flight")))
+            time.sleep(0.02)
+            client.decr("in-flight")
+    client.close()
+    return peak
+
+
+def test_concurrency_limit_holds_across_processes(redis_client: Any, redis_server: Any) -> None:
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        pending = pool.map_async(_hold, [(redis_server.url, 10)] * 4)
+        deadline = time.monotonic() + 30
+        while int(redis_client.get("ready") or 0) < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        redis_client.set("go", 1)
+        peaks = pending.get(timeout=60)
+    # 4 holders of 20 ms each, started together, over 3 slots: the limit is
+    # reached and never exceeded, and every one of the 40 acquisitions got a slot.
+    assert max(peaks) == 3
+    assert redis_client.zcard("cc-hammer:{k:job}:conc:3") == 0
+    assert int(redis_client.get("in-flight")) == 0
+
+
+async def test_async_concurrency_on_real_redis(async_redis_client: Any) -> None:
+    limiter = AsyncConcurrencyLimiter(async_redis_client, limit=1, lease=0.3)
+    await limiter.acquire("job")  # never released
+    with pytest.raises(ConcurrencyLimitExceeded):
+        await limiter.acquire("job")
+    async with limiter.acquire("job", timeout=2.0) as lease:
+        assert lease.in_flight == 1 and await lease.renew()
+
+
+# -- Redis Cluster ----------------------------------------------------------
+
+
+def test_cluster_sync(redis_cluster: Any) -> None:
+    redis_cluster.flushall()
+    client = redis_cluster.client()
+    try:
+        for algorithm in ALGORITHMS:
+            limiter = RateLimiter(client, algorithm=algorithm, namespace=f"cl-{algorithm}")
+            for user in range(12):  # spread over the three masters
+                key = f"user:{user}"
+                limits = [Limit(2, per=60), Limit(3, per=3600)]
+                assert [limiter.hit_all(key, limits).allowed for _ in range(3)] == [
+                    True,
+                    True,
+                    False,
+                ]
+                limiter.reset(key, limits)
+                assert limiter.peek(key, limits).remaining == 2
+        slots = {
+            redis_cluster.node_for_key(f"cl-gcra:{{k:user:{user}}}").port for user in range(12)
+        }
+        assert len(slots) > 1
+        # After SCRIPT FLUSH on every master the scripts reload.
+        for node in redis_cluster.nodes:
+            with node.client() as direct:
+                direct.script_flush()
+        assert RateLimiter(client, namespace="cl-flushed").hit("k", "1/minute").allowed
+        # The scripts mirror the core on the cluster too.
+        for number, algorithm in enumerate(ALGORITHMS):
+            scenario = random_scenario(number + 500, algorithm, length=20)
+            replay(scenario, evaluator(MemoryBackend()), evaluator(RedisBackend(client)), "c")
+    finally:
+        client.close()
+
+
+async def test_cluster_async(redis_cluster: Any) -> None:
+    redis_cluster.flushall()
+    client = redis_cluster.async_client()
+    try:
+        for algorithm in ALGORITHMS:
+            limiter = AsyncRateLimiter(client, algorithm=algorithm, namespace=f"acl-{algorithm}")
+            for user in range(6):
+                limits = ["2/minute", "10/hour"]
+                results = [(await limiter.hit_all(f"u{user}", limits)).allowed for _ in range(3)]
+                assert results == [True, True, False]
+        concurrency = AsyncConcurrencyLimiter(client, limit=1, lease=5)
+        async with concurrency.acquire("job"):
+            with pytest.raises(ConcurrencyLimitExceeded):
+                await concurrency.acquire("job")
+        async with concurrency.acquire("job"):
+            pass
+    finally:
+        await client.aclose()
+
+
+def test_cluster_concurrency_sync(redis_cluster: Any) -> None:
+    redis_cluster.flushall()
+    client = redis_cluster.client()
+    try:
+        limiter = ConcurrencyLimiter(client, limit=2, lease=timedelta(seconds=5))
+        with limiter.acquire("a"), limiter.acquire("a"):
+            with pytest.raises(ConcurrencyLimitExceeded):
+                limiter.acquire("a")
+            assert limiter.acquire("b").in_flight == 1
+    finally:
+        client.close()
