@@ -12,10 +12,14 @@ from typing import Any
 
 from scalekit._clock import SYSTEM_CLOCK, SystemClock
 from scalekit.errors import (
+    BatchChunkError,
     BatchInsertError,
     CacheError,
+    CacheUnavailable,
     CircuitOpenError,
+    ConcurrencyLimitExceeded,
     ConfigurationError,
+    InvalidBatchRow,
     InvalidCursor,
     NoHealthyNode,
     RateLimitExceeded,
@@ -40,14 +44,18 @@ from scalekit.instrumentation import (
 from scalekit.typing import Clock, Hook
 
 __all__ = [
+    "BatchChunkError",
     "BatchInsertError",
     "CacheError",
+    "CacheUnavailable",
     "CircuitOpenError",
     "Clock",
+    "ConcurrencyLimitExceeded",
     "ConfigurationError",
     "Event",
     "FallbackUsed",
     "Hook",
+    "InvalidBatchRow",
     "InvalidCursor",
     "LoggingHook",
     "NoHealthyNode",
