@@ -1,0 +1,218 @@
+"""What the sync and async pools share: construction, context managers, tokens, health."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from scalekit._clock import SYSTEM_CLOCK
+from scalekit.errors import ConfigurationError
+from scalekit.routing._core import (
+    BalancerName,
+    ConsistencyMode,
+    ConsistencyToken,
+    RoutingConfig,
+    Target,
+)
+from scalekit.routing._router import Router
+from scalekit.typing import Clock
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+__all__ = ["PoolBase"]
+
+
+def _named(
+    engines: object, prefix: str, parameter: str, *, single_name: str | None = None
+) -> list[tuple[str, Any]]:
+    if isinstance(engines, Mapping):
+        items = list(engines.items())
+        for name, _ in items:
+            if not isinstance(name, str) or not name:
+                raise ConfigurationError(
+                    f"{parameter} names must be non-empty strings", parameter=parameter
+                )
+        return items
+    if isinstance(engines, (str, bytes)) or not isinstance(engines, Sequence):
+        if single_name is not None:
+            return [(single_name, engines)]
+        raise ConfigurationError(
+            f"{parameter} must be a list of engines or a dict of name -> engine",
+            parameter=parameter,
+        )
+    if single_name is not None and len(engines) == 1:
+        return [(single_name, engines[0])]
+    return [(f"{prefix}{index}", engine) for index, engine in enumerate(engines, 1)]
+
+
+class PoolBase:
+    """Shared by :class:`RoutingPool` and :class:`AsyncRoutingPool`."""
+
+    _async = False
+
+    def __init__(
+        self,
+        primary: object,
+        replicas: object = (),
+        *,
+        name: str = "default",
+        blacklist_seconds: float = 10.0,
+        max_blacklist_seconds: float = 300.0,
+        max_lag_seconds: float | None = 5.0,
+        max_lag_bytes: int | None = None,
+        lag_readmit_ratio: float = 0.8,
+        consistency: ConsistencyMode = "auto",
+        sticky_seconds: float = 2.0,
+        sticky_timeout: float = 0.0,
+        lsn_probe_interval: float = 0.02,
+        balancer: BalancerName = "round_robin",
+        weights: Mapping[str, float] | None = None,
+        fallback_to_primary: bool = True,
+        max_primary_read_share: float = 1.0,
+        spill_window_seconds: float = 10.0,
+        check_interval: float | None = 1.0,
+        role_check_interval: float = 0.5,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        config = RoutingConfig(
+            blacklist_seconds=blacklist_seconds,
+            max_blacklist_seconds=max_blacklist_seconds,
+            max_lag_seconds=max_lag_seconds,
+            max_lag_bytes=max_lag_bytes,
+            lag_readmit_ratio=lag_readmit_ratio,
+            consistency=consistency,
+            sticky_seconds=sticky_seconds,
+            sticky_timeout=sticky_timeout,
+            lsn_probe_interval=lsn_probe_interval,
+            balancer=balancer,
+            weights=weights,
+            fallback_to_primary=fallback_to_primary,
+            max_primary_read_share=max_primary_read_share,
+            spill_window_seconds=spill_window_seconds,
+            check_interval=check_interval,
+            role_check_interval=role_check_interval,
+        )
+        primaries = _named(primary, "primary", "primary", single_name="primary")
+        if not primaries:
+            raise ConfigurationError("a primary engine is required", parameter="primary")
+        replica_items = _named(replicas, "replica", "replicas")
+        self._originals: dict[str, Any] = {}
+        sync_primaries = [(n, self._sync_engine(e, "primary")) for n, e in primaries]
+        sync_replicas = [(n, self._sync_engine(e, "replicas")) for n, e in replica_items]
+        for node, engine in [*primaries, *replica_items]:
+            self._originals[node] = engine
+        self.name = name
+        self.config = config
+        self._router = Router(
+            name=name,
+            primaries=sync_primaries,
+            replicas=sync_replicas,
+            config=config,
+            clock=clock,
+            sleep=self._greenlet_sleep(clock),
+        )
+
+    # -- construction helpers ------------------------------------------------------------------
+
+    def _greenlet_sleep(self, clock: Clock) -> Callable[[float], None]:
+        return clock.sleep
+
+    def _sync_engine(self, engine: object, parameter: str) -> Engine:
+        from sqlalchemy import Engine
+        from sqlalchemy.ext.asyncio import AsyncEngine
+
+        if self._async:
+            if isinstance(engine, AsyncEngine):
+                return engine.sync_engine
+            kind = "a sync Engine" if isinstance(engine, Engine) else repr(type(engine).__name__)
+            raise ConfigurationError(
+                f"AsyncRoutingPool needs AsyncEngine objects, got {kind}; "
+                "use RoutingPool for sync engines",
+                parameter=parameter,
+            )
+        if isinstance(engine, Engine):
+            return engine
+        kind = "an AsyncEngine" if isinstance(engine, AsyncEngine) else repr(type(engine).__name__)
+        raise ConfigurationError(
+            f"RoutingPool needs sqlalchemy.Engine objects, got {kind}; "
+            "use AsyncRoutingPool for async engines",
+            parameter=parameter,
+        )
+
+    # -- public, no I/O ------------------------------------------------------------------------
+
+    @property
+    def router(self) -> Router:
+        """The I/O shell around the routing core (for sessions and advanced use)."""
+        return self._router
+
+    @property
+    def nodes(self) -> dict[str, Any]:
+        """Every node's engine (as given: Engine or AsyncEngine), by name."""
+        return dict(self._originals)
+
+    @property
+    def primary_name(self) -> str | None:
+        """The node writes go to now (None while no primary is known)."""
+        return self._router.core.primary
+
+    @contextlib.contextmanager
+    def use_primary(self) -> Iterator[None]:
+        """Send every statement of this context (thread or task) to the primary.
+
+        >>> with pool.use_primary():  # doctest: +SKIP
+        ...     session.scalar(select(Order.total))   # the primary, freshest data
+        """
+        with self._router.forced(Target.PRIMARY):
+            yield
+
+    @contextlib.contextmanager
+    def use_replica(self) -> Iterator[None]:
+        """Read from replicas in this context, ignoring stickiness; writes raise.
+
+        Raises:
+            ReadOnlyViolation: a statement that writes, inside the block.
+        """
+        with self._router.forced(Target.REPLICA):
+            yield
+
+    def import_token(self, token: str | ConsistencyToken | None) -> None:
+        """Adopt a token exported by :meth:`export_token` (a cookie, header, job payload).
+
+        Reads in this context then see at least everything the token covers.
+        ``None`` or ``""`` does nothing.
+
+        Raises:
+            ConfigurationError: (``parameter="token"``) for a malformed token.
+        """
+        if token is None or token == "":
+            return
+        if isinstance(token, str):
+            token = ConsistencyToken.decode(token)
+        elif not isinstance(token, ConsistencyToken):
+            raise ConfigurationError(
+                f"token must be a str or ConsistencyToken, got {type(token).__name__}",
+                parameter="token",
+            )
+        self._router.set_token(token)
+
+    def reset_context(self) -> None:
+        """Forget this context's token and pending writes (e.g. at the end of a request)."""
+        from scalekit.routing._core import EMPTY_CONTEXT
+
+        self._router.var.set(EMPTY_CONTEXT)
+
+    def health(self) -> dict[str, Any]:
+        """Per node: role, up, lag (seconds, bytes), pool size/checked-out/overflow/usage.
+
+        Reports what the pool knows, without I/O (call ``refresh()`` first for
+        fresh lag). URLs are masked. ``warnings`` holds "pool usage above
+        80%"/"95%" and lag notes.
+        """
+        return self._router.health()
+
+    def close(self) -> None:
+        """Detach from the engines (remove event listeners); the engines stay open: yours."""
+        self._router.close()
