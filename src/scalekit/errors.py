@@ -33,6 +33,7 @@ the failing chunk) as attributes, never only inside the message.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 __all__ = [
     "BatchChunkError",
@@ -57,7 +58,25 @@ __all__ = [
 
 
 class ScalekitError(Exception):
-    """Base class of every error scalekit raises on purpose."""
+    """Base class of every error scalekit raises on purpose.
+
+    Every scalekit error pickles with its attributes (``retry_after``,
+    ``chunk_index``...), so it survives a process pool or a task queue.
+    """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exception's own __reduce__ calls cls(*self.args), which breaks for any
+        # subclass whose __init__ takes other arguments: rebuild without __init__.
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+def _rebuild(
+    cls: type[ScalekitError], args: tuple[Any, ...], state: dict[str, Any]
+) -> ScalekitError:
+    error = cls.__new__(cls, *args)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 class ConfigurationError(ScalekitError, ValueError):
@@ -86,9 +105,6 @@ class CircuitOpenError(ScalekitError):
         super().__init__(message)
         self.name = name
         self.retry_after = retry_after
-
-    def __reduce__(self) -> tuple[type[CircuitOpenError], tuple[str, float | None]]:
-        return (type(self), (self.name, self.retry_after))
 
 
 class RetryError(ScalekitError):
@@ -146,9 +162,6 @@ class InvalidCursor(ScalekitError, ValueError):
         super().__init__(message)
         self.reason = reason
 
-    def __reduce__(self) -> tuple[type[InvalidCursor], tuple[str], dict[str, str]]:
-        return (type(self), (str(self),), {"reason": self.reason})
-
 
 class RoutingError(ScalekitError):
     """Base class of the routing pool's errors."""
@@ -187,9 +200,6 @@ class CacheUnavailable(CacheError):
     def __init__(self, namespace: str) -> None:
         super().__init__(f"cache {namespace!r} is unavailable")
         self.namespace = namespace
-
-    def __reduce__(self) -> tuple[type[CacheUnavailable], tuple[str]]:
-        return (type(self), (self.namespace,))
 
 
 class SerializationError(CacheError, ValueError):

@@ -66,3 +66,52 @@ def test_errors_carry_their_data() -> None:
 def test_circuit_open_error_pickles_with_its_data() -> None:
     copy = pickle.loads(pickle.dumps(errors.CircuitOpenError("db", 2.0)))
     assert (copy.name, copy.retry_after) == ("db", 2.0)
+
+
+# One instance of every error class that takes arguments of its own, with the
+# attributes a caller reads; the others are built from a message alone.
+SAMPLES: dict[str, tuple[errors.ScalekitError, dict[str, object]]] = {
+    "BatchChunkError": (
+        errors.BatchChunkError("refused", chunk_index=2, rows_written=10, position=20),
+        {"chunk_index": 2, "rows_written": 10, "position": 20},
+    ),
+    "BatchInsertError": (
+        errors.BatchInsertError("failed", chunk_index=1, rows_written=5),
+        {"chunk_index": 1, "rows_written": 5},
+    ),
+    "CacheUnavailable": (errors.CacheUnavailable("app"), {"namespace": "app"}),
+    "CircuitOpenError": (errors.CircuitOpenError("db", 2.0), {"name": "db", "retry_after": 2.0}),
+    "ConcurrencyLimitExceeded": (
+        errors.ConcurrencyLimitExceeded("k", 1.5, 3, 3),
+        {"key": "k", "retry_after": 1.5, "limit": 3, "in_flight": 3},
+    ),
+    "ConfigurationError": (
+        errors.ConfigurationError("bad", parameter="ttl"),
+        {"parameter": "ttl"},
+    ),
+    "InvalidBatchRow": (
+        errors.InvalidBatchRow("bad row", chunk_index=0, rows_written=0, position=7, column="id"),
+        {"position": 7, "column": "id"},
+    ),
+    "InvalidCursor": (errors.InvalidCursor("forged", reason="tampered"), {"reason": "tampered"}),
+    "NoHealthyNode": (
+        errors.NoHealthyNode("replica", ["r1"], reason="down"),
+        {"role": "replica", "tried": ("r1",)},
+    ),
+    "RateLimitExceeded": (
+        errors.RateLimitExceeded("k", 0.5, limit="10/second"),
+        {"key": "k", "retry_after": 0.5, "limit": "10/second"},
+    ),
+    "RetryError": (errors.RetryError(3, None), {"attempts": 3, "last_exception": None}),
+}
+
+
+@pytest.mark.parametrize("name", errors.__all__)
+def test_every_error_pickles_with_its_attributes(name: str) -> None:
+    cls = getattr(errors, name)
+    error, attributes = SAMPLES[name] if name in SAMPLES else (cls("a message"), {})
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is cls
+    assert str(copy) == str(error)
+    for attribute, value in attributes.items():
+        assert getattr(copy, attribute) == value
