@@ -1,0 +1,794 @@
+"""The asyncio shell: :class:`AsyncCache` over ``redis.asyncio`` (or memory).
+
+The same read path as :class:`~scalekit.cache.Cache` (see ``_sync.py``), with
+the I/O awaited: single-flight is per key and per event loop (a future the
+other tasks await), background refreshes are tasks, lease waits use
+``clock.asleep``. Loaders may be plain functions or ``async def``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+import random
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast
+
+from scalekit._clock import SYSTEM_CLOCK
+from scalekit.cache._backends import (
+    AsyncMemoryBackend,
+    AsyncRedisBackend,
+    is_async_client,
+    is_sync_client,
+)
+from scalekit.cache._base import (
+    CacheBase,
+    CallKey,
+    DownPolicy,
+    _Outcome,
+    function_name,
+    make_tags,
+)
+from scalekit.cache._core import Action, Envelope, Kind, readable, validate_tags
+from scalekit.cache._events import CacheLeaseWait, CacheLoaded, CacheRefreshFailed, CacheStaleServed
+from scalekit.cache._local import LocalCache
+from scalekit.errors import ConfigurationError
+from scalekit.instrumentation import emit
+from scalekit.typing import Clock
+
+if TYPE_CHECKING:
+    from scalekit.cache._serializers import Serializer
+
+__all__ = ["AsyncCache", "AsyncCachedFunction"]
+
+_log = logging.getLogger("scalekit.cache")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+Loader = Callable[[], Any]
+
+
+class _Flight:
+    __slots__ = ("done", "error", "outcome")
+
+    def __init__(self) -> None:
+        self.done = asyncio.Event()
+        self.outcome: _Outcome | None = None
+        self.error: BaseException | None = None
+
+
+class AsyncCache(CacheBase):
+    """:class:`~scalekit.cache.Cache` for asyncio, over ``redis.asyncio`` clients.
+
+    Same parameters and behaviour as :class:`~scalekit.cache.Cache`; every
+    operation is a coroutine, loaders may be sync or ``async def``, and
+    :meth:`cached` decorates ``async def`` functions. With a local tier, the
+    invalidation listener is a task started by the first operation; stop it
+    with :meth:`aclose`.
+
+    >>> import asyncio
+    >>> cache = AsyncCache(None, namespace="demo")
+    >>> asyncio.run(cache.get_or_set("answer", lambda: 42))
+    42
+
+    Raises:
+        ConfigurationError: at construction, for any invalid parameter.
+    """
+
+    def __init__(
+        self,
+        client: Any = None,
+        *,
+        namespace: str = "app",
+        schema_version: int = 1,
+        default_ttl: float = 300.0,
+        stale_ttl: float | None = None,
+        jitter: float = 0.1,
+        beta: float = 1.0,
+        negative_ttl: float = 30.0,
+        cache_errors: Sequence[type[BaseException]] = (),
+        lease_ttl: float = 10.0,
+        lease_wait: float = 5.0,
+        poll_interval: float = 0.05,
+        on_redis_down: DownPolicy = "bypass",
+        retry_interval: float = 0.5,
+        local: LocalCache | None = None,
+        serializer: Serializer | None = None,
+        background_refresh: bool = True,
+        max_key_length: int = 200,
+        clock: Clock = SYSTEM_CLOCK,
+        rng: random.Random | None = None,
+    ) -> None:
+        super().__init__(
+            namespace=namespace,
+            schema_version=schema_version,
+            default_ttl=default_ttl,
+            stale_ttl=stale_ttl,
+            jitter=jitter,
+            beta=beta,
+            negative_ttl=negative_ttl,
+            cache_errors=cache_errors,
+            lease_ttl=lease_ttl,
+            lease_wait=lease_wait,
+            poll_interval=poll_interval,
+            on_redis_down=on_redis_down,
+            retry_interval=retry_interval,
+            local=local,
+            serializer=serializer,
+            background_refresh=background_refresh,
+            max_key_length=max_key_length,
+            clock=clock,
+            rng=rng,
+        )
+        if client is None:
+            self.backend: Any = AsyncMemoryBackend(clock=clock)
+        elif isinstance(client, AsyncMemoryBackend):
+            self.backend = client
+        elif is_async_client(client):
+            self.backend = AsyncRedisBackend(client)
+        elif is_sync_client(client):
+            raise ConfigurationError("this is a sync client; use Cache", parameter="client")
+        else:
+            raise ConfigurationError(
+                "client must be a redis.asyncio.Redis, its RedisCluster or None, "
+                f"got {type(client).__name__}",
+                parameter="client",
+            )
+        self._errors: tuple[type[BaseException], ...] = self.backend.errors
+        self._busy: tuple[type[BaseException], ...] = getattr(self.backend, "busy_errors", ())
+        self._flights: dict[str, _Flight] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._listener: asyncio.Task[None] | None = None
+        self._closed = False
+        self.subscribed = asyncio.Event()
+
+    @property
+    def client(self) -> Any:
+        """The Redis client this cache wraps (``None`` for the memory backend)."""
+        return getattr(self.backend, "client", None)
+
+    # ------------------------------------------------------------------ backend calls
+
+    async def _call(self, method: Callable[..., Awaitable[Any]], *args: Any) -> tuple[bool, Any]:
+        if self.local is not None and self._listener is None and not self._closed:
+            self._start_listener()
+        if not self._backend_allowed():
+            self._backend_failed(None)
+            return False, None
+        try:
+            result = await method(*args)
+        except self._errors as exc:
+            self._backend_failed(exc, outage=not isinstance(exc, self._busy))
+            return False, None
+        except Exception as exc:  # a client bug: this call falls back, loudly
+            self._unexpected(exc)
+            return False, None
+        if self.guard.down:
+            self._backend_ok()
+        return True, result
+
+    async def _versions(self, tags: Sequence[str]) -> tuple[bool, list[int]]:
+        if not tags:
+            return True, []
+        return await self._call(self.backend.counters, self._tag_keys(tuple(tags)))
+
+    async def _read(
+        self, key: str, tags: tuple[str, ...]
+    ) -> tuple[bool, tuple[Envelope, Any] | None, dict[str, int]]:
+        if tags:
+            ok, reply = await self._call(self.backend.get_with_counters, key, self._tag_keys(tags))
+            if not ok:
+                return False, None, {}
+            raw, counts = reply
+            versions = dict(zip(tags, counts, strict=True))
+        else:  # the hot path: one GET
+            ok, raw = await self._call(self.backend.get, key)
+            if not ok:
+                return False, None, {}
+            versions = {}
+        entry = self._decode(raw)
+        if entry is not None and entry[0].tags:
+            missing = [tag for tag, _ in entry[0].tags if tag not in versions]
+            if missing:
+                ok, extra = await self._versions(missing)
+                if not ok:
+                    return False, None, {}
+                versions.update(zip(missing, extra, strict=True))
+        return True, entry, versions
+
+    # ------------------------------------------------------------------ plain operations
+
+    async def get(self, key: str, default: Any = None) -> Any:
+        """The cached value of ``key``, or ``default``; see :meth:`Cache.get`.
+
+        Raises:
+            CacheUnavailable: Redis is down and the policy is ``"raise"``.
+        """
+        full = self.keys.data(key)
+        local = self._local_get(full)
+        if local is not None and local[0].kind is Kind.VALUE:
+            self.counters.hits += 1
+            self.counters.local_hits += 1
+            return local[1]
+        ok, entry, versions = await self._read(full, ())
+        if not ok:
+            stale = self._local_get(full, allow_expired=self.on_redis_down == "stale_local")
+            return stale[1] if stale is not None and stale[0].kind is Kind.VALUE else default
+        if (
+            entry is None
+            or entry[0].kind is not Kind.VALUE
+            or not readable(entry[0], self.clock.time(), versions)
+        ):
+            self.counters.misses += 1
+            return default
+        self.counters.hits += 1
+        self._local_put(full, entry[0], entry[1])
+        return entry[1]
+
+    async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        """The cached values of ``keys`` that have one, in one ``MGET``.
+
+        Raises:
+            CacheUnavailable: Redis is down and the policy is ``"raise"``.
+        """
+        wanted = list(dict.fromkeys(keys))
+        full = [self.keys.data(key) for key in wanted]
+        ok, raws = await self._call(self.backend.mget, full)
+        if not ok:
+            return {}
+        entries = [self._decode(raw) for raw in raws]
+        tags = sorted({tag for e in entries if e is not None for tag, _ in e[0].tags})
+        ok, counts = await self._versions(tags)
+        if not ok:
+            return {}
+        versions = dict(zip(tags, counts, strict=True))
+        found: dict[str, Any] = {}
+        now = self.clock.time()
+        for key, entry in zip(wanted, entries, strict=True):
+            if (
+                entry is not None
+                and entry[0].kind is Kind.VALUE
+                and readable(entry[0], now, versions)
+            ):
+                found[key] = entry[1]
+                self.counters.hits += 1
+            else:
+                self.counters.misses += 1
+        return found
+
+    async def set(
+        self, key: str, value: Any, ttl: float | None = None, *, tags: Iterable[str] | None = None
+    ) -> bool:
+        """Store ``value`` under ``key``; see :meth:`Cache.set`.
+
+        Raises:
+            SerializationError: the serialiser cannot encode ``value``.
+            CacheUnavailable: Redis is down and the policy is ``"raise"``.
+        """
+        return await self.set_many({key: value}, ttl, tags=tags)
+
+    async def set_many(
+        self,
+        items: Mapping[str, Any],
+        ttl: float | None = None,
+        *,
+        tags: Iterable[str] | None = None,
+    ) -> bool:
+        """Store every ``key: value`` of ``items`` in one round trip; see :meth:`Cache.set_many`.
+
+        Raises:
+            SerializationError: the serialiser cannot encode a value.
+            CacheUnavailable: Redis is down and the policy is ``"raise"``.
+        """
+        tag_tuple = validate_tags(tags)
+        self._ttl(ttl)
+        ok, versions = await self._versions(tag_tuple)
+        if not ok:
+            return False
+        writes: list[tuple[str, bytes, int]] = []
+        built: list[tuple[str, Envelope, Any]] = []
+        for key, value in items.items():
+            full = self.keys.data(key)
+            kind, plain = self._outcome_of(value)
+            envelope, data, ttl_ms = self._build(kind, plain, ttl, 0.0, tag_tuple, versions)
+            writes.append((full, data, ttl_ms))
+            built.append((full, envelope, plain))
+        if not writes:
+            return True
+        notify = self._notify("k", [w[0] for w in writes])
+        ok, _ = await self._call(self.backend.set_many, writes, notify)
+        if ok:
+            for full, envelope, plain in built:
+                self._local_put(full, envelope, plain)
+        return ok
+
+    async def delete(self, *keys: str) -> bool:
+        """Remove ``keys``; see :meth:`Cache.delete`.
+
+        Raises:
+            CacheUnavailable: Redis is down and the policy is ``"raise"``.
+        """
+        full = [self.keys.data(key) for key in keys]
+        if self.local is not None:
+            for item in full:
+                self.local.discard(item)
+        if not full:
+            return True
+        ok, _ = await self._call(self.backend.delete, full, self._notify("k", full))
+        return ok
+
+    async def invalidate_tags(self, *tags: str) -> bool:
+        """Invalidate every entry stored with any of ``tags``; see :meth:`Cache.invalidate_tags`.
+
+        Raises:
+            CacheUnavailable: Redis is down and the policy is ``"raise"``.
+        """
+        tag_tuple = validate_tags(tags)
+        if self.local is not None:
+            for tag in tag_tuple:
+                self.local.discard_tag(tag)
+        if not tag_tuple:
+            return True
+        ok, _ = await self._call(
+            self.backend.incr, self._tag_keys(tag_tuple), self._notify("t", tag_tuple)
+        )
+        return ok
+
+    # ------------------------------------------------------------------ get_or_set
+
+    async def get_or_set(
+        self,
+        key: str,
+        loader: Callable[[], R | Awaitable[R]],
+        ttl: float | None = None,
+        *,
+        tags: Iterable[str] | None = None,
+    ) -> R:
+        """The cached value of ``key``, computing it with ``loader()`` when needed.
+
+        ``loader`` may be a plain function or return an awaitable. Same
+        guarantees as :meth:`Cache.get_or_set`: one loader per process for a
+        missing key (the other tasks await it), one across processes through
+        the lease, XFetch early recomputation and stale-while-revalidate.
+
+        Raises:
+            Whatever ``loader`` raises; SerializationError when its value
+            cannot be encoded; CacheUnavailable under the ``"raise"`` policy.
+        """
+        return cast(
+            R, await self._get_or_load(self.keys.data(key), loader, ttl, validate_tags(tags))
+        )
+
+    async def _get_or_load(
+        self, key: str, loader: Loader, ttl: float | None, tags: tuple[str, ...]
+    ) -> Any:
+        local = None if self.local is None else self._local_get(key)
+        if local is not None and self._decide(local, None) is Action.FRESH:
+            self.counters.hits += 1
+            self.counters.local_hits += 1
+            return self._unwrap(*local)
+        ok, entry, versions = await self._read(key, tags)
+        if not ok:
+            if self.on_redis_down == "stale_local":
+                stale = self._local_get(key, allow_expired=True)
+                if stale is not None:
+                    return self._unwrap(*stale)
+            return self._deliver(
+                await self._single_flight(key, loader, ttl, tags, [0] * len(tags), store=True)
+            )
+        counts = [versions.get(tag, 0) for tag in tags]
+        action = self._decide(entry, versions)
+        if action is Action.FRESH and entry is not None:
+            self.counters.hits += 1
+            if self.local is not None:
+                self._local_put(key, *entry)
+            return entry[1] if entry[0].kind is Kind.VALUE else self._unwrap(*entry)
+        if action is Action.MISS or entry is None:
+            self.counters.misses += 1
+            return self._deliver(
+                await self._single_flight(key, loader, ttl, tags, counts, store=True)
+            )
+        if action is Action.EARLY:
+            self.counters.early += 1
+            fresh = await self._refresh(key, loader, ttl, tags, counts, "early")
+        else:
+            self.counters.stale += 1
+            emit(CacheStaleServed(name=self.namespace, age=self.clock.time() - entry[0].created))
+            fresh = await self._refresh(key, loader, ttl, tags, counts, "stale")
+        if fresh is not None:
+            return self._deliver(fresh)
+        return self._unwrap(*entry)
+
+    def _deliver(self, outcome: _Outcome) -> Any:
+        if outcome.kind is Kind.ERROR:
+            raise outcome.value
+        return outcome.value
+
+    def _lead(self, key: str) -> tuple[_Flight, bool]:
+        flight = self._flights.get(key)
+        if flight is not None:
+            return flight, False
+        flight = self._flights[key] = _Flight()
+        return flight, True
+
+    def _land(self, key: str, flight: _Flight) -> None:
+        if self._flights.get(key) is flight:
+            del self._flights[key]
+        flight.done.set()
+
+    async def _single_flight(
+        self,
+        key: str,
+        loader: Loader,
+        ttl: float | None,
+        tags: tuple[str, ...],
+        counts: list[int],
+        *,
+        store: bool,
+    ) -> _Outcome:
+        for _ in range(3):
+            flight, leader = self._lead(key)
+            if not leader:
+                await flight.done.wait()
+                if flight.error is not None:
+                    raise flight.error
+                if flight.outcome is not None:
+                    return flight.outcome
+                continue
+            try:
+                outcome = (
+                    await self._load_with_lease(key, loader, ttl, tags, counts)
+                    if store
+                    else await self._load(key, loader, ttl, tags, counts, "miss", store=False)
+                )
+                flight.outcome = outcome
+                return outcome
+            except BaseException as exc:
+                # A cancelled leader must not cancel its followers: they retry.
+                if not isinstance(exc, asyncio.CancelledError):
+                    flight.error = exc
+                raise
+            finally:
+                self._land(key, flight)
+        return await self._load(key, loader, ttl, tags, counts, "miss", store=store)
+
+    async def _load_with_lease(
+        self,
+        key: str,
+        loader: Loader,
+        ttl: float | None,
+        tags: tuple[str, ...],
+        counts: list[int],
+    ) -> _Outcome:
+        lease, token = self.keys.lease_of(key), self._new_token()
+        lease_ms = int(self.lease_ttl * 1000)
+        ok, acquired = await self._call(self.backend.acquire, lease, token, lease_ms)
+        if ok and not acquired:
+            waited = await self._wait_for_holder(key, tags, lease, token, lease_ms)
+            if isinstance(waited, _Outcome):
+                return waited
+            acquired = waited
+        try:
+            if ok and acquired:
+                # Another process may have stored the value between our read and
+                # taking the lease: check once more, so it is not loaded twice.
+                filled = await self._recheck(key, tags, fresh_only=False)
+                if filled is not None:
+                    return filled
+            # Stored even without the lease: a failed lease call may be this call's
+            # alone (a full pool), and during an outage the guard skips it for free.
+            return await self._load(key, loader, ttl, tags, counts, "miss", store=True)
+        finally:
+            if ok and acquired:
+                await self._call(self.backend.release, lease, token)
+
+    async def _recheck(
+        self, key: str, tags: tuple[str, ...], *, fresh_only: bool
+    ) -> _Outcome | None:
+        """The entry now stored for ``key`` if usable (only a fresh one with ``fresh_only``)."""
+        ok, entry, versions = await self._read(key, tags)
+        if not ok or entry is None:
+            return None
+        action = self._decide(entry, versions)
+        if action is Action.MISS or (fresh_only and action is not Action.FRESH):
+            return None
+        self._local_put(key, *entry)
+        return self._entry_outcome(entry)
+
+    async def _wait_for_holder(
+        self, key: str, tags: tuple[str, ...], lease: str, token: str, lease_ms: int
+    ) -> _Outcome | bool:
+        self.counters.lease_waits += 1
+        started = self.clock.monotonic()
+        deadline = started + self.lease_wait
+        while True:
+            now = self.clock.monotonic()
+            if now >= deadline:
+                emit(CacheLeaseWait(name=self.namespace, seconds=now - started, outcome="timeout"))
+                return False
+            await self.clock.asleep(min(self.poll_interval, deadline - now))
+            ok, entry, versions = await self._read(key, tags)
+            if not ok:
+                return False
+            if entry is not None and self._decide(entry, versions) is not Action.MISS:
+                emit(
+                    CacheLeaseWait(
+                        name=self.namespace,
+                        seconds=self.clock.monotonic() - started,
+                        outcome="filled",
+                    )
+                )
+                self._local_put(key, *entry)
+                return self._entry_outcome(entry)
+            ok, acquired = await self._call(self.backend.acquire, lease, token, lease_ms)
+            if ok and acquired:
+                emit(
+                    CacheLeaseWait(
+                        name=self.namespace,
+                        seconds=self.clock.monotonic() - started,
+                        outcome="acquired",
+                    )
+                )
+                return True
+
+    async def _load(
+        self,
+        key: str,
+        loader: Loader,
+        ttl: float | None,
+        tags: tuple[str, ...],
+        counts: list[int],
+        reason: str,
+        *,
+        store: bool,
+    ) -> _Outcome:
+        started = self.clock.monotonic()
+        try:
+            result = loader()
+            if inspect.isawaitable(result):
+                result = await result
+            kind, value = self._outcome_of(result)
+        except Exception as exc:
+            if not self._is_cached_error(exc):
+                raise
+            kind, value = Kind.ERROR, exc
+        cost = self.clock.monotonic() - started
+        self.counters.loads += 1
+        self.counters.load_seconds += cost
+        emit(CacheLoaded(name=self.namespace, reason=reason, seconds=cost))
+        envelope, data, ttl_ms = self._build(kind, value, ttl, cost, tags, counts)
+        if store:
+            await self._call(self.backend.set_many, [(key, data, ttl_ms)], self._notify("k", [key]))
+        if kind is Kind.VALUE:
+            self._local_put(key, envelope, value)
+        return _Outcome(kind, value, envelope)
+
+    async def _refresh(
+        self,
+        key: str,
+        loader: Loader,
+        ttl: float | None,
+        tags: tuple[str, ...],
+        counts: list[int],
+        reason: str,
+    ) -> _Outcome | None:
+        flight, leader = self._lead(key)
+        if not leader:
+            return None
+        if self.background_refresh:
+            task = asyncio.get_running_loop().create_task(
+                self._refresh_now(flight, key, loader, ttl, tags, counts, reason)
+            )
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return None
+        return await self._refresh_now(flight, key, loader, ttl, tags, counts, reason)
+
+    async def _refresh_now(
+        self,
+        flight: _Flight,
+        key: str,
+        loader: Loader,
+        ttl: float | None,
+        tags: tuple[str, ...],
+        counts: list[int],
+        reason: str,
+    ) -> _Outcome | None:
+        try:
+            lease, token = self.keys.lease_of(key), self._new_token()
+            ok, acquired = await self._call(
+                self.backend.acquire, lease, token, int(self.lease_ttl * 1000)
+            )
+            if not (ok and acquired):
+                return None
+            try:
+                # Refreshed by another process since we read it: nothing to do.
+                outcome = await self._recheck(key, tags, fresh_only=True) or await self._load(
+                    key, loader, ttl, tags, counts, reason, store=True
+                )
+            except Exception as exc:
+                self.counters.errors += 1
+                _log.warning("cache %r: refresh failed: %s", self.namespace, type(exc).__name__)
+                emit(CacheRefreshFailed(name=self.namespace, reason=type(exc).__name__))
+                return None
+            finally:
+                await self._call(self.backend.release, lease, token)
+            flight.outcome = outcome
+            return outcome
+        except Exception:
+            _log.exception("cache %r: refresh crashed", self.namespace)
+            return None
+        finally:
+            self._land(key, flight)
+
+    # ------------------------------------------------------------------ decorator
+
+    def cached(
+        self,
+        ttl: float | None = None,
+        *,
+        key: Callable[..., str] | None = None,
+        tags: Iterable[str] | Callable[..., Iterable[str]] | None = None,
+        skip: Iterable[str] = ("self", "cls"),
+    ) -> Callable[[Callable[P, Coroutine[Any, Any, R]]], AsyncCachedFunction[P, R]]:
+        """Cache an ``async def`` function's results by its arguments; see :meth:`Cache.cached`.
+
+        The wrapper is awaited like the function and has
+        ``await .invalidate(*args, **kwargs)`` and ``.key_for(*args, **kwargs)``.
+
+        Raises:
+            ConfigurationError: on a function that is not ``async def`` (use :class:`Cache`).
+        """
+        if ttl is not None:
+            self._ttl(ttl)
+        skipped = tuple(skip)
+
+        def decorate(func: Callable[P, Coroutine[Any, Any, R]]) -> AsyncCachedFunction[P, R]:
+            if not inspect.iscoroutinefunction(func):
+                raise ConfigurationError(
+                    f"{function_name(func)} is not async; decorate it with Cache.cached",
+                    parameter="func",
+                )
+            return AsyncCachedFunction(self, func, ttl, key, tags, skipped)
+
+        return decorate
+
+    # ------------------------------------------------------------------ local tier messages
+
+    def _start_listener(self) -> None:
+        if not isinstance(self.backend, AsyncRedisBackend):
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # pragma: no cover - always called from a coroutine
+            return
+        self._listener = loop.create_task(self._listen())
+
+    async def _listen(self) -> None:
+        client = self.backend.client
+        first = True
+        while not self._closed:
+            pubsub = None
+            try:
+                pubsub = client.pubsub(ignore_subscribe_messages=True)
+                await pubsub.subscribe(self.channel)
+                if self.local is not None and not first:  # see Cache._listen
+                    self.local.clear()
+                first = False
+                self.subscribed.set()
+                while not self._closed:
+                    message = await pubsub.get_message(timeout=0.2)
+                    if message is not None and message.get("type") == "message":
+                        data = message["data"]
+                        self._apply_message(data.decode() if isinstance(data, bytes) else data)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.subscribed.clear()
+                self._channel_lost()
+                _log.debug(
+                    "cache %r: invalidation channel lost: %s", self.namespace, type(exc).__name__
+                )
+                await asyncio.sleep(self.guard.retry_interval)
+            finally:
+                if pubsub is not None:
+                    try:
+                        await pubsub.aclose()
+                    except Exception:  # pragma: no cover
+                        pass
+
+    async def aclose(self) -> None:
+        """Stop the invalidation listener and background refreshes. The client stays yours."""
+        self._closed = True
+        tasks = list(self._tasks)
+        if self._listener is not None:
+            tasks.append(self._listener)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def __aenter__(self) -> AsyncCache:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return f"AsyncCache(namespace={self.namespace!r}, backend={type(self.backend).__name__})"
+
+
+class AsyncCachedFunction(Generic[P, R]):
+    """An ``async def`` function wrapped by :meth:`AsyncCache.cached`."""
+
+    def __init__(
+        self,
+        cache: AsyncCache,
+        func: Callable[P, Coroutine[Any, Any, R]],
+        ttl: float | None,
+        key: Callable[..., str] | None,
+        tags: Iterable[str] | Callable[..., Iterable[str]] | None,
+        skip: tuple[str, ...],
+    ) -> None:
+        self.cache = cache
+        self.__wrapped__ = func
+        self._ttl = ttl
+        self._key = key
+        self._tags = tags if tags is None or callable(tags) else validate_tags(tags)
+        self._skip = skip
+        self._name = function_name(func)
+        self._call_key = CallKey(self._name, inspect.signature(func), skip)
+        functools.update_wrapper(self, func)
+
+    def key_for(self, *args: Any, **kwargs: Any) -> str:
+        """The stored key of a call with these arguments."""
+        if self._key is not None:
+            return self.cache.keys.data(self._key(*args, **kwargs))
+        keys = self.cache.keys
+        return keys.data(self._call_key.text(keys, args, kwargs))
+
+    async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        full = self.key_for(*args, **kwargs)
+        tags = () if self._tags is None else make_tags(self._tags, args, kwargs)
+        func = self.__wrapped__
+        return cast(
+            R, await self.cache._get_or_load(full, lambda: func(*args, **kwargs), self._ttl, tags)
+        )
+
+    async def invalidate(self, *args: Any, **kwargs: Any) -> bool:
+        """Forget the cached result of a call with these arguments."""
+        full = self.key_for(*args, **kwargs)
+        if self.cache.local is not None:
+            self.cache.local.discard(full)
+        ok, _ = await self.cache._call(
+            self.cache.backend.delete, [full], self.cache._notify("k", [full])
+        )
+        return bool(ok)
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        return _AsyncBoundCached(self, instance)
+
+    def __repr__(self) -> str:
+        return f"<cached {self._name}>"
+
+
+class _AsyncBoundCached:
+    __slots__ = ("_cached", "_instance")
+
+    def __init__(self, cached: AsyncCachedFunction[Any, Any], instance: Any) -> None:
+        self._cached = cached
+        self._instance = instance
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._cached(self._instance, *args, **kwargs)
+
+    async def invalidate(self, *args: Any, **kwargs: Any) -> bool:
+        return await self._cached.invalidate(self._instance, *args, **kwargs)
+
+    def key_for(self, *args: Any, **kwargs: Any) -> str:
+        return self._cached.key_for(self._instance, *args, **kwargs)

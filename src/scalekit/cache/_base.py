@@ -1,0 +1,521 @@
+"""What :class:`Cache` and :class:`AsyncCache` share: configuration, encoding, decisions.
+
+Everything here is free of I/O: it builds keys and envelopes, decodes what a
+read found, decides (through the core) what a read must do, keeps the
+counters and reacts to backend failures through the :class:`Guard`. The sync
+and async shells only add the calls to the backend and the waiting.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import math
+import random
+import secrets
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Literal, cast
+
+from scalekit.cache._core import (
+    NOT_FOUND,
+    Action,
+    Envelope,
+    Guard,
+    GuardEdge,
+    KeyBuilder,
+    Kind,
+    _canon,
+    decide,
+    jittered_ttl,
+    pack_envelope,
+    unpack_envelope,
+    validate_tags,
+)
+from scalekit.cache._events import CacheDecodeFailed
+from scalekit.cache._local import LocalCache
+from scalekit.cache._serializers import JsonSerializer, Serializer
+from scalekit.errors import CacheUnavailable, ConfigurationError, SerializationError
+from scalekit.instrumentation import FallbackUsed, Recovered, emit
+from scalekit.typing import Clock
+
+__all__ = ["CacheStats", "DownPolicy"]
+
+_log = logging.getLogger("scalekit.cache")
+
+DownPolicy = Literal["bypass", "stale_local", "raise"]
+_POLICIES: Final = ("bypass", "stale_local", "raise")
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStats:
+    """A snapshot of a cache's counters (:meth:`Cache.stats`).
+
+    ``hits`` count fresh values served (``local_hits`` of them from the local
+    tier); ``stale`` stale values served while refreshing; ``early`` XFetch
+    early recomputations; ``misses`` reads that found nothing usable;
+    ``loads`` loader runs and ``load_seconds`` their total time;
+    ``lease_waits`` waits for another process's loader; ``errors`` undecodable
+    entries and failed refreshes; ``fallbacks`` operations that took the
+    down-Redis path.
+    """
+
+    hits: int
+    local_hits: int
+    misses: int
+    stale: int
+    early: int
+    loads: int
+    load_seconds: float
+    lease_waits: int
+    errors: int
+    fallbacks: int
+
+
+class _Counters:
+    __slots__ = (
+        "early",
+        "errors",
+        "fallbacks",
+        "hits",
+        "lease_waits",
+        "load_seconds",
+        "loads",
+        "local_hits",
+        "misses",
+        "stale",
+    )
+
+    def __init__(self) -> None:
+        self.hits = self.local_hits = self.misses = self.stale = self.early = 0
+        self.loads = self.lease_waits = self.errors = self.fallbacks = 0
+        self.load_seconds = 0.0
+
+    def snapshot(self) -> CacheStats:
+        return CacheStats(
+            hits=self.hits,
+            local_hits=self.local_hits,
+            misses=self.misses,
+            stale=self.stale,
+            early=self.early,
+            loads=self.loads,
+            load_seconds=self.load_seconds,
+            lease_waits=self.lease_waits,
+            errors=self.errors,
+            fallbacks=self.fallbacks,
+        )
+
+
+def _positive(name: str, value: object, *, allow_zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        raise ConfigurationError(f"{name} must be a number", parameter=name)
+    if value < 0 or (value == 0 and not allow_zero) or math.isinf(value):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigurationError(f"{name} must be a finite number {bound}", parameter=name)
+    return float(value)
+
+
+class _Outcome:
+    """What a loader produced: a kind, the value (or exception) and the envelope stored."""
+
+    __slots__ = ("envelope", "kind", "value")
+
+    def __init__(self, kind: Kind, value: Any, envelope: Envelope | None) -> None:
+        self.kind = kind
+        self.value = value
+        self.envelope = envelope
+
+
+class CacheBase:
+    """Configuration and I/O-free logic of both shells (not public)."""
+
+    def __init__(
+        self,
+        *,
+        namespace: str,
+        schema_version: int,
+        default_ttl: float,
+        stale_ttl: float | None,
+        jitter: float,
+        beta: float,
+        negative_ttl: float,
+        cache_errors: Sequence[type[BaseException]],
+        lease_ttl: float,
+        lease_wait: float,
+        poll_interval: float,
+        on_redis_down: DownPolicy,
+        retry_interval: float,
+        local: LocalCache | None,
+        serializer: Serializer | None,
+        background_refresh: bool,
+        max_key_length: int,
+        clock: Clock,
+        rng: random.Random | None,
+    ) -> None:
+        self.keys = KeyBuilder(namespace, schema_version, max_key_length)
+        self.namespace = namespace
+        self.default_ttl = _positive("default_ttl", default_ttl)
+        self.stale_ttl = (
+            None if stale_ttl is None else _positive("stale_ttl", stale_ttl, allow_zero=True)
+        )
+        self.jitter = _positive("jitter", jitter, allow_zero=True)
+        if self.jitter >= 1:
+            raise ConfigurationError(
+                "jitter must be < 1 (a fraction of the TTL)", parameter="jitter"
+            )
+        self.beta = _positive("beta", beta, allow_zero=True)
+        self.negative_ttl = _positive("negative_ttl", negative_ttl)
+        errors: tuple[object, ...] = tuple(cache_errors)
+        for error in errors:
+            if not (isinstance(error, type) and issubclass(error, Exception)):
+                raise ConfigurationError(
+                    "cache_errors must be Exception subclasses", parameter="cache_errors"
+                )
+        self.cache_errors = cast("tuple[type[Exception], ...]", errors)
+        self.lease_ttl = _positive("lease_ttl", lease_ttl)
+        self.lease_wait = _positive("lease_wait", lease_wait, allow_zero=True)
+        self.poll_interval = _positive("poll_interval", poll_interval)
+        if on_redis_down not in _POLICIES:
+            raise ConfigurationError(
+                f"on_redis_down must be one of {', '.join(_POLICIES)}", parameter="on_redis_down"
+            )
+        self.on_redis_down: DownPolicy = on_redis_down
+        self.guard = Guard(_positive("retry_interval", retry_interval))
+        if local is not None and not isinstance(local, LocalCache):
+            raise ConfigurationError("local must be a LocalCache", parameter="local")
+        self.local = local
+        chosen: object = JsonSerializer() if serializer is None else serializer
+        if not isinstance(chosen, Serializer):
+            raise ConfigurationError(
+                "serializer needs codec_id, dumps() and loads()", parameter="serializer"
+            )
+        self.serializer: Serializer = chosen
+        self.background_refresh = bool(background_refresh)
+        self.clock = clock
+        self.rng = rng if rng is not None else random.Random()
+        self.counters = _Counters()
+        self._unexpected_seen: set[type[BaseException]] = set()
+        # Invalidation messages for other processes' local tiers.
+        self.channel = f"{self.keys.namespace}!invalidate"
+        self.origin = secrets.token_hex(6)
+
+    # ------------------------------------------------------------------ stats, keys
+
+    def stats(self) -> CacheStats:
+        """A snapshot of the counters."""
+        return self.counters.snapshot()
+
+    def _ttl(self, ttl: float | None) -> float:
+        return self.default_ttl if ttl is None else _positive("ttl", ttl)
+
+    def _stale_window(self, ttl: float) -> float:
+        return ttl * 0.25 if self.stale_ttl is None else self.stale_ttl
+
+    def _tag_keys(self, tags: tuple[str, ...]) -> list[str]:
+        return [self.keys.tag(tag) for tag in tags]
+
+    # ------------------------------------------------------------------ encoding
+
+    def _build(
+        self,
+        kind: Kind,
+        value: Any,
+        ttl: float | None,
+        cost: float,
+        tags: tuple[str, ...],
+        versions: Sequence[int],
+    ) -> tuple[Envelope, bytes, int]:
+        """The envelope, its bytes and the store TTL in ms for a loader's result."""
+        now = self.clock.time()
+        if kind is Kind.VALUE:
+            soft_ttl = jittered_ttl(self._ttl(ttl), self.jitter, self.rng.random())
+            stale = self._stale_window(self._ttl(ttl))
+            payload = self.serializer.dumps(value)
+        else:
+            soft_ttl = jittered_ttl(self.negative_ttl, self.jitter, self.rng.random())
+            stale = 0.0
+            payload = b"" if kind is Kind.NOT_FOUND else _error_payload(value)
+        envelope = Envelope(
+            payload=payload,
+            created=now,
+            cost=max(cost, 0.0),
+            soft_expiry=now + soft_ttl,
+            hard_expiry=now + soft_ttl + stale,
+            codec=self.serializer.codec_id,
+            kind=kind,
+            tags=tuple(zip(tags, versions, strict=True)),
+        )
+        return envelope, pack_envelope(envelope), max(int((soft_ttl + stale) * 1000), 1)
+
+    def _decode(self, raw: bytes | None) -> tuple[Envelope, Any] | None:
+        """Bytes from the store to (envelope, value); unreadable entries become a miss."""
+        if raw is None:
+            return None
+        try:
+            envelope = unpack_envelope(raw)
+            if envelope.kind is not Kind.VALUE:
+                return envelope, None
+            if envelope.codec != self.serializer.codec_id:
+                raise SerializationError(
+                    f"entry written with codec {envelope.codec}, this cache reads "
+                    f"{self.serializer.codec_id}"
+                )
+            return envelope, self.serializer.loads(envelope.payload)
+        except SerializationError as exc:
+            self.counters.errors += 1
+            _log.warning("cache %r: unreadable entry treated as a miss: %s", self.namespace, exc)
+            emit(CacheDecodeFailed(name=self.namespace, reason=f"{type(exc).__name__}: {exc}"))
+            return None
+
+    def _decide(
+        self, entry: tuple[Envelope, Any] | None, versions: Mapping[str, int] | None
+    ) -> Action:
+        envelope = None if entry is None else entry[0]
+        return decide(
+            envelope,
+            self.clock.time(),
+            beta=self.beta,
+            rand=1.0 - self.rng.random(),
+            tag_versions=versions,
+        )
+
+    def _unwrap(self, envelope: Envelope, value: Any) -> Any:
+        """The value a caller gets from an entry: the value, NOT_FOUND, or a raised error."""
+        if envelope.kind is Kind.VALUE:
+            return value
+        if envelope.kind is Kind.NOT_FOUND:
+            return NOT_FOUND
+        raise self._rebuild_error(envelope.payload)
+
+    def _rebuild_error(self, payload: bytes) -> BaseException:
+        try:
+            data = json.loads(payload)
+            name, args = data["type"], data["args"]
+        except (ValueError, KeyError, TypeError):
+            return SerializationError("unreadable cached error")
+        for error in self.cache_errors:
+            if f"{error.__module__}.{error.__qualname__}" == name:
+                try:
+                    return error(*args)
+                except Exception:  # a constructor that wants other arguments
+                    break
+        return SerializationError(f"cached error of type {name} cannot be rebuilt")
+
+    def _outcome_of(self, loader_result: Any) -> tuple[Kind, Any]:
+        return (
+            (Kind.NOT_FOUND, NOT_FOUND)
+            if loader_result is NOT_FOUND
+            else (Kind.VALUE, loader_result)
+        )
+
+    def _entry_outcome(self, entry: tuple[Envelope, Any]) -> _Outcome:
+        """An entry found in the store, as the outcome a waiting caller receives."""
+        envelope, value = entry
+        if envelope.kind is Kind.ERROR:
+            return _Outcome(Kind.ERROR, self._rebuild_error(envelope.payload), envelope)
+        if envelope.kind is Kind.NOT_FOUND:
+            return _Outcome(Kind.NOT_FOUND, NOT_FOUND, envelope)
+        return _Outcome(Kind.VALUE, value, envelope)
+
+    def _is_cached_error(self, exc: BaseException) -> bool:
+        return bool(self.cache_errors) and isinstance(exc, self.cache_errors)
+
+    # ------------------------------------------------------------------ local tier
+
+    def _local_get(self, key: str, *, allow_expired: bool = False) -> tuple[Envelope, Any] | None:
+        if self.local is None:
+            return None
+        return self.local.get(key, self.clock.time(), allow_expired=allow_expired)
+
+    def _local_put(self, key: str, envelope: Envelope, value: Any) -> None:
+        if self.local is not None:
+            self.local.put(key, envelope, value, self.clock.time())
+
+    def _notify(self, kind: str, items: Iterable[str]) -> tuple[str, str]:
+        """The invalidation message for other processes' local tiers.
+
+        Sent with every write and invalidation, with or without a local tier
+        here: the other processes may have one.
+        """
+        return (self.channel, f"{kind}:{self.origin}:" + "\n".join(items))
+
+    def _apply_message(self, message: str) -> None:
+        """Apply an invalidation message from another process to the local tier."""
+        if self.local is None:
+            return
+        kind, _, rest = message.partition(":")
+        origin, _, arg = rest.partition(":")
+        if origin == self.origin:
+            return
+        if kind == "k":
+            for key in arg.split("\n"):
+                self.local.discard(key)
+        elif kind == "t":
+            for tag in arg.split("\n"):
+                self.local.discard_tag(tag)
+        else:
+            self.local.clear()
+
+    def _channel_lost(self) -> None:
+        """The invalidation channel broke: messages may be lost, the local tier is suspect."""
+        if self.local is None:
+            return
+        if self.on_redis_down == "stale_local":
+            self.local.expire_all()  # still served while Redis is down, never as fresh
+        else:
+            self.local.clear()
+
+    # ------------------------------------------------------------------ outages
+
+    def _backend_allowed(self) -> bool:
+        # Healthy: no clock read on the hot path.
+        return not self.guard.down or self.guard.allow(self.clock.monotonic())
+
+    def _backend_failed(self, exc: BaseException | None, *, outage: bool = True) -> None:
+        """Record a backend failure; raises under the ``raise`` policy.
+
+        ``outage=False`` is a failure of this call only (the client's
+        connection pool is exhausted, Redis itself is fine): the call takes the
+        fallback, but the guard stays closed for everybody else.
+        """
+        self.counters.fallbacks += 1
+        if exc is not None and outage:
+            edge = self.guard.failure(self.clock.monotonic())
+            if edge is GuardEdge.DOWN:
+                # Logged (by the default LoggingHook) and counted once per incident.
+                emit(
+                    FallbackUsed(
+                        name=self.namespace,
+                        component_name="cache",
+                        fallback=self.on_redis_down,
+                        reason=type(exc).__name__,
+                    )
+                )
+        if self.on_redis_down == "raise":
+            raise CacheUnavailable(self.namespace) from exc
+
+    def _unexpected(self, exc: Exception) -> None:
+        """A backend call raised something no Redis client should (seen: redis-py's
+        asyncio cluster under heavy concurrency). The caller's work must not fail
+        because of the cache: this call takes the fallback, and the error type is
+        logged once, with its traceback, so it is not hidden."""
+        kind = type(exc)
+        if kind not in self._unexpected_seen:
+            self._unexpected_seen.add(kind)
+            _log.warning(
+                "cache %r: unexpected %s from the store client; the call fell back",
+                self.namespace,
+                kind.__name__,
+                exc_info=exc,
+            )
+        self._backend_failed(exc, outage=False)
+
+    def _backend_ok(self) -> None:
+        if self.guard.down:
+            edge, seconds = self.guard.success(self.clock.monotonic())
+            if edge is GuardEdge.RECOVERED:
+                if self.local is not None:
+                    # Messages sent during the outage were lost: start clean.
+                    self.local.clear()
+                emit(
+                    Recovered(name=self.namespace, component_name="cache", seconds_degraded=seconds)
+                )
+
+    def _new_token(self) -> str:
+        return secrets.token_hex(12)
+
+
+def _error_payload(exc: BaseException) -> bytes:
+    args = [
+        arg if isinstance(arg, str | int | float | bool) or arg is None else repr(arg)
+        for arg in exc.args
+    ]
+    name = f"{type(exc).__module__}.{type(exc).__qualname__}"
+    return json.dumps({"type": name, "args": args}).encode()
+
+
+def function_name(func: Callable[..., Any]) -> str:
+    """``module.qualname`` of ``func``: the stable part of the decorator's keys."""
+    return f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', repr(func))}"
+
+
+class CallKey:
+    """Turns a decorated function's call into the text of its cache key.
+
+    ``f(1)``, ``f(x=1)`` and ``f(1, <default>)`` give the same text. Calls with
+    every parameter given positionally (the common case) skip
+    :meth:`inspect.Signature.bind`, which costs more than a Redis hit's own
+    Python work; the text is the same either way.
+    """
+
+    __slots__ = ("_fast", "_name", "_order", "_signature", "_skip")
+
+    def __init__(self, name: str, signature: inspect.Signature, skip: Iterable[str]) -> None:
+        self._name = name
+        self._signature = signature
+        self._skip = frozenset(skip)
+        params = list(signature.parameters.values())
+        self._fast = (
+            len(params)
+            if all(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
+            else -1
+        )
+        self._order = tuple(
+            sorted((p.name, i) for i, p in enumerate(params) if p.name not in self._skip)
+        )
+
+    def text(self, keys: KeyBuilder, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str:
+        """The user key of this call (before :meth:`KeyBuilder.data`).
+
+        Raises:
+            TypeError: the arguments do not fit the signature (as calling would).
+        """
+        if not kwargs and len(args) == self._fast:
+            # The text canonical_args((), named) gives, built directly.
+            text = ",".join([f"{name}={_canon(args[index])}" for name, index in self._order])
+            return f"{self._name}(;{text})"
+        positional, named = bind_arguments(self._signature, args, kwargs, self._skip)
+        return keys.function(self._name, positional, named)
+
+
+def bind_arguments(
+    signature: inspect.Signature,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    skip: Iterable[str],
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Normalise a call so that ``f(1, b=2)`` and ``f(a=1, b=2)`` share a key.
+
+    Raises:
+        TypeError: the arguments do not fit the signature (as calling would).
+    """
+    bound = signature.bind(*args, **kwargs)
+    bound.apply_defaults()
+    skipped = set(skip)
+    positional: list[Any] = []
+    named: dict[str, Any] = {}
+    for name, param in signature.parameters.items():
+        if name in skipped:
+            continue
+        value = bound.arguments[name]
+        if param.kind is param.VAR_POSITIONAL:
+            positional.extend(value)
+        elif param.kind is param.VAR_KEYWORD:
+            named.update({f"**{k}": v for k, v in value.items()})
+        else:
+            named[name] = value
+    return tuple(positional), named
+
+
+def make_tags(
+    tags: Iterable[str] | Callable[..., Iterable[str]] | None,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+) -> tuple[str, ...]:
+    """The tags of a decorated call: a fixed list, or a function of the call's arguments."""
+    if tags is None:
+        return ()
+    if callable(tags):
+        return validate_tags(tags(*args, **kwargs))
+    return validate_tags(tags)

@@ -1,0 +1,825 @@
+"""The sync shell: :class:`Cache` over ``redis.Redis``/``RedisCluster`` or memory.
+
+The read path of :meth:`Cache.get_or_set`, in order: the local tier (if
+any); one ``GET`` (pipelined with the tag counters when the call has tags);
+the core's decision; then, on a miss, in-process single-flight (one loader
+per key per process, the other threads wait for its result) and the
+distributed lease (``SET NX PX`` with a token; the holder loads, the others
+poll for its value, or take the lease over when it is freed, or load
+themselves after ``lease_wait``).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import random
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast
+
+from scalekit._clock import SYSTEM_CLOCK
+from scalekit.cache._backends import MemoryBackend, RedisBackend, is_async_client, is_sync_client
+from scalekit.cache._base import (
+    CacheBase,
+    CallKey,
+    DownPolicy,
+    _Outcome,
+    function_name,
+    make_tags,
+)
+from scalekit.cache._core import Action, Envelope, Kind, readable, validate_tags
+from scalekit.cache._events import CacheLeaseWait, CacheLoaded, CacheRefreshFailed, CacheStaleServed
+from scalekit.cache._local import LocalCache
+from scalekit.errors import ConfigurationError
+from scalekit.instrumentation import emit
+from scalekit.typing import Clock
+
+if TYPE_CHECKING:
+    from scalekit.cache._serializers import Serializer
+
+__all__ = ["Cache", "CachedFunction"]
+
+_log = logging.getLogger("scalekit.cache")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class _Flight:
+    __slots__ = ("done", "error", "outcome")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.outcome: _Outcome | None = None
+        self.error: BaseException | None = None
+
+
+class Cache(CacheBase):
+    """Cache-aside over Redis with stampede protection, tags and a local tier.
+
+    ``client`` is a ``redis.Redis``, a ``redis.cluster.RedisCluster``, a
+    fakeredis client, or ``None`` for an in-process :class:`MemoryBackend`
+    (tests, single-process apps). The client must not decode responses.
+
+    Keys are stored as ``<namespace>:v<schema_version>:<key>``. A value lives
+    ``ttl`` seconds (``default_ttl``), moved by ``±jitter``, then is served
+    stale for ``stale_ttl`` more seconds (default a quarter of the TTL) while
+    one caller refreshes it. ``beta`` tunes XFetch early recomputation (0
+    turns it off). A loader returning :data:`NOT_FOUND`, or raising one of
+    ``cache_errors``, is cached for ``negative_ttl``.
+
+    When Redis fails, ``on_redis_down`` decides: ``"bypass"`` runs the loader
+    (``get`` returns the default), ``"stale_local"`` serves the local tier even
+    past its TTL and otherwise bypasses, ``"raise"`` raises
+    :class:`~scalekit.errors.CacheUnavailable`. After a failure the cache
+    skips Redis for ``retry_interval`` seconds, then probes it again; one
+    :class:`~scalekit.instrumentation.FallbackUsed` is emitted per incident and
+    one :class:`~scalekit.instrumentation.Recovered` when it ends. Give the
+    client short timeouts and no retries (see the docs): redis-py 8 retries a
+    failed command 10 times with back-off by default.
+
+    >>> cache = Cache(None, namespace="demo", default_ttl=60)
+    >>> cache.get_or_set("answer", lambda: 42)
+    42
+    >>> cache.get("answer")
+    42
+
+    Raises:
+        ConfigurationError: at construction, for any invalid parameter.
+    """
+
+    def __init__(
+        self,
+        client: Any = None,
+        *,
+        namespace: str = "app",
+        schema_version: int = 1,
+        default_ttl: float = 300.0,
+        stale_ttl: float | None = None,
+        jitter: float = 0.1,
+        beta: float = 1.0,
+        negative_ttl: float = 30.0,
+        cache_errors: Sequence[type[BaseException]] = (),
+        lease_ttl: float = 10.0,
+        lease_wait: float = 5.0,
+        poll_interval: float = 0.05,
+        on_redis_down: DownPolicy = "bypass",
+        retry_interval: float = 0.5,
+        local: LocalCache | None = None,
+        serializer: Serializer | None = None,
+        background_refresh: bool = True,
+        max_key_length: int = 200,
+        clock: Clock = SYSTEM_CLOCK,
+        rng: random.Random | None = None,
+    ) -> None:
+        super().__init__(
+            namespace=namespace,
+            schema_version=schema_version,
+            default_ttl=default_ttl,
+            stale_ttl=stale_ttl,
+            jitter=jitter,
+            beta=beta,
+            negative_ttl=negative_ttl,
+            cache_errors=cache_errors,
+            lease_ttl=lease_ttl,
+            lease_wait=lease_wait,
+            poll_interval=poll_interval,
+            on_redis_down=on_redis_down,
+            retry_interval=retry_interval,
+            local=local,
+            serializer=serializer,
+            background_refresh=background_refresh,
+            max_key_length=max_key_length,
+            clock=clock,
+            rng=rng,
+        )
+        if client is None:
+            self.backend: Any = MemoryBackend(clock=clock)
+        elif isinstance(client, MemoryBackend):
+            self.backend = client
+        elif is_sync_client(client):
+            self.backend = RedisBackend(client)
+        elif is_async_client(client):
+            raise ConfigurationError(
+                "this is an asyncio client; use AsyncCache", parameter="client"
+            )
+        else:
+            raise ConfigurationError(
+                f"client must be a redis.Redis, RedisCluster or None, got {type(client).__name__}",
+                parameter="client",
+            )
+        self._errors: tuple[type[BaseException], ...] = self.backend.errors
+        self._busy: tuple[type[BaseException], ...] = getattr(self.backend, "busy_errors", ())
+        self._flights: dict[str, _Flight] = {}
+        self._flights_lock = threading.Lock()
+        self._closed = threading.Event()
+        self._listener: threading.Thread | None = None
+        self.subscribed = threading.Event()
+        if self.local is not None and isinstance(self.backend, RedisBackend):
+            self._listener = threading.Thread(
+                target=self._listen, name=f"scalekit-cache-{namespace}", daemon=True
+            )
+            self._listener.start()
+
+    @property
+    def client(self) -> Any:
+        """The Redis client this cache wraps (``None`` for the memory backend)."""
+        return getattr(self.backend, "client", None)
+
+    # ------------------------------------------------------------------ backend calls
+
+    def _call(self, method: Callable[..., Any], *args: Any) -> tuple[bool, Any]:
+        if not self._backend_allowed():
+            self._backend_failed(None)
+            return False, None
+        try:
+            result = method(*args)
+        except self._errors as exc:
+            self._backend_failed(exc, outage=not isinstance(exc, self._busy))
+            return False, None
+        except Exception as exc:  # a client bug: this call falls back, loudly
+            self._unexpected(exc)
+            return False, None
+        if self.guard.down:
+            self._backend_ok()
+        return True, result
+
+    def _versions(self, tags: Sequence[str]) -> tuple[bool, list[int]]:
+        if not tags:
+            return True, []
+        return self._call(self.backend.counters, self._tag_keys(tuple(tags)))
+
+    def _read(
+        self, key: str, tags: tuple[str, ...]
+    ) -> tuple[bool, tuple[Envelope, Any] | None, dict[str, int]]:
+        """One round trip: the entry and the current versions of ``tags``."""
+        if tags:
+            ok, reply = self._call(self.backend.get_with_counters, key, self._tag_keys(tags))
+            if not ok:
+                return False, None, {}
+            raw, counts = reply
+            versions = dict(zip(tags, counts, strict=True))
+        else:  # the hot path: one GET
+            ok, raw = self._call(self.backend.get, key)
+            if not ok:
+                return False, None, {}
+            versions = {}
+        entry = self._decode(raw)
+        if entry is not None and entry[0].tags:
+            missing = [tag for tag, _ in entry[0].tags if tag not in versions]
+            if missing:  # stored with tags this call did not name: check them too
+                ok, extra = self._versions(missing)
+                if not ok:
+                    return False, None, {}
+                versions.update(zip(missing, extra, strict=True))
+        return True, entry, versions
+
+    # ------------------------------------------------------------------ plain operations
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The cached value of ``key``, or ``default`` when there is none.
+
+        A stale value (within the stale window) is returned; a negative
+        entry (:data:`NOT_FOUND` or a cached error) counts as none. When Redis
+        is down, ``default`` (or, under ``stale_local``, the local tier).
+
+        Raises:
+            CacheUnavailable: Redis is down and the policy is ``"raise"``.
+        """
+        full = self.keys.data(key)
+        local = self._local_get(full)
+        if local is not None and local[0].kind is Kind.VALUE:
+            self.counters.hits += 1
+            self.counters.local_hits += 1
+            return local[1]
+        ok, entry, versions = self._read(full, ())
+        if not ok:
+            stale = self._local_get(full, allow_expired=self.on_redis_down == "stale_local")
+            return stale[1] if stale is not None and stale[0].kind is Kind.VALUE else default
+        if (
+            entry is None
+            or entry[0].kind is not Kind.VALUE
+            or not readable(entry[0], self.clock.time(), versions)
+        ):
+            self.counters.misses += 1
+            return default
+        self.counters.hits += 1
+        self._local_put(full, entry[0], entry[1])
+        return entry[1]
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        """The cached values of ``keys`` that have one, in one ``MGET``.
+
+        Raises:
+            CacheUnavailable: Redis is down and the policy is ``"raise"``.
+        """
+        wanted = list(dict.fromkeys(keys))
+        full = [self.keys.data(key) for key in wanted]
+        ok, raws = self._call(self.backend.mget, full)
+        if not ok:
+            return {}
+        entries = [self._decode(raw) for raw in raws]
+        tags = sorted({tag for e in entries if e is not None for tag, _ in e[0].tags})
+        ok, counts = self._versions(tags)
+        if not ok:
+            return {}
+        versions = dict(zip(tags, counts, strict=True))
+        found: dict[str, Any] = {}
+        now = self.clock.time()
+        for key, entry in zip(wanted, entries, strict=True):
+            if (
+                entry is not None
+                and entry[0].kind is Kind.VALUE
+                and readable(entry[0], now, versions)
+            ):
+                found[key] = entry[1]
+                self.counters.hits += 1
+            else:
+                self.counters.misses += 1
+        return found
+
+    def set(
+        self, key: str, value: Any, ttl: float | None = None, *, tags: Iterable[str] | None = None
+    ) -> bool:
+        """Store ``value`` under ``key`` for ``ttl`` seconds (default ``default_ttl``).
+
+        Returns whether it was stored (``False`` when Redis is down).
+
+        Raises:
+            SerializationError: the serialiser cannot encode ``value``.
+            CacheUnavailable: Redis is down and the policy is ``"raise"``.
+        """
+        return self.set_many({key: value}, ttl, tags=tags)
+
+    def set_many(
+        self,
+        items: Mapping[str, Any],
+        ttl: float | None = None,
+        *,
+        tags: Iterable[str] | None = None,
+    ) -> bool:
+        """Store every ``key: value`` of ``items`` in one pipelined round trip.
+
+        With ``tags``, the tags' versions are read first (one more round trip).
+
+        Raises:
+            SerializationError: the serialiser cannot encode a value.
+            CacheUnavailable: Redis is down and the policy is ``"raise"``.
+        """
+        tag_tuple = validate_tags(tags)
+        self._ttl(ttl)
+        ok, versions = self._versions(tag_tuple)
+        if not ok:
+            return False
+        writes: list[tuple[str, bytes, int]] = []
+        built: list[tuple[str, Envelope, Any]] = []
+        for key, value in items.items():
+            full = self.keys.data(key)
+            kind, plain = self._outcome_of(value)
+            envelope, data, ttl_ms = self._build(kind, plain, ttl, 0.0, tag_tuple, versions)
+            writes.append((full, data, ttl_ms))
+            built.append((full, envelope, plain))
+        if not writes:
+            return True
+        notify = self._notify("k", [w[0] for w in writes])
+        ok, _ = self._call(self.backend.set_many, writes, notify)
+        if ok:
+            for full, envelope, plain in built:
+                self._local_put(full, envelope, plain)
+        return ok
+
+    def delete(self, *keys: str) -> bool:
+        """Remove ``keys`` (here, in Redis and in every process's local tier).
+
+        Raises:
+            CacheUnavailable: Redis is down and the policy is ``"raise"``.
+        """
+        full = [self.keys.data(key) for key in keys]
+        if self.local is not None:
+            for item in full:
+                self.local.discard(item)
+        if not full:
+            return True
+        ok, _ = self._call(self.backend.delete, full, self._notify("k", full))
+        return ok
+
+    def invalidate_tags(self, *tags: str) -> bool:
+        """Invalidate every entry stored with any of ``tags``, in O(1) per tag.
+
+        Each tag's version counter is incremented; entries remember the
+        versions they were computed under and read as misses once a version
+        moved. Works the same on Redis Cluster (no key scan).
+
+        Raises:
+            CacheUnavailable: Redis is down and the policy is ``"raise"``.
+        """
+        tag_tuple = validate_tags(tags)
+        if self.local is not None:
+            for tag in tag_tuple:
+                self.local.discard_tag(tag)
+        if not tag_tuple:
+            return True
+        ok, _ = self._call(
+            self.backend.incr, self._tag_keys(tag_tuple), self._notify("t", tag_tuple)
+        )
+        return ok
+
+    # ------------------------------------------------------------------ get_or_set
+
+    def get_or_set(
+        self,
+        key: str,
+        loader: Callable[[], R],
+        ttl: float | None = None,
+        *,
+        tags: Iterable[str] | None = None,
+    ) -> R:
+        """The cached value of ``key``, computing it with ``loader()`` when needed.
+
+        Exactly one ``loader`` runs per process for a missing key (other
+        threads wait for its result), and across processes the lease makes
+        the others wait for it (up to ``lease_wait``). Values close to expiry
+        are recomputed early (XFetch); stale ones are served while one
+        caller refreshes them. A loader's exception reaches every caller
+        waiting on it and is not cached, unless it is one of ``cache_errors``.
+
+        Raises:
+            Whatever ``loader`` raises; SerializationError when its value
+            cannot be encoded; CacheUnavailable under the ``"raise"`` policy.
+        """
+        return cast(R, self._get_or_load(self.keys.data(key), loader, ttl, validate_tags(tags)))
+
+    def _get_or_load(
+        self, key: str, loader: Callable[[], Any], ttl: float | None, tags: tuple[str, ...]
+    ) -> Any:
+        local = None if self.local is None else self._local_get(key)
+        if local is not None and self._decide(local, None) is Action.FRESH:
+            self.counters.hits += 1
+            self.counters.local_hits += 1
+            return self._unwrap(*local)
+        ok, entry, versions = self._read(key, tags)
+        if not ok:
+            if self.on_redis_down == "stale_local":
+                stale = self._local_get(key, allow_expired=True)
+                if stale is not None:
+                    return self._unwrap(*stale)
+            return self._deliver(
+                self._single_flight(key, loader, ttl, tags, [0] * len(tags), store=True)
+            )
+        counts = [versions.get(tag, 0) for tag in tags]
+        action = self._decide(entry, versions)
+        if action is Action.FRESH and entry is not None:
+            self.counters.hits += 1
+            if self.local is not None:
+                self._local_put(key, *entry)
+            return entry[1] if entry[0].kind is Kind.VALUE else self._unwrap(*entry)
+        if action is Action.MISS or entry is None:
+            self.counters.misses += 1
+            return self._deliver(self._single_flight(key, loader, ttl, tags, counts, store=True))
+        if action is Action.EARLY:
+            self.counters.early += 1
+            fresh = self._refresh(key, loader, ttl, tags, counts, "early")
+        else:
+            self.counters.stale += 1
+            emit(CacheStaleServed(name=self.namespace, age=self.clock.time() - entry[0].created))
+            fresh = self._refresh(key, loader, ttl, tags, counts, "stale")
+        if fresh is not None:
+            return self._deliver(fresh)
+        return self._unwrap(*entry)
+
+    def _deliver(self, outcome: _Outcome) -> Any:
+        if outcome.kind is Kind.ERROR:
+            raise outcome.value
+        return outcome.value
+
+    def _lead(self, key: str) -> tuple[_Flight, bool]:
+        with self._flights_lock:
+            flight = self._flights.get(key)
+            if flight is not None:
+                return flight, False
+            flight = self._flights[key] = _Flight()
+            return flight, True
+
+    def _land(self, key: str, flight: _Flight) -> None:
+        with self._flights_lock:
+            if self._flights.get(key) is flight:
+                del self._flights[key]
+        flight.done.set()
+
+    def _single_flight(
+        self,
+        key: str,
+        loader: Callable[[], Any],
+        ttl: float | None,
+        tags: tuple[str, ...],
+        counts: list[int],
+        *,
+        store: bool,
+    ) -> _Outcome:
+        for _ in range(3):
+            flight, leader = self._lead(key)
+            if not leader:
+                flight.done.wait()
+                if flight.error is not None:
+                    raise flight.error
+                if flight.outcome is not None:
+                    return flight.outcome
+                continue  # the leader was a refresh that did not run: try again
+            try:
+                outcome = (
+                    self._load_with_lease(key, loader, ttl, tags, counts)
+                    if store
+                    else self._load(key, loader, ttl, tags, counts, "miss", store=False)
+                )
+                flight.outcome = outcome
+                return outcome
+            except BaseException as exc:
+                flight.error = exc
+                raise
+            finally:
+                self._land(key, flight)
+        return self._load(key, loader, ttl, tags, counts, "miss", store=store)
+
+    def _load_with_lease(
+        self,
+        key: str,
+        loader: Callable[[], Any],
+        ttl: float | None,
+        tags: tuple[str, ...],
+        counts: list[int],
+    ) -> _Outcome:
+        lease, token = self.keys.lease_of(key), self._new_token()
+        lease_ms = int(self.lease_ttl * 1000)
+        ok, acquired = self._call(self.backend.acquire, lease, token, lease_ms)
+        if ok and not acquired:
+            waited = self._wait_for_holder(key, tags, lease, token, lease_ms)
+            if isinstance(waited, _Outcome):
+                return waited
+            acquired = waited
+        try:
+            if ok and acquired:
+                # Another process may have stored the value between our read and
+                # taking the lease: check once more, so it is not loaded twice.
+                filled = self._recheck(key, tags, fresh_only=False)
+                if filled is not None:
+                    return filled
+            # Stored even without the lease: a failed lease call may be this call's
+            # alone (a full pool), and during an outage the guard skips it for free.
+            return self._load(key, loader, ttl, tags, counts, "miss", store=True)
+        finally:
+            if ok and acquired:
+                self._call(self.backend.release, lease, token)
+
+    def _recheck(self, key: str, tags: tuple[str, ...], *, fresh_only: bool) -> _Outcome | None:
+        """The entry now stored for ``key`` if usable (only a fresh one with ``fresh_only``)."""
+        ok, entry, versions = self._read(key, tags)
+        if not ok or entry is None:
+            return None
+        action = self._decide(entry, versions)
+        if action is Action.MISS or (fresh_only and action is not Action.FRESH):
+            return None
+        self._local_put(key, *entry)
+        return self._entry_outcome(entry)
+
+    def _wait_for_holder(
+        self, key: str, tags: tuple[str, ...], lease: str, token: str, lease_ms: int
+    ) -> _Outcome | bool:
+        """Poll for the lease holder's value; True when the lease was taken over."""
+        self.counters.lease_waits += 1
+        started = self.clock.monotonic()
+        deadline = started + self.lease_wait
+        while True:
+            now = self.clock.monotonic()
+            if now >= deadline:
+                emit(CacheLeaseWait(name=self.namespace, seconds=now - started, outcome="timeout"))
+                return False
+            self.clock.sleep(min(self.poll_interval, deadline - now))
+            ok, entry, versions = self._read(key, tags)
+            if not ok:
+                return False
+            if entry is not None and self._decide(entry, versions) is not Action.MISS:
+                emit(
+                    CacheLeaseWait(
+                        name=self.namespace,
+                        seconds=self.clock.monotonic() - started,
+                        outcome="filled",
+                    )
+                )
+                self._local_put(key, *entry)
+                return self._entry_outcome(entry)
+            ok, acquired = self._call(self.backend.acquire, lease, token, lease_ms)
+            if ok and acquired:
+                emit(
+                    CacheLeaseWait(
+                        name=self.namespace,
+                        seconds=self.clock.monotonic() - started,
+                        outcome="acquired",
+                    )
+                )
+                return True
+
+    def _load(
+        self,
+        key: str,
+        loader: Callable[[], Any],
+        ttl: float | None,
+        tags: tuple[str, ...],
+        counts: list[int],
+        reason: str,
+        *,
+        store: bool,
+    ) -> _Outcome:
+        started = self.clock.monotonic()
+        try:
+            kind, value = self._outcome_of(loader())
+        except Exception as exc:
+            if not self._is_cached_error(exc):
+                raise
+            kind, value = Kind.ERROR, exc
+        cost = self.clock.monotonic() - started
+        self.counters.loads += 1
+        self.counters.load_seconds += cost
+        emit(CacheLoaded(name=self.namespace, reason=reason, seconds=cost))
+        envelope, data, ttl_ms = self._build(kind, value, ttl, cost, tags, counts)
+        if store:
+            self._call(self.backend.set_many, [(key, data, ttl_ms)], self._notify("k", [key]))
+        if kind is Kind.VALUE:
+            self._local_put(key, envelope, value)
+        return _Outcome(kind, value, envelope)
+
+    def _refresh(
+        self,
+        key: str,
+        loader: Callable[[], Any],
+        ttl: float | None,
+        tags: tuple[str, ...],
+        counts: list[int],
+        reason: str,
+    ) -> _Outcome | None:
+        """Recompute ``key`` unless another thread or process already does."""
+        flight, leader = self._lead(key)
+        if not leader:
+            return None
+        if self.background_refresh:
+            thread = threading.Thread(
+                target=self._refresh_now,
+                args=(flight, key, loader, ttl, tags, counts, reason),
+                name="scalekit-cache-refresh",
+                daemon=True,
+            )
+            try:
+                thread.start()
+            except BaseException:
+                self._land(key, flight)
+                raise
+            return None
+        return self._refresh_now(flight, key, loader, ttl, tags, counts, reason)
+
+    def _refresh_now(
+        self,
+        flight: _Flight,
+        key: str,
+        loader: Callable[[], Any],
+        ttl: float | None,
+        tags: tuple[str, ...],
+        counts: list[int],
+        reason: str,
+    ) -> _Outcome | None:
+        try:
+            lease, token = self.keys.lease_of(key), self._new_token()
+            ok, acquired = self._call(
+                self.backend.acquire, lease, token, int(self.lease_ttl * 1000)
+            )
+            if not (ok and acquired):
+                return None  # another process refreshes it (or Redis is down)
+            try:
+                # Refreshed by another process since we read it: nothing to do.
+                outcome = self._recheck(key, tags, fresh_only=True) or self._load(
+                    key, loader, ttl, tags, counts, reason, store=True
+                )
+            except Exception as exc:
+                self.counters.errors += 1
+                _log.warning("cache %r: refresh failed: %s", self.namespace, type(exc).__name__)
+                emit(CacheRefreshFailed(name=self.namespace, reason=type(exc).__name__))
+                return None
+            finally:
+                self._call(self.backend.release, lease, token)
+            flight.outcome = outcome
+            return outcome
+        except Exception:  # a failure in a background thread must not go unnoticed
+            _log.exception("cache %r: refresh crashed", self.namespace)
+            return None
+        finally:
+            self._land(key, flight)
+
+    # ------------------------------------------------------------------ decorator
+
+    def cached(
+        self,
+        ttl: float | None = None,
+        *,
+        key: Callable[..., str] | None = None,
+        tags: Iterable[str] | Callable[..., Iterable[str]] | None = None,
+        skip: Iterable[str] = ("self", "cls"),
+    ) -> Callable[[Callable[P, R]], CachedFunction[P, R]]:
+        """Cache a function's results by its arguments.
+
+        Keys are ``module.qualname(<arguments>)``, built from the bound
+        arguments (so ``f(1)`` and ``f(x=1)`` share one), with parameters
+        named in ``skip`` left out (``self``/``cls`` by default); pass
+        ``key=`` (same parameters as the function, returns a str) to choose
+        your own. ``tags`` is a list, or a function of the arguments. Long or
+        odd keys are hashed. The wrapper keeps the signature and has
+        ``.invalidate(*args, **kwargs)`` and ``.key_for(*args, **kwargs)``.
+
+        >>> cache = Cache(None, namespace="doc")
+        >>> @cache.cached(ttl=60)
+        ... def square(x: int) -> int:
+        ...     return x * x
+        >>> square(4), square(4)
+        (16, 16)
+        >>> square.invalidate(4)
+        True
+
+        Raises:
+            ConfigurationError: on an ``async def`` function (use :class:`AsyncCache`).
+        """
+        if ttl is not None:
+            self._ttl(ttl)
+        skipped = tuple(skip)
+
+        def decorate(func: Callable[P, R]) -> CachedFunction[P, R]:
+            if inspect.iscoroutinefunction(func):
+                raise ConfigurationError(
+                    f"{function_name(func)} is async; decorate it with AsyncCache.cached",
+                    parameter="func",
+                )
+            return CachedFunction(self, func, ttl, key, tags, skipped)
+
+        return decorate
+
+    # ------------------------------------------------------------------ local tier messages
+
+    def _listen(self) -> None:
+        """Apply other processes' invalidation messages to the local tier (a thread)."""
+        client = self.backend.client
+        first = True
+        while not self._closed.is_set():
+            pubsub = None
+            try:
+                pubsub = client.pubsub(ignore_subscribe_messages=True)
+                pubsub.subscribe(self.channel)
+                # Back after a loss: anything may have changed while we were not
+                # listening. (The first subscription follows construction by
+                # moments; what was cached meanwhile is capped by the local TTL.)
+                if self.local is not None and not first:
+                    self.local.clear()
+                first = False
+                self.subscribed.set()
+                while not self._closed.is_set():
+                    message = pubsub.get_message(timeout=0.2)
+                    if message is not None and message.get("type") == "message":
+                        data = message["data"]
+                        self._apply_message(data.decode() if isinstance(data, bytes) else data)
+            except Exception as exc:
+                self.subscribed.clear()
+                self._channel_lost()
+                _log.debug(
+                    "cache %r: invalidation channel lost: %s", self.namespace, type(exc).__name__
+                )
+                self._closed.wait(self.guard.retry_interval)
+            finally:
+                if pubsub is not None:
+                    try:
+                        pubsub.close()
+                    except Exception:  # pragma: no cover - closing a broken connection
+                        pass
+
+    def close(self) -> None:
+        """Stop the invalidation listener (if any). The Redis client stays yours to close."""
+        self._closed.set()
+        if self._listener is not None:
+            self._listener.join(timeout=2.0)
+
+    def __enter__(self) -> Cache:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Cache(namespace={self.namespace!r}, backend={type(self.backend).__name__})"
+
+
+class CachedFunction(Generic[P, R]):
+    """A function wrapped by :meth:`Cache.cached`; call it like the function."""
+
+    def __init__(
+        self,
+        cache: Cache,
+        func: Callable[P, R],
+        ttl: float | None,
+        key: Callable[..., str] | None,
+        tags: Iterable[str] | Callable[..., Iterable[str]] | None,
+        skip: tuple[str, ...],
+    ) -> None:
+        self.cache = cache
+        self.__wrapped__ = func
+        self._ttl = ttl
+        self._key = key
+        self._tags = tags if tags is None or callable(tags) else validate_tags(tags)
+        self._skip = skip
+        self._name = function_name(func)
+        self._call_key = CallKey(self._name, inspect.signature(func), skip)
+        functools.update_wrapper(self, func)
+
+    def key_for(self, *args: Any, **kwargs: Any) -> str:
+        """The stored key of a call with these arguments."""
+        if self._key is not None:
+            return self.cache.keys.data(self._key(*args, **kwargs))
+        keys = self.cache.keys
+        return keys.data(self._call_key.text(keys, args, kwargs))
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        full = self.key_for(*args, **kwargs)
+        tags = () if self._tags is None else make_tags(self._tags, args, kwargs)
+        func = self.__wrapped__
+        return cast(
+            R, self.cache._get_or_load(full, lambda: func(*args, **kwargs), self._ttl, tags)
+        )
+
+    def invalidate(self, *args: Any, **kwargs: Any) -> bool:
+        """Forget the cached result of a call with these arguments."""
+        full = self.key_for(*args, **kwargs)
+        if self.cache.local is not None:
+            self.cache.local.discard(full)
+        ok, _ = self.cache._call(self.cache.backend.delete, [full], self.cache._notify("k", [full]))
+        return bool(ok)
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        # Methods: bind like a function, keeping .invalidate on the bound result.
+        if instance is None:
+            return self
+        return _BoundCached(self, instance)
+
+    def __repr__(self) -> str:
+        return f"<cached {self._name}>"
+
+
+class _BoundCached:
+    __slots__ = ("_cached", "_instance")
+
+    def __init__(self, cached: CachedFunction[Any, Any], instance: Any) -> None:
+        self._cached = cached
+        self._instance = instance
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._cached(self._instance, *args, **kwargs)
+
+    def invalidate(self, *args: Any, **kwargs: Any) -> bool:
+        return self._cached.invalidate(self._instance, *args, **kwargs)
+
+    def key_for(self, *args: Any, **kwargs: Any) -> str:
+        return self._cached.key_for(self._instance, *args, **kwargs)
