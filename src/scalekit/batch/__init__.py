@@ -1,0 +1,61 @@
+"""Batch inserts and upserts: COPY fast path, chunking, dedupe, bad-row isolation; sync and async.
+
+:func:`batch_insert` / :func:`abatch_insert` load any iterable (or async
+iterable) of dicts or tuples into a table, one bounded chunk at a time, with
+the fastest method the database and driver allow::
+
+    from scalekit.batch import Upsert, batch_insert
+
+    result = batch_insert(engine, orders, rows,
+                          on_conflict=Upsert(index=["id"], update=["amount"]))
+    result.method, result.inserted, result.updated, result.skipped
+
+On PostgreSQL through psycopg 3 a plain load is a binary ``COPY``; upserts
+and returned keys go through ``unnest`` arrays (small inputs) or a COPY into
+a temporary staging table followed by ``INSERT ... SELECT ... ON CONFLICT``
+(large ones). Other dialects (SQLite...) and other PostgreSQL drivers use
+SQLAlchemy's executemany. Guide: ``docs/batch.md``.
+
+Parts: :mod:`._core` (options, rows, chunks, dedupe, method choice; pure),
+:mod:`._sql` (statements; pure), :mod:`._flow` (the load as a generator of
+I/O requests; pure), :mod:`._sync` and :mod:`._async` (the drivers that do
+the I/O).
+"""
+
+from __future__ import annotations
+
+from scalekit.batch._async import abatch_insert
+from scalekit.batch._core import (
+    BatchProgress,
+    BatchResult,
+    Method,
+    RejectedRow,
+    TransactionPolicy,
+    Upsert,
+    chunked,
+    dedupe,
+)
+from scalekit.batch._events import (
+    BatchChunkFailed,
+    BatchChunkWritten,
+    BatchFinished,
+    BatchRowRejected,
+)
+from scalekit.batch._sync import batch_insert
+
+__all__ = [
+    "BatchChunkFailed",
+    "BatchChunkWritten",
+    "BatchFinished",
+    "BatchProgress",
+    "BatchResult",
+    "BatchRowRejected",
+    "Method",
+    "RejectedRow",
+    "TransactionPolicy",
+    "Upsert",
+    "abatch_insert",
+    "batch_insert",
+    "chunked",
+    "dedupe",
+]

@@ -1,0 +1,137 @@
+"""The load flow with no database at all: a fake PostgreSQL answers its requests.
+
+:class:`~scalekit.batch._flow.Load` is a generator of I/O requests; driving
+it by hand shows the PostgreSQL decisions (reflection, binary probe, one COPY
+per chunk, savepoints and bisection for bad rows, commits) without a server.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from scalekit.batch._flow import (
+    Commit,
+    Load,
+    LoadOptions,
+    Op,
+    PgCopy,
+    PgProbe,
+    PgQuery,
+    ReadRows,
+    ReleaseSavepoint,
+    Rollback,
+    RollbackSavepoint,
+    Savepoint,
+)
+from scalekit.batch._sync import drive
+from scalekit.errors import BatchChunkError
+from scalekit.testing import FakeClock
+
+metadata = sa.MetaData()
+table = sa.Table(
+    "t",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("qty", sa.Integer),
+)
+
+
+class CheckViolation(Exception):
+    sqlstate = "23514"
+
+
+class FakePg:
+    """Answers a load's requests; a COPY containing a negative qty fails like a CHECK."""
+
+    def __init__(self, rows: list[tuple[int, int]]) -> None:
+        self.input = iter(rows)
+        self.ops: list[str] = []
+        self.committed: list[tuple[Any, ...]] = []
+        self.pending: list[list[tuple[Any, ...]]] = [[]]  # one level per open savepoint
+
+    def __call__(self, op: Op) -> Any:
+        self.ops.append(type(op).__name__)
+        if isinstance(op, ReadRows):
+            return [row for _, row in zip(range(op.count), self.input, strict=False)]
+        if isinstance(op, PgQuery):  # the reflection query
+            return 2, [("id", 23, "integer"), ("qty", 23, "integer")]
+        if isinstance(op, PgProbe):
+            return None
+        if isinstance(op, PgCopy):
+            if any(row[1] < 0 for row in op.rows):
+                raise CheckViolation("new row violates check constraint")
+            self.pending[-1].extend(op.rows)
+            return len(op.rows), 10 * len(op.rows)
+        if isinstance(op, Savepoint):
+            self.pending.append([])
+            return len(self.pending)
+        if isinstance(op, ReleaseSavepoint):
+            done = self.pending.pop()
+            self.pending[-1].extend(done)
+            return None
+        if isinstance(op, RollbackSavepoint):
+            self.pending.pop()
+            return None
+        if isinstance(op, Commit):
+            self.committed.extend(self.pending[0])
+            self.pending = [[]]
+            return None
+        if isinstance(op, Rollback):
+            self.pending = [[]]
+            return None
+        raise AssertionError(op)
+
+
+def run(rows: list[tuple[int, int]], **options: Any) -> tuple[FakePg, Any]:
+    fake = FakePg(rows)
+    load = Load(
+        table,
+        LoadOptions(retry=None, **options),
+        dialect="postgresql",
+        copy_capable=True,
+        owns_transaction=True,
+        clock=FakeClock(),
+    )
+    return fake, drive(load.run(), fake)
+
+
+def test_plain_load_is_one_binary_copy_per_chunk() -> None:
+    fake, result = run([(i, i) for i in range(25)], chunk_size=10, transaction="per_chunk")
+    assert result.method == "copy" and result.inserted == 25 and result.bytes == 250
+    assert fake.ops == [
+        "ReadRows",  # the first chunk (it also tells the method)
+        "PgQuery",  # reflect the column types
+        "PgProbe",  # can the first row go in binary?
+        "PgCopy",
+        "Commit",
+        "ReadRows",
+        "PgCopy",
+        "Commit",
+        "ReadRows",  # 5 rows of 10: the input is exhausted
+        "PgCopy",
+        "Commit",
+    ]
+    assert fake.committed == [(i, i) for i in range(25)]
+
+
+def test_isolate_bisects_down_to_the_bad_rows() -> None:
+    rows = [(i, -1 if i in (5, 6, 30) else i) for i in range(32)]
+    fake, result = run(rows, chunk_size=32, on_error="isolate")
+    assert [r.position for r in result.rejected] == [5, 6, 30]
+    assert [r.row for r in result.rejected] == [(5, -1), (6, -1), (30, -1)]
+    assert all(isinstance(r.error, CheckViolation) for r in result.rejected)
+    assert sorted(fake.committed) == [r for r in rows if r[1] >= 0]
+    # a binary search: far fewer COPYs than one per row
+    assert fake.ops.count("PgCopy") < 32
+
+
+def test_chunk_failure_under_all_or_nothing_rolls_everything_back() -> None:
+    rows = [(i, -1 if i == 17 else i) for i in range(30)]
+    with pytest.raises(BatchChunkError) as info:
+        run(rows, chunk_size=10)
+    assert info.value.chunk_index == 1 and info.value.position == 10
+    assert info.value.rows_written == 0
+    assert isinstance(info.value.__cause__, CheckViolation)
