@@ -1,71 +1,148 @@
-"""scalekit in one page, on the embedded default: SQLite and fakeredis, no servers.
+"""scalekit in one page: an orders service on the embedded default, no servers.
 
-Run it with ``python examples/quickstart.py``. Each section is a building block;
-the same code runs against PostgreSQL and Redis by swapping the engine and client.
+SQLite stands in for PostgreSQL (one file is the primary, a second engine on
+the same file plays a replica that is never behind) and fakeredis stands in
+for Redis. The same code runs on a real primary with streaming replicas and a
+real Redis by swapping the engines and the client.
+
+    python -m pip install -e '.[examples]' && python examples/quickstart.py
+
+Each module has its own, longer example beside this one.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import sys
+import tempfile
+from pathlib import Path
 
-import scalekit
-from scalekit import ConfigurationError, ScalekitError, set_hooks
-from scalekit.instrumentation import FallbackUsed, LoggingHook, emit
-from scalekit.testing import FakeClock, capture_events
+import fakeredis
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-
-def show_clock() -> None:
-    # Every primitive takes its time from a Clock; tests pass a FakeClock and never wait.
-    clock = FakeClock()
-    clock.sleep(30)  # returns at once, moves time
-    print(f"fake clock after a 30 s sleep: monotonic={clock.monotonic():.1f}")
-    print(f"real clock: {scalekit.SYSTEM_CLOCK.monotonic():.1f}s since an arbitrary origin")
-
-
-def show_errors() -> None:
-    # One error tree: catch ScalekitError, or the precise subclass with its data.
-    try:
-        FakeClock().advance(-1)
-    except ConfigurationError as exc:
-        print(f"bad input -> {type(exc).__name__}({exc}); parameter={exc.parameter!r}")
-        print(f"  is a ScalekitError: {isinstance(exc, ScalekitError)}, "
-              f"a ValueError: {isinstance(exc, ValueError)}")
+from scalekit.batch import Upsert, batch_insert
+from scalekit.breaker import CircuitBreaker
+from scalekit.cache import Cache
+from scalekit.errors import CircuitOpenError, InvalidCursor, RateLimitExceeded
+from scalekit.pagination import CursorCodec, paginate
+from scalekit.ratelimit import Limit, RateLimiter
+from scalekit.retry import Backoff, RetryPolicy
+from scalekit.routing import RoutingPool
+from scalekit.testing import FakeClock
 
 
-def show_hooks() -> None:
-    # Events go to hooks: logging by default, Prometheus/OpenTelemetry when you add them.
-    logging.basicConfig(
-        stream=sys.stdout, level=logging.INFO, format="  log: %(name)s %(levelname)s %(message)s"
-    )
-    set_hooks([LoggingHook()])
-    with capture_events() as events:
-        emit(FallbackUsed(name="demo", component_name="cache", fallback="loader",
-                          reason="ConnectionError"))
-    print(f"captured {len(events)} event(s): {[e.kind for e in events]}")
+class Base(DeclarativeBase):
+    pass
 
 
-def show_embedded_services() -> None:
-    # The embedded default the module examples use: SQLite for SQL, fakeredis for Redis.
-    import fakeredis
-    from sqlalchemy import create_engine, text
+class Order(Base):
+    __tablename__ = "orders"
 
-    engine = create_engine("sqlite://")
-    with engine.begin() as conn:
-        conn.execute(text("CREATE TABLE orders (id INTEGER PRIMARY KEY, amount INTEGER)"))
-        conn.execute(text("INSERT INTO orders (amount) VALUES (10), (20), (30)"))
-        total = conn.execute(text("SELECT sum(amount) FROM orders")).scalar_one()
-    redis_client = fakeredis.FakeRedis()
-    redis_client.set("orders:total", total)
-    print(f"sqlite total={total}, fakeredis says {int(redis_client.get('orders:total') or 0)}")
+    id: Mapped[int] = mapped_column(primary_key=True)
+    customer: Mapped[str]
+    total_cents: Mapped[int]
+    created_at: Mapped[dt.datetime]
 
 
 def main() -> None:
-    print(f"scalekit {scalekit.__version__}")
-    show_clock()
-    show_errors()
-    show_hooks()
-    show_embedded_services()
+    # scalekit reports events (state changes, fallbacks) through logging; the app configures it.
+    logging.basicConfig(stream=sys.stdout, level=logging.WARNING, format="  log: %(message)s")
+    folder = Path(tempfile.mkdtemp(prefix="scalekit-quickstart-"))
+    url = f"sqlite:///{folder / 'orders.db'}"
+    primary, replica = sa.create_engine(url), sa.create_engine(url)
+    Base.metadata.create_all(primary)
+    redis = fakeredis.FakeRedis()
+
+    # 1. Batch insert: 2,000 orders in bounded chunks; the method is chosen for the dialect.
+    start = dt.datetime(2026, 1, 1)
+    rows = (
+        {
+            "id": n,
+            "customer": f"c{n % 7}",
+            "total_cents": 100 + n,
+            "created_at": start + dt.timedelta(minutes=n // 3),
+        }
+        for n in range(1, 2_001)
+    )
+    result = batch_insert(primary, Order, rows, on_conflict=Upsert(index=["id"], update="all"))
+    print(f"batch_insert: {result.inserted} inserted with {result.method!r}")
+
+    # 2. Routing: reads go to replicas, writes to the primary, your writes stay visible to you.
+    pool = RoutingPool(primary=primary, replicas=[replica])
+    Session = pool.sessionmaker()
+    with Session() as session:
+        session.add(Order(id=5_000, customer="c1", total_cents=999, created_at=start))
+        session.commit()
+        print(f"routing: the new order reads back as {session.get(Order, 5_000).total_cents}")  # type: ignore[union-attr]
+
+    # 3. Keyset pagination with signed cursors: constant time at any depth.
+    codec = CursorCodec(secret="use-a-32-byte-secret-from-config")
+    newest_first = [Order.created_at.desc(), Order.id.desc()]
+    with Session() as session:
+        page = paginate(session, sa.select(Order), order_by=newest_first, limit=3, codec=codec)
+        print(f"pagination: page 1 ids {[o.id for o in page.items]}, has_next={page.has_next}")
+        page = paginate(
+            session,
+            sa.select(Order),
+            order_by=newest_first,
+            limit=3,
+            after=page.next_cursor,
+            codec=codec,
+        )
+        print(f"pagination: page 2 ids {[o.id for o in page.items]}")
+        try:
+            paginate(session, sa.select(Order), order_by=newest_first, after="forged", codec=codec)
+        except InvalidCursor as exc:
+            print(f"pagination: a forged cursor is refused ({exc.reason})")
+
+    # 4. Cache-aside: the loader runs once; later reads are one Redis GET.
+    cache = Cache(redis, namespace="quickstart", default_ttl=60)
+    loads = []
+
+    @cache.cached(ttl=30)
+    def customer_total(customer: str) -> int:
+        loads.append(customer)
+        with Session() as session:
+            query = sa.select(sa.func.sum(Order.total_cents)).where(Order.customer == customer)
+            return int(session.scalar(query) or 0)
+
+    totals = [customer_total("c3") for _ in range(5)]
+    print(f"cache: total for c3 = {totals[0]}, loader ran {len(loads)} time(s) for 5 calls")
+
+    # 5. Rate limiting (GCRA on Redis's clock, one round trip per check).
+    limiter = RateLimiter(redis, namespace="quickstart")
+    decisions = [limiter.hit("customer:c3", Limit.parse("3/minute")) for _ in range(4)]
+    print(f"ratelimit: allowed {[d.allowed for d in decisions]}")
+    try:
+        decisions[-1].raise_for_denied()
+    except RateLimitExceeded as exc:
+        print(f"ratelimit: retry after {exc.retry_after:.0f}s; headers {decisions[-1].headers()}")
+
+    # 6. A flaky dependency behind a retry policy and a circuit breaker (a fake clock: no waits).
+    clock = FakeClock()
+    breaker = CircuitBreaker("payments", fail_max=2, reset_timeout=30.0, clock=clock)
+    calls = []
+
+    @RetryPolicy(attempts=3, backoff=Backoff.constant(1.0), retry_on=ConnectionError, clock=clock)
+    @breaker
+    def charge(order_id: int) -> str:
+        calls.append(order_id)
+        if len(calls) < 2:
+            raise ConnectionError("payment gateway reset the connection")
+        return f"charged order {order_id}"
+
+    print(f"retry+breaker: {charge(5_000)} after {len(calls)} attempts")
+    breaker.force_open()
+    try:
+        charge(5_001)
+    except CircuitOpenError as exc:
+        print(f"retry+breaker: fails fast while open ({exc.name}, retry_after={exc.retry_after})")
+
+    pool.close()
+    primary.dispose()
+    replica.dispose()
 
 
 if __name__ == "__main__":
