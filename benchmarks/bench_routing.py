@@ -12,10 +12,12 @@ replica is killed under load.
 
 Cases (a primary-key SELECT on a 1,000-row table; ORM session per call):
   direct replica engine      Session(bind=replica).get(...)           the baseline
+  direct via sessionmaker    sessionmaker(replica)().get(...)         built like the routed one
+  pristine engine            Session(bind=<engine without the pool's listeners>).get(...)
   routed read                RoutingPool session .get(...) (a replica)
   direct core read           replica.connect() + execute(select)      core baseline
   routed core read           pool.connect(readonly=True) + execute(select)
-  routing decision only      get_bind() for a select, no I/O
+  routing decision only      get_bind() for a select in a fresh transaction, no I/O
   insert+read direct         insert on primary, then read on primary (what RYW costs at best)
   insert+read-your-write     insert through the pool, then read through the pool
 
@@ -37,7 +39,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -45,6 +47,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _bench import Result, print_table
 
 from scalekit.routing import RoutingPool
+
+DIRECT = "direct replica engine (ORM get)"
+MAKER = "direct via sessionmaker (ORM get)"
+PRISTINE = "pristine engine, no pool events (ORM get)"
 
 
 class Base(DeclarativeBase):
@@ -58,13 +64,17 @@ class Account(Base):
     balance: Mapped[int]
 
 
+ROUNDS: list[dict[str, list[float]]] = []  # every round's samples, for the ranges
+
+
 def interleaved_us(
     cases: dict[str, Callable[[], Any]], n: int, rounds: int = 7
 ) -> dict[str, float]:
     """Median-over-``rounds`` microseconds per call of each case, the cases taking turns.
 
     Taking turns within each round spreads the machine's noise evenly over the
-    cases, so their ratios are fairer than timing each case in one block.
+    cases, so their ratios are fairer than timing each case in one block. The
+    samples are kept in ``ROUNDS`` so that best-of and ranges can be printed too.
     """
     for fn in cases.values():
         for _ in range(min(n, 50)):
@@ -76,7 +86,25 @@ def interleaved_us(
             for _ in range(n):
                 fn()
             samples[name].append((time.perf_counter() - started) / n * 1e6)
+    ROUNDS.append(samples)
     return {name: sorted(values)[len(values) // 2] for name, values in samples.items()}
+
+
+def print_ratios(pairs: list[tuple[str, str, str]]) -> None:
+    """Per pair: the median ratio, the ratio of the bests, and the range over rounds.
+
+    A round's ratio divides the two cases' times of that round (they ran back to
+    back), so the range shows how much the machine's noise moves the figure.
+    """
+    samples = {name: values for group in ROUNDS for name, values in group.items()}
+    print(f"\n{'ratio':<44} {'median':>8} {'best/best':>10} {'range over rounds':>20}")
+    for label, case, base in pairs:
+        a, b = samples[case], samples[base]
+        per_round = sorted(x / y for x, y in zip(a, b, strict=True))
+        median = sorted(a)[len(a) // 2] / sorted(b)[len(b) // 2]
+        best = min(a) / min(b)
+        spread = f"{per_round[0]:.3f}-{per_round[-1]:.3f}x"
+        print(f"{label:<44} {median:>7.3f}x {best:>9.3f}x {spread:>20}")
 
 
 @contextmanager
@@ -97,6 +125,9 @@ def scratch_database(url: str) -> Iterator[str]:
 def run(primary_url: str, replica_url: str, n: int, wait_replica: Callable[[], None]) -> None:
     primary = sa.create_engine(primary_url)
     replica = sa.create_engine(replica_url)
+    # The same server as ``replica`` through an engine the pool never saw (no listeners):
+    # what the pool's engine events cost every user of the wrapped engines.
+    pristine = sa.create_engine(replica_url)
     with primary.begin() as conn:
         Base.metadata.drop_all(conn)
         Base.metadata.create_all(conn)
@@ -120,6 +151,16 @@ def run(primary_url: str, replica_url: str, n: int, wait_replica: Callable[[], N
         with Session(replica) as session:
             session.get(Account, next(counter) % 1000)
 
+    Direct = sessionmaker(replica)
+
+    def direct_sessionmaker_read() -> None:
+        with Direct() as session:
+            session.get(Account, next(counter) % 1000)
+
+    def pristine_read() -> None:
+        with Session(pristine) as session:
+            session.get(Account, next(counter) % 1000)
+
     def routed_read() -> None:
         with Routed() as session:
             session.get(Account, next(counter) % 1000)
@@ -135,6 +176,8 @@ def run(primary_url: str, replica_url: str, n: int, wait_replica: Callable[[], N
     decision_session = Routed()
 
     def decision() -> None:
+        # A fresh transaction's decision (not the replica the session already holds).
+        decision_session._sk_reset()
         decision_session.get_bind(clause=by_id)
 
     next_id = iter(range(10_000, 10**9))
@@ -164,6 +207,8 @@ def run(primary_url: str, replica_url: str, n: int, wait_replica: Callable[[], N
         {
             "direct replica engine (ORM get)": direct_read,
             "routed read (ORM get)": routed_read,
+            "direct via sessionmaker (ORM get)": direct_sessionmaker_read,
+            "pristine engine, no pool events (ORM get)": pristine_read,
             "direct core read": direct_core,
             "routed core read": routed_core,
         },
@@ -176,7 +221,10 @@ def run(primary_url: str, replica_url: str, n: int, wait_replica: Callable[[], N
         },
         max(n // 4, 10),
     )
+    # The decision in a fresh context (the write cases above left a token in this one).
+    pool.reset_context()
     decision_us = interleaved_us({"routing decision only (get_bind)": decision}, n * 10)
+    decision_samples = ROUNDS[-1]["routing decision only (get_bind)"]
     timings = {**reads, **decision_us, **writes}
     results = [Result(name, us * 1000) for name, us in timings.items()]
     decision_session.close()
@@ -195,9 +243,22 @@ def run(primary_url: str, replica_url: str, n: int, wait_replica: Callable[[], N
         f"{by_name['routing decision only (get_bind)'] / by_name['direct core read']:.1%}"
         f"\nread-your-write reads served by: {ryw_nodes}"
     )
+    print_ratios(
+        [
+            ("routed ORM get / direct ORM get", "routed read (ORM get)", DIRECT),
+            ("routed ORM get / direct sessionmaker get", "routed read (ORM get)", MAKER),
+            ("direct ORM get / pristine engine get", DIRECT, PRISTINE),
+            ("routed core read / direct core read", "routed core read", "direct core read"),
+        ]
+    )
+    print(
+        f"routing decision: median {decision_us['routing decision only (get_bind)']:.2f} us, "
+        f"best {min(decision_samples):.2f} us"
+    )
     pool.close()
     primary.dispose()
     replica.dispose()
+    pristine.dispose()
 
 
 def failover_figures(cluster: Any) -> None:

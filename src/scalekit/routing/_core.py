@@ -35,6 +35,14 @@ balancer order, then the primary when ``fallback_to_primary``), or a request
 to probe some replicas' replayed positions first (read-your-writes), after
 which the shell asks again with ``probed=True``.
 
+The fast path: most reads come from a context with no forced role and no
+token while every node is healthy. For those, :meth:`RoutingCore.fast_read`
+returns the same plan as :meth:`RoutingCore.choose_read` in O(1), from a
+rotation of plans precomputed by the last full plan. Anything that could
+change a plan (a failure, a readmission, a lag flip, a role check wanted or
+applied) drops the rotation, and a due health check declines the fast path,
+so the full path runs again. A hypothesis test runs both paths side by side.
+
 Invariants (checked by the hypothesis tests): a write never targets a
 replica; a read plan never names a blacklisted node, a lagging node (except
 the explicit, capped stale read when every replica lags and the spill share is
@@ -514,6 +522,13 @@ class RoutingCore:
         self._role_check_wanted = False
         self._last_role_check: float | None = None
         self._last_check: float | None = None
+        # The fast path (see fast_read): one precomputed plan per rotation start, valid
+        # while every node is healthy and roles are settled. Any change of health, lag or
+        # roles drops it; the next full plan rebuilds it.
+        self._fast: tuple[tuple[str, ...], ...] | None = None
+        self._fast_random = config.balancer == "random"
+        self._fast_allowed = config.weights is None and config.balancer != "least_in_use"
+        self._track_spill = config.max_primary_read_share < 1.0
 
     # -- views ---------------------------------------------------------------------------------
 
@@ -566,6 +581,7 @@ class RoutingCore:
             if state.down_until is not None and now < state.down_until:
                 # Already out: other in-flight failures of the same incident do not extend it.
                 return None
+            self._fast = None
             state.failures += 1
             period = float(
                 min(
@@ -588,6 +604,7 @@ class RoutingCore:
         with self._lock:
             if state.down_until is not None and self._clock.monotonic() < state.down_until:
                 return None  # an old connection succeeded; the node stays out until probed
+            self._fast = None
             down_for = None
             if state.down_since is not None:
                 down_for = self._clock.monotonic() - state.down_since
@@ -599,6 +616,7 @@ class RoutingCore:
     def request_role_check(self) -> None:
         """Ask for a role check at the next chance (e.g. after SQLSTATE 25006 on the primary)."""
         self._role_check_wanted = True
+        self._fast = None
 
     def role_check_due(self) -> bool:
         """Whether the shell should check every node's role now."""
@@ -636,7 +654,10 @@ class RoutingCore:
                 lsn if state.replay_lsn is None or lsn is None else max(lsn, state.replay_lsn)
             )
             state.position_checked_at = now
-            return self._update_lag(state, now)
+            flipped = self._update_lag(state, now)
+            if flipped:
+                self._fast = None
+            return flipped
 
     def observe_replay(self, name: str, lsn: int | None) -> None:
         """Record a replica's replayed position seen by a read-your-writes probe."""
@@ -695,6 +716,7 @@ class RoutingCore:
         brain, writes are refused (reads carry on).
         """
         with self._lock:
+            self._fast = None
             self._last_role_check = self._clock.monotonic()
             for name, role in roles.items():
                 state = self._nodes[name]
@@ -862,6 +884,14 @@ class RoutingCore:
         if eligible:
             self._spill.record(now, spilled=False)
             fallback = () if not config.fallback_to_primary else self._primary_fallback(exclude)
+            if (
+                self._fast is None
+                and token is None
+                and context.force is None
+                and not exclude
+                and self._fast_allowed
+            ):
+                self._build_fast(eligible, fallback)
             return ReadPlan((*self._balance(eligible, in_use), *fallback), reason)
         # No eligible replica: lagging ones may still be up.
         lagging = [
@@ -879,6 +909,55 @@ class RoutingCore:
             attempts = self._require_primary("all_lagging", exclude)
             return ReadPlan(attempts, "all_lagging", spill=True)
         return self._on_primary("no_replica", exclude)
+
+    def _build_fast(self, eligible: list[str], fallback: tuple[str, ...]) -> None:
+        # Only when nothing can change the plan but the rotation: every node up and not on
+        # probation, none lagging, one settled primary. Then every replica is eligible.
+        if self._split_brain or self._role_check_wanted or self._primary is None:
+            return
+        for state in self._nodes.values():
+            if state.down_until is not None or state.lagging or state.failures:
+                return
+        self._fast = tuple(
+            (*eligible[start:], *eligible[:start], *fallback) for start in range(len(eligible))
+        )
+
+    def fast_read(self, context: ContextState) -> tuple[str, ...] | None:
+        """The attempts of a plain read, in O(1), or None when the full plan is needed.
+
+        Gives exactly what :meth:`choose_read` would give (same balancer order, no
+        probe, reason ``"replica"``) when ``context`` has no forced role, token or
+        pending write and every node is healthy, no replica lags, roles are settled
+        and no health check is due; returns None otherwise. The shells call it first
+        and fall back to the full plan on None.
+        """
+        plans = self._fast
+        if (
+            plans is None
+            or context.force is not None
+            or context.token is not None
+            or context.pending_write_at is not None
+        ):
+            return None
+        interval = self.config.check_interval
+        if interval is not None or self._track_spill:
+            now = self._clock.monotonic()
+            if interval is not None:
+                last = self._last_check
+                if last is None or now - last >= interval:
+                    return None  # the shell must run the health check first
+            if self._track_spill:
+                with self._lock:
+                    self._spill.record(now, spilled=False)
+        count = len(plans)
+        if count == 1:
+            return plans[0]
+        if self._fast_random:
+            return plans[self._rng.randrange(count)]
+        # Unlocked on purpose: a lost increment under a race only skews the rotation once.
+        start = self._rr
+        self._rr = start + 1
+        return plans[start % count]
 
     def _require_primary(self, reason: str, exclude: frozenset[str]) -> tuple[str, ...]:
         attempts = self._primary_fallback(exclude)

@@ -67,7 +67,8 @@ class RoutingSession(Session):
                 "RoutingSession needs routing_pool=...; use pool.sessionmaker()",
                 parameter="routing_pool",
             )
-        _install_session_events()
+        if not _installed:
+            _install_session_events()
         self._sk_router = routing_pool.router
         self._sk_reset()
         super().__init__(*args, **kwargs)
@@ -94,6 +95,21 @@ class RoutingSession(Session):
         router = self._sk_router
         classification = FLUSH if self._flushing else classify(clause)
         state = router.var.get()
+        if not (classification.writes or self._sk_wrote):
+            # The fast path of a plain read: the replica this transaction already holds,
+            # or an O(1) pick when the context is clean and every node is healthy.
+            held = self._sk_replica
+            if held is not None and state is self._sk_state:
+                if not router.core.is_blacklisted(held):
+                    return router.engines[held]
+            elif not self._sk_failed:
+                attempts = router.core.fast_read(state)
+                if attempts is not None:
+                    node = attempts[0]
+                    self._sk_state = state
+                    self._sk_replica = node
+                    self._sk_nodes.add(node)
+                    return router.engines[node]
         target = decide(classification, state, wrote=self._sk_wrote)
         if target is Target.PRIMARY:
             node = router.route_write()
@@ -104,7 +120,7 @@ class RoutingSession(Session):
             if held is not None and not router.core.is_blacklisted(held):
                 node = held
             else:
-                node = router.route_read(self._sk_failed)
+                node = router.route_read(self._sk_failed, fast=False)
                 self._sk_state = router.var.get()
                 if router.is_replica(node):
                     self._sk_replica = node
@@ -118,6 +134,8 @@ class RoutingSession(Session):
     def _sk_can_retry(self) -> bool:
         if self._sk_wrote:
             return False
+        if self._transaction is None and not self._sk_nodes:
+            return True  # the common case: the statement will begin the transaction itself
         transaction = self.get_transaction()
         if transaction is not None and transaction.origin is not SessionTransactionOrigin.AUTOBEGIN:
             return False

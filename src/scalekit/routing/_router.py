@@ -422,14 +422,30 @@ class Router:
             self.maybe_refresh()
         return self.core.choose_write()
 
-    def plan_read(self, exclude: frozenset[str] = frozenset()) -> ReadPlan:
+    def plan_read(self, exclude: frozenset[str] = frozenset(), *, fast: bool = True) -> ReadPlan:
         """Plan a read in the current context, probing replicas for read-your-writes if needed.
+
+        ``fast=False`` skips the core's O(1) fast path (the caller already tried it).
 
         Raises:
             NoHealthyNode: nothing can serve the read.
         """
+        if fast and not exclude:
+            attempts = self.core.fast_read(self.var.get())
+            if attempts is not None:
+                return ReadPlan(attempts, "replica")
         self.maybe_refresh()
         state = self.resolved_state()
+        token = state.token
+        if (
+            token is not None
+            and (self.mode == "time" or token.lsn is None)
+            and self.clock.time() >= token.written_at + self.config.sticky_seconds
+        ):
+            # A time-based token past its sticky period asks nothing of a read: drop it, so
+            # the context routes like a fresh one again (and may take the fast path).
+            state = dataclasses.replace(state, token=None)
+            self.var.set(state)
         if state.pending_write_at is not None and state.force is not Target.REPLICA:
             plan = ReadPlan(
                 self.core._require_primary("token_unresolved", exclude), "token_unresolved"
@@ -478,8 +494,8 @@ class Router:
                 )
             )
 
-    def route_read(self, exclude: frozenset[str] = frozenset()) -> str:
-        return self.plan_read(exclude).attempts[0]
+    def route_read(self, exclude: frozenset[str] = frozenset(), *, fast: bool = True) -> str:
+        return self.plan_read(exclude, fast=fast).attempts[0]
 
     def primary_read(self) -> str:
         return self.route_write()

@@ -125,7 +125,6 @@ def classify(statement: object) -> Classification:
     """
     if statement is None:
         return CONNECTION
-    sql = _load()
     options = getattr(statement, "_execution_options", None)
     if options:
         route = options.get(ROUTE_OPTION)
@@ -133,16 +132,33 @@ def classify(statement: object) -> Classification:
             return _FORCED_PRIMARY
         if route == "replica":
             return _MARKED_READ
-    if isinstance(statement, sql.UpdateBase):
-        return Classification(writes=True, reason=_dml_reason(statement))
-    if isinstance(statement, (sql.TextClause, sql.TextualSelect)):
-        return _TEXT
-    if isinstance(statement, sql.Select) and statement._for_update_arg is not None:
-        return _FOR_UPDATE
+    sql = _sql if _sql is not None else _load()
+    cls = type(statement)
+    try:
+        rule = _TOP[cls]
+    except KeyError:
+        rule = _top_rule(cls, statement, sql)
+    if rule is not None:
+        return rule
     found = _find_write(statement, sql)
     if found is not None:
         return found
     return READ
+
+
+# The rule for a statement's own class, decided once per class: DML and text are
+# decided by the class alone, anything else (None) needs the walk.
+_TOP: dict[type, Classification | None] = {}
+
+
+def _top_rule(cls: type, statement: object, sql: Any) -> Classification | None:
+    rule: Classification | None = None
+    if issubclass(cls, sql.UpdateBase):
+        rule = Classification(writes=True, reason=_dml_reason(statement))
+    elif issubclass(cls, (sql.TextClause, sql.TextualSelect)):
+        rule = _TEXT
+    _TOP[cls] = rule  # SQLAlchemy's __visit_name__ is a class attribute
+    return rule
 
 
 def _dml_reason(statement: Any) -> str:
@@ -213,17 +229,24 @@ def _find_write(root: Any, sql: Any) -> Classification | None:
         elif kind == _SELECT:
             if element._for_update_arg is not None:
                 return _FOR_UPDATE
-            stack.extend(element._raw_columns)
-            stack.extend(element._where_criteria)
-            stack.extend(element._having_criteria)
-            stack.extend(element._from_obj)
-            stack.extend(element._order_by_clauses)
-            stack.extend(element._group_by_clauses)
-            for join in element._setup_joins:
-                stack.extend(part for part in join[:2] if part is not None)
+            # Empty parts are the common case: test before extending (cheaper than the call).
+            stack += element._raw_columns
+            if element._where_criteria:
+                stack += element._where_criteria
+            if element._having_criteria:
+                stack += element._having_criteria
+            if element._from_obj:
+                stack += element._from_obj
+            if element._order_by_clauses:
+                stack += element._order_by_clauses
+            if element._group_by_clauses:
+                stack += element._group_by_clauses
+            if element._setup_joins:
+                for join in element._setup_joins:
+                    stack.extend(part for part in join[:2] if part is not None)
             ctes = getattr(element, "_independent_ctes", ())
             if ctes:
-                stack.extend(ctes)
+                stack += ctes
         elif kind == _DML:
             return Classification(writes=True, reason=f"embedded_{_dml_reason(element)}")
         elif kind == _FUNCTION:

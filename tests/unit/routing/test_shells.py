@@ -505,3 +505,103 @@ def test_least_in_use_reads_the_engines_checked_out_connections(tmp_path: Path) 
         pool.close()
         for engine in engines:
             engine.dispose()
+
+
+# -- the read fast path --------------------------------------------------------------------------
+
+
+def spy_fast_path(driver: Driver) -> list[bool]:
+    """Record, per call of the core's fast path, whether it gave a plan."""
+    core = driver.pool.router.core
+    original = core.fast_read
+    taken: list[bool] = []
+
+    def fast_read(context: Any) -> Any:
+        attempts = original(context)
+        taken.append(attempts is not None)
+        return attempts
+
+    core.fast_read = fast_read
+    return taken
+
+
+async def test_plain_reads_take_the_fast_path_and_keep_the_rotation(driver: Driver) -> None:
+    taken = spy_fast_path(driver)
+    # The first read builds the fast path through the full plan; the others use it.
+    assert [await driver.read() for _ in range(5)] == ["replica1", "replica2"] * 2 + ["replica1"]
+    assert taken == [False, True, True, True, True]
+    assert str(await driver.readonly_connection(WHO)) == "replica2"  # Core path, same rotation
+    assert taken[-1] is True
+
+
+async def test_fast_path_is_not_taken_for_writes_tokens_forced_roles_or_locks(
+    driver: Driver,
+) -> None:
+    taken = spy_fast_path(driver)
+    await driver.read()
+    # Statements that write never reach it: a FOR UPDATE select, text, DML in a transaction.
+    assert await driver.read(WHO.with_for_update()) == "primary"
+    assert await driver.read(WHOAMI) == "primary"
+    assert await driver.read(route_to_primary(WHO)) == "primary"
+    assert await driver.write_then_read(40) == "primary"
+    assert taken == [False]
+    # After a commit the context holds a pending write, then a token: declined.
+    assert await driver.read() == "primary"
+    assert taken[-1] is False
+    with driver.pool.use_primary():
+        assert await driver.read() == "primary"
+    assert taken[-1] is False
+    driver.pool.reset_context()
+    assert (await driver.read()).startswith("replica")
+    assert taken[-1] is True
+    with driver.pool.use_primary():
+        assert await driver.read() == "primary"
+    assert taken[-1] is False
+    with driver.pool.use_replica():
+        assert (await driver.read()).startswith("replica")
+    assert taken[-1] is False
+    driver.pool.import_token(await _token_after_write(driver, 41))
+    driver_token_reads = [await driver.read() for _ in range(2)]
+    assert driver_token_reads == ["primary", "primary"]  # sticky, not the fast rotation
+    assert taken[-1] is False
+
+
+async def _token_after_write(driver: Driver, item_id: int) -> str:
+    driver.pool.reset_context()
+    await driver.write(item_id)
+    token = await driver.export_token()
+    assert token is not None
+    driver.pool.reset_context()
+    return token
+
+
+async def test_fast_path_is_dropped_when_a_replica_fails_and_rebuilt_when_it_rejoins(
+    driver: Driver,
+) -> None:
+    taken = spy_fast_path(driver)
+    await driver.read()
+    await driver.read()
+    assert taken == [False, True]
+    driver.kill("replica1")
+    where = [await driver.read() for _ in range(4)]
+    assert where == ["replica2"] * 4
+    # The first read picked replica1 on the fast path, failed and was retried on the full
+    # path; while replica1 is blacklisted the fast path declines.
+    assert taken[2:] == [True, False, False, False]
+    driver.revive("replica1")
+    driver.clock.advance(5.0)
+    assert "replica1" in [await driver.read() for _ in range(4)]  # probation, then readmitted
+    assert sorted([await driver.read() for _ in range(2)]) == ["replica1", "replica2"]
+    assert taken[-2:] == [True, True]
+
+
+async def test_an_expired_time_token_is_dropped_and_the_fast_path_resumes(driver: Driver) -> None:
+    taken = spy_fast_path(driver)
+    await driver.write(50)
+    assert await driver.read() == "primary"  # sticky
+    assert await driver.export_token() is not None
+    driver.clock.advance(2.0)  # sticky_seconds
+    assert (await driver.read()).startswith("replica")
+    assert await driver.export_token() is None  # nothing left to ask of a read
+    assert (await driver.read()).startswith("replica")
+    assert taken[-1] is True
