@@ -24,9 +24,11 @@ from scalekit.cache._backends import (
     is_sync_client,
 )
 from scalekit.cache._base import (
+    TRACKING_CHANNEL,
     CacheBase,
     CallKey,
     DownPolicy,
+    InvalidationMode,
     _Outcome,
     function_name,
     make_tags,
@@ -74,6 +76,12 @@ class AsyncCache(CacheBase):
     >>> asyncio.run(cache.get_or_set("answer", lambda: 42))
     42
 
+    With a local tier, ``invalidation`` picks how it hears about writes:
+    ``"auto"`` uses Redis client tracking (writes by any client evict) on a
+    standalone Redis >= 6 and pub/sub otherwise; ``"tracking"`` is the same
+    but refuses a cluster; ``"pubsub"`` hears only scalekit caches. The
+    attribute ``invalidation_mode`` says which is in use.
+
     Raises:
         ConfigurationError: at construction, for any invalid parameter.
     """
@@ -101,6 +109,7 @@ class AsyncCache(CacheBase):
         max_key_length: int = 200,
         clock: Clock = SYSTEM_CLOCK,
         rng: random.Random | None = None,
+        invalidation: InvalidationMode = "auto",
     ) -> None:
         super().__init__(
             namespace=namespace,
@@ -122,6 +131,7 @@ class AsyncCache(CacheBase):
             max_key_length=max_key_length,
             clock=clock,
             rng=rng,
+            invalidation=invalidation,
         )
         if client is None:
             self.backend: Any = AsyncMemoryBackend(clock=clock)
@@ -136,6 +146,11 @@ class AsyncCache(CacheBase):
                 "client must be a redis.asyncio.Redis, its RedisCluster or None, "
                 f"got {type(client).__name__}",
                 parameter="client",
+            )
+        if invalidation == "tracking" and getattr(self.backend, "cluster", False):
+            raise ConfigurationError(
+                "invalidation='tracking' needs a standalone Redis, not a cluster",
+                parameter="invalidation",
             )
         self._errors: tuple[type[BaseException], ...] = self.backend.errors
         self._busy: tuple[type[BaseException], ...] = getattr(self.backend, "busy_errors", ())
@@ -668,37 +683,95 @@ class AsyncCache(CacheBase):
         self._listener = loop.create_task(self._listen())
 
     async def _listen(self) -> None:
+        """Apply invalidations to the local tier (a task); see ``Cache._listen``."""
         client = self.backend.client
         first = True
         while not self._closed:
             pubsub = None
+            tracker = None
             try:
                 pubsub = client.pubsub(ignore_subscribe_messages=True)
-                await pubsub.subscribe(self.channel)
+                channels = [self.channel]
+                self._reconnected = False
+                if self._want_tracking(self.backend.cluster):
+                    tracker = await self._start_tracking(pubsub)
+                    if tracker is not None:
+                        channels.append(TRACKING_CHANNEL)
+                await pubsub.subscribe(*channels)
+                if pubsub.connection is not None:
+                    pubsub.connection.register_connect_callback(self._on_connect)
                 if self.local is not None and not first:  # see Cache._listen
                     self.local.clear()
                 first = False
+                self.invalidation_mode = "pubsub" if tracker is None else "tracking"
                 self.subscribed.set()
+                loop = asyncio.get_running_loop()
+                next_check = loop.time() + 1.0
                 while not self._closed:
+                    if self._reconnected:
+                        raise ConnectionError("invalidation connection reconnected")
                     message = await pubsub.get_message(timeout=0.2)
-                    if message is not None and message.get("type") == "message":
-                        data = message["data"]
-                        self._apply_message(data.decode() if isinstance(data, bytes) else data)
+                    if message is not None:
+                        self._dispatch(message)
+                    if tracker is not None and loop.time() >= next_check:
+                        await tracker.send_command("PING")
+                        await tracker.read_response()
+                        next_check = loop.time() + 1.0
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 self.subscribed.clear()
+                self.invalidation_mode = "none"
                 self._channel_lost()
                 _log.debug(
                     "cache %r: invalidation channel lost: %s", self.namespace, type(exc).__name__
                 )
                 await asyncio.sleep(self.guard.retry_interval)
             finally:
+                if tracker is not None:
+                    await self._stop_tracking(tracker)
                 if pubsub is not None:
+                    if pubsub.connection is not None:
+                        pubsub.connection.deregister_connect_callback(self._on_connect)
                     try:
                         await pubsub.aclose()
                     except Exception:  # pragma: no cover
                         pass
+
+    async def _start_tracking(self, pubsub: Any) -> Any:
+        """Turn tracking on, redirected to ``pubsub``'s connection; ``None`` if refused."""
+        from redis.exceptions import ResponseError
+
+        pool = self.backend.client.connection_pool
+        try:
+            await pubsub.execute_command("HELLO", "2")  # see Cache._start_tracking
+            await pubsub.parse_response(block=True)
+            await pubsub.execute_command("CLIENT", "ID")
+            client_id = int(await pubsub.parse_response(block=True))
+        except ResponseError as exc:
+            self._tracking_refused_by(exc)
+            return None
+        tracker = await pool.get_connection()
+        try:
+            await tracker.send_command(*self._tracking_command(client_id))
+            await tracker.read_response()
+        except ResponseError as exc:
+            self._tracking_refused_by(exc)
+            await pool.release(tracker)
+            return None
+        except BaseException:
+            await self._stop_tracking(tracker)
+            raise
+        tracker.register_connect_callback(self._on_connect)
+        return tracker
+
+    async def _stop_tracking(self, tracker: Any) -> None:
+        """Give the tracking connection back to the pool, tracking off (disconnected)."""
+        tracker.deregister_connect_callback(self._on_connect)
+        try:
+            await tracker.disconnect()
+        finally:
+            await self.backend.client.connection_pool.release(tracker)
 
     async def aclose(self) -> None:
         """Stop the invalidation listener and background refreshes. The client stays yours."""

@@ -46,6 +46,10 @@ _log = logging.getLogger("scalekit.cache")
 
 DownPolicy = Literal["bypass", "stale_local", "raise"]
 _POLICIES: Final = ("bypass", "stale_local", "raise")
+InvalidationMode = Literal["auto", "tracking", "pubsub"]
+_INVALIDATION_MODES: Final = ("auto", "tracking", "pubsub")
+#: The channel Redis client tracking sends invalidations to (RESP2 redirect).
+TRACKING_CHANNEL: Final = "__redis__:invalidate"
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +156,7 @@ class CacheBase:
         max_key_length: int,
         clock: Clock,
         rng: random.Random | None,
+        invalidation: InvalidationMode = "auto",
     ) -> None:
         self.keys = KeyBuilder(namespace, schema_version, max_key_length)
         self.namespace = namespace
@@ -199,6 +204,17 @@ class CacheBase:
         # Invalidation messages for other processes' local tiers.
         self.channel = f"{self.keys.namespace}!invalidate"
         self.origin = secrets.token_hex(6)
+        if invalidation not in _INVALIDATION_MODES:
+            raise ConfigurationError(
+                f"invalidation must be one of {', '.join(_INVALIDATION_MODES)}",
+                parameter="invalidation",
+            )
+        self.invalidation: InvalidationMode = invalidation
+        # What keeps the local tier honest right now: "tracking", "pubsub", or
+        # "none" (no local tier, memory backend, or not connected yet).
+        self.invalidation_mode: str = "none"
+        self._tracking_refused = False
+        self._reconnected = False
 
     # ------------------------------------------------------------------ stats, keys
 
@@ -356,6 +372,62 @@ class CacheBase:
                 self.local.discard_tag(tag)
         else:
             self.local.clear()
+
+    def _want_tracking(self, cluster: bool) -> bool:
+        """Whether the listener should try Redis client tracking (not on a cluster)."""
+        return self.invalidation != "pubsub" and not cluster and not self._tracking_refused
+
+    def _tracking_command(self, client_id: int) -> tuple[str, ...]:
+        """``CLIENT TRACKING`` broadcasting this cache's data keys to ``client_id``."""
+        return (
+            "CLIENT",
+            "TRACKING",
+            "ON",
+            "REDIRECT",
+            str(client_id),
+            "BCAST",
+            "PREFIX",
+            self.keys.data(""),
+        )
+
+    def _tracking_refused_by(self, exc: BaseException) -> None:
+        """The server refused ``CLIENT TRACKING``: use pub/sub from now on."""
+        self._tracking_refused = True
+        _log.log(
+            logging.WARNING if self.invalidation == "tracking" else logging.INFO,
+            "cache %r: Redis client tracking unavailable (%s); using pub/sub invalidation",
+            self.namespace,
+            type(exc).__name__,
+        )
+
+    def _on_connect(self, connection: object) -> Any:
+        """Connect callback of the listener's connections: a reconnect loses tracking."""
+        self._reconnected = True
+
+    def _apply_tracking(self, data: object) -> None:
+        """Apply a client-tracking invalidation: keys to evict, or ``None`` (flush all)."""
+        if self.local is None:
+            return
+        if data is None:
+            self.local.clear()
+            return
+        items = data if isinstance(data, list | tuple) else [data]
+        for item in items:
+            key = item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item)
+            self.local.discard(key)
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        """Route one pub/sub message to tracking or to our own invalidation format."""
+        if message.get("type") != "message":
+            return
+        channel = message.get("channel")
+        if isinstance(channel, bytes):
+            channel = channel.decode("utf-8", "replace")
+        data = message.get("data")
+        if channel == TRACKING_CHANNEL:
+            self._apply_tracking(data)
+        elif data is not None:
+            self._apply_message(data.decode() if isinstance(data, bytes) else str(data))
 
     def _channel_lost(self) -> None:
         """The invalidation channel broke: messages may be lost, the local tier is suspect."""

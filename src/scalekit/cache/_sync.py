@@ -16,15 +16,18 @@ import inspect
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast
 
 from scalekit._clock import SYSTEM_CLOCK
 from scalekit.cache._backends import MemoryBackend, RedisBackend, is_async_client, is_sync_client
 from scalekit.cache._base import (
+    TRACKING_CHANNEL,
     CacheBase,
     CallKey,
     DownPolicy,
+    InvalidationMode,
     _Outcome,
     function_name,
     make_tags,
@@ -86,6 +89,12 @@ class Cache(CacheBase):
     >>> cache.get("answer")
     42
 
+    With a local tier, ``invalidation`` picks how it hears about writes:
+    ``"auto"`` uses Redis client tracking (writes by any client evict) on a
+    standalone Redis >= 6 and pub/sub otherwise; ``"tracking"`` is the same
+    but refuses a cluster; ``"pubsub"`` hears only scalekit caches. The
+    attribute ``invalidation_mode`` says which is in use.
+
     Raises:
         ConfigurationError: at construction, for any invalid parameter.
     """
@@ -113,6 +122,7 @@ class Cache(CacheBase):
         max_key_length: int = 200,
         clock: Clock = SYSTEM_CLOCK,
         rng: random.Random | None = None,
+        invalidation: InvalidationMode = "auto",
     ) -> None:
         super().__init__(
             namespace=namespace,
@@ -134,6 +144,7 @@ class Cache(CacheBase):
             max_key_length=max_key_length,
             clock=clock,
             rng=rng,
+            invalidation=invalidation,
         )
         if client is None:
             self.backend: Any = MemoryBackend(clock=clock)
@@ -149,6 +160,11 @@ class Cache(CacheBase):
             raise ConfigurationError(
                 f"client must be a redis.Redis, RedisCluster or None, got {type(client).__name__}",
                 parameter="client",
+            )
+        if invalidation == "tracking" and getattr(self.backend, "cluster", False):
+            raise ConfigurationError(
+                "invalidation='tracking' needs a standalone Redis, not a cluster",
+                parameter="invalidation",
             )
         self._errors: tuple[type[BaseException], ...] = self.backend.errors
         self._busy: tuple[type[BaseException], ...] = getattr(self.backend, "busy_errors", ())
@@ -703,39 +719,107 @@ class Cache(CacheBase):
     # ------------------------------------------------------------------ local tier messages
 
     def _listen(self) -> None:
-        """Apply other processes' invalidation messages to the local tier (a thread)."""
+        """Apply invalidations to the local tier (a thread).
+
+        With client tracking, Redis itself reports every write under this
+        cache's prefix (by any client) on ``__redis__:invalidate``, redirected
+        from a dedicated connection to this listener's; otherwise only the
+        caches' own pub/sub messages are heard. Any loss or reconnect of either
+        connection flushes the local tier and sets everything up again.
+        """
         client = self.backend.client
         first = True
         while not self._closed.is_set():
             pubsub = None
+            tracker = None
             try:
                 pubsub = client.pubsub(ignore_subscribe_messages=True)
-                pubsub.subscribe(self.channel)
+                channels = [self.channel]
+                self._reconnected = False
+                if self._want_tracking(self.backend.cluster):
+                    tracker = self._start_tracking(pubsub)
+                    if tracker is not None:
+                        channels.append(TRACKING_CHANNEL)
+                pubsub.subscribe(*channels)
+                if pubsub.connection is not None:
+                    pubsub.connection.register_connect_callback(self._on_connect)
                 # Back after a loss: anything may have changed while we were not
                 # listening. (The first subscription follows construction by
                 # moments; what was cached meanwhile is capped by the local TTL.)
                 if self.local is not None and not first:
                     self.local.clear()
                 first = False
+                self.invalidation_mode = "pubsub" if tracker is None else "tracking"
                 self.subscribed.set()
+                next_check = time.monotonic() + 1.0
                 while not self._closed.is_set():
+                    if self._reconnected:
+                        raise ConnectionError("invalidation connection reconnected")
                     message = pubsub.get_message(timeout=0.2)
-                    if message is not None and message.get("type") == "message":
-                        data = message["data"]
-                        self._apply_message(data.decode() if isinstance(data, bytes) else data)
+                    if message is not None:
+                        self._dispatch(message)
+                    if tracker is not None and time.monotonic() >= next_check:
+                        # A silently dropped tracking connection would stop the
+                        # invalidations without any error on the listener's side.
+                        tracker.send_command("PING")
+                        tracker.read_response()
+                        next_check = time.monotonic() + 1.0
             except Exception as exc:
                 self.subscribed.clear()
+                self.invalidation_mode = "none"
                 self._channel_lost()
                 _log.debug(
                     "cache %r: invalidation channel lost: %s", self.namespace, type(exc).__name__
                 )
                 self._closed.wait(self.guard.retry_interval)
             finally:
+                if tracker is not None:
+                    self._stop_tracking(tracker)
                 if pubsub is not None:
+                    if pubsub.connection is not None:
+                        pubsub.connection.deregister_connect_callback(self._on_connect)
                     try:
                         pubsub.close()
                     except Exception:  # pragma: no cover - closing a broken connection
                         pass
+
+    def _start_tracking(self, pubsub: Any) -> Any:
+        """Turn tracking on, redirected to ``pubsub``'s connection; ``None`` if refused."""
+        from redis.exceptions import ResponseError
+
+        pool = self.backend.client.connection_pool
+        try:
+            # RESP2 on this connection: the redirected invalidations then come
+            # as pub/sub messages on __redis__:invalidate (RESP3 would send
+            # "invalidate" pushes that redis-py's PubSub drops).
+            pubsub.execute_command("HELLO", "2")
+            pubsub.parse_response(block=True)
+            pubsub.execute_command("CLIENT", "ID")
+            client_id = int(pubsub.parse_response(block=True))
+        except ResponseError as exc:
+            self._tracking_refused_by(exc)
+            return None
+        tracker = pool.get_connection()
+        try:
+            tracker.send_command(*self._tracking_command(client_id))
+            tracker.read_response()
+        except ResponseError as exc:
+            self._tracking_refused_by(exc)
+            pool.release(tracker)
+            return None
+        except BaseException:
+            self._stop_tracking(tracker)
+            raise
+        tracker.register_connect_callback(self._on_connect)
+        return tracker
+
+    def _stop_tracking(self, tracker: Any) -> None:
+        """Give the tracking connection back to the pool, tracking off (disconnected)."""
+        tracker.deregister_connect_callback(self._on_connect)
+        try:
+            tracker.disconnect()
+        finally:
+            self.backend.client.connection_pool.release(tracker)
 
     def close(self) -> None:
         """Stop the invalidation listener (if any). The Redis client stays yours to close."""

@@ -123,8 +123,10 @@ class Factory:
         *,
         connect: Callable[[], Any] | None = None,
         aconnect: Callable[[], Any] | None = None,
+        defaults: dict[str, Any] | None = None,
     ) -> None:
         self.kind = kind
+        self.defaults = dict(defaults or {})
         self.clock = HookedClock()
         self.server = fakeredis.FakeServer()
         self.memory = MemoryBackend(clock=self.clock)
@@ -176,6 +178,8 @@ class Factory:
         options.setdefault("clock", self.clock)
         options.setdefault("jitter", 0.0)
         options.setdefault("namespace", "test")
+        for name, value in self.defaults.items():
+            options.setdefault(name, value)
         cls = AsyncCache if self.is_async else Cache
         driver = Driver(cls(self.client(), **options))
         self.drivers.append(driver)

@@ -32,6 +32,8 @@ BAD_OPTIONS = [
     ({"local": {"maxsize": 10}}, "local"),
     ({"serializer": "json"}, "serializer"),
     ({"max_key_length": 10}, "max_key_length"),
+    ({"invalidation": "client-tracking"}, "invalidation"),
+    ({"invalidation": None}, "invalidation"),
 ]
 
 
