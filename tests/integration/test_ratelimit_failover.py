@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import redis
 import redis.asyncio.retry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -56,6 +57,34 @@ def _client(node: Any) -> Any:
     return node.client(socket_timeout=0.3, socket_connect_timeout=0.3, retry=Retry(NoBackoff(), 0))
 
 
+class CountingPool(redis.ConnectionPool):
+    """Counts the connections handed out: each is one attempt to reach the store."""
+
+    calls = 0
+
+    def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        return super().get_connection(*args, **kwargs)
+
+
+def _store(node: Any, path: str) -> tuple[Any, Any, Callable[[], int]]:
+    """``(client, store, calls)``: ``path="client"`` goes through ``client.evalsha``
+    (a proxy counts the calls), ``"direct"`` borrows the pool's connections."""
+    if path == "client":
+        client = _client(node)
+        counted = Counted(client)
+        return client, counted, lambda: counted.calls
+    pool = CountingPool(
+        host=node.host,
+        port=node.port,
+        socket_timeout=0.3,
+        socket_connect_timeout=0.3,
+        retry=Retry(NoBackoff(), 0),
+    )
+    client = redis.Redis(connection_pool=pool)
+    return client, client, lambda: pool.calls
+
+
 def _timed(check: Callable[[], Any]) -> tuple[Any, float]:
     started = time.perf_counter()
     result = check()
@@ -72,12 +101,16 @@ def _timed(check: Callable[[], Any]) -> tuple[Any, float]:
     ],
 )
 @pytest.mark.parametrize("outage", ["stop", "kill"])
+@pytest.mark.parametrize("path", ["client", "direct"])
 def test_store_down_follows_the_fallback_and_recovers(
-    redis_server_factory: Callable[[], Any], fallback: str, expected: list[bool], outage: str
+    redis_server_factory: Callable[[], Any],
+    fallback: str,
+    expected: list[bool],
+    outage: str,
+    path: str,
 ) -> None:
     node = redis_server_factory()
-    client = _client(node)
-    store = Counted(client)
+    client, store, store_calls = _store(node, path)
     limiter = RateLimiter(
         RedisBackend(store),
         fallback=fallback,  # type: ignore[arg-type]
@@ -90,16 +123,16 @@ def test_store_down_follows_the_fallback_and_recovers(
         getattr(node, outage)()
         with capture_events() as events:
             first, first_seconds = _timed(lambda: limiter.hit("k", LIMIT))
-            calls = store.calls
+            calls = store_calls()
             rest, rest_seconds = _timed(lambda: [limiter.hit("k", LIMIT) for _ in range(7)])
         decisions = [first, *rest]
         assert [d.allowed for d in decisions] == expected
         assert {d.fallback for d in decisions} == {fallback}
-        assert store.calls == calls  # the breaker is open: the store is not contacted
+        assert store_calls() == calls  # the breaker is open: the store is not contacted
         used = [event for event in events if isinstance(event, FallbackUsed)]
         assert len(used) == 1 and used[0].fallback == fallback
         print(
-            f"{outage}/{fallback}: first check {first_seconds * 1e3:.2f} ms, "
+            f"{path} {outage}/{fallback}: first check {first_seconds * 1e3:.2f} ms, "
             f"then {rest_seconds / 7 * 1e6:.1f} us per check"
         )
         node.start()
@@ -114,23 +147,24 @@ def test_store_down_follows_the_fallback_and_recovers(
         client.close()
 
 
+@pytest.mark.parametrize("path", ["client", "direct"])
 def test_paused_node_costs_one_timeout_then_nothing(
-    redis_server_factory: Callable[[], Any],
+    redis_server_factory: Callable[[], Any], path: str
 ) -> None:
     node = redis_server_factory()
-    client = _client(node)
-    store = Counted(client)
+    client, store, store_calls = _store(node, path)
     limiter = RateLimiter(RedisBackend(store), fallback="allow", recovery_interval=RECOVERY)
     try:
         limiter.hit("k", LIMIT)
         node.pause()
         first, first_seconds = _timed(lambda: limiter.hit("k", LIMIT))
         assert first.fallback == "allow" and first_seconds >= 0.25  # the socket timeout
-        calls = store.calls
+        assert first_seconds < 0.55  # one timeout: a timed-out check is not retried
+        calls = store_calls()
         rest, rest_seconds = _timed(lambda: [limiter.hit("k", LIMIT) for _ in range(100)])
-        assert store.calls == calls and all(d.fallback == "allow" for d in rest)
+        assert store_calls() == calls and all(d.fallback == "allow" for d in rest)
         print(
-            f"pause: first check {first_seconds * 1e3:.0f} ms (socket timeout 300 ms), "
+            f"{path} pause: first check {first_seconds * 1e3:.0f} ms (socket timeout 300 ms), "
             f"then {rest_seconds / 100 * 1e6:.1f} us per check"
         )
         node.resume()

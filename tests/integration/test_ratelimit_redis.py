@@ -24,6 +24,8 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from scalekit.errors import ConcurrencyLimitExceeded
 from scalekit.ratelimit import (
@@ -37,7 +39,7 @@ from scalekit.ratelimit import (
     RateLimiter,
     RedisBackend,
 )
-from scalekit.ratelimit._scripts import algorithm_script
+from scalekit.ratelimit._scripts import SINGLE_LIMIT_ALGORITHMS, single_limit_script
 from scalekit.testing import FakeClock
 from tests.unit.ratelimit._scenarios import (
     Scenario,
@@ -46,6 +48,7 @@ from tests.unit.ratelimit._scenarios import (
     evaluator,
     random_scenario,
     replay,
+    single_limit,
 )
 
 pytestmark = pytest.mark.integration
@@ -78,6 +81,17 @@ def test_lua_on_real_redis_mirrors_the_core(algorithm: str, redis_client: Any) -
         scenario = random_scenario(seed * 7919 + 1, algorithm, length=40)
         steps += replay(scenario, evaluator(MemoryBackend()), evaluator(backend), f"s{seed}")
     assert steps == 12 * 40
+
+
+@pytest.mark.parametrize("algorithm", sorted(SINGLE_LIMIT_ALGORITHMS))
+def test_lean_one_limit_scripts_on_real_redis_mirror_the_core(
+    algorithm: str, redis_client: Any
+) -> None:
+    backend = RedisBackend(redis_client)
+    for seed in range(8):
+        scenario = single_limit(random_scenario(seed * 104729 + 3, algorithm, length=40))
+        replay(scenario, evaluator(MemoryBackend()), evaluator(backend), f"one{seed}")
+    assert redis_client.script_exists(single_limit_script(algorithm).sha) == [True]
 
 
 async def test_async_lua_on_real_redis_mirrors_the_core(async_redis_client: Any) -> None:
@@ -134,12 +148,40 @@ def test_noscript_reloads_the_script(redis_server: Any) -> None:
         CountingConnection.sent = 0
         assert limiter.hit("k", "3/minute").remaining == 1  # state kept, script reloaded
         assert CountingConnection.sent == 2  # EVALSHA -> NOSCRIPT, then EVAL
-        assert client.script_exists(algorithm_script("token_bucket").sha) == [True]
+        assert client.script_exists(single_limit_script("token_bucket").sha) == [True]
         CountingConnection.sent = 0
         limiter.hit("k", "3/minute")
         assert CountingConnection.sent == 1
     finally:
         client.close()
+
+
+def test_checks_borrow_the_clients_pool_and_retry_a_dropped_connection(
+    redis_server: Any,
+) -> None:
+    client = redis_server.client(retry=Retry(NoBackoff(), 0))
+    admin = redis_server.client()
+    client.flushall()
+    try:
+        limiter = RateLimiter(client, algorithm="gcra")
+        assert isinstance(limiter.backend, RedisBackend)
+        assert limiter.backend._pool is client.connection_pool  # the direct path
+        assert limiter.hit("k", "3/minute").remaining == 2
+        # The server drops the pooled connection: the next check must not take
+        # the fallback (the pool reconnects a dead connection it hands out; a
+        # connection error while sending is retried through client.evalsha).
+        assert admin.client_kill_filter(_type="normal", skipme=True) >= 1
+        decision = limiter.hit("k", "3/minute")
+        assert decision.fallback is None and decision.remaining == 1
+        assert not limiter.degraded
+        # Proxies, subclasses and direct=False go through client.evalsha.
+        assert RedisBackend(client, direct=False)._pool is None
+        slow = RateLimiter(RedisBackend(client, direct=False), algorithm="gcra")
+        assert slow.hit("k", "3/minute").remaining == 0
+        assert client.connection_pool._in_use_connections == set()  # all returned
+    finally:
+        client.close()
+        admin.close()
 
 
 def test_state_lives_on_the_servers_clock(redis_client: Any) -> None:
@@ -157,10 +199,14 @@ def test_state_lives_on_the_servers_clock(redis_client: Any) -> None:
 
 def test_keys_expire_once_the_limit_is_full_again(redis_client: Any) -> None:
     limiter = RateLimiter(redis_client, algorithm="gcra")
-    limiter.hit("k", Limit(100, per=0.2))
+    # One hit of 10 per 2 s: the bucket is full again one emission interval (200 ms) later,
+    # and the key must not outlive that. Wide margins: a loaded machine can stall for ms.
+    limiter.hit("k", Limit(10, per=2.0))
     (key,) = redis_client.keys("*")
-    assert 0 < redis_client.pttl(key) <= 10
-    time.sleep(0.05)
+    assert 0 < redis_client.pttl(key) <= 200
+    deadline = time.monotonic() + 2.0
+    while redis_client.keys("*") and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert redis_client.keys("*") == []
 
 

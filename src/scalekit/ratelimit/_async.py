@@ -105,7 +105,7 @@ class AsyncRateLimiter:
 
     async def hit(self, key: str | bytes, limit: Limit | str, cost: int = 1) -> Decision:
         """See :meth:`RateLimiter.hit`."""
-        return await self._check(self._logic.plan(key, [limit], cost, write=True))
+        return await self._check(self._logic.plan_one(key, limit, cost, write=True))
 
     async def hit_all(
         self, key: str | bytes, limits: Sequence[Limit | str], cost: int = 1

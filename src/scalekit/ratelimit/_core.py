@@ -55,6 +55,7 @@ The algorithms
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import re
@@ -806,14 +807,8 @@ class Decision:
         headers: dict[str, str] = {}
         reset = max(math.ceil(self.reset_after), 0)
         if style in ("ietf", "both"):
-            policies = self.limits or (self.limit,)
-            headers["RateLimit-Policy"] = ", ".join(
-                f"{_sf_string(limit.policy_name)};q={limit.amount};"
-                f"w={max(math.ceil(limit.period), 1)}"
-                for limit in policies
-            )
-            name = _sf_string(self.limit.policy_name)
-            headers["RateLimit"] = f"{name};r={self.remaining};t={reset}"
+            headers["RateLimit-Policy"] = _policy_header(self.limits or (self.limit,))
+            headers["RateLimit"] = f"{_policy_token(self.limit)};r={self.remaining};t={reset}"
         if style in ("legacy", "both"):
             headers["X-RateLimit-Limit"] = str(self.limit.amount)
             headers["X-RateLimit-Remaining"] = str(self.remaining)
@@ -831,6 +826,23 @@ class Decision:
         if not self.allowed:
             raise RateLimitExceeded(self.key, self.retry_after, self.limit, decision=self)
         return self
+
+
+# Headers are built on every response; what depends only on the limits is
+# formatted once (limits are few, and hash once).
+@functools.lru_cache(maxsize=1024)
+def _policy_header(limits: tuple[Limit, ...]) -> str:
+    """The ``RateLimit-Policy`` value of ``limits``."""
+    return ", ".join(
+        f"{_policy_token(limit)};q={limit.amount};w={max(math.ceil(limit.period), 1)}"
+        for limit in limits
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def _policy_token(limit: Limit) -> str:
+    """The policy name of ``limit`` as an sf-string."""
+    return _sf_string(limit.policy_name)
 
 
 def _sf_string(text: str) -> str:

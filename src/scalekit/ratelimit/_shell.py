@@ -199,6 +199,16 @@ class Plan(NamedTuple):
     write: bool
 
 
+class _Spec(NamedTuple):
+    """What a check derives from one limit (cached per limiter)."""
+
+    limit: Limit
+    params: tuple[float, float, float]
+    suffix: str
+    limits: tuple[Limit]
+    params_one: tuple[tuple[float, float, float]]
+
+
 @dataclass(frozen=True, slots=True)
 class _Denial:
     until: float
@@ -251,7 +261,7 @@ class LimiterLogic:
             clock=clock,
         )
         self.local = MemoryBackend(max_keys=max_local_keys, clock=clock)
-        self._specs: dict[Limit | str, tuple[Limit, tuple[float, float, float], str]] = {}
+        self._specs: dict[Limit | str, _Spec] = {}
         self._denials: OrderedDict[tuple[str, ...], _Denial] = OrderedDict()
         self._denials_lock = threading.Lock()
 
@@ -267,29 +277,54 @@ class LimiterLogic:
         """
         if isinstance(limits, (Limit, str)):
             limits = [limits]
+        if isinstance(limits, (list, tuple)) and len(limits) == 1:
+            return self.plan_one(key, limits[0], cost, write=write)
         specs = [self._spec(limit) for limit in limits]
         if not specs:
             raise ConfigurationError("at least one limit is needed", parameter="limits")
-        if len(specs) > 1:  # limits that differ only by name share one key: check it once
-            unique: dict[str, tuple[Limit, tuple[float, float, float], str]] = {}
-            for spec in specs:
-                unique.setdefault(spec[2], spec)
-            specs = list(unique.values())
-        parsed = tuple(spec[0] for spec in specs)
+        # Limits that differ only by name share one key: check it once.
+        unique: dict[str, _Spec] = {}
+        for spec in specs:
+            unique.setdefault(spec.suffix, spec)
+        specs = list(unique.values())
+        parsed = tuple(spec.limit for spec in specs)
         cost_value = check_cost(cost, parsed)
         prefix = f"{self.namespace}:{{{hash_key_part(key)}}}"
-        keys = tuple(prefix + spec[2] for spec in specs)
-        return Plan(key, parsed, keys, tuple(spec[1] for spec in specs), cost_value, write)
+        keys = tuple(prefix + spec.suffix for spec in specs)
+        return Plan(key, parsed, keys, tuple(spec.params for spec in specs), cost_value, write)
 
-    def _spec(self, limit: Limit | str) -> tuple[Limit, tuple[float, float, float], str]:
-        """``(limit, params, key suffix)``, cached: limits are few and checks many."""
+    def plan_one(self, key: str | bytes, limit: Limit | str, cost: int, *, write: bool) -> Plan:
+        """:meth:`plan` for one limit (``hit``): the same checks, fewer steps.
+
+        Raises:
+            ConfigurationError: a bad limit, cost or key.
+        """
+        given: object = limit  # typed callers aside, anything may arrive here
+        spec = self._specs.get(limit) if isinstance(given, (Limit, str)) else None
+        if spec is None:
+            spec = self._spec(limit)
+        if cost.__class__ is not int or not 0 <= cost <= spec.limit.burst:
+            check_cost(cost, spec.limits)  # raises ConfigurationError
+        key_part = hash_key_part(key)
+        return Plan(
+            key,
+            spec.limits,
+            (f"{self.namespace}:{{{key_part}}}{spec.suffix}",),
+            spec.params_one,
+            float(cost),
+            write,
+        )
+
+    def _spec(self, limit: Limit | str) -> _Spec:
+        """What a check derives from a limit, cached: limits are few and checks many."""
         given: object = limit  # typed callers aside, anything may arrive here
         if not isinstance(given, (Limit, str)):
             coerce_limit(limit)  # raises ConfigurationError
         spec = self._specs.get(limit)
         if spec is None:
             parsed = coerce_limit(limit)
-            spec = (parsed, parsed.params(self.algorithm), key_suffix(self.algorithm, parsed))
+            params = parsed.params(self.algorithm)
+            spec = _Spec(parsed, params, key_suffix(self.algorithm, parsed), (parsed,), (params,))
             if len(self._specs) >= 1024:  # many distinct limits: keep memory bounded
                 self._specs.clear()
             self._specs[limit] = spec

@@ -138,7 +138,7 @@ class RateLimiter:
         Raises:
             ConfigurationError: a bad limit, key or cost (more than the limit's capacity).
         """
-        return self._check(self._logic.plan(key, [limit], cost, write=True))
+        return self._check(self._logic.plan_one(key, limit, cost, write=True))
 
     def hit_all(self, key: str | bytes, limits: Sequence[Limit | str], cost: int = 1) -> Decision:
         """Hit several limits atomically (one script call): allowed only if all allow.

@@ -8,6 +8,7 @@ same virtual ``now`` (whole microseconds, like Redis ``TIME``).
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -63,6 +64,11 @@ def random_scenario(seed: int, algorithm: str | None = None, length: int = 60) -
             delta = rng.choice(DELTAS_US)
         steps.append(Step(delta, rng.randint(0, min(3, capacity)), rng.random() > 0.1))
     return Scenario(algorithm, tuple(limits), rng.random() < 0.25, tuple(steps))
+
+
+def single_limit(scenario: Scenario) -> Scenario:
+    """The scenario against its first limit only (the lean one-limit scripts)."""
+    return dataclasses.replace(scenario, limits=scenario.limits[:1])
 
 
 Evaluate = Callable[[Scenario, list[str], float, Step], Outcome]
