@@ -495,3 +495,62 @@ def test_stale_local_serves_the_local_tier_while_redis_is_stopped(
         time.sleep(0.01)
     cache.close()
     cache.client.close()
+
+
+def test_reads_take_the_direct_path_and_survive_a_dropped_connection(
+    redis_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url, retry=Retry(NoBackoff(), 0))
+    admin = redis.Redis.from_url(redis_server.url)
+    try:
+        cache = Cache(client, namespace="direct")
+        cache.set("user:1", {"name": "Ada"}, ttl=60)
+
+        def not_here(*args: Any, **kwargs: Any) -> Any:
+            raise AssertionError("the hot path must not go through client.get")
+
+        monkeypatch.setattr(client, "get", not_here)
+        assert cache.get("user:1") == {"name": "Ada"}
+        monkeypatch.undo()
+        with capture_events() as events:
+            # The server drops every pooled connection: the next read reconnects
+            # or retries through the client, and never falls back.
+            assert admin.client_kill_filter(_type="normal", skipme=True) >= 1
+            assert cache.get("user:1") == {"name": "Ada"}
+            assert cache.get("user:1") == {"name": "Ada"}
+        assert not [e for e in events if isinstance(e, FallbackUsed)]
+        assert client.connection_pool._in_use_connections == set()  # all returned
+    finally:
+        client.close()
+        admin.close()
+
+
+async def test_async_reads_take_the_direct_path_and_survive_a_dropped_connection(
+    redis_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import redis
+    import redis.asyncio
+
+    client = redis.asyncio.Redis.from_url(redis_server.url, retry=Retry(NoBackoff(), 0))
+    admin = redis.Redis.from_url(redis_server.url)
+    try:
+        cache = AsyncCache(client, namespace="adirect")
+        await cache.set("user:1", {"name": "Ada"}, ttl=60)
+
+        async def not_here(*args: Any, **kwargs: Any) -> Any:
+            raise AssertionError("the hot path must not go through client.get")
+
+        monkeypatch.setattr(client, "get", not_here)
+        assert await cache.get("user:1") == {"name": "Ada"}
+        monkeypatch.undo()
+        with capture_events() as events:
+            assert admin.client_kill_filter(_type="normal", skipme=True) >= 1
+            assert await cache.get("user:1") == {"name": "Ada"}
+            assert await cache.get("user:1") == {"name": "Ada"}
+        assert not [e for e in events if isinstance(e, FallbackUsed)]
+        assert client.connection_pool._in_use_connections == set()
+    finally:
+        await client.aclose()
+        admin.close()

@@ -22,6 +22,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from scalekit._clock import SYSTEM_CLOCK
+from scalekit._redis_direct import (
+    adirect_pool,
+    asend_packed,
+    direct_pool,
+    pack_command,
+    send_packed,
+)
 from scalekit.typing import Clock
 
 __all__ = ["AsyncMemoryBackend", "AsyncRedisBackend", "MemoryBackend", "RedisBackend"]
@@ -194,6 +201,9 @@ def is_sync_client(client: Any) -> bool:
     return isinstance(client, redis.Redis | redis.cluster.RedisCluster)
 
 
+_GET_HEAD = b"*2\r\n$3\r\nGET\r\n"
+
+
 def _is_cluster(client: Any) -> bool:
     return hasattr(client, "get_nodes") and hasattr(client, "get_node_from_key")
 
@@ -207,11 +217,19 @@ class RedisBackend:
     """
 
     def __init__(self, client: Any) -> None:
+        from redis import exceptions as rex
+
         self.client = client
         self.errors = _redis_errors()
         self.busy_errors = _busy_errors()
         self.cluster = _is_cluster(client)
         self._release = client.register_script(_RELEASE_LUA)
+        # GET is every read's one round trip: on a plain redis.Redis it skips the
+        # client's per-command machinery (see scalekit._redis_direct).
+        self._pool = direct_pool(client)
+        self._response_error = rex.ResponseError
+        self._connection_error = rex.ConnectionError
+        self._timeout_error = rex.TimeoutError
 
     def _finish(self, pipe: Any, notify: Notify) -> None:
         # Cluster pipelines refuse PUBLISH; a cluster broadcasts it to every node anyway.
@@ -222,6 +240,15 @@ class RedisBackend:
             self.client.publish(*notify)
 
     def get(self, key: str) -> bytes | None:
+        if self._pool is not None:
+            try:
+                return send_packed(  # type: ignore[no-any-return]
+                    self._pool, pack_command(_GET_HEAD, (key,)), self._response_error
+                )
+            except self._timeout_error:
+                raise
+            except self._connection_error:
+                pass  # a stale pooled connection: once more, the client's way
         result: bytes | None = self.client.get(key)
         return result
 
@@ -276,11 +303,19 @@ class AsyncRedisBackend:
     """A user's ``redis.asyncio.Redis`` or ``redis.asyncio.cluster.RedisCluster``."""
 
     def __init__(self, client: Any) -> None:
+        from redis import exceptions as rex
+
         self.client = client
         self.errors = _redis_errors()
         self.busy_errors = _busy_errors()
         self.cluster = _is_cluster(client)
         self._release = client.register_script(_RELEASE_LUA)
+        # GET is every read's one round trip: on a plain redis.asyncio.Redis it
+        # skips the client's per-command machinery (see scalekit._redis_direct).
+        self._pool = adirect_pool(client)
+        self._response_error = rex.ResponseError
+        self._connection_error = rex.ConnectionError
+        self._timeout_error = rex.TimeoutError
 
     async def _finish(self, pipe: Any, notify: Notify) -> None:
         if notify is not None and not self.cluster:
@@ -290,6 +325,15 @@ class AsyncRedisBackend:
             await self.client.publish(*notify)
 
     async def get(self, key: str) -> bytes | None:
+        if self._pool is not None:
+            try:
+                return await asend_packed(  # type: ignore[no-any-return]
+                    self._pool, pack_command(_GET_HEAD, (key,)), self._response_error
+                )
+            except self._timeout_error:
+                raise
+            except self._connection_error:
+                pass  # a stale pooled connection: once more, the client's way
         result: bytes | None = await self.client.get(key)
         return result
 

@@ -13,10 +13,10 @@ so the next call is an EVALSHA again.
 from __future__ import annotations
 
 import asyncio
-import inspect
 from collections.abc import Sequence
 from typing import Any
 
+from scalekit._redis_direct import direct_pool, pack_command, send_packed
 from scalekit.ratelimit._backends._base import StoreUnavailable
 from scalekit.ratelimit._core import Outcome
 from scalekit.ratelimit._scripts import (
@@ -112,37 +112,15 @@ def _acquired(reply: Any) -> tuple[bool, int, float]:
 
 
 def _pack_evalsha(script: Script, numkeys: int, keys_and_args: Sequence[Any]) -> bytes:
-    """``EVALSHA sha numkeys *keys_and_args`` as one RESP request (what redis-py's
-    ``pack_command`` builds, at a quarter of its cost). Arguments are bytes or
-    str (encoded as UTF-8), as the backend builds them."""
-    parts = [b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n" % (len(keys_and_args) + 3), script.sha_bytes]
+    """``EVALSHA sha numkeys *keys_and_args`` as one RESP request."""
     count = b"%d" % numkeys
-    parts += (b"\r\n$%d\r\n" % len(count), count, b"\r\n")
-    for arg in keys_and_args:
-        raw = arg if arg.__class__ is bytes else str(arg).encode("utf-8")
-        parts += (b"$%d\r\n" % len(raw), raw, b"\r\n")
-    return b"".join(parts)
-
-
-def _direct_pool(client: Any) -> Any:
-    """The pool of a plain ``redis.Redis`` client, whose connections a check may use directly.
-
-    None for anything else (cluster clients, single-connection clients,
-    subclasses such as fakeredis, proxies): those go through ``evalsha``.
-    """
-    try:
-        import redis
-    except ImportError:  # pragma: no cover - redis is not installed
-        return None
-    if type(client) is not redis.Redis or getattr(client, "connection", None) is not None:
-        return None
-    pool = getattr(client, "connection_pool", None)
-    if not isinstance(pool, redis.ConnectionPool):
-        return None
-    first = next(iter(inspect.signature(pool.get_connection).parameters.values()), None)
-    if first is not None and first.default is inspect.Parameter.empty:
-        return None  # redis-py < 5.3 wants a command name: use the client's own path
-    return pool
+    head = b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n$%d\r\n%s\r\n" % (
+        len(keys_and_args) + 3,
+        script.sha_bytes,
+        len(count),
+        count,
+    )
+    return pack_command(head, keys_and_args)
 
 
 class RedisBackend:
@@ -166,7 +144,7 @@ class RedisBackend:
         from redis import exceptions as rex
 
         self.client = client
-        self._pool = _direct_pool(client) if direct else None
+        self._pool = direct_pool(client) if direct else None
         self._errors = rex
 
     def _run(self, script: Script, keys_and_args: list[Any], numkeys: int) -> Any:
@@ -192,18 +170,8 @@ class RedisBackend:
             raise
 
     def _direct(self, pool: Any, script: Script, keys_and_args: list[Any], numkeys: int) -> Any:
-        connection = pool.get_connection()
-        try:
-            connection.send_packed_command([_pack_evalsha(script, numkeys, keys_and_args)])
-            reply = connection.read_response()
-        except self._errors.ResponseError:
-            raise  # the whole reply was read: the connection is clean
-        except BaseException:
-            connection.disconnect()  # a reply may be in flight: never reuse this socket
-            raise
-        finally:
-            pool.release(connection)
-        return reply
+        packed = _pack_evalsha(script, numkeys, keys_and_args)
+        return send_packed(pool, packed, self._errors.ResponseError)
 
     def evaluate(
         self,
