@@ -59,16 +59,17 @@ class DbClock:
 
 
 def measure(
-    cases: dict[str, Callable[[], Any]], clock: DbClock, repeat: int, slow: dict[str, int]
-) -> dict[str, tuple[float, float]]:
+    cases: dict[Any, Callable[[], Any]], clock: DbClock, repeat: int, slow: dict[Any, int]
+) -> dict[Any, tuple[float, float]]:
     """Median wall ms and median Python-only µs of each case over ``repeat`` rounds.
 
-    Rounds are interleaved (every case once per round), so a burst of load
-    on a shared machine hits all methods alike instead of one. A case named
-    in ``slow`` runs only in that many rounds.
+    Rounds are interleaved (every case once per round, every order and page
+    alike), so a burst of load on a shared machine hits all methods and all
+    depths alike instead of one page of one method. A case named in ``slow``
+    runs only in that many rounds.
     """
-    walls: dict[str, list[float]] = {name: [] for name in cases}
-    pythons: dict[str, list[float]] = {name: [] for name in cases}
+    walls: dict[Any, list[float]] = {name: [] for name in cases}
+    pythons: dict[Any, list[float]] = {name: [] for name in cases}
     for fn in cases.values():
         fn()  # warm up (statement caches, buffers)
     for round_ in range(repeat):
@@ -179,12 +180,13 @@ def make_cases(
 def run(engine: sa.Engine, pages: list[int], repeat: int) -> list[tuple[Any, ...]]:
     events = sa.Table("events", sa.MetaData(), autoload_with=engine)
     clock = DbClock(engine)
-    results: list[tuple[Any, ...]] = []
     orders = {
         "(created_at, id)": (events.c.created_at, events.c.id),
         "(status, id)": (events.c.status, events.c.id),
     }
     with engine.connect() as connection:
+        cases: dict[tuple[str, int, str], Callable[[], Any]] = {}
+        slow: dict[tuple[str, int, str], int] = {}
         for label, (lead, pk) in orders.items():
             plan = KeysetPlan(
                 sa.select(events), [lead, pk], limit=PAGE_SIZE, dialect=engine.dialect
@@ -194,8 +196,6 @@ def run(engine: sa.Engine, pages: list[int], repeat: int) -> list[tuple[Any, ...
                 f" ORDER BY {lead.name}, id LIMIT {PAGE_SIZE}"
             )
             first_sql = f"SELECT * FROM events ORDER BY {lead.name}, id LIMIT {PAGE_SIZE}"
-            sql = (first_sql, raw_sql)
-            base = {}
             for page in pages:
                 offset = (page - 1) * PAGE_SIZE
                 anchor = None
@@ -206,22 +206,29 @@ def run(engine: sa.Engine, pages: list[int], repeat: int) -> list[tuple[Any, ...
                         ).one()
                     )
                 cursor = plan.encode(anchor) if anchor else None
-                cases = make_cases(connection, events, (lead, pk), anchor, cursor, offset, sql)
-                slow_repeat = max(3, repeat // 10) if page > 100 else repeat
-                timings = measure(cases, clock, repeat, {"LIMIT/OFFSET": slow_repeat})
-                for method, (ms, py_us) in timings.items():
-                    base.setdefault(method, ms)
-                    results.append(
-                        (
-                            label,
-                            page,
-                            method,
-                            ms,
-                            ms / base[method],
-                            timings["LIMIT/OFFSET"][0] / ms,
-                            py_us,
-                        )
-                    )
+                made = make_cases(
+                    connection, events, (lead, pk), anchor, cursor, offset, (first_sql, raw_sql)
+                )
+                for method, fn in made.items():
+                    cases[label, page, method] = fn
+                if page > 100:
+                    slow[label, page, "LIMIT/OFFSET"] = max(3, repeat // 10)
+        timings = measure(cases, clock, repeat, slow)
+    results: list[tuple[Any, ...]] = []
+    base: dict[tuple[str, str], float] = {}
+    for (label, page, method), (ms, py_us) in timings.items():
+        base.setdefault((label, method), ms)
+        results.append(
+            (
+                label,
+                page,
+                method,
+                ms,
+                ms / base[label, method],
+                timings[label, page, "LIMIT/OFFSET"][0] / ms,
+                py_us,
+            )
+        )
     return results
 
 

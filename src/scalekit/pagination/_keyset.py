@@ -46,7 +46,10 @@ server sees ``(a, b) > ($1::T_a, $2::T_b)`` with casts matching the index.
 Pages before a cursor run the same seek in the reversed order and flip the
 rows back. Statements are cached per (direction, NULL pattern of the cursor),
 with fixed bind names, so SQLAlchemy compiles each shape once and only
-rebinds values.
+rebinds values. :func:`cached_plan` reuses a plan for every select of the
+same structure; for the same structure and bound values it reuses the built
+statements too, so a page costs no statement building and SQLAlchemy
+computes each statement's cache key once, not once per page.
 """
 
 from __future__ import annotations
@@ -411,6 +414,11 @@ def _describe(expression: Any) -> str:
         return type(expression).__name__
 
 
+def _check_codec(codec: object) -> None:
+    if codec is not None and not isinstance(codec, CursorCodec):
+        raise ConfigurationError("codec must be a CursorCodec", parameter="codec")
+
+
 def _row_values_supported(dialect: Dialect | None) -> bool:
     return dialect is not None and dialect.name in _ROW_VALUE_DIALECTS
 
@@ -472,8 +480,7 @@ class KeysetPlan:
             raise ConfigurationError(
                 "the select must not have its own LIMIT or OFFSET", parameter="select"
             )
-        if codec is not None and not isinstance(codec, CursorCodec):
-            raise ConfigurationError("codec must be a CursorCodec", parameter="codec")
+        _check_codec(codec)
         self._select = select
         self._limit = limit
         self._codec = codec if codec is not None else _DEFAULT_CODEC
@@ -482,7 +489,8 @@ class KeysetPlan:
         self._bind_filters = bind_filters
         # Predicates and ORDER BY clauses per shape; shared by rebound copies.
         self._shapes: dict[tuple[bool, tuple[bool, ...] | None, bool], tuple[Any, Any]] = {}
-        # Whole statements per shape; per instance (they embed this select's values).
+        # Whole statements per shape; they embed this select's values, so only
+        # plans of the same values share them (see cached_plan).
         self._statements: dict[tuple[bool, tuple[bool, ...] | None, bool], Any] = {}
 
         if order_by is None:
@@ -757,12 +765,28 @@ class KeysetPlan:
         Used by the plan cache: the order analysis is reused, the statement
         and its bound values come from ``select``.
         """
+        _check_codec(codec)
         clone = KeysetPlan.__new__(KeysetPlan)
         for name in KeysetPlan.__slots__:
             setattr(clone, name, getattr(self, name))
         clone._codec = codec if codec is not None else _DEFAULT_CODEC
         clone._statements = {}
         clone._bind(select, fingerprint=self._fingerprint if not self._bind_filters else None)
+        return clone
+
+    def with_codec(self, codec: CursorCodec | None) -> KeysetPlan:
+        """This plan, or a copy sharing its statements, that uses ``codec``.
+
+        Used by the plan cache for a select with the same structure and values.
+        """
+        wanted = codec if codec is not None else _DEFAULT_CODEC
+        if wanted is self._codec:
+            return self
+        _check_codec(codec)
+        clone = KeysetPlan.__new__(KeysetPlan)
+        for name in KeysetPlan.__slots__:
+            setattr(clone, name, getattr(self, name))
+        clone._codec = wanted
         return clone
 
     # -- public surface -----------------------------------------------------------
@@ -1123,7 +1147,27 @@ def estimated_rows(explain_output: Any) -> int:
 # -- plan cache ---------------------------------------------------------------------------
 
 _PLAN_CACHE_SIZE = 512
-_PLAN_CACHE: dict[tuple[Any, ...], tuple[tuple[Any, ...], KeysetPlan]] = {}
+#: Plans kept per cached shape for distinct bound values (``customer_id = 7``,
+#: ``= 8``, ...): each holds its built page statements, whose SQLAlchemy cache
+#: keys are then computed once, not on every page.
+_VALUES_PER_PLAN = 8
+
+
+class _CacheEntry:
+    __slots__ = ("by_values", "plan", "sources")
+
+    def __init__(
+        self,
+        sources: tuple[Any, ...],
+        plan: KeysetPlan,
+        by_values: dict[tuple[Any, ...], KeysetPlan],
+    ) -> None:
+        self.sources = sources  # keeps the FROM elements whose ids are in the key alive
+        self.plan = plan
+        self.by_values = by_values
+
+
+_PLAN_CACHE: dict[tuple[Any, ...], _CacheEntry] = {}
 _PLAN_CACHE_LOCK = threading.Lock()
 
 
@@ -1162,6 +1206,27 @@ def _sources(select: Any) -> tuple[Any, ...]:
     return tuple(dict.fromkeys(leaf for leaf, _ in leaves))
 
 
+def _values_key(bindparams: Sequence[Any]) -> tuple[Any, ...] | None:
+    """The bound values of a statement, typed and hashable, or None if one is not hashable.
+
+    The type is part of the key: ``1``, ``1.0`` and ``True`` are equal in
+    Python but not necessarily to the database driver. An IN list counts as
+    the tuple of its items.
+    """
+    values: list[Any] = []
+    for bind in bindparams:
+        value = bind.effective_value
+        kind = value.__class__
+        if kind is list:  # an IN list (expanding parameter)
+            value = tuple(value)
+        try:
+            hash(value)
+        except TypeError:
+            return None
+        values.append((kind, value))
+    return tuple(values)
+
+
 def _plan_key(
     select: Any,
     order_by: Sequence[Any] | None,
@@ -1169,23 +1234,25 @@ def _plan_key(
     dialect_name: str | None,
     row_values: bool | None,
     bind_filters: bool,
-) -> tuple[tuple[Any, ...], tuple[Any, ...]] | None:
-    """The cache key of a plan and the FROM elements it refers to, or None if uncacheable.
+) -> tuple[tuple[Any, ...], tuple[Any, ...], tuple[Any, ...] | None] | None:
+    """The cache key of a plan, the FROM elements it refers to and the select's values.
 
-    SQLAlchemy cache keys describe structure only: two ``aliased(Order)`` made
-    on two requests, or two tables of the same name in two MetaData, have equal
-    keys. A plan holds the column objects of the select it was built for, so
-    the key also carries the identity of every FROM element (kept alive by the
-    cache entry, so an id cannot be reused while the entry exists), and the
-    structure of the select and its order taken together, so that which alias
-    each sort key belongs to is part of the key.
+    None if the select or a sort key is uncacheable. SQLAlchemy cache keys
+    describe structure only: two ``aliased(Order)`` made on two requests, or
+    two tables of the same name in two MetaData, have equal keys. A plan holds
+    the column objects of the select it was built for, so the key also carries
+    the identity of every FROM element (kept alive by the cache entry, so an id
+    cannot be reused while the entry exists), and for each sort key the identity
+    of the FROM elements it refers to, so that which alias (of several alike)
+    a sort key belongs to is part of the key. The third item is the select's
+    own bound values (None if one is unhashable): same structure and values
+    means the very same page statements can be reused.
+
+    Every cache key here is computed once per object (SQLAlchemy memoises
+    it), and the select's is the one SQLAlchemy itself needs to execute it.
     """
-    from sqlalchemy.sql.elements import UnaryExpression
-
     parts: list[Any] = [limit, dialect_name, row_values, bind_filters, order_by is None]
-    statement = select
     if order_by is not None:
-        resolved: list[Any] = []
         for item in order_by:
             if isinstance(item, SortKey):
                 parts.append(("sort_key", item.descending, item.nulls, item.nullable))
@@ -1193,27 +1260,18 @@ def _plan_key(
             if isinstance(item, str):
                 parts.append(item)
                 item = select.selected_columns[item]
-            resolved.append(item)
-            bare = _clause(item)
-            while isinstance(bare, UnaryExpression):
-                bare = bare.element
-            if _base_column(bare) is None:
-                # Not a plain column: its bound values (coalesce(x, 0)) are part of the key.
-                item_key = _expression_key(bare)
-                if item_key is None:
-                    return None
-                parts.append(item_key[1])
-        # One key for the select and its order together, so that which alias (of
-        # several alike) a sort key belongs to is part of the structure.
-        statement = (select.order_by(None) if select._order_by_clauses else select).order_by(
-            *resolved
-        )
-    cache_key = statement._generate_cache_key()
+            clause = _clause(item)
+            item_key = _expression_key(clause)
+            if item_key is None:
+                return None
+            parts.append(item_key)
+            parts.append(tuple(id(from_) for from_ in clause._from_objects))
+    cache_key = select._generate_cache_key()
     if cache_key is None:
         return None
     sources = _sources(select)
     parts += [cache_key.key, tuple(id(source) for source in sources)]
-    return tuple(parts), sources
+    return tuple(parts), sources, _values_key(cache_key.bindparams)
 
 
 def cached_plan(
@@ -1241,9 +1299,19 @@ def cached_plan(
         except Exception:  # uncacheable or invalid input: let the plan report it
             found = None
     if found is not None:
-        cached = _PLAN_CACHE.get(found[0])
-        if cached is not None:
-            return cached[1].rebound(select, codec)
+        key, sources, values = found
+        entry = _PLAN_CACHE.get(key)
+        if entry is not None:
+            same = entry.by_values.get(values) if values is not None else None
+            if same is not None:
+                return same.with_codec(codec)
+            plan = entry.plan.rebound(select, codec)
+            if values is not None:
+                with _PLAN_CACHE_LOCK:
+                    if len(entry.by_values) >= _VALUES_PER_PLAN:
+                        entry.by_values.pop(next(iter(entry.by_values)), None)
+                    entry.by_values[values] = plan
+            return plan
     plan = KeysetPlan(
         select,
         order_by,
@@ -1254,9 +1322,10 @@ def cached_plan(
         bind_filters=bind_filters,
     )
     if found is not None:
-        key, sources = found
         with _PLAN_CACHE_LOCK:
             if len(_PLAN_CACHE) >= _PLAN_CACHE_SIZE:
                 _PLAN_CACHE.pop(next(iter(_PLAN_CACHE)), None)
-            _PLAN_CACHE[key] = (sources, plan)
+            _PLAN_CACHE[key] = _CacheEntry(
+                sources, plan, {values: plan} if values is not None else {}
+            )
     return plan

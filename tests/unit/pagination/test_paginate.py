@@ -12,7 +12,14 @@ from sqlalchemy.pool import StaticPool
 
 from scalekit.errors import ConfigurationError, InvalidCursor
 from scalekit.pagination import CursorCodec, Page, iter_pages, iter_rows, paginate
-from tests.unit.pagination._models import Base, Customer, Order, customers_rows, orders_rows
+from tests.unit.pagination._models import (
+    T0,
+    Base,
+    Customer,
+    Order,
+    customers_rows,
+    orders_rows,
+)
 
 SECRET = "s" * 32
 
@@ -369,3 +376,48 @@ def test_relay_edge_cursors_from_the_plan_resume_after_that_edge(session: Sessio
         session, sa.select(Order), order_by=order, limit=4, after=edges[1], codec=codec
     )
     assert [o.id for o in after_second.items][:2] == [o.id for o in page.items][2:]
+
+
+def test_same_structure_and_values_reuse_the_built_page_statement(engine: sa.Engine) -> None:
+    # The plan cache keeps the built statements for a select's bound values, so a
+    # page costs no statement building (and SQLAlchemy keys each statement once).
+    from scalekit.pagination._keyset import cached_plan
+
+    orders = Order.__table__
+
+    def plan_for(select: Any, codec: CursorCodec | None = None) -> Any:
+        return cached_plan(
+            select, [orders.c.created_at], limit=3, dialect=engine.dialect, codec=codec
+        )
+
+    def statement(select: Any, codec: CursorCodec | None = None) -> Any:
+        return plan_for(select, codec).statement((T0, 1))[0]
+
+    seven = statement(sa.select(orders).where(orders.c.customer_id == 7))
+    assert statement(sa.select(orders).where(orders.c.customer_id == 7)) is seven
+    eight = statement(sa.select(orders).where(orders.c.customer_id == 8))
+    assert eight is not seven
+    assert statement(sa.select(orders).where(orders.c.customer_id == 8)) is eight
+    # 7 and 7.0 and True are equal in Python, not to every driver: never shared.
+    assert statement(sa.select(orders).where(orders.c.customer_id == 7.0)) is not seven
+    # IN lists are values too; unhashable values fall back to a fresh statement.
+    listed = statement(sa.select(orders).where(orders.c.customer_id.in_([7, 8])))
+    assert statement(sa.select(orders).where(orders.c.customer_id.in_([7, 8]))) is listed
+    assert statement(sa.select(orders).where(orders.c.customer_id.in_([7, 9]))) is not listed
+    # Another codec shares the statements, and encodes with its own key.
+    signed = CursorCodec(secret=SECRET)
+    select = sa.select(orders).where(orders.c.customer_id == 7)
+    assert statement(select, signed) is seven
+    assert plan_for(select, signed).encode((T0, 1)) != plan_for(select).encode((T0, 1))
+    with pytest.raises(ConfigurationError, match="CursorCodec"):
+        plan_for(select, "not a codec")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("customer", [7, 8, 9])
+def test_pages_of_many_filter_values_match_the_reference(session: Session, customer: int) -> None:
+    # Every customer's pages come from its own values, whatever the cache holds.
+    for _ in range(2):
+        for other in (customer, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, customer):
+            select = sa.select(Order).where(Order.customer_id == other)
+            got = walk(session, select, order_by=[Order.created_at], limit=2)
+            assert got == [row[0] for row in reference(session, select, Order.created_at, Order.id)]
