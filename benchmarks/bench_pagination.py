@@ -7,8 +7,9 @@ Creates a scratch database ``scalekit_bench_<pid>`` on the server of ``--url``
 several depths for two orders. It drops the scratch database at the end.
 
 Columns of the table printed:
-  ms/page     median wall time of one page (fresh call, warm caches; the methods
-              run interleaved, one call each per round)
+  ms/page     median wall time of one page (fresh call, warm caches; every order,
+              page and method runs once per round, interleaved; no garbage
+              collection inside a timed call, as with timeit)
   vs page 1   the same method's page time divided by its page-1 time
   OFFSET/x    how many times slower LIMIT/OFFSET is at that depth
   db ms       wall time minus Python time: the server's share, which is what
@@ -23,6 +24,7 @@ For the issue's setting: --rows 1000000 --pages 1,1000,10000,19000 (setup ~1 min
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import statistics
 import sys
@@ -73,15 +75,22 @@ def measure(
     for fn in cases.values():
         fn()  # warm up (statement caches, buffers)
     for round_ in range(repeat):
-        for name, fn in cases.items():
-            if round_ >= slow.get(name, repeat):
-                continue
-            clock.total = 0.0
-            started = time.perf_counter()
-            fn()
-            wall = time.perf_counter() - started
-            walls[name].append(wall)
-            pythons[name].append(wall - clock.total)
+        # As timeit does: no garbage collection inside a timed call (a collection
+        # triggered by one method's garbage would be charged to whichever runs next).
+        gc.collect()
+        gc.disable()
+        try:
+            for name, fn in cases.items():
+                if round_ >= slow.get(name, repeat):
+                    continue
+                clock.total = 0.0
+                started = time.perf_counter()
+                fn()
+                wall = time.perf_counter() - started
+                walls[name].append(wall)
+                pythons[name].append(wall - clock.total)
+        finally:
+            gc.enable()
     return {
         name: (statistics.median(walls[name]) * 1e3, statistics.median(pythons[name]) * 1e6)
         for name in cases

@@ -47,7 +47,7 @@ import re
 import struct
 import uuid
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Final, TypeAlias
+from typing import TYPE_CHECKING, Final, TypeAlias, cast
 
 from scalekit._clock import SYSTEM_CLOCK
 from scalekit.errors import ConfigurationError, InvalidCursor
@@ -105,14 +105,10 @@ class _Malformed(Exception):
 
 
 def _uvarint(value: int, out: bytearray) -> None:
-    while True:
-        byte = value & 0x7F
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
         value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return
+    out.append(value)
 
 
 def _zigzag(value: int) -> int:
@@ -175,6 +171,21 @@ class _Reader:
 
 
 def _encode_value(value: object, out: bytearray, position: int) -> None:
+    kind = value.__class__
+    # The common sort keys first, by exact type (subclasses take the general path).
+    if kind is int:
+        out.append(_T_INT)
+        _uvarint(_zigzag(cast(int, value)), out)
+        return
+    if kind is dt.datetime:
+        _encode_datetime(cast(dt.datetime, value), out)
+        return
+    if kind is str:
+        raw = cast(str, value).encode("utf-8", "surrogatepass")
+        out.append(_T_STR)
+        _uvarint(len(raw), out)
+        out += raw
+        return
     # bool before int (bool is an int); datetime before date (same reason).
     if value is None:
         out.append(_T_NONE)
@@ -204,14 +215,7 @@ def _encode_value(value: object, out: bytearray, position: int) -> None:
         _uvarint(len(text), out)
         out += text
     elif isinstance(value, dt.datetime):
-        offset = value.utcoffset()
-        if offset is None:
-            out.append(_T_DATETIME)
-            _uvarint(_zigzag((value - _EPOCH) // _ONE_MICROSECOND), out)
-        else:
-            out.append(_T_DATETIME_TZ)
-            _uvarint(_zigzag((value - _EPOCH_UTC) // _ONE_MICROSECOND), out)
-            _uvarint(_zigzag(offset // _ONE_MICROSECOND), out)
+        _encode_datetime(value, out)
     elif isinstance(value, dt.date):
         out.append(_T_DATE)
         _uvarint(_zigzag(value.toordinal() - _EPOCH_ORDINAL), out)
@@ -237,6 +241,25 @@ def _encode_value(value: object, out: bytearray, position: int) -> None:
             " date, time, timedelta, UUID)",
             parameter="order_by",
         )
+
+
+def _encode_datetime(value: dt.datetime, out: bytearray) -> None:
+    offset = value.utcoffset()
+    if offset is None:
+        out.append(_T_DATETIME)
+        _uvarint(_zigzag((value - _EPOCH) // _ONE_MICROSECOND), out)
+    else:
+        out.append(_T_DATETIME_TZ)
+        _uvarint(_zigzag((value - _EPOCH_UTC) // _ONE_MICROSECOND), out)
+        _uvarint(_zigzag(offset // _ONE_MICROSECOND), out)
+
+
+@functools.lru_cache(maxsize=64)
+def _zone(offset_micros: int) -> dt.timezone:
+    """The fixed-offset zone of a decoded datetime (few distinct ones: cached)."""
+    if offset_micros == 0:
+        return dt.timezone.utc
+    return dt.timezone(dt.timedelta(microseconds=offset_micros))
 
 
 def _decode_value(reader: _Reader, max_length: int) -> CursorValue:
@@ -269,8 +292,7 @@ def _decode_value(reader: _Reader, max_length: int) -> CursorValue:
             return _EPOCH + dt.timedelta(microseconds=reader.svarint())
         if tag == _T_DATETIME_TZ:
             instant = _EPOCH_UTC + dt.timedelta(microseconds=reader.svarint())
-            offset = dt.timedelta(microseconds=reader.svarint())
-            return instant.astimezone(dt.timezone(offset))
+            return instant.astimezone(_zone(reader.svarint()))
         if tag == _T_DATE:
             return dt.date.fromordinal(reader.svarint() + _EPOCH_ORDINAL)
         if tag == _T_TIME:
