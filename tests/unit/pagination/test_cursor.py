@@ -66,6 +66,39 @@ def test_round_trip_keeps_every_value_and_its_type(
     assert all(same(a, b) for a, b in zip(items, decoded, strict=True))
 
 
+#: Cursors outlive deployments (a client holds one across a release), so the
+#: version-1 wire format is pinned: every value type, made by the first encoder.
+GOLDEN_VALUES = (
+    dt.datetime(2024, 1, 1, 12, 30, tzinfo=dt.timezone(dt.timedelta(hours=2))),
+    dt.datetime(2024, 1, 1, 12, 30, tzinfo=dt.timezone.utc),
+    dt.datetime(2020, 2, 29, 1, 2, 3, 4),
+    -5,
+    2**40,
+    "ünï",
+    b"\x00b",
+    None,
+    True,
+    False,
+    1.5,
+    decimal.Decimal("1.10"),
+    dt.date(2024, 1, 2),
+    uuid.UUID(int=7),
+    dt.time(1, 2, 3, 4),
+    dt.timedelta(days=-1, microseconds=5),
+)
+GOLDEN_TOKEN = (
+    "AQDLXr4NTUYQCYDo-tL794YGgKC60jUJgIi1pbH4hgYACIjjroiQ688FAwkDgICAgIBABAXDvG7DrwUCAGIAAgEGP_gAAAAAAAAH"
+    "BDEuMTAKmLQCCwAAAAAAAAAAAAAAAAAAAAcMxPGh7w0N9f-63YMF"
+)
+
+
+def test_wire_format_is_stable() -> None:
+    codec = CursorCodec()
+    assert codec.encode(GOLDEN_VALUES, fingerprint=b"golden") == GOLDEN_TOKEN
+    decoded = codec.decode(GOLDEN_TOKEN, fingerprint=b"golden")
+    assert all(same(a, b) for a, b in zip(GOLDEN_VALUES, decoded, strict=True))
+
+
 def test_cursor_is_compact() -> None:
     token = CursorCodec().encode((dt.datetime(2024, 5, 1, 12, tzinfo=dt.timezone.utc), 123456))
     assert len(token) <= 32
