@@ -19,7 +19,10 @@ Rows:
 - scalekit ``hit`` for each algorithm, ``hit`` + ``headers()``,
   ``hit_all`` with two limits, and ``peek``;
 - limits' fixed window, moving window and sliding window counter ``hit``,
-  and ``get_window_stats`` (what limits needs for headers).
+  and ``get_window_stats`` (what limits needs for headers);
+- asyncio, in a second table: raw GET and raw EVALSHA through a
+  ``redis.asyncio`` client, and ``AsyncRateLimiter.hit`` for GCRA and token
+  bucket (one event loop, the same keys and limit).
 
 Run (defaults to the machine's Redis on 127.0.0.1:6379; keys are created
 under ``scalekit-bench*`` prefixes and deleted at the end)::
@@ -34,6 +37,7 @@ headers at the cost of ``hit``, exactly 1 round trip per check.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import itertools
 import shutil
@@ -41,13 +45,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 import redis
+import redis.asyncio
 from _bench import Result, print_table, time_per_call
 from limits import parse as limits_parse
 from limits.storage import RedisStorage
@@ -58,7 +63,7 @@ from limits.strategies import (
 )
 
 from scalekit.instrumentation import set_hooks
-from scalekit.ratelimit import ALGORITHMS, Limit, RateLimiter
+from scalekit.ratelimit import ALGORITHMS, AsyncRateLimiter, Limit, RateLimiter
 
 KEYS = [f"user:{n}" for n in range(1000)]
 LIMIT_TEXT = "1000/minute"
@@ -196,6 +201,65 @@ def rows() -> list[tuple[str, Factory]]:
     return table
 
 
+AsyncCheck = Callable[[str], Awaitable[object]]
+AsyncFactory = Callable[[str], AsyncCheck]
+
+
+def async_rows() -> list[tuple[str, AsyncFactory]]:
+    """The asyncio rows: built and timed inside one event loop."""
+    limit = Limit.parse(LIMIT_TEXT)
+
+    def raw_get(url: str) -> AsyncCheck:
+        client = redis.asyncio.Redis.from_url(url)
+        return lambda key: client.get(f"{PREFIX}:araw:{key}")
+
+    def raw_evalsha(url: str) -> AsyncCheck:
+        client = redis.asyncio.Redis.from_url(url)
+        sha = redis.Redis.from_url(url).script_load("return 1")
+        return lambda key: client.evalsha(sha, 1, f"{PREFIX}:araw:{key}")
+
+    def ours(algorithm: str) -> AsyncFactory:
+        def make(url: str) -> AsyncCheck:
+            limiter = AsyncRateLimiter(
+                redis.asyncio.Redis.from_url(url),
+                algorithm=algorithm,  # type: ignore[arg-type]
+                namespace=f"{PREFIX}:async:{algorithm}",
+            )
+            return lambda key: limiter.hit(key, limit)
+
+        return make
+
+    return [
+        ("async raw GET", raw_get),
+        ("async raw EVALSHA (return 1)", raw_evalsha),
+        ("scalekit async gcra hit", ours("gcra")),
+        ("scalekit async token_bucket hit", ours("token_bucket")),
+    ]
+
+
+def time_async(url: str, number: int, repeat: int) -> list[Result]:
+    """ns per check of each asyncio row: rounds interleaved, best of ``repeat``."""
+    table = async_rows()
+
+    async def run() -> list[float]:
+        checks = [factory(url) for _name, factory in table]
+        for check in checks:  # every key once: scripts loaded, keys created
+            for key in KEYS:
+                await check(key)
+        best = [float("inf")] * len(table)
+        for _ in range(repeat):
+            for index, check in enumerate(checks):
+                keys = itertools.cycle(KEYS)
+                start = time.perf_counter_ns()
+                for _ in range(number):
+                    await check(next(keys))
+                best[index] = min(best[index], (time.perf_counter_ns() - start) / number)
+        return best
+
+    best = asyncio.run(run())
+    return [Result(name, ns) for (name, _factory), ns in zip(table, best, strict=True)]
+
+
 def cycle(check: Check) -> Callable[[], object]:
     keys = itertools.cycle(KEYS)
     return lambda: check(next(keys))
@@ -329,6 +393,18 @@ def main() -> None:
         )
     hit, headers = by_name["scalekit gcra hit"], by_name["scalekit gcra hit + headers"]
     print(f"  scalekit gcra hit + headers costs {headers / hit:.2f}x a hit")
+
+    async_results = time_async(args.url, args.number, args.repeat)
+    print_table(
+        "asyncio: rate limiting on one Redis (ns per check; lower is better)",
+        async_results,
+        baseline="async raw GET",
+        peer="async raw EVALSHA (return 1)",
+    )
+    by_name = {result.name: result.ns_per_call for result in async_results}
+    evalsha = by_name["async raw EVALSHA (return 1)"]
+    for name in ("scalekit async gcra hit", "scalekit async token_bucket hit"):
+        print(f"  {name:<36} vs async raw EVALSHA: {evalsha / by_name[name]:.2f}x ops/s")
     print(f"\ndeleted {cleanup(admin)} benchmark keys")
     admin.close()
 

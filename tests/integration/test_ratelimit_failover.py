@@ -62,9 +62,11 @@ class CountingPool(redis.ConnectionPool):
 
     calls = 0
 
-    def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+    # (A first parameter with a default: scalekit._redis_direct only uses pools
+    # whose get_connection() needs no command name.)
+    def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> Any:
         self.calls += 1
-        return super().get_connection(*args, **kwargs)
+        return super().get_connection()
 
 
 def _store(node: Any, path: str) -> tuple[Any, Any, Callable[[], int]]:
@@ -82,6 +84,34 @@ def _store(node: Any, path: str) -> tuple[Any, Any, Callable[[], int]]:
         retry=Retry(NoBackoff(), 0),
     )
     client = redis.Redis(connection_pool=pool)
+    return client, client, lambda: pool.calls
+
+
+class AsyncCountingPool(redis.asyncio.ConnectionPool):
+    """:class:`CountingPool` for ``redis.asyncio``."""
+
+    calls = 0
+
+    async def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> Any:
+        self.calls += 1
+        return await super().get_connection()
+
+
+def _async_store(
+    node: Any, path: str, socket_timeout: float = 0.3
+) -> tuple[Any, Any, Callable[[], int]]:
+    """:func:`_store` for ``redis.asyncio``."""
+    options: dict[str, Any] = {
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": 0.3,
+        "retry": redis.asyncio.retry.Retry(NoBackoff(), 0),
+    }
+    if path == "client":
+        client = node.async_client(**options)
+        counted = Counted(client)
+        return client, counted, lambda: counted.calls
+    pool = AsyncCountingPool(host=node.host, port=node.port, **options)
+    client = redis.asyncio.Redis.from_pool(pool)  # the client owns (closes) the pool
     return client, client, lambda: pool.calls
 
 
@@ -118,6 +148,8 @@ def test_store_down_follows_the_fallback_and_recovers(
         recovery_interval=RECOVERY,
         name="api",
     )
+    assert isinstance(limiter.backend, RedisBackend)
+    assert (limiter.backend._pool is not None) == (path == "direct")
     try:
         assert [limiter.hit("k", LIMIT).allowed for _ in range(3)] == [True] * 3
         getattr(node, outage)()
@@ -154,6 +186,8 @@ def test_paused_node_costs_one_timeout_then_nothing(
     node = redis_server_factory()
     client, store, store_calls = _store(node, path)
     limiter = RateLimiter(RedisBackend(store), fallback="allow", recovery_interval=RECOVERY)
+    assert isinstance(limiter.backend, RedisBackend)
+    assert (limiter.backend._pool is not None) == (path == "direct")
     try:
         limiter.hit("k", LIMIT)
         node.pause()
@@ -178,25 +212,26 @@ def test_paused_node_costs_one_timeout_then_nothing(
         client.close()
 
 
-async def test_async_store_down_and_back(redis_server_factory: Callable[[], Any]) -> None:
+@pytest.mark.parametrize("path", ["client", "direct"])
+async def test_async_store_down_and_back(
+    redis_server_factory: Callable[[], Any], path: str
+) -> None:
     node = redis_server_factory()
-    client = node.async_client(
-        socket_timeout=0.3,
-        socket_connect_timeout=0.3,
-        retry=redis.asyncio.retry.Retry(NoBackoff(), 0),
-    )
-    store = Counted(client)
+    client, store, store_calls = _async_store(node, path)
     limiter = AsyncRateLimiter(
         AsyncRedisBackend(store), fallback="local", recovery_interval=RECOVERY, timeout=1.0
     )
+    assert (limiter.backend._pool is not None) == (path == "direct")
     try:
         assert (await limiter.hit("k", LIMIT)).fallback is None
         node.kill()
-        calls = store.calls
+        calls = store_calls()
         with capture_events() as events:
             decisions = [await limiter.hit("k", LIMIT) for _ in range(7)]
         assert [d.allowed for d in decisions] == [True] * 5 + [False] * 2
-        assert store.calls == calls + 1  # one failure; then the store is skipped
+        # One failure (the direct path retries a connection error once through
+        # the client); then the store is skipped.
+        assert store_calls() - calls == (1 if path == "client" else 2)
         assert [type(e) for e in events] == [FallbackUsed]
         node.start()
         await asyncio.sleep(RECOVERY + 0.05)
@@ -205,6 +240,37 @@ async def test_async_store_down_and_back(redis_server_factory: Callable[[], Any]
         assert back.fallback is None and back.allowed
         assert [type(e) for e in events] == [Recovered]
     finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize("path", ["client", "direct"])
+async def test_async_timeout_bounds_a_paused_node_and_is_not_retried(
+    redis_server_factory: Callable[[], Any], path: str
+) -> None:
+    # The socket timeout (5 s) is far above the limiter's ``timeout`` (0.3 s):
+    # the check must give up at the latter, once, and take the fallback.
+    node = redis_server_factory()
+    client, store, store_calls = _async_store(node, path, socket_timeout=5.0)
+    limiter = AsyncRateLimiter(
+        AsyncRedisBackend(store, timeout=0.3), fallback="allow", recovery_interval=RECOVERY
+    )
+    try:
+        assert (await limiter.hit("k", LIMIT)).fallback is None
+        node.pause()
+        started = time.perf_counter()
+        first = await limiter.hit("k", LIMIT)
+        seconds = time.perf_counter() - started
+        assert first.fallback == "allow" and 0.25 <= seconds < 0.55
+        calls = store_calls()
+        rest = [await limiter.hit("k", LIMIT) for _ in range(20)]
+        assert store_calls() == calls and all(d.fallback == "allow" for d in rest)
+        node.resume()
+        await asyncio.sleep(RECOVERY + 0.05)
+        back = await limiter.hit("k", LIMIT)
+        # The paused server ran the check that timed out too: this is its 3rd hit.
+        assert back.fallback is None and back.remaining == 2
+    finally:
+        node.resume()
         await client.aclose()
 
 

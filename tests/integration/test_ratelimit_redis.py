@@ -12,11 +12,13 @@ Store-down tests (stop, pause, restart) are in ``test_ratelimit_failover.py``.
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from datetime import timedelta
 from typing import Any
@@ -24,6 +26,8 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio
+import redis.asyncio.retry
+import redis.exceptions
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -68,6 +72,24 @@ def counting_client(node: Any) -> redis.Redis:
     CountingConnection.sent = 0
     pool = redis.ConnectionPool(host=node.host, port=node.port, connection_class=CountingConnection)
     return redis.Redis(connection_pool=pool)
+
+
+class AsyncCountingConnection(redis.asyncio.Connection):
+    """:class:`CountingConnection` for ``redis.asyncio``."""
+
+    sent = 0
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        type(self).sent += 1
+        await super().send_packed_command(command, check_health)
+
+
+def async_counting_client(node: Any) -> redis.asyncio.Redis:
+    AsyncCountingConnection.sent = 0
+    pool = redis.asyncio.ConnectionPool(
+        host=node.host, port=node.port, connection_class=AsyncCountingConnection
+    )
+    return redis.asyncio.Redis(connection_pool=pool)
 
 
 # -- the scripts mirror the core ---------------------------------------------
@@ -122,7 +144,8 @@ def test_one_round_trip_per_check_headers_included(redis_server: Any) -> None:
     try:
         for algorithm in ALGORITHMS:
             limiter = RateLimiter(client, algorithm=algorithm)
-            limiter.hit("warm", "5/minute")  # may load the script (NOSCRIPT + EVAL)
+            limiter.hit("warm", "5/minute")  # may load the scripts (NOSCRIPT + EVAL)
+            limiter.hit_all("warm", ["5/minute", "100/hour"])
             client.config_resetstat()
             CountingConnection.sent = 0
             for _ in range(10):
@@ -156,6 +179,153 @@ def test_noscript_reloads_the_script(redis_server: Any) -> None:
         client.close()
 
 
+async def test_async_one_round_trip_per_check_headers_included(redis_server: Any) -> None:
+    client = async_counting_client(redis_server)
+    await client.flushall()
+    try:
+        for algorithm in ALGORITHMS:
+            limiter = AsyncRateLimiter(client, algorithm=algorithm)
+            assert isinstance(limiter.backend, AsyncRedisBackend)
+            assert limiter.backend._pool is client.connection_pool  # the direct path
+            await limiter.hit("warm", "5/minute")  # may load the scripts (NOSCRIPT + EVAL)
+            await limiter.hit_all("warm", ["5/minute", "100/hour"])
+            await client.config_resetstat()
+            AsyncCountingConnection.sent = 0
+            for _ in range(10):
+                decision = await limiter.hit("k", "5/minute")
+                decision.headers(style="both")
+            await limiter.hit_all("k", ["5/minute", "100/hour", "1000/day"])
+            await limiter.peek("k", ["5/minute", "100/hour"])
+            assert AsyncCountingConnection.sent == 12, algorithm
+            stats = await client.info("commandstats")
+            assert stats["cmdstat_evalsha"]["calls"] == 12, algorithm
+            assert "cmdstat_eval" not in stats
+        assert len(client.connection_pool._in_use_connections) == 0  # all returned
+    finally:
+        await client.aclose()
+        await client.connection_pool.disconnect()  # the client does not own it
+
+
+async def test_async_noscript_reloads_the_script(redis_server: Any) -> None:
+    client = async_counting_client(redis_server)
+    await client.flushall()
+    try:
+        limiter = AsyncRateLimiter(client, algorithm="token_bucket")
+        await limiter.hit("k", "3/minute")
+        await client.script_flush()
+        AsyncCountingConnection.sent = 0
+        assert (await limiter.hit("k", "3/minute")).remaining == 1  # state kept, reloaded
+        assert AsyncCountingConnection.sent == 2  # EVALSHA -> NOSCRIPT, then EVAL
+        assert await client.script_exists(single_limit_script("token_bucket").sha) == [True]
+        AsyncCountingConnection.sent = 0
+        await limiter.hit("k", "3/minute")
+        assert AsyncCountingConnection.sent == 1
+    finally:
+        await client.aclose()
+        await client.connection_pool.disconnect()  # the client does not own it
+
+
+def _is_script(command: Any) -> bool:
+    packed = command if isinstance(command, bytes) else b"".join(command)
+    return b"\r\nEVAL" in packed[:20]
+
+
+class FlakyConnection(redis.Connection):
+    """Fails the next script call with ``fail`` (once), as a dropped or hung connection would."""
+
+    fail: type[Exception] | None = None
+    sent = 0  # script calls attempted
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        if _is_script(command):
+            type(self).sent += 1
+            fail, type(self).fail = type(self).fail, None
+            if fail is not None:
+                raise fail("injected")
+        super().send_packed_command(command, check_health)
+
+
+class AsyncFlakyConnection(redis.asyncio.Connection):
+    fail: type[Exception] | None = None
+    sent = 0
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        if _is_script(command):
+            type(self).sent += 1
+            fail, type(self).fail = type(self).fail, None
+            if fail is not None:
+                raise fail("injected")
+        await super().send_packed_command(command, check_health)
+
+
+@pytest.mark.parametrize("shell", ["sync", "async"])
+async def test_a_connection_error_is_retried_once_the_clients_way_a_timeout_never(
+    redis_server: Any, shell: str
+) -> None:
+    options = {"host": redis_server.host, "port": redis_server.port}
+    connection: Any = FlakyConnection if shell == "sync" else AsyncFlakyConnection
+    if shell == "sync":
+        client: Any = redis.Redis(
+            connection_pool=redis.ConnectionPool(connection_class=connection, **options),
+            retry=Retry(NoBackoff(), 0),
+        )
+    else:
+        client = redis.asyncio.Redis(
+            connection_pool=redis.asyncio.ConnectionPool(connection_class=connection, **options),
+            retry=redis.asyncio.retry.Retry(NoBackoff(), 0),
+        )
+    driver = RateLimiter(client, fallback="allow") if shell == "sync" else None
+    adriver = AsyncRateLimiter(client, fallback="allow") if shell == "async" else None
+
+    async def hit() -> Any:
+        if driver is not None:
+            return driver.hit("k", "3/minute")
+        assert adriver is not None
+        return await adriver.hit("k", "3/minute")
+
+    try:
+        redis_server.client().flushall()
+        assert (await hit()).remaining == 2  # connects, loads the script
+        connection.sent = 0
+        connection.fail = redis.exceptions.ConnectionError
+        decision = await hit()  # direct send fails, then client.evalsha succeeds
+        assert decision.fallback is None and decision.remaining == 1
+        assert connection.sent == 2
+        connection.sent = 0
+        connection.fail = redis.exceptions.TimeoutError
+        decision = await hit()  # a timeout is not retried: the fallback answers
+        assert decision.fallback == "allow" and connection.sent == 1
+    finally:
+        if shell == "sync":
+            client.close()
+            client.connection_pool.disconnect()
+        else:
+            await client.aclose()
+            await client.connection_pool.disconnect()
+
+
+async def test_async_checks_borrow_the_clients_pool_and_retry_a_dropped_connection(
+    redis_server: Any,
+) -> None:
+    client = redis_server.async_client(retry=redis.asyncio.retry.Retry(NoBackoff(), 0))
+    admin = redis_server.client()
+    await client.flushall()
+    try:
+        limiter = AsyncRateLimiter(client, algorithm="gcra")
+        assert (await limiter.hit("k", "3/minute")).remaining == 2
+        assert admin.client_kill_filter(_type="normal", skipme=True) >= 1
+        decision = await limiter.hit("k", "3/minute")
+        assert decision.fallback is None and decision.remaining == 1
+        assert not limiter.degraded
+        assert AsyncRedisBackend(client, direct=False)._pool is None
+        slow = AsyncRateLimiter(AsyncRedisBackend(client, direct=False), algorithm="gcra")
+        assert (await slow.hit("k", "3/minute")).remaining == 0
+        assert len(client.connection_pool._in_use_connections) == 0  # all returned
+    finally:
+        await client.aclose()
+        admin.close()
+
+
 def test_checks_borrow_the_clients_pool_and_retry_a_dropped_connection(
     redis_server: Any,
 ) -> None:
@@ -178,10 +348,85 @@ def test_checks_borrow_the_clients_pool_and_retry_a_dropped_connection(
         assert RedisBackend(client, direct=False)._pool is None
         slow = RateLimiter(RedisBackend(client, direct=False), algorithm="gcra")
         assert slow.hit("k", "3/minute").remaining == 0
+        # The direct path keeps the connection it used (the killed one went back
+        # to the pool, disconnected); close() gives it back.
+        assert not limiter.hit("k", "3/minute").allowed
+        assert len(limiter.backend._kept) == 1
+        assert client.connection_pool._in_use_connections == set(limiter.backend._kept)
+        limiter.backend.close()
         assert client.connection_pool._in_use_connections == set()  # all returned
     finally:
         client.close()
         admin.close()
+
+
+def test_the_direct_path_keeps_a_few_connections_and_gives_them_back(
+    redis_server: Any,
+) -> None:
+    client = redis_server.client()
+    client.flushall()
+    pool = client.connection_pool
+    try:
+        limiter = RateLimiter(client, algorithm="token_bucket")
+        admitted: list[int] = []
+
+        def worker() -> None:
+            admitted.append(sum(limiter.hit("k", "100/day").allowed for _ in range(40)))
+
+        threads = [threading.Thread(target=worker) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sum(admitted) == 100  # 8 threads sharing connections: exact
+        kept = limiter.backend._kept
+        assert 1 <= len(kept) <= 4 and set(kept) <= pool._in_use_connections
+        assert len(pool._in_use_connections) == len(kept)  # the others went back
+        limiter.backend.close()
+        assert pool._in_use_connections == set()
+        # Still usable after close(); and a collected limiter gives its connection back.
+        assert not limiter.hit("k", "100/day").allowed
+        assert len(pool._in_use_connections) == 1
+        del limiter, kept
+        gc.collect()
+        assert pool._in_use_connections == set()
+    finally:
+        client.close()
+    # A blocking pool (or a small one) has no connection to spare: none is kept.
+    for small in (
+        redis.BlockingConnectionPool(host=redis_server.host, port=redis_server.port),
+        redis.ConnectionPool(host=redis_server.host, port=redis_server.port, max_connections=8),
+    ):
+        with redis.Redis(connection_pool=small) as other:
+            limiter = RateLimiter(other)
+            assert limiter.hit("b", "5/minute").allowed
+            assert limiter.backend._pool is small and limiter.backend._kept == []
+    assert len(small._in_use_connections) == 0  # the plain pool of 8 got it back
+
+
+def test_a_forked_child_never_uses_the_parents_kept_connection(redis_client: Any) -> None:
+    limiter = RateLimiter(redis_client, algorithm="gcra")
+    limit = Limit(1000, per=3600)
+    assert limiter.hit("k", limit).remaining == 999
+    kept = list(limiter.backend._kept)
+    assert len(kept) == 1
+    pid = os.fork()
+    if pid == 0:  # the child: its checks must use connections of its own
+        code = 1
+        try:
+            decisions = [limiter.hit("k", limit) for _ in range(50)]
+            mine = limiter.backend._kept
+            if all(d.allowed and d.fallback is None for d in decisions) and mine[0] not in kept:
+                code = 0
+        finally:
+            os._exit(code)
+    # Meanwhile the parent keeps checking on its connection: replies never cross.
+    decisions = [limiter.hit("k", limit) for _ in range(50)]
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert all(d.allowed and d.fallback is None for d in decisions)
+    assert limiter.backend._kept == kept
+    assert limiter.peek("k", limit).remaining == 1000 - 101
 
 
 def test_state_lives_on_the_servers_clock(redis_client: Any) -> None:

@@ -55,6 +55,7 @@ The algorithms
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import math
@@ -851,6 +852,50 @@ def _sf_string(text: str) -> str:
     return '"' + cleaned.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+# One Decision is built per check. The dataclass's frozen __init__ sets its ten
+# fields through object.__setattr__ by name; setting the slots through their
+# descriptors builds the same object in about a third of the time.
+_new_decision = object.__new__
+(
+    _set_allowed,
+    _set_key,
+    _set_limit,
+    _set_remaining,
+    _set_reset_after,
+    _set_retry_after,
+    _set_limits,
+    _set_fallback,
+    _set_shadowed,
+    _set_cached,
+) = (Decision.__dict__[field.name].__set__ for field in dataclasses.fields(Decision))
+
+
+def make_decision(
+    allowed: bool,
+    key: str,
+    limit: Limit,
+    remaining: int,
+    reset_after: float,
+    retry_after: float,
+    limits: tuple[Limit, ...],
+    fallback: str | None = None,
+    shadowed: bool = False,
+) -> Decision:
+    """``Decision(...)`` with every field given (``cached=False``), built faster."""
+    decision: Decision = _new_decision(Decision)
+    _set_allowed(decision, allowed)
+    _set_key(decision, key)
+    _set_limit(decision, limit)
+    _set_remaining(decision, remaining)
+    _set_reset_after(decision, reset_after)
+    _set_retry_after(decision, retry_after)
+    _set_limits(decision, limits)
+    _set_fallback(decision, fallback)
+    _set_shadowed(decision, shadowed)
+    _set_cached(decision, False)
+    return decision
+
+
 def decision_from_outcome(
     outcome: Outcome,
     key: str | bytes,
@@ -862,17 +907,22 @@ def decision_from_outcome(
     """Turn a raw :class:`Outcome` (microseconds) into a :class:`Decision` (seconds)."""
     allowed = outcome.allowed
     shadowed = shadow and not allowed
-    return Decision(
-        allowed=allowed or shadowed,
-        key=key if isinstance(key, str) else key.decode("utf-8", "replace"),
-        limit=limits[outcome.limit_index],
-        remaining=int(outcome.remaining),
-        reset_after=max(outcome.reset_after, 0.0) / US_PER_SECOND,
-        retry_after=max(outcome.retry_after, 0.0) / US_PER_SECOND,
-        limits=tuple(limits),
-        fallback=fallback,
-        shadowed=shadowed,
+    return make_decision(
+        allowed or shadowed,
+        key if key.__class__ is str else key_text(key),
+        limits[outcome.limit_index],
+        int(outcome.remaining),
+        max(outcome.reset_after, 0.0) / US_PER_SECOND,
+        max(outcome.retry_after, 0.0) / US_PER_SECOND,
+        limits if isinstance(limits, tuple) else tuple(limits),
+        fallback,
+        shadowed,
     )
+
+
+def key_text(key: str | bytes) -> str:
+    """The user's key as ``Decision.key`` shows it (bytes decoded, undecodable bytes replaced)."""
+    return key if isinstance(key, str) else key.decode("utf-8", "replace")
 
 
 def fixed_decision(
@@ -882,7 +932,7 @@ def fixed_decision(
     limit = limits[0]
     return Decision(
         allowed=allowed,
-        key=key if isinstance(key, str) else key.decode("utf-8", "replace"),
+        key=key_text(key),
         limit=limit,
         remaining=limit.amount if allowed else 0,
         reset_after=0.0,

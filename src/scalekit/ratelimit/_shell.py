@@ -30,6 +30,7 @@ from scalekit.errors import CircuitOpenError, ConfigurationError
 from scalekit.instrumentation import Event, FallbackUsed, Recovered, emit
 from scalekit.ratelimit._backends._base import StoreUnavailable
 from scalekit.ratelimit._backends._memory import MemoryBackend
+from scalekit.ratelimit._backends._redis import OneKeyRequest, one_key_request
 from scalekit.ratelimit._core import (
     Decision,
     Limit,
@@ -207,6 +208,10 @@ class _Spec(NamedTuple):
     suffix: str
     limits: tuple[Limit]
     params_one: tuple[tuple[float, float, float]]
+    #: What follows the key part in a storage key: ``"}" + suffix``.
+    key_tail: str
+    #: Per cost, the encoded request of a ``hit`` on Redis (see :meth:`LimiterLogic.prepare_hit`).
+    requests: dict[int, OneKeyRequest]
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,6 +267,10 @@ class LimiterLogic:
         )
         self.local = MemoryBackend(max_keys=max_local_keys, clock=clock)
         self._specs: dict[Limit | str, _Spec] = {}
+        #: What a storage key starts with: ``"<namespace>:{"``.
+        self.key_head = f"{self.namespace}:{{"
+        #: The cached spec of a limit already seen, or None (no validation: the hot path's lookup).
+        self.known_spec = self._specs.get
         self._denials: OrderedDict[tuple[str, ...], _Denial] = OrderedDict()
         self._denials_lock = threading.Lock()
 
@@ -289,8 +298,8 @@ class LimiterLogic:
         specs = list(unique.values())
         parsed = tuple(spec.limit for spec in specs)
         cost_value = check_cost(cost, parsed)
-        prefix = f"{self.namespace}:{{{hash_key_part(key)}}}"
-        keys = tuple(prefix + spec.suffix for spec in specs)
+        prefix = self.key_head + hash_key_part(key)
+        keys = tuple(prefix + spec.key_tail for spec in specs)
         return Plan(key, parsed, keys, tuple(spec.params for spec in specs), cost_value, write)
 
     def plan_one(self, key: str | bytes, limit: Limit | str, cost: int, *, write: bool) -> Plan:
@@ -305,15 +314,27 @@ class LimiterLogic:
             spec = self._spec(limit)
         if cost.__class__ is not int or not 0 <= cost <= spec.limit.burst:
             check_cost(cost, spec.limits)  # raises ConfigurationError
-        key_part = hash_key_part(key)
         return Plan(
             key,
             spec.limits,
-            (f"{self.namespace}:{{{key_part}}}{spec.suffix}",),
+            (self.key_head + hash_key_part(key) + spec.key_tail,),
             spec.params_one,
             float(cost),
             write,
         )
+
+    def prepare_hit(self, limit: Limit | str, cost: int) -> None:
+        """Encode once the Redis request of a ``hit`` of ``cost`` against ``limit``.
+
+        For a limit already planned (validated) with this cost; afterwards
+        ``known_spec(limit).requests[cost]`` holds it, for limiters' hot path.
+        """
+        spec = self._specs.get(limit)
+        if spec is None or cost in spec.requests or len(spec.requests) >= 16:
+            return
+        request = one_key_request(self.algorithm, spec.params, float(cost), self.consume_denied)
+        if request is not None:
+            spec.requests[cost] = request
 
     def _spec(self, limit: Limit | str) -> _Spec:
         """What a check derives from a limit, cached: limits are few and checks many."""
@@ -324,7 +345,8 @@ class LimiterLogic:
         if spec is None:
             parsed = coerce_limit(limit)
             params = parsed.params(self.algorithm)
-            spec = _Spec(parsed, params, key_suffix(self.algorithm, parsed), (parsed,), (params,))
+            suffix = key_suffix(self.algorithm, parsed)
+            spec = _Spec(parsed, params, suffix, (parsed,), (params,), "}" + suffix, {})
             if len(self._specs) >= 1024:  # many distinct limits: keep memory bounded
                 self._specs.clear()
             self._specs[limit] = spec
@@ -361,6 +383,11 @@ class LimiterLogic:
         if self.local_cache_size and plan.write and not self.shadow:
             self._remember(plan, decision)
         return self._report(decision)
+
+    def finish_one(self, key: str | bytes, limits: tuple[Limit], outcome: Outcome) -> Decision:
+        """:meth:`finish` for a one-limit ``hit`` of a limiter without a local over-limit cache."""
+        self.guard.succeeded()
+        return self._report(decision_from_outcome(outcome, key, limits, shadow=self.shadow))
 
     def degraded(self, plan: Plan, error: StoreUnavailable | None) -> Decision:
         """The decision of the fallback policy; ``error`` is None when the store was skipped.

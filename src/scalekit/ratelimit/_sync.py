@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 from scalekit._clock import SYSTEM_CLOCK
 from scalekit.errors import ConfigurationError
 from scalekit.ratelimit._backends import MemoryBackend, RedisBackend, StoreUnavailable
-from scalekit.ratelimit._core import Algorithm, Decision, Limit
+from scalekit.ratelimit._core import Algorithm, Decision, Limit, hash_key_part
+from scalekit.ratelimit._scripts import SINGLE_LIMIT_ALGORITHMS
 from scalekit.ratelimit._shell import FallbackPolicy, LimiterLogic, Plan
 
 if TYPE_CHECKING:
@@ -16,6 +17,10 @@ if TYPE_CHECKING:
     from scalekit.typing import Clock
 
 __all__ = ["RateLimiter"]
+
+#: Limit arguments the hot path of ``hit`` looks up as they are (hashable, and
+#: validated the first time they are seen).
+PLAIN_LIMITS = (Limit, str)
 
 
 def is_async_client(store: object) -> bool:
@@ -118,6 +123,15 @@ class RateLimiter:
             clock=clock,
             name=name,
         )
+        # ``hit`` against one limit goes straight to a request encoded once per
+        # limit and cost, unless a local over-limit cache must be consulted.
+        self._one_key: RedisBackend | None = None
+        if (
+            isinstance(self.backend, RedisBackend)
+            and self._logic.algorithm in SINGLE_LIMIT_ALGORITHMS
+            and (not self._logic.local_cache_size or self._logic.shadow)
+        ):
+            self._one_key = self.backend
 
     @property
     def algorithm(self) -> Algorithm:
@@ -138,7 +152,24 @@ class RateLimiter:
         Raises:
             ConfigurationError: a bad limit, key or cost (more than the limit's capacity).
         """
-        return self._check(self._logic.plan_one(key, limit, cost, write=True))
+        logic = self._logic
+        backend = self._one_key
+        plain = backend is not None and limit.__class__ in PLAIN_LIMITS and cost.__class__ is int
+        if plain:
+            spec = logic.known_spec(limit)
+            if spec is not None:
+                request = spec.requests.get(cost)
+                if request is not None and logic.guard.available():
+                    storage_key = logic.key_head + hash_key_part(key) + spec.key_tail
+                    try:
+                        outcome = backend.hit_one(request, storage_key)  # type: ignore[union-attr]
+                    except StoreUnavailable as error:
+                        return logic.degraded(logic.plan_one(key, limit, cost, write=True), error)
+                    return logic.finish_one(key, spec.limits, outcome)
+        plan = logic.plan_one(key, limit, cost, write=True)
+        if plain:
+            logic.prepare_hit(limit, cost)
+        return self._check(plan)
 
     def hit_all(self, key: str | bytes, limits: Sequence[Limit | str], cost: int = 1) -> Decision:
         """Hit several limits atomically (one script call): allowed only if all allow.

@@ -421,19 +421,73 @@ def test_bad_configuration_fails_at_construction(
         (lambda lim: lim.hit("k", "10/minute", cost=11), "cost"),
         (lambda lim: lim.hit("k", "10/minute", cost=-1), "cost"),
         (lambda lim: lim.hit("k", "10/minute", cost=True), "cost"),
+        (lambda lim: lim.hit("k", "10/minute", cost=1.0), "cost"),
+        (lambda lim: lim.hit("k", Limit(10, per=60), cost=2.0), "cost"),
         (lambda lim: lim.hit("k", "ten per minute"), "limit"),
+        (lambda lim: lim.hit("k", ["10/minute"]), "limit"),
         (lambda lim: lim.hit(42, "10/minute"), "key"),
+        (lambda lim: lim.hit(None, Limit(10, per=60)), "key"),
         (lambda lim: lim.hit_all("k", []), "limits"),
         (lambda lim: lim.hit("k", Limit(5, per=60, burst=9)), "burst"),
     ],
 )
+@pytest.mark.parametrize("warm", [False, True])
 def test_bad_calls_raise_configuration_error(
-    make: Make, call: Callable[[Any], Any], parameter: str
+    make: Make, call: Callable[[Any], Any], parameter: str, warm: bool
 ) -> None:
     limiter = make(algorithm="fixed_window")
+    if warm:  # the limits and costs seen before take the hot path of ``hit``
+        for limit in ("10/minute", Limit(10, per=60)):
+            limiter.hit("w", limit)
+            limiter.hit("w", limit, cost=2)
     with pytest.raises(ConfigurationError) as caught:
         call(limiter)
     assert caught.value.parameter == parameter
+
+
+@pytest.mark.parametrize("algorithm", ALL)
+@pytest.mark.parametrize("shadow", [False, True])
+def test_hit_decides_as_the_general_path(
+    shell: str, loop: asyncio.AbstractEventLoop, algorithm: str, shadow: bool
+) -> None:
+    # ``hit`` against one limit sends a request encoded once per limit and cost
+    # (the hot path); ``hit_all`` with that one limit plans it afresh each time.
+    # Over the same sequence both decide alike; only a cost's first hit is planned.
+    server = fakeredis.FakeServer()
+    options: dict[str, Any] = {"algorithm": algorithm, "shadow": shadow}
+    driver: Driver
+    if shell == "sync":
+        driver = SyncDriver(RateLimiter(fakeredis.FakeRedis(server=server), **options))
+    else:
+        limiter = AsyncRateLimiter(fakeredis.FakeAsyncRedis(server=server), **options)
+        driver = AsyncDriver(limiter, loop)
+    logic = driver.limiter._logic
+    planned: list[tuple[Any, int]] = []
+    plan_one = logic.plan_one
+
+    def spy(key: Any, limit: Any, cost: int, *, write: bool) -> Any:
+        if str(key).startswith("user"):
+            planned.append((key, cost))
+        return plan_one(key, limit, cost, write=write)
+
+    logic.plan_one = spy  # type: ignore[method-assign]
+    limit = Limit(4, per=3600)
+    for step, cost in enumerate([1, 1, 2, 1, 1, 3, 0, 1]):
+        fast = driver.hit(f"user:{step % 2}", limit, cost=cost)
+        general = driver.hit_all(f"other:{step % 2}", [limit], cost=cost)
+        assert fast.key == f"user:{step % 2}"
+        assert (fast.allowed, fast.remaining, fast.limit, fast.limits, fast.shadowed) == (
+            general.allowed,
+            general.remaining,
+            general.limit,
+            general.limits,
+            general.shadowed,
+        ), step
+        assert (fast.retry_after > 0) == (general.retry_after > 0), step
+        assert fast.fallback is None and not fast.cached
+    # Only the first hit of each cost was planned; the others took the hot path.
+    assert planned == [("user:0", 1), ("user:0", 2), ("user:1", 3), ("user:0", 0)]
+    assert set(logic.known_spec(limit).requests) == {0, 1, 2, 3}
 
 
 def test_wrong_client_kind_is_refused(loop: asyncio.AbstractEventLoop) -> None:

@@ -13,10 +13,12 @@ so the next call is an EVALSHA again.
 from __future__ import annotations
 
 import asyncio
+import os
+import weakref
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
-from scalekit._redis_direct import direct_pool, pack_command, send_packed
+from scalekit._redis_direct import adirect_pool, asend_packed, direct_pool, pack_command
 from scalekit.ratelimit._backends._base import StoreUnavailable
 from scalekit.ratelimit._core import Outcome
 from scalekit.ratelimit._scripts import (
@@ -27,7 +29,7 @@ from scalekit.ratelimit._scripts import (
     single_limit_script,
 )
 
-__all__ = ["AsyncRedisBackend", "RedisBackend", "is_outage"]
+__all__ = ["AsyncRedisBackend", "OneKeyRequest", "RedisBackend", "is_outage"]
 
 _OUTAGE_RESPONSES = ("OOM", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "READONLY")
 
@@ -123,6 +125,56 @@ def _pack_evalsha(script: Script, numkeys: int, keys_and_args: Sequence[Any]) ->
     return pack_command(head, keys_and_args)
 
 
+class OneKeyRequest(NamedTuple):
+    """A one-limit check's EVALSHA, encoded once but for its key (see :meth:`RedisBackend.hit_one`).
+
+    Built per (algorithm, limit, cost, flags): limits are few and checks
+    many, so a check only encodes its key between ``head`` and ``tail``.
+    """
+
+    script: Script
+    #: ``*<n> EVALSHA <sha> 1``, encoded.
+    head: bytes
+    #: ARGV (``now`` empty: the server's clock), encoded.
+    tail: bytes
+    #: The same ARGV, for the client's own path.
+    args: tuple[bytes, ...]
+
+
+def one_key_request(
+    algorithm: str, params: tuple[float, float, float], cost: float, consume_denied: bool
+) -> OneKeyRequest | None:
+    """The :class:`OneKeyRequest` of a ``hit``; None when ``algorithm`` has no one-limit script."""
+    if algorithm not in SINGLE_LIMIT_ALGORITHMS:
+        return None
+    script = single_limit_script(algorithm)
+    args = tuple(_evaluate_args((), (params,), cost, consume_denied, True, None))
+    packed = _pack_evalsha(script, 1, (b"", *args))
+    key_at = packed.index(b"$0\r\n\r\n")  # the empty key placeholder: the first empty bulk
+    return OneKeyRequest(script, packed[:key_at], packed[key_at + 6 :], args)
+
+
+def _pack_one(request: OneKeyRequest, key: str) -> bytes:
+    """``request`` with its key: ``EVALSHA sha 1 key *args`` as one RESP request."""
+    raw = key.encode()
+    return b"%s$%d\r\n%s\r\n%s" % (request.head, len(raw), raw, request.tail)
+
+
+#: Connections a backend keeps between checks, at most (see :class:`RedisBackend`).
+_KEEP = 4
+
+
+def _release_kept(pool: Any, kept: list[Any], owner: list[int]) -> None:
+    """Give the connections a backend kept back to the client's pool.
+
+    Only in the process that took them (``owner`` holds its pid): a forked
+    child must not touch its parent's sockets.
+    """
+    if os.getpid() == owner[0]:
+        while kept:
+            pool.release(kept.pop())
+
+
 class RedisBackend:
     """Runs the limiters' scripts on a blocking redis-py client (standalone or cluster).
 
@@ -130,30 +182,60 @@ class RedisBackend:
     check can block when Redis hangs (set it: the default is no timeout).
 
     With a plain ``redis.Redis`` client and ``direct=True`` (the default), a
-    check borrows a connection from the client's own pool and sends one
-    pre-encoded EVALSHA on it, skipping redis-py's per-command machinery
-    (retry wrapper, response callbacks, command metrics), which costs more
-    than the script itself. A connection error on that path is retried once
-    through ``client.evalsha``, so the client's ``retry`` policy still applies;
-    a timeout is not retried. ``direct=False`` sends every check through
-    ``client.evalsha`` (for instance to see the checks in redis-py's own
-    OpenTelemetry metrics).
+    check sends one pre-encoded EVALSHA on a connection of the client's own
+    pool, skipping redis-py's per-command machinery (retry wrapper, response
+    callbacks, command metrics), which costs more than the script itself.
+    The backend keeps up to 4 of those connections between checks (taking
+    one from the pool and giving it back costs as much again, in redis-py's
+    pool bookkeeping and a readiness syscall); it gives them back on
+    :meth:`close` or when it is garbage collected, and keeps none from a
+    ``BlockingConnectionPool`` or a pool of fewer than 64 connections, where
+    they would be missed. A connection error on that path is retried once
+    through ``client.evalsha``, so the client's ``retry`` policy still
+    applies; a timeout is not retried. ``direct=False`` sends every check
+    through ``client.evalsha`` (for instance to see the checks in redis-py's
+    own OpenTelemetry metrics).
     """
 
     def __init__(self, client: Any, *, direct: bool = True) -> None:
+        import redis
         from redis import exceptions as rex
 
         self.client = client
-        self._pool = direct_pool(client) if direct else None
+        self._pool: Any = direct_pool(client) if direct else None
+        pool = self._pool
         self._errors = rex
+        self._response_error = rex.ResponseError
+        #: Connections kept between checks (a list: pop and append are atomic).
+        self._kept: list[Any] = []
+        #: The pid of the process the kept connections belong to (a list: the finalizer shares it).
+        self._owner = [os.getpid()]
+        self._keep = 0
+        if (
+            pool is not None
+            and not isinstance(pool, redis.BlockingConnectionPool)
+            and getattr(pool, "max_connections", 0) >= 64
+        ):
+            self._keep = _KEEP
+            weakref.finalize(self, _release_kept, pool, self._kept, self._owner)
 
-    def _run(self, script: Script, keys_and_args: list[Any], numkeys: int) -> Any:
+    def close(self) -> None:
+        """Give the connections this backend keeps back to the client's pool.
+
+        The backend stays usable (the next check takes a connection again);
+        the client itself is not closed.
+        """
+        if self._pool is not None:
+            _release_kept(self._pool, self._kept, self._owner)
+
+    def _run(
+        self, script: Script, keys_and_args: Sequence[Any], numkeys: int, packed: bytes = b""
+    ) -> Any:
         rex = self._errors
         try:
-            pool = self._pool
-            if pool is not None:
+            if self._pool is not None:
                 try:
-                    return self._direct(pool, script, keys_and_args, numkeys)
+                    return self._send(packed or _pack_evalsha(script, numkeys, keys_and_args))
                 except rex.NoScriptError:
                     return self.client.eval(script.source, numkeys, *keys_and_args)
                 except rex.TimeoutError:
@@ -169,9 +251,51 @@ class RedisBackend:
                 raise StoreUnavailable(type(exc).__name__) from exc
             raise
 
-    def _direct(self, pool: Any, script: Script, keys_and_args: list[Any], numkeys: int) -> Any:
-        packed = _pack_evalsha(script, numkeys, keys_and_args)
-        return send_packed(pool, packed, self._errors.ResponseError)
+    def _send(self, packed: bytes) -> Any:
+        """Send one packed command on a kept or pooled connection; return its reply.
+
+        A server error reply leaves the connection clean; any other failure
+        disconnects it (a reply may still be in flight) and gives it back to
+        the pool.
+        """
+        kept = self._kept
+        if self._owner[0] != os.getpid():  # forked: the kept sockets are the parent's
+            kept.clear()
+            self._owner[0] = os.getpid()
+        try:
+            connection = kept.pop()
+        except IndexError:
+            connection = self._pool.get_connection()
+        try:
+            connection.send_packed_command([packed])
+            reply = connection.read_response()
+        except self._response_error:
+            self._put_back(connection)
+            raise
+        except BaseException:
+            connection.disconnect()
+            self._pool.release(connection)
+            raise
+        self._put_back(connection)
+        return reply
+
+    def _put_back(self, connection: Any) -> None:
+        kept = self._kept
+        if len(kept) < self._keep:
+            kept.append(connection)
+        else:
+            self._pool.release(connection)
+
+    def hit_one(self, request: OneKeyRequest, key: str) -> Outcome:
+        """:meth:`evaluate` of a one-limit write check prepared by :func:`one_key_request`.
+
+        ``key`` is the storage key (ASCII, as the limiters build it).
+
+        Raises:
+            StoreUnavailable: Redis is unreachable (the cause is chained).
+        """
+        packed = b"" if self._pool is None else _pack_one(request, key)
+        return _single_outcome(self._run(request.script, (key, *request.args), 1, packed))
 
     def evaluate(
         self,
@@ -237,31 +361,71 @@ class RedisBackend:
 class AsyncRedisBackend:
     """The asyncio twin of :class:`RedisBackend` (``redis.asyncio`` clients).
 
+    With a plain ``redis.asyncio.Redis`` client and ``direct=True`` (the
+    default), a check borrows a connection from the client's own pool and
+    sends one pre-encoded EVALSHA on it, as :class:`RedisBackend` does (the
+    connection goes back to the pool after every check: asyncio connections
+    belong to one event loop). A connection error on that path is retried
+    once through ``client.evalsha``; a timeout is not retried.
+    ``direct=False`` sends every check through ``client.evalsha``.
+
     ``timeout`` (seconds), when set, bounds every call with
     ``asyncio.wait_for`` in addition to the client's own socket timeout.
     """
 
-    def __init__(self, client: Any, *, timeout: float | None = None) -> None:
-        self.client = client
-        self.timeout = timeout
-
-    async def _run(self, script: Script, keys_and_args: list[Any], numkeys: int) -> Any:
+    def __init__(self, client: Any, *, timeout: float | None = None, direct: bool = True) -> None:
         from redis import exceptions as rex
 
-        async def call() -> Any:
-            try:
-                return await self.client.evalsha(script.sha, numkeys, *keys_and_args)
-            except rex.NoScriptError:
-                return await self.client.eval(script.source, numkeys, *keys_and_args)
+        self.client = client
+        self.timeout = timeout
+        self._pool = adirect_pool(client) if direct else None
+        self._errors = rex
 
+    async def _run(
+        self, script: Script, keys_and_args: Sequence[Any], numkeys: int, packed: bytes = b""
+    ) -> Any:
         try:
             if self.timeout is None:
-                return await call()
-            return await asyncio.wait_for(call(), self.timeout)
+                return await self._call(script, keys_and_args, numkeys, packed)
+            return await asyncio.wait_for(
+                self._call(script, keys_and_args, numkeys, packed), self.timeout
+            )
         except Exception as exc:
             if is_outage(exc):
                 raise StoreUnavailable(type(exc).__name__) from exc
             raise
+
+    async def _call(
+        self, script: Script, keys_and_args: Sequence[Any], numkeys: int, packed: bytes
+    ) -> Any:
+        rex = self._errors
+        pool = self._pool
+        if pool is not None:
+            try:
+                return await asend_packed(
+                    pool,
+                    packed or _pack_evalsha(script, numkeys, keys_and_args),
+                    rex.ResponseError,
+                )
+            except rex.NoScriptError:
+                return await self.client.eval(script.source, numkeys, *keys_and_args)
+            except rex.TimeoutError:
+                raise
+            except rex.ConnectionError:
+                pass  # a stale pooled connection: once more, the client's way
+        try:
+            return await self.client.evalsha(script.sha, numkeys, *keys_and_args)
+        except rex.NoScriptError:
+            return await self.client.eval(script.source, numkeys, *keys_and_args)
+
+    async def hit_one(self, request: OneKeyRequest, key: str) -> Outcome:
+        """See :meth:`RedisBackend.hit_one`.
+
+        Raises:
+            StoreUnavailable: Redis is unreachable (the cause is chained).
+        """
+        packed = b"" if self._pool is None else _pack_one(request, key)
+        return _single_outcome(await self._run(request.script, (key, *request.args), 1, packed))
 
     async def evaluate(
         self,
