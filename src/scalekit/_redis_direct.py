@@ -24,6 +24,20 @@ from typing import Any
 __all__ = ["adirect_pool", "asend_packed", "direct_pool", "pack_command", "send_packed"]
 
 
+def _wants_command_name(pool: Any) -> bool:
+    """Whether ``pool.get_connection`` has a required first argument (redis-py < 5.3).
+
+    A subclass's ``get_connection(*args, **kwargs)`` takes none.
+    """
+    first = next(iter(inspect.signature(pool.get_connection).parameters.values()), None)
+    return (
+        first is not None
+        and first.kind
+        in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        and first.default is inspect.Parameter.empty
+    )
+
+
 def direct_pool(client: Any) -> Any:
     """The pool of a plain ``redis.Redis`` client whose connections may be used directly.
 
@@ -39,8 +53,7 @@ def direct_pool(client: Any) -> Any:
     pool = getattr(client, "connection_pool", None)
     if not isinstance(pool, redis.ConnectionPool):
         return None
-    first = next(iter(inspect.signature(pool.get_connection).parameters.values()), None)
-    if first is not None and first.default is inspect.Parameter.empty:
+    if _wants_command_name(pool):
         return None  # redis-py < 5.3 wants a command name: use the client's own path
     return pool
 
@@ -56,8 +69,7 @@ def adirect_pool(client: Any) -> Any:
     pool = getattr(client, "connection_pool", None)
     if not isinstance(pool, redis.asyncio.ConnectionPool):
         return None
-    first = next(iter(inspect.signature(pool.get_connection).parameters.values()), None)
-    if first is not None and first.default is inspect.Parameter.empty:
+    if _wants_command_name(pool):
         return None
     return pool
 

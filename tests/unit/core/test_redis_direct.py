@@ -39,3 +39,17 @@ async def test_only_a_plain_asyncio_redis_client_qualifies() -> None:
     assert direct_pool(plain) is None and adirect_pool(redis.Redis()) is None
     assert adirect_pool(fakeredis.FakeAsyncRedis()) is None
     await plain.aclose()
+
+
+def test_a_pool_subclass_qualifies_unless_it_wants_a_command_name() -> None:
+    class Passthrough(redis.ConnectionPool):
+        def get_connection(self, *args: object, **kwargs: object) -> redis.Connection:
+            return super().get_connection(*args, **kwargs)  # type: ignore[arg-type]
+
+    class Old(redis.ConnectionPool):  # redis-py < 5.3's signature
+        def get_connection(self, command_name: str, *keys: object, **options: object) -> object:  # type: ignore[override]
+            return super().get_connection()
+
+    passthrough = redis.Redis(connection_pool=Passthrough())
+    assert direct_pool(passthrough) is passthrough.connection_pool
+    assert direct_pool(redis.Redis(connection_pool=Old())) is None
