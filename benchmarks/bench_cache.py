@@ -4,8 +4,10 @@ Run: ``python benchmarks/bench_cache.py [--url redis://127.0.0.1:6379/0] [--quic
 (about 40 s). On the Redis at ``--url`` (default: the machine's local Redis),
 under a scratch key prefix deleted at the end, it times:
 
-- sync hits: a raw redis-py ``GET``; ``Cache.get``; a ``@cache.cached`` call;
-  dogpile.cache's ``region.get`` and ``cache_on_arguments`` (redis backend);
+- sync hits: a raw redis-py ``GET``; ``Cache.get``; a ``@cache.cached`` call
+  (with the default breaker, and with a rate-window breaker, which takes a
+  permit per call); dogpile.cache's ``region.get`` and ``cache_on_arguments``
+  (redis backend);
 - local-tier hits: ``Cache.get`` served by :class:`LocalCache` vs a bare
   ``cachetools.TTLCache.get``;
 - async hits: a raw ``redis.asyncio`` ``GET``; an ``@AsyncCache.cached`` call;
@@ -39,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _bench import time_per_call
 
+from scalekit.breaker import CircuitBreaker
 from scalekit.cache import AsyncCache, Cache, LocalCache
 
 VALUE = {"id": 1, "name": "Ada Lovelace", "email": "ada@example.com", "roles": ["admin"]}
@@ -90,10 +93,24 @@ def sync_hits(url: str, prefix: str, number: int, rounds: int) -> None:
         return VALUE
 
     dogpile_user(1)
+    # A breaker with a rate window needs every outcome: a permit per call.
+    rate_cache = Cache(
+        client,
+        namespace=prefix + "r",
+        default_ttl=3600,
+        breaker=CircuitBreaker("bench", failure_rate=0.5, window=20, min_calls=10),
+    )
+
+    @rate_cache.cached(ttl=3600)
+    def get_user_rate(user_id: int) -> dict[str, Any]:
+        return VALUE
+
+    get_user_rate(1)
     cases: dict[str, Callable[[], object]] = {
         "raw redis-py GET": lambda: client.get(raw_key),
         "scalekit Cache.get hit": lambda: cache.get("user:1"),
         "scalekit @cache.cached hit": lambda: get_user(1),
+        "  ... with a rate-window breaker (permits)": lambda: get_user_rate(1),
         "dogpile region.get hit": lambda: region.get("user:1"),
         "dogpile @cache_on_arguments hit": lambda: dogpile_user(1),
     }

@@ -1,4 +1,4 @@
-"""Cache-aside in front of a slow loader: hits, a stampede, tags, stale values, an outage.
+"""Cache-aside in front of a slow loader: hits, a stampede, tags, an outage behind a breaker.
 
 Runs with no servers: the cache talks to fakeredis (an in-process Redis), so
 it shows the real read path, the lease and the invalidation messages. Point
@@ -16,6 +16,7 @@ from typing import Any
 
 import fakeredis
 
+from scalekit.breaker import BreakerStateChanged, CircuitBreaker
 from scalekit.cache import NOT_FOUND, AsyncCache, Cache, LocalCache
 from scalekit.instrumentation import FallbackUsed, Recovered
 from scalekit.testing import capture_events
@@ -37,11 +38,15 @@ def section(title: str) -> None:
 
 def main() -> None:
     server = fakeredis.FakeServer()
+    # One breaker for everything that talks to this Redis (both caches below):
+    # the first outage error opens it, one call probes Redis every 0.5 s.
+    redis_breaker = CircuitBreaker("redis", fail_max=1, reset_timeout=0.5)
     cache = Cache(
         fakeredis.FakeRedis(server=server),
         namespace="example",
         default_ttl=60,
         local=LocalCache(maxsize=1_000, ttl=5.0),
+        breaker=redis_breaker,
     )
 
     @cache.cached(ttl=60, tags=lambda user_id: [f"user:{user_id}"])
@@ -81,11 +86,13 @@ def main() -> None:
         LOADS.clear()
         print("get_user(1) while down ->", get_user(1), "(from the local tier)")
         print("get_user(3) while down ->", get_user(3), f"(loader runs: {len(LOADS)})")
+        print("breaker:", redis_breaker.state)
         server.connected = True
-        time.sleep(0.6)  # the guard probes Redis again after retry_interval
+        time.sleep(0.6)  # the breaker lets one call probe Redis after reset_timeout
         print("cache.set after recovery ->", cache.set("greeting", "hello"))
+        print("breaker:", redis_breaker.state)
     for event in events:
-        if isinstance(event, FallbackUsed | Recovered):
+        if isinstance(event, FallbackUsed | Recovered | BreakerStateChanged):
             print("event:", event.kind, event.fields())
     print("stats:", cache.stats())
     cache.close()
@@ -93,7 +100,11 @@ def main() -> None:
     section("asyncio: the same cache for async def")
 
     async def run_async() -> None:
-        acache = AsyncCache(fakeredis.FakeAsyncRedis(server=server), namespace="example-async")
+        acache = AsyncCache(
+            fakeredis.FakeAsyncRedis(server=server),
+            namespace="example-async",
+            breaker=redis_breaker,
+        )
         calls = 0
 
         @acache.cached(ttl=30)

@@ -22,6 +22,7 @@ import pytest
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from scalekit.breaker import CircuitBreaker, State
 from scalekit.cache import (
     AsyncCache,
     Cache,
@@ -378,7 +379,7 @@ def test_redis_stopped_during_a_load_loop(redis_server_factory: Callable[[], Any
                 break
             assert time.monotonic() - restarted < 1.0, "the cache did not resume within 1 s"
             time.sleep(0.01)
-        # At most one load before the guard's probe and one after it (the
+        # At most one load before the breaker's probe and one after it (the
         # recovery flushes the local tier); from then on it is served.
         assert loads <= loads_before + 2
         served_from = loads
@@ -426,6 +427,89 @@ async def test_redis_stopped_during_an_async_load_loop(
     assert len([e for e in events if isinstance(e, Recovered)]) == 1
     await cache.aclose()
     await client.aclose()
+
+
+def test_one_breaker_guards_two_caches_through_an_outage(
+    redis_server_factory: Callable[[], Any],
+) -> None:
+    # One user breaker for everything that talks to this Redis: the first outage
+    # error of either cache opens it for both; one probe closes it for both.
+    node = redis_server_factory()
+    breaker = CircuitBreaker("redis", fail_max=1, reset_timeout=0.2)
+    users = Cache(node.client(**FAST), namespace="users", breaker=breaker)
+    orders = Cache(node.client(**FAST), namespace="orders", breaker=breaker)
+    loads = 0
+
+    def load() -> str:
+        nonlocal loads
+        loads += 1
+        return "value"
+
+    with capture_events() as events:
+        assert users.get_or_set("k", load) == "value"
+        assert orders.get_or_set("k", load) == "value"
+        node.stop()
+        stopped = time.monotonic()
+        calls = 0
+        while time.monotonic() - stopped < 1.0:
+            for cache in (users, orders):
+                assert cache.get_or_set(f"k{calls % 5}", load) == "value"
+                assert cache.get("k", "default") == "default"
+                calls += 1
+        assert breaker.state is not State.CLOSED
+        node.start()
+        restarted = time.monotonic()
+        probe = node.client(**FAST)
+        for cache in (users, orders):
+            while True:  # until each cache stores in Redis again
+                assert cache.get_or_set("after", load) == "value"
+                if probe.exists(cache.keys.data("after")):
+                    break
+                assert time.monotonic() - restarted < 1.0, "the cache did not resume within 1 s"
+                time.sleep(0.01)
+    assert breaker.state is State.CLOSED
+    # One failure opened it; every other failure was a probe's (about one per 0.2 s).
+    assert breaker.metrics().failures <= 1 + 1.0 / 0.2 + 2
+    assert sorted(e.name for e in events if isinstance(e, FallbackUsed)) == ["orders", "users"]
+    assert sorted(e.name for e in events if isinstance(e, Recovered)) == ["orders", "users"]
+    probe.close()
+    for cache in (users, orders):
+        cache.client.close()
+
+
+async def test_one_breaker_guards_a_sync_and_an_async_cache(
+    redis_server_factory: Callable[[], Any],
+) -> None:
+    node = redis_server_factory()
+    breaker = CircuitBreaker("redis", fail_max=1, reset_timeout=0.2)
+    client = node.async_client(**FAST)
+    acache = AsyncCache(client, namespace="async", breaker=breaker)
+    cache = Cache(node.client(**FAST), namespace="sync", breaker=breaker)
+    assert await acache.get_or_set("k", lambda: "v") == "v"
+    await asyncio.to_thread(node.stop)
+    assert cache.get("k", "default") == "default"  # the sync cache trips it...
+    assert breaker.state is State.OPEN
+    calls: list[str] = []
+    original = acache.backend.get
+
+    async def counting(key: str) -> Any:
+        calls.append(key)
+        return await original(key)
+
+    acache.backend.get = counting  # type: ignore[method-assign]
+    assert await acache.get_or_set("k", lambda: "loaded") == "loaded"  # ...the async one skips
+    assert calls == []
+    await asyncio.to_thread(node.start)
+    restarted = time.monotonic()
+    # (A restarted node starts empty.) Until a value is stored in Redis again:
+    while await acache.get_or_set("after", lambda: "v") != "v" or await acache.get("after") != "v":
+        assert time.monotonic() - restarted < 1.0, "the cache did not resume within 1 s"
+        await asyncio.sleep(0.01)
+    assert breaker.state is State.CLOSED
+    assert len(calls) >= 2
+    assert cache.get("after", "default") == "default"  # another namespace: nothing stored
+    await client.aclose()
+    cache.client.close()
 
 
 def test_a_paused_redis_costs_no_latency_pile_up(redis_server_factory: Callable[[], Any]) -> None:

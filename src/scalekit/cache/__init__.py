@@ -14,11 +14,12 @@
     cache.invalidate_tags("user:1")
 
 How the parts fit: ``_core.py`` is the pure rule (keys, the envelope stored
-with every value, jittered TTLs, the XFetch / stale / miss decision, the
-outage guard); ``_serializers.py`` turns values into bytes (JSON by default,
-msgpack, HMAC-signed pickle); ``_backends.py`` is the only code that talks to
-Redis (or to the in-process memory backend); ``_base.py`` holds what both
-shells share; :class:`Cache` (``_sync.py``) and :class:`AsyncCache`
+with every value, jittered TTLs, the XFetch / stale / miss decision);
+``_serializers.py`` turns values into bytes (JSON by default, msgpack,
+HMAC-signed pickle); ``_backends.py`` is the only code that talks to Redis
+(or to the in-process memory backend); ``_base.py`` holds what both shells
+share, including how a :class:`~scalekit.breaker.CircuitBreaker` guards every
+Redis call; :class:`Cache` (``_sync.py``) and :class:`AsyncCache`
 (``_async.py``) add the I/O, single-flight and the lease; ``_local.py`` is the
 in-process tier. See ``docs/cache.md``.
 """

@@ -24,6 +24,8 @@ from scalekit.cache._backends import (
     is_sync_client,
 )
 from scalekit.cache._base import (
+    _CLOSED,
+    _NO_VERSIONS,
     TRACKING_CHANNEL,
     CacheBase,
     CallKey,
@@ -33,14 +35,15 @@ from scalekit.cache._base import (
     function_name,
     make_tags,
 )
-from scalekit.cache._core import Action, Envelope, Kind, readable, validate_tags
+from scalekit.cache._core import FRESH, VALUE, Action, Envelope, Kind, readable, validate_tags
 from scalekit.cache._events import CacheLeaseWait, CacheLoaded, CacheRefreshFailed, CacheStaleServed
 from scalekit.cache._local import LocalCache
-from scalekit.errors import ConfigurationError
+from scalekit.errors import CircuitOpenError, ConfigurationError
 from scalekit.instrumentation import emit
 from scalekit.typing import Clock
 
 if TYPE_CHECKING:
+    from scalekit.breaker import CircuitBreaker
     from scalekit.cache._serializers import Serializer
 
 __all__ = ["AsyncCache", "AsyncCachedFunction"]
@@ -69,7 +72,9 @@ class AsyncCache(CacheBase):
     operation is a coroutine, loaders may be sync or ``async def``, and
     :meth:`cached` decorates ``async def`` functions. With a local tier, the
     invalidation listener is a task started by the first operation; stop it
-    with :meth:`aclose`.
+    with :meth:`aclose`. A ``breaker=`` whose state is shared through an
+    asyncio :class:`~scalekit.breaker.RedisStorage` is driven with its
+    ``*_async`` methods.
 
     >>> import asyncio
     >>> cache = AsyncCache(None, namespace="demo")
@@ -110,6 +115,7 @@ class AsyncCache(CacheBase):
         clock: Clock = SYSTEM_CLOCK,
         rng: random.Random | None = None,
         invalidation: InvalidationMode = "auto",
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         super().__init__(
             namespace=namespace,
@@ -132,6 +138,7 @@ class AsyncCache(CacheBase):
             clock=clock,
             rng=rng,
             invalidation=invalidation,
+            breaker=breaker,
         )
         if client is None:
             self.backend: Any = AsyncMemoryBackend(clock=clock)
@@ -170,18 +177,52 @@ class AsyncCache(CacheBase):
     async def _call(self, method: Callable[..., Awaitable[Any]], *args: Any) -> tuple[bool, Any]:
         if self.local is not None and self._listener is None and not self._closed:
             self._start_listener()
-        if not self._backend_allowed():
-            self._backend_failed(None)
-            return False, None
+        if not self._light or self.breaker.state is not _CLOSED:
+            return await self._call_with_permit(method, args)
         try:
             result = await method(*args)
         except self._errors as exc:
-            self._backend_failed(exc, outage=not isinstance(exc, self._busy))
+            outage = not isinstance(exc, self._busy)
+            if outage:
+                self._trip()  # a light breaker is local: no I/O to await
+            self._backend_failed(exc, outage=outage)
             return False, None
         except Exception as exc:  # a client bug: this call falls back, loudly
             self._unexpected(exc)
             return False, None
-        if self.guard.down:
+        if self._degraded_since is not None or self._streaks:
+            self._backend_ok()
+        return True, result
+
+    async def _call_with_permit(
+        self, method: Callable[..., Awaitable[Any]], args: tuple[Any, ...]
+    ) -> tuple[bool, Any]:
+        if self._open_until and self._refused():
+            return False, None
+        try:
+            permit = await self.breaker.acquire_async()
+        except CircuitOpenError as exc:
+            self._rejected(exc)
+            return False, None
+        try:
+            result = await method(*args)
+        except self._errors as exc:
+            if isinstance(exc, self._busy):
+                await permit.release_async()
+                self._backend_failed(exc, outage=False)
+            else:
+                await permit.record_failure_async()
+                self._backend_failed(exc)
+            return False, None
+        except Exception as exc:
+            await permit.release_async()
+            self._unexpected(exc)
+            return False, None
+        except BaseException:  # cancelled: neither a success nor a failure
+            await permit.release_async()
+            raise
+        await permit.record_success_async()
+        if self._degraded_since is not None:
             self._backend_ok()
         return True, result
 
@@ -205,14 +246,19 @@ class AsyncCache(CacheBase):
                 return False, None, {}
             versions = {}
         entry = self._decode(raw)
-        if entry is not None and entry[0].tags:
-            missing = [tag for tag, _ in entry[0].tags if tag not in versions]
-            if missing:
-                ok, extra = await self._versions(missing)
-                if not ok:
-                    return False, None, {}
-                versions.update(zip(missing, extra, strict=True))
+        if entry is not None and entry[0].tags and not await self._add_versions(entry, versions):
+            return False, None, {}
         return True, entry, versions
+
+    async def _add_versions(self, entry: tuple[Envelope, Any], versions: dict[str, int]) -> bool:
+        """Add the versions of the entry's tags this call did not name; False if Redis failed."""
+        missing = [tag for tag, _ in entry[0].tags if tag not in versions]
+        if missing:  # stored with tags this call did not name: check them too
+            ok, extra = await self._versions(missing)
+            if not ok:
+                return False
+            versions.update(zip(missing, extra, strict=True))
+        return True
 
     # ------------------------------------------------------------------ plain operations
 
@@ -381,11 +427,19 @@ class AsyncCache(CacheBase):
         self, key: str, loader: Loader, ttl: float | None, tags: tuple[str, ...]
     ) -> Any:
         local = None if self.local is None else self._local_get(key)
-        if local is not None and self._decide(local, None) is Action.FRESH:
+        if local is not None and self._decide(local, None) is FRESH:
             self.counters.hits += 1
             self.counters.local_hits += 1
             return self._unwrap(*local)
-        ok, entry, versions = await self._read(key, tags)
+        if tags:
+            ok, entry, versions = await self._read(key, tags)
+        else:  # the hot path: _read() written out for one GET
+            ok, raw = await self._call(self.backend.get, key)
+            entry = self._decode(raw) if ok else None
+            versions = _NO_VERSIONS
+            if entry is not None and entry[0].tags:
+                versions = {}
+                ok = await self._add_versions(entry, versions)
         if not ok:
             if self.on_redis_down == "stale_local":
                 stale = self._local_get(key, allow_expired=True)
@@ -394,13 +448,13 @@ class AsyncCache(CacheBase):
             return self._deliver(
                 await self._single_flight(key, loader, ttl, tags, [0] * len(tags), store=True)
             )
-        counts = [versions.get(tag, 0) for tag in tags]
         action = self._decide(entry, versions)
-        if action is Action.FRESH and entry is not None:
+        if action is FRESH and entry is not None:
             self.counters.hits += 1
             if self.local is not None:
                 self._local_put(key, *entry)
-            return entry[1] if entry[0].kind is Kind.VALUE else self._unwrap(*entry)
+            return entry[1] if entry[0].kind is VALUE else self._unwrap(*entry)
+        counts = [versions.get(tag, 0) for tag in tags]
         if action is Action.MISS or entry is None:
             self.counters.misses += 1
             return self._deliver(
@@ -494,7 +548,7 @@ class AsyncCache(CacheBase):
                 if filled is not None:
                     return filled
             # Stored even without the lease: a failed lease call may be this call's
-            # alone (a full pool), and during an outage the guard skips it for free.
+            # alone (a full pool), and during an outage the breaker skips it for free.
             return await self._load(key, loader, ttl, tags, counts, "miss", store=True)
         finally:
             if ok and acquired:
@@ -726,7 +780,7 @@ class AsyncCache(CacheBase):
                 _log.debug(
                     "cache %r: invalidation channel lost: %s", self.namespace, type(exc).__name__
                 )
-                await asyncio.sleep(self.guard.retry_interval)
+                await asyncio.sleep(self.retry_interval)
             finally:
                 if tracker is not None:
                     await self._stop_tracking(tracker)
@@ -814,22 +868,27 @@ class AsyncCachedFunction(Generic[P, R]):
         self._skip = skip
         self._name = function_name(func)
         self._call_key = CallKey(self._name, inspect.signature(func), skip)
+        self._key_of = self._call_key.compile(cache.keys)
         functools.update_wrapper(self, func)
 
     def key_for(self, *args: Any, **kwargs: Any) -> str:
         """The stored key of a call with these arguments."""
         if self._key is not None:
             return self.cache.keys.data(self._key(*args, **kwargs))
-        keys = self.cache.keys
-        return keys.data(self._call_key.text(keys, args, kwargs))
+        return self._key_of(args, kwargs)
 
     async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        full = self.key_for(*args, **kwargs)
+        key = self._key
+        if key is None:
+            full = self._key_of(args, kwargs)
+        else:
+            full = self.cache.keys.data(key(*args, **kwargs))
         tags = () if self._tags is None else make_tags(self._tags, args, kwargs)
         func = self.__wrapped__
-        return cast(
-            R, await self.cache._get_or_load(full, lambda: func(*args, **kwargs), self._ttl, tags)
+        result: R = await self.cache._get_or_load(
+            full, lambda: func(*args, **kwargs), self._ttl, tags
         )
+        return result
 
     async def invalidate(self, *args: Any, **kwargs: Any) -> bool:
         """Forget the cached result of a call with these arguments."""

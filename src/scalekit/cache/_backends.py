@@ -26,7 +26,6 @@ from scalekit._redis_direct import (
     adirect_pool,
     asend_packed,
     direct_pool,
-    pack_command,
     send_packed,
 )
 from scalekit.typing import Clock
@@ -202,6 +201,8 @@ def is_sync_client(client: Any) -> bool:
 
 
 _GET_HEAD = b"*2\r\n$3\r\nGET\r\n"
+# pack_command(_GET_HEAD, (key,)) in one formatting step (keys are always str).
+_GET_FORMAT = _GET_HEAD + b"$%d\r\n%s\r\n"
 
 
 def _is_cluster(client: Any) -> bool:
@@ -241,9 +242,10 @@ class RedisBackend:
 
     def get(self, key: str) -> bytes | None:
         if self._pool is not None:
+            raw = key.encode("utf-8")
             try:
                 return send_packed(  # type: ignore[no-any-return]
-                    self._pool, pack_command(_GET_HEAD, (key,)), self._response_error
+                    self._pool, _GET_FORMAT % (len(raw), raw), self._response_error
                 )
             except self._timeout_error:
                 raise
@@ -326,9 +328,10 @@ class AsyncRedisBackend:
 
     async def get(self, key: str) -> bytes | None:
         if self._pool is not None:
+            raw = key.encode("utf-8")
             try:
                 return await asend_packed(  # type: ignore[no-any-return]
-                    self._pool, pack_command(_GET_HEAD, (key,)), self._response_error
+                    self._pool, _GET_FORMAT % (len(raw), raw), self._response_error
                 )
             except self._timeout_error:
                 raise

@@ -2,8 +2,34 @@
 
 Everything here is free of I/O: it builds keys and envelopes, decodes what a
 read found, decides (through the core) what a read must do, keeps the
-counters and reacts to backend failures through the :class:`Guard`. The sync
-and async shells only add the calls to the backend and the waiting.
+counters and reacts to backend failures. The sync and async shells only add
+the calls to the backend and the waiting.
+
+Outages
+-------
+
+Every backend call goes through a :class:`~scalekit.breaker.CircuitBreaker`:
+the user's (``breaker=``, which may guard everything else that talks to the
+same Redis) or one the cache builds, which opens on the first outage error,
+stays open ``retry_interval`` seconds, then lets one probe through. Only
+outage errors (the backend's ``errors``, minus a full connection pool) are
+reported to it as failures; a miss, an undecodable entry, a loader's own
+exception or a client bug never are.
+
+The hot path asks the breaker nothing it does not need: a breaker that only
+counts consecutive failures, keeps its state locally and has no listeners
+(the default one) is read once per call (``breaker.state``); a success while
+it is closed changes nothing in it (a failure streak, if its ``fail_max`` > 1
+allows one, is reset through a permit). Any other breaker (rate windows,
+slow calls, shared state, listeners) gets a :class:`~scalekit.breaker.Permit`
+for every call, as it needs every outcome.
+
+Each cache keeps its own *incident*, apart from the breaker's state: it starts
+at the first call that takes the fallback for an outage (a failed call, or a
+rejection by an open breaker that another cache may have opened) and emits
+one :class:`~scalekit.instrumentation.FallbackUsed`; it ends at the first call
+that reaches Redis again, which flushes the local tier (invalidations sent
+meanwhile were lost) and emits one :class:`~scalekit.instrumentation.Recovered`.
 """
 
 from __future__ import annotations
@@ -14,19 +40,24 @@ import logging
 import math
 import random
 import secrets
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal, cast
 
+from scalekit._clock import SystemClock
+from scalekit.breaker import CircuitBreaker, State
 from scalekit.cache._core import (
     NOT_FOUND,
+    VALUE,
     Action,
     Envelope,
-    Guard,
-    GuardEdge,
     KeyBuilder,
     Kind,
     _canon,
+    _digest,
+    _json_str,
+    _needs_hash,
     decide,
     jittered_ttl,
     pack_envelope,
@@ -36,7 +67,12 @@ from scalekit.cache._core import (
 from scalekit.cache._events import CacheDecodeFailed
 from scalekit.cache._local import LocalCache
 from scalekit.cache._serializers import JsonSerializer, Serializer
-from scalekit.errors import CacheUnavailable, ConfigurationError, SerializationError
+from scalekit.errors import (
+    CacheUnavailable,
+    CircuitOpenError,
+    ConfigurationError,
+    SerializationError,
+)
 from scalekit.instrumentation import FallbackUsed, Recovered, emit
 from scalekit.typing import Clock
 
@@ -50,6 +86,9 @@ InvalidationMode = Literal["auto", "tracking", "pubsub"]
 _INVALIDATION_MODES: Final = ("auto", "tracking", "pubsub")
 #: The channel Redis client tracking sends invalidations to (RESP2 redirect).
 TRACKING_CHANNEL: Final = "__redis__:invalidate"
+_CLOSED: Final = State.CLOSED
+#: The tag versions of a read that names no tags (never written to).
+_NO_VERSIONS: Final[dict[str, int]] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +196,7 @@ class CacheBase:
         clock: Clock,
         rng: random.Random | None,
         invalidation: InvalidationMode = "auto",
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self.keys = KeyBuilder(namespace, schema_version, max_key_length)
         self.namespace = namespace
@@ -186,7 +226,20 @@ class CacheBase:
                 f"on_redis_down must be one of {', '.join(_POLICIES)}", parameter="on_redis_down"
             )
         self.on_redis_down: DownPolicy = on_redis_down
-        self.guard = Guard(_positive("retry_interval", retry_interval))
+        self.retry_interval = _positive("retry_interval", retry_interval)
+        self.breaker = self._make_breaker(breaker, namespace, clock)
+        policy = self.breaker.policy
+        # Nothing but a consecutive-failure count, local state, no listeners: the
+        # breaker's own flag for its fast path (read, not re-derived, so the two
+        # cannot disagree; without it every call takes a permit, slower but right).
+        self._light: bool = bool(getattr(self.breaker, "_fast", False))
+        # Such a breaker with fail_max > 1 may hold a failure streak while closed.
+        self._streaks = self._light and (policy.fail_max or 1) > 1
+        # Monotonic start of this cache's outage incident (None while healthy).
+        self._degraded_since: float | None = None
+        # Until when the breaker said it rejects calls (its retry_after), so an
+        # open breaker is not asked again on every call: 0.0 when not known.
+        self._open_until = 0.0
         if local is not None and not isinstance(local, LocalCache):
             raise ConfigurationError("local must be a LocalCache", parameter="local")
         self.local = local
@@ -198,6 +251,12 @@ class CacheBase:
         self.serializer: Serializer = chosen
         self.background_refresh = bool(background_refresh)
         self.clock = clock
+        # The wall clock of every read's decision; the system clock's own
+        # function when it is the system clock (one Python call less per read).
+        self._now: Callable[[], float] = time.time if type(clock) is SystemClock else clock.time
+        self._monotonic: Callable[[], float] = (
+            time.monotonic if type(clock) is SystemClock else clock.monotonic
+        )
         self.rng = rng if rng is not None else random.Random()
         self.counters = _Counters()
         self._unexpected_seen: set[type[BaseException]] = set()
@@ -270,7 +329,7 @@ class CacheBase:
             return None
         try:
             envelope = unpack_envelope(raw)
-            if envelope.kind is not Kind.VALUE:
+            if envelope.kind is not VALUE:
                 return envelope, None
             if envelope.codec != self.serializer.codec_id:
                 raise SerializationError(
@@ -290,7 +349,7 @@ class CacheBase:
         envelope = None if entry is None else entry[0]
         return decide(
             envelope,
-            self.clock.time(),
+            self._now(),
             beta=self.beta,
             rand=1.0 - self.rng.random(),
             tag_versions=versions,
@@ -298,7 +357,7 @@ class CacheBase:
 
     def _unwrap(self, envelope: Envelope, value: Any) -> Any:
         """The value a caller gets from an entry: the value, NOT_FOUND, or a raised error."""
-        if envelope.kind is Kind.VALUE:
+        if envelope.kind is VALUE:
             return value
         if envelope.kind is Kind.NOT_FOUND:
             return NOT_FOUND
@@ -440,30 +499,74 @@ class CacheBase:
 
     # ------------------------------------------------------------------ outages
 
-    def _backend_allowed(self) -> bool:
-        # Healthy: no clock read on the hot path.
-        return not self.guard.down or self.guard.allow(self.clock.monotonic())
+    def _make_breaker(
+        self, breaker: CircuitBreaker | None, namespace: str, clock: Clock
+    ) -> CircuitBreaker:
+        if breaker is None:
+            # Today's outage rule: open on the first outage error, probe once per
+            # retry_interval (a probe that never reports frees its slot as fast).
+            return CircuitBreaker(
+                f"cache:{namespace}",
+                fail_max=1,
+                reset_timeout=self.retry_interval,
+                probe_timeout=self.retry_interval,
+                clock=clock,
+            )
+        given: object = breaker
+        if not isinstance(given, CircuitBreaker):
+            raise ConfigurationError(
+                f"breaker must be a scalekit.breaker.CircuitBreaker, got {type(given).__name__}",
+                parameter="breaker",
+            )
+        return breaker
+
+    def _rejected(self, exc: CircuitOpenError) -> None:
+        """The breaker rejected a call: remember for how long, take the fallback."""
+        wait = self.retry_interval if exc.retry_after is None else exc.retry_after
+        self._open_until = self._monotonic() + wait
+        self._backend_failed(None)
+
+    def _refused(self) -> bool:
+        """Whether the breaker's last rejection still holds (then take the fallback).
+
+        Asking an open breaker builds an event and an exception per call;
+        until its ``retry_after`` has passed the answer is known, unless the
+        breaker was closed meanwhile (by another cache's probe, or by hand).
+        """
+        if self._monotonic() < self._open_until and self.breaker.state is not _CLOSED:
+            self._backend_failed(None)
+            return True
+        self._open_until = 0.0
+        return False
+
+    def _trip(self) -> None:
+        """Report an outage error of a call made without a permit (light breakers only)."""
+        try:
+            permit = self.breaker.acquire()
+        except CircuitOpenError:
+            return  # another call opened it meanwhile
+        permit.record_failure()
 
     def _backend_failed(self, exc: BaseException | None, *, outage: bool = True) -> None:
-        """Record a backend failure; raises under the ``raise`` policy.
+        """Take the fallback for a failed or rejected call; raises under ``raise``.
 
-        ``outage=False`` is a failure of this call only (the client's
-        connection pool is exhausted, Redis itself is fine): the call takes the
-        fallback, but the guard stays closed for everybody else.
+        ``exc`` is ``None`` when the breaker rejected the call. ``outage=False``
+        is a failure of this call only (the client's connection pool is
+        exhausted, Redis itself is fine): the call takes the fallback, but
+        it is not an incident and the breaker never hears of it.
         """
         self.counters.fallbacks += 1
-        if exc is not None and outage:
-            edge = self.guard.failure(self.clock.monotonic())
-            if edge is GuardEdge.DOWN:
-                # Logged (by the default LoggingHook) and counted once per incident.
-                emit(
-                    FallbackUsed(
-                        name=self.namespace,
-                        component_name="cache",
-                        fallback=self.on_redis_down,
-                        reason=type(exc).__name__,
-                    )
+        if outage and self._degraded_since is None:
+            self._degraded_since = self.clock.monotonic()
+            # Logged (by the default LoggingHook) and counted once per incident.
+            emit(
+                FallbackUsed(
+                    name=self.namespace,
+                    component_name="cache",
+                    fallback=self.on_redis_down,
+                    reason="CircuitOpenError" if exc is None else type(exc).__name__,
                 )
+            )
         if self.on_redis_down == "raise":
             raise CacheUnavailable(self.namespace) from exc
 
@@ -484,15 +587,24 @@ class CacheBase:
         self._backend_failed(exc, outage=False)
 
     def _backend_ok(self) -> None:
-        if self.guard.down:
-            edge, seconds = self.guard.success(self.clock.monotonic())
-            if edge is GuardEdge.RECOVERED:
-                if self.local is not None:
-                    # Messages sent during the outage were lost: start clean.
-                    self.local.clear()
-                emit(
-                    Recovered(name=self.namespace, component_name="cache", seconds_degraded=seconds)
-                )
+        """After a call that reached the backend: end a streak or an incident.
+
+        Called only when :attr:`_streaks` or an incident is open, never on a
+        plain hit.
+        """
+        if self._streaks and self.breaker.fail_counter:
+            try:
+                self.breaker.acquire().record_success()
+            except CircuitOpenError:  # pragma: no cover - opened by another call meanwhile
+                pass
+        since = self._degraded_since
+        if since is not None:
+            self._degraded_since = None
+            if self.local is not None:
+                # Messages sent during the outage were lost: start clean.
+                self.local.clear()
+            seconds = max(self.clock.monotonic() - since, 0.0)
+            emit(Recovered(name=self.namespace, component_name="cache", seconds_degraded=seconds))
 
     def _new_token(self) -> str:
         return secrets.token_hex(12)
@@ -512,43 +624,137 @@ def function_name(func: Callable[..., Any]) -> str:
     return f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', repr(func))}"
 
 
+_MISSING: Final = object()  # a parameter the call did not give and that has no default
+
+#: A compiled key builder: ``(args, kwargs) -> stored key``.
+KeyFunction = Callable[[tuple[Any, ...], dict[str, Any]], str]
+
+
 class CallKey:
     """Turns a decorated function's call into the text of its cache key.
 
-    ``f(1)``, ``f(x=1)`` and ``f(1, <default>)`` give the same text. Calls with
-    every parameter given positionally (the common case) skip
+    ``f(1)``, ``f(x=1)`` and ``f(1, <default>)`` give the same text. The
+    reference is :meth:`text` (through :func:`bind_arguments`, i.e.
     :meth:`inspect.Signature.bind`, which costs more than a Redis hit's own
-    Python work; the text is the same either way.
+    Python work). :meth:`compile` returns a builder specialised once per
+    decorated function that fills parameters from positions, names and
+    defaults itself and builds the stored key directly; it produces exactly
+    :meth:`text`'s key and falls back to it for anything unusual (``*args``,
+    ``**kwargs``, a call that does not fit the signature).
     """
 
-    __slots__ = ("_fast", "_name", "_order", "_signature", "_skip")
+    __slots__ = ("_defaults", "_index_of", "_name", "_order", "_plain", "_signature", "_skip")
 
     def __init__(self, name: str, signature: inspect.Signature, skip: Iterable[str]) -> None:
         self._name = name
         self._signature = signature
         self._skip = frozenset(skip)
         params = list(signature.parameters.values())
-        self._fast = (
-            len(params)
-            if all(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
-            else -1
-        )
+        # No *args / **kwargs: every parameter is one slot, filled from a position,
+        # a name (keyword-capable ones) or its default.
+        self._plain = all(p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params)
+        self._defaults = tuple(_MISSING if p.default is p.empty else p.default for p in params)
+        self._index_of = {
+            p.name: i for i, p in enumerate(params) if p.kind is not p.POSITIONAL_ONLY
+        }
+        # Keys list parameters by name (canonical_args sorts named arguments).
         self._order = tuple(
             sorted((p.name, i) for i, p in enumerate(params) if p.name not in self._skip)
         )
 
     def text(self, keys: KeyBuilder, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str:
-        """The user key of this call (before :meth:`KeyBuilder.data`).
+        """The user key of this call (before :meth:`KeyBuilder.data`): the reference.
 
         Raises:
             TypeError: the arguments do not fit the signature (as calling would).
         """
-        if not kwargs and len(args) == self._fast:
-            # The text canonical_args((), named) gives, built directly.
-            text = ",".join([f"{name}={_canon(args[index])}" for name, index in self._order])
-            return f"{self._name}(;{text})"
         positional, named = bind_arguments(self._signature, args, kwargs, self._skip)
         return keys.function(self._name, positional, named)
+
+    def compile(self, keys: KeyBuilder) -> KeyFunction:
+        """A function ``(args, kwargs) -> stored key`` equal to ``keys.data(text(...))``.
+
+        Raises (from the returned function):
+            TypeError: the arguments do not fit the signature (as calling would).
+        """
+
+        def reference(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+            return keys.data(self.text(keys, args, kwargs))
+
+        head = f"{self._name}(;"
+        if not self._plain or _needs_hash(head, len(head)):
+            return reference  # odd names would hash anyway: not worth a fast path
+        prefix = keys.data("")  # "<namespace>:v<version>:"
+        max_length = keys.max_key_length
+        defaults = self._defaults
+        size = len(defaults)
+        index_of = self._index_of
+        # A call with exactly every parameter by position (the common case)
+        # needs no filling; with keyword-only parameters there is no such call.
+        arity = sum(p.kind is not p.KEYWORD_ONLY for p in self._signature.parameters.values())
+        positional = size if arity == size else -1
+        labels = tuple((f"{name}=", index) for name, index in self._order)
+
+        def fill(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Sequence[Any] | None:
+            given = len(args)
+            if given > arity:
+                return None  # too many positional arguments: bind() raises
+            values = list(args)
+            values.extend(defaults[given:])
+            for name, value in kwargs.items():
+                index = index_of.get(name)
+                if index is None or index < given:
+                    return None  # unknown, positional-only or given twice: bind() raises
+                values[index] = value
+            for value in values:
+                if value is _MISSING:
+                    return None
+            return values
+
+        def finish(text: str) -> str:
+            # KeyBuilder.data's rule (the text cannot start with "#": head does not).
+            if len(text) > max_length or " " in text or not text.isprintable():
+                return prefix + _digest(text)
+            return prefix + text
+
+        if len(labels) == 1:
+            ((label, index),) = labels
+            lead = head + label
+
+            def key_of_one(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+                if kwargs or len(args) != positional:
+                    values = fill(args, kwargs)
+                    if values is None:
+                        return reference(args, kwargs)
+                    value = values[index]
+                else:
+                    value = args[index]
+                # _canon's first cases, inline: the usual argument is an int or a str.
+                kind = type(value)
+                if kind is int:
+                    text = f"{lead}i{value})"
+                elif kind is str:
+                    text = f"{lead}s{_json_str(value)})"
+                else:
+                    text = f"{lead}{_canon(value)})"
+                # finish(), inline (one call less on the hottest path).
+                if len(text) > max_length or " " in text or not text.isprintable():
+                    return prefix + _digest(text)
+                return prefix + text
+
+            return key_of_one
+
+        def key_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+            values: Sequence[Any] = args
+            if kwargs or len(args) != positional:
+                filled = fill(args, kwargs)
+                if filled is None:
+                    return reference(args, kwargs)
+                values = filled
+            text = head + ",".join([label + _canon(values[index]) for label, index in labels])
+            return finish(text + ")")
+
+        return key_of
 
 
 def bind_arguments(

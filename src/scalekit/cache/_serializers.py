@@ -28,7 +28,7 @@ import importlib
 import json
 import pickle
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Final, Protocol, runtime_checkable
 
 from scalekit.errors import ConfigurationError, SerializationError
@@ -138,6 +138,12 @@ def _hashable(value: Any) -> Any:
 _ENCODER: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 # Built once: json.loads(..., object_hook=...) would build a decoder per call.
 _DECODER: Final = json.JSONDecoder(object_hook=_from_marked)
+# Without a hook: for text that cannot hold a marker, where the hook would
+# hand every object back unchanged (one Python call per object saved).
+_PLAIN_DECODER: Final = json.JSONDecoder()
+# Its C scanner, called directly: decode() adds two Python calls and two
+# regex matches for surrounding whitespace, which dumps() never writes.
+_PLAIN_SCAN: Final[Callable[[str, int], tuple[Any, int]]] = _PLAIN_DECODER.scan_once  # type: ignore[attr-defined]
 
 
 class JsonSerializer:
@@ -165,7 +171,20 @@ class JsonSerializer:
 
     def loads(self, data: bytes) -> Any:
         try:
-            return _DECODER.decode(data.decode("utf-8"))
+            text = data.decode("utf-8")
+            # A marker key is spelt out in the text unless escaped (dumps never
+            # escapes it, but any \u escape is read the careful way). Searched
+            # in the str: `bytes in bytes` first tries its needle as an int and
+            # builds a TypeError, which costs more than the search itself.
+            if _MARK not in text and "\\u" not in text:
+                try:
+                    value, end = _PLAIN_SCAN(text, 0)
+                except StopIteration:
+                    pass  # no JSON value at the start: decode() below says why
+                else:
+                    if end == len(text):
+                        return value
+            return _DECODER.decode(text)
         except SerializationError:
             raise
         except (ValueError, TypeError, RecursionError, AttributeError) as exc:

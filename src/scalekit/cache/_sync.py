@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast
 from scalekit._clock import SYSTEM_CLOCK
 from scalekit.cache._backends import MemoryBackend, RedisBackend, is_async_client, is_sync_client
 from scalekit.cache._base import (
+    _CLOSED,
+    _NO_VERSIONS,
     TRACKING_CHANNEL,
     CacheBase,
     CallKey,
@@ -32,14 +34,15 @@ from scalekit.cache._base import (
     function_name,
     make_tags,
 )
-from scalekit.cache._core import Action, Envelope, Kind, readable, validate_tags
+from scalekit.cache._core import FRESH, VALUE, Action, Envelope, Kind, readable, validate_tags
 from scalekit.cache._events import CacheLeaseWait, CacheLoaded, CacheRefreshFailed, CacheStaleServed
 from scalekit.cache._local import LocalCache
-from scalekit.errors import ConfigurationError
+from scalekit.errors import CircuitOpenError, ConfigurationError
 from scalekit.instrumentation import emit
 from scalekit.typing import Clock
 
 if TYPE_CHECKING:
+    from scalekit.breaker import CircuitBreaker
     from scalekit.cache._serializers import Serializer
 
 __all__ = ["Cache", "CachedFunction"]
@@ -76,8 +79,12 @@ class Cache(CacheBase):
     When Redis fails, ``on_redis_down`` decides: ``"bypass"`` runs the loader
     (``get`` returns the default), ``"stale_local"`` serves the local tier even
     past its TTL and otherwise bypasses, ``"raise"`` raises
-    :class:`~scalekit.errors.CacheUnavailable`. After a failure the cache
-    skips Redis for ``retry_interval`` seconds, then probes it again; one
+    :class:`~scalekit.errors.CacheUnavailable`. Every Redis call goes through
+    a :class:`~scalekit.breaker.CircuitBreaker`: pass ``breaker=`` to share
+    yours with everything else that talks to this Redis; by default the cache
+    builds one that opens on the first outage error (a Redis or socket error;
+    never a miss, a bad entry or a loader's error), skips Redis for
+    ``retry_interval`` seconds, then lets one call probe it. One
     :class:`~scalekit.instrumentation.FallbackUsed` is emitted per incident and
     one :class:`~scalekit.instrumentation.Recovered` when it ends. Give the
     client short timeouts and no retries (see the docs): redis-py 8 retries a
@@ -123,6 +130,7 @@ class Cache(CacheBase):
         clock: Clock = SYSTEM_CLOCK,
         rng: random.Random | None = None,
         invalidation: InvalidationMode = "auto",
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         super().__init__(
             namespace=namespace,
@@ -145,6 +153,7 @@ class Cache(CacheBase):
             clock=clock,
             rng=rng,
             invalidation=invalidation,
+            breaker=breaker,
         )
         if client is None:
             self.backend: Any = MemoryBackend(clock=clock)
@@ -187,18 +196,54 @@ class Cache(CacheBase):
     # ------------------------------------------------------------------ backend calls
 
     def _call(self, method: Callable[..., Any], *args: Any) -> tuple[bool, Any]:
-        if not self._backend_allowed():
-            self._backend_failed(None)
-            return False, None
+        """``method(*args)`` through the breaker: ``(True, result)``, or ``(False, None)``
+        after the fallback bookkeeping (see ``_base.py``, "Outages")."""
+        if not self._light or self.breaker.state is not _CLOSED:
+            return self._call_with_permit(method, args)
         try:
             result = method(*args)
         except self._errors as exc:
-            self._backend_failed(exc, outage=not isinstance(exc, self._busy))
+            outage = not isinstance(exc, self._busy)
+            if outage:
+                self._trip()
+            self._backend_failed(exc, outage=outage)
             return False, None
         except Exception as exc:  # a client bug: this call falls back, loudly
             self._unexpected(exc)
             return False, None
-        if self.guard.down:
+        if self._degraded_since is not None or self._streaks:
+            self._backend_ok()
+        return True, result
+
+    def _call_with_permit(
+        self, method: Callable[..., Any], args: tuple[Any, ...]
+    ) -> tuple[bool, Any]:
+        if self._open_until and self._refused():
+            return False, None
+        try:
+            permit = self.breaker.acquire()
+        except CircuitOpenError as exc:
+            self._rejected(exc)
+            return False, None
+        try:
+            result = method(*args)
+        except self._errors as exc:
+            if isinstance(exc, self._busy):
+                permit.release()
+                self._backend_failed(exc, outage=False)
+            else:
+                permit.record_failure()
+                self._backend_failed(exc)
+            return False, None
+        except Exception as exc:
+            permit.release()
+            self._unexpected(exc)
+            return False, None
+        except BaseException:
+            permit.release()
+            raise
+        permit.record_success()
+        if self._degraded_since is not None:
             self._backend_ok()
         return True, result
 
@@ -223,14 +268,19 @@ class Cache(CacheBase):
                 return False, None, {}
             versions = {}
         entry = self._decode(raw)
-        if entry is not None and entry[0].tags:
-            missing = [tag for tag, _ in entry[0].tags if tag not in versions]
-            if missing:  # stored with tags this call did not name: check them too
-                ok, extra = self._versions(missing)
-                if not ok:
-                    return False, None, {}
-                versions.update(zip(missing, extra, strict=True))
+        if entry is not None and entry[0].tags and not self._add_versions(entry, versions):
+            return False, None, {}
         return True, entry, versions
+
+    def _add_versions(self, entry: tuple[Envelope, Any], versions: dict[str, int]) -> bool:
+        """Add the versions of the entry's tags this call did not name; False if Redis failed."""
+        missing = [tag for tag, _ in entry[0].tags if tag not in versions]
+        if missing:  # stored with tags this call did not name: check them too
+            ok, extra = self._versions(missing)
+            if not ok:
+                return False
+            versions.update(zip(missing, extra, strict=True))
+        return True
 
     # ------------------------------------------------------------------ plain operations
 
@@ -411,11 +461,19 @@ class Cache(CacheBase):
         self, key: str, loader: Callable[[], Any], ttl: float | None, tags: tuple[str, ...]
     ) -> Any:
         local = None if self.local is None else self._local_get(key)
-        if local is not None and self._decide(local, None) is Action.FRESH:
+        if local is not None and self._decide(local, None) is FRESH:
             self.counters.hits += 1
             self.counters.local_hits += 1
             return self._unwrap(*local)
-        ok, entry, versions = self._read(key, tags)
+        if tags:
+            ok, entry, versions = self._read(key, tags)
+        else:  # the hot path: _read() written out for one GET
+            ok, raw = self._call(self.backend.get, key)
+            entry = self._decode(raw) if ok else None
+            versions = _NO_VERSIONS
+            if entry is not None and entry[0].tags:
+                versions = {}
+                ok = self._add_versions(entry, versions)
         if not ok:
             if self.on_redis_down == "stale_local":
                 stale = self._local_get(key, allow_expired=True)
@@ -424,13 +482,13 @@ class Cache(CacheBase):
             return self._deliver(
                 self._single_flight(key, loader, ttl, tags, [0] * len(tags), store=True)
             )
-        counts = [versions.get(tag, 0) for tag in tags]
         action = self._decide(entry, versions)
-        if action is Action.FRESH and entry is not None:
+        if action is FRESH and entry is not None:
             self.counters.hits += 1
             if self.local is not None:
                 self._local_put(key, *entry)
-            return entry[1] if entry[0].kind is Kind.VALUE else self._unwrap(*entry)
+            return entry[1] if entry[0].kind is VALUE else self._unwrap(*entry)
+        counts = [versions.get(tag, 0) for tag in tags]
         if action is Action.MISS or entry is None:
             self.counters.misses += 1
             return self._deliver(self._single_flight(key, loader, ttl, tags, counts, store=True))
@@ -522,7 +580,7 @@ class Cache(CacheBase):
                 if filled is not None:
                     return filled
             # Stored even without the lease: a failed lease call may be this call's
-            # alone (a full pool), and during an outage the guard skips it for free.
+            # alone (a full pool), and during an outage the breaker skips it for free.
             return self._load(key, loader, ttl, tags, counts, "miss", store=True)
         finally:
             if ok and acquired:
@@ -771,7 +829,7 @@ class Cache(CacheBase):
                 _log.debug(
                     "cache %r: invalidation channel lost: %s", self.namespace, type(exc).__name__
                 )
-                self._closed.wait(self.guard.retry_interval)
+                self._closed.wait(self.retry_interval)
             finally:
                 if tracker is not None:
                     self._stop_tracking(tracker)
@@ -857,22 +915,25 @@ class CachedFunction(Generic[P, R]):
         self._skip = skip
         self._name = function_name(func)
         self._call_key = CallKey(self._name, inspect.signature(func), skip)
+        self._key_of = self._call_key.compile(cache.keys)
         functools.update_wrapper(self, func)
 
     def key_for(self, *args: Any, **kwargs: Any) -> str:
         """The stored key of a call with these arguments."""
         if self._key is not None:
             return self.cache.keys.data(self._key(*args, **kwargs))
-        keys = self.cache.keys
-        return keys.data(self._call_key.text(keys, args, kwargs))
+        return self._key_of(args, kwargs)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        full = self.key_for(*args, **kwargs)
+        key = self._key
+        if key is None:
+            full = self._key_of(args, kwargs)
+        else:
+            full = self.cache.keys.data(key(*args, **kwargs))
         tags = () if self._tags is None else make_tags(self._tags, args, kwargs)
         func = self.__wrapped__
-        return cast(
-            R, self.cache._get_or_load(full, lambda: func(*args, **kwargs), self._ttl, tags)
-        )
+        result: R = self.cache._get_or_load(full, lambda: func(*args, **kwargs), self._ttl, tags)
+        return result
 
     def invalidate(self, *args: Any, **kwargs: Any) -> bool:
         """Forget the cached result of a call with these arguments."""

@@ -34,6 +34,8 @@ BAD_OPTIONS = [
     ({"max_key_length": 10}, "max_key_length"),
     ({"invalidation": "client-tracking"}, "invalidation"),
     ({"invalidation": None}, "invalidation"),
+    ({"breaker": "redis"}, "breaker"),
+    ({"breaker": object()}, "breaker"),
 ]
 
 
@@ -116,3 +118,15 @@ def test_local_cache_drops_by_key_and_tag() -> None:
     local.clear()
     assert len(local) == 0
     assert repr(local) == "LocalCache(maxsize=10, ttl=5.0)"
+
+
+def test_retry_interval_feeds_the_default_breaker() -> None:
+    from scalekit.breaker import CircuitBreaker
+
+    for shell in (Cache, AsyncCache):
+        cache = shell(None, namespace="ns", retry_interval=2.5)
+        assert cache.breaker.name == "cache:ns"
+        assert cache.breaker.policy.fail_max == 1
+        assert cache.breaker.policy.reset_timeout == 2.5
+        mine = CircuitBreaker("redis")
+        assert shell(None, breaker=mine).breaker is mine

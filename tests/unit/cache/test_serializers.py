@@ -153,3 +153,53 @@ def test_signed_pickle_configuration(keys: dict[str, bytes], current: str) -> No
 def test_signed_pickle_never_shows_its_secret() -> None:
     codec = SignedPickleSerializer({"k1": SECRET}, current_key_id="k1")
     assert SECRET.decode() not in repr(codec) and "k1" in repr(codec)
+
+
+def _careful_loads(data: bytes) -> object:
+    """What JsonSerializer.loads must return: always the decoder with the marker hook."""
+    from scalekit.cache._serializers import _DECODER
+
+    try:
+        return _DECODER.decode(data.decode("utf-8"))
+    except (ValueError, TypeError, RecursionError, AttributeError, SerializationError):
+        return SerializationError
+
+
+json_texts = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.sampled_from(["a", "__sk__", "v", "é"]), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=300)
+@given(
+    json_texts,
+    st.sampled_from(["", " ", "\n", "x", "]"]),
+    st.sampled_from(["", " ", "\t"]),
+    st.booleans(),
+)
+def test_json_fast_decoding_equals_the_careful_one(
+    value: object, tail: str, head: str, ascii_only: bool
+) -> None:
+    import json
+
+    data = (head + json.dumps(value, ensure_ascii=ascii_only) + tail).encode()
+    try:
+        fast: object = JsonSerializer().loads(data)
+    except SerializationError:
+        fast = SerializationError
+    assert repr(fast) == repr(_careful_loads(data))
+
+
+@settings(max_examples=200)
+@given(st.binary(max_size=40))
+def test_json_decoding_garbage_only_raises_serialization_error(data: bytes) -> None:
+    try:
+        fast: object = JsonSerializer().loads(data)
+    except SerializationError:
+        fast = SerializationError
+    assert repr(fast) == repr(_careful_loads(data))

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from scalekit.breaker import BreakerStateChanged, CircuitBreaker, State
 from scalekit.cache import (
     NOT_FOUND,
     CacheDecodeFailed,
@@ -366,24 +367,20 @@ async def test_a_freed_lease_is_rechecked_before_loading(make: Factory) -> None:
     cache = make()
     store_key = cache.cache.keys.data("k")
     loader = Counter("loaded")
-    original = cache.cache._read
-    reads = 0
+    backend = cache.cache.backend
+    original = backend.acquire
 
-    def race() -> None:
-        nonlocal reads
-        reads += 1
-        if reads == 2:  # just after taking the lease
-            make.raw_set(store_key, _packed(cache, "other-process"))
+    def racing_acquire(*args: Any) -> Any:
+        acquired = original(*args)
+        make.raw_set(store_key, _packed(cache, "other-process"))  # just after the lease
+        return acquired
 
-    def racing_read(key: str, tags: tuple[str, ...]) -> Any:
-        race()
-        return original(key, tags)
+    async def aracing_acquire(*args: Any) -> Any:
+        acquired = await original(*args)
+        make.raw_set(store_key, _packed(cache, "other-process"))
+        return acquired
 
-    async def aracing_read(key: str, tags: tuple[str, ...]) -> Any:
-        race()
-        return await original(key, tags)
-
-    cache.cache._read = aracing_read if make.is_async else racing_read  # type: ignore[method-assign]
+    backend.acquire = aracing_acquire if make.is_async else racing_acquire
     assert await cache.get_or_set("k", loader) == "other-process"
     assert loader.calls == 0
 
@@ -607,7 +604,7 @@ async def test_bypass_runs_the_loader_when_redis_is_down(make_redis: Factory) ->
     assert [type(e) for e in events if isinstance(e, Recovered)] == [Recovered]
 
 
-async def test_the_guard_skips_redis_between_probes(make_redis: Factory) -> None:
+async def test_the_breaker_skips_redis_between_probes(make_redis: Factory) -> None:
     make = make_redis
     cache = make(retry_interval=1.0)
     make.server.connected = False
@@ -628,6 +625,160 @@ async def test_the_guard_skips_redis_between_probes(make_redis: Factory) -> None
     for _ in range(20):
         await cache.get("k")
     assert attempts == 1  # one probe per retry_interval
+
+
+def _count_calls(make: Factory, cache: Any, name: str = "get") -> list[int]:
+    """Count the calls of the cache's backend method ``name`` (sync or async)."""
+    backend = cache.cache.backend
+    original = getattr(backend, name)
+    calls: list[int] = []
+
+    def counting(*args: Any) -> Any:
+        calls.append(1)
+        return original(*args)
+
+    setattr(backend, name, counting)
+    return calls
+
+
+async def test_the_default_breaker_opens_probes_and_closes(make_redis: Factory) -> None:
+    make = make_redis
+    cache = make(retry_interval=0.5)
+    breaker = cache.cache.breaker
+    assert breaker.state is State.CLOSED
+    assert breaker.policy.fail_max == 1 and breaker.policy.reset_timeout == 0.5
+    await cache.set("k", "cached")
+    calls = _count_calls(make, cache)
+    make.server.connected = False
+    with capture_events() as events:
+        assert await cache.get("k", "default") == "default"  # the first outage error opens it
+        assert breaker.state is State.OPEN
+        for _ in range(5):
+            assert await cache.get("k", "default") == "default"
+        assert len(calls) == 1  # skipped while open
+        make.clock.advance(0.5)
+        assert await cache.get("k", "default") == "default"  # a probe, failed: open again
+        assert len(calls) == 2 and breaker.state is State.OPEN
+        make.server.connected = True
+        assert await cache.get("k", "default") == "default"  # still open: not asked
+        make.clock.advance(0.5)
+        assert await cache.get("k") == "cached"  # the probe succeeds: closed
+    assert breaker.state is State.CLOSED and len(calls) == 3
+    changes = [(e.old_state, e.new_state) for e in events if isinstance(e, BreakerStateChanged)]
+    assert changes == [
+        ("closed", "open"),
+        ("open", "half_open"),
+        ("half_open", "open"),
+        ("open", "half_open"),
+        ("half_open", "closed"),
+    ]
+    assert len([e for e in events if isinstance(e, FallbackUsed)]) == 1
+    recovered = [e for e in events if isinstance(e, Recovered)]
+    assert len(recovered) == 1 and recovered[0].seconds_degraded == pytest.approx(1.0)
+
+
+async def test_only_outage_errors_count_as_breaker_failures(make_redis: Factory) -> None:
+    make = make_redis
+    cache = make()
+    breaker = cache.cache.breaker
+    loader = Counter(raises=RuntimeError("loader failed"))
+    with pytest.raises(RuntimeError):
+        await cache.get_or_set("missing", loader)  # a miss, then a loader's own error
+    assert await cache.get("missing", "default") == "default"
+    make.raw_set(cache.cache.keys.data("corrupt"), b"not an envelope")
+    assert await cache.get("corrupt", "default") == "default"
+    assert await cache.get_or_set("corrupt", Counter("v")) == "v"
+    assert breaker.state is State.CLOSED
+    assert breaker.metrics().failures == 0
+
+
+async def test_a_shared_breaker_opens_for_every_cache(make_redis: Factory) -> None:
+    make = make_redis
+    breaker = CircuitBreaker("redis", fail_max=1, reset_timeout=1.0, clock=make.clock)
+    first = make(namespace="first", breaker=breaker)
+    second = make(namespace="second", breaker=breaker)
+    assert first.cache.breaker is breaker is second.cache.breaker
+    await second.set("k", "second's")
+    calls = _count_calls(make, second)
+    make.server.connected = False
+    with capture_events() as events:
+        assert await first.get_or_set("k", Counter("loaded")) == "loaded"
+        assert breaker.state is State.OPEN
+        # The second cache skips Redis without ever failing itself.
+        assert await second.get_or_set("k", Counter("also loaded")) == "also loaded"
+        assert await second.get("k", "default") == "default"
+    assert calls == []
+    fallbacks = [e.name for e in events if isinstance(e, FallbackUsed)]
+    assert sorted(fallbacks) == ["first", "second"]  # one incident each
+    make.server.connected = True
+    make.clock.advance(1.0)
+    with capture_events() as events:
+        assert await second.get("k") == "second's"  # its probe closes the breaker for both
+        assert breaker.state is State.CLOSED
+        assert await first.get("k", "default") == "default"
+    assert sorted(e.name for e in events if isinstance(e, Recovered)) == ["first", "second"]
+
+
+async def test_a_failure_streak_is_reset_by_a_success(make_redis: Factory) -> None:
+    make = make_redis
+    breaker = CircuitBreaker("redis", fail_max=3, reset_timeout=1.0, clock=make.clock)
+    cache = make(breaker=breaker)
+    await cache.set("k", "v")
+    for _ in range(2):
+        make.server.connected = False
+        assert await cache.get("k", "default") == "default"
+        make.server.connected = True
+        assert breaker.fail_counter == 1
+        assert await cache.get("k") == "v"  # reaches Redis: the streak ends
+        assert breaker.fail_counter == 0
+    make.server.connected = False
+    for _ in range(3):
+        assert await cache.get("k", "default") == "default"
+    assert breaker.state is State.OPEN
+
+
+async def test_a_rate_breaker_hears_every_outcome(make_redis: Factory) -> None:
+    # A breaker with a rate window needs successes too: every call gets a permit.
+    make = make_redis
+    breaker = CircuitBreaker(
+        "redis", failure_rate=0.5, window=4, min_calls=4, reset_timeout=1.0, clock=make.clock
+    )
+    cache = make(breaker=breaker)
+    await cache.set("k", "v")
+    for _ in range(3):
+        assert await cache.get("k") == "v"
+    make.server.connected = False
+    assert await cache.get("k", "default") == "default"  # 1 failure in 4: still closed
+    assert breaker.state is State.CLOSED
+    assert await cache.get("k", "default") == "default"  # 2 in 4: opens
+    assert breaker.state is State.OPEN
+    metrics = breaker.metrics()
+    assert (metrics.successes, metrics.failures) == (4, 2)  # the set and three hits
+
+
+@pytest.mark.parametrize("light", [True, False])
+async def test_an_open_breaker_is_asked_once_per_retry_after(
+    make_redis: Factory, light: bool
+) -> None:
+    make = make_redis
+    options: dict[str, Any] = (
+        {"fail_max": 1} if light else {"failure_rate": 0.5, "window": 4, "min_calls": 2}
+    )
+    breaker = CircuitBreaker("redis", reset_timeout=1.0, clock=make.clock, **options)
+    cache = make(breaker=breaker)
+    await cache.set("k", "v")
+    breaker.open()  # by hand, or by another cache: this one has not failed
+    calls = _count_calls(make, cache)
+    for _ in range(20):
+        assert await cache.get("k", "default") == "default"
+    assert breaker.metrics().rejected == 1  # the answer holds for its retry_after
+    make.clock.advance(0.5)
+    assert await cache.get("k", "default") == "default"
+    assert breaker.metrics().rejected == 1
+    breaker.close()  # seen at once, retry_after or not
+    assert await cache.get("k") == "v"
+    assert len(calls) == 1
+    assert cache.cache.stats().fallbacks == 21
 
 
 async def test_raise_policy(make_redis: Factory) -> None:
@@ -710,7 +861,7 @@ async def test_an_exhausted_pool_fails_one_call_not_the_cache(make_redis: Factor
         assert await cache.get_or_set("k", loader) == "v"
     assert loader.calls == 1
     assert not [e for e in events if isinstance(e, FallbackUsed)]
-    assert not cache.cache.guard.down
+    assert cache.cache.breaker.state is State.CLOSED
     assert cache.cache.stats().fallbacks == 1
 
 
@@ -733,4 +884,4 @@ async def test_a_client_bug_falls_back_and_is_logged_once(
     assert await cache.get("k", "default") == "default"
     assert loader.calls == 1
     assert caplog.text.count("unexpected AttributeError") == 1
-    assert not cache.cache.guard.down
+    assert cache.cache.breaker.state is State.CLOSED
