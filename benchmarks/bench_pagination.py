@@ -192,7 +192,20 @@ def make_cases(
     }
 
 
-def run(engine: sa.Engine, pages: list[int], repeat: int) -> list[tuple[Any, ...]]:
+#: Methods timed again on their own for the depth ratio (see ``run``).
+ISOLATED = ("scalekit", "raw row value")
+
+
+def run(
+    engine: sa.Engine, pages: list[int], repeat: int
+) -> tuple[list[tuple[Any, ...]], dict[tuple[str, str], float]]:
+    """The interleaved table, and each fast method's page-deepest / page-1 ratio timed alone.
+
+    In the full rounds a fast case runs right after slow ones (sqlakeyset by
+    status, a deep OFFSET) whose server work on the shared cores slows it
+    down; the isolated pass times only the fast methods, every page of an
+    order in turn, which is how the depth ratio should be read.
+    """
     events = sa.Table("events", sa.MetaData(), autoload_with=engine)
     clock = DbClock(engine)
     orders = {
@@ -229,6 +242,8 @@ def run(engine: sa.Engine, pages: list[int], repeat: int) -> list[tuple[Any, ...
                 if page > 100:
                     slow[label, page, "LIMIT/OFFSET"] = max(3, repeat // 10)
         timings = measure(cases, clock, repeat, slow)
+        alone = {name: fn for name, fn in cases.items() if name[2] in ISOLATED}
+        isolated = measure(alone, clock, repeat * 5, {})
     results: list[tuple[Any, ...]] = []
     base: dict[tuple[str, str], float] = {}
     for (label, page, method), (ms, py_us) in timings.items():
@@ -244,7 +259,13 @@ def run(engine: sa.Engine, pages: list[int], repeat: int) -> list[tuple[Any, ...
                 py_us,
             )
         )
-    return results
+    deepest = max(pages)
+    depth = {
+        (label, method): isolated[label, deepest, method][0] / isolated[label, 1, method][0]
+        for label, _, method in isolated
+        if 1 in pages
+    }
+    return results, depth
 
 
 def cursor_micro() -> None:
@@ -314,7 +335,7 @@ def main() -> int:
         parser.error("a page is beyond the end of the table; use fewer pages or more rows")
     name, engine = setup(args.url, args.rows)
     try:
-        results = run(engine, pages, args.repeat)
+        results, depth = run(engine, pages, args.repeat)
     finally:
         teardown(args.url, name, engine)
 
@@ -352,6 +373,10 @@ def main() -> int:
             f"Python per page {py_ours:.0f} µs vs sqlakeyset {py_peer:.0f} µs "
             f"({py_ours / py_peer:.2f}x)"
         )
+    if depth:
+        print("\ndepth timed alone (only these methods, every page in turn; the target's reading):")
+        for (label, method), ratio in depth.items():
+            print(f"  {label} {method}: page {max(pages)} / page 1 = {ratio:.2f}x")
     return 0
 
 
