@@ -266,6 +266,20 @@ class CircuitBreaker:
         return self._core.state
 
     @property
+    def needs_every_outcome(self) -> bool:
+        """Whether this breaker must hear of every call's success, not only its failures.
+
+        False for a breaker that only counts consecutive failures, keeps its
+        state in the process, checks no results and has no listeners: while it
+        is closed with no failure streak (``fail_counter == 0``), a success
+        changes nothing in it, so code wrapping a hot path may read
+        :attr:`state` and report only failures (through :meth:`acquire`).
+        True for failure-rate and slow-call windows, result checks,
+        listeners and shared (Redis) state. Fixed when the breaker is built.
+        """
+        return not self._fast
+
+    @property
     def current_state(self) -> str:
         """The state in pybreaker's words: ``"closed"``, ``"open"`` or ``"half-open"``."""
         from scalekit.breaker._pybreaker import pybreaker_state_name

@@ -229,10 +229,9 @@ class CacheBase:
         self.retry_interval = _positive("retry_interval", retry_interval)
         self.breaker = self._make_breaker(breaker, namespace, clock)
         policy = self.breaker.policy
-        # Nothing but a consecutive-failure count, local state, no listeners: the
-        # breaker's own flag for its fast path (read, not re-derived, so the two
-        # cannot disagree; without it every call takes a permit, slower but right).
-        self._light: bool = bool(getattr(self.breaker, "_fast", False))
+        # Nothing but a consecutive-failure count, local state, no listeners: a
+        # success while closed changes nothing, so a hit only reads the state.
+        self._light: bool = not self.breaker.needs_every_outcome
         # Such a breaker with fail_max > 1 may hold a failure streak while closed.
         self._streaks = self._light and (policy.fail_max or 1) > 1
         # Monotonic start of this cache's outage incident (None while healthy).

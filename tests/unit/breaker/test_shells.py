@@ -664,3 +664,13 @@ async def test_an_object_with_an_async_call_is_guarded_as_async() -> None:
     with pytest.raises(Boom):
         await guarded(True)  # counted when awaited, not when the coroutine was made
     assert breaker.state is State.OPEN
+
+
+def test_needs_every_outcome_says_when_successes_may_go_unreported() -> None:
+    assert not CircuitBreaker("svc", fail_max=3).needs_every_outcome
+    assert CircuitBreaker("svc", failure_rate=0.5, window=10, min_calls=5).needs_every_outcome
+
+    class Listener:
+        def success(self, breaker: object) -> None: ...
+
+    assert CircuitBreaker("svc", fail_max=3, listeners=[Listener()]).needs_every_outcome
