@@ -28,6 +28,7 @@ def lint(session: nox.Session) -> None:
     """ruff: lint (incl. import sorting, pyupgrade) and formatting check."""
     paths = ["src", "tests", "examples", "benchmarks", "noxfile.py"]
     session.run("python", "-m", "ruff", "check", *paths)
+    session.run("python", "-m", "ruff", "format", "--check", *paths)
 
 
 @nox.session(python=False)

@@ -28,8 +28,14 @@ def time_per_call(fn: Callable[[], object], *, number: int = 100_000, repeat: in
     return best
 
 
-def print_table(title: str, results: Sequence[Result], *, baseline: str, peer: str | None = None,
-                overhead_over: str | None = None) -> None:
+def print_table(
+    title: str,
+    results: Sequence[Result],
+    *,
+    baseline: str,
+    peer: str | None = None,
+    overhead_over: str | None = None,
+) -> None:
     """Print ns/call, the ratio to ``baseline`` and to ``peer``, and overhead above a bare call."""
     by_name = {r.name: r.ns_per_call for r in results}
     print(f"\n{title}")

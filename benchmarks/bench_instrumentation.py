@@ -38,8 +38,12 @@ def main() -> None:
     results.append(
         Result("emit(), LoggingHook, level disabled", time_per_call(lambda: emit(event)))
     )
-    results.append(Result("stdlib logger.debug(), level disabled",
-                          time_per_call(lambda: logger.debug("%s %s", "bench.probe", "bench"))))
+    results.append(
+        Result(
+            "stdlib logger.debug(), level disabled",
+            time_per_call(lambda: logger.debug("%s %s", "bench.probe", "bench")),
+        )
+    )
     try:
         import prometheus_client
     except ImportError:
@@ -49,14 +53,23 @@ def main() -> None:
         counter = prometheus_client.Counter(
             "raw_events", "raw", ["kind", "name"], registry=registry
         )
-        results.append(Result("prometheus Counter.labels().inc()",
-                              time_per_call(lambda: counter.labels("bench.probe", "bench").inc())))
+        results.append(
+            Result(
+                "prometheus Counter.labels().inc()",
+                time_per_call(lambda: counter.labels("bench.probe", "bench").inc()),
+            )
+        )
         set_hooks([PrometheusHook(registry)])
-        results.append(Result("emit(), PrometheusHook (count + histogram)",
-                              time_per_call(lambda: emit(event))))
+        results.append(
+            Result("emit(), PrometheusHook (count + histogram)", time_per_call(lambda: emit(event)))
+        )
     set_hooks([LoggingHook()])
-    print_table("instrumentation cost per event", results, baseline="bare function call",
-                peer="stdlib logger.debug(), level disabled")
+    print_table(
+        "instrumentation cost per event",
+        results,
+        baseline="bare function call",
+        peer="stdlib logger.debug(), level disabled",
+    )
 
 
 if __name__ == "__main__":

@@ -213,9 +213,16 @@ def service_user() -> ServiceUser:
             continue
         return ServiceUser(name, entry.pw_uid, entry.pw_gid)
     subprocess.run(
-        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
-         "scalekit-test"],
-        check=True, capture_output=True,
+        [
+            "useradd",
+            "--system",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            "scalekit-test",
+        ],
+        check=True,
+        capture_output=True,
     )
     entry = pwd.getpwnam("scalekit-test")
     return ServiceUser("scalekit-test", entry.pw_uid, entry.pw_gid)

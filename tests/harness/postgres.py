@@ -204,8 +204,9 @@ class PgNode:
 
     def lag_bytes(self, primary_lsn: str) -> int:
         """How many bytes of WAL behind ``primary_lsn`` this replica's replay is."""
-        return int(self.scalar("SELECT pg_wal_lsn_diff(%s, pg_last_wal_replay_lsn())",
-                               (primary_lsn,)))
+        return int(
+            self.scalar("SELECT pg_wal_lsn_diff(%s, pg_last_wal_replay_lsn())", (primary_lsn,))
+        )
 
     def lag_seconds(self) -> float | None:
         """Seconds since the last replayed transaction committed on the primary."""
@@ -219,7 +220,8 @@ class PgNode:
         self.execute("SELECT pg_wal_replay_pause()")
         wait_until(
             lambda: self.scalar("SELECT pg_get_wal_replay_pause_state()") == "paused",
-            timeout=10, what=f"{self.name} replay to pause",
+            timeout=10,
+            what=f"{self.name} replay to pause",
         )
 
     def resume_replay(self) -> None:
@@ -303,10 +305,22 @@ class PgCluster:
         self._own_dir(self.root / "sockets")
         node = PgNode(self, "primary", free_port(), "primary")
         self._own_dir(node.datadir)
-        argv = [self.binaries.tool("initdb"), "-D", str(node.datadir), "-U", "postgres",
-                "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync"]
-        result = subprocess.run(self.user.command(argv), capture_output=True, text=True,
-                                check=False, timeout=120)
+        argv = [
+            self.binaries.tool("initdb"),
+            "-D",
+            str(node.datadir),
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        ]
+        result = subprocess.run(
+            self.user.command(argv), capture_output=True, text=True, check=False, timeout=120
+        )
         if result.returncode != 0:
             raise HarnessError(f"initdb failed: {result.stderr.strip()}")
         self._write_settings(node)
@@ -322,12 +336,29 @@ class PgCluster:
         node = PgNode(self, f"replica{index}", free_port(), "replica")
         self._own_dir(node.datadir)
         node.datadir.chmod(0o700)
-        argv = [self.binaries.tool("pg_basebackup"), "-h", "127.0.0.1",
-                "-p", str(self.primary.port), "-U", "postgres", "-D", str(node.datadir),
-                "-R", "-X", "stream", "-c", "fast", "--no-sync",
-                "-C", "-S", f"slot_{node.name}_{os.getpid()}"]
-        result = subprocess.run(self.user.command(argv), capture_output=True, text=True,
-                                check=False, timeout=120)
+        argv = [
+            self.binaries.tool("pg_basebackup"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.primary.port),
+            "-U",
+            "postgres",
+            "-D",
+            str(node.datadir),
+            "-R",
+            "-X",
+            "stream",
+            "-c",
+            "fast",
+            "--no-sync",
+            "-C",
+            "-S",
+            f"slot_{node.name}_{os.getpid()}",
+        ]
+        result = subprocess.run(
+            self.user.command(argv), capture_output=True, text=True, check=False, timeout=120
+        )
         if result.returncode != 0:
             raise HarnessError(f"pg_basebackup failed: {result.stderr.strip()}")
         self._write_settings(node)

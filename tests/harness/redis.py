@@ -53,20 +53,31 @@ class RedisNode:
     def _argv(self) -> list[str]:
         argv = [
             self.binaries.server,
-            "--port", str(self.port),
-            "--bind", self.host,
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", str(self.dir),
-            "--logfile", str(self.logfile),
-            "--daemonize", "no",
-            "--protected-mode", "no",
+            "--port",
+            str(self.port),
+            "--bind",
+            self.host,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.dir),
+            "--logfile",
+            str(self.logfile),
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "no",
         ]
         if self.cluster_enabled:
             argv += [
-                "--cluster-enabled", "yes",
-                "--cluster-config-file", str(self.dir / "nodes.conf"),
-                "--cluster-node-timeout", "2000",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                str(self.dir / "nodes.conf"),
+                "--cluster-node-timeout",
+                "2000",
             ]
         return argv
 
@@ -75,7 +86,9 @@ class RedisNode:
         if self.running:
             return
         self._process = subprocess.Popen(
-            self._argv(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            self._argv(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
         try:
@@ -163,8 +176,9 @@ class RedisClusterHarness:
     def __init__(self, binaries: RedisBinaries, root: Path, masters: int = 3) -> None:
         self.binaries = binaries
         self.root = root
-        self.nodes = [RedisNode(binaries, root, cluster=True, name=f"cluster{i}")
-                      for i in range(masters)]
+        self.nodes = [
+            RedisNode(binaries, root, cluster=True, name=f"cluster{i}") for i in range(masters)
+        ]
 
     @classmethod
     def start(cls, binaries: RedisBinaries, root: Path, masters: int = 3) -> RedisClusterHarness:
@@ -179,17 +193,25 @@ class RedisClusterHarness:
         return cluster
 
     def _create(self) -> None:
-        argv = [self.binaries.cli, "--cluster", "create",
-                *[f"{n.host}:{n.port}" for n in self.nodes],
-                "--cluster-replicas", "0", "--cluster-yes"]
+        argv = [
+            self.binaries.cli,
+            "--cluster",
+            "create",
+            *[f"{n.host}:{n.port}" for n in self.nodes],
+            "--cluster-replicas",
+            "0",
+            "--cluster-yes",
+        ]
         result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
         if result.returncode != 0:
-            raise HarnessError(f"redis-cli --cluster create failed: {result.stdout[-2000:]}"
-                               f"{result.stderr[-2000:]}")
+            raise HarnessError(
+                f"redis-cli --cluster create failed: {result.stdout[-2000:]}{result.stderr[-2000:]}"
+            )
         self.wait_healthy()
 
     def wait_healthy(self, timeout: float = 30) -> None:
         """Wait until every running node reports ``cluster_state:ok`` and sees every master."""
+
         def healthy() -> bool:
             for node in self.nodes:
                 if not node.running:

@@ -51,7 +51,8 @@ def test_paused_replay_creates_lag_then_catches_up(pg_cluster: PgCluster) -> Non
         # The WAL arrives but is not applied: the row count stays at 0 and lag is positive.
         wait_until(
             lambda: replica.scalar("SELECT pg_last_wal_receive_lsn() >= %s::pg_lsn", (target,)),
-            timeout=10, what="WAL to arrive",
+            timeout=10,
+            what="WAL to arrive",
         )
         assert replica.lag_bytes(target) > 0
         assert replica.scalar(f"SELECT count(*) FROM {table}") == 0

@@ -10,8 +10,10 @@ from scalekit import errors
 
 def all_error_classes() -> list[type[BaseException]]:
     return [
-        value for value in vars(errors).values()
-        if inspect.isclass(value) and issubclass(value, BaseException)
+        value
+        for value in vars(errors).values()
+        if inspect.isclass(value)
+        and issubclass(value, BaseException)
         and value.__module__ == "scalekit.errors"
     ]
 

@@ -23,7 +23,8 @@ def test_all_lists_exactly_the_public_names() -> None:
     public = {
         name
         for name, value in vars(scalekit).items()
-        if not name.startswith("_") and not inspect.ismodule(value)
+        if not name.startswith("_")
+        and not inspect.ismodule(value)
         and name not in {"annotations", "Any"}
     }
     assert set(scalekit.__all__) == public
@@ -61,8 +62,19 @@ def test_version_is_lazy_and_from_metadata() -> None:
 
 
 OPTIONAL = [
-    "sqlalchemy", "psycopg", "redis", "tenacity", "cachetools", "django", "flask",
-    "starlette", "opentelemetry", "prometheus_client", "fakeredis", "pybreaker", "asyncio",
+    "sqlalchemy",
+    "psycopg",
+    "redis",
+    "tenacity",
+    "cachetools",
+    "django",
+    "flask",
+    "starlette",
+    "opentelemetry",
+    "prometheus_client",
+    "fakeredis",
+    "pybreaker",
+    "asyncio",
 ]
 
 

@@ -30,9 +30,22 @@ def run_probe(tmp_path: Path, require: bool) -> subprocess.CompletedProcess[str]
         if require:
             env["SCALEKIT_REQUIRE_SERVICES"] = "1"
         return subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs",
-             str(probe_dir / "test_probe.py")],
-            capture_output=True, text=True, cwd=ROOT, env=env, timeout=120, check=False,
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "-rs",
+                str(probe_dir / "test_probe.py"),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env=env,
+            timeout=120,
+            check=False,
         )
     finally:
         shutil.rmtree(probe_dir, ignore_errors=True)

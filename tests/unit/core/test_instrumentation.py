@@ -49,8 +49,9 @@ def test_events_are_frozen_values() -> None:
     assert event.component == "fallback"
     assert event.labels() == {"kind": "fallback.used", "name": "app"}
     assert event.fields()["reason"] == "TimeoutError"
-    assert event == FallbackUsed(name="app", component_name="cache", fallback="loader",
-                                 reason="TimeoutError")
+    assert event == FallbackUsed(
+        name="app", component_name="cache", fallback="loader", reason="TimeoutError"
+    )
 
 
 def test_emit_reaches_every_hook_in_order() -> None:
@@ -135,9 +136,12 @@ def test_prometheus_hook_counts_and_times() -> None:
     labels = {"kind": "demo.timed", "name": "db"}
     assert registry.get_sample_value("scalekit_events_total", labels) == 2
     assert registry.get_sample_value("scalekit_event_duration_seconds_sum", labels) == 1.0
-    assert registry.get_sample_value(
-        "scalekit_events_total", {"kind": "fallback.recovered", "name": "db"}
-    ) == 1
+    assert (
+        registry.get_sample_value(
+            "scalekit_events_total", {"kind": "fallback.recovered", "name": "db"}
+        )
+        == 1
+    )
 
 
 def test_opentelemetry_hook_counts_and_times() -> None:

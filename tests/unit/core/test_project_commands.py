@@ -17,8 +17,12 @@ CI = (ROOT / ".ci" / "run").read_text()
 
 def readme_commands() -> list[str]:
     blocks = re.findall(r"```sh\n(.*?)```", README, re.S)
-    return [line.strip() for block in blocks for line in block.splitlines()
-            if line.strip().startswith("python -m pip install")]
+    return [
+        line.strip()
+        for block in blocks
+        for line in block.splitlines()
+        if line.strip().startswith("python -m pip install")
+    ]
 
 
 def test_readme_gives_exactly_two_setup_commands_and_ci_runs_both() -> None:
@@ -39,8 +43,13 @@ EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
 def test_example_runs_without_servers(script: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SCALEKIT_")}
     result = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=120,
-        cwd=ROOT, env=env, check=False,
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env=env,
+        check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip(), "an example should show what it does"
