@@ -9,10 +9,9 @@ from scalekit._clock import SYSTEM_CLOCK
 from scalekit.errors import ConfigurationError
 from scalekit.ratelimit._backends import AsyncRedisBackend, MemoryBackend, StoreUnavailable
 from scalekit.ratelimit._backends._memory import AsyncMemoryBackend
-from scalekit.ratelimit._core import Algorithm, Decision, Limit, hash_key_part
-from scalekit.ratelimit._scripts import SINGLE_LIMIT_ALGORITHMS
+from scalekit.ratelimit._core import Algorithm, Decision, Limit
 from scalekit.ratelimit._shell import FallbackPolicy, LimiterLogic, Plan, check_positive
-from scalekit.ratelimit._sync import PLAIN_LIMITS, is_async_client
+from scalekit.ratelimit._sync import is_async_client
 
 if TYPE_CHECKING:
     from scalekit.ratelimit._backends import AsyncBackend
@@ -95,11 +94,7 @@ class AsyncRateLimiter:
         )
         # As in RateLimiter: ``hit`` against one limit sends a request encoded once.
         self._one_key: AsyncRedisBackend | None = None
-        if (
-            isinstance(self.backend, AsyncRedisBackend)
-            and self._logic.algorithm in SINGLE_LIMIT_ALGORITHMS
-            and (not self._logic.local_cache_size or self._logic.shadow)
-        ):
+        if isinstance(self.backend, AsyncRedisBackend) and self._logic.prepares_hits:
             self._one_key = self.backend
 
     @property
@@ -116,20 +111,17 @@ class AsyncRateLimiter:
         """See :meth:`RateLimiter.hit`."""
         logic = self._logic
         backend = self._one_key
-        plain = backend is not None and limit.__class__ in PLAIN_LIMITS and cost.__class__ is int
-        if plain:
-            spec = logic.known_spec(limit)
-            if spec is not None:
-                request = spec.requests.get(cost)
-                if request is not None and logic.guard.available():
-                    storage_key = logic.key_head + hash_key_part(key) + spec.key_tail
-                    try:
-                        outcome = await backend.hit_one(request, storage_key)  # type: ignore[union-attr]
-                    except StoreUnavailable as error:
-                        return logic.degraded(logic.plan_one(key, limit, cost, write=True), error)
-                    return logic.finish_one(key, spec.limits, outcome)
+        if backend is not None:
+            prepared = logic.prepared_hit(key, limit, cost)
+            if prepared is not None:
+                request, storage_key, limits = prepared
+                try:
+                    outcome = await backend.hit_one(request, storage_key)
+                except StoreUnavailable as error:
+                    return logic.degraded(logic.plan_one(key, limit, cost, write=True), error)
+                return logic.finish_one(key, limits, outcome)
         plan = logic.plan_one(key, limit, cost, write=True)
-        if plain:
+        if backend is not None:
             logic.prepare_hit(limit, cost)
         return await self._check(plan)
 

@@ -46,6 +46,7 @@ from scalekit.ratelimit._core import (
     is_number,
     key_suffix,
 )
+from scalekit.ratelimit._scripts import SINGLE_LIMIT_ALGORITHMS
 
 if TYPE_CHECKING:
     from scalekit.typing import Clock
@@ -200,6 +201,11 @@ class Plan(NamedTuple):
     write: bool
 
 
+#: Limit arguments the hot path of ``hit`` looks up as they are (hashable, and
+#: validated the first time they are seen).
+_PLAIN_LIMITS = (Limit, str)
+
+
 class _Spec(NamedTuple):
     """What a check derives from one limit (cached per limiter)."""
 
@@ -323,12 +329,43 @@ class LimiterLogic:
             write,
         )
 
+    @property
+    def prepares_hits(self) -> bool:
+        """Whether ``hit`` may use requests encoded once (:meth:`prepared_hit`) on Redis.
+
+        Not with a local over-limit cache, which every enforced hit must consult.
+        """
+        return self.algorithm in SINGLE_LIMIT_ALGORITHMS and (
+            not self.local_cache_size or self.shadow
+        )
+
+    def prepared_hit(
+        self, key: str | bytes, limit: Limit | str, cost: int
+    ) -> tuple[OneKeyRequest, str, tuple[Limit]] | None:
+        """The encoded request, storage key and limits of a ``hit`` seen before, or None.
+
+        None (take :meth:`plan_one`, then :meth:`prepare_hit`) for a limit or
+        cost not prepared yet, or while the breaker skips the store. No
+        validation here: only a limit and cost already validated were prepared.
+        """
+        if limit.__class__ not in _PLAIN_LIMITS or cost.__class__ is not int:
+            return None
+        spec = self.known_spec(limit)
+        if spec is None:
+            return None
+        request = spec.requests.get(cost)
+        if request is None or not self.guard.available():
+            return None
+        return request, self.key_head + hash_key_part(key) + spec.key_tail, spec.limits
+
     def prepare_hit(self, limit: Limit | str, cost: int) -> None:
         """Encode once the Redis request of a ``hit`` of ``cost`` against ``limit``.
 
         For a limit already planned (validated) with this cost; afterwards
-        ``known_spec(limit).requests[cost]`` holds it, for limiters' hot path.
+        :meth:`prepared_hit` finds it, for limiters' hot path.
         """
+        if limit.__class__ not in _PLAIN_LIMITS or cost.__class__ is not int:
+            return
         spec = self._specs.get(limit)
         if spec is None or cost in spec.requests or len(spec.requests) >= 16:
             return

@@ -8,8 +8,7 @@ from typing import TYPE_CHECKING, Any
 from scalekit._clock import SYSTEM_CLOCK
 from scalekit.errors import ConfigurationError
 from scalekit.ratelimit._backends import MemoryBackend, RedisBackend, StoreUnavailable
-from scalekit.ratelimit._core import Algorithm, Decision, Limit, hash_key_part
-from scalekit.ratelimit._scripts import SINGLE_LIMIT_ALGORITHMS
+from scalekit.ratelimit._core import Algorithm, Decision, Limit
 from scalekit.ratelimit._shell import FallbackPolicy, LimiterLogic, Plan
 
 if TYPE_CHECKING:
@@ -17,10 +16,6 @@ if TYPE_CHECKING:
     from scalekit.typing import Clock
 
 __all__ = ["RateLimiter"]
-
-#: Limit arguments the hot path of ``hit`` looks up as they are (hashable, and
-#: validated the first time they are seen).
-PLAIN_LIMITS = (Limit, str)
 
 
 def is_async_client(store: object) -> bool:
@@ -126,11 +121,7 @@ class RateLimiter:
         # ``hit`` against one limit goes straight to a request encoded once per
         # limit and cost, unless a local over-limit cache must be consulted.
         self._one_key: RedisBackend | None = None
-        if (
-            isinstance(self.backend, RedisBackend)
-            and self._logic.algorithm in SINGLE_LIMIT_ALGORITHMS
-            and (not self._logic.local_cache_size or self._logic.shadow)
-        ):
+        if isinstance(self.backend, RedisBackend) and self._logic.prepares_hits:
             self._one_key = self.backend
 
     @property
@@ -154,20 +145,17 @@ class RateLimiter:
         """
         logic = self._logic
         backend = self._one_key
-        plain = backend is not None and limit.__class__ in PLAIN_LIMITS and cost.__class__ is int
-        if plain:
-            spec = logic.known_spec(limit)
-            if spec is not None:
-                request = spec.requests.get(cost)
-                if request is not None and logic.guard.available():
-                    storage_key = logic.key_head + hash_key_part(key) + spec.key_tail
-                    try:
-                        outcome = backend.hit_one(request, storage_key)  # type: ignore[union-attr]
-                    except StoreUnavailable as error:
-                        return logic.degraded(logic.plan_one(key, limit, cost, write=True), error)
-                    return logic.finish_one(key, spec.limits, outcome)
+        if backend is not None:
+            prepared = logic.prepared_hit(key, limit, cost)
+            if prepared is not None:
+                request, storage_key, limits = prepared
+                try:
+                    outcome = backend.hit_one(request, storage_key)
+                except StoreUnavailable as error:
+                    return logic.degraded(logic.plan_one(key, limit, cost, write=True), error)
+                return logic.finish_one(key, limits, outcome)
         plan = logic.plan_one(key, limit, cost, write=True)
-        if plain:
+        if backend is not None:
             logic.prepare_hit(limit, cost)
         return self._check(plan)
 
