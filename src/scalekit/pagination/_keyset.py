@@ -765,11 +765,7 @@ class KeysetPlan:
         Used by the plan cache: the order analysis is reused, the statement
         and its bound values come from ``select``.
         """
-        _check_codec(codec)
-        clone = KeysetPlan.__new__(KeysetPlan)
-        for name in KeysetPlan.__slots__:
-            setattr(clone, name, getattr(self, name))
-        clone._codec = codec if codec is not None else _DEFAULT_CODEC
+        clone = self._with(codec)
         clone._statements = {}
         clone._bind(select, fingerprint=self._fingerprint if not self._bind_filters else None)
         return clone
@@ -779,14 +775,17 @@ class KeysetPlan:
 
         Used by the plan cache for a select with the same structure and values.
         """
-        wanted = codec if codec is not None else _DEFAULT_CODEC
-        if wanted is self._codec:
+        if (codec if codec is not None else _DEFAULT_CODEC) is self._codec:
             return self
+        return self._with(codec)
+
+    def _with(self, codec: CursorCodec | None) -> KeysetPlan:
+        """A shallow copy of this plan (statements shared) that uses ``codec``."""
         _check_codec(codec)
         clone = KeysetPlan.__new__(KeysetPlan)
         for name in KeysetPlan.__slots__:
             setattr(clone, name, getattr(self, name))
-        clone._codec = wanted
+        clone._codec = codec if codec is not None else _DEFAULT_CODEC
         return clone
 
     # -- public surface -----------------------------------------------------------
