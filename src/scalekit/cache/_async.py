@@ -159,8 +159,8 @@ class AsyncCache(CacheBase):
                 "invalidation='tracking' needs a standalone Redis, not a cluster",
                 parameter="invalidation",
             )
-        self._errors: tuple[type[BaseException], ...] = self.backend.errors
-        self._busy: tuple[type[BaseException], ...] = getattr(self.backend, "busy_errors", ())
+        self._errors = self.backend.errors
+        self._busy = getattr(self.backend, "busy_errors", ())
         self._flights: dict[str, _Flight] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._listener: asyncio.Task[None] | None = None
@@ -181,14 +181,11 @@ class AsyncCache(CacheBase):
             return await self._call_with_permit(method, args)
         try:
             result = await method(*args)
-        except self._errors as exc:
-            outage = not isinstance(exc, self._busy)
-            if outage:
+        except Exception as exc:
+            kind = self._failure_kind(exc)
+            if kind == "outage":
                 self._trip()  # a light breaker is local: no I/O to await
-            self._backend_failed(exc, outage=outage)
-            return False, None
-        except Exception as exc:  # a client bug: this call falls back, loudly
-            self._unexpected(exc)
+            self._fall_back(exc, kind)
             return False, None
         if self._degraded_since is not None or self._streaks:
             self._backend_ok()
@@ -206,17 +203,13 @@ class AsyncCache(CacheBase):
             return False, None
         try:
             result = await method(*args)
-        except self._errors as exc:
-            if isinstance(exc, self._busy):
-                await permit.release_async()
-                self._backend_failed(exc, outage=False)
-            else:
-                await permit.record_failure_async()
-                self._backend_failed(exc)
-            return False, None
         except Exception as exc:
-            await permit.release_async()
-            self._unexpected(exc)
+            kind = self._failure_kind(exc)
+            if kind == "outage":
+                await permit.record_failure_async()
+            else:
+                await permit.release_async()
+            self._fall_back(exc, kind)
             return False, None
         except BaseException:  # cancelled: neither a success nor a failure
             await permit.release_async()

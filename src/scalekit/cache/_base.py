@@ -170,8 +170,17 @@ class _Outcome:
         self.envelope = envelope
 
 
+#: How a backend call failed (see :meth:`CacheBase._failure_kind`).
+FailureKind = Literal["outage", "busy", "bug"]
+
+
 class CacheBase:
     """Configuration and I/O-free logic of both shells (not public)."""
+
+    #: What the backend raises when Redis is unreachable (set by the shells).
+    _errors: tuple[type[BaseException], ...]
+    #: Of those, what means only "the client's pool is full" (this call alone fails).
+    _busy: tuple[type[BaseException], ...]
 
     def __init__(
         self,
@@ -568,6 +577,21 @@ class CacheBase:
             )
         if self.on_redis_down == "raise":
             raise CacheUnavailable(self.namespace) from exc
+
+    def _failure_kind(self, exc: Exception) -> FailureKind:
+        """What a backend call's exception means: ``"outage"`` (Redis is down: the
+        breaker hears of it), ``"busy"`` (the client's pool is full: this call only)
+        or ``"bug"`` (nothing a Redis client should raise)."""
+        if not isinstance(exc, self._errors):
+            return "bug"
+        return "busy" if isinstance(exc, self._busy) else "outage"
+
+    def _fall_back(self, exc: Exception, kind: FailureKind) -> None:
+        """Take the fallback for a call that raised ``exc`` (of ``kind``)."""
+        if kind == "bug":
+            self._unexpected(exc)
+        else:
+            self._backend_failed(exc, outage=kind == "outage")
 
     def _unexpected(self, exc: Exception) -> None:
         """A backend call raised something no Redis client should (seen: redis-py's

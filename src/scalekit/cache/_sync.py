@@ -175,8 +175,8 @@ class Cache(CacheBase):
                 "invalidation='tracking' needs a standalone Redis, not a cluster",
                 parameter="invalidation",
             )
-        self._errors: tuple[type[BaseException], ...] = self.backend.errors
-        self._busy: tuple[type[BaseException], ...] = getattr(self.backend, "busy_errors", ())
+        self._errors = self.backend.errors
+        self._busy = getattr(self.backend, "busy_errors", ())
         self._flights: dict[str, _Flight] = {}
         self._flights_lock = threading.Lock()
         self._closed = threading.Event()
@@ -202,14 +202,11 @@ class Cache(CacheBase):
             return self._call_with_permit(method, args)
         try:
             result = method(*args)
-        except self._errors as exc:
-            outage = not isinstance(exc, self._busy)
-            if outage:
+        except Exception as exc:
+            kind = self._failure_kind(exc)
+            if kind == "outage":
                 self._trip()
-            self._backend_failed(exc, outage=outage)
-            return False, None
-        except Exception as exc:  # a client bug: this call falls back, loudly
-            self._unexpected(exc)
+            self._fall_back(exc, kind)
             return False, None
         if self._degraded_since is not None or self._streaks:
             self._backend_ok()
@@ -227,17 +224,13 @@ class Cache(CacheBase):
             return False, None
         try:
             result = method(*args)
-        except self._errors as exc:
-            if isinstance(exc, self._busy):
-                permit.release()
-                self._backend_failed(exc, outage=False)
-            else:
-                permit.record_failure()
-                self._backend_failed(exc)
-            return False, None
         except Exception as exc:
-            permit.release()
-            self._unexpected(exc)
+            kind = self._failure_kind(exc)
+            if kind == "outage":
+                permit.record_failure()
+            else:
+                permit.release()
+            self._fall_back(exc, kind)
             return False, None
         except BaseException:
             permit.release()
