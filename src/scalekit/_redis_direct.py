@@ -21,7 +21,7 @@ import inspect
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["adirect_pool", "asend_packed", "direct_pool", "pack_command", "send_packed"]
+__all__ = ["adirect_pool", "asend_packed", "direct_pool", "exchange", "pack_command", "send_packed"]
 
 
 def _wants_command_name(pool: Any) -> bool:
@@ -95,6 +95,18 @@ def send_packed(pool: Any, packed: bytes, response_error: type[BaseException]) -
     """
     connection = pool.get_connection()
     try:
+        return exchange(connection, packed, response_error)
+    finally:
+        pool.release(connection)
+
+
+def exchange(connection: Any, packed: bytes, response_error: type[BaseException]) -> Any:
+    """Send one packed command on ``connection`` (held by the caller) and read its reply.
+
+    A server error reply leaves the connection clean; any other failure
+    disconnects it, since a reply may still be in flight.
+    """
+    try:
         connection.send_packed_command([packed])
         return connection.read_response()
     except response_error:
@@ -102,8 +114,6 @@ def send_packed(pool: Any, packed: bytes, response_error: type[BaseException]) -
     except BaseException:
         connection.disconnect()
         raise
-    finally:
-        pool.release(connection)
 
 
 async def asend_packed(pool: Any, packed: bytes, response_error: type[BaseException]) -> Any:

@@ -18,7 +18,7 @@ import weakref
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from scalekit._redis_direct import adirect_pool, asend_packed, direct_pool, pack_command
+from scalekit._redis_direct import adirect_pool, asend_packed, direct_pool, exchange, pack_command
 from scalekit.ratelimit._backends._base import StoreUnavailable
 from scalekit.ratelimit._core import Outcome
 from scalekit.ratelimit._scripts import (
@@ -267,13 +267,11 @@ class RedisBackend:
         except IndexError:
             connection = self._pool.get_connection()
         try:
-            connection.send_packed_command([packed])
-            reply = connection.read_response()
+            reply = exchange(connection, packed, self._response_error)
         except self._response_error:
             self._put_back(connection)
             raise
-        except BaseException:
-            connection.disconnect()
+        except BaseException:  # disconnected by exchange(): the pool reconnects it
             self._pool.release(connection)
             raise
         self._put_back(connection)
