@@ -49,9 +49,19 @@ class Order(Base):
 def main() -> None:
     # scalekit reports events (state changes, fallbacks) through logging; the app configures it.
     logging.basicConfig(stream=sys.stdout, level=logging.WARNING, format="  log: %(message)s")
-    folder = Path(tempfile.mkdtemp(prefix="scalekit-quickstart-"))
-    url = f"sqlite:///{folder / 'orders.db'}"
-    primary, replica = sa.create_engine(url), sa.create_engine(url)
+    # The database lives in a temporary folder, removed at the end, whatever happens.
+    with tempfile.TemporaryDirectory(prefix="scalekit-quickstart-") as folder:
+        url = f"sqlite:///{Path(folder) / 'orders.db'}"
+        primary, replica = sa.create_engine(url), sa.create_engine(url)
+        try:
+            tour(primary, replica)
+        finally:
+            primary.dispose()
+            replica.dispose()
+
+
+def tour(primary: sa.Engine, replica: sa.Engine) -> None:
+    """Each module in a few lines, on a primary and a replica engine."""
     Base.metadata.create_all(primary)
     redis = fakeredis.FakeRedis()
 
@@ -141,8 +151,6 @@ def main() -> None:
         print(f"retry+breaker: fails fast while open ({exc.name}, retry_after={exc.retry_after})")
 
     pool.close()
-    primary.dispose()
-    replica.dispose()
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ refine a builtin meaning also subclass that builtin (an invalid cursor *is* a
 ::
 
     ScalekitError
-    ├── ConfigurationError (ValueError)      bad parameters, found at construction
+    ├── ConfigurationError (ValueError)      bad parameters, found at construction; .parameter
     ├── CircuitOpenError                     a breaker rejected the call; .name, .retry_after
     ├── RetryError                           attempts ran out; .attempts, .last_exception
     ├── RateLimitExceeded                    a limiter denied the hit; .key, .retry_after, .decision

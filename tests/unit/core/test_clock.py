@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import types
 
 import pytest
 from hypothesis import given
@@ -17,12 +18,20 @@ def test_both_clocks_satisfy_the_protocol() -> None:
     assert isinstance(FakeClock(), Clock)
 
 
-def test_system_clock_reads_real_time() -> None:
+def test_system_clock_reads_real_time(monkeypatch: pytest.MonkeyPatch) -> None:
     before = time.monotonic()
     assert before <= SYSTEM_CLOCK.monotonic() <= time.monotonic()
-    assert abs(SYSTEM_CLOCK.time() - time.time()) < 5
+    # What it reads and sleeps, seen through the time module it calls (no wall-clock bounds).
+    slept: list[float] = []
+    fake_time = types.SimpleNamespace(
+        monotonic=lambda: 12.5, time=lambda: 1_700_000_000.25, sleep=slept.append
+    )
+    monkeypatch.setattr("scalekit._clock.time", fake_time)
+    assert (SYSTEM_CLOCK.monotonic(), SYSTEM_CLOCK.time()) == (12.5, 1_700_000_000.25)
     SYSTEM_CLOCK.sleep(0)
     SYSTEM_CLOCK.sleep(-1)  # negative sleeps return at once instead of raising
+    SYSTEM_CLOCK.sleep(0.25)
+    assert slept == [0.25]
 
 
 async def test_system_clock_async_sleep_is_cancellable() -> None:

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import pickle
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -27,10 +30,47 @@ def test_every_error_derives_from_scalekit_error_and_is_exported() -> None:
         assert cls.__doc__
 
 
-def test_every_error_is_drawn_in_the_module_docstring() -> None:
+def _errors_tree() -> ModuleType:
+    """scripts/errors_tree.py, which draws the tree from the code."""
+    path = Path(__file__).resolve().parents[3] / "scripts" / "errors_tree.py"
+    spec = importlib.util.spec_from_file_location("errors_tree", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_error_trees_in_the_docstring_and_docs_are_drawn_from_the_code(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The docstring's tree and docs/errors.md's are what the class hierarchy draws, every
+    # error has a description there, and every attribute they name exists.
+    assert _errors_tree().main(["--check"]) == 0, capsys.readouterr().err
+
+
+def test_the_drawn_tree_follows_the_class_hierarchy() -> None:
+    tree = _errors_tree()
     assert errors.__doc__ is not None
-    for cls in all_error_classes():
-        assert cls.__name__ in errors.__doc__, f"{cls.__name__} missing from the tree"
+    drawn = tree.docstring_tree(errors.__doc__)
+    assert tree.draw(errors, tree.descriptions(drawn)) == drawn
+    # A new error appears under its parent, with the builtin it refines, and is
+    # reported until it has a description.
+    module = ModuleType("scalekit.errors")
+    module.ScalekitError = type("ScalekitError", (Exception,), {"__module__": module.__name__})
+    module.CacheError = type("CacheError", (module.ScalekitError,), {"__module__": module.__name__})
+    module.CacheFull = type(
+        "CacheFull", (module.CacheError, LookupError), {"__module__": module.__name__}
+    )
+    new_tree = tree.draw(module, {"CacheError": "the cache failed; .namespace"})
+    assert new_tree == [
+        "ScalekitError",
+        "└── CacheError                   the cache failed; .namespace",
+        "    └── CacheFull (LookupError)",
+    ]
+    assert tree.problems(module, new_tree) == [
+        "CacheError has no attribute .namespace",
+        "CacheFull has no description in the errors module's tree",
+    ]
 
 
 @pytest.mark.parametrize(
