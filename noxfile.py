@@ -26,7 +26,7 @@ def tests_matrix(session: nox.Session) -> None:
 @nox.session(python=False)
 def lint(session: nox.Session) -> None:
     """ruff: lint (incl. import sorting, pyupgrade) and formatting check."""
-    paths = ["src", "tests", "examples", "benchmarks", "noxfile.py"]
+    paths = ["src", "tests", "examples", "benchmarks", "scripts", "noxfile.py"]
     session.run("python", "-m", "ruff", "check", *paths)
     session.run("python", "-m", "ruff", "format", "--check", *paths)
 
