@@ -6,7 +6,9 @@ binaries exist the fixtures skip with a one-line reason, unless
 ``SCALEKIT_REQUIRE_SERVICES=1`` (set by CI), where that is a failure.
 
 Session fixtures: ``pg_cluster`` (primary + 2 replicas), ``pg_url`` (a fresh
-database on that primary), ``redis_server``, ``redis_cluster``.
+database on that primary), ``pgbouncer`` (PgBouncer in transaction pooling mode
+in front of that database on the primary and on one replica), ``redis_server``,
+``redis_cluster``.
 Per-test: ``redis_client``/``async_redis_client`` (flushed),
 ``pg_cluster_factory``/``redis_server_factory`` (private servers for tests
 that stop, kill, pause or promote them).
@@ -34,6 +36,7 @@ from tests.harness import (
     find_pg_binaries,
     find_redis_binaries,
 )
+from tests.harness.pgbouncer import PgBouncer, PgBouncerTarget, find_pgbouncer
 
 REQUIRE_SERVICES = os.environ.get("SCALEKIT_REQUIRE_SERVICES", "") not in ("", "0", "false")
 
@@ -96,6 +99,47 @@ def pg_url(pg_cluster: PgCluster) -> str:
     dbname = f"scalekit_test_{uuid.uuid4().hex[:8]}"
     pg_cluster.primary.execute(f'CREATE DATABASE "{dbname}"')
     return pg_cluster.primary.url_for(dbname)
+
+
+@pytest.fixture(scope="session")
+def pgbouncer_binary() -> str:
+    binary = find_pgbouncer()
+    if binary is None:
+        _unavailable("no pgbouncer binary ($SCALEKIT_PGBOUNCER, PATH, /usr/sbin)")
+    assert binary is not None
+    return binary
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(
+    harness_root: Path, pg_cluster: PgCluster, pg_url: str, pgbouncer_binary: str
+) -> Iterator[PgBouncer]:
+    """PgBouncer (``pool_mode = transaction``) in front of ``pg_url``'s database.
+
+    Aliases: ``primary`` (the shared primary) and ``replica`` (its first replica);
+    ``pgbouncer.url_for("primary")`` is a SQLAlchemy URL. Do not stop it.
+    """
+    from sqlalchemy.engine import make_url
+
+    assert pg_cluster.primary is not None
+    dbname = make_url(pg_url).database
+    assert dbname is not None
+    primary, replica = pg_cluster.primary, pg_cluster.replicas[0]
+    pg_cluster.wait_for_replicas(nodes=[replica])  # the database exists there too
+    started = time.perf_counter()
+    bouncer = PgBouncer.start(
+        pgbouncer_binary,
+        harness_root / "pgbouncer",
+        {
+            "primary": PgBouncerTarget(primary.host, primary.port, dbname),
+            "replica": PgBouncerTarget(replica.host, replica.port, dbname),
+        },
+    )
+    _STARTUP_TIMES["pgbouncer (transaction pooling)"] = time.perf_counter() - started
+    try:
+        yield bouncer
+    finally:
+        bouncer.close()
 
 
 @pytest.fixture

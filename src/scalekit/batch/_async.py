@@ -8,6 +8,7 @@ so the sync and async loads behave the same by construction.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -40,10 +41,12 @@ from scalekit.batch._flow import (
     Sleep,
 )
 from scalekit.batch._sync import (
+    COPY_ABORTED,
     DEFAULT,
     is_psycopg,
     make_options,
     probe_binary,
+    unprepared,
     wrap_json,
     wrap_json_rows,
 )
@@ -122,7 +125,7 @@ class _AsyncTarget:
 
 
 async def _copy_rows(connection: Any, op: PgCopy) -> tuple[int, int]:
-    from psycopg import OperationalError
+    from psycopg import Error, OperationalError
     from psycopg.copy import AsyncLibpqWriter
 
     class CountingWriter(AsyncLibpqWriter):
@@ -131,6 +134,14 @@ async def _copy_rows(connection: Any, op: PgCopy) -> tuple[int, int]:
         async def write(self, data: Any) -> None:
             self.sent += len(data)
             await super().write(data)
+
+        async def finish(self, exc: BaseException | None = None) -> None:
+            if exc is None:
+                await super().finish(None)
+                return
+            # As in the sync shell: no row values to the server or to psycopg's log.
+            with contextlib.suppress(Error):
+                await super().finish(COPY_ABORTED)
 
     cursor = connection.cursor()
     writer = CountingWriter(cursor)
@@ -160,11 +171,13 @@ async def _perform(target: _AsyncTarget, rows: _Rows, op: Op, clock: Clock) -> A
         params = op.params
         if params is not None and op.json_params:
             params = wrap_json(params, op.json_params)
-        await cursor.execute(op.sql, params)
+        await cursor.execute(op.sql, params, prepare=False)
         return cursor.rowcount, (await cursor.fetchall() if cursor.description else [])
     if isinstance(op, SaExecute):
         connection = await target.connection()
-        result = await connection.execute(op.statement, op.params)
+        raw = await connection.get_raw_connection()
+        with unprepared(raw.driver_connection):
+            result = await connection.execute(op.statement, op.params)
         if op.fetch:
             fetched = result.all()
             return len(fetched), fetched

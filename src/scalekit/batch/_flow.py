@@ -692,8 +692,8 @@ class Load:
         if options.transaction == "per_chunk" or self.owns:
             try:
                 yield Rollback()
-            except Exception:  # the connection may be gone; the error below says why
-                logger.debug("rollback after a failed chunk failed", exc_info=True)
+            except Exception as rollback_error:  # the connection may be gone; `exc` says why
+                _log_failed("rollback after a failed chunk", rollback_error)
         if options.transaction != "per_chunk":
             result.committed = 0
             result.resume_position = 0
@@ -800,8 +800,8 @@ class Load:
                 if rollback:
                     try:
                         yield Rollback()
-                    except Exception:
-                        logger.debug("rollback before a retry failed", exc_info=True)
+                    except Exception as rollback_error:
+                        _log_failed("rollback before a retry", rollback_error)
                 if policy is None or not self._retryable(exc):
                     raise
                 if state is None:
@@ -829,8 +829,8 @@ class Load:
         """
         try:
             yield RollbackSavepoint(handle)
-        except Exception:
-            logger.debug("rollback to a savepoint failed", exc_info=True)
+        except Exception as rollback_error:
+            _log_failed("rollback to a savepoint", rollback_error)
             return False
         return True
 
@@ -1009,6 +1009,15 @@ class Load:
             return _Outcome(inserted=count, skipped=total - count)
         inserted = min(new, count)
         return _Outcome(inserted=inserted, updated=count - inserted, skipped=total - count)
+
+
+def _log_failed(what: str, error: BaseException) -> None:
+    """Log a failed cleanup step by the error's class only.
+
+    Never its message or traceback: the chain holds the chunk's own error,
+    whose DETAIL may quote a row ("Failing row contains ..."), customers' data.
+    """
+    logger.debug("%s failed: %s", what, type(error).__name__)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -6,6 +6,7 @@ SQLAlchemy and psycopg, transactions, sleeping. Every decision is the flow's.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import islice
 from typing import TYPE_CHECKING, Any, Literal
@@ -47,7 +48,15 @@ if TYPE_CHECKING:
     from scalekit.retry import RetryPolicy
     from scalekit.typing import Clock
 
-__all__ = ["DEFAULT", "batch_insert", "probe_binary", "wrap_json", "wrap_json_rows"]
+__all__ = [
+    "COPY_ABORTED",
+    "DEFAULT",
+    "batch_insert",
+    "probe_binary",
+    "unprepared",
+    "wrap_json",
+    "wrap_json_rows",
+]
 
 
 class _Default:
@@ -149,7 +158,37 @@ def probe_binary(connection: Any, oids: Sequence[int], row: Sequence[Any]) -> in
     return None
 
 
+class CopyAborted(Exception):
+    """Why a COPY was stopped, as the server is told (and may log): never a row's values."""
+
+
+COPY_ABORTED = CopyAborted("scalekit.batch stopped the COPY (a row it could not send)")
+
+
+@contextlib.contextmanager
+def unprepared(driver_connection: Any) -> Iterator[None]:
+    """Turn psycopg's automatic prepared statements off on this connection for the block.
+
+    A prepared statement lives on one server connection. Behind PgBouncer in
+    transaction pooling mode (before 1.21, or without ``max_prepared_statements``)
+    the next transaction of the same client connection runs on another one,
+    where the statement does not exist, or where another client's statement of
+    the same name does. A load runs each statement once per chunk: preparing
+    it gains nothing. Other drivers (no ``prepare_threshold``) are left alone.
+    """
+    threshold = getattr(driver_connection, "prepare_threshold", None)
+    if threshold is None:
+        yield
+        return
+    driver_connection.prepare_threshold = None
+    try:
+        yield
+    finally:
+        driver_connection.prepare_threshold = threshold
+
+
 def _counting_writer(cursor: Any) -> Any:
+    from psycopg import Error
     from psycopg.copy import LibpqWriter
 
     class CountingWriter(LibpqWriter):
@@ -158,6 +197,17 @@ def _counting_writer(cursor: Any) -> Any:
         def write(self, data: Any) -> None:
             self.sent += len(data)
             super().write(data)
+
+        def finish(self, exc: BaseException | None = None) -> None:
+            if exc is None:
+                super().finish(None)
+                return
+            # Stopped by an exception of ours: tell the server without the row's
+            # values, and keep the server's own answer (it may have refused an
+            # earlier row, its DETAIL holding that row's values) away from psycopg,
+            # which would log it as a warning. The exception that stopped us wins.
+            with contextlib.suppress(Error):
+                super().finish(COPY_ABORTED)
 
     return CountingWriter(cursor)
 
@@ -227,11 +277,13 @@ def _perform(target: _Target, rows: Any, op: Op, clock: Clock) -> Any:
         params = op.params
         if params is not None and op.json_params:
             params = wrap_json(params, op.json_params)
-        cursor.execute(op.sql, params)
+        cursor.execute(op.sql, params, prepare=False)
         return cursor.rowcount, (cursor.fetchall() if cursor.description else [])
     if kind is SaExecute:
         assert isinstance(op, SaExecute)
-        result = target.connection().execute(op.statement, op.params)
+        connection = target.connection()
+        with unprepared(connection.connection.driver_connection):
+            result = connection.execute(op.statement, op.params)
         if op.fetch:
             fetched = result.all()
             return len(fetched), fetched

@@ -135,3 +135,82 @@ def test_chunk_failure_under_all_or_nothing_rolls_everything_back() -> None:
     assert info.value.chunk_index == 1 and info.value.position == 10
     assert info.value.rows_written == 0
     assert isinstance(info.value.__cause__, CheckViolation)
+
+
+class ConnectionGone(Exception):
+    pass
+
+
+class FailingCleanup(FakePg):
+    """Rollbacks (whole and to a savepoint) fail, as on a lost connection."""
+
+    def __call__(self, op: Op) -> Any:
+        if isinstance(op, (Rollback, RollbackSavepoint)):
+            self.ops.append(type(op).__name__)
+            raise ConnectionGone("server closed the connection")
+        return super().__call__(op)
+
+
+@pytest.mark.parametrize("on_error", ["raise", "isolate"])
+def test_a_failed_rollback_is_logged_without_the_row(
+    caplog: pytest.LogCaptureFixture, on_error: str
+) -> None:
+    secret = "sk_live_5e4d3c2b"
+
+    class Refused(Exception):
+        sqlstate = "23514"
+
+    class Quoting(FailingCleanup):
+        def __call__(self, op: Op) -> Any:
+            if isinstance(op, PgCopy) and any(row[1] < 0 for row in op.rows):
+                self.ops.append("PgCopy")
+                raise Refused(f"violates check constraint\nDETAIL:  Failing row contains {secret}")
+            return super().__call__(op)
+
+    caplog.set_level("DEBUG")
+    fake = Quoting([(i, -1 if i == 3 else i) for i in range(8)])
+    load = Load(
+        table,
+        LoadOptions(retry=None, on_error=on_error),  # type: ignore[arg-type]
+        dialect="postgresql",
+        copy_capable=True,
+        owns_transaction=True,
+        clock=FakeClock(),
+    )
+    with pytest.raises(BatchChunkError) as info:
+        drive(load.run(), fake)
+    assert "Rollback" in fake.ops
+    cleanup = [r for r in caplog.records if "rollback" in r.getMessage()]
+    assert cleanup, "the failed rollback is logged"
+    assert all(r.exc_info is None and "ConnectionGone" in r.getMessage() for r in cleanup)
+    assert not any(secret in r.getMessage() for r in caplog.records)
+    # The caller's exception keeps the database's own words.
+    assert info.value.__cause__ is not None
+
+
+def test_unprepared_turns_psycopg_preparing_off_for_the_block_only() -> None:
+    from scalekit.batch._sync import unprepared
+
+    class PsycopgLike:
+        prepare_threshold: int | None = 5
+
+    connection = PsycopgLike()
+    seen: list[int | None] = []
+
+    def fail_inside() -> None:
+        with unprepared(connection):
+            seen.append(connection.prepare_threshold)
+            raise ConnectionGone
+
+    with pytest.raises(ConnectionGone):
+        fail_inside()
+    assert seen == [None]
+    assert connection.prepare_threshold == 5
+    already_off = PsycopgLike()
+    already_off.prepare_threshold = None
+    with unprepared(already_off):
+        pass
+    assert already_off.prepare_threshold is None
+    other_driver = object()  # sqlite3, asyncpg...: nothing to turn off
+    with unprepared(other_driver):
+        pass
