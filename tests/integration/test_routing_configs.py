@@ -277,3 +277,32 @@ def test_a_promoted_replica_beside_its_old_primary_is_a_split_brain(
         pool.close()
         primary.dispose()
         promoted.dispose()
+
+
+# -- raw SQL ----------------------------------------------------------------------------------
+
+
+def test_text_reads_go_to_replicas_and_doubtful_text_to_the_primary(
+    pg_cluster: PgCluster, pg_url: str
+) -> None:
+    dbname = sa.engine.make_url(pg_url).database
+    primary = sa.create_engine(pg_url)
+    replicas = [r.engine(dbname) for r in pg_cluster.replicas]
+    pool = RoutingPool(primary=primary, replicas=replicas, max_lag_seconds=30)
+    Session = pool.sessionmaker()
+    try:
+        with Session() as session:
+            assert session.scalar(sa.text("SELECT pg_is_in_recovery() -- UPDATE")) is True
+        with pool.use_replica(), Session() as session:  # no ReadOnlyViolation any more
+            assert session.scalar(sa.text("WITH x AS (SELECT 1) SELECT pg_is_in_recovery()"))
+        with Session() as session:
+            assert session.scalar(sa.text("SELECT pg_is_in_recovery() FOR SHARE")) is False
+            forced = sa.text("SELECT pg_is_in_recovery()").execution_options(scalekit_route="write")
+        with Session() as session:
+            assert session.scalar(forced) is False
+        with pool.connect(readonly=True) as conn:
+            assert conn.execute(sa.text("SHOW transaction_read_only")).scalar() == "on"
+    finally:
+        pool.close()
+        for engine in (primary, *replicas):
+            engine.dispose()

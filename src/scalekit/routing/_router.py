@@ -51,7 +51,7 @@ from scalekit.routing._events import (
     NodeReadmitted,
     RouteDecision,
 )
-from scalekit.routing._statements import classify
+from scalekit.routing._statements import ROUTE_OPTION, classify, classify_text, route_rule
 from scalekit.typing import Clock
 
 if TYPE_CHECKING:
@@ -233,7 +233,7 @@ class Router:
                 down_for = core.record_success(node)
                 if down_for is not None:
                     emit(NodeReadmitted(name=router.name, node=node, seconds_down=down_for))
-            if context is not None and node == core.primary and _may_write(context):
+            if context is not None and node == core.primary and _may_write(context, statement):
                 if conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
                     router.note_write()
                 else:
@@ -261,7 +261,8 @@ class Router:
     ) -> None:
         if not conn.get_execution_options().get(READONLY_OPTION):
             return
-        classification = classify(clauseelement)
+        route = execution_options.get(ROUTE_OPTION) if execution_options else None
+        classification = classify(clauseelement) if route is None else route_rule(route)
         if classification.writes:
             raise ReadOnlyViolation(
                 f"a statement that writes ({classification.reason}) was run on a read-only "
@@ -664,19 +665,21 @@ class Router:
         }
 
 
-def _may_write(context: Any) -> bool:
+def _may_write(context: Any, statement: object) -> bool:
     """Whether a statement that ran on the primary may have written.
 
-    Compiled DML says so itself; ``text()`` and driver-level SQL cannot be
-    read, so they count as writes (a read-your-writes token is cheap, a stale
-    read after an ``INSERT`` written as text is not).
+    Compiled DML says so itself; ``text()`` and driver-level SQL count as
+    writes unless they are unmistakable reads (a read-your-writes token is
+    cheap, a stale read after an ``INSERT`` written as text is not).
     """
     if context.isinsert or context.isupdate or context.isdelete:
         return True
     compiled = context.compiled
     if compiled is None:
-        return True
-    return getattr(compiled.statement, "__visit_name__", "") == "textclause"
+        return classify_text(statement).writes
+    if getattr(compiled.statement, "__visit_name__", "") == "textclause":
+        return classify(compiled.statement).writes
+    return False
 
 
 def _fmt(lsn: int) -> str:
