@@ -70,7 +70,7 @@ import threading
 from collections import deque
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, TypeGuard
 
 from scalekit.errors import ConfigurationError, NoHealthyNode, ReadOnlyViolation
 from scalekit.typing import Clock
@@ -274,6 +274,10 @@ def decide(classification: Classification, state: ContextState, *, wrote: bool) 
     return Target.REPLICA
 
 
+def _is_number(value: object) -> TypeGuard[float]:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _check_seconds(name: str, value: object, *, allow_none: bool = False) -> None:
     if value is None:
         if allow_none:
@@ -346,13 +350,23 @@ class RoutingConfig:
                 f"max_lag_bytes must be an int >= 0, got {self.max_lag_bytes!r}",
                 parameter="max_lag_bytes",
             )
-        if not 0 < self.lag_readmit_ratio <= 1:
+        ratio: object = self.lag_readmit_ratio
+        if not _is_number(ratio) or not 0 < ratio <= 1:
             raise ConfigurationError(
-                "lag_readmit_ratio must be in (0, 1]", parameter="lag_readmit_ratio"
+                f"lag_readmit_ratio must be a number in (0, 1], got {ratio!r}",
+                parameter="lag_readmit_ratio",
             )
-        if not 0 <= self.max_primary_read_share <= 1:
+        share: object = self.max_primary_read_share
+        if not _is_number(share) or not 0 <= share <= 1:
             raise ConfigurationError(
-                "max_primary_read_share must be in [0, 1]", parameter="max_primary_read_share"
+                f"max_primary_read_share must be a number in [0, 1], got {share!r}",
+                parameter="max_primary_read_share",
+            )
+        fallback: object = self.fallback_to_primary
+        if not isinstance(fallback, bool):
+            raise ConfigurationError(
+                f"fallback_to_primary must be True or False, got {fallback!r}",
+                parameter="fallback_to_primary",
             )
         if self.balancer not in _BALANCERS:
             raise ConfigurationError(
@@ -364,8 +378,20 @@ class RoutingConfig:
                 f"consistency must be one of {', '.join(_CONSISTENCY)}, got {self.consistency!r}",
                 parameter="consistency",
             )
+        weights: object = self.weights
+        if weights is not None and not isinstance(weights, Mapping):
+            raise ConfigurationError(
+                f"weights must be a dict of node name -> positive number, got {weights!r}",
+                parameter="weights",
+            )
         if self.weights is not None:
             for node, raw_weight in self.weights.items():
+                name: object = node
+                if not isinstance(name, str):
+                    raise ConfigurationError(
+                        f"weights must name nodes by their str name, got {name!r}",
+                        parameter="weights",
+                    )
                 weight: object = raw_weight
                 if (
                     isinstance(weight, bool)
