@@ -386,10 +386,10 @@ class RoutingConfig:
             )
         if self.weights is not None:
             for node, raw_weight in self.weights.items():
-                name: object = node
-                if not isinstance(name, str):
+                key: object = node
+                if not isinstance(key, str):
                     raise ConfigurationError(
-                        f"weights must name nodes by their str name, got {name!r}",
+                        f"weights must name nodes by their str name, got {key!r}",
                         parameter="weights",
                     )
                 weight: object = raw_weight
