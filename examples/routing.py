@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from scalekit.errors import ReadOnlyViolation
-from scalekit.routing import AsyncRoutingPool, RoutingPool, read_only
+from scalekit.routing import AsyncRoutingPool, RoutingPool, classify
 from scalekit.testing import capture_events
 
 
@@ -58,7 +58,7 @@ def sqlite_nodes(root: Path) -> tuple[str, list[str]]:
 
 def where_sql(url: str) -> sa.Select[tuple[str]] | sa.TextClause:
     if url.startswith("sqlite"):
-        return read_only(sa.text("SELECT name FROM whoami"))
+        return sa.text("SELECT name FROM whoami")  # raw SQL that only reads: a replica
     # On PostgreSQL a plain select tells us the role and port of the server that ran it.
     return sa.select(
         sa.case((sa.func.pg_is_in_recovery(), "replica"), else_="primary")
@@ -115,7 +115,18 @@ def sync_demo(primary_url: str, replica_urls: list[str]) -> None:
     with pool.connect(readonly=True) as conn:
         print("  pool.connect(readonly=True) ran on", conn.execute(where).scalar())
 
+    section("raw SQL: a read goes to a replica, anything doubtful to the primary")
+    for sql in ("SELECT total FROM example_orders", "SELECT id FROM example_orders FOR UPDATE"):
+        print(f"  {sql!r}: {classify(sa.text(sql)).reason}")
+    forced = sa.text("SELECT count(*) FROM example_orders")
+    print(
+        "  marked scalekit_route='write':",
+        classify(forced.execution_options(scalekit_route="write")).reason,
+    )
+
     section("health (no I/O; URLs masked)")
+    pool.refresh()
+    print(" ", repr(pool))
     for name, node in pool.health()["nodes"].items():
         print(f"  {name:9} role={node['role']:8} up={node['up']} pool={node['pool']['size']}")
     pool.close()

@@ -131,12 +131,14 @@ def test_reads_on_replicas_writes_on_primary(shared: RoutingPool, pg_cluster: Pg
         session.commit()
 
     with Session() as session:
-        # FOR UPDATE, nextval and unmarked text() are primary statements.
+        # FOR UPDATE, nextval and doubtful text() are primary statements.
         assert session.scalar(IN_RECOVERY.with_for_update()) is False
     with Session() as session:
-        assert session.scalar(sa.text("SELECT pg_is_in_recovery()")) is False
+        assert session.scalar(sa.text("SELECT pg_is_in_recovery() FOR SHARE")) is False
     with Session() as session:
-        assert session.scalar(read_only(sa.text("SELECT pg_is_in_recovery()"))) is True
+        assert session.scalar(sa.text("SELECT pg_is_in_recovery()")) is True  # a text read
+    with Session() as session:
+        assert session.scalar(read_only(sa.text("SELECT pg_is_in_recovery() AS share"))) is True
     with shared.use_primary(), Session() as session:
         assert session.scalar(IN_RECOVERY) is False
     with shared.connect(readonly=True) as conn:

@@ -12,19 +12,29 @@ and ``_async.py`` for the pools) do the I/O and report what they saw:
   failure up to ``max_blacklist_seconds``. When the period ends the node is
   *on probation*: it is offered again, and the next success readmits it for
   good while the next failure blacklists it for twice as long.
-* ``observe_position(name, in_recovery, lsn)``: a health check's answer. The
-  primary's WAL position feeds a short history of ``(time, lsn)`` samples; a
-  replica's replayed position is compared with that history, so its lag in
-  seconds is "how long ago the primary first wrote past what the replica has
-  replayed", which stays 0 on an idle primary (unlike ``now() -
-  pg_last_xact_replay_timestamp()``). Lag in bytes is the LSN difference. A
-  replica beyond ``max_lag_seconds`` or ``max_lag_bytes`` leaves the rotation
-  and comes back only below ``lag_readmit_ratio`` times the limit.
-* ``apply_roles(roles)``: which reachable node says it is a primary. Exactly
-  one: writes go there (a promoted replica becomes the primary and leaves the
-  read rotation). None: writes fail with ``NoHealthyNode`` until a later check
-  finds one. Two or more: a split brain, writes are refused (reads may still
-  use the last primary every node agreed on).
+* ``observe_position(name, in_recovery, lsn, server_time, replay_time)``: a
+  health check's answer. A replica's lag in seconds is "how long ago the
+  primary first wrote past what the replica has replayed", and 0 while its
+  replayed position has reached the primary's (so an idle primary means no
+  lag). Two sources bound that moment: the primary's WAL positions sampled by
+  this pool's checks (``(time, lsn)``: the first sample past the replica's
+  position is a lower bound of its lag, the last one not past it an upper
+  bound), and the commit time of the last transaction the replica replayed
+  (``pg_last_xact_replay_timestamp()``, compared with the primary's clock), an
+  upper bound that needs no history. The lag is that commit age, kept within
+  the samples' bounds: right from a pool's first check, whoever wrote. Lag in
+  bytes is the LSN difference. A replica beyond ``max_lag_seconds`` or
+  ``max_lag_bytes`` leaves the rotation and comes back only below
+  ``lag_readmit_ratio`` times the limit.
+* ``apply_roles(roles, servers)``: which reachable node says it is a primary.
+  Nodes that reach the same server (``servers`` gives each primary's server
+  identity) count as one: a replica engine pointed at the primary server
+  itself (a dev or staging set-up) simply serves reads, never behind. Exactly
+  one primary server: writes go there (a promoted replica becomes the primary
+  and leaves the read rotation). None: writes fail with ``NoHealthyNode``
+  until a later check finds one. Two or more different servers: a split
+  brain, writes are refused (reads may still use the last primary every node
+  agreed on).
 
 Routing a statement is two pure steps. :func:`decide` maps what the statement
 does (:class:`Classification`, made by ``_statements.py``) and the context
@@ -58,9 +68,9 @@ import random
 import re
 import threading
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, TypeGuard
 
 from scalekit.errors import ConfigurationError, NoHealthyNode, ReadOnlyViolation
 from scalekit.typing import Clock
@@ -75,6 +85,7 @@ __all__ = [
     "RoutingConfig",
     "RoutingCore",
     "Target",
+    "commit_position",
     "decide",
     "format_lsn",
     "parse_lsn",
@@ -100,6 +111,39 @@ def parse_lsn(text: str) -> int:
     if match is None:
         raise ValueError(f"not a PostgreSQL LSN: {text!r}")
     return (int(match.group(1), 16) << 32) | int(match.group(2), 16)
+
+
+def commit_position(insert_lsn: int, flush_lsn: int, *, block_size: int, segment_size: int) -> int:
+    """The WAL position a read-your-writes token needs after a commit on the primary.
+
+    ``insert_lsn`` and ``flush_lsn`` are ``pg_current_wal_insert_lsn()`` and
+    ``pg_current_wal_flush_lsn()`` read after the commit returned. Under
+    ``synchronous_commit=off`` a commit returns before its record is flushed,
+    so the flush position may be behind the commit: only the insert position
+    covers it. But the insert position is where the *next* record starts: when
+    the last record ended exactly at a WAL page boundary it points past the
+    next page's header, a position no replica reaches until more WAL is
+    written (seconds on an idle server). The end of the last inserted record
+    is what a replica's ``pg_last_wal_replay_lsn()`` reports once it has
+    replayed that record, so that is the position returned (never below the
+    flush position).
+
+    >>> commit_position(0x3000018, 0x3000000, block_size=8192, segment_size=16 << 20)
+    50331648
+    >>> commit_position(0x30012E0, 0x3001278, block_size=8192, segment_size=16 << 20) == 0x30012E0
+    True
+    """
+    end = insert_lsn
+    if segment_size > 0 and insert_lsn % segment_size == _LONG_PAGE_HEADER:
+        end = insert_lsn - _LONG_PAGE_HEADER
+    elif block_size > 0 and insert_lsn % block_size == _SHORT_PAGE_HEADER:
+        end = insert_lsn - _SHORT_PAGE_HEADER
+    return max(end, flush_lsn)
+
+
+# PostgreSQL's SizeOfXLogShortPHD and SizeOfXLogLongPHD (MAXALIGN 8).
+_SHORT_PAGE_HEADER = 24
+_LONG_PAGE_HEADER = 40
 
 
 def format_lsn(position: int) -> str:
@@ -139,8 +183,9 @@ READ = Classification(writes=False, reason="select")
 class ConsistencyToken:
     """A point a later read must see: the primary's WAL position after a write.
 
-    ``lsn`` is the primary's flushed WAL position taken after the commit (None
-    in time-based mode or on databases without LSNs); ``written_at`` the wall
+    ``lsn`` is the primary's WAL position at the end of the commit (see
+    :func:`commit_position`; None in time-based mode or on databases without
+    LSNs); ``written_at`` the wall
     clock time of the commit, used by time-based stickiness. Tokens are small
     values that cross process boundaries: :meth:`encode` gives a short ASCII
     string for a cookie, a header or a job payload.
@@ -229,6 +274,10 @@ def decide(classification: Classification, state: ContextState, *, wrote: bool) 
     return Target.REPLICA
 
 
+def _is_number(value: object) -> TypeGuard[float]:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _check_seconds(name: str, value: object, *, allow_none: bool = False) -> None:
     if value is None:
         if allow_none:
@@ -301,13 +350,23 @@ class RoutingConfig:
                 f"max_lag_bytes must be an int >= 0, got {self.max_lag_bytes!r}",
                 parameter="max_lag_bytes",
             )
-        if not 0 < self.lag_readmit_ratio <= 1:
+        ratio: object = self.lag_readmit_ratio
+        if not _is_number(ratio) or not 0 < ratio <= 1:
             raise ConfigurationError(
-                "lag_readmit_ratio must be in (0, 1]", parameter="lag_readmit_ratio"
+                f"lag_readmit_ratio must be a number in (0, 1], got {ratio!r}",
+                parameter="lag_readmit_ratio",
             )
-        if not 0 <= self.max_primary_read_share <= 1:
+        share: object = self.max_primary_read_share
+        if not _is_number(share) or not 0 <= share <= 1:
             raise ConfigurationError(
-                "max_primary_read_share must be in [0, 1]", parameter="max_primary_read_share"
+                f"max_primary_read_share must be a number in [0, 1], got {share!r}",
+                parameter="max_primary_read_share",
+            )
+        fallback: object = self.fallback_to_primary
+        if not isinstance(fallback, bool):
+            raise ConfigurationError(
+                f"fallback_to_primary must be True or False, got {fallback!r}",
+                parameter="fallback_to_primary",
             )
         if self.balancer not in _BALANCERS:
             raise ConfigurationError(
@@ -319,8 +378,20 @@ class RoutingConfig:
                 f"consistency must be one of {', '.join(_CONSISTENCY)}, got {self.consistency!r}",
                 parameter="consistency",
             )
+        weights: object = self.weights
+        if weights is not None and not isinstance(weights, Mapping):
+            raise ConfigurationError(
+                f"weights must be a dict of node name -> positive number, got {weights!r}",
+                parameter="weights",
+            )
         if self.weights is not None:
             for node, raw_weight in self.weights.items():
+                key: object = node
+                if not isinstance(key, str):
+                    raise ConfigurationError(
+                        f"weights must name nodes by their str name, got {key!r}",
+                        parameter="weights",
+                    )
                 weight: object = raw_weight
                 if (
                     isinstance(weight, bool)
@@ -350,6 +421,7 @@ class NodeState:
     lag_seconds: float | None = None
     lagging: bool = False
     reachable: bool = True
+    same_server_as: str | None = None
 
     def copy(self) -> NodeState:
         return NodeState(
@@ -365,6 +437,7 @@ class NodeState:
             self.lag_seconds,
             self.lagging,
             self.reachable,
+            self.same_server_as,
         )
 
 
@@ -442,23 +515,34 @@ class _SpillWindow:
 class _Samples:
     """The primary's recent WAL positions, to turn a replica's LSN into seconds of lag."""
 
-    items: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=256))
+    # (first seen, last seen, lsn): an idle primary keeps one sample, seen again and again.
+    items: deque[tuple[float, float, int]] = field(default_factory=lambda: deque(maxlen=256))
 
     def add(self, now: float, lsn: int) -> None:
-        if self.items and self.items[-1][1] >= lsn:
-            return
-        self.items.append((now, lsn))
+        if self.items:
+            first, _, latest = self.items[-1]
+            if latest >= lsn:
+                self.items[-1] = (first, now, latest)
+                return
+        self.items.append((now, now, lsn))
 
     @property
     def latest(self) -> int | None:
-        return self.items[-1][1] if self.items else None
+        return self.items[-1][2] if self.items else None
 
-    def seconds_behind(self, now: float, replay_lsn: int) -> float:
-        # The first sample the replica has not replayed is when it started lagging.
-        for at, lsn in self.items:
+    def bounds(self, now: float, replay_lsn: int) -> tuple[float, float | None]:
+        """Bounds of how long ago the primary first wrote past ``replay_lsn``.
+
+        The first sample past it is a lower bound (the write came before that
+        sample); the last sample not past it an upper bound (the write came
+        after), None when the history does not reach back that far.
+        """
+        upper = None
+        for first, last, lsn in self.items:
             if lsn > replay_lsn:
-                return max(0.0, now - at)
-        return 0.0
+                return max(0.0, now - first), upper
+            upper = max(0.0, now - last)
+        return 0.0, 0.0
 
 
 def _out(state: NodeState, now: float) -> bool:
@@ -518,6 +602,8 @@ class RoutingCore:
         self._rr = 0
         self._wrr: dict[str, float] = {}
         self._samples = _Samples()
+        # The primary's clock at its last check: (our monotonic time, its epoch seconds).
+        self._primary_clock: tuple[float, float] | None = None
         self._spill = _SpillWindow(config.spill_window_seconds, started=clock.monotonic())
         self._role_check_wanted = False
         self._last_role_check: float | None = None
@@ -636,25 +722,51 @@ class RoutingCore:
     def mark_checked(self) -> None:
         self._last_check = self._clock.monotonic()
 
-    def observe_position(self, name: str, *, in_recovery: bool, lsn: int | None) -> bool:
+    def observe_position(
+        self,
+        name: str,
+        *,
+        in_recovery: bool,
+        lsn: int | None,
+        server_time: float | None = None,
+        replay_time: float | None = None,
+    ) -> bool:
         """Record a health check's answer for ``name``; returns True when its lag state flipped.
 
         ``in_recovery`` is ``pg_is_in_recovery()``; ``lsn`` the primary's flushed
-        WAL position, or a replica's replayed one.
+        WAL position, or a replica's replayed one; ``server_time`` the node's
+        clock (Unix seconds) and ``replay_time`` a replica's
+        ``pg_last_xact_replay_timestamp()`` (Unix seconds, None when unknown).
+        Check the primary first: a replica's lag is measured against it.
         """
         with self._lock:
             now = self._clock.monotonic()
             state = self._nodes[name]
             state.reachable = True
             if not in_recovery:
-                if lsn is not None and name == self._primary:
-                    self._samples.add(now, lsn)
+                if name == self._primary:
+                    if lsn is not None:
+                        self._samples.add(now, lsn)
+                    if server_time is not None:
+                        self._primary_clock = (now, server_time)
+                elif state.same_server_as is not None:
+                    flipped = state.lagging
+                    state.lag_bytes, state.lag_seconds, state.lagging = 0, 0.0, False
+                    if flipped:
+                        self._fast = None
+                    return flipped
                 return False
             state.replay_lsn = (
                 lsn if state.replay_lsn is None or lsn is None else max(lsn, state.replay_lsn)
             )
             state.position_checked_at = now
-            flipped = self._update_lag(state, now)
+            commit_age = None
+            if replay_time is not None:
+                clock = self._primary_clock
+                primary_now = server_time if clock is None else clock[1] + (now - clock[0])
+                if primary_now is not None:
+                    commit_age = max(0.0, primary_now - replay_time)
+            flipped = self._update_lag(state, now, commit_age)
             if flipped:
                 self._fast = None
             return flipped
@@ -671,14 +783,19 @@ class RoutingCore:
         with self._lock:
             self._nodes[name].reachable = False
 
-    def _update_lag(self, state: NodeState, now: float) -> bool:
+    def _update_lag(self, state: NodeState, now: float, commit_age: float | None) -> bool:
         latest = self._samples.latest
         if state.replay_lsn is None or latest is None:
             state.lag_bytes = None
             state.lag_seconds = None
             return False
         state.lag_bytes = max(0, latest - state.replay_lsn)
-        state.lag_seconds = self._samples.seconds_behind(now, state.replay_lsn)
+        lower, upper = self._samples.bounds(now, state.replay_lsn)
+        if commit_age is not None and state.lag_bytes > 0:
+            # Behind the primary: the last replayed commit's age is an upper bound that
+            # holds from the first check; the samples keep it within what they prove.
+            lower = max(lower, commit_age if upper is None else min(commit_age, upper))
+        state.lag_seconds = lower
         over = self._over_limit(state, ratio=1.0)
         if state.lagging:
             still = self._over_limit(state, ratio=self.config.lag_readmit_ratio, inclusive=True)
@@ -708,22 +825,36 @@ class RoutingCore:
             and beyond(state.lag_bytes, config.max_lag_bytes)
         )
 
-    def apply_roles(self, roles: Mapping[str, Target | None]) -> RoleChange:
+    def apply_roles(
+        self,
+        roles: Mapping[str, Target | None],
+        servers: Mapping[str, Hashable] | None = None,
+    ) -> RoleChange:
         """Apply a role check: ``roles[name]`` is the role a node reported, None if unreachable.
 
-        Nodes missing from ``roles`` keep their role. Exactly one primary seen:
-        writes go there. None: no primary until a later check. Several: split
-        brain, writes are refused (reads carry on).
+        ``servers`` gives the server identity of nodes that reported being a
+        primary (the shell reads it when several did); nodes with one identity
+        reach one server, which counts once. Of those, the current primary (or
+        the first configured primary, or the first node) takes the writes and
+        the others serve reads as replicas that are never behind
+        (``same_server_as``).
+
+        Nodes missing from ``roles`` keep their role. Exactly one primary server
+        seen: writes go there. None: no primary until a later check. Several:
+        split brain, writes are refused (reads carry on).
         """
         with self._lock:
             self._fast = None
             self._last_role_check = self._clock.monotonic()
+            reported = tuple(n for n in self._order if roles.get(n, None) is Target.PRIMARY)
+            aliases = self._same_server(reported, servers or {})
             for name, role in roles.items():
                 state = self._nodes[name]
                 state.reachable = role is not None
                 if role is not None:
-                    state.role = role
-            primaries = tuple(n for n in self._order if roles.get(n, None) is Target.PRIMARY)
+                    state.same_server_as = aliases.get(name)
+                    state.role = Target.REPLICA if name in aliases else role
+            primaries = tuple(n for n in reported if n not in aliases)
             old = None if self._split_brain else self._primary
             if len(primaries) == 1:
                 self._primary = primaries[0]
@@ -735,6 +866,31 @@ class RoutingCore:
                 self._primary = None
                 self._split_brain = False
             return RoleChange(old, self.primary, self._split_brain, primaries)
+
+    def _same_server(
+        self, reported: tuple[str, ...], servers: Mapping[str, Hashable]
+    ) -> dict[str, str]:
+        """Nodes among ``reported`` that reach the server of another one: alias -> kept node."""
+        groups: dict[Hashable, list[str]] = {}
+        for name in reported:
+            identity = servers.get(name)
+            if identity is not None:
+                groups.setdefault(identity, []).append(name)
+        aliases: dict[str, str] = {}
+        for members in groups.values():
+            if len(members) < 2:
+                continue
+            kept = next(
+                (n for n in members if n == self._primary),
+                next(
+                    (n for n in members if self._nodes[n].configured_role is Target.PRIMARY),
+                    members[0],
+                ),
+            )
+            for name in members:
+                if name != kept:
+                    aliases[name] = kept
+        return aliases
 
     # -- choice --------------------------------------------------------------------------------
 
@@ -864,7 +1020,8 @@ class RoutingCore:
             caught_up = [
                 n
                 for n in eligible
-                if (lsn := self._nodes[n].replay_lsn) is not None and lsn >= token.lsn
+                if self._nodes[n].same_server_as is not None
+                or ((lsn := self._nodes[n].replay_lsn) is not None and lsn >= token.lsn)
             ]
             if not caught_up:
                 if not probed:

@@ -76,6 +76,19 @@ class PoolBase:
         role_check_interval: float = 0.5,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
+        raw_name: object = name
+        if not isinstance(raw_name, str) or not raw_name:
+            raise ConfigurationError(
+                f"name must be a non-empty str, got {raw_name!r}", parameter="name"
+            )
+        needed = ("monotonic", "time", "sleep", *(("asleep",) if self._async else ()))
+        missing = [attr for attr in needed if not callable(getattr(clock, attr, None))]
+        if missing:
+            raise ConfigurationError(
+                f"clock must be a scalekit Clock (monotonic(), time(), sleep(), asleep()); "
+                f"{type(clock).__name__} has no {', '.join(missing)}",
+                parameter="clock",
+            )
         config = RoutingConfig(
             blacklist_seconds=blacklist_seconds,
             max_blacklist_seconds=max_blacklist_seconds,
@@ -139,6 +152,33 @@ class PoolBase:
             f"RoutingPool needs sqlalchemy.Engine objects, got {kind}; "
             "use AsyncRoutingPool for async engines",
             parameter=parameter,
+        )
+
+    def __repr__(self) -> str:
+        """Node names, roles and health as the pool knows them (no I/O, never a URL).
+
+        >>> pool  # doctest: +SKIP
+        <RoutingPool 'default' primary='primary' nodes=[primary: primary up, replica1: replica up]>
+        """
+        core = self._router.core
+        now = self._router.clock.monotonic()
+        primary = core.primary
+        parts = []
+        for node, state in core.snapshot().items():
+            role = "primary" if node == primary else state.role.value
+            blacklisted = state.down_until is not None and now < state.down_until
+            words = [f"{node}: {role}", "up" if state.reachable and not blacklisted else "down"]
+            if state.same_server_as is not None:
+                words.append(f"same server as {state.same_server_as}")
+            if state.lag_seconds is not None and node != primary:
+                words.append(f"lag={state.lag_seconds:.1f}s")
+            if state.lagging:
+                words.append("lagging")
+            parts.append(" ".join(words))
+        brain = " split_brain" if core.split_brain else ""
+        return (
+            f"<{type(self).__name__} {self.name!r} primary={primary!r}{brain} "
+            f"nodes=[{', '.join(parts)}]>"
         )
 
     # -- public, no I/O ------------------------------------------------------------------------

@@ -41,6 +41,7 @@ from scalekit.routing._core import (
     RoutingConfig,
     RoutingCore,
     Target,
+    commit_position,
     parse_lsn,
 )
 from scalekit.routing._events import (
@@ -50,7 +51,7 @@ from scalekit.routing._events import (
     NodeReadmitted,
     RouteDecision,
 )
-from scalekit.routing._statements import classify
+from scalekit.routing._statements import ROUTE_OPTION, classify, classify_text, route_rule
 from scalekit.typing import Clock
 
 if TYPE_CHECKING:
@@ -63,15 +64,29 @@ _log = logging.getLogger("scalekit.routing")
 
 READONLY_OPTION = "scalekit_readonly"
 _WROTE_KEY = "scalekit_wrote"
+# Role, position, the node's clock and (replicas) the commit time of the last replayed
+# transaction, in one round trip per node.
 _POSITION_SQL = (
     "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() "
-    "THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_flush_lsn() END::text"
+    "THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_flush_lsn() END::text, "
+    "EXTRACT(EPOCH FROM clock_timestamp())::float8, "
+    "CASE WHEN pg_is_in_recovery() "
+    "THEN EXTRACT(EPOCH FROM pg_last_xact_replay_timestamp())::float8 END"
 )
 _REPLAY_SQL = "SELECT pg_last_wal_replay_lsn()::text"
-# The commit's end is at or before the flushed position once a synchronous
-# commit returned; the insert position may hold WAL that is not streamed until
-# a later flush, which would keep replicas "behind" a token for seconds.
-_TOKEN_SQL = "SELECT pg_current_wal_flush_lsn()::text"
+# Under synchronous_commit=off a commit returns before its record is flushed: only the
+# insert position covers it (commit_position() turns it into the end of the last record).
+_TOKEN_SQL = (
+    "SELECT pg_current_wal_insert_lsn()::text, pg_current_wal_flush_lsn()::text, "
+    "current_setting('wal_block_size')::int, "
+    "pg_size_bytes(current_setting('wal_segment_size'))"
+)
+# Which server a node reaches: the cluster's identifier (shared with its physical
+# replicas) and the postmaster's start time (not shared by two running servers).
+_SERVER_SQL = (
+    "SELECT (SELECT system_identifier FROM pg_control_system())::text, "
+    "pg_postmaster_start_time()::text"
+)
 _CONNECTION_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
 _MAX_PROBES = 2  # replicas probed per read attempt for read-your-writes
 _counter = itertools.count(1)
@@ -143,6 +158,7 @@ class Router:
         )
         self._check_lock = threading.Lock()
         self._reported_roles: tuple[str | None, bool] = (self.core.primary, False)
+        self._aliases: dict[str, str] = {}
         self._listeners: list[tuple[Any, str, Callable[..., Any]]] = []
         self._install_listeners()
 
@@ -217,7 +233,7 @@ class Router:
                 down_for = core.record_success(node)
                 if down_for is not None:
                     emit(NodeReadmitted(name=router.name, node=node, seconds_down=down_for))
-            if context is not None and node == core.primary and _may_write(context):
+            if context is not None and node == core.primary and _may_write(context, statement):
                 if conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
                     router.note_write()
                 else:
@@ -245,7 +261,8 @@ class Router:
     ) -> None:
         if not conn.get_execution_options().get(READONLY_OPTION):
             return
-        classification = classify(clauseelement)
+        route = execution_options.get(ROUTE_OPTION) if execution_options else None
+        classification = classify(clauseelement) if route is None else route_rule(route)
         if classification.writes:
             raise ReadOnlyViolation(
                 f"a statement that writes ({classification.reason}) was run on a read-only "
@@ -307,13 +324,18 @@ class Router:
         if primary is None:
             return None
         try:
-            (text,) = self._scalar_row(primary, _TOKEN_SQL)
+            insert, flush, block_size, segment_size = self._scalar_row(primary, _TOKEN_SQL)
         except Exception as exc:
             if not _is_db_error(exc):
                 raise
             _log.debug("could not read the primary's WAL position: %s", type(exc).__name__)
             return None
-        return parse_lsn(text)
+        return commit_position(
+            parse_lsn(insert),
+            parse_lsn(flush),
+            block_size=int(block_size),
+            segment_size=int(segment_size),
+        )
 
     def probe(self, node: str) -> int | None:
         """Read a replica's replayed position (one query); None when it cannot be read."""
@@ -334,24 +356,40 @@ class Router:
             self.core.mark_checked()
             return
         roles: dict[str, Target | None] = {}
-        positions: dict[str, tuple[bool, int | None]] = {}
+        positions: dict[str, tuple[bool, int | None, float | None, float | None]] = {}
         for node in self.core.names:
             try:
-                in_recovery, text = self._scalar_row(node, _POSITION_SQL)
+                in_recovery, text, server_time, replay_time = self._scalar_row(node, _POSITION_SQL)
             except Exception as exc:
                 if not _is_db_error(exc):
                     raise
                 roles[node] = None
                 continue
             roles[node] = Target.REPLICA if in_recovery else Target.PRIMARY
-            positions[node] = (bool(in_recovery), None if text is None else parse_lsn(text))
-        self.apply_roles(roles)
+            positions[node] = (
+                bool(in_recovery),
+                None if text is None else parse_lsn(text),
+                server_time,
+                replay_time,
+            )
+        servers = None
+        writable = [node for node, role in roles.items() if role is Target.PRIMARY]
+        if len(writable) > 1:
+            # Two nodes accept writes: a split brain, or two engines reaching one server.
+            servers = {node: self._server_identity(node) for node in writable}
+        self.apply_roles(roles, servers)
         primary = self.core.primary
         # The primary first, so the replicas' lag is measured against a fresh position.
         order = sorted(positions, key=lambda n: n != primary)
         for node in order:
-            in_recovery, lsn = positions[node]
-            if self.core.observe_position(node, in_recovery=in_recovery, lsn=lsn):
+            in_recovery, lsn, server_time, replay_time = positions[node]
+            if self.core.observe_position(
+                node,
+                in_recovery=in_recovery,
+                lsn=lsn,
+                server_time=server_time,
+                replay_time=replay_time,
+            ):
                 state = self.core.snapshot()[node]
                 emit(
                     LagChanged(
@@ -364,8 +402,35 @@ class Router:
                 )
         self.core.mark_checked()
 
-    def apply_roles(self, roles: Mapping[str, Target | None]) -> None:
-        change = self.core.apply_roles(roles)
+    def _server_identity(self, node: str) -> tuple[str, str] | None:
+        """Which server ``node`` reaches (see ``_SERVER_SQL``); None when it cannot be read."""
+        try:
+            sysid, started = self._scalar_row(node, _SERVER_SQL)
+        except Exception as exc:
+            if not _is_db_error(exc):
+                raise
+            return None
+        return (str(sysid), str(started))
+
+    def apply_roles(
+        self, roles: Mapping[str, Target | None], servers: Mapping[str, Any] | None = None
+    ) -> None:
+        change = self.core.apply_roles(roles, servers)
+        aliases = {
+            node: state.same_server_as
+            for node, state in self.core.snapshot().items()
+            if state.same_server_as is not None
+        }
+        for node, kept in aliases.items():
+            if self._aliases.get(node) != kept:
+                _log.info(
+                    "routing pool %r: %r reaches the same server as %r; it serves reads, "
+                    "never behind",
+                    self.name,
+                    node,
+                    kept,
+                )
+        self._aliases = aliases
         state = (change.new_primary, change.split_brain)
         if state != self._reported_roles:
             # Once per incident: a split brain seen by every later check is not news.
@@ -580,6 +645,7 @@ class Router:
                 "lag_seconds": state.lag_seconds,
                 "lag_bytes": state.lag_bytes,
                 "replay_lsn": None if state.replay_lsn is None else _fmt(state.replay_lsn),
+                "same_server_as": state.same_server_as,
                 "url": mask_url(engine),
                 "pool": {
                     "size": size,
@@ -599,19 +665,21 @@ class Router:
         }
 
 
-def _may_write(context: Any) -> bool:
+def _may_write(context: Any, statement: object) -> bool:
     """Whether a statement that ran on the primary may have written.
 
-    Compiled DML says so itself; ``text()`` and driver-level SQL cannot be
-    read, so they count as writes (a read-your-writes token is cheap, a stale
-    read after an ``INSERT`` written as text is not).
+    Compiled DML says so itself; ``text()`` and driver-level SQL count as
+    writes unless they are unmistakable reads (a read-your-writes token is
+    cheap, a stale read after an ``INSERT`` written as text is not).
     """
     if context.isinsert or context.isupdate or context.isdelete:
         return True
     compiled = context.compiled
     if compiled is None:
-        return True
-    return getattr(compiled.statement, "__visit_name__", "") == "textclause"
+        return classify_text(statement).writes
+    if getattr(compiled.statement, "__visit_name__", "") == "textclause":
+        return classify(compiled.statement).writes
+    return False
 
 
 def _fmt(lsn: int) -> str:

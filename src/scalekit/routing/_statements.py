@@ -7,9 +7,14 @@ The rule looks at the statement object, never at SQL text:
 * a ``select`` writes when it has ``with_for_update()``, embeds DML (a CTE
   with ``INSERT ... RETURNING``), or calls a function that changes state
   (``nextval``, ``setval``, advisory locks...);
-* ``text()`` writes unless marked read-only with :func:`read_only` (or the
-  execution option ``scalekit_route="replica"``);
-* ``scalekit_route="primary"`` forces any statement to the primary.
+* ``text()`` is read as SQL (see ``_sqltext.py``): an unmistakable read
+  (``SELECT``/``WITH ... SELECT``/``SHOW``/``EXPLAIN``/``VALUES``/``TABLE``, one
+  statement, no DML, ``INTO``, row locks or state-changing functions outside
+  strings and comments) is a read; anything doubtful is a write;
+* the execution option ``scalekit_route`` settles any statement:
+  ``"read"`` (alias ``"replica"``, or :func:`read_only`) marks it a read,
+  ``"write"`` (alias ``"primary"``, or :func:`route_to_primary`) sends it to the
+  primary.
 
 The walk is hand-written rather than ``visitors.iterate`` because that one
 costs tens of microseconds on an ORM select; this one skips tables, columns
@@ -20,15 +25,29 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from scalekit.errors import ConfigurationError
 from scalekit.routing._core import READ, Classification
+from scalekit.routing._sqltext import classify_sql
 
 if TYPE_CHECKING:
     from sqlalchemy.sql.base import Executable
 
-__all__ = ["ROUTE_OPTION", "WRITE_FUNCTIONS", "classify", "read_only", "route_to_primary"]
+__all__ = [
+    "ROUTE_OPTION",
+    "WRITE_FUNCTIONS",
+    "classify",
+    "classify_text",
+    "read_only",
+    "route_rule",
+    "route_to_primary",
+]
 
 ROUTE_OPTION = "scalekit_route"
-"""Execution option: ``"replica"`` marks a statement read-only, ``"primary"`` forces the primary."""
+"""Execution option: ``"read"`` (or ``"replica"``) marks a statement a read that may go
+to a replica; ``"write"`` (or ``"primary"``) sends it to the primary."""
+
+_READ_ROUTES = ("read", "replica")
+_WRITE_ROUTES = ("write", "primary")
 
 WRITE_FUNCTIONS: frozenset[str] = frozenset(
     {
@@ -60,7 +79,8 @@ S = TypeVar("S", bound="Executable")
 
 FLUSH = Classification(writes=True, reason="flush")
 CONNECTION = Classification(writes=True, reason="connection")
-_TEXT = Classification(writes=True, reason="text")
+_TEXT = Classification(writes=True, reason="text")  # a marker: text is classified by content
+_TEXT_READ = Classification(writes=False, reason="text_read")
 _FORCED_PRIMARY = Classification(writes=True, reason="forced_primary")
 _MARKED_READ = Classification(writes=False, reason="marked_read_only")
 _FOR_UPDATE = Classification(writes=True, reason="for_update")
@@ -98,7 +118,7 @@ def read_only(statement: S) -> S:
     >>> classify(stmt).writes
     False
     """
-    return statement.execution_options(**{ROUTE_OPTION: "replica"})
+    return statement.execution_options(**{ROUTE_OPTION: "read"})
 
 
 def route_to_primary(statement: S) -> S:
@@ -108,42 +128,95 @@ def route_to_primary(statement: S) -> S:
     >>> classify(route_to_primary(select(literal(1)))).reason
     'forced_primary'
     """
-    return statement.execution_options(**{ROUTE_OPTION: "primary"})
+    return statement.execution_options(**{ROUTE_OPTION: "write"})
 
 
 def classify(statement: object) -> Classification:
     """Say whether ``statement`` writes, and by which rule.
 
-    ``None`` (a flush, or ``session.connection()``) is a write.
+    ``None`` (a flush, or ``session.connection()``) is a write. A ``text()``
+    is a read only when it is unmistakably one (see :func:`classify_text`).
 
-    >>> from sqlalchemy import column, func, select, table
+    >>> from sqlalchemy import column, func, select, table, text
     >>> t = table("t", column("id"))
     >>> classify(select(t)).writes, classify(select(func.nextval("s"))).reason
     (False, 'function:nextval')
     >>> classify(t.delete()).reason
     'delete'
+    >>> classify(text("SELECT id FROM t -- no UPDATE here")).writes
+    False
+
+    Raises:
+        ConfigurationError: (``parameter="scalekit_route"``) for an execution
+            option ``scalekit_route`` other than ``"read"``, ``"write"``,
+            ``"replica"`` or ``"primary"``.
     """
     if statement is None:
         return CONNECTION
     options = getattr(statement, "_execution_options", None)
     if options:
         route = options.get(ROUTE_OPTION)
-        if route == "primary":
-            return _FORCED_PRIMARY
-        if route == "replica":
-            return _MARKED_READ
+        if route is not None:
+            return route_rule(route)
     sql = _sql if _sql is not None else _load()
     cls = type(statement)
     try:
         rule = _TOP[cls]
     except KeyError:
         rule = _top_rule(cls, statement, sql)
+    if rule is _TEXT:
+        element = getattr(statement, "element", statement)  # text().columns() wraps the text
+        return classify_text(getattr(element, "text", None))
     if rule is not None:
         return rule
     found = _find_write(statement, sql)
     if found is not None:
         return found
     return READ
+
+
+def route_rule(route: object) -> Classification:
+    """The classification an explicit ``scalekit_route`` option asks for.
+
+    Raises:
+        ConfigurationError: (``parameter="scalekit_route"``) for an unknown value.
+    """
+    if route in _WRITE_ROUTES:
+        return _FORCED_PRIMARY
+    if route in _READ_ROUTES:
+        return _MARKED_READ
+    raise ConfigurationError(
+        f"execution option {ROUTE_OPTION} must be 'read' or 'write' "
+        f"('replica' and 'primary' also work), got {route!r}",
+        parameter=ROUTE_OPTION,
+    )
+
+
+_TEXT_CACHE: dict[str, Classification] = {}
+_TEXT_CACHE_SIZE = 4096
+
+
+def classify_text(sql: object) -> Classification:
+    """Classify raw SQL text: a read only when unmistakably one (see ``_sqltext.py``).
+
+    Never raises; anything doubtful, or not a string, is a write.
+
+    >>> classify_text("SELECT * FROM t FOR UPDATE").reason
+    'text:update'
+    >>> classify_text("/* DELETE */ SELECT 'INSERT'").writes
+    False
+    """
+    if not isinstance(sql, str):
+        return _TEXT
+    found = _TEXT_CACHE.get(sql)
+    if found is not None:
+        return found
+    reason = classify_sql(sql, WRITE_FUNCTIONS)
+    found = _TEXT_READ if reason is None else Classification(writes=True, reason=reason)
+    if len(_TEXT_CACHE) >= _TEXT_CACHE_SIZE:
+        _TEXT_CACHE.clear()  # a bounded memo: distinct texts are few in a real application
+    _TEXT_CACHE[sql] = found
+    return found
 
 
 # The rule for a statement's own class, decided once per class: DML and text are

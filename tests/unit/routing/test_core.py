@@ -24,7 +24,7 @@ from scalekit.routing import (
     format_lsn,
     parse_lsn,
 )
-from scalekit.routing._core import EMPTY_CONTEXT, ContextState, decide
+from scalekit.routing._core import EMPTY_CONTEXT, ContextState, commit_position, decide
 from scalekit.testing import FakeClock
 
 REPLICAS = ("r1", "r2", "r3")
@@ -253,6 +253,53 @@ def test_lag_bytes_limit() -> None:
     assert "r2" not in core.choose_read(EMPTY_CONTEXT).attempts
 
 
+def test_lag_is_right_from_the_first_check_whoever_wrote() -> None:
+    # A pool that has never sampled the primary before: its own history says nothing, the
+    # commit time of the replica's last replayed transaction does.
+    core, clock = make(max_lag_seconds=1.0)
+    core.observe_position("p", in_recovery=False, lsn=5000, server_time=1000.0)
+    clock.advance(0.01)
+    assert core.observe_position(
+        "r1", in_recovery=True, lsn=3000, server_time=1000.01, replay_time=997.0
+    )
+    state = core.snapshot()["r1"]
+    assert state.lagging and state.lag_seconds == pytest.approx(3.01)
+    assert "r1" not in core.choose_read(EMPTY_CONTEXT).attempts
+
+
+def test_commit_age_means_nothing_when_the_replica_has_everything() -> None:
+    core, _ = make(max_lag_seconds=1.0)
+    core.observe_position("p", in_recovery=False, lsn=5000, server_time=1000.0)
+    core.observe_position("r1", in_recovery=True, lsn=5000, replay_time=10.0)  # idle for ages
+    state = core.snapshot()["r1"]
+    assert (state.lag_seconds, state.lagging) == (0.0, False)
+
+
+def test_commit_age_is_kept_within_what_the_samples_prove() -> None:
+    # The primary was idle at 1000 for a minute (seen at every check), then wrote: the
+    # replica, a few ms behind, lags at most since the last check, not since its last commit.
+    core, clock = make(max_lag_seconds=5.0)
+    for _ in range(60):
+        core.observe_position("p", in_recovery=False, lsn=1000, server_time=clock.time())
+        clock.advance(1)
+    core.observe_position("p", in_recovery=False, lsn=2000, server_time=clock.time())
+    core.observe_position("r1", in_recovery=True, lsn=1000, replay_time=clock.time() - 60)
+    state = core.snapshot()["r1"]
+    assert state.lag_seconds == pytest.approx(1.0)
+    assert not state.lagging
+
+
+def test_commit_position_covers_an_asynchronous_commit() -> None:
+    kw = {"block_size": 8192, "segment_size": 16 << 20}
+    # Async commit: the flush position is behind the commit, the insert position is not.
+    assert commit_position(0x30012E0, 0x3001278, **kw) == 0x30012E0
+    # The last record ended on a page boundary: the insert position is past the next
+    # page's header, which no replica reports until more WAL comes.
+    assert commit_position(0x3002018, 0x3002000, **kw) == 0x3002000
+    assert commit_position((3 << 24) + 40, 3 << 24, **kw) == 3 << 24  # a segment's long header
+    assert commit_position(0x5000, 0x6000, **kw) == 0x6000  # never below the flush position
+
+
 def _all_lagging(core: RoutingCore, clock: FakeClock) -> None:
     core.observe_position("p", in_recovery=False, lsn=100)
     clock.advance(1)
@@ -333,6 +380,30 @@ def test_roles_promotion_no_primary_and_split_brain() -> None:
     with pytest.raises(NoHealthyNode, match="more than one"):
         core.choose_write()
     assert core.choose_read(EMPTY_CONTEXT).attempts  # reads carry on
+
+
+def test_nodes_that_reach_one_server_count_once() -> None:
+    core, _ = make()
+    same = ("sysid", "started")
+    change = core.apply_roles(
+        {"p": Target.PRIMARY, "r1": Target.PRIMARY, "r2": Target.REPLICA},
+        {"p": same, "r1": same},
+    )
+    assert (change.new_primary, change.split_brain) == ("p", False)
+    assert core.choose_write() == "p"
+    assert core.snapshot()["r1"].same_server_as == "p"
+    # It serves reads and is never behind a token.
+    token = ConsistencyToken(lsn=10**12, written_at=0.0)
+    plan = core.choose_read(ContextState(token=token))
+    assert plan.attempts[0] == "r1" and not plan.probe
+    core.observe_position("r1", in_recovery=False, lsn=5)
+    assert core.snapshot()["r1"].lag_seconds == 0.0
+    # A real split brain: different servers (or unknown identities) are refused.
+    core.apply_roles({"p": Target.PRIMARY, "r1": Target.PRIMARY}, {"p": same, "r1": ("x", "y")})
+    assert core.split_brain
+    core.apply_roles({"p": Target.PRIMARY, "r1": Target.PRIMARY})
+    assert core.split_brain
+    assert core.snapshot()["r1"].same_server_as is None
 
 
 def test_primary_failure_asks_for_a_role_check() -> None:

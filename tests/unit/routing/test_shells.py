@@ -244,11 +244,30 @@ async def test_reads_inside_a_transaction_that_wrote_stay_on_primary(driver: Dri
     assert await driver.write_then_read(2) == "primary"
 
 
-async def test_text_goes_to_primary_unless_marked(driver: Driver) -> None:
-    assert await driver.read(WHOAMI) == "primary"
-    assert (await driver.read(read_only(WHOAMI))).startswith("replica")
+async def test_text_reads_go_to_replicas_anything_doubtful_to_the_primary(
+    driver: Driver,
+) -> None:
+    assert (await driver.read(WHOAMI)).startswith("replica")
+    # (SQLite has no FOR UPDATE: a doubtful word, here an alias named "share", does.)
+    assert await driver.read(sa.text("SELECT name AS share FROM whoami")) == "primary"
+    cte = sa.text("WITH w AS (SELECT name FROM whoami) SELECT name /* UPDATE */ FROM w")
+    assert (await driver.read(cte)).startswith("replica")
+    marked = sa.text("SELECT name FROM whoami").execution_options(scalekit_route="write")
+    assert await driver.read(marked) == "primary"
+    assert (await driver.read(read_only(sa.text("SELECT name AS share FROM whoami")))).startswith(
+        "replica"
+    )
     assert await driver.read(route_to_primary(WHO)) == "primary"
     assert await driver.read(WHO.with_for_update()) == "primary"
+    with driver.pool.use_replica():  # a text read is no ReadOnlyViolation
+        assert (await driver.read(WHOAMI)).startswith("replica")
+
+
+async def test_a_text_read_on_the_primary_leaves_no_token(driver: Driver) -> None:
+    with driver.pool.use_primary():
+        assert await driver.read(WHOAMI) == "primary"
+    assert driver.pool.router.var.get().pending_write_at is None
+    assert (await driver.read()).startswith("replica")
 
 
 async def test_time_stickiness_after_a_write(driver: Driver) -> None:
@@ -541,7 +560,7 @@ async def test_fast_path_is_not_taken_for_writes_tokens_forced_roles_or_locks(
     await driver.read()
     # Statements that write never reach it: a FOR UPDATE select, text, DML in a transaction.
     assert await driver.read(WHO.with_for_update()) == "primary"
-    assert await driver.read(WHOAMI) == "primary"
+    assert await driver.read(sa.text("SELECT name AS share FROM whoami")) == "primary"
     assert await driver.read(route_to_primary(WHO)) == "primary"
     assert await driver.write_then_read(40) == "primary"
     assert taken == [False]

@@ -83,9 +83,28 @@ CASES: list[tuple[str, Any, bool, str]] = [
         False,
         "select",
     ),
-    ("text", sa.text("SELECT 1"), True, "text"),
-    ("text marked read-only", read_only(sa.text("SELECT 1")), False, "marked_read_only"),
-    ("textual select", sa.text("SELECT 1").columns(sa.column("x")), True, "text"),
+    ("text read", sa.text("SELECT 1"), False, "text_read"),
+    ("text write", sa.text("UPDATE t SET x = 1"), True, "text"),
+    ("text marked read-only", read_only(sa.text("UPDATE t SET x = 1")), False, "marked_read_only"),
+    ("textual select", sa.text("SELECT 1").columns(sa.column("x")), False, "text_read"),
+    (
+        "textual select that locks",
+        sa.text("SELECT id FROM t FOR UPDATE").columns(sa.column("id")),
+        True,
+        "text:update",
+    ),
+    (
+        "text marked write",
+        sa.text("SELECT 1").execution_options(scalekit_route="write"),
+        True,
+        "forced_primary",
+    ),
+    (
+        "text marked read",
+        sa.text("SELECT f()").execution_options(scalekit_route="read"),
+        False,
+        "marked_read_only",
+    ),
     ("select forced to primary", route_to_primary(sa.select(accounts)), True, "forced_primary"),
     (
         "option by hand",
@@ -106,7 +125,7 @@ def test_classify(statement: Any, writes: bool, reason: str) -> None:
 
 
 def test_read_only_returns_a_copy() -> None:
-    original = sa.text("SELECT 1")
+    original = sa.text("DELETE FROM t")
     marked = read_only(original)
     assert marked is not original
     assert classify(original).writes
