@@ -133,8 +133,7 @@ class AsyncRateLimiter:
 
     async def peek(self, key: str | bytes, limit: Limit | str | Sequence[Limit | str]) -> Decision:
         """See :meth:`RateLimiter.peek`."""
-        limits = [limit] if isinstance(limit, (Limit, str)) else list(limit)
-        return await self._check(self._logic.plan(key, limits, 1, write=False))
+        return await self._check(self._logic.plan(key, limit, 1, write=False))
 
     async def enforce(
         self, key: str | bytes, limit: Limit | str | Sequence[Limit | str], cost: int = 1
@@ -144,14 +143,12 @@ class AsyncRateLimiter:
         Raises:
             RateLimitExceeded: denied; ``.decision`` holds the decision.
         """
-        limits = [limit] if isinstance(limit, (Limit, str)) else list(limit)
-        decision = await self._check(self._logic.plan(key, limits, cost, write=True))
+        decision = await self._check(self._logic.plan(key, limit, cost, write=True))
         return decision.raise_for_denied()
 
     async def reset(self, key: str | bytes, limit: Limit | str | Sequence[Limit | str]) -> None:
         """See :meth:`RateLimiter.reset`."""
-        limits = [limit] if isinstance(limit, (Limit, str)) else list(limit)
-        plan = self._logic.plan(key, limits, 0, write=False)
+        plan = self._logic.plan(key, limit, 0, write=False)
         self._logic.forget(plan.keys)
         await self.backend.delete(plan.keys)
 

@@ -21,15 +21,23 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from scalekit._clock import SYSTEM_CLOCK
-from scalekit.errors import CircuitOpenError, ConcurrencyLimitExceeded, ConfigurationError
+from scalekit.errors import ConcurrencyLimitExceeded, ConfigurationError
 from scalekit.ratelimit._backends import MemoryBackend, StoreUnavailable
-from scalekit.ratelimit._core import US_PER_SECOND, check_namespace, concurrency_key, is_number
+from scalekit.ratelimit._core import (
+    MAX_AMOUNT,
+    MAX_PERIOD,
+    US_PER_SECOND,
+    check_namespace,
+    concurrency_key,
+    is_number,
+)
 from scalekit.ratelimit._shell import (
     FallbackPolicy,
     StoreGuard,
     check_count,
     check_fallback,
     check_positive,
+    unavailable,
 )
 
 if TYPE_CHECKING:
@@ -69,8 +77,12 @@ class _ConcurrencyLogic:
         name: str | None,
     ) -> None:
         self.limit = check_count(limit, "limit")
+        if self.limit > MAX_AMOUNT:
+            raise ConfigurationError(
+                f"limit must be at most {MAX_AMOUNT}, got {limit!r}", parameter="limit"
+            )
         seconds = lease.total_seconds() if isinstance(lease, timedelta) else lease
-        self.lease_seconds = check_positive(seconds, "lease")
+        self.lease_seconds = check_positive(seconds, "lease", most=MAX_PERIOD.total_seconds())
         self.lease_us = float(round(self.lease_seconds * US_PER_SECOND))
         self.namespace = check_namespace(namespace)
         self.fallback = check_fallback(fallback)
@@ -98,9 +110,7 @@ class _ConcurrencyLogic:
         if error is not None:
             self.guard.failed(error.reason)
         if self.fallback == "raise":
-            if error is not None and error.__cause__ is not None:
-                raise error.__cause__
-            raise CircuitOpenError(self.name, self.guard.retry_after())
+            raise unavailable(self.guard, error)
         if self.fallback == "allow":
             return _Grant(True, 0, 0.0, "allow", False)
         if self.fallback == "deny":
@@ -124,8 +134,10 @@ class _ConcurrencyLogic:
 
 
 def _check_timeout(timeout: float) -> float:
-    if not is_number(timeout) or timeout < 0:
-        raise ConfigurationError(f"timeout must be >= 0, got {timeout!r}", parameter="timeout")
+    if not is_number(timeout) or not timeout >= 0:  # also NaN
+        raise ConfigurationError(
+            f"timeout must be a number >= 0, got {timeout!r}", parameter="timeout"
+        )
     return float(timeout)
 
 

@@ -181,8 +181,7 @@ class RateLimiter:
         Raises:
             ConfigurationError: a bad limit or key.
         """
-        limits = [limit] if isinstance(limit, (Limit, str)) else list(limit)
-        return self._check(self._logic.plan(key, limits, 1, write=False))
+        return self._check(self._logic.plan(key, limit, 1, write=False))
 
     def enforce(
         self, key: str | bytes, limit: Limit | str | Sequence[Limit | str], cost: int = 1
@@ -193,8 +192,7 @@ class RateLimiter:
             RateLimitExceeded: denied; ``.decision`` holds the decision.
             ConfigurationError: a bad limit, key or cost.
         """
-        limits = [limit] if isinstance(limit, (Limit, str)) else list(limit)
-        return self._check(self._logic.plan(key, limits, cost, write=True)).raise_for_denied()
+        return self._check(self._logic.plan(key, limit, cost, write=True)).raise_for_denied()
 
     def reset(self, key: str | bytes, limit: Limit | str | Sequence[Limit | str]) -> None:
         """Forget ``key``'s usage of ``limit`` (or of several limits), in Redis and locally.
@@ -203,8 +201,7 @@ class RateLimiter:
             ConfigurationError: a bad limit or key.
             redis.exceptions.RedisError: the store failed (reset has no fallback).
         """
-        limits = [limit] if isinstance(limit, (Limit, str)) else list(limit)
-        plan = self._logic.plan(key, limits, 0, write=False)
+        plan = self._logic.plan(key, limit, 0, write=False)
         self._logic.forget(plan.keys)
         self.backend.delete(plan.keys)
 
