@@ -21,6 +21,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from scalekit._clock import SYSTEM_CLOCK
+from scalekit._redis_bounded import DEFAULT_OP_TIMEOUT
 from scalekit.errors import ConcurrencyLimitExceeded, ConfigurationError
 from scalekit.ratelimit._backends import MemoryBackend, StoreUnavailable
 from scalekit.ratelimit._core import (
@@ -193,8 +194,8 @@ class ConcurrencyLimiter:
         limit: slots per key.
         lease: seconds (or timedelta) after which a slot held by a dead
             holder frees itself; renew long work with :meth:`Lease.renew`.
-        fallback, instances, failure_threshold, recovery_interval: as for
-            :class:`RateLimiter`.
+        fallback, instances, failure_threshold, recovery_interval, op_timeout:
+            as for :class:`RateLimiter`.
 
     Raises:
         ConfigurationError: a bad parameter.
@@ -212,12 +213,13 @@ class ConcurrencyLimiter:
         failure_threshold: int = 1,
         recovery_interval: float = 1.0,
         max_local_keys: int = 10_000,
+        op_timeout: float = DEFAULT_OP_TIMEOUT,
         clock: Clock = SYSTEM_CLOCK,
         name: str | None = None,
     ) -> None:
         from scalekit.ratelimit._sync import sync_backend
 
-        self.backend: SyncBackend = sync_backend(store)
+        self.backend: SyncBackend = sync_backend(store, op_timeout)
         self._logic = _ConcurrencyLogic(
             limit=limit,
             lease=lease,
@@ -258,6 +260,12 @@ class ConcurrencyLimiter:
             if pause is None:
                 raise logic.denied(key, grant)
             logic.clock.sleep(pause)
+
+    def close(self) -> None:
+        """Close the connections the limiter opened; the client you passed stays open."""
+        close = getattr(self.backend, "close", None)
+        if close is not None:
+            close()
 
     def _try(self, store_key: str, lease_id: str) -> _Grant:
         logic = self._logic
@@ -383,12 +391,13 @@ class AsyncConcurrencyLimiter:
         recovery_interval: float = 1.0,
         max_local_keys: int = 10_000,
         timeout: float | None = None,
+        op_timeout: float = DEFAULT_OP_TIMEOUT,
         clock: Clock = SYSTEM_CLOCK,
         name: str | None = None,
     ) -> None:
         from scalekit.ratelimit._async import async_backend
 
-        self.backend: AsyncBackend = async_backend(store, timeout)
+        self.backend: AsyncBackend = async_backend(store, timeout, op_timeout)
         self._logic = _ConcurrencyLogic(
             limit=limit,
             lease=lease,
@@ -430,6 +439,12 @@ class AsyncConcurrencyLimiter:
             if pause is None:
                 raise logic.denied(key, grant)
             await logic.clock.asleep(pause)
+
+    async def aclose(self) -> None:
+        """Close the connections the limiter opened; the client you passed stays open."""
+        aclose = getattr(self.backend, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
     async def _try(self, store_key: str, lease_id: str) -> _Grant:
         logic = self._logic
