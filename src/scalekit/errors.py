@@ -10,6 +10,7 @@ refine a builtin meaning also subclass that builtin (an invalid cursor *is* a
     ScalekitError
     ├── ConfigurationError (ValueError)      bad parameters, found at construction; .parameter
     ├── CircuitOpenError                     a breaker rejected the call; .name, .retry_after
+    │   └── RateLimiterUnavailable           a limiter's store is down, fallback "raise"
     ├── RetryError                           attempts ran out; .attempts, .last_exception
     ├── RateLimitExceeded                    a limiter denied the hit; .key, .retry_after, .decision
     │   └── ConcurrencyLimitExceeded         no free concurrency slot; .limit, .in_flight
@@ -47,6 +48,7 @@ __all__ = [
     "InvalidCursor",
     "NoHealthyNode",
     "RateLimitExceeded",
+    "RateLimiterUnavailable",
     "ReadOnlyViolation",
     "RetryError",
     "RoutingError",
@@ -105,6 +107,24 @@ class CircuitOpenError(ScalekitError):
         super().__init__(message)
         self.name = name
         self.retry_after = retry_after
+
+
+class RateLimiterUnavailable(CircuitOpenError):
+    """A limiter's store (Redis) is unreachable and its ``fallback`` is ``"raise"``.
+
+    Raised by every check during an outage: the one that found the store
+    down (the store's error is chained as ``__cause__``) and those that skip
+    the store while it recovers. ``name`` is the limiter's name;
+    ``retry_after`` the seconds until a check tries the store again (0 when
+    the next one will). A :class:`CircuitOpenError`, since the limiter's
+    guard is a breaker around its store.
+    """
+
+    def __init__(self, name: str, retry_after: float) -> None:
+        super().__init__(name, retry_after)
+        self.args = (
+            f"rate limiter {name!r}: its store is unavailable; retry after {retry_after:.3f}s",
+        )
 
 
 class RetryError(ScalekitError):

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 import redis
+import redis.asyncio.connection
 import redis.asyncio.retry
+import redis.connection
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from scalekit.errors import RateLimiterUnavailable
 from scalekit.instrumentation import FallbackUsed, Recovered
 from scalekit.ratelimit import (
     AsyncRateLimiter,
@@ -27,13 +30,17 @@ from scalekit.ratelimit import (
     Limit,
     RateLimiter,
     RedisBackend,
+    storage_key,
 )
-from scalekit.testing import capture_events
+from scalekit.testing import FakeClock, capture_events
 
 pytestmark = pytest.mark.integration
 
 LIMIT = Limit(5, per=60)
 RECOVERY = 0.5
+OP_TIMEOUT = 0.25
+# Time bounds below only guard against a hang: ten times connect + reply.
+HANG_GUARD = 10 * 2 * OP_TIMEOUT
 
 
 class Counted:
@@ -191,10 +198,14 @@ def test_paused_node_costs_one_timeout_then_nothing(
     try:
         limiter.hit("k", LIMIT)
         node.pause()
+        before = store_calls()
         first, first_seconds = _timed(lambda: limiter.hit("k", LIMIT))
         assert first.fallback == "allow" and first_seconds >= 0.25  # the socket timeout
-        assert first_seconds < 0.55  # one timeout: a timed-out check is not retried
+        assert first_seconds < HANG_GUARD
         calls = store_calls()
+        # One attempt, not retried: through the client, one evalsha; on the
+        # direct path, the kept connection and no other from the pool.
+        assert calls - before == (1 if path == "client" else 0)
         rest, rest_seconds = _timed(lambda: [limiter.hit("k", LIMIT) for _ in range(100)])
         assert store_calls() == calls and all(d.fallback == "allow" for d in rest)
         print(
@@ -257,11 +268,14 @@ async def test_async_timeout_bounds_a_paused_node_and_is_not_retried(
     try:
         assert (await limiter.hit("k", LIMIT)).fallback is None
         node.pause()
+        before = store_calls()
         started = time.perf_counter()
         first = await limiter.hit("k", LIMIT)
         seconds = time.perf_counter() - started
-        assert first.fallback == "allow" and 0.25 <= seconds < 0.55
+        # The limiter's timeout, not the socket's 5 s (the guard only catches a hang)
+        assert first.fallback == "allow" and 0.25 <= seconds < HANG_GUARD
         calls = store_calls()
+        assert calls - before == 1  # one attempt: a timed-out check is not retried
         rest = [await limiter.hit("k", LIMIT) for _ in range(20)]
         assert store_calls() == calls and all(d.fallback == "allow" for d in rest)
         node.resume()
@@ -299,3 +313,233 @@ def test_concurrency_limiter_falls_back_and_recovers(
         assert [type(e) for e in events] == [Recovered]
     finally:
         client.close()
+
+
+# -- default-constructed clients: an outage costs a bounded probe ---------------
+#
+# Clients built as users build them. redis-py 8's defaults retry 10 times with
+# back-off and wait 5 s for a reply: before op_timeout, a stopped Redis cost the
+# first check about 3 s (11 connection attempts) and a paused one 5 s (redis-py
+# 5: for ever). Now the first check costs about 2 x op_timeout at most; the
+# time bounds only catch a hang, the assertions count what happened.
+
+
+def _count_store_calls(backend: Any) -> Callable[[], int]:
+    """Count the backend's calls to Redis (sync or async: the wrapper passes the coroutine on)."""
+    calls = 0
+    run = backend._run
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return run(*args, **kwargs)
+
+    backend._run = counted
+    return lambda: calls
+
+
+def _count_connects(monkeypatch: pytest.MonkeyPatch, connection: type) -> Callable[[], int]:
+    """Count attempts to open a connection (redis-py's retries each make one)."""
+    attempts = 0
+    connect = connection._connect  # type: ignore[attr-defined]
+
+    def counted(self: Any) -> Any:
+        nonlocal attempts
+        attempts += 1
+        return connect(self)
+
+    monkeypatch.setattr(connection, "_connect", counted)
+    return lambda: attempts
+
+
+def _outcome(check: Callable[[], Any]) -> Any:
+    """The decision, or the RateLimiterUnavailable raised instead."""
+    try:
+        return check()
+    except RateLimiterUnavailable as error:
+        return error
+
+
+async def _aoutcome(check: Callable[[], Awaitable[Any]]) -> Any:
+    try:
+        return await check()
+    except RateLimiterUnavailable as error:
+        return error
+
+
+def _assert_fallback(fallback: str, outcomes: list[Any], first_cause: bool = True) -> None:
+    """Every outcome follows ``fallback``; a LIMIT of 5: ``local`` admits 5, then denies."""
+    if fallback == "raise":
+        assert all(isinstance(o, RateLimiterUnavailable) for o in outcomes)
+        if first_cause:
+            assert isinstance(outcomes[0].__cause__, (redis.ConnectionError, redis.TimeoutError))
+        assert all(o.__cause__ is None for o in outcomes[1:])  # the store was skipped
+        return
+    assert {o.fallback for o in outcomes} == {fallback}
+    if fallback == "allow":
+        assert all(o.allowed for o in outcomes)
+    else:
+        assert [o.allowed for o in outcomes] == [True] * 5 + [False] * (len(outcomes) - 5)
+
+
+def _end_outage(node: Any, outage: str) -> None:
+    if outage == "pause":
+        node.resume()
+    elif not node.running:
+        node.start()
+
+
+@pytest.mark.parametrize("fallback", ["local", "allow", "raise"])
+@pytest.mark.parametrize("outage", ["stop", "kill", "pause"])
+def test_a_default_client_costs_one_bounded_probe_then_the_fallback(
+    redis_server_factory: Callable[[], Any],
+    outage: str,
+    fallback: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    node = redis_server_factory()
+    client = redis.Redis(host=node.host, port=node.port)  # redis-py's defaults
+    clock = FakeClock(start=100.0)
+    limiter = RateLimiter(client, fallback=fallback, op_timeout=OP_TIMEOUT, clock=clock)  # type: ignore[arg-type]
+    store_calls = _count_store_calls(limiter.backend)
+    try:
+        assert limiter.hit("k", LIMIT).fallback is None
+        getattr(node, outage)()
+        connects = _count_connects(monkeypatch, redis.connection.Connection)
+        started = time.monotonic()
+        first = _outcome(lambda: limiter.hit("k", LIMIT))
+        assert time.monotonic() - started < HANG_GUARD  # bounded (unbounded: 3 s to minutes)
+        assert store_calls() == 2  # the first check, then this probe
+        # The kept connection fails, then one fresh attempt: redis-py never retries.
+        assert connects() <= 1
+        # Within the guard's interval (the clock stands still) Redis is not touched.
+        rest = [_outcome(lambda: limiter.hit("k", LIMIT)) for _ in range(9)]
+        rest += [_outcome(lambda: limiter.hit_all("k", [LIMIT])) for _ in range(2)]
+        assert store_calls() == 2
+        _assert_fallback(fallback, [first, *rest])
+        _end_outage(node, outage)
+        if outage != "pause":
+            client.config_resetstat()
+        clock.advance(1.0)  # the recovery interval: the next check probes, and succeeds
+        back = limiter.hit("k", LIMIT)
+        assert back.fallback is None and not limiter.degraded
+        if outage != "pause":  # a restarted Redis has no scripts: NOSCRIPT, then EVAL
+            stats = client.info("commandstats")
+            assert stats["cmdstat_eval"]["calls"] == 1 and back.remaining == 4
+    finally:
+        _end_outage(node, outage)
+        limiter.close()
+        client.close()
+
+
+@pytest.mark.parametrize("fallback", ["local", "allow", "raise"])
+@pytest.mark.parametrize("outage", ["stop", "kill", "pause"])
+async def test_a_default_async_client_costs_one_bounded_probe_then_the_fallback(
+    redis_server_factory: Callable[[], Any],
+    outage: str,
+    fallback: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    node = redis_server_factory()
+    client = redis.asyncio.Redis(host=node.host, port=node.port)  # redis-py's defaults
+    clock = FakeClock(start=100.0)
+    limiter = AsyncRateLimiter(client, fallback=fallback, op_timeout=OP_TIMEOUT, clock=clock)  # type: ignore[arg-type]
+    store_calls = _count_store_calls(limiter.backend)
+    try:
+        assert (await limiter.hit("k", LIMIT)).fallback is None
+        getattr(node, outage)()
+        connects = _count_connects(monkeypatch, redis.asyncio.connection.Connection)
+        started = time.monotonic()
+        first = await _aoutcome(lambda: limiter.hit("k", LIMIT))
+        assert time.monotonic() - started < HANG_GUARD
+        assert store_calls() == 2 and connects() <= 1  # redis-py never retries
+        rest = [await _aoutcome(lambda: limiter.hit("k", LIMIT)) for _ in range(9)]
+        rest += [await _aoutcome(lambda: limiter.hit_all("k", [LIMIT])) for _ in range(2)]
+        assert store_calls() == 2
+        _assert_fallback(fallback, [first, *rest])
+        _end_outage(node, outage)
+        clock.advance(1.0)
+        back = await limiter.hit("k", LIMIT)
+        assert back.fallback is None and not limiter.degraded
+        if outage != "pause":
+            assert back.remaining == 4  # reloaded the script on the empty server
+    finally:
+        _end_outage(node, outage)
+        await limiter.aclose()
+        await client.aclose()
+
+
+@pytest.mark.parametrize("fallback", ["local", "raise"])
+@pytest.mark.parametrize("outage", ["pause", "stop"])
+def test_a_default_cluster_client_costs_one_bounded_probe_then_the_fallback(
+    redis_cluster: Any, outage: str, fallback: str
+) -> None:
+    redis_cluster.wait_healthy()
+    client = redis_cluster.client()  # RedisCluster with its defaults
+    clock = FakeClock(start=100.0)
+    limiter = RateLimiter(
+        client,
+        fallback=fallback,
+        op_timeout=OP_TIMEOUT,
+        namespace=f"rl-{outage}",
+        clock=clock,  # type: ignore[arg-type]
+    )
+    key = f"{fallback}-{outage}"
+    node = redis_cluster.node_for_key(storage_key(f"rl-{outage}", "gcra", key, LIMIT))
+    store_calls = _count_store_calls(limiter.backend)
+    try:
+        assert limiter.hit(key, LIMIT).fallback is None
+        getattr(node, outage)()
+        started = time.monotonic()
+        first = _outcome(lambda: limiter.hit(key, LIMIT))
+        assert time.monotonic() - started < HANG_GUARD
+        rest = [_outcome(lambda: limiter.hit(key, LIMIT)) for _ in range(9)]
+        assert store_calls() == 2
+        _assert_fallback(fallback, [first, *rest])
+    finally:
+        _end_outage(node, outage)
+        redis_cluster.wait_healthy()
+    try:
+        clock.advance(1.0)
+        back = limiter.hit(key, LIMIT)
+        assert back.fallback is None and not limiter.degraded
+    finally:
+        limiter.close()
+        client.close()
+
+
+@pytest.mark.parametrize("fallback", ["local", "raise"])
+async def test_a_default_async_cluster_client_costs_one_bounded_probe_then_the_fallback(
+    redis_cluster: Any, fallback: str
+) -> None:
+    redis_cluster.wait_healthy()
+    client = redis_cluster.async_client()
+    clock = FakeClock(start=100.0)
+    limiter = AsyncRateLimiter(
+        client,
+        fallback=fallback,
+        op_timeout=OP_TIMEOUT,
+        namespace="arl",
+        clock=clock,  # type: ignore[arg-type]
+    )
+    key = f"async-{fallback}"
+    node = redis_cluster.node_for_key(storage_key("arl", "gcra", key, LIMIT))
+    store_calls = _count_store_calls(limiter.backend)
+    try:
+        assert (await limiter.hit(key, LIMIT)).fallback is None
+        node.pause()
+        started = time.monotonic()
+        first = await _aoutcome(lambda: limiter.hit(key, LIMIT))
+        assert time.monotonic() - started < HANG_GUARD
+        rest = [await _aoutcome(lambda: limiter.hit(key, LIMIT)) for _ in range(9)]
+        assert store_calls() == 2
+        _assert_fallback(fallback, [first, *rest])
+        node.resume()
+        redis_cluster.wait_healthy()
+        clock.advance(1.0)
+        back = await limiter.hit(key, LIMIT)
+        assert back.fallback is None and not limiter.degraded
+    finally:
+        node.resume()
+        await limiter.aclose()
+        await client.aclose()

@@ -20,6 +20,7 @@ thin sync and asyncio shells in ``_sync``, ``_async`` and ``_concurrency``.
 
 from __future__ import annotations
 
+from scalekit.errors import RateLimiterUnavailable
 from scalekit.ratelimit._async import AsyncRateLimiter
 from scalekit.ratelimit._backends import AsyncRedisBackend, MemoryBackend, RedisBackend
 from scalekit.ratelimit._concurrency import (
@@ -55,6 +56,7 @@ __all__ = [
     "Limit",
     "MemoryBackend",
     "RateLimiter",
+    "RateLimiterUnavailable",
     "RedisBackend",
     "ShadowDenied",
     "hash_key_part",

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from scalekit._clock import SYSTEM_CLOCK
+from scalekit._redis_bounded import DEFAULT_OP_TIMEOUT, check_op_timeout
 from scalekit.errors import ConfigurationError
 from scalekit.ratelimit._backends import AsyncRedisBackend, MemoryBackend, StoreUnavailable
 from scalekit.ratelimit._backends._memory import AsyncMemoryBackend
@@ -20,8 +21,14 @@ if TYPE_CHECKING:
 __all__ = ["AsyncRateLimiter"]
 
 
-def async_backend(store: Any, timeout: float | None) -> AsyncBackend:
-    """The backend for an asyncio ``store``; raises ConfigurationError if it is not one."""
+def async_backend(
+    store: Any, timeout: float | None, op_timeout: float = DEFAULT_OP_TIMEOUT
+) -> AsyncBackend:
+    """The backend for an asyncio ``store``; raises ConfigurationError if it is not one.
+
+    ``timeout`` and ``op_timeout`` are validated, and apply to a backend built here.
+    """
+    op_timeout = check_op_timeout(op_timeout)
     if timeout is not None:
         timeout = check_positive(timeout, "timeout")
     if isinstance(store, (AsyncRedisBackend, AsyncMemoryBackend)):
@@ -29,7 +36,7 @@ def async_backend(store: Any, timeout: float | None) -> AsyncBackend:
     if isinstance(store, MemoryBackend):
         return AsyncMemoryBackend(store)
     if is_async_client(store):
-        return AsyncRedisBackend(store, timeout=timeout)
+        return AsyncRedisBackend(store, timeout=timeout, op_timeout=op_timeout)
     if callable(getattr(store, "evalsha", None)):
         raise ConfigurationError(
             f"{type(store).__name__} is a blocking client: use RateLimiter, or pass a "
@@ -46,8 +53,10 @@ class AsyncRateLimiter:
     """The asyncio twin of :class:`RateLimiter`, same parameters and methods, awaited.
 
     ``store`` is a ``redis.asyncio.Redis`` or ``redis.asyncio.cluster.RedisCluster``
-    (or a :class:`MemoryBackend`). ``timeout`` (seconds) bounds each store call
-    with ``asyncio.wait_for`` on top of the client's socket timeout.
+    (or a :class:`MemoryBackend`). ``op_timeout`` bounds what an outage costs,
+    as for :class:`RateLimiter`; ``timeout`` (seconds), when set, also bounds
+    each store call with ``asyncio.wait_for``. Call :meth:`aclose` when done:
+    it closes the connections the limiter opened (never your client).
 
     >>> import asyncio
     >>> from scalekit.ratelimit import AsyncRateLimiter, MemoryBackend
@@ -74,10 +83,11 @@ class AsyncRateLimiter:
         recovery_interval: float = 1.0,
         max_local_keys: int = 10_000,
         timeout: float | None = None,
+        op_timeout: float = DEFAULT_OP_TIMEOUT,
         clock: Clock = SYSTEM_CLOCK,
         name: str | None = None,
     ) -> None:
-        self.backend = async_backend(store, timeout)
+        self.backend = async_backend(store, timeout, op_timeout)
         self._logic = LimiterLogic(
             algorithm=algorithm,
             namespace=namespace,
@@ -133,8 +143,7 @@ class AsyncRateLimiter:
 
     async def peek(self, key: str | bytes, limit: Limit | str | Sequence[Limit | str]) -> Decision:
         """See :meth:`RateLimiter.peek`."""
-        limits = [limit] if isinstance(limit, (Limit, str)) else list(limit)
-        return await self._check(self._logic.plan(key, limits, 1, write=False))
+        return await self._check(self._logic.plan(key, limit, 1, write=False))
 
     async def enforce(
         self, key: str | bytes, limit: Limit | str | Sequence[Limit | str], cost: int = 1
@@ -144,16 +153,23 @@ class AsyncRateLimiter:
         Raises:
             RateLimitExceeded: denied; ``.decision`` holds the decision.
         """
-        limits = [limit] if isinstance(limit, (Limit, str)) else list(limit)
-        decision = await self._check(self._logic.plan(key, limits, cost, write=True))
+        decision = await self._check(self._logic.plan(key, limit, cost, write=True))
         return decision.raise_for_denied()
 
     async def reset(self, key: str | bytes, limit: Limit | str | Sequence[Limit | str]) -> None:
         """See :meth:`RateLimiter.reset`."""
-        limits = [limit] if isinstance(limit, (Limit, str)) else list(limit)
-        plan = self._logic.plan(key, limits, 0, write=False)
+        plan = self._logic.plan(key, limit, 0, write=False)
         self._logic.forget(plan.keys)
         await self.backend.delete(plan.keys)
+
+    async def aclose(self) -> None:
+        """Close the connections the limiter opened (see :meth:`AsyncRedisBackend.aclose`).
+
+        The client you passed stays open, and the limiter usable.
+        """
+        aclose = getattr(self.backend, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
     async def _check(self, plan: Plan) -> Decision:
         logic = self._logic

@@ -21,15 +21,24 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from scalekit._clock import SYSTEM_CLOCK
-from scalekit.errors import CircuitOpenError, ConcurrencyLimitExceeded, ConfigurationError
+from scalekit._redis_bounded import DEFAULT_OP_TIMEOUT
+from scalekit.errors import ConcurrencyLimitExceeded, ConfigurationError
 from scalekit.ratelimit._backends import MemoryBackend, StoreUnavailable
-from scalekit.ratelimit._core import US_PER_SECOND, check_namespace, concurrency_key, is_number
+from scalekit.ratelimit._core import (
+    MAX_AMOUNT,
+    MAX_PERIOD,
+    US_PER_SECOND,
+    check_namespace,
+    concurrency_key,
+    is_number,
+)
 from scalekit.ratelimit._shell import (
     FallbackPolicy,
     StoreGuard,
     check_count,
     check_fallback,
     check_positive,
+    unavailable,
 )
 
 if TYPE_CHECKING:
@@ -69,8 +78,12 @@ class _ConcurrencyLogic:
         name: str | None,
     ) -> None:
         self.limit = check_count(limit, "limit")
+        if self.limit > MAX_AMOUNT:
+            raise ConfigurationError(
+                f"limit must be at most {MAX_AMOUNT}, got {limit!r}", parameter="limit"
+            )
         seconds = lease.total_seconds() if isinstance(lease, timedelta) else lease
-        self.lease_seconds = check_positive(seconds, "lease")
+        self.lease_seconds = check_positive(seconds, "lease", most=MAX_PERIOD.total_seconds())
         self.lease_us = float(round(self.lease_seconds * US_PER_SECOND))
         self.namespace = check_namespace(namespace)
         self.fallback = check_fallback(fallback)
@@ -98,9 +111,7 @@ class _ConcurrencyLogic:
         if error is not None:
             self.guard.failed(error.reason)
         if self.fallback == "raise":
-            if error is not None and error.__cause__ is not None:
-                raise error.__cause__
-            raise CircuitOpenError(self.name, self.guard.retry_after())
+            raise unavailable(self.guard, error)
         if self.fallback == "allow":
             return _Grant(True, 0, 0.0, "allow", False)
         if self.fallback == "deny":
@@ -124,8 +135,10 @@ class _ConcurrencyLogic:
 
 
 def _check_timeout(timeout: float) -> float:
-    if not is_number(timeout) or timeout < 0:
-        raise ConfigurationError(f"timeout must be >= 0, got {timeout!r}", parameter="timeout")
+    if not is_number(timeout) or not timeout >= 0:  # also NaN
+        raise ConfigurationError(
+            f"timeout must be a number >= 0, got {timeout!r}", parameter="timeout"
+        )
     return float(timeout)
 
 
@@ -181,8 +194,8 @@ class ConcurrencyLimiter:
         limit: slots per key.
         lease: seconds (or timedelta) after which a slot held by a dead
             holder frees itself; renew long work with :meth:`Lease.renew`.
-        fallback, instances, failure_threshold, recovery_interval: as for
-            :class:`RateLimiter`.
+        fallback, instances, failure_threshold, recovery_interval, op_timeout:
+            as for :class:`RateLimiter`.
 
     Raises:
         ConfigurationError: a bad parameter.
@@ -200,12 +213,13 @@ class ConcurrencyLimiter:
         failure_threshold: int = 1,
         recovery_interval: float = 1.0,
         max_local_keys: int = 10_000,
+        op_timeout: float = DEFAULT_OP_TIMEOUT,
         clock: Clock = SYSTEM_CLOCK,
         name: str | None = None,
     ) -> None:
         from scalekit.ratelimit._sync import sync_backend
 
-        self.backend: SyncBackend = sync_backend(store)
+        self.backend: SyncBackend = sync_backend(store, op_timeout)
         self._logic = _ConcurrencyLogic(
             limit=limit,
             lease=lease,
@@ -246,6 +260,12 @@ class ConcurrencyLimiter:
             if pause is None:
                 raise logic.denied(key, grant)
             logic.clock.sleep(pause)
+
+    def close(self) -> None:
+        """Close the connections the limiter opened; the client you passed stays open."""
+        close = getattr(self.backend, "close", None)
+        if close is not None:
+            close()
 
     def _try(self, store_key: str, lease_id: str) -> _Grant:
         logic = self._logic
@@ -371,12 +391,13 @@ class AsyncConcurrencyLimiter:
         recovery_interval: float = 1.0,
         max_local_keys: int = 10_000,
         timeout: float | None = None,
+        op_timeout: float = DEFAULT_OP_TIMEOUT,
         clock: Clock = SYSTEM_CLOCK,
         name: str | None = None,
     ) -> None:
         from scalekit.ratelimit._async import async_backend
 
-        self.backend: AsyncBackend = async_backend(store, timeout)
+        self.backend: AsyncBackend = async_backend(store, timeout, op_timeout)
         self._logic = _ConcurrencyLogic(
             limit=limit,
             lease=lease,
@@ -418,6 +439,12 @@ class AsyncConcurrencyLimiter:
             if pause is None:
                 raise logic.denied(key, grant)
             await logic.clock.asleep(pause)
+
+    async def aclose(self) -> None:
+        """Close the connections the limiter opened; the client you passed stays open."""
+        aclose = getattr(self.backend, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
     async def _try(self, store_key: str, lease_id: str) -> _Grant:
         logic = self._logic

@@ -97,8 +97,17 @@ ALGORITHMS: Final[tuple[Algorithm, ...]] = (
 BURST_ALGORITHMS: Final = frozenset({"gcra", "token_bucket"})
 
 US_PER_SECOND: Final = 1_000_000.0
+#: The largest ``amount`` and ``burst`` of a :class:`Limit` (and cost of a hit).
 MAX_AMOUNT: Final = 10**12
+#: The longest period of a :class:`Limit`, and the longest time its burst may
+#: take to refill (``per * burst / amount``). State lives at most this long, in
+#: whole microseconds well below 2**53 (exact in a double, as the Lua scripts
+#: compute) and in TTLs of whole milliseconds that Redis accepts.
 MAX_PERIOD: Final = timedelta(days=3660)
+MAX_PERIOD_US: Final = MAX_PERIOD // timedelta(microseconds=1)
+#: The largest ``amount`` of a ``sliding_window_log`` limit: its log keeps one
+#: entry per admitted unit (about 20 bytes each in Redis), written in one script.
+MAX_LOG_AMOUNT: Final = 100_000
 
 # ---------------------------------------------------------------------------
 # Limits
@@ -133,9 +142,14 @@ class Limit:
     >>> Limit.parse("10/second").burst
     10
 
+    Ranges (they keep every number of the Lua scripts exact): ``amount`` and
+    ``burst`` from 1 to ``10**12``; ``per`` from 1 microsecond to 3660 days;
+    the time to refill the burst (``per * burst / amount``) at most 3660
+    days; for ``sliding_window_log``, ``amount`` at most 100,000.
+
     Raises:
-        ConfigurationError: ``amount``/``burst`` not a positive int, ``per``
-            not a positive duration of at least a microsecond.
+        ConfigurationError: ``amount``/``burst`` not an int in range, ``per``
+            not a duration in range, or a burst that takes too long to refill.
     """
 
     amount: int
@@ -163,23 +177,27 @@ class Limit:
         if isinstance(per, bool):
             raise ConfigurationError(f"per must be a duration, got {per!r}", parameter="per")
         if isinstance(per, (int, float)):
-            if not math.isfinite(per):
-                raise ConfigurationError(f"per must be finite, got {per!r}", parameter="per")
+            # Checked before timedelta() sees it, which overflows past 10**9 days.
+            if not math.isfinite(per) or not 0 < per <= MAX_PERIOD.total_seconds():
+                raise _period_error(per)
             per = timedelta(seconds=per)
         if not isinstance(per, timedelta):
             raise ConfigurationError(
                 f"per must be a timedelta or seconds, got {per!r}", parameter="per"
             )
         if per < timedelta(microseconds=1) or per > MAX_PERIOD:
-            raise ConfigurationError(
-                f"per must be between 1 microsecond and {MAX_PERIOD.days} days, got {per!r}",
-                parameter="per",
-            )
+            raise _period_error(per)
         if burst is None:
             burst = amount
         if not is_int(burst) or not 1 <= burst <= MAX_AMOUNT:
             raise ConfigurationError(
                 f"burst must be an int between 1 and {MAX_AMOUNT}, got {burst!r}",
+                parameter="burst",
+            )
+        if burst > amount and (per // timedelta(microseconds=1)) * burst > MAX_PERIOD_US * amount:
+            raise ConfigurationError(
+                f"burst {burst} takes longer than {MAX_PERIOD.days} days to refill at "
+                f"{amount} per {per}; lower burst or per, or raise amount",
                 parameter="burst",
             )
         if name is not None and not is_text(name):
@@ -216,19 +234,27 @@ class Limit:
         unit = match and _UNITS.get(match["unit"].lower())
         if match is None or unit is None:
             raise ConfigurationError(
-                f"cannot parse rate limit {text!r}: expected '<amount>/<unit>' or "
+                f"cannot parse rate limit {_shown(text)}: expected '<amount>/<unit>' or "
                 "'<amount> per <count> <unit>', like '100/hour' or '10 per 5 seconds'",
                 parameter="limit",
             )
         count = float(match["count"]) if match["count"] else 1.0
-        if count <= 0:
+        seconds = count * unit
+        if not 0 < seconds <= MAX_PERIOD.total_seconds():  # also inf: a count of 400 digits
             raise ConfigurationError(
-                f"cannot parse rate limit {text!r}: the period must be positive",
+                f"rate limit {_shown(text)}: the period must be above 0 and at most "
+                f"{MAX_PERIOD.days} days",
+                parameter="limit",
+            )
+        digits = match["amount"].lstrip("0")
+        if len(digits) > len(str(MAX_AMOUNT)):  # int() refuses over 4300 digits
+            raise ConfigurationError(
+                f"rate limit {_shown(text)}: the amount must be at most {MAX_AMOUNT}",
                 parameter="limit",
             )
         # Whole microseconds: timedelta rounds anyway; this keeps the key stable.
-        per = timedelta(microseconds=round(count * unit * US_PER_SECOND))
-        return cls(int(match["amount"]), per, burst=burst, name=name)
+        per = timedelta(microseconds=round(seconds * US_PER_SECOND))
+        return cls(int(digits or "0"), per, burst=burst, name=name)
 
     @classmethod
     def parse_many(cls, text: str) -> list[Limit]:
@@ -237,9 +263,11 @@ class Limit:
         Raises:
             ConfigurationError: any part is not a limit, or there is none.
         """
+        if not isinstance(text, str):
+            raise ConfigurationError(f"limits must be a string, got {text!r}", parameter="limit")
         parts = [part for part in re.split(r"[;,]", text) if part.strip()]
         if not parts:
-            raise ConfigurationError(f"no rate limit in {text!r}", parameter="limit")
+            raise ConfigurationError(f"no rate limit in {_shown(text)}", parameter="limit")
         return [cls.parse(part) for part in parts]
 
     @property
@@ -266,23 +294,30 @@ class Limit:
         """
         if instances <= 1:
             return self
+        amount = max(1, self.amount // instances)
+        # The share's burst refills within MAX_PERIOD too (rounding may raise the ratio).
+        most = max(1, MAX_PERIOD_US * amount // self.period_us)
         return Limit(
-            max(1, self.amount // instances),
-            self.per,
-            burst=max(1, self.burst // instances),
-            name=self.name,
+            amount, self.per, burst=min(max(1, self.burst // instances), most), name=self.name
         )
 
     def params(self, algorithm: str) -> tuple[float, float, float]:
         """``(amount, period_us, capacity)`` as floats, the algorithms' inputs.
 
         Raises:
-            ConfigurationError: a window algorithm with a ``burst`` set.
+            ConfigurationError: a window algorithm with a ``burst`` set, or a
+                ``sliding_window_log`` amount above ``MAX_LOG_AMOUNT``.
         """
         if algorithm not in BURST_ALGORITHMS and self.burst != self.amount:
             raise ConfigurationError(
                 f"{algorithm} has no burst; use gcra or token_bucket for {self!r}",
                 parameter="burst",
+            )
+        if algorithm == "sliding_window_log" and self.amount > MAX_LOG_AMOUNT:
+            raise ConfigurationError(
+                f"sliding_window_log keeps one entry per unit: its amount must be at most "
+                f"{MAX_LOG_AMOUNT}, got {self.amount}; use sliding_window_counter or gcra",
+                parameter="amount",
             )
         return (float(self.amount), float(self.period_us), float(self.burst))
 
@@ -293,6 +328,18 @@ class Limit:
 
     def __str__(self) -> str:
         return f"{self.amount}/{_format_seconds(self.period)}s"
+
+
+def _shown(text: str) -> str:
+    """``text`` quoted for an error message, cut short if long."""
+    return repr(text) if len(text) <= 60 else repr(text[:57]) + "..."
+
+
+def _period_error(per: object) -> ConfigurationError:
+    return ConfigurationError(
+        f"per must be between 1 microsecond and {MAX_PERIOD.days} days, got {per!r}",
+        parameter="per",
+    )
 
 
 def _rebuild_limit(amount: int, per: timedelta, burst: int, name: str | None) -> Limit:

@@ -20,13 +20,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Final, Literal, NamedTuple, TypeAlias
 
-from scalekit.errors import CircuitOpenError, ConfigurationError
+from scalekit.errors import ConfigurationError, RateLimiterUnavailable
 from scalekit.instrumentation import Event, FallbackUsed, Recovered, emit
 from scalekit.ratelimit._backends._base import StoreUnavailable
 from scalekit.ratelimit._backends._memory import MemoryBackend
@@ -79,10 +80,13 @@ def key_digest(key: str | bytes) -> str:
     return hashlib.blake2b(raw, digest_size=8).hexdigest()
 
 
-def check_positive(value: float, parameter: str) -> float:
-    if not is_number(value) or not value > 0:
+def check_positive(value: float, parameter: str, *, most: float = math.inf) -> float:
+    """``value`` as a float above 0, finite and at most ``most``; or ConfigurationError."""
+    if not is_number(value) or not 0 < value <= most or not math.isfinite(value):
+        bound = "" if most == math.inf else f" at most {most:g}"
         raise ConfigurationError(
-            f"{parameter} must be a positive number, got {value!r}", parameter=parameter
+            f"{parameter} must be a finite number above 0{bound}, got {value!r}",
+            parameter=parameter,
         )
     return float(value)
 
@@ -93,6 +97,14 @@ def check_count(value: int, parameter: str) -> int:
             f"{parameter} must be an int >= 1, got {value!r}", parameter=parameter
         )
     return value
+
+
+def unavailable(guard: StoreGuard, error: StoreUnavailable | None) -> RateLimiterUnavailable:
+    """The error of ``fallback="raise"``: the store's error chained, when there was a call."""
+    failure = RateLimiterUnavailable(guard.name, guard.retry_after())
+    failure.__cause__ = None if error is None else error.__cause__
+    failure.__suppress_context__ = True
+    return failure
 
 
 def check_fallback(fallback: str) -> FallbackPolicy:
@@ -283,18 +295,34 @@ class LimiterLogic:
     # -- before the store ---------------------------------------------------
 
     def plan(
-        self, key: str | bytes, limits: Sequence[Limit | str], cost: int, *, write: bool
+        self,
+        key: str | bytes,
+        limits: Limit | str | Sequence[Limit | str],
+        cost: int,
+        *,
+        write: bool,
     ) -> Plan:
         """Validate a check and build its keys.
 
         Raises:
             ConfigurationError: no limits, a bad limit, cost or key.
         """
+        given: object = limits  # typed callers aside, anything may arrive here
         if isinstance(limits, (Limit, str)):
-            limits = [limits]
-        if isinstance(limits, (list, tuple)) and len(limits) == 1:
-            return self.plan_one(key, limits[0], cost, write=write)
-        specs = [self._spec(limit) for limit in limits]
+            listed: Sequence[Limit | str] = [limits]
+        elif isinstance(given, (list, tuple)):
+            listed = limits
+        else:
+            try:
+                listed = list(limits)
+            except TypeError:
+                raise ConfigurationError(
+                    f"limits must be a Limit, a string or a sequence of them, got {limits!r}",
+                    parameter="limits",
+                ) from None
+        if len(listed) == 1:
+            return self.plan_one(key, listed[0], cost, write=write)
+        specs = [self._spec(limit) for limit in listed]
         if not specs:
             raise ConfigurationError("at least one limit is needed", parameter="limits")
         # Limits that differ only by name share one key: check it once.
@@ -430,15 +458,13 @@ class LimiterLogic:
         """The decision of the fallback policy; ``error`` is None when the store was skipped.
 
         Raises:
-            the store's error (``fallback="raise"``), or CircuitOpenError when the
-            store is being skipped under ``fallback="raise"``.
+            RateLimiterUnavailable: ``fallback="raise"``, whether the store
+                failed now (its error is the ``__cause__``) or is being skipped.
         """
         if error is not None:
             self.guard.failed(error.reason)
         if self.fallback == "raise":
-            if error is not None and error.__cause__ is not None:
-                raise error.__cause__
-            raise CircuitOpenError(self.name, self.guard.retry_after())
+            raise unavailable(self.guard, error)
         if self.fallback == "local":
             limits = [limit.scaled(self.instances) for limit in plan.limits]
             params = [limit.params(self.algorithm) for limit in limits]

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from scalekit._clock import SYSTEM_CLOCK
+from scalekit._redis_bounded import DEFAULT_OP_TIMEOUT, check_op_timeout
 from scalekit.errors import ConfigurationError
 from scalekit.ratelimit._backends import MemoryBackend, RedisBackend, StoreUnavailable
 from scalekit.ratelimit._core import Algorithm, Decision, Limit
@@ -28,8 +29,12 @@ def is_async_client(store: object) -> bool:
     return isinstance(store, (AsyncRedis, AsyncRedisCluster))
 
 
-def sync_backend(store: Any) -> SyncBackend:
-    """The backend for a blocking ``store``; raises ConfigurationError if it is not one."""
+def sync_backend(store: Any, op_timeout: float = DEFAULT_OP_TIMEOUT) -> SyncBackend:
+    """The backend for a blocking ``store``; raises ConfigurationError if it is not one.
+
+    ``op_timeout`` is validated, and applies to a backend built here.
+    """
+    op_timeout = check_op_timeout(op_timeout)
     if isinstance(store, (MemoryBackend, RedisBackend)):
         return store
     if is_async_client(store):
@@ -38,7 +43,7 @@ def sync_backend(store: Any) -> SyncBackend:
             parameter="store",
         )
     if callable(getattr(store, "evalsha", None)):
-        return RedisBackend(store)
+        return RedisBackend(store, op_timeout=op_timeout)
     raise ConfigurationError(
         f"store must be a redis-py client or a MemoryBackend, got {type(store).__name__}",
         parameter="store",
@@ -70,11 +75,13 @@ class RateLimiter:
         failure_threshold: consecutive store failures before the store is
             skipped for ``recovery_interval`` seconds.
         max_local_keys: bound on the keys the local fallback keeps.
+        op_timeout: seconds a Redis command may take per phase (connect,
+            then reply): a stopped, killed or paused Redis costs a check at
+            most about ``2 * op_timeout`` once per probe, then the fallback
+            answers at once, whatever the client's own timeouts and retries
+            (see :class:`RedisBackend`; for a backend you pass, set it there).
         clock: time for the breaker and the local limiter.
         name: the name in events (defaults to ``namespace``).
-
-    Set ``socket_timeout`` on your client: it bounds how long a hung Redis can
-    block a check before the fallback answers.
 
     >>> from scalekit.ratelimit import Limit, MemoryBackend, RateLimiter
     >>> limiter = RateLimiter(MemoryBackend())
@@ -100,10 +107,11 @@ class RateLimiter:
         failure_threshold: int = 1,
         recovery_interval: float = 1.0,
         max_local_keys: int = 10_000,
+        op_timeout: float = DEFAULT_OP_TIMEOUT,
         clock: Clock = SYSTEM_CLOCK,
         name: str | None = None,
     ) -> None:
-        self.backend = sync_backend(store)
+        self.backend = sync_backend(store, op_timeout)
         self._logic = LimiterLogic(
             algorithm=algorithm,
             namespace=namespace,
@@ -181,8 +189,7 @@ class RateLimiter:
         Raises:
             ConfigurationError: a bad limit or key.
         """
-        limits = [limit] if isinstance(limit, (Limit, str)) else list(limit)
-        return self._check(self._logic.plan(key, limits, 1, write=False))
+        return self._check(self._logic.plan(key, limit, 1, write=False))
 
     def enforce(
         self, key: str | bytes, limit: Limit | str | Sequence[Limit | str], cost: int = 1
@@ -193,8 +200,7 @@ class RateLimiter:
             RateLimitExceeded: denied; ``.decision`` holds the decision.
             ConfigurationError: a bad limit, key or cost.
         """
-        limits = [limit] if isinstance(limit, (Limit, str)) else list(limit)
-        return self._check(self._logic.plan(key, limits, cost, write=True)).raise_for_denied()
+        return self._check(self._logic.plan(key, limit, cost, write=True)).raise_for_denied()
 
     def reset(self, key: str | bytes, limit: Limit | str | Sequence[Limit | str]) -> None:
         """Forget ``key``'s usage of ``limit`` (or of several limits), in Redis and locally.
@@ -203,10 +209,18 @@ class RateLimiter:
             ConfigurationError: a bad limit or key.
             redis.exceptions.RedisError: the store failed (reset has no fallback).
         """
-        limits = [limit] if isinstance(limit, (Limit, str)) else list(limit)
-        plan = self._logic.plan(key, limits, 0, write=False)
+        plan = self._logic.plan(key, limit, 0, write=False)
         self._logic.forget(plan.keys)
         self.backend.delete(plan.keys)
+
+    def close(self) -> None:
+        """Close the connections the limiter opened (see :meth:`RedisBackend.close`).
+
+        The client you passed stays open, and the limiter usable.
+        """
+        close = getattr(self.backend, "close", None)
+        if close is not None:
+            close()
 
     def _check(self, plan: Plan) -> Decision:
         logic = self._logic

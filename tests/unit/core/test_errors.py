@@ -140,6 +140,10 @@ SAMPLES: dict[str, tuple[errors.ScalekitError, dict[str, object]]] = {
         errors.NoHealthyNode("replica", ["r1"], reason="down"),
         {"role": "replica", "tried": ("r1",)},
     ),
+    "RateLimiterUnavailable": (
+        errors.RateLimiterUnavailable("api", 0.75),
+        {"name": "api", "retry_after": 0.75},
+    ),
     "RateLimitExceeded": (
         errors.RateLimitExceeded("k", 0.5, limit="10/second"),
         {"key": "k", "retry_after": 0.5, "limit": "10/second"},

@@ -11,7 +11,12 @@ import redis.exceptions
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scalekit.errors import ConcurrencyLimitExceeded, ConfigurationError, RateLimitExceeded
+from scalekit.errors import (
+    ConcurrencyLimitExceeded,
+    ConfigurationError,
+    RateLimiterUnavailable,
+    RateLimitExceeded,
+)
 from scalekit.instrumentation import FallbackUsed
 from scalekit.ratelimit import (
     AsyncConcurrencyLimiter,
@@ -146,12 +151,43 @@ def test_fallbacks_when_the_store_is_down(fallback: str, admitted: int, clock: F
         lease.release()  # never raises, even with the store down
 
 
-def test_bad_configuration(clock: FakeClock) -> None:
-    for kwargs in ({"limit": 0}, {"limit": 1, "lease": 0}, {"limit": 1, "fallback": "x"}):
-        with pytest.raises(ConfigurationError):
-            ConcurrencyLimiter(MemoryBackend(), **kwargs)  # type: ignore[arg-type]
+def test_fallback_raise_raises_one_scalekit_error_through_an_outage(clock: FakeClock) -> None:
+    limiter = ConcurrencyLimiter(
+        RedisBackend(Down()),
+        limit=4,
+        fallback="raise",
+        recovery_interval=2.0,
+        clock=clock,  # type: ignore[arg-type]
+    )
+    with pytest.raises(RateLimiterUnavailable) as first:
+        limiter.acquire("job")
+    assert isinstance(first.value.__cause__, redis.exceptions.ConnectionError)
+    with pytest.raises(RateLimiterUnavailable) as skipped:
+        limiter.acquire("job", timeout=5.0)  # skipped: no waiting on a store that is down
+    assert skipped.value.__cause__ is None and skipped.value.retry_after == 2.0
+    assert clock.sleeps == []
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"limit": 0},
+        {"limit": 10**13},
+        {"limit": 1, "lease": 0},
+        {"limit": 1, "lease": 1e300},
+        {"limit": 1, "lease": float("nan")},
+        {"limit": 1, "fallback": "x"},
+    ],
+)
+def test_bad_configuration(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ConfigurationError):
-        ConcurrencyLimiter(MemoryBackend(), 1).acquire("k", timeout=-1)
+        ConcurrencyLimiter(MemoryBackend(), **kwargs)
+
+
+@pytest.mark.parametrize("timeout", [-1, float("nan"), "1", None])
+def test_bad_timeout(timeout: Any) -> None:
+    with pytest.raises(ConfigurationError):
+        ConcurrencyLimiter(MemoryBackend(), 1).acquire("k", timeout=timeout)
 
 
 @settings(max_examples=100, deadline=None)

@@ -16,7 +16,12 @@ import fakeredis
 import pytest
 import redis.exceptions
 
-from scalekit.errors import CircuitOpenError, ConfigurationError, RateLimitExceeded
+from scalekit.errors import (
+    CircuitOpenError,
+    ConfigurationError,
+    RateLimiterUnavailable,
+    RateLimitExceeded,
+)
 from scalekit.instrumentation import FallbackUsed, Recovered
 from scalekit.ratelimit import (
     AsyncRateLimiter,
@@ -354,13 +359,35 @@ def test_fallback_local_divides_the_limit_among_instances(make_switchable: Any) 
     assert decisions[0].limit == Limit(5, per=60)
 
 
-def test_fallback_raise_propagates(make_switchable: Any) -> None:
-    limiter, proxy = make_switchable(fallback="raise")
+@pytest.mark.parametrize("failure_threshold", [1, 3])
+def test_fallback_raise_raises_one_scalekit_error_through_an_outage(
+    make_switchable: Any, clock: FakeClock, failure_threshold: int
+) -> None:
+    limiter, proxy = make_switchable(
+        fallback="raise", failure_threshold=failure_threshold, recovery_interval=2.0
+    )
     proxy.down = True
-    with pytest.raises(redis.exceptions.ConnectionError):
-        limiter.hit("k", "1/minute")
-    with pytest.raises(CircuitOpenError):
-        limiter.hit("k", "1/minute")
+    calls: list[Callable[[], Any]] = [
+        lambda: limiter.hit("k", "1/minute"),
+        lambda: limiter.hit_all("k", ["1/minute", "5/hour"]),
+        lambda: limiter.peek("k", "1/minute"),
+        lambda: limiter.enforce("k", "1/minute"),
+    ]
+    errors = []
+    for call in calls * 3:
+        with pytest.raises(RateLimiterUnavailable) as caught:
+            call()
+        errors.append(caught.value)
+    reached = errors[: min(failure_threshold, len(errors))]
+    # The calls that reached the store chain its error; the others skipped it.
+    assert all(isinstance(e.__cause__, redis.exceptions.ConnectionError) for e in reached)
+    assert proxy.calls == failure_threshold
+    assert all(e.__cause__ is None for e in errors[failure_threshold:])
+    assert errors[-1].retry_after == 2.0 and isinstance(errors[-1], CircuitOpenError)
+    assert "secret-host" not in str(errors[0])  # the store's message stays in the cause
+    clock.advance(2.0)
+    proxy.down = False
+    assert limiter.hit("k", "1/minute").fallback is None
 
 
 def test_probe_after_recovery_interval_while_still_down(
@@ -405,6 +432,8 @@ def test_script_errors_are_bugs_not_outages(make_switchable: Any) -> None:
         ({"local_cache": -1}, "local_cache"),
         ({"failure_threshold": 0}, "failure_threshold"),
         ({"recovery_interval": 0}, "recovery_interval"),
+        ({"recovery_interval": float("inf")}, "recovery_interval"),
+        ({"recovery_interval": float("nan")}, "recovery_interval"),
     ],
 )
 def test_bad_configuration_fails_at_construction(
@@ -429,6 +458,19 @@ def test_bad_configuration_fails_at_construction(
         (lambda lim: lim.hit(None, Limit(10, per=60)), "key"),
         (lambda lim: lim.hit_all("k", []), "limits"),
         (lambda lim: lim.hit("k", Limit(5, per=60, burst=9)), "burst"),
+        (lambda lim: lim.hit("k", "10/minute", cost=10**30), "cost"),
+        (lambda lim: lim.hit("k", "10/1000000000000w"), "limit"),
+        (lambda lim: lim.hit_all("k", None), "limits"),
+        (lambda lim: lim.hit_all("k", 5), "limits"),
+        (lambda lim: lim.hit_all("k", ["10/minute", 5]), "limit"),
+        (lambda lim: lim.hit_all(b"k", ("10/minute", "20/hour"), cost=11), "cost"),
+        (lambda lim: lim.peek("k", 5), "limits"),
+        (lambda lim: lim.peek("k", []), "limits"),
+        (lambda lim: lim.peek(1.5, "10/minute"), "key"),
+        (lambda lim: lim.enforce("k", None), "limits"),
+        (lambda lim: lim.enforce("k", "10/minute", cost=0.5), "cost"),
+        (lambda lim: lim.reset("k", 5), "limits"),
+        (lambda lim: lim.reset(["k"], "10/minute"), "key"),
     ],
 )
 @pytest.mark.parametrize("warm", [False, True])

@@ -6,13 +6,14 @@ import pickle
 import subprocess
 import sys
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scalekit.errors import ConfigurationError, RateLimitExceeded
-from scalekit.ratelimit import Decision, Limit, hash_key_part, storage_key
+from scalekit.ratelimit import ALGORITHMS, Decision, Limit, hash_key_part, storage_key
 
 
 @pytest.mark.parametrize(
@@ -60,6 +61,15 @@ def test_parse_many() -> None:
         {"amount": 10, "per": "1s"},
         {"amount": 10, "burst": 0},
         {"amount": 10, "name": ""},
+        {"amount": 10, "per": 1e300},
+        {"amount": 10, "per": -1e300},
+        {"amount": 10, "per": float("inf")},
+        {"amount": 10, "per": 86400 * 3661},
+        {"amount": 10, "per": timedelta.max},
+        {"amount": 10**12 + 1},
+        {"amount": 10, "burst": 10**12 + 1},
+        # The burst would take 3661 days to refill: beyond what the scripts keep exact.
+        {"amount": 1, "per": 86400, "burst": 3661},
     ],
 )
 def test_bad_limits(kwargs: dict[str, object]) -> None:
@@ -67,14 +77,87 @@ def test_bad_limits(kwargs: dict[str, object]) -> None:
         Limit(**kwargs)  # type: ignore[arg-type]
 
 
-@settings(max_examples=100, deadline=None)
-@given(st.text(max_size=30))
+@pytest.mark.parametrize(
+    "text",
+    [
+        "10/1000000000000w",
+        "10/" + "9" * 400 + "s",
+        "10/" + "9" * 400 + ".5 ms",
+        "9" * 5000 + "/s",
+        "1000000000001/s",
+        "10/3661d",
+        "10/0.0000001ms",
+    ],
+)
+def test_parse_refuses_out_of_range_numbers(text: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Limit.parse(text)
+    assert caught.value.parameter in ("limit", "per", "amount")
+    assert len(str(caught.value)) < 300  # a long input is cut short in the message
+
+
+def test_limits_at_the_documented_maxima_are_accepted() -> None:
+    assert Limit.parse("1000000000000/3660d").amount == 10**12
+    assert Limit(1, per=86400, burst=3660).burst == 3660
+    assert Limit(10**12, per=timedelta(microseconds=1)).period_us == 1
+    # A local share never exceeds the refill bound, however the division rounds.
+    assert Limit(3, per=86400 * 3659, burst=3).scaled(2).burst == 1
+    with pytest.raises(ConfigurationError) as caught:
+        Limit(100_001, per=60).params("sliding_window_log")
+    assert caught.value.parameter == "amount"
+    assert Limit(100_000, per=60).params("sliding_window_log")[0] == 100_000
+
+
+_UNIT_WORDS = ["ms", "s", "sec", "second", "seconds", "m", "min", "h", "hour", "d", "day", "w"]
+_NUMBERS = st.one_of(
+    st.integers(-5, 10**20).map(str),
+    st.integers(0, 10**3000).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(str),
+    st.text("0123456789.٣", min_size=1, max_size=30),
+)
+_LIMIT_TEXT = st.one_of(
+    st.text(max_size=40),
+    st.builds(
+        lambda amount, sep, count, space, unit, pad: f"{pad}{amount}{sep}{count}{space}{unit}{pad}",
+        _NUMBERS,
+        st.sampled_from(["/", " per ", "/ ", "per", "//"]),
+        st.one_of(st.just(""), _NUMBERS),
+        st.sampled_from(["", " ", "\t"]),
+        st.one_of(st.sampled_from(_UNIT_WORDS), st.text(max_size=8)),
+        st.sampled_from(["", " ", "\n"]),
+    ),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_LIMIT_TEXT)
 def test_parse_only_ever_raises_configuration_error(text: str) -> None:
     try:
         limit = Limit.parse(text)
     except ConfigurationError:
         return
-    assert limit.amount >= 1 and limit.period > 0
+    assert 1 <= limit.amount <= 10**12 and limit.burst == limit.amount
+    assert timedelta(microseconds=1) <= limit.per <= timedelta(days=3660)
+    for algorithm in ALGORITHMS:  # what a limiter derives from it raises nothing else either
+        try:
+            limit.params(algorithm)
+        except ConfigurationError:
+            assert algorithm == "sliding_window_log"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.one_of(st.integers(-3, 10**13), st.floats(), st.booleans(), st.none()),
+    st.one_of(st.floats(), st.integers(-3, 10**20), st.timedeltas(), st.text(max_size=5)),
+    st.one_of(st.none(), st.integers(-3, 10**14), st.floats()),
+)
+def test_limit_only_ever_raises_configuration_error(amount: Any, per: Any, burst: Any) -> None:
+    try:
+        limit = Limit(amount, per, burst=burst)
+    except ConfigurationError:
+        return
+    refill_us = limit.period_us * limit.burst // limit.amount
+    assert refill_us <= 3660 * 86400 * 10**6 or limit.burst <= limit.amount
 
 
 def test_limit_repr_and_scaling() -> None:

@@ -18,6 +18,7 @@ import weakref
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+from scalekit._redis_bounded import DEFAULT_OP_TIMEOUT, bounded, check_op_timeout, is_twin
 from scalekit._redis_direct import adirect_pool, asend_packed, direct_pool, exchange, pack_command
 from scalekit.ratelimit._backends._base import StoreUnavailable
 from scalekit.ratelimit._core import Outcome
@@ -178,8 +179,14 @@ def _release_kept(pool: Any, kept: list[Any], owner: list[int]) -> None:
 class RedisBackend:
     """Runs the limiters' scripts on a blocking redis-py client (standalone or cluster).
 
-    ``client`` is used as given; its ``socket_timeout`` bounds how long a
-    check can block when Redis hangs (set it: the default is no timeout).
+    An outage costs a check at most about ``2 * op_timeout`` seconds
+    (connect, then reply; default 0.25 s each) once per probe, whatever the
+    client's own settings: unless ``client`` already bounds its commands that
+    tightly and never retries, the backend talks to Redis through a *twin* of
+    it (same address, credentials, TLS, protocol and pool size; its own
+    connections) whose socket timeouts are capped at ``op_timeout`` and which
+    redis-py never retries. ``client`` stays the client you passed;
+    :meth:`close` closes the twin.
 
     With a plain ``redis.Redis`` client and ``direct=True`` (the default), a
     check sends one pre-encoded EVALSHA on a connection of the client's own
@@ -197,12 +204,17 @@ class RedisBackend:
     own OpenTelemetry metrics).
     """
 
-    def __init__(self, client: Any, *, direct: bool = True) -> None:
+    def __init__(
+        self, client: Any, *, direct: bool = True, op_timeout: float = DEFAULT_OP_TIMEOUT
+    ) -> None:
         import redis
         from redis import exceptions as rex
 
+        #: The client you passed (the escape hatch; the backend's I/O goes through ``_client``).
         self.client = client
-        self._pool: Any = direct_pool(client) if direct else None
+        self.op_timeout = check_op_timeout(op_timeout)
+        self._client: Any = bounded(client, self.op_timeout)
+        self._pool: Any = direct_pool(self._client) if direct else None
         pool = self._pool
         self._errors = rex
         self._response_error = rex.ResponseError
@@ -220,13 +232,18 @@ class RedisBackend:
             weakref.finalize(self, _release_kept, pool, self._kept, self._owner)
 
     def close(self) -> None:
-        """Give the connections this backend keeps back to the client's pool.
+        """Give back the connections this backend keeps, and close its twin client, if any.
 
-        The backend stays usable (the next check takes a connection again);
-        the client itself is not closed.
+        The backend stays usable (the next check connects again); the
+        client you passed is not closed.
         """
         if self._pool is not None:
             _release_kept(self._pool, self._kept, self._owner)
+        if is_twin(self._client):
+            self._client.close()
+            pool = getattr(self._client, "connection_pool", None)
+            if pool is not None:  # a standalone twin does not own the pool it was given
+                pool.disconnect()
 
     def _run(
         self, script: Script, keys_and_args: Sequence[Any], numkeys: int, packed: bytes = b""
@@ -237,15 +254,15 @@ class RedisBackend:
                 try:
                     return self._send(packed or _pack_evalsha(script, numkeys, keys_and_args))
                 except rex.NoScriptError:
-                    return self.client.eval(script.source, numkeys, *keys_and_args)
+                    return self._client.eval(script.source, numkeys, *keys_and_args)
                 except rex.TimeoutError:
                     raise
                 except rex.ConnectionError:
                     pass  # a stale pooled connection: once more, the client's way
             try:
-                return self.client.evalsha(script.sha, numkeys, *keys_and_args)
+                return self._client.evalsha(script.sha, numkeys, *keys_and_args)
             except rex.NoScriptError:
-                return self.client.eval(script.source, numkeys, *keys_and_args)
+                return self._client.eval(script.source, numkeys, *keys_and_args)
         except Exception as exc:
             if is_outage(exc):
                 raise StoreUnavailable(type(exc).__name__) from exc
@@ -323,7 +340,7 @@ class RedisBackend:
         # several keys on a cluster client is split per slot anyway.
         """Delete the state under ``keys`` (``reset``)."""
         for key in keys:
-            self.client.delete(key)
+            self._client.delete(key)
 
     def acquire(
         self, key: str, limit: int, lease: float, lease_id: str, *, now: float | None = None
@@ -346,7 +363,7 @@ class RedisBackend:
     def release(self, key: str, lease_id: str) -> bool:
         """Remove a lease; False if it was not there (expired, or released already)."""
         try:
-            return bool(self.client.zrem(key, lease_id))
+            return bool(self._client.zrem(key, lease_id))
         except Exception as exc:
             if is_outage(exc):
                 raise StoreUnavailable(type(exc).__name__) from exc
@@ -367,17 +384,41 @@ class AsyncRedisBackend:
     once through ``client.evalsha``; a timeout is not retried.
     ``direct=False`` sends every check through ``client.evalsha``.
 
-    ``timeout`` (seconds), when set, bounds every call with
-    ``asyncio.wait_for`` in addition to the client's own socket timeout.
+    ``op_timeout`` bounds what an outage costs, through a twin of the client
+    when needed, as for :class:`RedisBackend`; :meth:`aclose` closes the twin
+    (an asyncio connection left open warns when it is collected).
+    ``timeout`` (seconds), when set, also bounds every call with
+    ``asyncio.wait_for``.
     """
 
-    def __init__(self, client: Any, *, timeout: float | None = None, direct: bool = True) -> None:
+    def __init__(
+        self,
+        client: Any,
+        *,
+        timeout: float | None = None,
+        direct: bool = True,
+        op_timeout: float = DEFAULT_OP_TIMEOUT,
+    ) -> None:
         from redis import exceptions as rex
 
+        #: The client you passed (the escape hatch; the backend's I/O goes through ``_client``).
         self.client = client
         self.timeout = timeout
-        self._pool = adirect_pool(client) if direct else None
+        self.op_timeout = check_op_timeout(op_timeout)
+        self._client: Any = bounded(client, self.op_timeout)
+        self._pool = adirect_pool(self._client) if direct else None
         self._errors = rex
+
+    async def aclose(self) -> None:
+        """Close the twin client this backend made, if any (never the client you passed).
+
+        The backend stays usable: the next check connects again.
+        """
+        if is_twin(self._client):
+            await self._client.aclose()
+            pool = getattr(self._client, "connection_pool", None)
+            if pool is not None:  # a standalone twin does not own the pool it was given
+                await pool.disconnect()
 
     async def _run(
         self, script: Script, keys_and_args: Sequence[Any], numkeys: int, packed: bytes = b""
@@ -406,15 +447,15 @@ class AsyncRedisBackend:
                     rex.ResponseError,
                 )
             except rex.NoScriptError:
-                return await self.client.eval(script.source, numkeys, *keys_and_args)
+                return await self._client.eval(script.source, numkeys, *keys_and_args)
             except rex.TimeoutError:
                 raise
             except rex.ConnectionError:
                 pass  # a stale pooled connection: once more, the client's way
         try:
-            return await self.client.evalsha(script.sha, numkeys, *keys_and_args)
+            return await self._client.evalsha(script.sha, numkeys, *keys_and_args)
         except rex.NoScriptError:
-            return await self.client.eval(script.source, numkeys, *keys_and_args)
+            return await self._client.eval(script.source, numkeys, *keys_and_args)
 
     async def hit_one(self, request: OneKeyRequest, key: str) -> Outcome:
         """See :meth:`RedisBackend.hit_one`.
@@ -451,7 +492,7 @@ class AsyncRedisBackend:
     async def delete(self, keys: Sequence[str]) -> None:
         """Delete the state under ``keys`` (``reset``)."""
         for key in keys:
-            await self.client.delete(key)
+            await self._client.delete(key)
 
     async def acquire(
         self, key: str, limit: int, lease: float, lease_id: str, *, now: float | None = None
@@ -474,7 +515,7 @@ class AsyncRedisBackend:
     async def release(self, key: str, lease_id: str) -> bool:
         """Remove a lease; False if it was not there (expired, or released already)."""
         try:
-            return bool(await self.client.zrem(key, lease_id))
+            return bool(await self._client.zrem(key, lease_id))
         except Exception as exc:
             if is_outage(exc):
                 raise StoreUnavailable(type(exc).__name__) from exc
