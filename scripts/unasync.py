@@ -345,11 +345,10 @@ def _header_end(lines: list[str], first_body_line: int) -> int:
 
 
 def _statement_edit(
-    node: ast.stmt, lines: list[str], owner: list[ast.stmt], path: str
+    node: ast.stmt, lines: list[str], empties_block: bool, path: str
 ) -> tuple[int, int, list[str]]:
     """(first line, last line, replacement lines) for one colour statement."""
     start, end = _first_line(node), node.end_lineno or node.lineno
-    indent = " " * node.col_offset
     keep: list[str] = []
     if isinstance(node, ast.If) and (_is_colour(node.test) or _is_not_colour(node.test)):
         branch = node.orelse if _is_colour(node.test) else node.body
@@ -364,8 +363,8 @@ def _statement_edit(
             first = _header_end(lines, branch[0].lineno) + 1
             last = branch[-1].end_lineno or branch[-1].lineno
             keep = _dedent(lines[first - 1 : last], branch[0].col_offset - node.col_offset)
-    if not keep and len(owner) == 1:
-        keep = [f"{indent}pass\n"]
+    if not keep and empties_block:
+        keep = [" " * node.col_offset + "pass\n"]
     if not keep and start > 1 and not lines[start - 2].strip():
         while end < len(lines) and not lines[end].strip():
             end += 1  # no double gap where the statement was
@@ -396,11 +395,18 @@ def _colour_pass(source: str, path: str) -> str | None:
             raise UnasyncError(
                 f"{path}:{line}: '# unasync: async-only' must end a statement's first line"
             )
-    edits: list[tuple[int, int, list[str]]] = []
+    chosen: list[ast.stmt] = []
     for node in sorted(candidates, key=_first_line):
-        if edits and _first_line(node) <= edits[-1][1]:
+        if chosen and _first_line(node) <= (chosen[-1].end_lineno or 0):
             continue  # nested inside an outer edit: the next round sees it
-        edits.append(_statement_edit(node, lines, owner[id(node)], path))
+        chosen.append(node)
+    edited = {id(node) for node in chosen}
+    edits = []
+    for node in chosen:
+        block = owner[id(node)]
+        # The last statement of a block that loses all of them leaves a ``pass``.
+        empties = node is block[-1] and all(id(stmt) in edited for stmt in block)
+        edits.append(_statement_edit(node, lines, empties, path))
     if edits:
         for start, end, keep in reversed(edits):
             lines[start - 1 : end] = keep
@@ -761,6 +767,17 @@ def generate(source: str, *, source_name: str, target_name: str, root: Path = RO
     return _ruff(["format", "--quiet"], text, target_name, root)
 
 
+def asyncio_lines(generated: str) -> list[int]:
+    """Lines of a twin whose code (not text) still names ``asyncio``: almost surely a bug."""
+    return sorted(
+        {
+            tok.start[0]
+            for tok in tokenize.generate_tokens(io.StringIO(generated).readline)
+            if tok.type == tokenize.NAME and tok.string == "asyncio"
+        }
+    )
+
+
 def sync_path(path: Path) -> Path:
     """``x/_async.py`` -> ``x/_sync.py``: the last ``async`` in the name becomes ``sync``."""
     name = path.name
@@ -825,6 +842,12 @@ def run(root: Path, *, check: bool, only: Sequence[Path] = (), out: TextIO | Non
         except UnasyncError as exc:
             write(f"unasync: {exc}\n")
             return 2
+        leftover = asyncio_lines(expected)
+        if leftover:
+            sys.stderr.write(
+                f"unasync: warning: {target_name} still uses asyncio on line(s) "
+                f"{', '.join(map(str, leftover))}; mark that code `if IS_ASYNC:` or async-only\n"
+            )
         current = target_path.read_text(encoding="utf-8") if target_path.exists() else ""
         if current == expected:
             continue

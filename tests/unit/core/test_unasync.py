@@ -426,9 +426,19 @@ def test_an_emptied_block_gets_pass() -> None:
         def f():
             if IS_ASYNC:
                 g()
+
+
+        def h():
+            g()  # unasync: async-only
+            if IS_ASYNC:
+                g()
         """,
         """\
         def f():
+            pass
+
+
+        def h():
             pass
         """,
     )
@@ -512,6 +522,11 @@ def test_sources_the_generator_refuses(source: str, message: str) -> None:
 )
 def test_twin_names(name: str, twin: str) -> None:
     assert unasync.sync_path(Path(name)) == Path(twin)
+
+
+def test_code_that_still_names_asyncio_is_found_and_text_is_not() -> None:
+    generated = '"""asyncio.run(main())"""\n# asyncio\nx = 1\nasyncio.gather()\n'
+    assert unasync.asyncio_lines(generated) == [4]
 
 
 def test_a_source_without_async_in_its_name_has_no_twin_name() -> None:
