@@ -24,6 +24,10 @@ renames declared in the async file itself (it is dropped from the twin)::
 
 Code that exists in one colour only is marked, and nothing else is:
 
+A dotted key that names a whole ``module.Name`` also splits ``from module
+import Name, ...`` by target module: ``"sqlalchemy.ext.asyncio.AsyncSession":
+"sqlalchemy.orm.Session"`` (SQLAlchemy's and redis-py's are defaults).
+
 - ``if IS_ASYNC:`` ... ``else:`` ... (``IS_ASYNC`` from :mod:`scalekit._unasync`)
   keeps only the ``else`` body in the twin, dedented; ``if not IS_ASYNC:``
   keeps only its body. mypy is told ``IS_ASYNC`` is always true, so the sync
@@ -110,6 +114,16 @@ DEFAULT_RENAMES: dict[str, str] = {
     "asyncio.BoundedSemaphore": "threading.BoundedSemaphore",
     "asyncio.Queue": "queue.Queue",
     "asyncio.TimeoutError": "TimeoutError",
+    # The project's own dependencies: SQLAlchemy's async names live in one module,
+    # their sync peers in two; redis-py mirrors its tree under redis.asyncio.
+    "sqlalchemy.ext.asyncio.AsyncEngine": "sqlalchemy.Engine",
+    "sqlalchemy.ext.asyncio.AsyncConnection": "sqlalchemy.Connection",
+    "sqlalchemy.ext.asyncio.AsyncSession": "sqlalchemy.orm.Session",
+    "sqlalchemy.ext.asyncio.async_sessionmaker": "sqlalchemy.orm.sessionmaker",
+    "sqlalchemy.ext.asyncio.async_scoped_session": "sqlalchemy.orm.scoped_session",
+    "async_sessionmaker": "sessionmaker",
+    "async_scoped_session": "scoped_session",
+    "redis.asyncio": "redis",
 }
 
 #: Prose forms of "await" outside code spans in docstrings and comments.
@@ -447,6 +461,40 @@ def _segment(source: str, node: ast.expr) -> str:
     return text
 
 
+def _qualified_imports(source: str, renames: Renames) -> str:
+    """``from m import A, B`` where a key names ``m.A`` whole: one import per target module.
+
+    ``from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession`` becomes
+    ``from sqlalchemy import Engine`` and ``from sqlalchemy.orm import Session``
+    (ruff sorts and merges them later). Names without such a key keep the
+    statement's module and are left to the token pass.
+    """
+    tree = ast.parse(source)
+    lines = source.splitlines(keepends=True)
+    edits: list[tuple[int, int, list[str]]] = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.ImportFrom) or node.level or not node.module:
+            continue
+        targets: dict[str, list[str]] = {}
+        for alias in node.names:
+            full = tuple(f"{node.module}.{alias.name}".split("."))
+            module, name = node.module, alias.name
+            if full in renames.dotted:
+                module, _, name = renames.dotted[full].rpartition(".")
+            if not module:
+                raise UnasyncError(f"line {node.lineno}: {'.'.join(full)} needs a module.Name")
+            targets.setdefault(module, []).append(
+                name + (f" as {alias.asname}" if alias.asname else "")
+            )
+        if list(targets) != [node.module]:
+            indent = " " * node.col_offset
+            new = [f"{indent}from {m} import {', '.join(names)}\n" for m, names in targets.items()]
+            edits.append((node.lineno, node.end_lineno or node.lineno, new))
+    for start, end, new in sorted(edits, reverse=True):
+        lines[start - 1 : end] = new
+    return "".join(lines)
+
+
 def _line_offsets(source: str) -> list[int]:
     offsets = [0]
     for line in source.splitlines(keepends=True):
@@ -736,6 +784,10 @@ def unasync_source(source: str, *, source_name: str = "<async>") -> str:
             source = edited
     except SyntaxError as exc:
         raise UnasyncError(f"{source_name}: a colour edit broke the code: {exc}") from exc
+    try:
+        source = _qualified_imports(source, renames)
+    except UnasyncError as exc:
+        raise UnasyncError(f"{source_name}: {exc}") from exc
     rewriter = _TokenRewriter(source, renames)
     source = rewriter.rewrite()
     try:

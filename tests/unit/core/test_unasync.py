@@ -153,6 +153,43 @@ def test_module_table_renames_names_dotted_prefixes_and_phrases() -> None:
     )
 
 
+def test_a_qualified_key_splits_a_from_import_by_target_module() -> None:
+    check(
+        """\
+        from typing import TYPE_CHECKING
+
+        if TYPE_CHECKING:
+            from sqlalchemy.ext.asyncio import (
+                AsyncEngine,
+                AsyncSession as Session_,
+                async_sessionmaker,
+                create_async_engine,
+            )
+        from redis.asyncio.cluster import RedisCluster
+        from pkg.aio import Client
+
+
+        def f(engine: AsyncEngine) -> async_sessionmaker[Session_]:
+            return async_sessionmaker(engine)
+        """,
+        """\
+        from typing import TYPE_CHECKING
+
+        if TYPE_CHECKING:
+            from sqlalchemy import Engine
+            from sqlalchemy.orm import Session as Session_, sessionmaker
+            from sqlalchemy.ext.asyncio import create_async_engine
+        from redis.cluster import RedisCluster
+        from pkg.sync import Client
+
+
+        def f(engine: Engine) -> sessionmaker[Session_]:
+            return sessionmaker(engine)
+        """,
+        table='{"pkg.aio.Client": "pkg.sync.Client"}',
+    )
+
+
 def test_asyncio_primitives_become_their_threading_and_time_peers() -> None:
     check(
         """\
