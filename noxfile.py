@@ -25,10 +25,12 @@ def tests_matrix(session: nox.Session) -> None:
 
 @nox.session(python=False)
 def lint(session: nox.Session) -> None:
-    """ruff: lint (incl. import sorting, pyupgrade) and formatting check."""
+    """ruff: lint (incl. import sorting, pyupgrade) and formatting check; generated sync twins."""
     paths = ["src", "tests", "examples", "benchmarks", "scripts", "noxfile.py"]
     session.run("python", "-m", "ruff", "check", *paths)
     session.run("python", "-m", "ruff", "format", "--check", *paths)
+    # Every _sync.py generated from an _async.py matches what the script makes now.
+    session.run("python", "scripts/unasync.py", "--check")
 
 
 @nox.session(python=False)
