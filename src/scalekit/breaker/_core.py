@@ -392,8 +392,11 @@ class BreakerCore:
             if outcome == IGNORED:
                 return
             if outcome == FAILURE or slow:
+                # A failed probe extends the failure streak, as in pybreaker.
+                self._consecutive += outcome == FAILURE
                 self.fire(Trigger.PROBE_FAILED, now, "slow probe" if slow else "probe failed")
                 return
+            self._consecutive = 0
             self._probe_successes += 1
             if self._probe_successes >= policy.success_threshold:
                 self.fire(Trigger.PROBES_PASSED, now, f"{self._probe_successes} probe(s) succeeded")
@@ -486,7 +489,11 @@ class BreakerCore:
 
     @property
     def consecutive_failures(self) -> int:
-        """Failures since the last success in the current CLOSED period."""
+        """Failures since the last success (pybreaker's ``fail_counter``).
+
+        Failed half-open probes count too, and a successful probe resets it;
+        the circuit closing (or being disabled) resets it as well.
+        """
         return self._consecutive
 
     def window_totals(self, now: float) -> tuple[int, int, int]:
