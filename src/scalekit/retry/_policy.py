@@ -25,9 +25,11 @@ At the first failure a shell (``_sync``/``_async``) builds a
    what is left of the deadline; the wait is then at least that long. It
    does not need to match ``retry_on``: the breaker says when to come back.
 3. Anything else must match ``retry_on``.
-4. Attempts (capped by the testing mode), then a tenacity ``stop``.
+4. Attempts (capped by the testing mode).
 5. The delay: the backoff (or a tenacity ``wait``), raised to any
-   ``Retry-After`` hint the error carries (capped at ``max_retry_after``).
+   ``Retry-After`` hint the error carries (capped at ``max_retry_after``);
+   then a tenacity ``stop``, which sees that delay as ``upcoming_sleep``
+   (as in tenacity, so ``stop_before_delay`` works).
 6. The deadline: none left means give up; a hint that does not fit means
    give up; otherwise the delay is cut to what is left.
 7. Testing mode: the delay becomes 0.
@@ -545,9 +547,8 @@ class RetryState:
             return None
         now = clock.monotonic()
         backoff = policy.backoff
-        if policy.stop is not None and policy.stop(self._tenacity(exc, now)):
-            self.reason = "stop"
-            return None
+        # The upcoming sleep is computed before the stop check, as tenacity
+        # does: stop_before_delay reads it (RetryCallState.upcoming_sleep).
         if isinstance(backoff, Backoff):
             delay = backoff.delay(self.attempt, self._previous_backoff, self.uniform)
             self._previous_backoff = delay
@@ -556,6 +557,12 @@ class RetryState:
         self._hint = hint
         if hint is not None:
             delay = max(delay, hint)
+        if policy.stop is not None:
+            call_state = self._tenacity(exc, now)
+            call_state.upcoming_sleep = delay
+            if policy.stop(call_state):
+                self.reason = "stop"
+                return None
         if policy.deadline is not None:
             remaining = policy.deadline - (now - self.start)
             if remaining <= 0 or (hint is not None and hint > remaining):
@@ -580,6 +587,8 @@ class RetryState:
 
     def scheduled(self, exc: BaseException, delay: float) -> None:
         """Report the retry about to happen, and count the attempt."""
+        if self._tenacity_state is not None:
+            self._tenacity_state.idle_for += delay
         self._emit(
             RetryScheduled(
                 name=self.name,
