@@ -227,6 +227,7 @@ class SharedState:
         self.gen = -1  # unknown until the first reply
         self.fresh_until = -math.inf
         self.open_until = -math.inf
+        self.open_for = 0.0  # retry_after as Redis last said (no float drift added)
         self.probes_in_flight = 0
         self._pending_fast = 0
         self._pending_slow = 0
@@ -254,7 +255,7 @@ class SharedState:
                 return _REMOTE + self.gen
         elif state is OPEN:
             if now < self.open_until:
-                return (OPEN, self.open_until - now)
+                return (OPEN, min(self.open_until - now, self.open_for))
         elif state is FORCED_OPEN and now < self.fresh_until:
             return (FORCED_OPEN, None)
         return None
@@ -291,7 +292,8 @@ class SharedState:
             self.state = new_state
             self.gen = gen
             self.fresh_until = now + self.storage.local_cache_seconds
-            self.open_until = now + retry_ms / 1000 if new_state is OPEN else -math.inf
+            self.open_for = max(retry_ms, 0) / 1000
+            self.open_until = now + self.open_for if new_state is OPEN else -math.inf
             if probe:
                 self.probes_in_flight += 1
             recovered_after = None
@@ -430,7 +432,7 @@ class SharedState:
         if now < self._down_until and self.storage.on_redis_error == "fail_open":
             return self.breaker._core.state, self.breaker._core.retry_after(now)
         if self.state is OPEN:
-            return self.state, max(self.open_until - now, 0.0)
+            return self.state, max(min(self.open_until - now, self.open_for), 0.0)
         return self.state, None if self.state is FORCED_OPEN else 0.0
 
     def _check_sync(self) -> None:

@@ -41,7 +41,9 @@ class RetryGaveUp(Event):
     - ``"attempts"``: the last allowed attempt failed;
     - ``"deadline"``: the deadline passed, or the wait a ``Retry-After`` hint
       or an open breaker asks for does not fit in what is left of it;
-    - ``"retry_after"``: the hint is longer than the policy's ``max_retry_after``
+    - ``"retry_after"``: the hint is longer than the policy's ``max_retry_after``,
+      or an open breaker asks for longer than the policy's breaker cap
+      (:meth:`~scalekit.retry.RetryPolicy.breaker_wait_cap`)
       (or an open breaker gave no hint: it was forced open);
     - ``"stop"``: a tenacity ``stop`` strategy said stop;
     - ``"budget"``: the retry budget is spent (see :class:`RetryBudgetExhausted`).
