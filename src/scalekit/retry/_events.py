@@ -7,6 +7,7 @@ Events carry the policy's name, numbers, and the *class name* of the error
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -48,7 +49,12 @@ class RetryGaveUp(Event):
     - ``"stop"``: a tenacity ``stop`` strategy said stop;
     - ``"budget"``: the retry budget is spent (see :class:`RetryBudgetExhausted`).
 
-    ``duration`` is the seconds from the start of the first attempt.
+    ``seconds`` is the time from the start of the first attempt (every
+    event names its duration ``seconds``).
+
+    .. versionchanged:: issue 13
+       ``duration`` was renamed ``seconds``; ``duration`` still reads it,
+       with a ``DeprecationWarning``, until the next release.
     """
 
     kind: ClassVar[str] = "retry.gave_up"
@@ -57,7 +63,18 @@ class RetryGaveUp(Event):
     attempts: int
     reason: str
     error: str
-    duration: float
+    seconds: float
+
+    @property
+    def duration(self) -> float:
+        """Deprecated: read :attr:`seconds`."""
+        warnings.warn(
+            "RetryGaveUp.duration is deprecated; read .seconds (one name for every "
+            "event's duration)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.seconds
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

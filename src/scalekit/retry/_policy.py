@@ -663,7 +663,7 @@ class RetryState:
                 attempts=self.attempt,
                 reason=self.reason,
                 error=_type_name(exc),
-                duration=max(0.0, self.policy.clock.monotonic() - self.start),
+                seconds=max(0.0, self.policy.clock.monotonic() - self.start),
             )
         )
         return self._final(exc)
@@ -677,7 +677,7 @@ class RetryState:
                 attempts=self.attempt,
                 reason="budget",
                 error=_type_name(exc),
-                duration=max(0.0, self.policy.clock.monotonic() - self.start),
+                seconds=max(0.0, self.policy.clock.monotonic() - self.start),
                 budget=budget.name,
             )
         )
