@@ -31,7 +31,6 @@ Redis that hangs.
 from __future__ import annotations
 
 import inspect
-import logging
 import math
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Final, Literal
@@ -54,8 +53,6 @@ if TYPE_CHECKING:
     from scalekit.breaker._breaker import CircuitBreaker
 
 __all__ = ["RedisStorage", "SharedState"]
-
-_log = logging.getLogger("scalekit.breaker")
 
 # Tickets of calls admitted by the shared state are offset far from the local
 # core's tickets, which serve while Redis is down (fail_open).
@@ -348,12 +345,7 @@ class SharedState:
             self._down_until = now + self.storage.retry_interval
             self.fresh_until = -math.inf
         if first:
-            _log.warning(
-                "breaker %r: Redis unreachable (%s); %s",
-                breaker.name,
-                type(exc).__name__,
-                self.storage.on_redis_error,
-            )
+            # One line per incident: the event is the log (LoggingHook, WARNING).
             emit(
                 FallbackUsed(
                     name=breaker.name,

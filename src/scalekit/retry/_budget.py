@@ -32,7 +32,6 @@ from __future__ import annotations
 import importlib.resources
 import inspect
 import itertools
-import logging
 import math
 import threading
 import time
@@ -48,8 +47,6 @@ if TYPE_CHECKING:
     from scalekit.typing import Clock
 
 __all__ = ["Budget", "BudgetWindow", "RedisRetryBudget", "RetryBudget"]
-
-_log = logging.getLogger("scalekit.retry")
 
 # Balances are sums of float products; this absorbs their rounding.
 _EPSILON: Final = 1e-9
@@ -202,6 +199,7 @@ class _Engine:
         "bucket_end",
         "bucket_start",
         "counter",
+        "exhaustion",
         "folded",
         "key",
         "lock",
@@ -220,6 +218,7 @@ class _Engine:
         self.total = 0  # deposits ever folded (RedisRetryBudget publishes the difference)
         self.bucket_start = -math.inf
         self.bucket_end = -math.inf  # the first deposit takes the slow path
+        self.exhaustion = _Exhaustion()
 
     def fold(self) -> None:
         """Move the counter's new deposits into the window. Hold :attr:`lock`."""
@@ -263,6 +262,56 @@ class _Engine:
         with self.lock:
             self.fold()
             return self.window.counts(now)
+
+
+# The component name of a spent-budget incident ("retry.budget" is a Redis outage).
+_EXHAUSTED: Final = "retry.budget.exhausted"
+
+
+class _Exhaustion:
+    """Whether a budget is refusing retries: one incident from the first refusal
+    after a grant to the next grant. The refusals themselves are events at DEBUG
+    (``retry.budget_exhausted``); an incident is logged once, at its start
+    (:class:`~scalekit.FallbackUsed`, WARNING) and at its end
+    (:class:`~scalekit.Recovered`, INFO), as every fallback is."""
+
+    __slots__ = ("_lock", "since")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.since: float | None = None
+
+    def note(self, granted: bool, now: float, name: str) -> None:
+        """Record a decision of budget ``name``; report a change of incident."""
+        since = self.since
+        if granted is (since is None):
+            return  # no change: the common case costs one comparison
+        with self._lock:
+            since = self.since
+            if granted and since is not None:
+                self.since = None
+            elif not granted and since is None:
+                self.since = now
+            else:
+                return
+        if granted:
+            assert since is not None
+            emit(
+                Recovered(
+                    name=name,
+                    component_name=_EXHAUSTED,
+                    seconds_degraded=max(0.0, now - since),
+                )
+            )
+        else:
+            emit(
+                FallbackUsed(
+                    name=name,
+                    component_name=_EXHAUSTED,
+                    fallback="no_retries",
+                    reason="budget_exhausted",
+                )
+            )
 
 
 def _monotonic_of(clock: Clock) -> Callable[[], float]:
@@ -356,8 +405,17 @@ class RetryBudget:
         return False
 
     def try_withdraw(self) -> bool:
-        """Take one retry from the budget if the balance allows it; return whether it did."""
-        return self._engine.try_withdraw(self._now())
+        """Take one retry from the budget if the balance allows it; return whether it did.
+
+        The first refusal after a grant starts an incident, logged once
+        (:class:`~scalekit.FallbackUsed`); the next grant ends it
+        (:class:`~scalekit.Recovered`).
+        """
+        now = self._now()
+        engine = self._engine
+        granted = engine.try_withdraw(now)
+        engine.exhaustion.note(granted, now, self._name)
+        return granted
 
     def flush(self) -> None:
         """Nothing to publish: the state is in this process."""
@@ -436,6 +494,7 @@ class RedisRetryBudget:
         "_degraded_since",
         "_down_until",
         "_errors",
+        "_exhaustion",
         "_expire_ms",
         "_flush_interval",
         "_flush_lock",
@@ -506,6 +565,7 @@ class RedisRetryBudget:
         self._next_flush = 0.0
         self._down_until = 0.0
         self._degraded_since: float | None = None
+        self._exhaustion = _Exhaustion()
 
     @property
     def name(self) -> str:
@@ -544,11 +604,7 @@ class RedisRetryBudget:
         self._down_until = now + self._retry_interval
         if self._degraded_since is None:
             self._degraded_since = now
-            _log.warning(
-                "retry budget %r: Redis unreachable (%s); deciding locally",
-                self._name,
-                type(exc).__name__,
-            )
+            # One line per incident: the event is the log (LoggingHook, WARNING).
             emit(
                 FallbackUsed(
                     name=self._name,
@@ -575,10 +631,13 @@ class RedisRetryBudget:
         granted = int(reply[0]) == 1
         if granted:
             self._local.withdraw(now)
+        self._exhaustion.note(granted, now, self._name)
         return granted
 
     def _local_decision(self, now: float) -> bool:
-        return self._local.try_withdraw(now)
+        granted = self._local.try_withdraw(now)
+        self._exhaustion.note(granted, now, self._name)
+        return granted
 
     def _require_sync(self) -> None:
         if self._async:

@@ -82,10 +82,14 @@ class RetryBudgetExhausted(RetryGaveUp):
     """The retry budget ``budget`` refused a retry, so the error was raised at once.
 
     A subclass of :class:`RetryGaveUp` (``reason == "budget"``), so hooks that
-    count give-ups count these too.
+    count give-ups count these too. Logged at DEBUG: an exhausted budget
+    refuses every call, and the incident is logged once instead, by the
+    budget (:class:`~scalekit.FallbackUsed` with ``component_name=
+    "retry.budget.exhausted"`` and ``fallback="no_retries"`` at
+    its start, :class:`~scalekit.Recovered` at its end).
     """
 
     kind: ClassVar[str] = "retry.budget_exhausted"
-    level: ClassVar[int] = logging.WARNING
+    level: ClassVar[int] = logging.DEBUG
 
     budget: str
