@@ -39,6 +39,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 
 from scalekit._clock import SYSTEM_CLOCK
+from scalekit._redis_bounded import (
+    DEFAULT_OP_TIMEOUT,
+    aclose_twin,
+    bounded,
+    check_op_timeout,
+    close_twin,
+)
 from scalekit.errors import ConfigurationError
 from scalekit.instrumentation import FallbackUsed, Recovered, emit
 from scalekit.retry._validate import check_int, check_number, check_str
@@ -479,6 +486,14 @@ class RedisRetryBudget:
     :class:`~scalekit.Recovered` when it answers again. A retry is never
     blocked *because* Redis is down, and the budget never raises.
 
+    Whatever the client's own settings, a Redis command of the budget takes
+    at most ``op_timeout`` (default 0.25 s) per phase (connect, then reply)
+    and is never retried by redis-py: commands go through a twin of
+    ``client`` with those timeouts (its own connection pool; ``client`` is
+    untouched). An outage so costs a retrying caller at most about
+    ``2 x op_timeout`` once per ``retry_interval``, then the local decision.
+    :meth:`close`/:meth:`aclose` release the twin.
+
     >>> import fakeredis  # doctest: +SKIP
     >>> budget = RedisRetryBudget(fakeredis.FakeRedis(), "billing", ratio=0.1)  # doctest: +SKIP
 
@@ -507,7 +522,9 @@ class RedisRetryBudget:
         "_retry_interval",
         "_script",
         "_static_args",
+        "bounded_client",
         "client",
+        "op_timeout",
     )
 
     def __init__(
@@ -523,9 +540,14 @@ class RedisRetryBudget:
         flush_interval: float | None = None,
         retry_interval: float = 1.0,
         clock: Clock | None = None,
+        op_timeout: float = DEFAULT_OP_TIMEOUT,
     ) -> None:
         _check_params(ratio, min_per_second, window, buckets)
         check_str(name, "name")
+        try:
+            op_timeout = check_op_timeout(op_timeout)
+        except ConfigurationError as exc:
+            raise ConfigurationError(str(exc), parameter="op_timeout") from None
         if flush_interval is None:
             flush_interval = window / buckets
         check_number(flush_interval, "flush_interval", strict=True)
@@ -539,9 +561,12 @@ class RedisRetryBudget:
         import redis.exceptions  # the client exists, so redis-py is installed
 
         self.client = client
+        self.op_timeout = op_timeout
+        #: What the budget talks to: ``client``, or its bounded twin.
+        self.bounded_client = bounded(client, op_timeout)
         self._name = name
         self._key = f"{prefix}:{{{name}}}"
-        self._script = register(_budget_script())
+        self._script = self.bounded_client.register_script(_budget_script())
         self._async = inspect.iscoroutinefunction(getattr(client, "execute_command", None))
         self._errors: tuple[type[BaseException], ...] = (redis.exceptions.RedisError, OSError)
         self._clock = clock
@@ -734,6 +759,21 @@ class RedisRetryBudget:
         self._require_sync()
         reply = self._script(keys=[self._key], args=self._args(0, False))
         return float(reply[1])
+
+    def close(self) -> None:
+        """Close the bounded twin of a sync client, if scalekit made one (never ``client``).
+
+        Still usable afterwards: the next command connects again.
+        """
+        if not self._async:
+            close_twin(self.bounded_client)
+
+    async def aclose(self) -> None:
+        """Close the bounded twin, if scalekit made one (never ``client``)."""
+        if self._async:
+            await aclose_twin(self.bounded_client)
+        else:
+            close_twin(self.bounded_client)
 
     def __repr__(self) -> str:
         return f"RedisRetryBudget(name={self._name!r}, key={self._key!r})"
