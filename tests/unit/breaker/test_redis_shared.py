@@ -102,6 +102,8 @@ async def test_redis_down_async_fail_open(server: fakeredis.FakeServer) -> None:
         ({"retry_interval": 0}, "retry_interval"),
         ({"ttl_seconds": float("inf")}, "ttl_seconds"),
         ({"on_redis_error": "ignore"}, "on_redis_error"),
+        ({"op_timeout": 0}, "op_timeout"),
+        ({"op_timeout": "fast"}, "op_timeout"),
     ],
 )
 def test_bad_storage_parameters(kwargs: dict[str, Any], parameter: str) -> None:

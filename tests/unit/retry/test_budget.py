@@ -386,6 +386,13 @@ def test_redis_budget_refuses_a_non_redis_client() -> None:
     assert info.value.parameter == "client"
 
 
+@pytest.mark.parametrize("op_timeout", [0, -1.0, float("nan"), "fast"])
+def test_redis_budget_refuses_a_bad_op_timeout(op_timeout: Any) -> None:
+    with pytest.raises(ConfigurationError) as error:
+        RedisRetryBudget(fakeredis.FakeRedis(), "billing", op_timeout=op_timeout)
+    assert error.value.parameter == "op_timeout"
+
+
 def test_redis_budget_key_is_hash_tagged() -> None:
     budget = RedisRetryBudget(fakeredis.FakeRedis(), "billing", prefix="app:rb")
     assert budget.key == "app:rb:{billing}"
