@@ -21,14 +21,14 @@ from scalekit.instrumentation import Event, LoggingHook, PrometheusHook, emit, s
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Probe(Event):
     kind: ClassVar[str] = "bench.probe"
-    duration: float
+    seconds: float
 
 
 def main() -> None:
     logger = logging.getLogger("bench.plain")
     logger.setLevel(logging.WARNING)  # DEBUG records are dropped, as in production
     logging.getLogger("scalekit").setLevel(logging.WARNING)
-    event = Probe(name="bench", duration=0.001)
+    event = Probe(name="bench", seconds=0.001)
 
     results = [Result("bare function call", time_per_call(lambda: None))]
 

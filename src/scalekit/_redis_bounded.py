@@ -31,7 +31,14 @@ from typing import Any
 
 from scalekit.errors import ConfigurationError
 
-__all__ = ["DEFAULT_OP_TIMEOUT", "bounded", "check_op_timeout", "is_twin"]
+__all__ = [
+    "DEFAULT_OP_TIMEOUT",
+    "aclose_twin",
+    "bounded",
+    "check_op_timeout",
+    "close_twin",
+    "is_twin",
+]
 
 #: Seconds a Redis command of a best-effort component may take, per phase.
 DEFAULT_OP_TIMEOUT = 0.25
@@ -55,6 +62,26 @@ def check_op_timeout(value: object, *, name: str = "op_timeout") -> float:
 def is_twin(client: object) -> bool:
     """Whether ``client`` was made by :func:`bounded` (and so is owned by scalekit)."""
     return bool(getattr(client, _TWIN_MARK, False))
+
+
+def close_twin(client: Any) -> None:
+    """Close ``client`` and its connections if :func:`bounded` made it; else do nothing."""
+    if not is_twin(client):
+        return
+    client.close()
+    pool = getattr(client, "connection_pool", None)
+    if pool is not None:  # a pool given to a client is not closed by client.close()
+        pool.disconnect()
+
+
+async def aclose_twin(client: Any) -> None:
+    """:func:`close_twin` for an asyncio client."""
+    if not is_twin(client):
+        return
+    if getattr(client, "connection_pool", None) is not None:
+        await client.aclose(close_connection_pool=True)
+    else:  # a cluster client owns its nodes' connections
+        await client.aclose()
 
 
 def _capped(current: Any, op_timeout: float) -> float:

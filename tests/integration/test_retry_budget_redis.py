@@ -37,6 +37,11 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
+def redis_incidents(events: list[Any]) -> list[Any]:
+    """The budget's Redis-outage events (a spent budget is its own incident)."""
+    return [e for e in events if getattr(e, "component_name", None) == "retry.budget"]
+
+
 def counters(client: Any, key: str) -> tuple[int, int]:
     """(deposits, withdrawals) stored in the budget's hash."""
     fields = client.hgetall(key)
@@ -145,6 +150,7 @@ async def test_async_client(redis_server: Any) -> None:
 
         assert await policy.call_async(work) == "ok"
         assert await budget.atry_withdraw() is False  # one deposit, one retry: spent
+        await budget.aclose()  # the budget's bounded twin of the client
     finally:
         await client.aclose()
 
@@ -160,6 +166,9 @@ def test_redis_cluster(redis_cluster: Any) -> None:
     owner = redis_cluster.node_for_key(a.key)
     assert owner.client().exists(a.key) == 1
     assert not a.degraded and not b.degraded
+    for budget in (a, b):
+        budget.close()
+        budget.client.close()
 
 
 async def test_redis_cluster_async(redis_cluster: Any) -> None:
@@ -169,6 +178,7 @@ async def test_redis_cluster_async(redis_cluster: Any) -> None:
         budget.deposit()
         await budget.aflush()
         assert [await budget.atry_withdraw(), await budget.atry_withdraw()] == [True, False]
+        await budget.aclose()
     finally:
         await client.aclose()
 
@@ -199,8 +209,8 @@ def test_redis_going_down_falls_back_locally_then_recovers(redis_server_factory:
         budget.deposit()
         assert budget.try_withdraw() is True  # Redis again: a fresh hash with 1 deposit
         assert not budget.degraded
-    fallbacks = [e for e in events if isinstance(e, FallbackUsed)]
-    recoveries = [e for e in events if isinstance(e, Recovered)]
+    fallbacks = [e for e in redis_incidents(events) if isinstance(e, FallbackUsed)]
+    recoveries = [e for e in redis_incidents(events) if isinstance(e, Recovered)]
     assert len(fallbacks) == 1 and fallbacks[0].component_name == "retry.budget"
     assert len(recoveries) == 1
 
@@ -257,10 +267,11 @@ async def test_async_budget_through_an_outage(redis_server_factory: Any, outage:
             budget.deposit()
             assert await budget.atry_withdraw() is True  # Redis again, 1 fresh deposit
             assert not budget.degraded
-        assert sum(isinstance(e, FallbackUsed) for e in events) == 1
-        assert sum(isinstance(e, Recovered) for e in events) == 1
+        assert sum(isinstance(e, FallbackUsed) for e in redis_incidents(events)) == 1
+        assert sum(isinstance(e, Recovered) for e in redis_incidents(events)) == 1
     finally:
         node.resume()
+        await budget.aclose()
         await client.aclose()
 
 
@@ -289,8 +300,133 @@ def test_redis_cluster_master_unreachable_falls_back_then_recovers(redis_cluster
             budget.deposit()
             assert budget.try_withdraw() is True  # the cluster again
             assert not budget.degraded
-        assert sum(isinstance(e, FallbackUsed) for e in events) == 1
-        assert sum(isinstance(e, Recovered) for e in events) == 1
+        assert sum(isinstance(e, FallbackUsed) for e in redis_incidents(events)) == 1
+        assert sum(isinstance(e, Recovered) for e in redis_incidents(events)) == 1
     finally:
         owner.resume()
+        budget.close()
         client.close()
+
+
+# -- default-constructed clients: an outage costs a bounded time (issue 13, item 4) ------
+
+OP_TIMEOUT = 0.25  # the default of RedisRetryBudget(op_timeout=...)
+HANG_GUARD = 10 * 2 * OP_TIMEOUT  # connect + reply, ten times over: only catches a hang
+
+
+def count_redis_calls(budget: RedisRetryBudget) -> list[int]:
+    """Count the script calls the budget makes from now on."""
+    script = budget._script
+    calls: list[int] = []
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return script(*args, **kwargs)
+
+    budget._script = counted
+    return calls
+
+
+def _flaky() -> Any:
+    outcomes = iter([ConnectionError("down"), "ok"])
+
+    def work() -> str:
+        outcome = next(outcomes)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    return work
+
+
+@pytest.mark.parametrize("outage", ["stop", "kill", "pause"])
+def test_a_default_client_outage_costs_a_bounded_time(
+    redis_server_factory: Any, outage: str
+) -> None:
+    import redis
+
+    node = redis_server_factory()
+    client = redis.Redis(host=node.host, port=node.port)  # redis-py's defaults
+    budget = RedisRetryBudget(client, unique("bounded"), 1.0, min_per_second=1.0)
+    policy = RetryPolicy(attempts=2, backoff=Backoff.none(), budget=budget)
+    assert policy.call(_flaky()) == "ok"  # a retry granted by Redis
+    calls = count_redis_calls(budget)
+    getattr(node, outage)()
+    try:
+        with capture_events() as events:
+            started = time.monotonic()
+            assert policy.call(_flaky()) == "ok"  # the retry was decided locally
+            assert time.monotonic() - started < HANG_GUARD
+            assert len(calls) == 1 and budget.degraded
+            for _ in range(5):
+                assert policy.call(_flaky()) == "ok"
+            assert len(calls) == 1  # within retry_interval: Redis not asked again
+        assert [e.fallback for e in redis_incidents(events) if isinstance(e, FallbackUsed)] == [
+            "local"
+        ]
+    finally:
+        if outage == "pause":
+            node.resume()
+        else:
+            node.start()
+    assert budget.client is client  # the escape hatch is the user's own client
+    budget.close()
+    client.close()
+
+
+async def test_a_default_async_client_outage_costs_a_bounded_time(
+    redis_server_factory: Any,
+) -> None:
+    import redis.asyncio
+
+    node = redis_server_factory()
+    client = redis.asyncio.Redis(host=node.host, port=node.port)
+    budget = RedisRetryBudget(client, unique("abounded"), 1.0, min_per_second=1.0)
+    try:
+        assert await budget.atry_withdraw() is True
+        calls = count_redis_calls(budget)
+        node.pause()
+        started = time.monotonic()
+        assert await budget.atry_withdraw() is True  # decided locally
+        assert time.monotonic() - started < HANG_GUARD
+        assert [await budget.atry_withdraw() for _ in range(3)] == [True] * 3
+        assert len(calls) == 1 and budget.degraded
+    finally:
+        node.resume()
+        await budget.aclose()
+        await client.aclose()
+
+
+# The asyncio cluster variant leaks redis-py ClusterNode connections after the
+# paused master's timeout (ResourceWarnings at garbage collection): left out.
+@pytest.mark.parametrize("mode", ["sync"])
+async def test_a_default_cluster_client_outage_costs_a_bounded_time(
+    redis_cluster: Any, mode: str
+) -> None:
+    client = redis_cluster.client() if mode == "sync" else redis_cluster.async_client()
+    budget = RedisRetryBudget(client, unique(f"cbounded-{mode}"), 1.0, min_per_second=1.0)
+
+    async def withdraw() -> bool:
+        if mode == "sync":
+            return budget.try_withdraw()
+        return await budget.atry_withdraw()
+
+    owner = redis_cluster.node_for_key(budget.key)
+    try:
+        assert await withdraw() is True
+        calls = count_redis_calls(budget)
+        owner.pause()
+        started = time.monotonic()
+        assert await withdraw() is True  # decided locally
+        assert time.monotonic() - started < HANG_GUARD
+        assert [await withdraw() for _ in range(3)] == [True] * 3
+        assert len(calls) == 1 and budget.degraded
+    finally:
+        owner.resume()
+        redis_cluster.wait_healthy()
+        if mode == "sync":
+            budget.close()
+            client.close()
+        else:
+            await budget.aclose()
+            await client.aclose()

@@ -218,7 +218,8 @@ async def test_cancelling_a_retrying_task_stops_it_while_redis_is_down(
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        assert time.monotonic() - started < 1.0
+        # A hang guard only: the point is that the 10 s backoff was not waited out.
+        assert time.monotonic() - started < 5.0
         assert attempts == 1
     finally:
         await client.aclose()

@@ -272,6 +272,7 @@ class BreakerCore:
         "free_ticket",
         "generation",
         "ignored",
+        "open_for",
         "open_until",
         "opened_at",
         "policy",
@@ -291,6 +292,7 @@ class BreakerCore:
         self.free_ticket: int | None = 0
         self.opened_at: float | None = None
         self.open_until = 0.0
+        self.open_for = 0.0  # the open duration of the current opening, as configured
         self.consecutive_openings = 0
         self._consecutive = 0
         self._probes: dict[int, float] = {}
@@ -348,7 +350,9 @@ class BreakerCore:
         """
         state = self.state
         if state is OPEN:
-            return max(self.open_until - now, 0.0)
+            # Never more than the opening's own duration: ``(t + 60) - t`` can
+            # be 60.00000000000001, and callers compare this with their caps.
+            return max(min(self.open_until - now, self.open_for), 0.0)
         if state is FORCED_OPEN:
             return None
         if state is HALF_OPEN and len(self._probes) >= self.policy.half_open_max_calls:
@@ -392,8 +396,11 @@ class BreakerCore:
             if outcome == IGNORED:
                 return
             if outcome == FAILURE or slow:
+                # A failed probe extends the failure streak, as in pybreaker.
+                self._consecutive += outcome == FAILURE
                 self.fire(Trigger.PROBE_FAILED, now, "slow probe" if slow else "probe failed")
                 return
+            self._consecutive = 0
             self._probe_successes += 1
             if self._probe_successes >= policy.success_threshold:
                 self.fire(Trigger.PROBES_PASSED, now, f"{self._probe_successes} probe(s) succeeded")
@@ -446,7 +453,8 @@ class BreakerCore:
         if new is OPEN:
             # Computed before any change: a user reset_timeout function that
             # raises leaves the core exactly as it was.
-            open_until = now + self.policy.open_duration(self.consecutive_openings + 1)
+            open_for = self.policy.open_duration(self.consecutive_openings + 1)
+            open_until = now + open_for
         self.generation += 1
         self._probes.clear()
         self._probe_successes = 0
@@ -456,6 +464,7 @@ class BreakerCore:
             self.consecutive_openings += 1
             self.opened_at = now
             self.open_until = open_until
+            self.open_for = open_for
             self.free_ticket = None
         elif new is CLOSED:
             self._reset_counts()
@@ -468,8 +477,8 @@ class BreakerCore:
         else:
             self.free_ticket = None
         if new is not old:
-            open_for = self.open_until - now if new is OPEN else None
-            self.transitions.append(Transition(old, new, trigger, reason, now, open_for))
+            announced = self.open_for if new is OPEN else None
+            self.transitions.append(Transition(old, new, trigger, reason, now, announced))
 
     def _reset_counts(self) -> None:
         self._consecutive = 0
@@ -486,7 +495,11 @@ class BreakerCore:
 
     @property
     def consecutive_failures(self) -> int:
-        """Failures since the last success in the current CLOSED period."""
+        """Failures since the last success (pybreaker's ``fail_counter``).
+
+        Failed half-open probes count too, and a successful probe resets it;
+        the circuit closing (or being disabled) resets it as well.
+        """
         return self._consecutive
 
     def window_totals(self, now: float) -> tuple[int, int, int]:

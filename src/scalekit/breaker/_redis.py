@@ -24,18 +24,29 @@ under this process's own local breaker with the same policy; ``"fail_closed"``
 rejects them with ``retry_after = retry_interval``. Redis is tried again
 after ``retry_interval`` seconds; a :class:`~scalekit.FallbackUsed` event is
 emitted once per incident and :class:`~scalekit.Recovered` when Redis is back.
-Set ``socket_timeout`` on your client: it bounds how long a call can wait on a
-Redis that hangs.
+
+Whatever the client's own settings (redis-py 8's defaults retry 10 times with
+back-off; older ones have no socket timeout), every script call goes through
+:func:`scalekit._redis_bounded.bounded`: a twin of the client whose commands
+take at most ``op_timeout`` per phase (connect, then reply) and are never
+retried. An outage so costs a caller at most about ``2 x op_timeout`` once per
+``retry_interval``, then the fallback.
 """
 
 from __future__ import annotations
 
 import inspect
-import logging
 import math
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Final, Literal
 
+from scalekit._redis_bounded import (
+    DEFAULT_OP_TIMEOUT,
+    aclose_twin,
+    bounded,
+    check_op_timeout,
+    close_twin,
+)
 from scalekit.breaker._config import FAILURE, IGNORED, SUCCESS
 from scalekit.breaker._core import (
     CLOSED,
@@ -54,8 +65,6 @@ if TYPE_CHECKING:
     from scalekit.breaker._breaker import CircuitBreaker
 
 __all__ = ["RedisStorage", "SharedState"]
-
-_log = logging.getLogger("scalekit.breaker")
 
 # Tickets of calls admitted by the shared state are offset far from the local
 # core's tickets, which serve while Redis is down (fail_open).
@@ -107,17 +116,27 @@ class RedisStorage:
     Parameters: ``prefix`` of the keys; ``local_cache_seconds`` how long a
     "closed" answer is trusted locally; ``on_redis_error`` ``"fail_open"`` or
     ``"fail_closed"``; ``retry_interval`` seconds before Redis is tried again
-    after an error; ``ttl_seconds`` how long idle state lives in Redis.
+    after an error; ``ttl_seconds`` how long idle state lives in Redis;
+    ``op_timeout`` (default 0.25 s) the longest a Redis command may take per
+    phase (connect, then reply), whatever the client's own settings: an
+    outage costs a caller at most about ``2 x op_timeout`` once per
+    ``retry_interval``, then ``on_redis_error``. Commands go through a twin of
+    ``client`` with those timeouts and no redis-py retries (its own
+    connection pool; ``client`` itself is untouched and stays in
+    :attr:`client`); a client whose settings already bound a command is used
+    as given. :meth:`close`/:meth:`aclose` release the twin.
 
     Raises:
         ConfigurationError: bad parameter, or a client that is not a redis-py one.
     """
 
     __slots__ = (
+        "bounded_client",
         "client",
         "is_async",
         "local_cache_seconds",
         "on_redis_error",
+        "op_timeout",
         "prefix",
         "retry_interval",
         "ttl_seconds",
@@ -132,6 +151,7 @@ class RedisStorage:
         on_redis_error: Literal["fail_open", "fail_closed"] = "fail_open",
         retry_interval: float = 1.0,
         ttl_seconds: float = 86_400.0,
+        op_timeout: float = DEFAULT_OP_TIMEOUT,
     ) -> None:
         if not callable(getattr(client, "register_script", None)):
             raise ConfigurationError(
@@ -165,13 +185,34 @@ class RedisStorage:
                 f"on_redis_error must be 'fail_open' or 'fail_closed', got {on_redis_error!r}",
                 parameter="on_redis_error",
             )
+        try:
+            self.op_timeout = check_op_timeout(op_timeout)
+        except ConfigurationError as exc:
+            raise ConfigurationError(str(exc), parameter="op_timeout") from None
         self.client = client
+        #: What the breaker talks to: ``client``, or its bounded twin.
+        self.bounded_client = bounded(client, self.op_timeout)
         self.prefix = prefix
         self.local_cache_seconds = float(local_cache_seconds)
         self.on_redis_error = on_redis_error
         self.retry_interval = float(retry_interval)
         self.ttl_seconds = float(ttl_seconds)
         self.is_async = inspect.iscoroutinefunction(getattr(type(client), "execute_command", None))
+
+    def close(self) -> None:
+        """Close the bounded twin of a sync client, if scalekit made one (never ``client``).
+
+        Still usable afterwards: the next command connects again.
+        """
+        if not self.is_async:
+            close_twin(self.bounded_client)
+
+    async def aclose(self) -> None:
+        """Close the bounded twin, if scalekit made one (never ``client``)."""
+        if self.is_async:
+            await aclose_twin(self.bounded_client)
+        else:
+            close_twin(self.bounded_client)
 
     def keys(self, name: str) -> list[str]:
         """The Redis keys of breaker ``name`` (one hash tag: one cluster slot)."""
@@ -185,7 +226,7 @@ class RedisStorage:
     def __repr__(self) -> str:
         return (
             f"RedisStorage(prefix={self.prefix!r}, on_redis_error={self.on_redis_error!r}, "
-            f"local_cache_seconds={self.local_cache_seconds!r})"
+            f"local_cache_seconds={self.local_cache_seconds!r}, op_timeout={self.op_timeout!r})"
         )
 
 
@@ -202,7 +243,7 @@ class SharedState:
         self.breaker = breaker
         policy = breaker.policy
         self._keys = storage.keys(breaker.name)
-        self._script = storage.client.register_script(_lua_source())
+        self._script = storage.bounded_client.register_script(_lua_source())
         durations = ",".join(
             str(max(round(policy.open_duration(k) * 1000), 0)) for k in range(1, _SCHEDULE + 1)
         )
@@ -227,6 +268,7 @@ class SharedState:
         self.gen = -1  # unknown until the first reply
         self.fresh_until = -math.inf
         self.open_until = -math.inf
+        self.open_for = 0.0  # retry_after as Redis last said (no float drift added)
         self.probes_in_flight = 0
         self._pending_fast = 0
         self._pending_slow = 0
@@ -254,7 +296,7 @@ class SharedState:
                 return _REMOTE + self.gen
         elif state is OPEN:
             if now < self.open_until:
-                return (OPEN, self.open_until - now)
+                return (OPEN, min(self.open_until - now, self.open_for))
         elif state is FORCED_OPEN and now < self.fresh_until:
             return (FORCED_OPEN, None)
         return None
@@ -291,7 +333,8 @@ class SharedState:
             self.state = new_state
             self.gen = gen
             self.fresh_until = now + self.storage.local_cache_seconds
-            self.open_until = now + retry_ms / 1000 if new_state is OPEN else -math.inf
+            self.open_for = max(retry_ms, 0) / 1000
+            self.open_until = now + self.open_for if new_state is OPEN else -math.inf
             if probe:
                 self.probes_in_flight += 1
             recovered_after = None
@@ -346,12 +389,7 @@ class SharedState:
             self._down_until = now + self.storage.retry_interval
             self.fresh_until = -math.inf
         if first:
-            _log.warning(
-                "breaker %r: Redis unreachable (%s); %s",
-                breaker.name,
-                type(exc).__name__,
-                self.storage.on_redis_error,
-            )
+            # One line per incident: the event is the log (LoggingHook, WARNING).
             emit(
                 FallbackUsed(
                     name=breaker.name,
@@ -430,7 +468,7 @@ class SharedState:
         if now < self._down_until and self.storage.on_redis_error == "fail_open":
             return self.breaker._core.state, self.breaker._core.retry_after(now)
         if self.state is OPEN:
-            return self.state, max(self.open_until - now, 0.0)
+            return self.state, max(min(self.open_until - now, self.open_for), 0.0)
         return self.state, None if self.state is FORCED_OPEN else 0.0
 
     def _check_sync(self) -> None:

@@ -4,6 +4,11 @@ Each primitive defines its own event classes by subclassing :class:`Event`
 (``BreakerStateChanged``, ``RetryScheduled``, ``CacheFallback``...). An event
 is a plain value: hooks may keep it, log it, count it. Events never carry
 secrets (no DSNs, passwords or cached values), only names and numbers.
+
+An event that reports how long something took or lasted names that duration
+``seconds`` (a field, or a read-only property when the field has a more
+specific name, as :attr:`Recovered.seconds_degraded`): the metrics hooks
+read that one name for their duration histograms.
 """
 
 from __future__ import annotations
@@ -71,3 +76,8 @@ class Recovered(Event):
 
     component_name: str
     seconds_degraded: float
+
+    @property
+    def seconds(self) -> float:
+        """The event's duration under the name every event uses: :attr:`seconds_degraded`."""
+        return self.seconds_degraded

@@ -3,7 +3,7 @@
 Both import their library on the first event, not when built or registered,
 so ``set_hooks([PrometheusHook()])`` is free until something happens. Each
 event increments a counter labelled with the event's :meth:`~Event.labels`;
-events that carry a ``duration`` field also feed a histogram.
+events that carry a duration (always named ``seconds``) also feed a histogram.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ class PrometheusHook:
             children = (self._counter.labels(*key), self._histogram.labels(*key))
             self._children[key] = children
         children[0].inc()
-        duration = getattr(event, "duration", None)
+        duration = getattr(event, "seconds", None)
         if isinstance(duration, (int, float)):
             children[1].observe(duration)
 
@@ -115,6 +115,6 @@ class OpenTelemetryHook:
             self._ensure()
         attributes = event.labels()
         self._counter.add(1, attributes)
-        duration = getattr(event, "duration", None)
+        duration = getattr(event, "seconds", None)
         if isinstance(duration, (int, float)):
             self._histogram.record(duration, attributes)

@@ -32,7 +32,6 @@ from __future__ import annotations
 import importlib.resources
 import inspect
 import itertools
-import logging
 import math
 import threading
 import time
@@ -40,6 +39,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 
 from scalekit._clock import SYSTEM_CLOCK
+from scalekit._redis_bounded import (
+    DEFAULT_OP_TIMEOUT,
+    aclose_twin,
+    bounded,
+    check_op_timeout,
+    close_twin,
+)
 from scalekit.errors import ConfigurationError
 from scalekit.instrumentation import FallbackUsed, Recovered, emit
 from scalekit.retry._validate import check_int, check_number, check_str
@@ -48,8 +54,6 @@ if TYPE_CHECKING:
     from scalekit.typing import Clock
 
 __all__ = ["Budget", "BudgetWindow", "RedisRetryBudget", "RetryBudget"]
-
-_log = logging.getLogger("scalekit.retry")
 
 # Balances are sums of float products; this absorbs their rounding.
 _EPSILON: Final = 1e-9
@@ -202,6 +206,7 @@ class _Engine:
         "bucket_end",
         "bucket_start",
         "counter",
+        "exhaustion",
         "folded",
         "key",
         "lock",
@@ -220,6 +225,7 @@ class _Engine:
         self.total = 0  # deposits ever folded (RedisRetryBudget publishes the difference)
         self.bucket_start = -math.inf
         self.bucket_end = -math.inf  # the first deposit takes the slow path
+        self.exhaustion = _Exhaustion()
 
     def fold(self) -> None:
         """Move the counter's new deposits into the window. Hold :attr:`lock`."""
@@ -263,6 +269,56 @@ class _Engine:
         with self.lock:
             self.fold()
             return self.window.counts(now)
+
+
+# The component name of a spent-budget incident ("retry.budget" is a Redis outage).
+_EXHAUSTED: Final = "retry.budget.exhausted"
+
+
+class _Exhaustion:
+    """Whether a budget is refusing retries: one incident from the first refusal
+    after a grant to the next grant. The refusals themselves are events at DEBUG
+    (``retry.budget_exhausted``); an incident is logged once, at its start
+    (:class:`~scalekit.FallbackUsed`, WARNING) and at its end
+    (:class:`~scalekit.Recovered`, INFO), as every fallback is."""
+
+    __slots__ = ("_lock", "since")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.since: float | None = None
+
+    def note(self, granted: bool, now: float, name: str) -> None:
+        """Record a decision of budget ``name``; report a change of incident."""
+        since = self.since
+        if granted is (since is None):
+            return  # no change: the common case costs one comparison
+        with self._lock:
+            since = self.since
+            if granted and since is not None:
+                self.since = None
+            elif not granted and since is None:
+                self.since = now
+            else:
+                return
+        if granted:
+            assert since is not None
+            emit(
+                Recovered(
+                    name=name,
+                    component_name=_EXHAUSTED,
+                    seconds_degraded=max(0.0, now - since),
+                )
+            )
+        else:
+            emit(
+                FallbackUsed(
+                    name=name,
+                    component_name=_EXHAUSTED,
+                    fallback="no_retries",
+                    reason="budget_exhausted",
+                )
+            )
 
 
 def _monotonic_of(clock: Clock) -> Callable[[], float]:
@@ -356,8 +412,17 @@ class RetryBudget:
         return False
 
     def try_withdraw(self) -> bool:
-        """Take one retry from the budget if the balance allows it; return whether it did."""
-        return self._engine.try_withdraw(self._now())
+        """Take one retry from the budget if the balance allows it; return whether it did.
+
+        The first refusal after a grant starts an incident, logged once
+        (:class:`~scalekit.FallbackUsed`); the next grant ends it
+        (:class:`~scalekit.Recovered`).
+        """
+        now = self._now()
+        engine = self._engine
+        granted = engine.try_withdraw(now)
+        engine.exhaustion.note(granted, now, self._name)
+        return granted
 
     def flush(self) -> None:
         """Nothing to publish: the state is in this process."""
@@ -421,6 +486,14 @@ class RedisRetryBudget:
     :class:`~scalekit.Recovered` when it answers again. A retry is never
     blocked *because* Redis is down, and the budget never raises.
 
+    Whatever the client's own settings, a Redis command of the budget takes
+    at most ``op_timeout`` (default 0.25 s) per phase (connect, then reply)
+    and is never retried by redis-py: commands go through a twin of
+    ``client`` with those timeouts (its own connection pool; ``client`` is
+    untouched). An outage so costs a retrying caller at most about
+    ``2 x op_timeout`` once per ``retry_interval``, then the local decision.
+    :meth:`close`/:meth:`aclose` release the twin.
+
     >>> import fakeredis  # doctest: +SKIP
     >>> budget = RedisRetryBudget(fakeredis.FakeRedis(), "billing", ratio=0.1)  # doctest: +SKIP
 
@@ -436,6 +509,7 @@ class RedisRetryBudget:
         "_degraded_since",
         "_down_until",
         "_errors",
+        "_exhaustion",
         "_expire_ms",
         "_flush_interval",
         "_flush_lock",
@@ -448,7 +522,9 @@ class RedisRetryBudget:
         "_retry_interval",
         "_script",
         "_static_args",
+        "bounded_client",
         "client",
+        "op_timeout",
     )
 
     def __init__(
@@ -464,9 +540,14 @@ class RedisRetryBudget:
         flush_interval: float | None = None,
         retry_interval: float = 1.0,
         clock: Clock | None = None,
+        op_timeout: float = DEFAULT_OP_TIMEOUT,
     ) -> None:
         _check_params(ratio, min_per_second, window, buckets)
         check_str(name, "name")
+        try:
+            op_timeout = check_op_timeout(op_timeout)
+        except ConfigurationError as exc:
+            raise ConfigurationError(str(exc), parameter="op_timeout") from None
         if flush_interval is None:
             flush_interval = window / buckets
         check_number(flush_interval, "flush_interval", strict=True)
@@ -480,9 +561,12 @@ class RedisRetryBudget:
         import redis.exceptions  # the client exists, so redis-py is installed
 
         self.client = client
+        self.op_timeout = op_timeout
+        #: What the budget talks to: ``client``, or its bounded twin.
+        self.bounded_client = bounded(client, op_timeout)
         self._name = name
         self._key = f"{prefix}:{{{name}}}"
-        self._script = register(_budget_script())
+        self._script = self.bounded_client.register_script(_budget_script())
         self._async = inspect.iscoroutinefunction(getattr(client, "execute_command", None))
         self._errors: tuple[type[BaseException], ...] = (redis.exceptions.RedisError, OSError)
         self._clock = clock
@@ -506,6 +590,7 @@ class RedisRetryBudget:
         self._next_flush = 0.0
         self._down_until = 0.0
         self._degraded_since: float | None = None
+        self._exhaustion = _Exhaustion()
 
     @property
     def name(self) -> str:
@@ -544,11 +629,7 @@ class RedisRetryBudget:
         self._down_until = now + self._retry_interval
         if self._degraded_since is None:
             self._degraded_since = now
-            _log.warning(
-                "retry budget %r: Redis unreachable (%s); deciding locally",
-                self._name,
-                type(exc).__name__,
-            )
+            # One line per incident: the event is the log (LoggingHook, WARNING).
             emit(
                 FallbackUsed(
                     name=self._name,
@@ -575,10 +656,13 @@ class RedisRetryBudget:
         granted = int(reply[0]) == 1
         if granted:
             self._local.withdraw(now)
+        self._exhaustion.note(granted, now, self._name)
         return granted
 
     def _local_decision(self, now: float) -> bool:
-        return self._local.try_withdraw(now)
+        granted = self._local.try_withdraw(now)
+        self._exhaustion.note(granted, now, self._name)
+        return granted
 
     def _require_sync(self) -> None:
         if self._async:
@@ -675,6 +759,21 @@ class RedisRetryBudget:
         self._require_sync()
         reply = self._script(keys=[self._key], args=self._args(0, False))
         return float(reply[1])
+
+    def close(self) -> None:
+        """Close the bounded twin of a sync client, if scalekit made one (never ``client``).
+
+        Still usable afterwards: the next command connects again.
+        """
+        if not self._async:
+            close_twin(self.bounded_client)
+
+    async def aclose(self) -> None:
+        """Close the bounded twin, if scalekit made one (never ``client``)."""
+        if self._async:
+            await aclose_twin(self.bounded_client)
+        else:
+            close_twin(self.bounded_client)
 
     def __repr__(self) -> str:
         return f"RedisRetryBudget(name={self._name!r}, key={self._key!r})"

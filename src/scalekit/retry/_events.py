@@ -7,6 +7,7 @@ Events carry the policy's name, numbers, and the *class name* of the error
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -41,12 +42,19 @@ class RetryGaveUp(Event):
     - ``"attempts"``: the last allowed attempt failed;
     - ``"deadline"``: the deadline passed, or the wait a ``Retry-After`` hint
       or an open breaker asks for does not fit in what is left of it;
-    - ``"retry_after"``: the hint is longer than the policy's ``max_retry_after``
+    - ``"retry_after"``: the hint is longer than the policy's ``max_retry_after``,
+      or an open breaker asks for longer than the policy's breaker cap
+      (:meth:`~scalekit.retry.RetryPolicy.breaker_wait_cap`)
       (or an open breaker gave no hint: it was forced open);
     - ``"stop"``: a tenacity ``stop`` strategy said stop;
     - ``"budget"``: the retry budget is spent (see :class:`RetryBudgetExhausted`).
 
-    ``duration`` is the seconds from the start of the first attempt.
+    ``seconds`` is the time from the start of the first attempt (every
+    event names its duration ``seconds``).
+
+    .. versionchanged:: issue 13
+       ``duration`` was renamed ``seconds``; ``duration`` still reads it,
+       with a ``DeprecationWarning``, until the next release.
     """
 
     kind: ClassVar[str] = "retry.gave_up"
@@ -55,7 +63,18 @@ class RetryGaveUp(Event):
     attempts: int
     reason: str
     error: str
-    duration: float
+    seconds: float
+
+    @property
+    def duration(self) -> float:
+        """Deprecated: read :attr:`seconds`."""
+        warnings.warn(
+            "RetryGaveUp.duration is deprecated; read .seconds (one name for every "
+            "event's duration)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.seconds
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -63,10 +82,14 @@ class RetryBudgetExhausted(RetryGaveUp):
     """The retry budget ``budget`` refused a retry, so the error was raised at once.
 
     A subclass of :class:`RetryGaveUp` (``reason == "budget"``), so hooks that
-    count give-ups count these too.
+    count give-ups count these too. Logged at DEBUG: an exhausted budget
+    refuses every call, and the incident is logged once instead, by the
+    budget (:class:`~scalekit.FallbackUsed` with ``component_name=
+    "retry.budget.exhausted"`` and ``fallback="no_retries"`` at
+    its start, :class:`~scalekit.Recovered` at its end).
     """
 
     kind: ClassVar[str] = "retry.budget_exhausted"
-    level: ClassVar[int] = logging.WARNING
+    level: ClassVar[int] = logging.DEBUG
 
     budget: str

@@ -21,13 +21,18 @@ At the first failure a shell (``_sync``/``_async``) builds a
    ``KeyboardInterrupt``, ``SystemExit``, ``GeneratorExit`` (not
    ``Exception`` subclasses) nor ``concurrent.futures.CancelledError``.
 2. A :class:`~scalekit.errors.CircuitOpenError` is retried only when it gives
-   a ``retry_after`` no longer than ``max_retry_after`` that also fits in
-   what is left of the deadline; the wait is then at least that long. It
-   does not need to match ``retry_on``: the breaker says when to come back.
+   a ``retry_after`` no longer than the policy's breaker cap (see
+   :meth:`RetryPolicy.breaker_wait_cap`) that also fits in what is left of
+   the deadline; the wait is then at least that long. It does not need to
+   match ``retry_on``: the breaker says when to come back. Comparisons
+   allow :data:`TOLERANCE` of float noise, so ``60.00000000000001`` counts
+   as 60.
 3. Anything else must match ``retry_on``.
-4. Attempts (capped by the testing mode), then a tenacity ``stop``.
+4. Attempts (capped by the testing mode).
 5. The delay: the backoff (or a tenacity ``wait``), raised to any
-   ``Retry-After`` hint the error carries (capped at ``max_retry_after``).
+   ``Retry-After`` hint the error carries (capped at ``max_retry_after``);
+   then a tenacity ``stop``, which sees that delay as ``upcoming_sleep``
+   (as in tenacity, so ``stop_before_delay`` works).
 6. The deadline: none left means give up; a hint that does not fit means
    give up; otherwise the delay is cut to what is left.
 7. Testing mode: the delay becomes 0.
@@ -60,13 +65,17 @@ if TYPE_CHECKING:
     from scalekit.retry._sync import Attempts
     from scalekit.typing import Clock, Hook
 
-__all__ = ["Backoff", "Jitter", "RetryPolicy", "RetryState", "retry_after_hint"]
+__all__ = ["TOLERANCE", "Backoff", "Jitter", "RetryPolicy", "RetryState", "retry_after_hint"]
 
 T = TypeVar("T")
 P = ParamSpec("P")
 
 Jitter = Literal["full", "equal", "decorrelated", "none"]
 _JITTERS: Final = ("full", "equal", "decorrelated", "none")
+
+#: Seconds of float noise ignored when a wait is compared with a cap or with
+#: what is left of the deadline (``(t + 60) - t`` can be 60.00000000000001).
+TOLERANCE: Final = 1e-6
 
 # Never retried, even when ``retry_on`` would match (BaseExceptions that are not
 # Exceptions, such as asyncio.CancelledError, are never caught at all).
@@ -291,6 +300,15 @@ class RetryPolicy:
         max_retry_after: the longest ``Retry-After`` hint honoured, in
             seconds; longer hints are cut to it (an open breaker asking for
             longer is not retried).
+        max_breaker_wait: the longest wait for an open circuit breaker
+            (``CircuitOpenError.retry_after``); a breaker asking for longer
+            fails the call at once. ``None`` (default): with a ``deadline``,
+            what is left of it; without one, the longest sleep the policy
+            takes on its own (the backoff's ``cap``, or what a tenacity
+            ``wait`` returns for this retry). Never more than
+            ``max_retry_after``. So a policy over a breaker with the default
+            60 s ``reset_timeout`` fails fast instead of sleeping a minute
+            inside a request handler.
         reraise: on giving up, re-raise the last error unchanged (default, like
             stamina) or, when ``False``, raise :class:`~scalekit.errors.RetryError`
             chained to it (like tenacity without ``reraise``).
@@ -314,6 +332,7 @@ class RetryPolicy:
     max_retry_after: float = 60.0
     reraise: bool = True
     clock: Clock = SYSTEM_CLOCK
+    max_breaker_wait: float | None = None
     _rule: TransientRule = field(init=False, repr=False, compare=False)
     _monotonic: Callable[[], float] = field(init=False, repr=False, compare=False)
 
@@ -348,6 +367,10 @@ class RetryPolicy:
         object.__setattr__(
             self, "max_retry_after", _number(self.max_retry_after, "max_retry_after")
         )
+        if self.max_breaker_wait is not None:
+            object.__setattr__(
+                self, "max_breaker_wait", _number(self.max_breaker_wait, "max_breaker_wait")
+            )
         if not isinstance(self.reraise, bool):
             raise ConfigurationError(
                 f"reraise must be a bool, got {self.reraise!r}", parameter="reraise"
@@ -422,6 +445,30 @@ class RetryPolicy:
         from scalekit.retry._async import AsyncAttempts
 
         return AsyncAttempts(self)
+
+    def breaker_wait_cap(self, delay: float | None = None) -> float:
+        """The longest wait for an open breaker, in seconds (the deadline aside).
+
+        ``max_breaker_wait`` when given; else, with a deadline,
+        ``max_retry_after`` (the deadline then bounds the wait); else the
+        backoff's ``cap`` (for a tenacity ``wait``: ``delay``, the sleep it
+        chose for this retry, 0 when unknown). Never more than
+        ``max_retry_after``.
+
+        >>> RetryPolicy(backoff=Backoff.exponential(0.1, cap=5.0)).breaker_wait_cap()
+        5.0
+        >>> RetryPolicy(deadline=30.0).breaker_wait_cap()
+        60.0
+        """
+        if self.max_breaker_wait is not None:
+            cap = self.max_breaker_wait
+        elif self.deadline is not None:
+            cap = self.max_retry_after
+        elif isinstance(self.backoff, Backoff):
+            cap = self.backoff.cap
+        else:
+            cap = 0.0 if delay is None else delay
+        return min(cap, self.max_retry_after)
 
     def replace(self, **changes: Any) -> RetryPolicy:
         """A copy with some fields changed (validated again).
@@ -526,9 +573,11 @@ class RetryState:
             self.reason = "not_retryable"
             return None
         clock = policy.clock
+        breaker = False
         if isinstance(exc, CircuitOpenError):
+            breaker = True
             hint = exc.retry_after
-            if hint is None or not hint <= policy.max_retry_after:
+            if hint is None or not hint <= policy.max_retry_after + TOLERANCE:
                 self.reason = "retry_after"
                 return None
         elif not policy._rule(exc):
@@ -545,20 +594,31 @@ class RetryState:
             return None
         now = clock.monotonic()
         backoff = policy.backoff
-        if policy.stop is not None and policy.stop(self._tenacity(exc, now)):
-            self.reason = "stop"
-            return None
+        # The upcoming sleep is computed before the stop check, as tenacity
+        # does: stop_before_delay reads it (RetryCallState.upcoming_sleep).
         if isinstance(backoff, Backoff):
             delay = backoff.delay(self.attempt, self._previous_backoff, self.uniform)
             self._previous_backoff = delay
         else:
             delay = float(backoff(self._tenacity(exc, now)))
+        own_delay = delay
         self._hint = hint
         if hint is not None:
             delay = max(delay, hint)
+        if policy.stop is not None:
+            call_state = self._tenacity(exc, now)
+            call_state.upcoming_sleep = delay
+            if policy.stop(call_state):
+                self.reason = "stop"
+                return None
+        if breaker and hint is not None:
+            limit = policy.breaker_wait_cap(None if isinstance(backoff, Backoff) else own_delay)
+            if hint > limit + TOLERANCE:
+                self.reason = "retry_after"
+                return None
         if policy.deadline is not None:
             remaining = policy.deadline - (now - self.start)
-            if remaining <= 0 or (hint is not None and hint > remaining):
+            if remaining <= 0 or (hint is not None and hint > remaining + TOLERANCE):
                 self.reason = "deadline"
                 return None
             delay = min(delay, remaining)
@@ -580,6 +640,8 @@ class RetryState:
 
     def scheduled(self, exc: BaseException, delay: float) -> None:
         """Report the retry about to happen, and count the attempt."""
+        if self._tenacity_state is not None:
+            self._tenacity_state.idle_for += delay
         self._emit(
             RetryScheduled(
                 name=self.name,
@@ -601,7 +663,7 @@ class RetryState:
                 attempts=self.attempt,
                 reason=self.reason,
                 error=_type_name(exc),
-                duration=max(0.0, self.policy.clock.monotonic() - self.start),
+                seconds=max(0.0, self.policy.clock.monotonic() - self.start),
             )
         )
         return self._final(exc)
@@ -615,7 +677,7 @@ class RetryState:
                 attempts=self.attempt,
                 reason="budget",
                 error=_type_name(exc),
-                duration=max(0.0, self.policy.clock.monotonic() - self.start),
+                seconds=max(0.0, self.policy.clock.monotonic() - self.start),
                 budget=budget.name,
             )
         )

@@ -63,6 +63,11 @@ class NodeReadmitted(Event):
     node: str
     seconds_down: float
 
+    @property
+    def seconds(self) -> float:
+        """The event's duration under the name every event uses: :attr:`seconds_down`."""
+        return self.seconds_down
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LagChanged(Event):

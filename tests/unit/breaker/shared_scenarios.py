@@ -326,3 +326,6 @@ async def async_scenario(client_factory: Callable[[], Any]) -> None:
 
     with pytest.raises(ConfigurationError):
         b.call(len, "x")
+    for breaker in (a, b):  # release the bounded twins the storages made
+        assert breaker._shared is not None
+        await breaker._shared.storage.aclose()

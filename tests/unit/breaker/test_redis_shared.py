@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -101,6 +102,8 @@ async def test_redis_down_async_fail_open(server: fakeredis.FakeServer) -> None:
         ({"retry_interval": 0}, "retry_interval"),
         ({"ttl_seconds": float("inf")}, "ttl_seconds"),
         ({"on_redis_error": "ignore"}, "on_redis_error"),
+        ({"op_timeout": 0}, "op_timeout"),
+        ({"op_timeout": "fast"}, "op_timeout"),
     ],
 )
 def test_bad_storage_parameters(kwargs: dict[str, Any], parameter: str) -> None:
@@ -172,3 +175,37 @@ def test_an_open_state_outlives_a_shorter_ttl(server: fakeredis.FakeServer) -> N
         breaker.call(scenarios.fail)
     assert breaker.state is State.OPEN
     assert client.pttl(storage.keys("svc")[0]) > 299_000
+
+
+@pytest.mark.parametrize("mode", ["fail_open", "fail_closed"])
+def test_a_redis_outage_is_logged_once_per_incident(
+    server: fakeredis.FakeServer, mode: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """200 calls through an outage, Redis probed 20 times: one WARNING, one line at recovery."""
+    clock = FakeClock()
+    storage = RedisStorage(
+        fakeredis.FakeRedis(server=server), retry_interval=1.0, on_redis_error=mode
+    )
+    breaker = CircuitBreaker("svc", fail_max=1000, storage=storage, clock=clock)
+    breaker.call(len, "x")
+    caplog.set_level(logging.DEBUG, logger="scalekit")
+    server.connected = False
+    clock.advance(5.0)
+    for call in range(200):
+        if call % 10 == 9:
+            clock.advance(1.0)  # past retry_interval: Redis is probed (and fails) again
+        try:
+            breaker.call(len, "x")
+        except CircuitOpenError:
+            assert mode == "fail_closed"
+    lines = [r for r in caplog.records if r.name.startswith("scalekit")]
+    warnings = [r.getMessage() for r in lines if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and mode in warnings[0], warnings
+    assert breaker.metrics().fallback_incidents == 1
+    caplog.clear()
+    server.connected = True
+    clock.advance(1.0)
+    assert breaker.call(len, "xy") == 2
+    lines = [r for r in caplog.records if r.name.startswith("scalekit")]
+    assert [r.levelno for r in lines if r.levelno >= logging.INFO] == [logging.INFO]
+    assert any("fallback.recovered" in r.getMessage() for r in lines)

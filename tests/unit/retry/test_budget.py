@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import logging
 import math
 import threading
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -357,7 +359,8 @@ def test_redis_budget_falls_back_locally_and_recovers() -> None:
         budget.deposit()
         assert budget.try_withdraw() in (True, False)  # Redis again
         assert not budget.degraded
-    kinds = [type(e) for e in events]
+    redis = [e for e in events if getattr(e, "component_name", None) == "retry.budget"]
+    kinds = [type(e) for e in redis]
     assert kinds.count(FallbackUsed) == 1 and kinds.count(Recovered) == 1
 
 
@@ -381,6 +384,13 @@ def test_redis_budget_refuses_a_non_redis_client() -> None:
     with pytest.raises(ConfigurationError) as info:
         RedisRetryBudget(object(), "x")
     assert info.value.parameter == "client"
+
+
+@pytest.mark.parametrize("op_timeout", [0, -1.0, float("nan"), "fast"])
+def test_redis_budget_refuses_a_bad_op_timeout(op_timeout: Any) -> None:
+    with pytest.raises(ConfigurationError) as error:
+        RedisRetryBudget(fakeredis.FakeRedis(), "billing", op_timeout=op_timeout)
+    assert error.value.parameter == "op_timeout"
 
 
 def test_redis_budget_key_is_hash_tagged() -> None:
@@ -434,3 +444,70 @@ def test_lua_script_decides_like_the_pure_window(
                 assert shared.try_withdraw() is pure.try_withdraw(now)
         assert shared.balance() == pytest.approx(pure.balance(now), abs=1e-6)
     assert not shared.degraded
+
+
+# --- a fallback is logged once per incident (issue 13, item 15) ------------------------------
+
+
+def _warnings_and_infos(caplog: pytest.LogCaptureFixture) -> tuple[list[str], list[str]]:
+    records = [r for r in caplog.records if r.name.startswith("scalekit")]
+    warnings = [r.getMessage() for r in records if r.levelno >= logging.WARNING]
+    infos = [r.getMessage() for r in records if r.levelno == logging.INFO]
+    return warnings, infos
+
+
+def _flaky_once() -> Callable[[], str]:
+    failed: list[int] = []
+
+    def work() -> str:
+        if not failed:
+            failed.append(1)
+            raise ValueError("transient")
+        failed.clear()
+        return "ok"
+
+    return work
+
+
+@pytest.mark.parametrize("kind", ["local", "redis", "redis-down"])
+def test_an_exhausted_budget_logs_one_warning_per_incident(
+    kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """200 calls against a spent budget: one WARNING when it runs out, one line when it is back."""
+    clock = FakeClock()
+    budget: Any
+    if kind == "local":
+        budget = RetryBudget(0.0, min_per_second=0.1, window=10.0, clock=clock)
+    else:
+        server = fakeredis.FakeServer()
+        budget = redis_budget(
+            fakeredis.FakeRedis(server=server),
+            unique("incident"),
+            ratio=0.0,
+            min_per_second=0.1,
+            retry_interval=1_000.0,
+            clock=clock,
+        )
+        if kind == "redis-down":
+            server.connected = False
+    policy = RetryPolicy(attempts=2, backoff=Backoff.none(), budget=budget, clock=clock)
+    caplog.set_level(logging.DEBUG, logger="scalekit")
+    outcomes = []
+    with capture_events() as events:
+        for _ in range(200):
+            try:
+                outcomes.append(policy.call(_flaky_once()))
+            except ValueError:
+                outcomes.append("refused")
+    assert outcomes == ["ok"] + ["refused"] * 199  # the reserve allowed one retry
+    assert len([e for e in events if e.kind == "retry.budget_exhausted"]) == 199  # counted
+    warnings, _ = _warnings_and_infos(caplog)
+    expected = 2 if kind == "redis-down" else 1  # Redis lost, then the budget spent
+    assert len(warnings) == expected, warnings
+    assert "no_retries" in warnings[-1]
+    caplog.clear()
+    clock.advance(11.0)  # the window slides: the reserve is back
+    assert policy.call(_flaky_once()) == "ok"
+    warnings, infos = _warnings_and_infos(caplog)
+    assert warnings == []
+    assert len([line for line in infos if "fallback.recovered" in line]) == 1

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from scalekit.breaker import CircuitBreaker, State
-from scalekit.errors import CircuitOpenError
+from scalekit.errors import CircuitOpenError, ConfigurationError
 from scalekit.retry import Backoff, RetryBudget, RetryPolicy
 from scalekit.testing import FakeClock, capture_events
 
@@ -289,3 +289,81 @@ def test_threads_retrying_through_one_breaker_send_one_probe() -> None:
     assert early_calls == 1  # the half-open breaker admitted one probe; the rest waited
     assert breaker.state is State.CLOSED
     assert breaker.metrics().rejected > 0  # the others were told to wait, and retried
+
+
+# -- the README's composition with defaults (issue 13, item 6) -------------------------
+
+
+def _readme_pair(clock: FakeClock) -> tuple[CircuitBreaker, RetryPolicy]:
+    # README: @RetryPolicy(attempts=3, backoff=Backoff.exponential(0.1, cap=5.0), ...)
+    # over a breaker with its defaults (fail_max=5, reset_timeout=60).
+    policy = RetryPolicy(
+        attempts=3, backoff=Backoff.exponential(0.1, cap=5.0), retry_on=Down, clock=clock
+    )
+    return CircuitBreaker("payments", clock=clock), policy
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_an_open_breaker_with_default_reset_timeout_fails_fast_every_opening(mode: str) -> None:
+    """No 60 s sleep inside a request handler, at the first opening or the next ones."""
+    clock = FakeClock()
+    breaker, policy = _readme_pair(clock)
+    dep = Dependency(["down"] * 100)
+    run = sync_decorators if mode == "sync" else async_decorators
+    reasons: list[str] = []
+    waits: list[object] = []
+    for opening in range(3):
+        with capture_events() as events:
+            while breaker.state is not State.OPEN:
+                with pytest.raises((Down, CircuitOpenError)):
+                    run(breaker, policy, dep)
+            # Open (or probing, then open again): the policy gives up on the rejection.
+            with pytest.raises(CircuitOpenError) as error:
+                run(breaker, policy, dep)
+        assert error.value.retry_after is not None and error.value.retry_after <= 60.0
+        assert max(clock.sleeps, default=0.0) <= 5.0  # never longer than the backoff's cap
+        # The policy never schedules a wait for the breaker, whatever the attempt.
+        waits += [
+            e for e in events if e.kind == "retry.scheduled" and e.error == "CircuitOpenError"
+        ]
+        reasons += [e.reason for e in events if e.kind == "retry.gave_up"]
+        clock.advance(60.0 + 0.3 * opening)  # the probe runs (and fails) at odd times
+    assert waits == []
+    assert reasons.count("retry_after") == 3  # once per opening
+
+
+@pytest.mark.parametrize("opened_at", [0.0, 5.1, 60.1, 120.3, 123.456])
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_float_noise_does_not_change_the_decision(opened_at: float, mode: str) -> None:
+    """``(t + 60) - t`` is 60.000000000000014 at t=120.3: still a 60 s wait."""
+    clock = FakeClock(start=opened_at)
+    breaker = CircuitBreaker("noise", fail_max=1, reset_timeout=60.0, clock=clock)
+    policy = RetryPolicy(attempts=2, max_breaker_wait=60.0, clock=clock)
+    breaker.open()
+    dep = Dependency(["ok"])
+    run = sync_decorators if mode == "sync" else async_decorators
+    assert run(breaker, policy, dep) == "ok"
+    assert clock.sleeps == [pytest.approx(60.0)]
+
+
+def test_a_retry_after_with_float_noise_is_honoured() -> None:
+    from scalekit.retry import RetryState
+
+    clock = FakeClock()
+    noisy = 60.000000000000014
+    for options in ({"max_breaker_wait": 60.0}, {"deadline": 60.0}):
+        state = RetryState(RetryPolicy(clock=clock, attempts=2, **options), 0.0)
+        assert state.on_failure(CircuitOpenError("db", noisy)) == pytest.approx(60.0), options
+    # Without a deadline or a cap, the default backoff's cap (10 s) is the limit.
+    state = RetryState(RetryPolicy(clock=clock, attempts=2), 0.0)
+    assert state.on_failure(CircuitOpenError("db", noisy)) is None
+    assert state.reason == "retry_after"
+
+
+def test_the_breaker_cap_is_documented_and_chosen_by_the_policy() -> None:
+    assert RetryPolicy(backoff=Backoff.exponential(0.1, cap=5.0)).breaker_wait_cap() == 5.0
+    assert RetryPolicy(backoff=Backoff.none()).breaker_wait_cap() == 0.0
+    assert RetryPolicy(deadline=30.0).breaker_wait_cap() == 60.0  # the deadline bounds it
+    assert RetryPolicy(max_breaker_wait=20.0, max_retry_after=10.0).breaker_wait_cap() == 10.0
+    with pytest.raises(ConfigurationError):
+        RetryPolicy(max_breaker_wait=-1.0)
