@@ -18,7 +18,13 @@ import weakref
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from scalekit._redis_bounded import DEFAULT_OP_TIMEOUT, bounded, check_op_timeout, is_twin
+from scalekit._redis_bounded import (
+    DEFAULT_OP_TIMEOUT,
+    aclose_twin,
+    bounded,
+    check_op_timeout,
+    close_twin,
+)
 from scalekit._redis_direct import adirect_pool, asend_packed, direct_pool, exchange, pack_command
 from scalekit.ratelimit._backends._base import StoreUnavailable
 from scalekit.ratelimit._core import Outcome
@@ -239,11 +245,7 @@ class RedisBackend:
         """
         if self._pool is not None:
             _release_kept(self._pool, self._kept, self._owner)
-        if is_twin(self._client):
-            self._client.close()
-            pool = getattr(self._client, "connection_pool", None)
-            if pool is not None:  # a standalone twin does not own the pool it was given
-                pool.disconnect()
+        close_twin(self._client)
 
     def _run(
         self, script: Script, keys_and_args: Sequence[Any], numkeys: int, packed: bytes = b""
@@ -414,11 +416,7 @@ class AsyncRedisBackend:
 
         The backend stays usable: the next check connects again.
         """
-        if is_twin(self._client):
-            await self._client.aclose()
-            pool = getattr(self._client, "connection_pool", None)
-            if pool is not None:  # a standalone twin does not own the pool it was given
-                await pool.disconnect()
+        await aclose_twin(self._client)
 
     async def _run(
         self, script: Script, keys_and_args: Sequence[Any], numkeys: int, packed: bytes = b""
