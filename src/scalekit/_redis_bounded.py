@@ -69,6 +69,8 @@ def close_twin(client: Any) -> None:
     if not is_twin(client):
         return
     client.close()
+    if isinstance(client, _DeferredCluster):
+        return
     pool = getattr(client, "connection_pool", None)
     if pool is not None:  # a pool given to a client is not closed by client.close()
         pool.disconnect()
@@ -188,10 +190,54 @@ def bounded(client: Any, op_timeout: float) -> Any:
             return client
         return _mark(kind(connection_pool=twin))
     if kind is redis.cluster.RedisCluster:
-        return _mark(_twin_cluster(client, op_timeout))
+        try:
+            return _mark(_twin_cluster(client, op_timeout))
+        except Exception:  # the cluster may be unreachable right now
+            return _mark(_DeferredCluster(lambda: _twin_cluster(client, op_timeout)))
     if kind is redis.asyncio.cluster.RedisCluster:
         return _mark(_twin_async_cluster(client, op_timeout))
     return client
+
+
+class _DeferredCluster:
+    """A sync cluster twin built at its first use.
+
+    A sync ``RedisCluster`` asks the cluster for its slots when it is built,
+    so a twin made while the cluster is unreachable would make the component
+    fail at construction. This stand-in builds the twin at the first command
+    instead; until it can, every use raises ``redis.ConnectionError``, which
+    the components treat as an outage like any other.
+    """
+
+    def __init__(self, build: Any) -> None:
+        import threading
+
+        self._build = build
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def _get(self) -> Any:
+        client = self._client
+        if client is None:
+            from redis.exceptions import ConnectionError as RedisConnectionError
+
+            with self._lock:
+                if self._client is None:
+                    try:
+                        self._client = self._build()
+                    except RedisConnectionError:
+                        raise
+                    except Exception as exc:
+                        raise RedisConnectionError(f"cluster unreachable: {exc}") from exc
+                client = self._client
+        return client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._get(), name)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
 
 
 _CLUSTER_DROP = ("redis_connect_func", "host", "port", "retry", "connection_pool")

@@ -17,7 +17,7 @@ import pytest
 import redis
 import redis.asyncio
 
-from scalekit._redis_bounded import bounded, is_twin
+from scalekit._redis_bounded import bounded, close_twin, is_twin
 from tests.harness.redis import RedisClusterHarness, RedisNode
 
 OP_TIMEOUT = 0.25
@@ -133,3 +133,26 @@ async def test_an_async_cluster_client_is_twinned_with_its_settings(
     finally:
         await twin.aclose()
         await client.aclose()
+
+
+def test_a_cluster_twin_made_while_the_cluster_is_unreachable_is_built_at_first_use(
+    redis_cluster: RedisClusterHarness,
+) -> None:
+    client = redis_cluster.client()
+    client.set("bounded:deferred", b"v")
+    masters = [redis_cluster.node_for_key(key) for key in ("{a}", "{b}", "{c}")]
+    paused = list({node.port: node for node in masters}.values())
+    for node in paused:
+        node.pause()
+    try:
+        started = time.monotonic()
+        twin = bounded(client, OP_TIMEOUT)  # must not raise while the cluster is paused
+        assert time.monotonic() - started < 10 * len(client.get_nodes()) * 2 * OP_TIMEOUT
+        assert is_twin(twin)
+        _fails_fast(lambda: twin.get("bounded:deferred"))
+    finally:
+        for node in paused:
+            node.resume()
+    redis_cluster.wait_healthy()
+    assert twin.get("bounded:deferred") == b"v"
+    close_twin(twin)
