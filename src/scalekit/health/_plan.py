@@ -149,8 +149,15 @@ def _is_async_engine(engine: object) -> bool:
 
 
 def _is_async_redis(client: object) -> bool:
-    module = type(client).__module__
-    return module.startswith(("redis.asyncio", "fakeredis.aioredis", "fakeredis._aioredis"))
+    import inspect
+
+    try:
+        from redis.asyncio import Redis, RedisCluster
+    except ImportError:  # pragma: no cover - redis-py is not installed
+        return False
+    if isinstance(client, (Redis, RedisCluster)):
+        return True
+    return inspect.iscoroutinefunction(getattr(client, "execute_command", None))
 
 
 def _postgres_probe(
@@ -167,10 +174,13 @@ def _postgres_probe(
     if _is_async_engine(engine) != asynchronous or not (
         isinstance(engine, Engine) or _is_async_engine(engine)
     ):
-        wanted = "AsyncEngine objects (acheck_health)" if asynchronous else "Engine objects"
+        wanted = "AsyncEngine objects" if asynchronous else "Engine objects"
+        hint = ""
+        if isinstance(engine, Engine) or _is_async_engine(engine):
+            hint = " (use check_health)" if asynchronous else " (use acheck_health)"
         raise ConfigurationError(
             f"{name}: {'acheck_health' if asynchronous else 'check_health'} needs {wanted}, "
-            f"got {type(engine).__name__}",
+            f"got {type(engine).__name__}{hint}",
             parameter="engines",
         )
     sync_engine = engine.sync_engine if asynchronous else engine
