@@ -109,24 +109,19 @@ async def _database(engine: Any, timeout: float, clock: Clock) -> Outcome:
 async def _redis(client: Any, timeout: float, clock: Clock) -> Outcome:
     from redis.exceptions import ResponseError
 
-    from scalekit._redis_bounded import bounded, is_twin
-
-    twin = bounded(client, timeout)
-    try:
-        started = clock.monotonic()
-        await twin.ping()
-        latency_ms = (clock.monotonic() - started) * 1000.0
-        if hasattr(twin, "get_nodes"):  # RedisCluster
-            node = twin.get_random_node()
-            info = await twin.info(target_nodes=node)
-            sample = redis_cluster_sample(await twin.cluster_info(target_nodes=node), info)
-        else:
-            try:
-                info = await twin.info()
-            except ResponseError:  # INFO renamed or refused (ACL, fakes): ping only
-                info = {}
-            sample = redis_sample(info)
-    finally:
-        if is_twin(twin):
-            await twin.aclose()
+    # The user's own client: a probe past its deadline is cancelled, and
+    # redis-py drops a connection whose command was cancelled.
+    started = clock.monotonic()
+    await client.ping()
+    latency_ms = (clock.monotonic() - started) * 1000.0
+    if hasattr(client, "get_nodes"):  # RedisCluster
+        node = client.get_random_node()
+        info = await client.info(target_nodes=node)
+        sample = redis_cluster_sample(await client.cluster_info(target_nodes=node), info)
+    else:
+        try:
+            info = await client.info()
+        except ResponseError:  # INFO renamed or refused (ACL, fakes): ping only
+            info = {}
+        sample = redis_sample(info)
     return Outcome(sample=sample, latency_ms=latency_ms)

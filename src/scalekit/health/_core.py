@@ -527,21 +527,25 @@ def pressure_level(
     warn_at: float,
     critical_at: float,
     hysteresis: float = 0.05,
+    step: float = 0.0,
 ) -> Status:
     """The pool-pressure level after a change of ``usage``, with hysteresis on the way down.
 
     Going up is immediate: ``usage >= critical_at`` is critical, ``>= warn_at``
     warn. Going down, a level is kept until usage falls below its threshold
-    minus ``hysteresis``, so a pool that hovers at a threshold does not flap
-    (one event per crossing, not one per checkout).
+    by more than ``max(hysteresis, step)``, where ``step`` is what one
+    connection adds (``1 / capacity``): a pool that hovers at a threshold, or
+    hands each returned connection straight to a waiter, does not flap (one
+    event per crossing, not one per checkout).
     """
+    margin = max(hysteresis, step)
     rising: Status = "critical" if usage >= critical_at else "warn" if usage >= warn_at else "ok"
     if _RANK[rising] >= _RANK[current]:
         return rising
     # Falling: keep each level until usage is clearly below its threshold.
-    if current == "critical" and usage >= critical_at - hysteresis:
+    if current == "critical" and usage >= critical_at - margin:
         return "critical"
-    if current in ("critical", "warn") and usage >= warn_at - hysteresis:
+    if current in ("critical", "warn") and usage >= warn_at - margin:
         return "warn"
     return "ok"
 

@@ -54,8 +54,10 @@ class PoolMonitor:
     Attaches to the pool events of ``engine`` (an ``Engine``, or an
     ``AsyncEngine``: its ``sync_engine``) and emits one
     :class:`~scalekit.health.PoolPressure` event each time usage crosses
-    ``warn_at`` or ``critical_at`` (up, or back down by ``hysteresis``), never
-    one per checkout. :func:`~scalekit.health.check_health` reads the
+    ``warn_at`` or ``critical_at``, never one per checkout. Usage here is
+    demand: connections checked out plus checkouts waiting, over capacity.
+    Going back down needs usage below the level by ``hysteresis`` and by at
+    least one connection. :func:`~scalekit.health.check_health` reads the
     monitor of an engine it probes, so waiters and wait times appear in the
     report. Works with a routing pool's engines (``pool.nodes``).
 
@@ -261,13 +263,16 @@ class PoolMonitor:
         capacity = self.capacity
         if not capacity:
             return None
-        usage = self._checked_out / capacity
+        # Demand, not only what is checked out: a connection returned while
+        # others wait goes straight to a waiter, so it relieves nothing.
+        usage = min((self._checked_out + self._waiting) / capacity, 1.0)
         level = pressure_level(
             usage,
             self._level,
             warn_at=self.warn_at,
             critical_at=self.critical_at,
             hysteresis=self.hysteresis,
+            step=1.0 / capacity,
         )
         if level == self._level:
             return None
