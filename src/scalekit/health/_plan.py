@@ -1,0 +1,367 @@
+"""Plan a health check, then fold its outcomes into a report. No I/O.
+
+:func:`plan` turns the caller's arguments (``pool=``, ``engines=``,
+``redis=``) into a list of :class:`Probe` values, reading only what is in
+memory: a routing pool's nodes and ``health()``, each engine's pool counters.
+A probe whose engine pool is exhausted is *decided* here, with no I/O: it
+gets its report at once (critical, "pool exhausted") and the shell never asks
+the pool for a connection, because that would wait up to the pool's
+``timeout`` (30 s by default: the mozilla-ai/otari#1240 failure). The shells
+then run the remaining probes concurrently, each under its own timeout, and
+hand :class:`Outcome` values to :func:`finish`.
+
+Why check the counters rather than open a separate connection: the probe
+then sees what the application sees. If the pool is full, the application
+cannot reach the database either, and the report says so immediately. The
+check and the checkout are not atomic: if the last free connection is taken
+between them, the probe waits for a connection like any checkout, and the
+report gives up on it at the probe's timeout (the shell does not wait).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from scalekit.errors import ConfigurationError
+from scalekit.health._core import (
+    ComponentReport,
+    DatabaseSample,
+    HealthReport,
+    PoolStats,
+    PostgresSample,
+    RedisSample,
+    Thresholds,
+    database_component,
+    error_component,
+    pool_exhausted,
+    postgres_component,
+    redis_component,
+    routing_component,
+    skipped_component,
+)
+from scalekit.health._monitor import monitor_for
+from scalekit.health._probes import pool_stats
+
+__all__ = ["IN_FLIGHT", "InFlight", "Outcome", "Plan", "Probe", "finish", "judge", "plan"]
+
+ProbeKind = Literal["postgres", "redis"]
+
+#: Default seconds each probe may take.
+DEFAULT_TIMEOUT = 2.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Probe:
+    """One component to probe: its report name, what to ask, and how to judge it."""
+
+    name: str
+    kind: ProbeKind
+    target: Any
+    timeout: float
+    required: bool = True
+    expected_role: str | None = None
+    pool: PoolStats | None = None
+    #: The report, when it was decided without I/O (an exhausted pool); nothing to run.
+    decided: ComponentReport | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Outcome:
+    """What running a probe gave: a sample, an error, or no answer in time."""
+
+    sample: PostgresSample | DatabaseSample | RedisSample | None = None
+    error: BaseException | None = None
+    timed_out: bool = False
+    latency_ms: float | None = None
+    #: A previous probe of the same server has not returned yet; none was started.
+    still_running: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Plan:
+    probes: tuple[Probe, ...]
+    thresholds: Thresholds
+    routing: Mapping[str, Any] | None = None
+    routing_name: str | None = None
+    fallback_to_primary: bool = True
+    routing_nodes: tuple[str, ...] = ()
+
+
+class InFlight:
+    """The servers a probe is still running against, so a frozen one gets no pile of probes.
+
+    A sync probe that timed out keeps its thread until the server answers or
+    its socket times out; an async one until its cancellation finishes. The
+    next check reports such a server at once ("previous probe has not
+    returned") instead of starting another probe that would hang the same way.
+    """
+
+    def __init__(self) -> None:
+        import threading
+
+        self._lock = threading.Lock()
+        self._keys: set[int] = set()
+
+    def claim(self, target: object) -> bool:
+        with self._lock:
+            if id(target) in self._keys:
+                return False
+            self._keys.add(id(target))
+            return True
+
+    def release(self, target: object) -> None:
+        with self._lock:
+            self._keys.discard(id(target))
+
+
+IN_FLIGHT = InFlight()
+
+
+def _check_timeout(timeout: object) -> float:
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise ConfigurationError(f"timeout must be a number, got {timeout!r}", parameter="timeout")
+    if not 0 < float(timeout) <= 300:
+        raise ConfigurationError(
+            f"timeout must be above 0 and at most 300 seconds, got {timeout!r}",
+            parameter="timeout",
+        )
+    return float(timeout)
+
+
+def _redis_clients(redis: object) -> list[tuple[str, Any]]:
+    if redis is None:
+        return []
+    if isinstance(redis, Mapping):
+        items = list(redis.items())
+        for name, _ in items:
+            if not isinstance(name, str) or not name:
+                raise ConfigurationError("redis names must be non-empty strings", parameter="redis")
+        return items
+    return [("default", redis)]
+
+
+def _is_async_engine(engine: object) -> bool:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    return isinstance(engine, AsyncEngine)
+
+
+def _is_async_redis(client: object) -> bool:
+    import inspect
+
+    try:
+        from redis.asyncio import Redis, RedisCluster
+    except ImportError:  # pragma: no cover - redis-py is not installed
+        return False
+    if isinstance(client, (Redis, RedisCluster)):
+        return True
+    return inspect.iscoroutinefunction(getattr(client, "execute_command", None))
+
+
+def _postgres_probe(
+    name: str,
+    engine: Any,
+    *,
+    asynchronous: bool,
+    timeout: float,
+    required: bool,
+    expected_role: str | None,
+) -> Probe:
+    from sqlalchemy import Engine
+
+    if _is_async_engine(engine) != asynchronous or not (
+        isinstance(engine, Engine) or _is_async_engine(engine)
+    ):
+        wanted = "AsyncEngine objects" if asynchronous else "Engine objects"
+        hint = ""
+        if isinstance(engine, Engine) or _is_async_engine(engine):
+            hint = " (use check_health)" if asynchronous else " (use acheck_health)"
+        raise ConfigurationError(
+            f"{name}: {'acheck_health' if asynchronous else 'check_health'} needs {wanted}, "
+            f"got {type(engine).__name__}{hint}",
+            parameter="engines",
+        )
+    sync_engine = engine.sync_engine if asynchronous else engine
+    stats = pool_stats(sync_engine.pool, monitor_for(sync_engine))
+    decided = None
+    if pool_exhausted(stats):
+        # Decided without I/O: a checkout would wait for the pool's timeout.
+        decided = postgres_pool_exhausted(stats, required=required)
+    return Probe(
+        name=name,
+        kind="postgres",
+        target=engine,
+        timeout=timeout,
+        required=required,
+        expected_role=expected_role,
+        pool=stats,
+        decided=decided,
+    )
+
+
+def postgres_pool_exhausted(stats: PoolStats, *, required: bool) -> ComponentReport:
+    waiting = "" if stats.waiting is None else f", {stats.waiting} waiting"
+    return skipped_component(
+        "postgres",
+        f"pool exhausted: {stats.checked_out}/{stats.capacity} checked out{waiting}; "
+        "server not probed",
+        details={"pool": stats.details()},
+        required=required,
+    )
+
+
+def plan(
+    *,
+    pool: Any = None,
+    engines: Mapping[str, Any] | None = None,
+    redis: Any = None,
+    thresholds: Thresholds | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    asynchronous: bool,
+) -> Plan:
+    """The probes of one health check. Raises ConfigurationError for arguments of the wrong kind."""
+    timeout = _check_timeout(timeout)
+    if thresholds is not None and not isinstance(thresholds, Thresholds):
+        raise ConfigurationError("thresholds must be a Thresholds value", parameter="thresholds")
+    probes: list[Probe] = []
+    routing = None
+    routing_name = None
+    fallback = True
+    routing_nodes: tuple[str, ...] = ()
+    if pool is not None:
+        nodes = getattr(pool, "nodes", None)
+        health = getattr(pool, "health", None)
+        if not isinstance(nodes, Mapping) or not callable(health):
+            raise ConfigurationError(
+                "pool must be a RoutingPool or AsyncRoutingPool", parameter="pool"
+            )
+        config = getattr(pool, "config", None)
+        if thresholds is None and config is not None:
+            thresholds = Thresholds().with_lag_limits(
+                getattr(config, "max_lag_seconds", None), getattr(config, "max_lag_bytes", None)
+            )
+        if config is not None:
+            fallback = bool(getattr(config, "fallback_to_primary", True))
+        routing = health()
+        routing_name = str(routing.get("name") or getattr(pool, "name", "default"))
+        routing_nodes = tuple(nodes)
+        known = routing.get("nodes", {})
+        for node, engine in nodes.items():
+            role = known.get(node, {}).get("role")
+            probes.append(
+                _postgres_probe(
+                    f"db:{node}",
+                    engine,
+                    asynchronous=asynchronous,
+                    timeout=timeout,
+                    required=role == "primary",
+                    expected_role=role if role in ("primary", "replica") else None,
+                )
+            )
+    engine_items: list[tuple[object, Any]] = list((engines or {}).items())
+    for name, engine in engine_items:
+        if not isinstance(name, str) or not name:
+            raise ConfigurationError("engine names must be non-empty strings", parameter="engines")
+        probes.append(
+            _postgres_probe(
+                f"db:{name}",
+                engine,
+                asynchronous=asynchronous,
+                timeout=timeout,
+                required=True,
+                expected_role=None,
+            )
+        )
+    for name, client in _redis_clients(redis):
+        if _is_async_redis(client) != asynchronous:
+            wanted = "redis.asyncio clients" if asynchronous else "sync redis clients"
+            raise ConfigurationError(
+                f"redis {name!r}: {'acheck_health' if asynchronous else 'check_health'} "
+                f"needs {wanted}, got {type(client).__name__}",
+                parameter="redis",
+            )
+        probes.append(Probe(name=f"redis:{name}", kind="redis", target=client, timeout=timeout))
+    names = [probe.name for probe in probes]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ConfigurationError(
+            f"two components share a name: {', '.join(duplicates)}", parameter="engines"
+        )
+    return Plan(
+        probes=tuple(probes),
+        thresholds=thresholds or Thresholds(),
+        routing=routing,
+        routing_name=routing_name,
+        fallback_to_primary=fallback,
+        routing_nodes=routing_nodes,
+    )
+
+
+def judge(probe: Probe, outcome: Outcome, thresholds: Thresholds) -> ComponentReport:
+    """The component report of one probe from its outcome."""
+    if probe.decided is not None:
+        return probe.decided
+    details: dict[str, Any] = {}
+    if probe.pool is not None:
+        details["pool"] = probe.pool.details()
+    if outcome.still_running:
+        return skipped_component(
+            probe.kind,
+            "the previous probe of this server has not returned yet",
+            details=details,
+            required=probe.required,
+        )
+    if outcome.timed_out:
+        return error_component(
+            probe.kind, timed_out=probe.timeout, details=details, required=probe.required
+        )
+    if outcome.error is not None or outcome.sample is None:
+        return error_component(
+            probe.kind, error=outcome.error, details=details, required=probe.required
+        )
+    if isinstance(outcome.sample, PostgresSample):
+        return postgres_component(
+            outcome.sample,
+            thresholds,
+            latency_ms=outcome.latency_ms,
+            pool=probe.pool,
+            expected_role=probe.expected_role,
+            required=probe.required,
+        )
+    if isinstance(outcome.sample, DatabaseSample):
+        return database_component(
+            outcome.sample,
+            thresholds,
+            latency_ms=outcome.latency_ms,
+            pool=probe.pool,
+            required=probe.required,
+        )
+    return redis_component(
+        outcome.sample, thresholds, latency_ms=outcome.latency_ms, required=probe.required
+    )
+
+
+def finish(
+    the_plan: Plan,
+    outcomes: Mapping[str, Outcome],
+    *,
+    checked_at: float,
+    duration_ms: float,
+) -> HealthReport:
+    """The report of a plan from the outcomes of its probes (by probe name)."""
+    components: dict[str, ComponentReport] = {}
+    for probe in the_plan.probes:
+        outcome = outcomes.get(probe.name, Outcome(timed_out=True))
+        components[probe.name] = judge(probe, outcome, the_plan.thresholds)
+    if the_plan.routing is not None:
+        nodes = {
+            node: components[f"db:{node}"]
+            for node in the_plan.routing_nodes
+            if f"db:{node}" in components
+        }
+        components[f"routing:{the_plan.routing_name}"] = routing_component(
+            the_plan.routing, nodes, fallback_to_primary=the_plan.fallback_to_primary
+        )
+    return HealthReport.build(components, checked_at=checked_at, duration_ms=duration_ms)

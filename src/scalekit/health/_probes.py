@@ -1,0 +1,200 @@
+"""What a probe asks a server, and how its answer becomes a sample. No I/O here either.
+
+The SQL and the parsing are shared by the sync and async shells, which only
+send :data:`POSTGRES_SQL` (or ``PING``/``INFO``) and hand the row back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Final
+
+from scalekit.health._core import CLUSTER_SLOTS, PoolStats, PostgresSample, RedisSample
+
+if TYPE_CHECKING:
+    from sqlalchemy.pool import Pool
+
+__all__ = [
+    "POSTGRES_SQL",
+    "pool_stats",
+    "postgres_sample",
+    "redis_cluster_sample",
+    "redis_sample",
+    "statement_timeout_sql",
+]
+
+# One round trip that works on a primary and on a replica. It reads only
+# statistics views and functions: no table, no query text. Durations count
+# other client sessions only (not this probe). ``pg_is_wal_replay_paused()``
+# raises outside recovery, hence the CASE. Seen from a role without
+# pg_read_all_stats, other roles' sessions have no timings: those read NULL.
+POSTGRES_SQL: Final = """
+SELECT
+  pg_is_in_recovery() AS in_recovery,
+  current_setting('server_version_num')::int AS server_version,
+  current_setting('max_connections')::int AS max_connections,
+  (SELECT count(*) FROM pg_stat_activity
+    WHERE backend_type = 'client backend') AS connections,
+  (SELECT blks_hit::float8 / nullif(blks_hit + blks_read, 0) FROM pg_stat_database
+    WHERE datname = current_database()) AS cache_hit_ratio,
+  (SELECT blks_hit + blks_read FROM pg_stat_database
+    WHERE datname = current_database()) AS cache_reads,
+  (SELECT extract(epoch FROM max(clock_timestamp() - query_start))::float8
+     FROM pg_stat_activity
+    WHERE state = 'active' AND backend_type = 'client backend'
+      AND pid <> pg_backend_pid()) AS longest_query_seconds,
+  (SELECT count(*) FROM pg_stat_activity
+    WHERE state IN ('idle in transaction', 'idle in transaction (aborted)'))
+    AS idle_in_transaction,
+  (SELECT extract(epoch FROM max(clock_timestamp() - state_change))::float8
+     FROM pg_stat_activity
+    WHERE state IN ('idle in transaction', 'idle in transaction (aborted)'))
+    AS longest_idle_in_transaction_seconds,
+  (SELECT max(age(datfrozenxid)) FROM pg_database) AS xid_age,
+  pg_database_size(current_database()) AS database_size_bytes,
+  (SELECT status FROM pg_stat_wal_receiver LIMIT 1) AS receiver_status,
+  (SELECT pg_wal_lsn_diff(
+            greatest(latest_end_lsn, flushed_lsn, pg_last_wal_receive_lsn()),
+            pg_last_wal_replay_lsn())::bigint
+     FROM pg_stat_wal_receiver LIMIT 1) AS lag_bytes,
+  extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp())::float8
+    AS seconds_since_replay,
+  CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() END AS replay_paused,
+  CASE WHEN pg_is_in_recovery() THEN NULL
+       ELSE (SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming')
+  END AS streaming_replicas
+"""
+
+
+def statement_timeout_sql(seconds: float) -> str:
+    """``SET LOCAL statement_timeout`` for the probe's transaction (whole milliseconds, >= 1)."""
+    return f"SET LOCAL statement_timeout = {max(int(seconds * 1000), 1)}"
+
+
+def _int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def postgres_sample(row: Mapping[str, Any]) -> PostgresSample:
+    """The sample in a row of :data:`POSTGRES_SQL`."""
+    replay_paused = row.get("replay_paused")
+    return PostgresSample(
+        in_recovery=bool(row["in_recovery"]),
+        server_version=_int(row.get("server_version")),
+        max_connections=_int(row.get("max_connections")),
+        connections=_int(row.get("connections")),
+        cache_hit_ratio=_float(row.get("cache_hit_ratio")),
+        cache_reads=_int(row.get("cache_reads")),
+        longest_query_seconds=_float(row.get("longest_query_seconds")),
+        idle_in_transaction=_int(row.get("idle_in_transaction")),
+        longest_idle_in_transaction_seconds=_float(row.get("longest_idle_in_transaction_seconds")),
+        xid_age=_int(row.get("xid_age")),
+        database_size_bytes=_int(row.get("database_size_bytes")),
+        receiver_status=None if row.get("receiver_status") is None else str(row["receiver_status"]),
+        lag_bytes=_int(row.get("lag_bytes")),
+        seconds_since_replay=_float(row.get("seconds_since_replay")),
+        replay_paused=None if replay_paused is None else bool(replay_paused),
+        streaming_replicas=_int(row.get("streaming_replicas")),
+    )
+
+
+def _info_int(info: Mapping[str, Any], key: str) -> int | None:
+    value = info.get(key)
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def redis_sample(info: Mapping[str, Any], config: Mapping[str, Any] | None = None) -> RedisSample:
+    """The sample in a Redis ``INFO`` reply (as redis-py parses it).
+
+    ``config`` may add ``maxclients`` (from ``CONFIG GET``, when allowed); the
+    ``maxmemory`` of ``INFO memory`` is used when present.
+    """
+    maxclients = _info_int(config or {}, "maxclients")
+    if maxclients is None:
+        maxclients = _info_int(info, "maxclients")
+    return RedisSample(
+        role=None if info.get("role") is None else str(info["role"]),
+        version=None if info.get("redis_version") is None else str(info["redis_version"]),
+        used_memory=_info_int(info, "used_memory"),
+        maxmemory=_info_int(info, "maxmemory"),
+        connected_clients=_info_int(info, "connected_clients"),
+        maxclients=maxclients,
+        evicted_keys=_info_int(info, "evicted_keys"),
+        rejected_connections=_info_int(info, "rejected_connections"),
+        master_link_status=None
+        if info.get("master_link_status") is None
+        else str(info["master_link_status"]),
+        connected_replicas=_info_int(info, "connected_slaves"),
+    )
+
+
+def redis_cluster_sample(cluster_info: Mapping[str, Any], info: Mapping[str, Any]) -> RedisSample:
+    """The sample of a Redis Cluster: ``CLUSTER INFO`` (state, slots served) and one node's
+    ``INFO``. Slots not ``ok`` (unassigned, or whose master failed) count as uncovered."""
+    base = redis_sample(info)
+    slots_ok = _info_int(cluster_info, "cluster_slots_ok")
+    uncovered = None if slots_ok is None else max(CLUSTER_SLOTS - slots_ok, 0)
+    state = cluster_info.get("cluster_state")
+    return replace(
+        base,
+        role="cluster",
+        cluster_state=None if state is None else str(state),
+        uncovered_slots=uncovered,
+        masters=_info_int(cluster_info, "cluster_size"),
+    )
+
+
+def pool_stats(pool: Pool, monitor: Any = None) -> PoolStats:
+    """The counters of a SQLAlchemy pool, read without I/O and without taking a connection.
+
+    ``QueuePool`` (and its asyncio twin) report size, checked out and
+    overflow; ``capacity`` needs the pool's ``max_overflow``, which SQLAlchemy
+    keeps in ``_max_overflow`` (``-1``: unbounded). Other pools report what
+    they can. ``monitor`` (a :class:`~scalekit.health.PoolMonitor`) adds
+    waiters and wait times.
+    """
+
+    def call(name: str) -> Any:
+        method = getattr(pool, name, None)
+        if method is None:
+            return None
+        try:
+            value = method()
+        except Exception:
+            return None
+        return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+    size = call("size")
+    checked_out = call("checkedout")
+    overflow = call("overflow")
+    timeout = call("timeout")
+    max_overflow = getattr(pool, "_max_overflow", None)
+    capacity = None
+    if isinstance(size, int) and isinstance(max_overflow, int) and max_overflow >= 0:
+        capacity = size + max_overflow
+    waiting = wait_last = wait_max = None
+    if monitor is not None:
+        waiting = monitor.waiting
+        wait_last = monitor.wait_ms_last
+        wait_max = monitor.wait_ms_max
+    return PoolStats(
+        pool_class=type(pool).__name__,
+        size=size if isinstance(size, int) else None,
+        checked_out=checked_out if isinstance(checked_out, int) else None,
+        overflow=overflow if isinstance(overflow, int) else None,
+        capacity=capacity,
+        timeout=None if timeout is None else float(timeout),
+        waiting=waiting,
+        wait_ms_last=wait_last,
+        wait_ms_max=wait_max,
+    )

@@ -1,0 +1,170 @@
+"""The sync shell: run the plan's probes in threads, each under its own timeout.
+
+Only I/O lives here (the decisions are in ``_plan.py`` and ``_core.py``), and
+it mirrors ``_async.py`` function for function. Probes run in daemon threads,
+so a probe stuck on a frozen server never holds up the report past its
+timeout, nor the interpreter's exit.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from collections.abc import Mapping
+from typing import Any
+
+from scalekit._clock import SYSTEM_CLOCK
+from scalekit.health._core import DatabaseSample, HealthReport, Thresholds
+from scalekit.health._plan import DEFAULT_TIMEOUT, IN_FLIGHT, Outcome, Probe, finish, plan
+from scalekit.health._probes import (
+    POSTGRES_SQL,
+    postgres_sample,
+    redis_cluster_sample,
+    redis_sample,
+    statement_timeout_sql,
+)
+from scalekit.typing import Clock
+
+__all__ = ["check_health"]
+
+
+def check_health(
+    *,
+    pool: Any = None,
+    engines: Mapping[str, Any] | None = None,
+    redis: Any = None,
+    thresholds: Thresholds | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    clock: Clock = SYSTEM_CLOCK,
+) -> HealthReport:
+    """Probe databases, pools and Redis concurrently and report their health.
+
+    ``pool`` is a :class:`~scalekit.routing.RoutingPool` (each node is probed,
+    plus a ``routing:<name>`` component; its lag limits become the lag
+    warning levels), ``engines`` a mapping of name to ``Engine``, ``redis`` a
+    client or a mapping of name to client (standalone or cluster). Each
+    probe runs in its own thread under its own ``timeout`` (seconds) and
+    never waits for a pool slot: an engine whose pool is exhausted is
+    reported critical at once, unprobed. Nothing raises for a server that is
+    down; it is reported.
+
+    >>> report = check_health(engines={"main": engine}, redis=client)  # doctest: +SKIP
+    >>> report.status, report.to_dict()["components"]["db:main"]["up"]  # doctest: +SKIP
+    ('ok', True)
+
+    Raises:
+        ConfigurationError: an argument of the wrong kind (an ``AsyncEngine``
+            or asyncio Redis client: use :func:`acheck_health`), a bad
+            ``timeout``, or two components with the same name.
+    """
+    the_plan = plan(
+        pool=pool,
+        engines=engines,
+        redis=redis,
+        thresholds=thresholds,
+        timeout=timeout,
+        asynchronous=False,
+    )
+    checked_at = clock.time()
+    started = clock.monotonic()
+    runs = {probe.name: _Run(probe, clock) for probe in the_plan.probes if probe.decided is None}
+    outcomes = {name: run.wait() for name, run in runs.items()}
+    duration_ms = (clock.monotonic() - started) * 1000.0
+    return finish(the_plan, outcomes, checked_at=checked_at, duration_ms=duration_ms)
+
+
+class _Run:
+    """One probe in a daemon thread; :meth:`wait` gives up at the probe's deadline."""
+
+    def __init__(self, probe: Probe, clock: Clock) -> None:
+        self._probe = probe
+        self._clock = clock
+        self._done = threading.Event()
+        self._outcome = Outcome(timed_out=True)
+        self._deadline = time.monotonic() + probe.timeout
+        if not IN_FLIGHT.claim(probe.target):
+            self._outcome = Outcome(still_running=True)
+            self._done.set()
+            return
+        name = f"scalekit-health-{probe.name}"
+        threading.Thread(target=self._run, name=name, daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            self._outcome = _probe(self._probe, self._clock)
+        except Exception as error:
+            self._outcome = Outcome(error=error)
+        finally:
+            IN_FLIGHT.release(self._probe.target)
+            self._done.set()
+
+    def wait(self) -> Outcome:
+        if not self._done.wait(max(self._deadline - time.monotonic(), 0.0)):
+            return Outcome(timed_out=True)
+        return self._outcome
+
+
+def _probe(probe: Probe, clock: Clock) -> Outcome:
+    if probe.kind == "postgres":
+        return _database(probe.target, probe.timeout, clock)
+    return _redis(probe.target, probe.timeout, clock)
+
+
+def _database(engine: Any, timeout: float, clock: Clock) -> Outcome:
+    from sqlalchemy import text
+
+    with engine.connect() as connection:
+        if engine.dialect.name != "postgresql":
+            started = clock.monotonic()
+            connection.execute(text("SELECT 1"))
+            latency_ms = (clock.monotonic() - started) * 1000.0
+            sample = DatabaseSample(dialect=engine.dialect.name)
+            return Outcome(sample=sample, latency_ms=latency_ms)
+        connection.exec_driver_sql(statement_timeout_sql(timeout))
+        started = clock.monotonic()
+        row = connection.execute(text(POSTGRES_SQL)).mappings().one()
+        latency_ms = (clock.monotonic() - started) * 1000.0
+        connection.rollback()
+    return Outcome(sample=postgres_sample(row), latency_ms=latency_ms)
+
+
+# Bounded twins of users' clients (commands capped at the probe's timeout, never
+# retried), kept per client so a probe does not open a new connection each time.
+_TWINS: weakref.WeakKeyDictionary[Any, tuple[float, Any]] = weakref.WeakKeyDictionary()
+_TWINS_LOCK = threading.Lock()
+
+
+def _bounded(client: Any, timeout: float) -> Any:
+    from scalekit._redis_bounded import bounded
+
+    with _TWINS_LOCK:
+        try:
+            cached = _TWINS.get(client)
+        except TypeError:  # not weak-referenceable: no cache
+            return bounded(client, timeout)
+        if cached is not None and cached[0] == timeout:
+            return cached[1]
+        twin = bounded(client, timeout)
+        _TWINS[client] = (timeout, twin)
+        return twin
+
+
+def _redis(client: Any, timeout: float, clock: Clock) -> Outcome:
+    from redis.exceptions import ResponseError
+
+    twin = _bounded(client, timeout)
+    started = clock.monotonic()
+    twin.ping()
+    latency_ms = (clock.monotonic() - started) * 1000.0
+    if hasattr(twin, "get_nodes"):  # RedisCluster
+        node = twin.get_random_node()
+        info = twin.info(target_nodes=node)
+        sample = redis_cluster_sample(twin.cluster_info(target_nodes=node), info)
+    else:
+        try:
+            info = twin.info()
+        except ResponseError:  # INFO renamed or refused (ACL, fakes): ping only
+            info = {}
+        sample = redis_sample(info)
+    return Outcome(sample=sample, latency_ms=latency_ms)
