@@ -34,7 +34,12 @@ async def test_shared_scenarios_on_cluster(
     scenario: Scenario, kind: str, redis_cluster: Any
 ) -> None:
     redis_cluster.flushall()
-    factory = Factory(kind, connect=redis_cluster.client, aconnect=redis_cluster.async_client)
+    factory = Factory(
+        kind,
+        connect=redis_cluster.client,
+        aconnect=redis_cluster.async_client,
+        defaults={"op_timeout": 5.0},  # see test_cache_redis.test_shared_scenarios
+    )
     try:
         await scenario(factory)
     finally:

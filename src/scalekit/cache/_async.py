@@ -21,6 +21,7 @@ from scalekit._redis_bounded import DEFAULT_OP_TIMEOUT, is_twin
 from scalekit.cache._backends import (
     AsyncMemoryBackend,
     AsyncRedisBackend,
+    aclose_twin,
     is_async_client,
     is_sync_client,
 )
@@ -844,7 +845,7 @@ class AsyncCache(CacheBase):
             await asyncio.gather(*tasks, return_exceptions=True)
         store = getattr(self.backend, "client", None)
         if store is not None and is_twin(store):
-            await store.aclose()
+            await aclose_twin(store)
 
     async def __aenter__(self) -> AsyncCache:
         return self

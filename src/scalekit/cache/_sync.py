@@ -22,7 +22,13 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast
 
 from scalekit._clock import SYSTEM_CLOCK
 from scalekit._redis_bounded import DEFAULT_OP_TIMEOUT, is_twin
-from scalekit.cache._backends import MemoryBackend, RedisBackend, is_async_client, is_sync_client
+from scalekit.cache._backends import (
+    MemoryBackend,
+    RedisBackend,
+    close_twin,
+    is_async_client,
+    is_sync_client,
+)
 from scalekit.cache._base import (
     _CLOSED,
     _NO_VERSIONS,
@@ -896,7 +902,7 @@ class Cache(CacheBase):
             self._listener.join(timeout=2.0)
         store = getattr(self.backend, "client", None)
         if store is not None and is_twin(store):
-            store.close()
+            close_twin(store)
 
     def __enter__(self) -> Cache:
         return self
