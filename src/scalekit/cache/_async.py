@@ -21,6 +21,7 @@ from scalekit._redis_bounded import DEFAULT_OP_TIMEOUT, is_twin
 from scalekit.cache._backends import (
     AsyncMemoryBackend,
     AsyncRedisBackend,
+    _is_cluster,
     aclose_twin,
     is_async_client,
     is_sync_client,
@@ -148,6 +149,11 @@ class AsyncCache(CacheBase):
             op_timeout=op_timeout,
         )
         self._user_client: Any = None
+        if invalidation == "tracking" and _is_cluster(client):
+            raise ConfigurationError(
+                "invalidation='tracking' needs a standalone Redis, not a cluster",
+                parameter="invalidation",
+            )
         if client is None:
             self.backend: Any = AsyncMemoryBackend(clock=clock)
         elif isinstance(client, AsyncMemoryBackend):
@@ -162,11 +168,6 @@ class AsyncCache(CacheBase):
                 "client must be a redis.asyncio.Redis, its RedisCluster or None, "
                 f"got {type(client).__name__}",
                 parameter="client",
-            )
-        if invalidation == "tracking" and getattr(self.backend, "cluster", False):
-            raise ConfigurationError(
-                "invalidation='tracking' needs a standalone Redis, not a cluster",
-                parameter="invalidation",
             )
         self._use_backend(self.backend)
         self._flights: dict[str, _Flight] = {}

@@ -25,6 +25,7 @@ from scalekit._redis_bounded import DEFAULT_OP_TIMEOUT, is_twin
 from scalekit.cache._backends import (
     MemoryBackend,
     RedisBackend,
+    _is_cluster,
     close_twin,
     is_async_client,
     is_sync_client,
@@ -168,6 +169,11 @@ class Cache(CacheBase):
             op_timeout=op_timeout,
         )
         self._user_client: Any = None
+        if invalidation == "tracking" and _is_cluster(client):
+            raise ConfigurationError(
+                "invalidation='tracking' needs a standalone Redis, not a cluster",
+                parameter="invalidation",
+            )
         if client is None:
             self.backend: Any = MemoryBackend(clock=clock)
         elif isinstance(client, MemoryBackend):
@@ -183,11 +189,6 @@ class Cache(CacheBase):
             raise ConfigurationError(
                 f"client must be a redis.Redis, RedisCluster or None, got {type(client).__name__}",
                 parameter="client",
-            )
-        if invalidation == "tracking" and getattr(self.backend, "cluster", False):
-            raise ConfigurationError(
-                "invalidation='tracking' needs a standalone Redis, not a cluster",
-                parameter="invalidation",
             )
         self._use_backend(self.backend)
         self._flights: dict[str, _Flight] = {}
