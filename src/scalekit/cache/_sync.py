@@ -78,7 +78,8 @@ class Cache(CacheBase):
 
     ``client`` is a ``redis.Redis``, a ``redis.cluster.RedisCluster``, a
     fakeredis client, or ``None`` for an in-process :class:`MemoryBackend`
-    (tests, single-process apps). The client must not decode responses.
+    (tests, single-process apps). A client that decodes responses
+    (``decode_responses=True``) is refused.
 
     Keys are stored as ``<namespace>:v<schema_version>:<key>``. A value lives
     ``ttl`` seconds (``default_ttl``), moved by ``±jitter``, then is served
@@ -97,9 +98,12 @@ class Cache(CacheBase):
     never a miss, a bad entry or a loader's error), skips Redis for
     ``retry_interval`` seconds, then lets one call probe it. One
     :class:`~scalekit.instrumentation.FallbackUsed` is emitted per incident and
-    one :class:`~scalekit.instrumentation.Recovered` when it ends. Give the
-    client short timeouts and no retries (see the docs): redis-py 8 retries a
-    failed command 10 times with back-off by default.
+    one :class:`~scalekit.instrumentation.Recovered` when it ends. Whatever
+    the client's own settings, an outage costs a caller at most about
+    ``2 x op_timeout`` (connect, then reply) once per probe: the cache talks
+    to Redis through a twin of ``client`` bounded by ``op_timeout`` and never
+    retried (built once here; :meth:`close` closes it; ``client`` stays
+    yours and :attr:`client` returns it).
 
     >>> cache = Cache(None, namespace="demo", default_ttl=60)
     >>> cache.get_or_set("answer", lambda: 42)
