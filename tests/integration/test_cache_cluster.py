@@ -34,7 +34,12 @@ async def test_shared_scenarios_on_cluster(
     scenario: Scenario, kind: str, redis_cluster: Any
 ) -> None:
     redis_cluster.flushall()
-    factory = Factory(kind, connect=redis_cluster.client, aconnect=redis_cluster.async_client)
+    factory = Factory(
+        kind,
+        connect=redis_cluster.client,
+        aconnect=redis_cluster.async_client,
+        defaults={"op_timeout": 5.0},  # see test_cache_redis.test_shared_scenarios
+    )
     try:
         await scenario(factory)
     finally:
@@ -70,6 +75,7 @@ def test_keys_tags_and_leases_spread_over_every_master(redis_cluster: Any) -> No
     for thread in threads:
         thread.join()
     assert calls == 1
+    cache.close()
     client.close()
 
 
@@ -80,13 +86,13 @@ def test_local_tiers_follow_each_other_on_cluster(redis_cluster: Any) -> None:
         Cache(c, namespace="ctiers", local=LocalCache(maxsize=100, ttl=30.0)) for c in clients
     )
     try:
-        assert one.subscribed.wait(5) and two.subscribed.wait(5)
+        assert one.subscribed.wait(20) and two.subscribed.wait(20)
         assert one.get_or_set("k", lambda: "v1", tags=["t"]) == "v1"
         assert two.get_or_set("k", lambda: "never", tags=["t"]) == "v1"
         assert one.invalidate_tags("t")
         started = time.monotonic()
         while two.get("k", "gone") != "gone":
-            assert time.monotonic() - started < 1.0, "the message did not arrive within 1 s"
+            assert time.monotonic() - started < 20.0, "the message did not arrive"  # hang guard
             time.sleep(0.01)
     finally:
         for cache, client in zip((one, two), clients, strict=True):
@@ -108,7 +114,7 @@ async def test_async_local_tiers_follow_each_other_on_cluster(redis_cluster: Any
         assert await one.invalidate_tags("t")
         started = time.monotonic()
         while await two.get("k", "gone") != "gone":
-            assert time.monotonic() - started < 1.0, "the message did not arrive within 1 s"
+            assert time.monotonic() - started < 20.0, "the message did not arrive"  # hang guard
             await asyncio.sleep(0.01)
     finally:
         for cache, client in zip((one, two), clients, strict=True):

@@ -40,6 +40,10 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = {"socket_timeout": 0.25, "socket_connect_timeout": 0.25, "retry": Retry(NoBackoff(), 0)}
+#: A guard against hangs only: what it bounds takes milliseconds to a second.
+#: Figures are printed (and timed in benchmarks/), never asserted, so a busy
+#: machine cannot fail these tests.
+HANG_GUARD = 20.0
 
 Scenario = Callable[[Factory], Coroutine[Any, Any, None]]
 
@@ -78,7 +82,10 @@ async def test_shared_scenarios(scenario: Scenario, kind: str, redis_server: Any
         kind,
         connect=redis_server.client,
         aconnect=redis_server.async_client,
-        defaults={"invalidation": "pubsub"},
+        # A generous op_timeout: these scenarios state semantics, and on a busy
+        # machine a reply slower than the default 0.25 s would be an (correct)
+        # outage fallback. Outages under the defaults: test_cache_outages.py.
+        defaults={"invalidation": "pubsub", "op_timeout": 5.0},
     )
     factory._raw_client().flushall()
     try:
@@ -91,7 +98,9 @@ async def test_shared_scenarios(scenario: Scenario, kind: str, redis_server: Any
 
 
 def test_200_threads_on_a_cold_key_run_one_loader(redis_client: Any) -> None:
-    cache = Cache(redis_client, namespace="stampede")
+    # (op_timeout: 200 threads contending for the GIL on a busy machine can see a
+    # reply later than the default 0.25 s: a correct fallback, not this test's topic.)
+    cache = Cache(redis_client, namespace="stampede", op_timeout=5.0)
     calls = 0
     lock = threading.Lock()
 
@@ -116,6 +125,7 @@ def test_200_threads_on_a_cold_key_run_one_loader(redis_client: Any) -> None:
         thread.join(timeout=30)
     assert calls == 1
     assert len(results) == 200 and all(r == {"answer": 42} for r in results)
+    cache.close()
 
 
 async def test_200_tasks_on_a_cold_key_run_one_loader(async_redis_client: Any) -> None:
@@ -152,7 +162,11 @@ _PROCESS_STAMPEDE = textwrap.dedent(
         return {"answer": 42}
 
     if shell == "sync":
-        cache = Cache(redis.Redis.from_url(url), namespace="procs", poll_interval=0.02)
+        # (op_timeout: four interpreters starting at once on a busy machine may take
+        # longer than the default 0.25 s to open 50 connections; that would be a
+        # fallback, correct but not what this test is about.)
+        cache = Cache(redis.Redis.from_url(url), namespace="procs", poll_interval=0.02,
+                      op_timeout=5.0)
         barrier = threading.Barrier(50)
         results = []
 
@@ -171,7 +185,7 @@ _PROCESS_STAMPEDE = textwrap.dedent(
 
         async def main():
             client = redis.asyncio.Redis.from_url(url)
-            cache = AsyncCache(client, namespace="procs", poll_interval=0.02)
+            cache = AsyncCache(client, namespace="procs", poll_interval=0.02, op_timeout=5.0)
 
             async def aload():
                 await asyncio.to_thread(raw.incr, "test:loads")
@@ -180,6 +194,7 @@ _PROCESS_STAMPEDE = textwrap.dedent(
 
             out = await asyncio.gather(*(cache.get_or_set("cold", aload, ttl=60)
                                          for _ in range(50)))
+            await cache.aclose()
             await client.aclose()
             return out
 
@@ -266,8 +281,7 @@ def test_tag_invalidation_reaches_another_process_local_tier(
         assert cache.invalidate_tags("user:1")
         second = reader.stdout.readline().split()
         assert second[0] == "2", reader.stderr.read() if reader.stderr else ""
-        seconds = float(second[1]) - invalidated_at
-        assert 0 <= seconds < 1.0
+        seconds = float(second[1]) - invalidated_at  # (clocks of two processes: a figure)
         assert int(second[2]) > 10  # the reader really was serving from its local tier
         print(f"tag invalidation reached the other process in {seconds * 1000:.1f} ms")
     finally:
@@ -288,13 +302,13 @@ async def test_async_local_tiers_follow_each_other(redis_server: Any) -> None:
         await asyncio.wait_for(one.subscribed.wait(), 5)
         await asyncio.wait_for(two.subscribed.wait(), 5)
         assert await one.set("k", "v2", tags=["t"])  # two's local copy is dropped by message
-        deadline = time.monotonic() + 1.0
+        deadline = time.monotonic() + HANG_GUARD
         while await two.get("k") != "v2" and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
         assert await two.get("k") == "v2"
         assert two.stats().local_hits >= 1
         assert await one.invalidate_tags("t")
-        deadline = time.monotonic() + 1.0
+        deadline = time.monotonic() + HANG_GUARD
         while await two.get("k", "gone") != "gone" and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
         assert await two.get("k", "gone") == "gone"
@@ -331,8 +345,11 @@ def test_tampered_and_unsigned_pickles_are_refused(redis_client: Any) -> None:
     redis_client.set(stored, pack_envelope(envelope))
     with capture_events() as more:
         assert cache.get_or_set("k", lambda: {"amount": 10}) == {"amount": 10}
-    assert len([e for e in [*events, *more] if isinstance(e, CacheDecodeFailed)]) >= 2
+    # Both refused (counted), reported once: the two reads are one incident.
+    assert len([e for e in [*events, *more] if isinstance(e, CacheDecodeFailed)]) == 1
+    assert cache.stats().errors >= 2
     assert cache.get("k") == {"amount": 10}
+    cache.close()
 
 
 # --------------------------------------------------------------------------- redis down
@@ -368,7 +385,10 @@ def test_redis_stopped_during_a_load_loop(redis_server_factory: Callable[[], Any
         # The listener lost its connection: the local tier was flushed (what
         # the loop loaded meanwhile is kept, for at most the local TTL).
         assert cache.local is not None
-        assert cache.local.get(cache.keys.data("k"), time.time()) is None
+        deadline = time.monotonic() + HANG_GUARD
+        while cache.local.get(cache.keys.data("k"), time.time()) is not None:
+            assert time.monotonic() < deadline, "the local tier was not flushed"
+            time.sleep(0.01)
         node.start()
         restarted = time.monotonic()
         loads_before = loads
@@ -377,7 +397,7 @@ def test_redis_stopped_during_a_load_loop(redis_server_factory: Callable[[], Any
             assert cache.get_or_set("after", load) == "value"
             if probe.exists(cache.keys.data("after")):
                 break
-            assert time.monotonic() - restarted < 1.0, "the cache did not resume within 1 s"
+            assert time.monotonic() - restarted < HANG_GUARD, "the cache did not resume"
             time.sleep(0.01)
         # At most one load before the breaker's probe and one after it (the
         # recovery flushes the local tier); from then on it is served.
@@ -421,7 +441,7 @@ async def test_redis_stopped_during_an_async_load_loop(
         await asyncio.to_thread(node.start)
         restarted = time.monotonic()
         while await cache.get_or_set("after", load) != "value" or await cache.get("after") is None:
-            assert time.monotonic() - restarted < 1.0, "the cache did not resume within 1 s"
+            assert time.monotonic() - restarted < HANG_GUARD, "the cache did not resume"
             await asyncio.sleep(0.01)
     assert len([e for e in events if isinstance(e, FallbackUsed)]) == 1
     assert len([e for e in events if isinstance(e, Recovered)]) == 1
@@ -451,7 +471,7 @@ def test_one_breaker_guards_two_caches_through_an_outage(
         node.stop()
         stopped = time.monotonic()
         calls = 0
-        while time.monotonic() - stopped < 1.0:
+        while time.monotonic() - stopped < 1.0:  # (the workload's length, not an assertion)
             for cache in (users, orders):
                 assert cache.get_or_set(f"k{calls % 5}", load) == "value"
                 assert cache.get("k", "default") == "default"
@@ -465,15 +485,18 @@ def test_one_breaker_guards_two_caches_through_an_outage(
                 assert cache.get_or_set("after", load) == "value"
                 if probe.exists(cache.keys.data("after")):
                     break
-                assert time.monotonic() - restarted < 1.0, "the cache did not resume within 1 s"
+                assert time.monotonic() - restarted < HANG_GUARD, "the cache did not resume"
                 time.sleep(0.01)
+    outage = time.monotonic() - stopped
     assert breaker.state is State.CLOSED
-    # One failure opened it; every other failure was a probe's (about one per 0.2 s).
-    assert breaker.metrics().failures <= 1 + 1.0 / 0.2 + 2
+    # One failure opened it; every other failure was a probe's, at most one per
+    # reset_timeout (0.2 s) of the outage as it was measured, however long it lasted.
+    assert breaker.metrics().failures <= 1 + outage / 0.2 + 1
     assert sorted(e.name for e in events if isinstance(e, FallbackUsed)) == ["orders", "users"]
     assert sorted(e.name for e in events if isinstance(e, Recovered)) == ["orders", "users"]
     probe.close()
     for cache in (users, orders):
+        cache.close()
         cache.client.close()
 
 
@@ -503,41 +526,53 @@ async def test_one_breaker_guards_a_sync_and_an_async_cache(
     restarted = time.monotonic()
     # (A restarted node starts empty.) Until a value is stored in Redis again:
     while await acache.get_or_set("after", lambda: "v") != "v" or await acache.get("after") != "v":
-        assert time.monotonic() - restarted < 1.0, "the cache did not resume within 1 s"
+        assert time.monotonic() - restarted < HANG_GUARD, "the cache did not resume"
         await asyncio.sleep(0.01)
     assert breaker.state is State.CLOSED
     assert len(calls) >= 2
     assert cache.get("after", "default") == "default"  # another namespace: nothing stored
+    await acache.aclose()
     await client.aclose()
+    cache.close()
     cache.client.close()
 
 
 def test_a_paused_redis_costs_no_latency_pile_up(redis_server_factory: Callable[[], Any]) -> None:
+    # A paused server answers nothing: only the breaker's probes (at most one per
+    # retry_interval) may wait for the op timeout; every other call skips Redis.
     node = redis_server_factory()
     cache = Cache(node.client(**FAST), namespace="paused", retry_interval=0.5)
     assert cache.get_or_set("k", lambda: "v") == "v"
+    reached: list[str] = []
+    original = cache.backend.get
+
+    def counted(key: str) -> Any:
+        reached.append(key)
+        return original(key)
+
+    cache.backend.get = counted  # type: ignore[method-assign]
     node.pause()
     try:
         latencies = []
         started = time.monotonic()
-        while time.monotonic() - started < 1.5:
+        for _ in range(300):
             t0 = time.perf_counter()
             assert cache.get_or_set("k", lambda: "loaded") == "loaded"
             latencies.append(time.perf_counter() - t0)
+        paused_for = time.monotonic() - started
     finally:
         node.resume()
-    slow = [t for t in latencies if t > 0.1]
-    # Only the probes (one per retry_interval) wait for the socket timeout.
-    assert len(slow) <= 5, slow
-    assert len(latencies) > 100
-    assert max(latencies) < 0.75
+    # The calls that reached Redis: the first (it opened the breaker) and the probes.
+    assert 1 <= len(reached) <= 1 + paused_for / 0.5 + 1
+    assert max(latencies) < HANG_GUARD  # a hang guard: each waits one op timeout at most
     latencies.sort()
     print(
-        f"paused: {len(latencies)} calls in 1.5 s, {len(slow)} waited for the 0.25 s timeout, "
-        f"p50 {latencies[len(latencies) // 2] * 1e6:.0f} us"
+        f"paused: {len(latencies)} calls in {paused_for:.2f} s, {len(reached)} reached Redis, "
+        f"p50 {latencies[len(latencies) // 2] * 1e6:.0f} us, max {latencies[-1] * 1e3:.0f} ms"
     )
     time.sleep(0.6)
     assert cache.get_or_set("k", lambda: "new") in ("v", "loaded")
+    cache.close()
     cache.client.close()
 
 
@@ -560,7 +595,11 @@ def test_stale_local_serves_the_local_tier_while_redis_is_stopped(
     assert cache.get("k") == "cached"
     assert cache.local is not None and len(cache.local) == 1
     node.stop()
-    time.sleep(0.5)  # past the local TTL, and the listener has lost its connection
+    time.sleep(0.5)  # past the local TTL (a lower bound: safe on a slow machine)
+    deadline = time.monotonic() + HANG_GUARD
+    while cache.invalidation_mode != "none":  # the listener has noticed the outage
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
     loads = 0
 
     def load() -> str:
@@ -575,7 +614,7 @@ def test_stale_local_serves_the_local_tier_while_redis_is_stopped(
     node.start()
     started = time.monotonic()
     while cache.get_or_set("k", load) != "loaded":  # recovered: the local tier was flushed
-        assert time.monotonic() - started < 1.0
+        assert time.monotonic() - started < HANG_GUARD
         time.sleep(0.01)
     cache.close()
     cache.client.close()
@@ -595,7 +634,8 @@ def test_reads_take_the_direct_path_and_survive_a_dropped_connection(
         def not_here(*args: Any, **kwargs: Any) -> Any:
             raise AssertionError("the hot path must not go through client.get")
 
-        monkeypatch.setattr(client, "get", not_here)
+        store = cache.backend.client  # the cache's bounded twin of `client`
+        monkeypatch.setattr(store, "get", not_here)
         assert cache.get("user:1") == {"name": "Ada"}
         monkeypatch.undo()
         with capture_events() as events:
@@ -605,8 +645,9 @@ def test_reads_take_the_direct_path_and_survive_a_dropped_connection(
             assert cache.get("user:1") == {"name": "Ada"}
             assert cache.get("user:1") == {"name": "Ada"}
         assert not [e for e in events if isinstance(e, FallbackUsed)]
-        assert client.connection_pool._in_use_connections == set()  # all returned
+        assert store.connection_pool._in_use_connections == set()  # all returned
     finally:
+        cache.close()
         client.close()
         admin.close()
 
@@ -626,7 +667,8 @@ async def test_async_reads_take_the_direct_path_and_survive_a_dropped_connection
         async def not_here(*args: Any, **kwargs: Any) -> Any:
             raise AssertionError("the hot path must not go through client.get")
 
-        monkeypatch.setattr(client, "get", not_here)
+        store = cache.backend.client
+        monkeypatch.setattr(store, "get", not_here)
         assert await cache.get("user:1") == {"name": "Ada"}
         monkeypatch.undo()
         with capture_events() as events:
@@ -634,7 +676,8 @@ async def test_async_reads_take_the_direct_path_and_survive_a_dropped_connection
             assert await cache.get("user:1") == {"name": "Ada"}
             assert await cache.get("user:1") == {"name": "Ada"}
         assert not [e for e in events if isinstance(e, FallbackUsed)]
-        assert client.connection_pool._in_use_connections == set()
+        assert store.connection_pool._in_use_connections == set()
     finally:
+        await cache.aclose()
         await client.aclose()
         admin.close()

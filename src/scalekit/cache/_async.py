@@ -17,9 +17,12 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, S
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast
 
 from scalekit._clock import SYSTEM_CLOCK
+from scalekit._redis_bounded import DEFAULT_OP_TIMEOUT, is_twin
 from scalekit.cache._backends import (
     AsyncMemoryBackend,
     AsyncRedisBackend,
+    _is_cluster,
+    aclose_twin,
     is_async_client,
     is_sync_client,
 )
@@ -32,8 +35,11 @@ from scalekit.cache._base import (
     DownPolicy,
     InvalidationMode,
     _Outcome,
+    check_function,
     function_name,
+    keys_of,
     make_tags,
+    pairs_of,
 )
 from scalekit.cache._core import FRESH, VALUE, Action, Envelope, Kind, readable, validate_tags
 from scalekit.cache._events import CacheLeaseWait, CacheLoaded, CacheRefreshFailed, CacheStaleServed
@@ -116,6 +122,7 @@ class AsyncCache(CacheBase):
         rng: random.Random | None = None,
         invalidation: InvalidationMode = "auto",
         breaker: CircuitBreaker | None = None,
+        op_timeout: float = DEFAULT_OP_TIMEOUT,
     ) -> None:
         super().__init__(
             namespace=namespace,
@@ -139,13 +146,21 @@ class AsyncCache(CacheBase):
             rng=rng,
             invalidation=invalidation,
             breaker=breaker,
+            op_timeout=op_timeout,
         )
+        self._user_client: Any = None
+        if invalidation == "tracking" and _is_cluster(client):
+            raise ConfigurationError(
+                "invalidation='tracking' needs a standalone Redis, not a cluster",
+                parameter="invalidation",
+            )
         if client is None:
             self.backend: Any = AsyncMemoryBackend(clock=clock)
         elif isinstance(client, AsyncMemoryBackend):
             self.backend = client
         elif is_async_client(client):
-            self.backend = AsyncRedisBackend(client)
+            self.backend = AsyncRedisBackend(self._store_client(client))
+            self._user_client = client
         elif is_sync_client(client):
             raise ConfigurationError("this is a sync client; use Cache", parameter="client")
         else:
@@ -154,13 +169,7 @@ class AsyncCache(CacheBase):
                 f"got {type(client).__name__}",
                 parameter="client",
             )
-        if invalidation == "tracking" and getattr(self.backend, "cluster", False):
-            raise ConfigurationError(
-                "invalidation='tracking' needs a standalone Redis, not a cluster",
-                parameter="invalidation",
-            )
-        self._errors = self.backend.errors
-        self._busy = getattr(self.backend, "busy_errors", ())
+        self._use_backend(self.backend)
         self._flights: dict[str, _Flight] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._listener: asyncio.Task[None] | None = None
@@ -169,8 +178,12 @@ class AsyncCache(CacheBase):
 
     @property
     def client(self) -> Any:
-        """The Redis client this cache wraps (``None`` for the memory backend)."""
-        return getattr(self.backend, "client", None)
+        """The Redis client given to this cache (``None`` for the memory backend).
+
+        The cache's own commands may go through a twin of it bounded by
+        ``op_timeout`` (``backend.client``); this is always the client you passed.
+        """
+        return self._user_client
 
     # ------------------------------------------------------------------ backend calls
 
@@ -288,7 +301,7 @@ class AsyncCache(CacheBase):
         Raises:
             CacheUnavailable: Redis is down and the policy is ``"raise"``.
         """
-        wanted = list(dict.fromkeys(keys))
+        wanted = keys_of(keys)
         full = [self.keys.data(key) for key in wanted]
         ok, raws = await self._call(self.backend.mget, full)
         if not ok:
@@ -326,7 +339,7 @@ class AsyncCache(CacheBase):
 
     async def set_many(
         self,
-        items: Mapping[str, Any],
+        items: Mapping[str, Any] | Iterable[tuple[str, Any]],
         ttl: float | None = None,
         *,
         tags: Iterable[str] | None = None,
@@ -344,7 +357,7 @@ class AsyncCache(CacheBase):
             return False
         writes: list[tuple[str, bytes, int]] = []
         built: list[tuple[str, Envelope, Any]] = []
-        for key, value in items.items():
+        for key, value in pairs_of(items):
             full = self.keys.data(key)
             kind, plain = self._outcome_of(value)
             envelope, data, ttl_ms = self._build(kind, plain, ttl, 0.0, tag_tuple, versions)
@@ -412,6 +425,7 @@ class AsyncCache(CacheBase):
             Whatever ``loader`` raises; SerializationError when its value
             cannot be encoded; CacheUnavailable under the ``"raise"`` policy.
         """
+        self._check_call(loader, ttl)
         return cast(
             R, await self._get_or_load(self.keys.data(key), loader, ttl, validate_tags(tags))
         )
@@ -704,11 +718,10 @@ class AsyncCache(CacheBase):
         Raises:
             ConfigurationError: on a function that is not ``async def`` (use :class:`Cache`).
         """
-        if ttl is not None:
-            self._ttl(ttl)
-        skipped = tuple(skip)
+        skipped = self._decorator_options(ttl, key, tags, skip)
 
         def decorate(func: Callable[P, Coroutine[Any, Any, R]]) -> AsyncCachedFunction[P, R]:
+            check_function(func)
             if not inspect.iscoroutinefunction(func):
                 raise ConfigurationError(
                     f"{function_name(func)} is not async; decorate it with Cache.cached",
@@ -821,7 +834,8 @@ class AsyncCache(CacheBase):
             await self.backend.client.connection_pool.release(tracker)
 
     async def aclose(self) -> None:
-        """Stop the invalidation listener and background refreshes. The client stays yours."""
+        """Stop the invalidation listener and background refreshes, and close the
+        cache's own twin client. The client you passed stays yours to close."""
         self._closed = True
         tasks = list(self._tasks)
         if self._listener is not None:
@@ -830,6 +844,9 @@ class AsyncCache(CacheBase):
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        store = getattr(self.backend, "client", None)
+        if store is not None and is_twin(store):
+            await aclose_twin(store)
 
     async def __aenter__(self) -> AsyncCache:
         return self

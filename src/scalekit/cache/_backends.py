@@ -65,6 +65,68 @@ def _busy_errors() -> tuple[type[BaseException], ...]:
     return (rex.MaxConnectionsError,)
 
 
+def _refusal_errors() -> tuple[type[BaseException], ...]:
+    # An error reply: the server is up and refused this one command.
+    from redis import exceptions as rex
+
+    return (rex.ResponseError,)
+
+
+def _unavailable_replies() -> tuple[type[BaseException], ...]:
+    # Error replies that say the server cannot serve now (a failover, a cluster
+    # reconfiguring): an outage like a refused connection.
+    from redis import exceptions as rex
+
+    return (rex.ReadOnlyError, rex.ClusterDownError, rex.TryAgainError, rex.AskError)
+
+
+def decodes_responses(client: Any) -> bool:
+    """Whether a redis-py (or fakeredis) client decodes replies to ``str``.
+
+    Asks the client's encoder, else the connection settings of its pool
+    (standalone) or of its nodes manager / itself (cluster).
+    """
+    get_encoder = getattr(client, "get_encoder", None)
+    if callable(get_encoder):
+        try:
+            encoder = get_encoder()
+        except Exception:  # a client that cannot say: look at its settings
+            encoder = None
+        if encoder is not None and hasattr(encoder, "decode_responses"):
+            return bool(encoder.decode_responses)
+    for holder in (
+        getattr(client, "connection_pool", None),
+        getattr(client, "nodes_manager", None),
+        client,
+    ):
+        kwargs = getattr(holder, "connection_kwargs", None)
+        if isinstance(kwargs, dict):
+            return bool(kwargs.get("decode_responses", False))
+    return False
+
+
+def close_twin(client: Any) -> None:
+    """Close a client the cache made (a twin): its connections too, whatever kind it is."""
+    client.close()
+    pool = getattr(client, "connection_pool", None)
+    if pool is not None:  # a pool given to a client is not closed by client.close()
+        pool.disconnect()
+    nodes = getattr(client, "nodes_manager", None)
+    if nodes is not None:  # a cluster: its startup nodes' connections too
+        for node in list(getattr(nodes, "startup_nodes", {}).values()):
+            connection = getattr(node, "redis_connection", None)
+            if connection is not None:
+                connection.close()
+
+
+async def aclose_twin(client: Any) -> None:
+    """:func:`close_twin` for an asyncio client."""
+    if getattr(client, "connection_pool", None) is not None:
+        await client.aclose(close_connection_pool=True)
+    else:  # a cluster client owns its nodes' connections
+        await client.aclose()
+
+
 class MemoryBackend:
     """An in-process store: a bounded ``cachetools.TLRUCache`` with per-key expiry.
 
@@ -214,7 +276,9 @@ class RedisBackend:
 
     Multi-key writes go through one non-transactional pipeline (one round
     trip; on a cluster, one per node involved). The client must return bytes
-    (``decode_responses=False``, the default).
+    (``decode_responses=False``, the default; the cache refuses others). The
+    cache hands it a client bounded by its ``op_timeout`` (see
+    :mod:`scalekit._redis_bounded`).
     """
 
     def __init__(self, client: Any) -> None:
@@ -223,6 +287,8 @@ class RedisBackend:
         self.client = client
         self.errors = _redis_errors()
         self.busy_errors = _busy_errors()
+        self.refusals = _refusal_errors()
+        self.unavailable_replies = _unavailable_replies()
         self.cluster = _is_cluster(client)
         self._release = client.register_script(_RELEASE_LUA)
         # GET is every read's one round trip: on a plain redis.Redis it skips the
@@ -310,6 +376,8 @@ class AsyncRedisBackend:
         self.client = client
         self.errors = _redis_errors()
         self.busy_errors = _busy_errors()
+        self.refusals = _refusal_errors()
+        self.unavailable_replies = _unavailable_replies()
         self.cluster = _is_cluster(client)
         self._release = client.register_script(_RELEASE_LUA)
         # GET is every read's one round trip: on a plain redis.asyncio.Redis it

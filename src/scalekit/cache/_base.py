@@ -46,7 +46,9 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal, cast
 
 from scalekit._clock import SystemClock
+from scalekit._redis_bounded import DEFAULT_OP_TIMEOUT, bounded, check_op_timeout
 from scalekit.breaker import CircuitBreaker, State
+from scalekit.cache._backends import decodes_responses
 from scalekit.cache._core import (
     NOT_FOUND,
     VALUE,
@@ -150,13 +152,39 @@ class _Counters:
         )
 
 
+#: Seconds without an undecodable entry that end an incident of them (one report each).
+DECODE_INCIDENT_GAP: Final = 60.0
+
+#: The longest duration (seconds) any TTL, window or wait of a cache may be: about
+#: 31.7 years. Redis refuses an expiry past 2**63 - 1 ms from now, and Python's
+#: sleeps and waits overflow near 9.2e9 s; this bound keeps well inside both.
+MAX_SECONDS: Final = 1e9
+
+
 def _positive(name: str, value: object, *, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-        raise ConfigurationError(f"{name} must be a number", parameter=name)
-    if value < 0 or (value == 0 and not allow_zero) or math.isinf(value):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ConfigurationError(f"{name} must be a finite number {bound}", parameter=name)
-    return float(value)
+    """``value`` as seconds in (0, MAX_SECONDS] (or [0, ...] with ``allow_zero``).
+
+    Raises:
+        ConfigurationError: not a number, or out of that range.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigurationError(
+            f"{name} must be a number of seconds, got {type(value).__name__}", parameter=name
+        )
+    bound = ">= 0" if allow_zero else "> 0"
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int too large for a float
+        seconds = math.inf
+    if not (seconds > 0 or (allow_zero and seconds == 0)) or not seconds <= MAX_SECONDS:
+        # (repr() of a huge int is refused by Python itself beyond 4300 digits.)
+        shown = repr(value) if isinstance(value, float) or abs(value) < 10**18 else "a huge int"
+        raise ConfigurationError(
+            f"{name} must be a number of seconds {bound} and at most {MAX_SECONDS:.0e} "
+            f"(about 31 years), got {shown}",
+            parameter=name,
+        )
+    return seconds
 
 
 class _Outcome:
@@ -171,7 +199,7 @@ class _Outcome:
 
 
 #: How a backend call failed (see :meth:`CacheBase._failure_kind`).
-FailureKind = Literal["outage", "busy", "bug"]
+FailureKind = Literal["outage", "busy", "refused", "bug"]
 
 
 class CacheBase:
@@ -181,6 +209,10 @@ class CacheBase:
     _errors: tuple[type[BaseException], ...]
     #: Of those, what means only "the client's pool is full" (this call alone fails).
     _busy: tuple[type[BaseException], ...]
+    #: Of those, what means "the server refused this command" (an error reply).
+    _refusals: tuple[type[BaseException], ...] = ()
+    #: Of the refusals, those that say the server cannot serve now (an outage).
+    _unavailable_replies: tuple[type[BaseException], ...] = ()
 
     def __init__(
         self,
@@ -206,8 +238,13 @@ class CacheBase:
         rng: random.Random | None,
         invalidation: InvalidationMode = "auto",
         breaker: CircuitBreaker | None = None,
+        op_timeout: float = DEFAULT_OP_TIMEOUT,
     ) -> None:
         self.keys = KeyBuilder(namespace, schema_version, max_key_length)
+        try:
+            self.op_timeout = check_op_timeout(op_timeout)
+        except ConfigurationError as exc:  # the same message, naming the parameter
+            raise ConfigurationError(str(exc), parameter="op_timeout") from None
         self.namespace = namespace
         self.default_ttl = _positive("default_ttl", default_ttl)
         self.stale_ttl = (
@@ -268,6 +305,9 @@ class CacheBase:
         self.rng = rng if rng is not None else random.Random()
         self.counters = _Counters()
         self._unexpected_seen: set[type[BaseException]] = set()
+        # Monotonic time until which an undecodable entry is part of the current
+        # incident (see _undecodable).
+        self._decode_quiet_until = -math.inf
         # Invalidation messages for other processes' local tiers.
         self.channel = f"{self.keys.namespace}!invalidate"
         self.origin = secrets.token_hex(6)
@@ -283,6 +323,35 @@ class CacheBase:
         self._tracking_refused = False
         self._reconnected = False
 
+    # ------------------------------------------------------------------ the client
+
+    def _store_client(self, client: Any) -> Any:
+        """The client the backend uses for ``client``: bounded by ``op_timeout``.
+
+        The user's client when its own settings already bound a command,
+        otherwise a twin of it that this cache owns and closes (see
+        :mod:`scalekit._redis_bounded`).
+
+        Raises:
+            ConfigurationError: ``client`` decodes responses.
+        """
+        if decodes_responses(client):
+            raise ConfigurationError(
+                "the cache stores bytes, and this Redis client decodes every reply to str "
+                "(decode_responses=True), so no entry could ever be read back: give the "
+                "cache a client made without decode_responses (the default), e.g. "
+                "redis.Redis(host, port) next to the one your app uses",
+                parameter="client",
+            )
+        return bounded(client, self.op_timeout)
+
+    def _use_backend(self, backend: Any) -> None:
+        """Take the backend's error classification (see :meth:`_failure_kind`)."""
+        self._errors = backend.errors
+        self._busy = getattr(backend, "busy_errors", ())
+        self._refusals = getattr(backend, "refusals", ())
+        self._unavailable_replies = getattr(backend, "unavailable_replies", ())
+
     # ------------------------------------------------------------------ stats, keys
 
     def stats(self) -> CacheStats:
@@ -291,6 +360,35 @@ class CacheBase:
 
     def _ttl(self, ttl: float | None) -> float:
         return self.default_ttl if ttl is None else _positive("ttl", ttl)
+
+    def _check_call(self, loader: object, ttl: float | None) -> None:
+        """A ``get_or_set`` call's own arguments, checked before any I/O."""
+        if not callable(loader):
+            raise ConfigurationError(
+                f"loader must be a callable, got {type(loader).__name__}", parameter="loader"
+            )
+        if ttl is not None:
+            self._ttl(ttl)
+
+    def _decorator_options(
+        self, ttl: float | None, key: object, tags: object, skip: object
+    ) -> tuple[str, ...]:
+        """Check :meth:`cached`'s options; the parameter names to leave out of keys."""
+        if ttl is not None:
+            self._ttl(ttl)
+        if key is not None and not callable(key):
+            raise ConfigurationError("key must be a callable returning a str", parameter="key")
+        if tags is not None and not callable(tags):
+            validate_tags(cast("Iterable[str]", tags))
+        if isinstance(skip, str | bytes) or not isinstance(skip, Iterable):
+            raise ConfigurationError(
+                f"skip must be a list of parameter names, got {type(skip).__name__}",
+                parameter="skip",
+            )
+        skipped = tuple(skip)
+        if not all(isinstance(name, str) for name in skipped):
+            raise ConfigurationError("skip must hold parameter names (str)", parameter="skip")
+        return skipped
 
     def _stale_window(self, ttl: float) -> float:
         return ttl * 0.25 if self.stale_ttl is None else self.stale_ttl
@@ -332,12 +430,21 @@ class CacheBase:
         return envelope, pack_envelope(envelope), max(int((soft_ttl + stale) * 1000), 1)
 
     def _decode(self, raw: bytes | None) -> tuple[Envelope, Any] | None:
-        """Bytes from the store to (envelope, value); unreadable entries become a miss."""
+        """Bytes from the store to (envelope, value), or ``None`` (a miss).
+
+        Never raises: an entry that cannot be decoded for any reason (another
+        writer, corruption, a hostile payload, a cached error whose type this
+        cache cannot rebuild) is a miss, counted in ``stats().errors`` and
+        reported once per incident (see :meth:`_undecodable`). A cached
+        error's value is ``(type, args)``, rebuilt on every delivery.
+        """
         if raw is None:
             return None
         try:
             envelope = unpack_envelope(raw)
             if envelope.kind is not VALUE:
+                if envelope.kind is Kind.ERROR:
+                    return envelope, self._error_spec(envelope.payload)
                 return envelope, None
             if envelope.codec != self.serializer.codec_id:
                 raise SerializationError(
@@ -345,11 +452,51 @@ class CacheBase:
                     f"{self.serializer.codec_id}"
                 )
             return envelope, self.serializer.loads(envelope.payload)
-        except SerializationError as exc:
-            self.counters.errors += 1
-            _log.warning("cache %r: unreadable entry treated as a miss: %s", self.namespace, exc)
-            emit(CacheDecodeFailed(name=self.namespace, reason=f"{type(exc).__name__}: {exc}"))
+        except Exception as exc:  # a user's serialiser may raise anything
+            self._undecodable(exc)
             return None
+
+    def _undecodable(self, exc: Exception) -> None:
+        """Count an undecodable entry; report it once per incident.
+
+        An incident is a run of such reads with less than
+        :data:`DECODE_INCIDENT_GAP` seconds between two of them: one corrupt key
+        read by every request logs one line, not one per read.
+        """
+        self.counters.errors += 1
+        now = self._monotonic()
+        quiet = now >= self._decode_quiet_until
+        self._decode_quiet_until = now + DECODE_INCIDENT_GAP
+        if quiet:
+            # Our own messages name types and codecs only; another exception's
+            # text might quote the stored bytes, so only its type is reported.
+            reason = type(exc).__name__
+            if isinstance(exc, SerializationError):
+                reason = f"{reason}: {exc}"
+            emit(CacheDecodeFailed(name=self.namespace, reason=reason))
+
+    def _error_spec(self, payload: bytes) -> tuple[type[Exception], tuple[Any, ...]]:
+        """The type and arguments of a cached error, checked to rebuild.
+
+        Raises:
+            SerializationError: the payload is not a cached error of one of
+                ``cache_errors`` that its arguments rebuild.
+        """
+        try:
+            data = json.loads(payload)
+            name, args = data["type"], tuple(data["args"])
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
+            raise SerializationError("unreadable cached error") from exc
+        for error in self.cache_errors:
+            if f"{error.__module__}.{error.__qualname__}" == name:
+                try:
+                    error(*args)
+                except Exception as exc:  # a constructor that wants other arguments
+                    raise SerializationError(
+                        f"cached error of type {name} cannot be rebuilt"
+                    ) from exc
+                return error, args
+        raise SerializationError("cached error of a type not in cache_errors")
 
     def _decide(
         self, entry: tuple[Envelope, Any] | None, versions: Mapping[str, int] | None
@@ -369,21 +516,8 @@ class CacheBase:
             return value
         if envelope.kind is Kind.NOT_FOUND:
             return NOT_FOUND
-        raise self._rebuild_error(envelope.payload)
-
-    def _rebuild_error(self, payload: bytes) -> BaseException:
-        try:
-            data = json.loads(payload)
-            name, args = data["type"], data["args"]
-        except (ValueError, KeyError, TypeError):
-            return SerializationError("unreadable cached error")
-        for error in self.cache_errors:
-            if f"{error.__module__}.{error.__qualname__}" == name:
-                try:
-                    return error(*args)
-                except Exception:  # a constructor that wants other arguments
-                    break
-        return SerializationError(f"cached error of type {name} cannot be rebuilt")
+        error, args = value
+        raise error(*args)
 
     def _outcome_of(self, loader_result: Any) -> tuple[Kind, Any]:
         return (
@@ -396,7 +530,8 @@ class CacheBase:
         """An entry found in the store, as the outcome a waiting caller receives."""
         envelope, value = entry
         if envelope.kind is Kind.ERROR:
-            return _Outcome(Kind.ERROR, self._rebuild_error(envelope.payload), envelope)
+            error, args = value
+            return _Outcome(Kind.ERROR, error(*args), envelope)
         if envelope.kind is Kind.NOT_FOUND:
             return _Outcome(Kind.NOT_FOUND, NOT_FOUND, envelope)
         return _Outcome(Kind.VALUE, value, envelope)
@@ -579,19 +714,59 @@ class CacheBase:
             raise CacheUnavailable(self.namespace) from exc
 
     def _failure_kind(self, exc: Exception) -> FailureKind:
-        """What a backend call's exception means: ``"outage"`` (Redis is down: the
-        breaker hears of it), ``"busy"`` (the client's pool is full: this call only)
-        or ``"bug"`` (nothing a Redis client should raise)."""
+        """What a backend call's exception means.
+
+        ``"outage"``: Redis is down (the breaker hears of it); ``"busy"``: the
+        client's pool is full (this call only); ``"refused"``: an error reply to
+        this command (a value Redis rejects, a key of another type written by
+        someone else, out of memory: this call only, Redis is up);
+        ``"bug"``: nothing a Redis client should raise.
+        """
         if not isinstance(exc, self._errors):
             return "bug"
-        return "busy" if isinstance(exc, self._busy) else "outage"
+        if isinstance(exc, self._busy):
+            return "busy"
+        if isinstance(exc, self._refusals) and not isinstance(exc, self._unavailable_replies):
+            return "refused"
+        return "outage"
 
     def _fall_back(self, exc: Exception, kind: FailureKind) -> None:
-        """Take the fallback for a call that raised ``exc`` (of ``kind``)."""
+        """Take the fallback for a call that raised ``exc`` (of ``kind``).
+
+        Raises:
+            ConfigurationError: Redis refused a value the caller gave (which
+                validation should have caught first).
+        """
         if kind == "bug":
             self._unexpected(exc)
+        elif kind == "refused":
+            self._refused_reply(exc)
         else:
             self._backend_failed(exc, outage=kind == "outage")
+
+    def _refused_reply(self, exc: Exception) -> None:
+        """Redis answered this command with an error: the call's own failure.
+
+        Never an outage (the breaker does not hear of it: one bad call must not
+        bypass Redis for every key). An expiry Redis refuses is the caller's
+        value: :class:`ConfigurationError`. Anything else takes the fallback
+        and is logged once per error type (by type only: the reply to a
+        pipeline quotes the command, values included).
+        """
+        if "expire time" in str(exc):
+            raise ConfigurationError(
+                "Redis refused the expiry of this write; give a ttl within the documented range",
+                parameter="ttl",
+            ) from exc
+        kind = type(exc)
+        if kind not in self._unexpected_seen:
+            self._unexpected_seen.add(kind)
+            _log.warning(
+                "cache %r: Redis refused a command (%s); the call fell back",
+                self.namespace,
+                kind.__name__,
+            )
+        self._backend_failed(exc, outage=False)
 
     def _unexpected(self, exc: Exception) -> None:
         """A backend call raised something no Redis client should (seen: redis-py's
@@ -631,6 +806,53 @@ class CacheBase:
 
     def _new_token(self) -> str:
         return secrets.token_hex(12)
+
+
+def pairs_of(items: object) -> list[tuple[str, Any]]:
+    """``set_many``'s items: a mapping, or an iterable of ``(key, value)`` pairs.
+
+    Raises:
+        ConfigurationError: anything else (a bare string, a pair that is not two items).
+    """
+    if isinstance(items, Mapping):
+        return list(items.items())
+    if isinstance(items, str | bytes) or not isinstance(items, Iterable):
+        raise ConfigurationError(
+            "items must be a mapping of key to value, or (key, value) pairs; "
+            f"got {type(items).__name__}",
+            parameter="items",
+        )
+    pairs: list[tuple[str, Any]] = []
+    for pair in items:
+        if not isinstance(pair, tuple | list) or len(pair) != 2:
+            raise ConfigurationError(
+                f"items must be (key, value) pairs; got a {type(pair).__name__} item",
+                parameter="items",
+            )
+        pairs.append((pair[0], pair[1]))
+    return pairs
+
+
+def keys_of(keys: object) -> list[str]:
+    """``get_many``'s keys, without duplicates, in order.
+
+    Raises:
+        ConfigurationError: a bare string or something not iterable (the keys
+            themselves are checked when they are built).
+    """
+    if isinstance(keys, str | bytes) or not isinstance(keys, Iterable):
+        raise ConfigurationError(
+            f"keys must be an iterable of str, not {type(keys).__name__}", parameter="keys"
+        )
+    return list(dict.fromkeys(keys))
+
+
+def check_function(func: object) -> None:
+    """What ``cached`` decorates must be a callable."""
+    if not callable(func):
+        raise ConfigurationError(
+            f"cached() decorates a function, got {type(func).__name__}", parameter="func"
+        )
 
 
 def _error_payload(exc: BaseException) -> bytes:

@@ -416,8 +416,12 @@ def validate_tags(tags: Iterable[str] | None) -> tuple[str, ...]:
     """
     if tags is None:
         return ()
-    if isinstance(tags, str):
+    if isinstance(tags, str | bytes):
         raise ConfigurationError("tags must be a list of strings, not one string", parameter="tags")
+    if not isinstance(tags, Iterable):
+        raise ConfigurationError(
+            f"tags must be a list of strings, got {type(tags).__name__}", parameter="tags"
+        )
     result = set()
     for tag in tags:
         if not isinstance(_as_object(tag), str) or not tag:

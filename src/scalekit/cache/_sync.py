@@ -21,7 +21,15 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast
 
 from scalekit._clock import SYSTEM_CLOCK
-from scalekit.cache._backends import MemoryBackend, RedisBackend, is_async_client, is_sync_client
+from scalekit._redis_bounded import DEFAULT_OP_TIMEOUT, is_twin
+from scalekit.cache._backends import (
+    MemoryBackend,
+    RedisBackend,
+    _is_cluster,
+    close_twin,
+    is_async_client,
+    is_sync_client,
+)
 from scalekit.cache._base import (
     _CLOSED,
     _NO_VERSIONS,
@@ -31,8 +39,11 @@ from scalekit.cache._base import (
     DownPolicy,
     InvalidationMode,
     _Outcome,
+    check_function,
     function_name,
+    keys_of,
     make_tags,
+    pairs_of,
 )
 from scalekit.cache._core import FRESH, VALUE, Action, Envelope, Kind, readable, validate_tags
 from scalekit.cache._events import CacheLeaseWait, CacheLoaded, CacheRefreshFailed, CacheStaleServed
@@ -67,7 +78,8 @@ class Cache(CacheBase):
 
     ``client`` is a ``redis.Redis``, a ``redis.cluster.RedisCluster``, a
     fakeredis client, or ``None`` for an in-process :class:`MemoryBackend`
-    (tests, single-process apps). The client must not decode responses.
+    (tests, single-process apps). A client that decodes responses
+    (``decode_responses=True``) is refused.
 
     Keys are stored as ``<namespace>:v<schema_version>:<key>``. A value lives
     ``ttl`` seconds (``default_ttl``), moved by ``±jitter``, then is served
@@ -86,9 +98,12 @@ class Cache(CacheBase):
     never a miss, a bad entry or a loader's error), skips Redis for
     ``retry_interval`` seconds, then lets one call probe it. One
     :class:`~scalekit.instrumentation.FallbackUsed` is emitted per incident and
-    one :class:`~scalekit.instrumentation.Recovered` when it ends. Give the
-    client short timeouts and no retries (see the docs): redis-py 8 retries a
-    failed command 10 times with back-off by default.
+    one :class:`~scalekit.instrumentation.Recovered` when it ends. Whatever
+    the client's own settings, an outage costs a caller at most about
+    ``2 x op_timeout`` (connect, then reply) once per probe: the cache talks
+    to Redis through a twin of ``client`` bounded by ``op_timeout`` and never
+    retried (built once here; :meth:`close` closes it; ``client`` stays
+    yours and :attr:`client` returns it).
 
     >>> cache = Cache(None, namespace="demo", default_ttl=60)
     >>> cache.get_or_set("answer", lambda: 42)
@@ -131,6 +146,7 @@ class Cache(CacheBase):
         rng: random.Random | None = None,
         invalidation: InvalidationMode = "auto",
         breaker: CircuitBreaker | None = None,
+        op_timeout: float = DEFAULT_OP_TIMEOUT,
     ) -> None:
         super().__init__(
             namespace=namespace,
@@ -154,13 +170,21 @@ class Cache(CacheBase):
             rng=rng,
             invalidation=invalidation,
             breaker=breaker,
+            op_timeout=op_timeout,
         )
+        self._user_client: Any = None
+        if invalidation == "tracking" and _is_cluster(client):
+            raise ConfigurationError(
+                "invalidation='tracking' needs a standalone Redis, not a cluster",
+                parameter="invalidation",
+            )
         if client is None:
             self.backend: Any = MemoryBackend(clock=clock)
         elif isinstance(client, MemoryBackend):
             self.backend = client
         elif is_sync_client(client):
-            self.backend = RedisBackend(client)
+            self.backend = RedisBackend(self._store_client(client))
+            self._user_client = client
         elif is_async_client(client):
             raise ConfigurationError(
                 "this is an asyncio client; use AsyncCache", parameter="client"
@@ -170,13 +194,7 @@ class Cache(CacheBase):
                 f"client must be a redis.Redis, RedisCluster or None, got {type(client).__name__}",
                 parameter="client",
             )
-        if invalidation == "tracking" and getattr(self.backend, "cluster", False):
-            raise ConfigurationError(
-                "invalidation='tracking' needs a standalone Redis, not a cluster",
-                parameter="invalidation",
-            )
-        self._errors = self.backend.errors
-        self._busy = getattr(self.backend, "busy_errors", ())
+        self._use_backend(self.backend)
         self._flights: dict[str, _Flight] = {}
         self._flights_lock = threading.Lock()
         self._closed = threading.Event()
@@ -190,8 +208,12 @@ class Cache(CacheBase):
 
     @property
     def client(self) -> Any:
-        """The Redis client this cache wraps (``None`` for the memory backend)."""
-        return getattr(self.backend, "client", None)
+        """The Redis client given to this cache (``None`` for the memory backend).
+
+        The cache's own commands may go through a twin of it bounded by
+        ``op_timeout`` (``backend.client``); this is always the client you passed.
+        """
+        return self._user_client
 
     # ------------------------------------------------------------------ backend calls
 
@@ -314,7 +336,7 @@ class Cache(CacheBase):
         Raises:
             CacheUnavailable: Redis is down and the policy is ``"raise"``.
         """
-        wanted = list(dict.fromkeys(keys))
+        wanted = keys_of(keys)
         full = [self.keys.data(key) for key in wanted]
         ok, raws = self._call(self.backend.mget, full)
         if not ok:
@@ -354,12 +376,15 @@ class Cache(CacheBase):
 
     def set_many(
         self,
-        items: Mapping[str, Any],
+        items: Mapping[str, Any] | Iterable[tuple[str, Any]],
         ttl: float | None = None,
         *,
         tags: Iterable[str] | None = None,
     ) -> bool:
         """Store every ``key: value`` of ``items`` in one pipelined round trip.
+
+        ``items`` is a mapping or an iterable of ``(key, value)`` pairs (as
+        ``dict()`` takes; a later pair wins over an earlier one of the same key).
 
         With ``tags``, the tags' versions are read first (one more round trip).
 
@@ -374,7 +399,7 @@ class Cache(CacheBase):
             return False
         writes: list[tuple[str, bytes, int]] = []
         built: list[tuple[str, Envelope, Any]] = []
-        for key, value in items.items():
+        for key, value in pairs_of(items):
             full = self.keys.data(key)
             kind, plain = self._outcome_of(value)
             envelope, data, ttl_ms = self._build(kind, plain, ttl, 0.0, tag_tuple, versions)
@@ -448,6 +473,7 @@ class Cache(CacheBase):
             Whatever ``loader`` raises; SerializationError when its value
             cannot be encoded; CacheUnavailable under the ``"raise"`` policy.
         """
+        self._check_call(loader, ttl)
         return cast(R, self._get_or_load(self.keys.data(key), loader, ttl, validate_tags(tags)))
 
     def _get_or_load(
@@ -753,11 +779,10 @@ class Cache(CacheBase):
         Raises:
             ConfigurationError: on an ``async def`` function (use :class:`AsyncCache`).
         """
-        if ttl is not None:
-            self._ttl(ttl)
-        skipped = tuple(skip)
+        skipped = self._decorator_options(ttl, key, tags, skip)
 
         def decorate(func: Callable[P, R]) -> CachedFunction[P, R]:
+            check_function(func)
             if inspect.iscoroutinefunction(func):
                 raise ConfigurationError(
                     f"{function_name(func)} is async; decorate it with AsyncCache.cached",
@@ -873,10 +898,16 @@ class Cache(CacheBase):
             self.backend.client.connection_pool.release(tracker)
 
     def close(self) -> None:
-        """Stop the invalidation listener (if any). The Redis client stays yours to close."""
+        """Stop the invalidation listener (if any) and close the cache's own twin client.
+
+        The client you passed stays yours to close.
+        """
         self._closed.set()
         if self._listener is not None:
             self._listener.join(timeout=2.0)
+        store = getattr(self.backend, "client", None)
+        if store is not None and is_twin(store):
+            close_twin(store)
 
     def __enter__(self) -> Cache:
         return self

@@ -57,7 +57,7 @@ class Driver:
         wrapped = self.cache.cached(**options)(body)
         return _Awaitable(wrapped)
 
-    async def settle(self, timeout: float = 5.0) -> None:
+    async def settle(self, timeout: float = 30.0) -> None:  # a hang guard
         """Wait until background refreshes are done."""
         if isinstance(self.cache, AsyncCache):
             while self.cache._tasks:

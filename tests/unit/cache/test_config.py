@@ -36,6 +36,17 @@ BAD_OPTIONS = [
     ({"invalidation": None}, "invalidation"),
     ({"breaker": "redis"}, "breaker"),
     ({"breaker": object()}, "breaker"),
+    # Durations beyond the documented maximum (1e9 s), which Redis or Python's
+    # own waits would refuse later, at the first write or sleep.
+    ({"default_ttl": 10**20}, "default_ttl"),
+    ({"stale_ttl": 1e300}, "stale_ttl"),
+    ({"negative_ttl": float("inf")}, "negative_ttl"),
+    ({"lease_ttl": 2e9}, "lease_ttl"),
+    ({"lease_wait": 1e10}, "lease_wait"),
+    ({"retry_interval": 1e12}, "retry_interval"),
+    ({"op_timeout": 0}, "op_timeout"),
+    ({"op_timeout": 61}, "op_timeout"),
+    ({"op_timeout": "0.25"}, "op_timeout"),
 ]
 
 
@@ -55,6 +66,74 @@ def test_clients_must_match_the_shell() -> None:
     for shell in (Cache, AsyncCache):
         with pytest.raises(ConfigurationError, match="client"):
             shell("redis://localhost")
+
+
+def _decoding_clients() -> list[Any]:
+    import redis
+    import redis.asyncio
+    import redis.asyncio.cluster
+
+    # None of these connects when built (a sync RedisCluster does: see
+    # tests/integration/test_cache_cluster.py).
+    return [
+        pytest.param(Cache, lambda: redis.Redis(port=1, decode_responses=True), id="redis"),
+        pytest.param(
+            Cache,
+            lambda: redis.Redis(
+                connection_pool=redis.BlockingConnectionPool(port=1, decode_responses=True)
+            ),
+            id="redis-blocking-pool",
+        ),
+        pytest.param(Cache, lambda: fakeredis.FakeRedis(decode_responses=True), id="fakeredis"),
+        pytest.param(
+            AsyncCache,
+            lambda: redis.asyncio.Redis(port=1, decode_responses=True),
+            id="redis-asyncio",
+        ),
+        pytest.param(
+            AsyncCache,
+            lambda: fakeredis.FakeAsyncRedis(decode_responses=True),
+            id="fakeredis-async",
+        ),
+        pytest.param(
+            AsyncCache,
+            lambda: redis.asyncio.cluster.RedisCluster(
+                host="127.0.0.1", port=1, decode_responses=True
+            ),
+            id="redis-asyncio-cluster",
+        ),
+    ]
+
+
+@pytest.mark.parametrize(("shell", "connect"), _decoding_clients())
+async def test_clients_that_decode_responses_are_refused(shell: Any, connect: Any) -> None:
+    # Such a client hands back str where the cache stored bytes: nothing would
+    # ever be read back (every read warned, every call loaded). Refused up front.
+    client = connect()
+    try:
+        with pytest.raises(ConfigurationError, match="decode_responses") as info:
+            shell(client)
+        assert info.value.parameter == "client"
+    finally:
+        result = client.aclose() if shell is AsyncCache else client.close()
+        if result is not None:
+            await result
+
+
+def test_the_client_attribute_is_the_users_client() -> None:
+    import redis
+
+    client = redis.Redis(port=1)  # redis-py's defaults: unbounded, so the cache twins it
+    cache = Cache(client, op_timeout=0.5)
+    try:
+        assert cache.client is client
+        twin = cache.backend.client
+        assert twin is not client
+        kwargs = twin.connection_pool.connection_kwargs
+        assert kwargs["socket_timeout"] == kwargs["socket_connect_timeout"] == 0.5
+    finally:
+        cache.close()
+        client.close()
 
 
 def test_decorators_must_match_the_shell() -> None:

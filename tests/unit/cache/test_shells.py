@@ -8,6 +8,7 @@ checked for the sync shell and the asyncio shell, on both backends.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import threading
 import time
@@ -27,8 +28,8 @@ from scalekit.cache import (
     LocalCache,
     SignedPickleSerializer,
 )
-from scalekit.cache._core import Kind
-from scalekit.errors import CacheUnavailable, SerializationError
+from scalekit.cache._core import Envelope, Kind, pack_envelope
+from scalekit.errors import CacheUnavailable, ConfigurationError, SerializationError
 from scalekit.instrumentation import FallbackUsed, Recovered
 from scalekit.testing import capture_events
 from tests.unit.cache._drivers import KINDS, Factory
@@ -563,7 +564,144 @@ async def test_corrupted_entries_are_misses_and_logged(
     make.raw_set(store_key, b"garbage")
     assert await cache.get_or_set("k", Counter("loaded")) == "loaded"
     assert cache.cache.stats().errors >= 4  # the recheck under the lease reads it again
-    assert "unreadable entry" in caplog.text
+    # One incident, one report (not one per read)...
+    assert caplog.text.count("cache.decode_failed") == 1
+    # ...until a minute passes without an undecodable entry: a new incident.
+    make.clock.advance(61)
+    make.raw_set(store_key, b"garbage")
+    assert await cache.get("k", "miss") == "miss"
+    assert caplog.text.count("cache.decode_failed") == 2
+
+
+def _hostile_entries(clock: Any) -> dict[str, bytes]:
+    """Stored entries no cache can use, each in a well-formed envelope where possible."""
+    now = clock.time()
+
+    def envelope(
+        payload: bytes, *, kind: Kind = Kind.VALUE, codec: int = 1, tags: Any = ()
+    ) -> bytes:
+        return pack_envelope(
+            Envelope(payload, now, 0.0, now + 60, now + 90, codec, kind, tuple(tags))
+        )
+
+    def error(body: object) -> bytes:
+        return envelope(json.dumps(body).encode(), kind=Kind.ERROR)
+
+    deep = b"[" * 100_000 + b"]" * 100_000
+    return {
+        "error of an unknown type": error({"type": "os.system", "args": ["rm -rf /"]}),
+        "error of a known type, bad args": error(
+            {"type": "test_shells.NeedsTwo", "args": ["only one"]}
+        ),
+        "error, args not a list": error({"type": "builtins.LookupError", "args": 5}),
+        "error, not JSON": envelope(b"\xff{", kind=Kind.ERROR),
+        "error, deeply nested JSON": envelope(deep, kind=Kind.ERROR),
+        "value, deeply nested JSON": envelope(deep),
+        "value, deeply nested markers": envelope(
+            b'{"__sk__":"tuple","v":' * 50_000 + b"1" + b"}" * 50_000
+        ),
+        "value, unknown marker": envelope(b'{"__sk__":"pickle","v":"x"}'),
+        "value, bad marker data": envelope(b'{"__sk__":"map","v":5}'),
+        "value, another codec": envelope(b"[1]", codec=77),
+        "unknown kind": envelope(b"", kind=Kind.VALUE)[:3] + b"\x01\x01\x09" + b"\x00" * 34,
+        "truncated tags": envelope(b"1", tags=[("t", 1)])[:-12],
+        "not an envelope": b"\x00" * 7,
+    }
+
+
+class NeedsTwo(Exception):
+    def __init__(self, first: str, second: str) -> None:
+        super().__init__(first, second)
+
+
+NeedsTwo.__module__ = "test_shells"
+
+
+async def test_undecodable_entries_are_misses_on_every_read_path(
+    make: Factory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Whatever sits under a key (corrupt, hostile, from another version), every
+    # read path sees a miss: never SerializationError, RecursionError or the like.
+    cache = make(cache_errors=[LookupError, NeedsTwo], local=LocalCache(maxsize=10, ttl=1.0))
+    decorated = cache.decorate(lambda x: f"loaded {x}", ttl=60)
+    for name, raw in _hostile_entries(make.clock).items():
+        for path in ("get", "get_or_set", "tagged"):
+            make.raw_set(cache.cache.keys.data(f"{path}:{name}"), raw)
+        assert await cache.get(f"get:{name}", "miss") == "miss", name
+        assert await cache.call("get_many", [f"get:{name}"]) == {}, name
+        assert await cache.get_or_set(f"get_or_set:{name}", Counter("loaded")) == "loaded", name
+        tagged = await cache.get_or_set(f"tagged:{name}", Counter("tagged"), tags=["t"])
+        assert tagged == "tagged", name
+        make.raw_set(decorated.key_for(name), raw)
+        assert await decorated(name) == f"loaded {name}", name
+    assert caplog.text.count("cache.decode_failed") == 1  # one incident
+
+
+async def test_a_bad_ttl_is_refused_before_any_io(make: Factory) -> None:
+    # A value Redis would refuse is the caller's error, found before anything is
+    # sent: the breaker never hears of it and every other key keeps caching.
+    cache = make()
+    loader = Counter("v")
+    with capture_events() as events:
+        for ttl in (10**20, 1e300, float("inf"), float("nan"), -1, 0, 2e9):
+            with pytest.raises(ConfigurationError, match="ttl"):
+                await cache.set("t", 1, ttl=ttl)
+            with pytest.raises(ConfigurationError, match="ttl"):
+                await cache.get_or_set("t", loader, ttl=ttl)
+            with pytest.raises(ConfigurationError, match="ttl"):
+                await cache.call("set_many", {"t": 1}, ttl)
+            with pytest.raises(ConfigurationError, match="ttl"):
+                cache.decorate(lambda: 1, ttl=ttl)
+        assert loader.calls == 0
+        assert await cache.set("t", 1, ttl=1e9)  # the documented maximum is accepted
+        assert await cache.get_or_set("other", loader) == "v"
+        assert await cache.get_or_set("other", loader) == "v"
+    assert loader.calls == 1
+    assert cache.cache.breaker.state is State.CLOSED
+    assert not [e for e in events if isinstance(e, FallbackUsed)]
+    assert cache.cache.stats().fallbacks == 0
+
+
+async def test_set_many_takes_a_mapping_or_pairs(make: Factory) -> None:
+    cache = make()
+    assert await cache.call("set_many", [("a", 1), ("b", 2)])
+    assert await cache.call("set_many", (pair for pair in [("c", 3)]))
+    assert await cache.call("set_many", {"d": 4})
+    assert await cache.call("get_many", ["a", "b", "c", "d"]) == {"a": 1, "b": 2, "c": 3, "d": 4}
+
+
+async def test_bad_arguments_get_configuration_errors(make: Factory) -> None:
+    cache = make()
+    bad_calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = [
+        ("set_many", ("ab",), {}),
+        ("set_many", (None,), {}),
+        ("set_many", ([("k", 1, 2)],), {}),
+        ("set_many", (["kv"],), {}),
+        ("set_many", ({1: "v"},), {}),
+        ("get_many", ("abc",), {}),
+        ("get_many", (None,), {}),
+        ("get_many", ([1],), {}),
+        ("get", (None,), {}),
+        ("set", (b"k", 1), {}),
+        ("delete", (["k"],), {}),
+        ("invalidate_tags", (1,), {}),
+        ("get_or_set", ("k", None), {}),
+        ("get_or_set", ("k", lambda: 1), {"tags": 5}),
+        ("get_or_set", ("k", lambda: 1), {"tags": "t"}),
+        ("get_or_set", ("k", lambda: 1), {"ttl": "60"}),
+    ]
+    for name, args, kwargs in bad_calls:
+        with pytest.raises(ConfigurationError):
+            await cache.call(name, *args, **kwargs)
+    for options in ({"skip": 5}, {"skip": "self"}, {"key": "k"}, {"tags": 5}, {"ttl": True}):
+        with pytest.raises(ConfigurationError):
+            cache.decorate(lambda x: x, **options)
+    with pytest.raises(ConfigurationError):
+        cache.cache.cached()(5)
+    bad_tags = cache.decorate(lambda x: x, tags=lambda x: 5)
+    with pytest.raises(ConfigurationError):
+        await bad_tags(1)
+    assert cache.cache.breaker.state is State.CLOSED
 
 
 async def test_tampered_pickle_is_refused(make: Factory) -> None:
