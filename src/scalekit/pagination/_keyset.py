@@ -419,6 +419,35 @@ def _check_codec(codec: object) -> None:
         raise ConfigurationError("codec must be a CursorCodec", parameter="codec")
 
 
+def _order_items(order_by: object) -> list[Any] | None:
+    """``order_by`` as a list of sort keys (None: the select's own ORDER BY).
+
+    A string or a single key is refused: iterating ``"created_at"`` would
+    give one key per character.
+    """
+    from sqlalchemy.sql.elements import ClauseElement
+
+    if order_by is None:
+        return None
+    if isinstance(order_by, (str, bytes)):
+        raise ConfigurationError(
+            f"order_by must be a list of sort keys, not the string {order_by!r};"
+            f" write order_by=[{order_by!r}]",
+            parameter="order_by",
+        )
+    if (
+        isinstance(order_by, (SortKey, ClauseElement))
+        or hasattr(order_by, "__clause_element__")
+        or not hasattr(order_by, "__iter__")
+    ):
+        raise ConfigurationError(
+            f"order_by must be a list of sort keys, not a single {type(order_by).__name__};"
+            " write order_by=[key, ...]",
+            parameter="order_by",
+        )
+    return list(order_by)
+
+
 def _row_values_supported(dialect: Dialect | None) -> bool:
     return dialect is not None and dialect.name in _ROW_VALUE_DIALECTS
 
@@ -481,6 +510,7 @@ class KeysetPlan:
                 "the select must not have its own LIMIT or OFFSET", parameter="select"
             )
         _check_codec(codec)
+        order_by = _order_items(order_by)
         self._select = select
         self._limit = limit
         self._codec = codec if codec is not None else _DEFAULT_CODEC
@@ -533,7 +563,12 @@ class KeysetPlan:
 
     def _parse_key(self, item: Any, outer_tables: set[int]) -> _Key:
         from sqlalchemy.sql import operators
-        from sqlalchemy.sql.elements import ColumnElement, UnaryExpression
+        from sqlalchemy.sql.elements import (
+            ColumnElement,
+            UnaryExpression,
+            _label_reference,
+            _textual_label_reference,
+        )
 
         descending = False
         nulls: str | None = None
@@ -547,28 +582,31 @@ class KeysetPlan:
             descending, nulls, nullable = bool(item.descending), item.nulls, item.nullable
             item = item.expression
         if isinstance(item, str):
-            try:
-                item = self._select.selected_columns[item]
-            except KeyError:
-                raise ConfigurationError(
-                    f"order_by names {item!r}, which is not a selected column",
-                    parameter="order_by",
-                ) from None
+            item = self._selected(item)
         expression = _clause(item)
-        while isinstance(expression, UnaryExpression) and expression.modifier in (
-            operators.desc_op,
-            operators.asc_op,
-            operators.nulls_first_op,
-            operators.nulls_last_op,
-        ):
-            modifier = expression.modifier
-            if modifier is operators.desc_op:
-                descending = True
-            elif modifier is operators.nulls_first_op:
-                nulls = nulls or "first"
-            elif modifier is operators.nulls_last_op:
-                nulls = nulls or "last"
-            expression = _clause(expression.element)
+        while True:
+            if isinstance(expression, _label_reference):
+                # A select's own ORDER BY wraps a label (and its .desc()) in this.
+                expression = expression.element
+            elif isinstance(expression, _textual_label_reference):
+                # select.order_by("name"): a selected column's label.
+                expression = self._selected(expression.element)
+            elif isinstance(expression, UnaryExpression) and expression.modifier in (
+                operators.desc_op,
+                operators.asc_op,
+                operators.nulls_first_op,
+                operators.nulls_last_op,
+            ):
+                modifier = expression.modifier
+                if modifier is operators.desc_op:
+                    descending = True
+                elif modifier is operators.nulls_first_op:
+                    nulls = nulls or "first"
+                elif modifier is operators.nulls_last_op:
+                    nulls = nulls or "last"
+                expression = _clause(expression.element)
+            else:
+                break
         if not isinstance(expression, ColumnElement):
             raise ConfigurationError(
                 f"cannot sort on {item!r}: not a column or SQL expression", parameter="order_by"
@@ -590,6 +628,16 @@ class KeysetPlan:
             checker=_value_checker(expression.type, self._dialect_name),
             name=name,
         )
+
+    def _selected(self, name: str) -> Any:
+        """The selected column labelled ``name`` (a sort key given by name)."""
+        try:
+            return self._select.selected_columns[name]
+        except KeyError:
+            raise ConfigurationError(
+                f"order_by names {name!r}, which is not a selected column",
+                parameter="order_by",
+            ) from None
 
     def _complete_unique(
         self,
@@ -1178,15 +1226,10 @@ def _expression_key(element: Any) -> tuple[Any, ...] | None:
     cache_key = generate()
     if cache_key is None:
         return None
-    values = []
-    for bind in cache_key.bindparams:
-        value = bind.effective_value
-        try:
-            hash(value)
-        except TypeError:
-            return None
-        values.append(value)
-    return (cache_key.key, tuple(values))
+    values = _values_key(cache_key.bindparams)
+    if values is None:
+        return None
+    return (cache_key.key, values)
 
 
 def _sources(select: Any) -> tuple[Any, ...]:
@@ -1251,7 +1294,16 @@ def _plan_key(
     it), and the select's is the one SQLAlchemy itself needs to execute it.
     """
     parts: list[Any] = [limit, dialect_name, row_values, bind_filters, order_by is None]
-    if order_by is not None:
+    if order_by is None:
+        # The plan's sort keys are the select's own ORDER BY expressions, and a
+        # rebound plan keeps them: their values (``abs(v - 2)`` vs ``abs(v - 9)``)
+        # must be part of the key, not only of the select's values.
+        for clause in select._order_by_clauses:
+            item_key = _expression_key(clause)
+            if item_key is None:
+                return None
+            parts.append(item_key)
+    else:
         for item in order_by:
             if isinstance(item, SortKey):
                 parts.append(("sort_key", item.descending, item.nulls, item.nullable))
@@ -1291,6 +1343,7 @@ def cached_plan(
     :class:`KeysetPlan` raises.
     """
     dialect_name = dialect.name if dialect is not None else None
+    order_by = _order_items(order_by)
     found = None
     if _is_int(limit):
         try:
