@@ -167,7 +167,7 @@ REFUSED_VALUES: dict[str, list[Any]] = {
     "numeric": [decimal.Decimal("1E-20000"), 1],
     "real": [1e300, 1.5, 1],  # beyond a real's range
     "round": [decimal.Decimal("1E+400"), 0.5, 1],  # beyond a double's range
-    "uuid-text": ["not-a-uuid", 1],
+    "uuid-text": ["\t0000000-0000-0000-0000-000000365552", 1],  # uuid.UUID() takes it
     "interval": [True, 1, 1],
 }
 

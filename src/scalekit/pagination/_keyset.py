@@ -58,6 +58,7 @@ import datetime as dt
 import decimal
 import hashlib
 import math
+import re
 import struct
 import threading
 import uuid
@@ -364,6 +365,7 @@ _LENGTH_FUNCTIONS = frozenset({"length", "char_length", "character_length", "oct
 _ROUNDING_FUNCTIONS = frozenset({"round", "floor", "ceil", "ceiling", "trunc", "sign"})
 _ARGUMENT_TYPED_FUNCTIONS = frozenset({"abs", "nullif", "greatest", "least"})
 _FLOAT4 = struct.Struct(">f")
+_UUID_TEXT = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
 _MAX_FLOAT_EXPONENT = 300  # Decimals bound where a double is compared stay in its range
 
 
@@ -540,13 +542,9 @@ def _real_fits(value: object) -> bool:
 
 
 def _uuid_text(value: object) -> bool:
-    if not isinstance(value, str):
-        return False
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return True
+    # The canonical form the driver returns; uuid.UUID() also takes forms
+    # PostgreSQL refuses (leading whitespace, "urn:uuid:").
+    return isinstance(value, str) and _UUID_TEXT.fullmatch(value) is not None
 
 
 def _float_fits(value: object) -> bool:

@@ -131,6 +131,9 @@ def test_text_uuid_values_must_be_uuids() -> None:
     plan = KeysetPlan(sa.select(TABLE.c.id), [TABLE.c.ref], limit=5, dialect=PG)
     assert not rejects(plan, str(uuid.UUID(int=5)), 1)
     assert rejects(plan, "not-a-uuid", 1)
+    # uuid.UUID() takes these; PostgreSQL does not (found by the fuzz test).
+    assert rejects(plan, "\t" + str(uuid.UUID(int=5))[1:], 1)
+    assert rejects(plan, "urn:uuid:" + str(uuid.UUID(int=5)), 1)
     assert rejects(plan, uuid.UUID(int=5), 1)
 
 
