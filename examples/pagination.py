@@ -17,7 +17,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.pool import StaticPool
 
 from scalekit.errors import ConfigurationError, InvalidCursor
-from scalekit.pagination import CursorCodec, apaginate, iter_rows, paginate
+from scalekit.pagination import CursorCodec, Page, apaginate, iter_rows, paginate
 
 KEY = "example-secret-0123456789abcdef"  # in an app: from the environment, 32+ random bytes
 codec = CursorCodec(secret=KEY, ttl=3600)
@@ -56,7 +56,7 @@ def fill(session: Session) -> None:
 def list_orders(session: Session, cursor: str | None, direction: str = "next") -> dict[str, Any]:
     """What a REST endpoint returns: items plus opaque links; a bad cursor is a 400."""
     try:
-        page = paginate(
+        page: Page[Order] = paginate(  # Page[Order]: page.items is a list[Order]
             session,
             sa.select(Order).where(Order.status != "new"),
             order_by=[Order.created_at.desc()],  # the primary key is appended: id DESC
@@ -128,6 +128,18 @@ def last_page_and_total(session: Session) -> None:
     print("  selected only status, sorted by (created_at, id):", [tuple(r) for r in rows.items])
 
 
+def nearest_first(session: Session) -> None:
+    section("the select's own ORDER BY, with a value in it")
+    for target in (3, 38):
+        # order_by=None: the select's ORDER BY is the order; each target pages its own way.
+        select = sa.select(Order.id).order_by(sa.func.abs(Order.id - target), Order.id)
+        print(f"  nearest to {target}:", [row.id for row in paginate(session, select, limit=4)])
+    try:
+        paginate(session, sa.select(Order), order_by="created_at", limit=3)
+    except ConfigurationError as error:
+        print("  order_by as a string:", error)
+
+
 async def async_walk() -> None:
     section("asyncio: the same with apaginate on aiosqlite")
     if importlib.util.find_spec("aiosqlite") is None:
@@ -158,6 +170,7 @@ def main() -> None:
         bad_cursors(session)
         nulls(session)
         last_page_and_total(session)
+        nearest_first(session)
     engine.dispose()
     asyncio.run(async_walk())
 

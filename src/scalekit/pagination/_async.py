@@ -19,7 +19,7 @@ __all__ = ["aiter_pages", "aiter_rows", "apaginate", "arun_plan"]
 
 async def arun_plan(
     executor: AsyncSession | AsyncConnection, plan: KeysetPlan, prepared: PreparedPage
-) -> Page:
+) -> Page[Any]:
     """Run one prepared page (and its count, if any) and build the :class:`Page`."""
     # AsyncSession/AsyncConnection.execute return buffered results, so the
     # plan can read them without awaiting.
@@ -45,7 +45,7 @@ async def apaginate(
     total_cap: int = 1000,
     bind_filters: bool = False,
     row_values: bool | None = None,
-) -> Page:
+) -> Page[Any]:
     """Fetch one page on an ``AsyncSession`` or ``AsyncConnection``; see :func:`paginate`.
 
     Raises the same errors as :func:`paginate`.
@@ -78,7 +78,7 @@ async def aiter_pages(
     after: str | None = None,
     codec: CursorCodec | None = None,
     row_values: bool | None = None,
-) -> AsyncIterator[Page]:
+) -> AsyncIterator[Page[Any]]:
     """Yield every page from ``after`` (or the start) to the end; see :func:`iter_pages`.
 
     Raises what :func:`apaginate` raises.

@@ -57,18 +57,29 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import hashlib
+import math
+import re
+import struct
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from scalekit.errors import ConfigurationError, InvalidCursor
 from scalekit.pagination._cursor import CursorCodec, CursorValue, _is_int
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from sqlalchemy.engine import Dialect, Result
     from sqlalchemy.sql import FromClause, Select
+    from typing_extensions import TypeVar as _TypeVarWithDefault
+
+    # A bare ``Page`` means ``Page[Any]``, also under mypy --strict.
+    ItemT = _TypeVarWithDefault("ItemT", default=Any)
+else:
+    ItemT = TypeVar("ItemT")
 
 __all__ = ["KeysetPlan", "Page", "PreparedPage", "SortKey", "TotalMode", "cached_plan"]
 
@@ -122,8 +133,13 @@ class SortKey:
 
 
 @dataclass(frozen=True, slots=True)
-class Page:
+class Page(Generic[ItemT]):
     """One page of results and the cursors around it.
+
+    ``Page`` is generic in its items: ``paginate()`` returns ``Page[Any]``
+    (whether a select gives entities or rows is not visible to a type checker),
+    so annotate what you know, ``page: Page[Order] = paginate(...)``, and
+    ``page.items`` is a ``list[Order]``.
 
     ``items`` are ORM entities when the select has a single entity, otherwise
     ``Row`` objects (hidden sort keys removed). ``next_cursor`` fetches the
@@ -135,7 +151,7 @@ class Page:
     (``False`` for estimates and for capped counts that hit the cap).
     """
 
-    items: list[Any]
+    items: list[ItemT]
     next_cursor: str | None
     prev_cursor: str | None
     has_next: bool
@@ -148,7 +164,7 @@ class Page:
     def __len__(self) -> int:
         return len(self.items)
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[ItemT]:
         return iter(self.items)
 
 
@@ -158,9 +174,11 @@ class _Key:
     descending: bool
     nulls_last: bool  # where NULLs sort in the forward order (irrelevant if not nullable)
     nullable: bool
-    checker: Callable[[object], bool] | None
+    checker: Callable[[object], bool]  # does a decoded cursor value fit the key's type?
     name: str  # stable description, for the fingerprint and messages
     row_index: int = -1
+    sql_type: Any = None  # the type cursor values are bound as (inferred for untyped SQL)
+    carry: Callable[[object], object] | None = None  # row value -> what the cursor carries
 
     def flipped(self) -> _Key:
         return _Key(
@@ -171,6 +189,8 @@ class _Key:
             self.checker,
             self.name,
             self.row_index,
+            self.sql_type,
+            self.carry,
         )
 
 
@@ -335,18 +355,102 @@ def _maybe_null(expression: Any, outer_tables: set[int]) -> bool:
     return True
 
 
-def _value_checker(sql_type: Any, dialect_name: str | None) -> Callable[[object], bool] | None:
+#: Untyped functions (``func.lower(col)`` has no SQL type in SQLAlchemy) whose
+#: result type is known, so their cursor values can be checked and bound.
+_TEXT_FUNCTIONS = frozenset(
+    {"lower", "upper", "trim", "ltrim", "rtrim", "btrim", "initcap", "md5", "replace"}
+    | {"substr", "substring", "left", "right", "lpad", "rpad", "reverse", "translate"}
+)
+_LENGTH_FUNCTIONS = frozenset({"length", "char_length", "character_length", "octet_length"})
+_ROUNDING_FUNCTIONS = frozenset({"round", "floor", "ceil", "ceiling", "trunc", "sign"})
+_ARGUMENT_TYPED_FUNCTIONS = frozenset({"abs", "nullif", "greatest", "least"})
+_FLOAT4 = struct.Struct(">f")
+_UUID_TEXT = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
+_MAX_FLOAT_EXPONENT = 300  # Decimals bound where a double is compared stay in its range
+
+
+def _sql_type(expression: Any) -> Any:
+    """The SQL type of ``expression``, inferred for known untyped functions (else NullType)."""
+    from sqlalchemy import types
+    from sqlalchemy.sql.functions import FunctionElement
+
+    sql_type = expression.type
+    if not isinstance(sql_type, types.NullType):
+        return sql_type
+    inner = _unlabel(expression)
+    if not isinstance(inner, FunctionElement):
+        return sql_type
+    name = str(getattr(inner, "name", "")).lower()
+    arguments = [_sql_type(argument) for argument in inner.clauses]
+    typed = [a for a in arguments if not isinstance(a, types.NullType)]
+    if name in _TEXT_FUNCTIONS:
+        return types.String()
+    if name in _LENGTH_FUNCTIONS:
+        return types.Integer()
+    if name in _ROUNDING_FUNCTIONS:
+        # The result's type follows the argument's (numeric or double): a float
+        # checker accepts both and never binds a value a double cannot hold.
+        return types.Float()
+    if name == "date":
+        return types.Date()
+    if name == "date_trunc":
+        last = typed[-1] if typed else None
+        return last if isinstance(last, (types.DateTime, types.Interval)) else types.DateTime()
+    if name in _ARGUMENT_TYPED_FUNCTIONS and typed:
+        return typed[0]
+    return sql_type
+
+
+def _cursor_type(
+    expression: Any, name: str, dialect_name: str | None
+) -> tuple[Any, Callable[[object], bool], Callable[[object], object] | None]:
+    """(bind type, value checker, row-value converter) of a sort key.
+
+    Every cursor value is checked against its key's type before it reaches
+    SQL, so a key whose values cannot be checked, or carried in a cursor, is
+    refused here, when the plan is built, and not after a first page ran.
+    Raises :class:`ConfigurationError`.
+    """
+    from sqlalchemy import types
+
+    sql_type = _sql_type(expression)
+    if isinstance(sql_type, types.NullType):
+        raise ConfigurationError(
+            f"sort key {name} has no SQL type, so a cursor value for it cannot be"
+            " checked before it reaches SQL; give it one, e.g."
+            " func.my_function(column, type_=String) or type_coerce(expression, Integer)",
+            parameter="order_by",
+        )
+    checker, carry = _value_checker(sql_type, dialect_name)
+    if checker is None:
+        raise ConfigurationError(
+            f"sort key {name} is of type {sql_type!r}, which a cursor cannot carry"
+            " (supported: booleans, numbers, strings, enums, bytes, dates, times,"
+            " intervals and UUIDs); sort on a cast of it, e.g. cast(column, String)",
+            parameter="order_by",
+        )
+    return sql_type, checker, carry
+
+
+def _value_checker(
+    sql_type: Any, dialect_name: str | None
+) -> tuple[Callable[[object], bool] | None, Callable[[object], object] | None]:
     """A predicate telling whether a decoded cursor value fits a key's SQL type.
+
+    Also a converter from a row value to what the cursor carries, for types
+    whose Python values a cursor cannot hold as they are (enum members become
+    their labels). ``(None, None)`` for types a cursor cannot carry.
 
     Integers are held to the column's width on PostgreSQL (its driver casts
     parameters to the column type, so an oversized value is a SQL error) and
     to 64 bits elsewhere (SQLite stores any INTEGER column in 64 bits).
     """
     from sqlalchemy import types
+    from sqlalchemy.sql import sqltypes
 
     impl = getattr(sql_type, "impl_instance", None) or sql_type
     if isinstance(impl, types.Boolean):
-        return lambda v: isinstance(v, bool)
+        return (lambda v: isinstance(v, bool)), None
     if isinstance(impl, types.Integer):
         bound = 2**63
         if dialect_name != "postgresql":
@@ -355,25 +459,107 @@ def _value_checker(sql_type: Any, dialect_name: str | None) -> Callable[[object]
             bound = 2**15
         elif not isinstance(impl, types.BigInteger):
             bound = 2**31
-        return lambda v: isinstance(v, int) and not isinstance(v, bool) and -bound <= v < bound
-    if isinstance(impl, (types.Float, types.Numeric)):
-        return _number_fits
+        return (
+            lambda v: isinstance(v, int) and not isinstance(v, bool) and -bound <= v < bound
+        ), None
+    if isinstance(impl, types.Float):
+        if dialect_name == "postgresql" and _is_real(impl):
+            return _real_fits, None
+        return _float_fits, None
+    if isinstance(impl, types.Numeric):
+        return _number_fits, None
     if isinstance(impl, types.DateTime):
-        return lambda v: isinstance(v, dt.datetime)
+        return (lambda v: isinstance(v, dt.datetime)), None
     if isinstance(impl, types.Date):
-        return lambda v: isinstance(v, dt.date) and not isinstance(v, dt.datetime)
+        return (lambda v: isinstance(v, dt.date) and not isinstance(v, dt.datetime)), None
     if isinstance(impl, types.Time):
-        return lambda v: isinstance(v, dt.time)
-    if isinstance(impl, types.Interval):
-        return lambda v: isinstance(v, dt.timedelta)
-    if isinstance(impl, types.Uuid) and getattr(impl, "as_uuid", True):
-        return lambda v: isinstance(v, uuid.UUID)
+        if getattr(impl, "timezone", False):
+            return None, None  # a cursor carries no time-of-day with a zone
+        return (lambda v: isinstance(v, dt.time)), None
+    # PostgreSQL's INTERVAL is not an Interval subclass; both share this base.
+    if isinstance(impl, getattr(sqltypes, "_AbstractInterval", types.Interval)):
+        return (lambda v: isinstance(v, dt.timedelta)), None
+    if isinstance(impl, types.Uuid):
+        if getattr(impl, "as_uuid", True):
+            return (lambda v: isinstance(v, uuid.UUID)), None
+        return _uuid_text, None
+    if isinstance(impl, types.Enum):
+        return _enum_checker(impl)
     if isinstance(impl, types.String):
         # NUL cannot be stored in a PostgreSQL text value; a cursor holding one is forged.
-        return lambda v: isinstance(v, str) and "\x00" not in v
+        return (lambda v: isinstance(v, str) and "\x00" not in v), None
     if isinstance(impl, types.LargeBinary):
-        return lambda v: isinstance(v, bytes)
-    return None
+        return (lambda v: isinstance(v, bytes)), None
+    return None, None
+
+
+def _enum_checker(
+    impl: Any,
+) -> tuple[Callable[[object], bool] | None, Callable[[object], object] | None]:
+    """A cursor of an enum key carries the label stored in the database."""
+    labels = frozenset(label for label in impl.enums if isinstance(label, str))
+    if not labels:
+        return None, None  # no labels declared: nothing to check values against
+    lookup: dict[Any, Any] = dict(getattr(impl, "_valid_lookup", None) or {})
+
+    def carry(value: object) -> object:
+        try:
+            return lookup.get(value, value)
+        except TypeError:  # unhashable: left as is, the codec refuses it clearly
+            return value
+
+    return (lambda v: isinstance(v, str) and v in labels), carry if lookup else None
+
+
+def _is_real(sql_type: Any) -> bool:
+    """A 4-byte float (PostgreSQL ``real``, also what ``FLOAT(p)`` with p <= 24 creates)."""
+    from sqlalchemy import types
+
+    impl = getattr(sql_type, "impl_instance", None) or sql_type
+    if isinstance(impl, types.REAL):
+        return True
+    precision = getattr(impl, "precision", None)
+    return (
+        isinstance(impl, types.Float)
+        and not isinstance(impl, types.Double)
+        and isinstance(precision, int)
+        and precision <= 24
+    )
+
+
+def _real_fits(value: object) -> bool:
+    """A number PostgreSQL can cast to ``real`` without an overflow or underflow error."""
+    if not _float_fits(value):
+        return False
+    number = float(value)  # type: ignore[arg-type]
+    if not math.isfinite(number) or number == 0:
+        return True
+    try:
+        (single,) = _FLOAT4.unpack(_FLOAT4.pack(number))
+    except OverflowError:
+        return False
+    return bool(single != 0)  # a non-zero value that rounds to 0 is an underflow error
+
+
+def _uuid_text(value: object) -> bool:
+    # The canonical form the driver returns; uuid.UUID() also takes forms
+    # PostgreSQL refuses (leading whitespace, "urn:uuid:").
+    return isinstance(value, str) and _UUID_TEXT.fullmatch(value) is not None
+
+
+def _float_fits(value: object) -> bool:
+    """A number a double precision key can be compared with, whatever the driver sends.
+
+    Floats (NaN and infinities included), 64-bit ints, and decimals within a
+    double's range (PostgreSQL casts a numeric parameter to double to compare).
+    """
+    if isinstance(value, float):
+        return True
+    if isinstance(value, decimal.Decimal):
+        if not value.is_finite():
+            return not value.is_snan()
+        return value.is_zero() or abs(value.adjusted()) <= _MAX_FLOAT_EXPONENT
+    return _number_fits(value) and isinstance(value, int)
 
 
 def _number_fits(value: object) -> bool:
@@ -417,6 +603,35 @@ def _describe(expression: Any) -> str:
 def _check_codec(codec: object) -> None:
     if codec is not None and not isinstance(codec, CursorCodec):
         raise ConfigurationError("codec must be a CursorCodec", parameter="codec")
+
+
+def _order_items(order_by: object) -> list[Any] | None:
+    """``order_by`` as a list of sort keys (None: the select's own ORDER BY).
+
+    A string or a single key is refused: iterating ``"created_at"`` would
+    give one key per character.
+    """
+    from sqlalchemy.sql.elements import ClauseElement
+
+    if order_by is None:
+        return None
+    if isinstance(order_by, (str, bytes)):
+        raise ConfigurationError(
+            f"order_by must be a list of sort keys, not the string {order_by!r};"
+            f" write order_by=[{order_by!r}]",
+            parameter="order_by",
+        )
+    if (
+        isinstance(order_by, (SortKey, ClauseElement))
+        or hasattr(order_by, "__clause_element__")
+        or not hasattr(order_by, "__iter__")
+    ):
+        raise ConfigurationError(
+            f"order_by must be a list of sort keys, not a single {type(order_by).__name__};"
+            " write order_by=[key, ...]",
+            parameter="order_by",
+        )
+    return list(order_by)
 
 
 def _row_values_supported(dialect: Dialect | None) -> bool:
@@ -481,6 +696,7 @@ class KeysetPlan:
                 "the select must not have its own LIMIT or OFFSET", parameter="select"
             )
         _check_codec(codec)
+        order_by = _order_items(order_by)
         self._select = select
         self._limit = limit
         self._codec = codec if codec is not None else _DEFAULT_CODEC
@@ -533,7 +749,12 @@ class KeysetPlan:
 
     def _parse_key(self, item: Any, outer_tables: set[int]) -> _Key:
         from sqlalchemy.sql import operators
-        from sqlalchemy.sql.elements import ColumnElement, UnaryExpression
+        from sqlalchemy.sql.elements import (
+            ColumnElement,
+            UnaryExpression,
+            _label_reference,
+            _textual_label_reference,
+        )
 
         descending = False
         nulls: str | None = None
@@ -547,33 +768,37 @@ class KeysetPlan:
             descending, nulls, nullable = bool(item.descending), item.nulls, item.nullable
             item = item.expression
         if isinstance(item, str):
-            try:
-                item = self._select.selected_columns[item]
-            except KeyError:
-                raise ConfigurationError(
-                    f"order_by names {item!r}, which is not a selected column",
-                    parameter="order_by",
-                ) from None
+            item = self._selected(item)
         expression = _clause(item)
-        while isinstance(expression, UnaryExpression) and expression.modifier in (
-            operators.desc_op,
-            operators.asc_op,
-            operators.nulls_first_op,
-            operators.nulls_last_op,
-        ):
-            modifier = expression.modifier
-            if modifier is operators.desc_op:
-                descending = True
-            elif modifier is operators.nulls_first_op:
-                nulls = nulls or "first"
-            elif modifier is operators.nulls_last_op:
-                nulls = nulls or "last"
-            expression = _clause(expression.element)
+        while True:
+            if isinstance(expression, _label_reference):
+                # A select's own ORDER BY wraps a label (and its .desc()) in this.
+                expression = expression.element
+            elif isinstance(expression, _textual_label_reference):
+                # select.order_by("name"): a selected column's label.
+                expression = self._selected(expression.element)
+            elif isinstance(expression, UnaryExpression) and expression.modifier in (
+                operators.desc_op,
+                operators.asc_op,
+                operators.nulls_first_op,
+                operators.nulls_last_op,
+            ):
+                modifier = expression.modifier
+                if modifier is operators.desc_op:
+                    descending = True
+                elif modifier is operators.nulls_first_op:
+                    nulls = nulls or "first"
+                elif modifier is operators.nulls_last_op:
+                    nulls = nulls or "last"
+                expression = _clause(expression.element)
+            else:
+                break
         if not isinstance(expression, ColumnElement):
             raise ConfigurationError(
                 f"cannot sort on {item!r}: not a column or SQL expression", parameter="order_by"
             )
         name = _describe(expression)
+        sql_type, checker, carry = _cursor_type(expression, name, self._dialect_name)
         if nullable is None:
             nullable = _maybe_null(expression, outer_tables)
         if nullable and nulls is None:
@@ -587,9 +812,21 @@ class KeysetPlan:
             descending=descending,
             nulls_last=nulls == "last",
             nullable=bool(nullable),
-            checker=_value_checker(expression.type, self._dialect_name),
+            checker=checker,
             name=name,
+            sql_type=sql_type,
+            carry=carry,
         )
+
+    def _selected(self, name: str) -> Any:
+        """The selected column labelled ``name`` (a sort key given by name)."""
+        try:
+            return self._select.selected_columns[name]
+        except KeyError:
+            raise ConfigurationError(
+                f"order_by names {name!r}, which is not a selected column",
+                parameter="order_by",
+            ) from None
 
     def _complete_unique(
         self,
@@ -645,14 +882,18 @@ class KeysetPlan:
                 if id(column) in sorted_columns:
                     continue
                 sorted_columns.add(id(column))
+                name = _describe(column)
+                sql_type, checker, carry = _cursor_type(column, name, self._dialect_name)
                 keys.append(
                     _Key(
                         expression=column,
                         descending=last.descending,
                         nulls_last=True,
                         nullable=outer or bool(column.nullable),
-                        checker=_value_checker(column.type, self._dialect_name),
-                        name=_describe(column),
+                        checker=checker,
+                        name=name,
+                        sql_type=sql_type,
+                        carry=carry,
                     )
                 )
 
@@ -682,14 +923,18 @@ class KeysetPlan:
                     " is not in order_by",
                     parameter="order_by",
                 )
+            name = _describe(column)
+            sql_type, checker, carry = _cursor_type(column, name, self._dialect_name)
             keys.append(
                 _Key(
                     expression=expression,
                     descending=keys[-1].descending,
                     nulls_last=True,
                     nullable=bool(column.nullable),
-                    checker=_value_checker(column.type, self._dialect_name),
-                    name=_describe(column),
+                    checker=checker,
+                    name=name,
+                    sql_type=sql_type,
+                    carry=carry,
                 )
             )
             present.append(expression)
@@ -730,6 +975,8 @@ class KeysetPlan:
                     key.checker,
                     key.name,
                     index,
+                    key.sql_type,
+                    key.carry,
                 )
             )
         self._keys = tuple(placed)
@@ -829,7 +1076,7 @@ class KeysetPlan:
                     raise InvalidCursor(
                         f"cursor has NULL for non-null key {key.name}", reason="malformed"
                     )
-            elif key.checker is not None and not key.checker(value):
+            elif not key.checker(value):
                 raise InvalidCursor(
                     f"cursor value for {key.name} has the wrong type", reason="malformed"
                 )
@@ -837,6 +1084,11 @@ class KeysetPlan:
 
     def encode(self, values: Sequence[object], *, inclusive: bool = False) -> str:
         """A cursor for the position ``values`` (one per final sort key)."""
+        if len(values) == len(self._keys):
+            values = [
+                value if key.carry is None or value is None else key.carry(value)
+                for key, value in zip(self._keys, values, strict=True)
+            ]
         return self._codec.encode(values, fingerprint=self._fingerprint, inclusive=inclusive)
 
     def prepare(
@@ -945,7 +1197,14 @@ class KeysetPlan:
                 runs.append([position])
 
         def bind(position: int) -> Any:
-            return sa.bindparam(f"{_PARAM_PREFIX}{position}", type_=keys[position].expression.type)
+            sql_type = keys[position].sql_type
+            parameter = sa.bindparam(f"{_PARAM_PREFIX}{position}", type_=sql_type)
+            if self._dialect_name == "postgresql" and _is_real(sql_type):
+                # psycopg reads a real as its shortest decimal form and sends
+                # floats as double precision: compared as doubles, the cursor's
+                # value differs from the row's and the row comes back forever.
+                return sa.cast(parameter, sql_type)
+            return parameter
 
         def compare(run: list[int], inclusive: bool) -> Any:
             """``run`` strictly after (or at, if inclusive) the cursor, NULLs included."""
@@ -997,7 +1256,7 @@ class KeysetPlan:
 
     # -- turning rows into a page --------------------------------------------------
 
-    def finish(self, prepared: PreparedPage, result: Result[Any]) -> Page:
+    def finish(self, prepared: PreparedPage, result: Result[Any]) -> Page[Any]:
         """Consume ``result`` (the page's rows) and build the :class:`Page`."""
         limit = self._limit
         if self._hidden and not self._entity_scalar:
@@ -1045,7 +1304,7 @@ class KeysetPlan:
     def _cursor_of(self, row: Any) -> str:
         return self.encode([row[k.row_index] for k in self._keys])
 
-    def with_total(self, page: Page, prepared: PreparedPage, answer: Any) -> Page:
+    def with_total(self, page: Page[Any], prepared: PreparedPage, answer: Any) -> Page[Any]:
         """``page`` with its total filled in from the answer of ``prepared.count_statement``."""
         if prepared.total_mode == "estimate":
             total, exact = max(estimated_rows(answer), 0), False
@@ -1178,15 +1437,10 @@ def _expression_key(element: Any) -> tuple[Any, ...] | None:
     cache_key = generate()
     if cache_key is None:
         return None
-    values = []
-    for bind in cache_key.bindparams:
-        value = bind.effective_value
-        try:
-            hash(value)
-        except TypeError:
-            return None
-        values.append(value)
-    return (cache_key.key, tuple(values))
+    values = _values_key(cache_key.bindparams)
+    if values is None:
+        return None
+    return (cache_key.key, values)
 
 
 def _sources(select: Any) -> tuple[Any, ...]:
@@ -1251,7 +1505,16 @@ def _plan_key(
     it), and the select's is the one SQLAlchemy itself needs to execute it.
     """
     parts: list[Any] = [limit, dialect_name, row_values, bind_filters, order_by is None]
-    if order_by is not None:
+    if order_by is None:
+        # The plan's sort keys are the select's own ORDER BY expressions, and a
+        # rebound plan keeps them: their values (``abs(v - 2)`` vs ``abs(v - 9)``)
+        # must be part of the key, not only of the select's values.
+        for clause in select._order_by_clauses:
+            item_key = _expression_key(clause)
+            if item_key is None:
+                return None
+            parts.append(item_key)
+    else:
         for item in order_by:
             if isinstance(item, SortKey):
                 parts.append(("sort_key", item.descending, item.nulls, item.nullable))
@@ -1291,6 +1554,7 @@ def cached_plan(
     :class:`KeysetPlan` raises.
     """
     dialect_name = dialect.name if dialect is not None else None
+    order_by = _order_items(order_by)
     found = None
     if _is_int(limit):
         try:

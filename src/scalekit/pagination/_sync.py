@@ -81,7 +81,7 @@ def build_plan(
     return plan
 
 
-def run_plan(executor: Session | Connection, plan: KeysetPlan, prepared: PreparedPage) -> Page:
+def run_plan(executor: Session | Connection, plan: KeysetPlan, prepared: PreparedPage) -> Page[Any]:
     """Run one prepared page (and its count, if any) and build the :class:`Page`."""
     result = executor.execute(prepared.statement, prepared.params)
     page = plan.finish(prepared, result)
@@ -105,7 +105,7 @@ def paginate(
     total_cap: int = 1000,
     bind_filters: bool = False,
     row_values: bool | None = None,
-) -> Page:
+) -> Page[Any]:
     """Fetch one page of ``select`` in keyset order.
 
     ``order_by`` lists the sort keys (columns, ORM attributes, labelled
@@ -157,7 +157,7 @@ def iter_pages(
     after: str | None = None,
     codec: CursorCodec | None = None,
     row_values: bool | None = None,
-) -> Iterator[Page]:
+) -> Iterator[Page[Any]]:
     """Yield every page of ``select`` from ``after`` (or the start) to the end.
 
     Memory stays bounded by one page, and each page is a fresh seek, so it
