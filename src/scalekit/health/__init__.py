@@ -9,6 +9,7 @@
     report.to_dict()              # JSON-ready, stable keys (docs/health.md)
     PoolMonitor(engine, warn_at=0.8, critical_at=0.95)   # PoolPressure events
     pool_size_for(max_connections=200, instances=10)     # per-instance pool size
+    liveness(); readiness(pool=routing_pool)             # for container probes
 
 How the parts fit: ``_core.py`` is the rule (thresholds, what each sample
 means, lag, the overall status, pool sizing), with no I/O; ``_probes.py`` the
@@ -38,6 +39,7 @@ from scalekit.health._events import PoolPressure
 if TYPE_CHECKING:
     from scalekit.health._async import acheck_health
     from scalekit.health._monitor import PoolMonitor
+    from scalekit.health._ready import areadiness, liveness, readiness
     from scalekit.health._sync import check_health
 
 __all__ = [
@@ -51,14 +53,20 @@ __all__ = [
     "Status",
     "Thresholds",
     "acheck_health",
+    "areadiness",
     "check_health",
+    "liveness",
     "pool_size_for",
+    "readiness",
 ]
 
 _LAZY = {
     "PoolMonitor": "scalekit.health._monitor",
     "acheck_health": "scalekit.health._async",
+    "areadiness": "scalekit.health._ready",
     "check_health": "scalekit.health._sync",
+    "liveness": "scalekit.health._ready",
+    "readiness": "scalekit.health._ready",
 }
 
 

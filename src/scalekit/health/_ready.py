@@ -1,0 +1,103 @@
+"""Liveness and readiness: the two questions a container orchestrator or load balancer asks.
+
+``liveness()`` does no I/O: a process that can run it is alive, and a
+database outage must not restart every instance at once. ``readiness()``
+runs the ordinary check and judges it by what a load balancer needs: the
+required servers answer and their pools are not exhausted. Warnings that do
+not stop this instance from serving (slow queries, a high cache-miss rate,
+wraparound creeping up, one replica down) keep it ready, so a fleet-wide
+condition cannot take every instance out of rotation at once.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+from scalekit._clock import SYSTEM_CLOCK
+from scalekit.health._core import ComponentReport, HealthReport, Status, Thresholds, worst
+from scalekit.typing import Clock
+
+__all__ = ["areadiness", "liveness", "readiness", "readiness_status"]
+
+#: Default seconds each readiness probe may take: below a typical probe's 3 s deadline.
+READINESS_TIMEOUT = 1.0
+
+
+def liveness(*, clock: Clock = SYSTEM_CLOCK) -> HealthReport:
+    """A report that the process is alive, with no I/O: always ``"ok"``.
+
+    Its one component, ``process``, carries the process id. Use it for a
+    Kubernetes ``livenessProbe``; use :func:`readiness` for ``readinessProbe``.
+
+    >>> liveness().status
+    'ok'
+    """
+    process = ComponentReport(kind="process", status="ok", up=True, details={"pid": os.getpid()})
+    return HealthReport.build({"process": process}, checked_at=clock.time())
+
+
+def _ready(component: ComponentReport) -> Status:
+    if component.kind == "routing":
+        status = component.status  # no primary, split brain, or no node for reads
+    else:
+        status = "ok" if component.up is True else "critical"
+    if not component.required and status == "critical":
+        return "warn"
+    return status
+
+
+def readiness_status(report: HealthReport) -> Status:
+    """The status of ``report`` judged for readiness: ``"critical"`` means not ready.
+
+    A required component that did not answer (down, timed out, or behind an
+    exhausted pool) is critical; one that is not required (a replica) counts
+    as a warning; a routing pool keeps its own status. Measurements past
+    their thresholds do not count.
+    """
+    return worst(_ready(component) for component in report.components.values())
+
+
+def readiness(
+    *,
+    pool: Any = None,
+    engines: Mapping[str, Any] | None = None,
+    redis: Any = None,
+    thresholds: Thresholds | None = None,
+    timeout: float = READINESS_TIMEOUT,
+    clock: Clock = SYSTEM_CLOCK,
+) -> HealthReport:
+    """:func:`check_health` judged for a load balancer: ready unless ``status == "critical"``.
+
+    The components are the full reports; only the overall ``status`` follows
+    :func:`readiness_status`. Answer 503 when it is ``"critical"``.
+
+    >>> report = readiness(pool=routing_pool, redis=client)  # doctest: +SKIP
+    >>> status_code = 503 if report.status == "critical" else 200  # doctest: +SKIP
+    """
+    from scalekit.health._sync import check_health
+
+    report = check_health(
+        pool=pool, engines=engines, redis=redis, thresholds=thresholds, timeout=timeout, clock=clock
+    )
+    return replace(report, status=readiness_status(report))
+
+
+async def areadiness(
+    *,
+    pool: Any = None,
+    engines: Mapping[str, Any] | None = None,
+    redis: Any = None,
+    thresholds: Thresholds | None = None,
+    timeout: float = READINESS_TIMEOUT,
+    clock: Clock = SYSTEM_CLOCK,
+) -> HealthReport:
+    """The asyncio twin of :func:`readiness`, over :func:`acheck_health`."""
+    from scalekit.health._async import acheck_health
+
+    report = await acheck_health(
+        pool=pool, engines=engines, redis=redis, thresholds=thresholds, timeout=timeout, clock=clock
+    )
+    return replace(report, status=readiness_status(report))
