@@ -74,6 +74,12 @@ def close_twin(client: Any) -> None:
     pool = getattr(client, "connection_pool", None)
     if pool is not None:  # a pool given to a client is not closed by client.close()
         pool.disconnect()
+    nodes = getattr(client, "nodes_manager", None)
+    if nodes is not None:  # a cluster: its startup nodes' connections too
+        for node in list(getattr(nodes, "startup_nodes", {}).values()):
+            connection = getattr(node, "redis_connection", None)
+            if connection is not None:
+                connection.close()
 
 
 async def aclose_twin(client: Any) -> None:

@@ -17,12 +17,11 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, S
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast
 
 from scalekit._clock import SYSTEM_CLOCK
-from scalekit._redis_bounded import DEFAULT_OP_TIMEOUT, is_twin
+from scalekit._redis_bounded import DEFAULT_OP_TIMEOUT, aclose_twin, is_twin
 from scalekit.cache._backends import (
     AsyncMemoryBackend,
     AsyncRedisBackend,
     _is_cluster,
-    aclose_twin,
     is_async_client,
     is_sync_client,
 )

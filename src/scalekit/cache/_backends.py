@@ -105,28 +105,6 @@ def decodes_responses(client: Any) -> bool:
     return False
 
 
-def close_twin(client: Any) -> None:
-    """Close a client the cache made (a twin): its connections too, whatever kind it is."""
-    client.close()
-    pool = getattr(client, "connection_pool", None)
-    if pool is not None:  # a pool given to a client is not closed by client.close()
-        pool.disconnect()
-    nodes = getattr(client, "nodes_manager", None)
-    if nodes is not None:  # a cluster: its startup nodes' connections too
-        for node in list(getattr(nodes, "startup_nodes", {}).values()):
-            connection = getattr(node, "redis_connection", None)
-            if connection is not None:
-                connection.close()
-
-
-async def aclose_twin(client: Any) -> None:
-    """:func:`close_twin` for an asyncio client."""
-    if getattr(client, "connection_pool", None) is not None:
-        await client.aclose(close_connection_pool=True)
-    else:  # a cluster client owns its nodes' connections
-        await client.aclose()
-
-
 class MemoryBackend:
     """An in-process store: a bounded ``cachetools.TLRUCache`` with per-key expiry.
 

@@ -21,12 +21,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast
 
 from scalekit._clock import SYSTEM_CLOCK
-from scalekit._redis_bounded import DEFAULT_OP_TIMEOUT, is_twin
+from scalekit._redis_bounded import DEFAULT_OP_TIMEOUT, close_twin, is_twin
 from scalekit.cache._backends import (
     MemoryBackend,
     RedisBackend,
     _is_cluster,
-    close_twin,
     is_async_client,
     is_sync_client,
 )
