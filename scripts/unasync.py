@@ -34,7 +34,9 @@ import Name, ...`` by target module: ``"sqlalchemy.ext.asyncio.AsyncSession":
   branch is type-checked where it runs: in the generated twin. In an
   expression, ``a if IS_ASYNC else b`` becomes ``b`` and ``IS_ASYNC`` ``False``.
 - ``# unasync: async-only`` as the trailing comment of a statement's first
-  line drops that statement (a whole ``def``, ``with`` or ``if`` included).
+  line drops that statement (a whole ``def``, ``with`` or ``if`` included);
+  on a line of a ``def`` that holds exactly one parameter (and its default)
+  it drops that parameter.
 
 Everything else follows a fixed table: ``async def``/``async with``/``async
 for`` lose ``async``; ``await x`` becomes ``x`` (and ``(await x).y`` becomes
@@ -385,6 +387,33 @@ def _statement_edit(
     return start, end, keep
 
 
+def _parameter_lines(tree: ast.Module) -> set[int]:
+    """Lines that hold exactly one parameter of a ``def``, with its default, and nothing else.
+
+    Such a line may carry ``# unasync: async-only`` (a keyword only one colour
+    takes, like an asyncio-only ``timeout``): the twin drops the line.
+    """
+    starts: dict[int, int] = {}
+    whole: set[int] = set()
+    for node in ast.walk(tree):
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            continue
+        args = node.args
+        positional = [*args.posonlyargs, *args.args]
+        defaults: list[ast.expr | None] = [None] * (len(positional) - len(args.defaults))
+        pairs = [
+            *zip(positional, [*defaults, *args.defaults], strict=True),
+            *zip(args.kwonlyargs, args.kw_defaults, strict=True),
+            *((arg, None) for arg in (args.vararg, args.kwarg) if arg is not None),
+        ]
+        for arg, default in pairs:
+            starts[arg.lineno] = starts.get(arg.lineno, 0) + 1
+            end = (default or arg).end_lineno
+            if end == arg.lineno == arg.end_lineno:
+                whole.add(arg.lineno)
+    return {line for line in whole if starts[line] == 1}
+
+
 def _colour_pass(source: str, path: str) -> str | None:
     """One round of statement- and expression-level colour edits; None when done."""
     tree = ast.parse(source, filename=path)
@@ -404,10 +433,12 @@ def _colour_pass(source: str, path: str) -> str | None:
             or (node in tree.body and _marker_assignment(node)[0])
         ):
             candidates.append(node)
+    parameters = _parameter_lines(tree)
     for line in directives:
-        if line not in starts:
+        if line not in starts and line not in parameters:
             raise UnasyncError(
-                f"{path}:{line}: '# unasync: async-only' must end a statement's first line"
+                f"{path}:{line}: '# unasync: async-only' must end a statement's first line "
+                "or a line that holds exactly one parameter"
             )
     chosen: list[ast.stmt] = []
     for node in sorted(candidates, key=_first_line):
@@ -421,6 +452,10 @@ def _colour_pass(source: str, path: str) -> str | None:
         # The last statement of a block that loses all of them leaves a ``pass``.
         empties = node is block[-1] and all(id(stmt) in edited for stmt in block)
         edits.append(_statement_edit(node, lines, empties, path))
+    for line in sorted(set(directives) - set(starts)):
+        if not any(start <= line <= end for start, end, _ in edits):
+            edits.append((line, line, []))  # an async-only parameter: drop its line
+    edits.sort(key=lambda edit: edit[0])
     if edits:
         for start, end, keep in reversed(edits):
             lines[start - 1 : end] = keep

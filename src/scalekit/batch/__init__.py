@@ -18,8 +18,9 @@ SQLAlchemy's executemany. Guide: ``docs/batch.md``.
 
 Parts: :mod:`._core` (options, rows, chunks, dedupe, method choice; pure),
 :mod:`._sql` (statements; pure), :mod:`._flow` (the load as a generator of
-I/O requests; pure), :mod:`._sync` and :mod:`._async` (the drivers that do
-the I/O).
+I/O requests; pure), :mod:`._base` (options and psycopg helpers both drivers
+share), :mod:`._async` (the driver that does the I/O) and :mod:`._sync` (the
+blocking driver, generated from it by ``scripts/unasync.py``).
 """
 
 from __future__ import annotations

@@ -1,18 +1,31 @@
-"""The asyncio shell: :func:`abatch_insert` drives the same :class:`~scalekit.batch._flow.Load`.
+"""The asyncio shell: :func:`abatch_insert` drives a :class:`~scalekit.batch._flow.Load`.
 
-Only I/O lives here (awaited): reading rows from an iterable or an async
-iterable, statements and COPY through SQLAlchemy's asyncio API and psycopg's
-``AsyncConnection``, transactions, sleeping. Every decision is the flow's,
-so the sync and async loads behave the same by construction.
+Only I/O lives here: reading input rows, running statements and COPY through
+SQLAlchemy and psycopg, transactions, sleeping. Every decision is the flow's,
+and what both shells share without I/O is in :mod:`._base`; the blocking
+shell is generated from this file, so the two loads behave the same by
+construction.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from itertools import islice
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from scalekit._clock import SYSTEM_CLOCK
+from scalekit._unasync import IS_ASYNC
+from scalekit.batch._base import (
+    COPY_ABORTED,
+    DEFAULT,
+    is_psycopg,
+    make_options,
+    probe_binary,
+    unprepared,
+    wrap_json,
+    wrap_json_rows,
+)
 from scalekit.batch._core import (
     BatchProgress,
     BatchResult,
@@ -40,16 +53,6 @@ from scalekit.batch._flow import (
     Savepoint,
     Sleep,
 )
-from scalekit.batch._sync import (
-    COPY_ABORTED,
-    DEFAULT,
-    is_psycopg,
-    make_options,
-    probe_binary,
-    unprepared,
-    wrap_json,
-    wrap_json_rows,
-)
 from scalekit.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -60,42 +63,59 @@ if TYPE_CHECKING:
 
 __all__ = ["abatch_insert"]
 
+__unasync__ = {
+    "abatch_insert": "batch_insert",
+    "adrive": "drive",
+    "The asyncio shell": "The blocking shell",
+    "an iterable or async iterable": "an iterable",
+    "; or an\n            async iterable (an async generator too)": "",
+}
+
+if IS_ASYNC:
+    InputRows: TypeAlias = Iterable[Any] | AsyncIterable[Any]
+else:
+    InputRows: TypeAlias = Iterable[Any]
+
 
 class _Rows:
-    """Reads chunks from a sync or an async iterable."""
+    """The input rows, read one chunk at a time (so memory stays bounded)."""
 
-    def __init__(self, rows: Iterable[Any] | AsyncIterable[Any]) -> None:
-        self._sync: Iterator[Any] | None = None
-        self._async: AsyncIterator[Any] | None = None
-        if isinstance(rows, AsyncIterable):
+    def __init__(self, rows: InputRows) -> None:
+        self._async: AsyncIterator[Any] | None = None  # unasync: async-only
+        if isinstance(rows, AsyncIterable):  # unasync: async-only
             self._async = aiter(rows)
-        elif isinstance(rows, Iterable):
-            self._sync = iter(rows)
-        else:
+            self._sync: Iterator[Any] = iter(())
+            return
+        if not isinstance(rows, Iterable):
             raise ConfigurationError(
                 "rows must be an iterable or async iterable of dicts or tuples, "
                 f"got {type(rows).__name__}",
                 parameter="rows",
             )
+        self._sync = iter(rows)
 
     async def read(self, count: int) -> list[Any]:
-        if self._sync is not None:
-            from itertools import islice
+        if self._async is not None:  # unasync: async-only
+            out: list[Any] = []
+            while len(out) < count:
+                try:
+                    out.append(await anext(self._async))
+                except StopAsyncIteration:
+                    break
+            return out
+        return list(islice(self._sync, count))
 
-            return list(islice(self._sync, count))
-        assert self._async is not None
-        out: list[Any] = []
-        iterator = self._async
-        while len(out) < count:
-            try:
-                out.append(await anext(iterator))
-            except StopAsyncIteration:
-                break
-        return out
+
+async def _raw(connection: Any) -> Any:
+    """The pool's wrapper of the DBAPI connection under a SQLAlchemy connection."""
+    if IS_ASYNC:
+        return await connection.get_raw_connection()
+    else:
+        return connection.connection
 
 
 class _AsyncTarget:
-    """The AsyncConnection (or AsyncSession) a load runs on, and its transaction primitives."""
+    """The connection (or session) a load runs on, and its transaction primitives."""
 
     def __init__(self, executor: Any, *, session: bool) -> None:
         self.executor = executor
@@ -110,21 +130,21 @@ class _AsyncTarget:
         return connection
 
     async def driver_connection(self) -> Any:
-        connection = await self.connection()
-        raw = await connection.get_raw_connection()
-        return raw.driver_connection
+        return (await _raw(await self.connection())).driver_connection
 
     async def savepoint(self) -> Any:
         connection = await self.connection()
         if connection.dialect.name == "sqlite":
-            # As in the sync shell: open the transaction before the SAVEPOINT.
-            raw = await connection.get_raw_connection()
+            # pysqlite starts its transaction lazily, before the first DML: a
+            # SAVEPOINT before it would open (and RELEASE would commit) one.
+            raw = await _raw(connection)
             if not raw.driver_connection.in_transaction:
                 await connection.exec_driver_sql("BEGIN")
         return await self.executor.begin_nested()
 
 
 async def _copy_rows(connection: Any, op: PgCopy) -> tuple[int, int]:
+    """COPY ``op.rows`` on a psycopg connection; ``(rowcount, bytes sent)``."""
     from psycopg import Error, OperationalError
     from psycopg.copy import AsyncLibpqWriter
 
@@ -139,7 +159,10 @@ async def _copy_rows(connection: Any, op: PgCopy) -> tuple[int, int]:
             if exc is None:
                 await super().finish(None)
                 return
-            # As in the sync shell: no row values to the server or to psycopg's log.
+            # Stopped by an exception of ours: tell the server without the row's
+            # values, and keep the server's own answer (it may have refused an
+            # earlier row, its DETAIL holding that row's values) away from psycopg,
+            # which would log it as a warning. The exception that stopped us wins.
             with contextlib.suppress(Error):
                 await super().finish(COPY_ABORTED)
 
@@ -162,44 +185,52 @@ async def _copy_rows(connection: Any, op: PgCopy) -> tuple[int, int]:
 
 
 async def _perform(target: _AsyncTarget, rows: _Rows, op: Op, clock: Clock) -> Any:
-    if isinstance(op, ReadRows):
+    kind = type(op)
+    if kind is ReadRows:
+        assert isinstance(op, ReadRows)
         return await rows.read(op.count)
-    if isinstance(op, PgCopy):
+    if kind is PgCopy:
+        assert isinstance(op, PgCopy)
         return await _copy_rows(await target.driver_connection(), op)
-    if isinstance(op, PgQuery):
+    if kind is PgQuery:
+        assert isinstance(op, PgQuery)
         cursor = (await target.driver_connection()).cursor()
         params = op.params
         if params is not None and op.json_params:
             params = wrap_json(params, op.json_params)
         await cursor.execute(op.sql, params, prepare=False)
         return cursor.rowcount, (await cursor.fetchall() if cursor.description else [])
-    if isinstance(op, SaExecute):
+    if kind is SaExecute:
+        assert isinstance(op, SaExecute)
         connection = await target.connection()
-        raw = await connection.get_raw_connection()
-        with unprepared(raw.driver_connection):
+        with unprepared((await _raw(connection)).driver_connection):
             result = await connection.execute(op.statement, op.params)
         if op.fetch:
             fetched = result.all()
             return len(fetched), fetched
         return result.rowcount, None
-    if isinstance(op, Commit):
+    if kind is Commit:
         await target.executor.commit()
         return None
-    if isinstance(op, Rollback):
+    if kind is Rollback:
         await target.executor.rollback()
         return None
-    if isinstance(op, Savepoint):
+    if kind is Savepoint:
         return await target.savepoint()
-    if isinstance(op, ReleaseSavepoint):
+    if kind is ReleaseSavepoint:
+        assert isinstance(op, ReleaseSavepoint)
         await op.handle.commit()
         return None
-    if isinstance(op, RollbackSavepoint):
+    if kind is RollbackSavepoint:
+        assert isinstance(op, RollbackSavepoint)
         await op.handle.rollback()
         return None
-    if isinstance(op, Sleep):
+    if kind is Sleep:
+        assert isinstance(op, Sleep)
         await clock.asleep(op.seconds)
         return None
-    if isinstance(op, PgProbe):
+    if kind is PgProbe:
+        assert isinstance(op, PgProbe)
         return probe_binary(await target.driver_connection(), op.oids, op.row)
     raise AssertionError(f"unknown request {op!r}")  # pragma: no cover
 
@@ -207,7 +238,7 @@ async def _perform(target: _AsyncTarget, rows: _Rows, op: Op, clock: Clock) -> A
 async def adrive(
     flow: Generator[Op, Any, BatchResult], perform: Callable[[Op], Any]
 ) -> BatchResult:
-    """Run the flow, awaiting each request: the async twin of :func:`._sync.drive`."""
+    """Run the flow: perform each request, send back its result or throw its error."""
     value: Any = None
     error: BaseException | None = None
     while True:
@@ -227,7 +258,7 @@ async def adrive(
 async def abatch_insert(
     target: Any,
     table: Any,
-    rows: Iterable[Any] | AsyncIterable[Any],
+    rows: InputRows,
     *,
     columns: Sequence[str] | None = None,
     on_conflict: Upsert | Literal["nothing"] | None = None,
@@ -243,26 +274,70 @@ async def abatch_insert(
     resume: BatchResult | int | None = None,
     clock: Clock = SYSTEM_CLOCK,
 ) -> BatchResult:
-    """The asyncio twin of :func:`~scalekit.batch.batch_insert`, with the same parameters.
+    """Insert (or upsert) ``rows`` into ``table``, in chunks, by the fastest method available.
 
-    ``target`` is an ``AsyncEngine``, ``AsyncConnection`` or ``AsyncSession``;
-    ``rows`` an iterable or an async iterable (an async generator of unknown
-    length too), read one chunk at a time. On PostgreSQL the COPY fast paths
-    need the ``postgresql+psycopg`` async driver; other drivers (asyncpg,
-    aiosqlite) use ``unnest``/executemany as :func:`batch_insert` does.
+    Parameters:
+        target: an engine (``AsyncEngine``: the load opens its own connection
+            and transaction), a connection (``AsyncConnection``) or a session
+            (``AsyncSession``, scoped or not): the load runs in its transaction.
+        table: a Core ``Table`` or a mapped ORM class.
+        rows: any iterable (a generator of unknown length too) of dicts or
+            tuples, read one chunk at a time so memory stays bounded; or an
+            async iterable (an async generator too).
+        columns: the columns loaded, in the order of tuple rows. Default:
+            the first dict row's keys, or every insertable column for tuples.
+        on_conflict: ``None`` (a conflict is an error), ``"nothing"`` (skip
+            rows whose key exists) or an :class:`Upsert`.
+        dedupe: with ``on_conflict``, rows of one chunk with the same key:
+            keep the ``"last"`` (default), the ``"first"``, merge them with
+            ``callable(kept: dict, new: dict) -> dict | tuple``, or ``None``
+            (let the database refuse them).
+        returning: column names whose values to return in ``result.returned``,
+            one entry per input row, in input order (``None`` for skipped rows).
+        method: ``"auto"`` (default), ``"copy"``, ``"copy_text"``,
+            ``"copy_staging"``, ``"unnest"`` or ``"executemany"``. On
+            PostgreSQL the COPY methods need the ``postgresql+psycopg``
+            driver; other drivers use ``unnest`` or executemany.
+        chunk_size: rows per chunk; default from the method and the
+            dialect's bind-parameter limit.
+        transaction: ``"all_or_nothing"`` (one transaction), ``"per_chunk"``
+            (commit after each chunk; ``result.resume_position`` says how far
+            it got) or ``"savepoint"`` (one savepoint per chunk).
+        on_error: ``"raise"`` (default) or ``"isolate"``: split a failing
+            chunk until the bad rows are found, reject them, load the rest.
+        on_reject: receives each rejected row; default: ``result.rejected``.
+        retry: a :class:`scalekit.retry.RetryPolicy` for transient errors of a
+            chunk under ``per_chunk`` or ``savepoint``; only idempotent writes
+            (``on_conflict`` given) are retried for any transient error, plain
+            inserts only after a serialization failure or deadlock. Default:
+            3 attempts on ``transient.database``; ``None`` disables.
+        progress: called after each chunk with a :class:`BatchProgress`.
+        resume: a :class:`BatchResult` (or an input position) from a failed
+            run: that many input rows are skipped.
+        clock: where elapsed time and retry sleeps come from.
+
+    Returns:
+        a :class:`BatchResult` (method, inserted/updated/skipped counts,
+        returned values, rejected rows).
 
     Raises:
-        ConfigurationError: bad options or target (before anything is written).
-        InvalidBatchRow: a row does not fit the table (``on_error="raise"``).
-        BatchChunkError: the database refused a chunk; ``.result`` says
-            where to resume.
+        ConfigurationError: bad options, an unknown table or column, a
+            method the dialect cannot run (before anything is written).
+        InvalidBatchRow: a row does not fit the table (with
+            ``on_error="raise"``); nothing of its chunk is written.
+        BatchChunkError: the database refused a chunk; ``.rows_written`` rows
+            were committed before it and ``.result`` says where to resume.
 
-    Example::
-
-        result = await abatch_insert(async_engine, orders, rows_async_gen(),
-                                     transaction="per_chunk")
+    >>> result = await abatch_insert(  # doctest: +SKIP
+    ...     engine, orders, rows, on_conflict=Upsert(index=["id"], update=["amount"]))
+    >>> result.method, result.inserted, result.updated  # doctest: +SKIP
     """
-    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+    from sqlalchemy.ext.asyncio import (
+        AsyncConnection,
+        AsyncEngine,
+        AsyncSession,
+        async_scoped_session,
+    )
 
     options = make_options(
         columns=columns,
@@ -282,19 +357,34 @@ async def abatch_insert(
     if isinstance(target, AsyncEngine):
         async with target.connect() as connection:
             return await _run(
-                connection, _AsyncTarget(connection, session=False), table, reader, options,
-                owns=True, clock=clock,
-            )  # fmt: skip
+                connection,
+                _AsyncTarget(connection, session=False),
+                table,
+                reader,
+                options,
+                owns=True,
+                clock=clock,
+            )
     if isinstance(target, AsyncConnection):
         return await _run(
-            target, _AsyncTarget(target, session=False), table, reader, options,
-            owns=False, clock=clock,
-        )  # fmt: skip
-    if isinstance(target, AsyncSession):
+            target,
+            _AsyncTarget(target, session=False),
+            table,
+            reader,
+            options,
+            owns=False,
+            clock=clock,
+        )
+    if isinstance(target, (AsyncSession, async_scoped_session)):
         return await _run(
-            await target.connection(), _AsyncTarget(target, session=True), table, reader,
-            options, owns=False, clock=clock,
-        )  # fmt: skip
+            await target.connection(),
+            _AsyncTarget(target, session=True),
+            table,
+            reader,
+            options,
+            owns=False,
+            clock=clock,
+        )
     raise ConfigurationError(
         "target must be a SQLAlchemy AsyncEngine, AsyncConnection or AsyncSession, "
         f"got {type(target).__name__}",

@@ -1,17 +1,32 @@
+# This file is generated from src/scalekit/batch/_async.py by scripts/unasync.py.
+# DO NOT EDIT; edit the async file and run: python scripts/unasync.py
 """The blocking shell: :func:`batch_insert` drives a :class:`~scalekit.batch._flow.Load`.
 
 Only I/O lives here: reading input rows, running statements and COPY through
-SQLAlchemy and psycopg, transactions, sleeping. Every decision is the flow's.
+SQLAlchemy and psycopg, transactions, sleeping. Every decision is the flow's,
+and what both shells share without I/O is in :mod:`._base`; the blocking
+shell is generated from this file, so the two loads behave the same by
+construction.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from itertools import islice
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from scalekit._clock import SYSTEM_CLOCK
+from scalekit.batch._base import (
+    COPY_ABORTED,
+    DEFAULT,
+    is_psycopg,
+    make_options,
+    probe_binary,
+    unprepared,
+    wrap_json,
+    wrap_json_rows,
+)
 from scalekit.batch._core import (
     BatchProgress,
     BatchResult,
@@ -38,7 +53,6 @@ from scalekit.batch._flow import (
     SaExecute,
     Savepoint,
     Sleep,
-    default_retry,
 )
 from scalekit.errors import ConfigurationError
 
@@ -48,147 +62,63 @@ if TYPE_CHECKING:
     from scalekit.retry import RetryPolicy
     from scalekit.typing import Clock
 
-__all__ = [
-    "COPY_ABORTED",
-    "DEFAULT",
-    "batch_insert",
-    "probe_binary",
-    "unprepared",
-    "wrap_json",
-    "wrap_json_rows",
-]
+__all__ = ["batch_insert"]
+
+InputRows: TypeAlias = Iterable[Any]
 
 
-class _Default:
-    __slots__ = ()
+class _Rows:
+    """The input rows, read one chunk at a time (so memory stays bounded)."""
 
-    def __repr__(self) -> str:
-        return "DEFAULT"
+    def __init__(self, rows: InputRows) -> None:
+        if not isinstance(rows, Iterable):
+            raise ConfigurationError(
+                f"rows must be an iterable of dicts or tuples, got {type(rows).__name__}",
+                parameter="rows",
+            )
+        self._sync = iter(rows)
 
-
-DEFAULT: Any = _Default()
-"""The default retry policy marker (see :func:`batch_insert`'s ``retry``)."""
-
-
-def make_options(
-    *,
-    columns: Sequence[str] | None,
-    on_conflict: Upsert | Literal["nothing"] | None,
-    dedupe: Dedupe,
-    returning: Sequence[str] | None,
-    method: Method,
-    chunk_size: int | None,
-    transaction: TransactionPolicy,
-    on_error: OnError,
-    on_reject: Callable[[RejectedRow], None] | None,
-    retry: RetryPolicy | None,
-    progress: Callable[[BatchProgress], None] | None,
-    resume: BatchResult | int | None,
-) -> LoadOptions:
-    """Validate the keyword arguments shared by both shells."""
-    if retry is DEFAULT:
-        retry = default_retry()
-    if resume is None:
-        resume_at = 0
-    elif isinstance(resume, BatchResult):
-        resume_at = resume.resume_position
-    else:
-        resume_at = resume
-    return LoadOptions(
-        columns=columns,
-        on_conflict=on_conflict,
-        dedupe=dedupe,
-        returning=returning,
-        method=method,
-        chunk_size=chunk_size,
-        transaction=transaction,
-        on_error=on_error,
-        on_reject=on_reject,
-        retry=retry,
-        progress=progress,
-        resume=resume_at,
-    )
+    def read(self, count: int) -> list[Any]:
+        return list(islice(self._sync, count))
 
 
-def is_psycopg(dialect: Any) -> bool:
-    """Does this SQLAlchemy dialect run on psycopg 3 (and so offer COPY)?"""
-    return bool(dialect.name == "postgresql" and dialect.driver == "psycopg")
+def _raw(connection: Any) -> Any:
+    """The pool's wrapper of the DBAPI connection under a SQLAlchemy connection."""
+    return connection.connection
 
 
-def wrap_json(params: Sequence[Any], json_params: Sequence[tuple[int, str]]) -> list[Any]:
-    """Wrap the items of json/jsonb array parameters for psycopg."""
-    from psycopg.types.json import Json, Jsonb
+class _Target:
+    """The connection (or session) a load runs on, and its transaction primitives."""
 
-    out = list(params)
-    for index, kind in json_params:
-        wrapper = Jsonb if kind == "jsonb" else Json
-        out[index] = [None if v is None else wrapper(v) for v in out[index]]
-    return out
+    def __init__(self, executor: Any, *, session: bool) -> None:
+        self.executor = executor
+        self.session = session
 
+    def connection(self) -> Any:
+        if self.session:
+            return self.executor.connection()
+        connection = self.executor
+        if not connection.in_transaction():
+            connection.begin()
+        return connection
 
-def wrap_json_rows(
-    rows: Iterable[Sequence[Any]], json_columns: Sequence[tuple[int, str]]
-) -> Iterator[tuple[Any, ...]]:
-    """Rows with the values of json/jsonb columns wrapped for a text COPY."""
-    from psycopg.types.json import Json, Jsonb
+    def driver_connection(self) -> Any:
+        return _raw(self.connection()).driver_connection
 
-    wrappers = [(index, Jsonb if kind == "jsonb" else Json) for index, kind in json_columns]
-    for row in rows:
-        values = list(row)
-        for index, wrapper in wrappers:
-            if values[index] is not None:
-                values[index] = wrapper(values[index])
-        yield tuple(values)
-
-
-def probe_binary(connection: Any, oids: Sequence[int], row: Sequence[Any]) -> int | None:
-    """The index of the first value psycopg cannot dump in binary for its OID, or ``None``."""
-    from psycopg.adapt import PyFormat, Transformer
-    from psycopg.pq import Format
-
-    for index, (oid, value) in enumerate(zip(oids, row, strict=True)):
-        if value is None:
-            continue
-        transformer = Transformer(connection)
-        try:
-            transformer.set_dumper_types([oid], Format.BINARY)
-            transformer.dump_sequence([value], [PyFormat.BINARY])
-        except Exception:
-            return index
-    return None
+    def savepoint(self) -> Any:
+        connection = self.connection()
+        if connection.dialect.name == "sqlite":
+            # pysqlite starts its transaction lazily, before the first DML: a
+            # SAVEPOINT before it would open (and RELEASE would commit) one.
+            raw = _raw(connection)
+            if not raw.driver_connection.in_transaction:
+                connection.exec_driver_sql("BEGIN")
+        return self.executor.begin_nested()
 
 
-class CopyAborted(Exception):
-    """Why a COPY was stopped, as the server is told (and may log): never a row's values."""
-
-
-COPY_ABORTED = CopyAborted("scalekit.batch stopped the COPY (a row it could not send)")
-
-
-@contextlib.contextmanager
-def unprepared(driver_connection: Any) -> Iterator[None]:
-    """Turn psycopg's automatic prepared statements off on this connection for the block.
-
-    A prepared statement lives on one server connection. Behind PgBouncer in
-    transaction pooling mode (before 1.21, or without ``max_prepared_statements``)
-    the next transaction of the same client connection runs on another one,
-    where the statement does not exist, or where another client's statement of
-    the same name does. A load runs each statement once per chunk: preparing
-    it gains nothing. Other drivers (no ``prepare_threshold``) are left alone.
-    """
-    threshold = getattr(driver_connection, "prepare_threshold", None)
-    if threshold is None:
-        yield
-        return
-    driver_connection.prepare_threshold = None
-    try:
-        yield
-    finally:
-        driver_connection.prepare_threshold = threshold
-
-
-def _counting_writer(cursor: Any) -> Any:
-    from psycopg import Error
+def _copy_rows(connection: Any, op: PgCopy) -> tuple[int, int]:
+    """COPY ``op.rows`` on a psycopg connection; ``(rowcount, bytes sent)``."""
+    from psycopg import Error, OperationalError
     from psycopg.copy import LibpqWriter
 
     class CountingWriter(LibpqWriter):
@@ -209,15 +139,8 @@ def _counting_writer(cursor: Any) -> Any:
             with contextlib.suppress(Error):
                 super().finish(COPY_ABORTED)
 
-    return CountingWriter(cursor)
-
-
-def copy_rows(connection: Any, op: PgCopy) -> tuple[int, int]:
-    """COPY ``op.rows`` on a psycopg connection; ``(rowcount, bytes sent)``."""
-    from psycopg import OperationalError
-
     cursor = connection.cursor()
-    writer = _counting_writer(cursor)
+    writer = CountingWriter(cursor)
     with cursor.copy(op.sql, writer=writer) as copy:
         if op.oids is not None:
             copy.set_types(list(op.oids))
@@ -234,43 +157,14 @@ def copy_rows(connection: Any, op: PgCopy) -> tuple[int, int]:
     return cursor.rowcount, writer.sent
 
 
-class _Target:
-    """The connection (or session) a load runs on, and its transaction primitives."""
-
-    def __init__(self, executor: Any, *, session: bool) -> None:
-        self.executor = executor
-        self.session = session
-
-    def connection(self) -> Any:
-        if self.session:
-            return self.executor.connection()
-        connection = self.executor
-        if not connection.in_transaction():
-            connection.begin()
-        return connection
-
-    def driver_connection(self) -> Any:
-        return self.connection().connection.driver_connection
-
-    def savepoint(self) -> Any:
-        connection = self.connection()
-        if connection.dialect.name == "sqlite":
-            # pysqlite starts its transaction lazily, before the first DML: a
-            # SAVEPOINT before it would open (and RELEASE would commit) one.
-            raw = connection.connection.driver_connection
-            if not raw.in_transaction:
-                connection.exec_driver_sql("BEGIN")
-        return self.executor.begin_nested()
-
-
-def _perform(target: _Target, rows: Any, op: Op, clock: Clock) -> Any:
+def _perform(target: _Target, rows: _Rows, op: Op, clock: Clock) -> Any:
     kind = type(op)
     if kind is ReadRows:
         assert isinstance(op, ReadRows)
-        return list(islice(rows, op.count))
+        return rows.read(op.count)
     if kind is PgCopy:
         assert isinstance(op, PgCopy)
-        return copy_rows(target.driver_connection(), op)
+        return _copy_rows(target.driver_connection(), op)
     if kind is PgQuery:
         assert isinstance(op, PgQuery)
         cursor = target.driver_connection().cursor()
@@ -282,7 +176,7 @@ def _perform(target: _Target, rows: Any, op: Op, clock: Clock) -> Any:
     if kind is SaExecute:
         assert isinstance(op, SaExecute)
         connection = target.connection()
-        with unprepared(connection.connection.driver_connection):
+        with unprepared(_raw(connection).driver_connection):
             result = connection.execute(op.statement, op.params)
         if op.fetch:
             fetched = result.all()
@@ -335,7 +229,7 @@ def drive(flow: Generator[Op, Any, BatchResult], perform: Callable[[Op], Any]) -
 def batch_insert(
     target: Any,
     table: Any,
-    rows: Iterable[Any],
+    rows: InputRows,
     *,
     columns: Sequence[str] | None = None,
     on_conflict: Upsert | Literal["nothing"] | None = None,
@@ -354,12 +248,12 @@ def batch_insert(
     """Insert (or upsert) ``rows`` into ``table``, in chunks, by the fastest method available.
 
     Parameters:
-        target: an ``Engine`` (the load opens its own connection and
-            transaction), a ``Connection`` or a ``Session`` (the load runs in
-            its transaction).
+        target: an engine (``Engine``: the load opens its own connection
+            and transaction), a connection (``Connection``) or a session
+            (``Session``, scoped or not): the load runs in its transaction.
         table: a Core ``Table`` or a mapped ORM class.
         rows: any iterable (a generator of unknown length too) of dicts or
-            tuples; read one chunk at a time, so memory stays bounded.
+            tuples, read one chunk at a time so memory stays bounded.
         columns: the columns loaded, in the order of tuple rows. Default:
             the first dict row's keys, or every insertable column for tuples.
         on_conflict: ``None`` (a conflict is an error), ``"nothing"`` (skip
@@ -371,7 +265,9 @@ def batch_insert(
         returning: column names whose values to return in ``result.returned``,
             one entry per input row, in input order (``None`` for skipped rows).
         method: ``"auto"`` (default), ``"copy"``, ``"copy_text"``,
-            ``"copy_staging"``, ``"unnest"`` or ``"executemany"``.
+            ``"copy_staging"``, ``"unnest"`` or ``"executemany"``. On
+            PostgreSQL the COPY methods need the ``postgresql+psycopg``
+            driver; other drivers use ``unnest`` or executemany.
         chunk_size: rows per chunk; default from the method and the
             dialect's bind-parameter limit.
         transaction: ``"all_or_nothing"`` (one transaction), ``"per_chunk"``
@@ -402,13 +298,11 @@ def batch_insert(
         BatchChunkError: the database refused a chunk; ``.rows_written`` rows
             were committed before it and ``.result`` says where to resume.
 
-    Example::
-
-        result = batch_insert(engine, orders, rows,
-                              on_conflict=Upsert(index=["id"], update=["amount"]))
-        print(result.method, result.inserted, result.updated)
+    >>> result = batch_insert(  # doctest: +SKIP
+    ...     engine, orders, rows, on_conflict=Upsert(index=["id"], update=["amount"]))
+    >>> result.method, result.inserted, result.updated  # doctest: +SKIP
     """
-    from sqlalchemy.engine import Connection, Engine
+    from sqlalchemy import Connection, Engine
     from sqlalchemy.orm import Session, scoped_session
 
     options = make_options(
@@ -425,27 +319,34 @@ def batch_insert(
         progress=progress,
         resume=resume,
     )
+    reader = _Rows(rows)
     if isinstance(target, Engine):
         with target.connect() as connection:
             return _run(
                 connection,
                 _Target(connection, session=False),
                 table,
-                rows,
+                reader,
                 options,
                 owns=True,
                 clock=clock,
             )
     if isinstance(target, Connection):
         return _run(
-            target, _Target(target, session=False), table, rows, options, owns=False, clock=clock
+            target,
+            _Target(target, session=False),
+            table,
+            reader,
+            options,
+            owns=False,
+            clock=clock,
         )
     if isinstance(target, (Session, scoped_session)):
         return _run(
             target.connection(),
             _Target(target, session=True),
             table,
-            rows,
+            reader,
             options,
             owns=False,
             clock=clock,
@@ -460,17 +361,12 @@ def _run(
     connection: Any,
     target: _Target,
     table: Any,
-    rows: Iterable[Any],
+    rows: _Rows,
     options: LoadOptions,
     *,
     owns: bool,
     clock: Clock,
 ) -> BatchResult:
-    if not isinstance(rows, Iterable):
-        raise ConfigurationError(
-            f"rows must be an iterable of dicts or tuples, got {type(rows).__name__}",
-            parameter="rows",
-        )
     dialect = connection.dialect
     load = Load(
         table,
@@ -480,5 +376,4 @@ def _run(
         owns_transaction=owns,
         clock=clock,
     )
-    iterator = iter(rows)
-    return drive(load.run(), lambda op: _perform(target, iterator, op, clock))
+    return drive(load.run(), lambda op: _perform(target, rows, op, clock))

@@ -15,7 +15,9 @@ adding latency, and emits an event when it falls back and when it recovers.
 
 The pure rules are in ``_core`` (one pair of functions per algorithm), the Lua
 scripts that mirror them in ``_lua/``, the stores in ``_backends/``, and the
-thin sync and asyncio shells in ``_sync``, ``_async`` and ``_concurrency``.
+thin shells: what both colours share without I/O in ``_base``, the asyncio
+limiter in ``_async`` and the sync one in ``_sync`` (generated from it by
+``scripts/unasync.py``), and the concurrency limiters in ``_concurrency``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 from scalekit.errors import RateLimiterUnavailable
 from scalekit.ratelimit._async import AsyncRateLimiter
 from scalekit.ratelimit._backends import AsyncRedisBackend, MemoryBackend, RedisBackend
+from scalekit.ratelimit._base import FallbackPolicy, ShadowDenied
 from scalekit.ratelimit._concurrency import (
     AsyncConcurrencyLimiter,
     AsyncLease,
@@ -38,7 +41,6 @@ from scalekit.ratelimit._core import (
     hash_key_part,
     storage_key,
 )
-from scalekit.ratelimit._shell import FallbackPolicy, ShadowDenied
 from scalekit.ratelimit._sync import RateLimiter
 
 __all__ = [

@@ -1,4 +1,8 @@
-"""The asyncio rate limiter: :class:`RateLimiter` with ``await``. Logic in :mod:`._shell`."""
+"""The asyncio rate limiter. All logic lives in :mod:`._base` and :mod:`._core`.
+
+This file is the source of the blocking limiter too (``scripts/unasync.py``
+generates it); only the store calls differ, and the asyncio-only ``timeout``.
+"""
 
 from __future__ import annotations
 
@@ -6,63 +10,68 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from scalekit._clock import SYSTEM_CLOCK
-from scalekit._redis_bounded import DEFAULT_OP_TIMEOUT, check_op_timeout
-from scalekit.errors import ConfigurationError
-from scalekit.ratelimit._backends import AsyncRedisBackend, MemoryBackend, StoreUnavailable
-from scalekit.ratelimit._backends._memory import AsyncMemoryBackend
+from scalekit._redis_bounded import DEFAULT_OP_TIMEOUT
+from scalekit._unasync import IS_ASYNC
+from scalekit.ratelimit._backends import AsyncRedisBackend, StoreUnavailable
+from scalekit.ratelimit._base import FallbackPolicy, LimiterLogic, Plan, async_backend, sync_backend
 from scalekit.ratelimit._core import Algorithm, Decision, Limit
-from scalekit.ratelimit._shell import FallbackPolicy, LimiterLogic, Plan, check_positive
-from scalekit.ratelimit._sync import is_async_client
 
 if TYPE_CHECKING:
-    from scalekit.ratelimit._backends import AsyncBackend
     from scalekit.typing import Clock
 
 __all__ = ["AsyncRateLimiter"]
 
-
-def async_backend(
-    store: Any, timeout: float | None, op_timeout: float = DEFAULT_OP_TIMEOUT
-) -> AsyncBackend:
-    """The backend for an asyncio ``store``; raises ConfigurationError if it is not one.
-
-    ``timeout`` and ``op_timeout`` are validated, and apply to a backend built here.
-    """
-    op_timeout = check_op_timeout(op_timeout)
-    if timeout is not None:
-        timeout = check_positive(timeout, "timeout")
-    if isinstance(store, (AsyncRedisBackend, AsyncMemoryBackend)):
-        return store
-    if isinstance(store, MemoryBackend):
-        return AsyncMemoryBackend(store)
-    if is_async_client(store):
-        return AsyncRedisBackend(store, timeout=timeout, op_timeout=op_timeout)
-    if callable(getattr(store, "evalsha", None)):
-        raise ConfigurationError(
-            f"{type(store).__name__} is a blocking client: use RateLimiter, or pass a "
-            "redis.asyncio client",
-            parameter="store",
-        )
-    raise ConfigurationError(
-        f"store must be a redis.asyncio client or a MemoryBackend, got {type(store).__name__}",
-        parameter="store",
-    )
+__unasync__ = {
+    "The asyncio rate limiter": "The blocking rate limiter",
+    "\n\nThis file is the source of the blocking limiter too (``scripts/unasync.py``\n"
+    "generates it); only the store calls differ, and the asyncio-only ``timeout``.": "",
+    "        timeout: asyncio only: seconds that bound each store call\n"
+    "            (``asyncio.wait_for``) when set.\n": "",
+}
 
 
 class AsyncRateLimiter:
-    """The asyncio twin of :class:`RateLimiter`, same parameters and methods, awaited.
+    """Limit how often a key may act, shared by every process on one Redis.
 
-    ``store`` is a ``redis.asyncio.Redis`` or ``redis.asyncio.cluster.RedisCluster``
-    (or a :class:`MemoryBackend`). ``op_timeout`` bounds what an outage costs,
-    as for :class:`RateLimiter`; ``timeout`` (seconds), when set, also bounds
-    each store call with ``asyncio.wait_for``. Call :meth:`aclose` when done:
-    it closes the connections the limiter opened (never your client).
+    ``store`` is your ``redis.asyncio.Redis`` or ``redis.asyncio.cluster.RedisCluster``
+    (or a :class:`MemoryBackend` for one process and tests). Each check is one
+    EVALSHA that runs on Redis's clock and returns the whole decision. Call
+    :meth:`aclose` when done: it closes the connections the limiter opened
+    (never your client).
 
-    >>> import asyncio
-    >>> from scalekit.ratelimit import AsyncRateLimiter, MemoryBackend
+    Args:
+        algorithm: ``"gcra"`` (default), ``"token_bucket"``,
+            ``"sliding_window_log"`` (exact), ``"sliding_window_counter"``
+            (approximate, two counters) or ``"fixed_window"``.
+        namespace: prefix of every Redis key; limiters with different
+            namespaces never share state.
+        fallback: when Redis is unreachable: ``"local"`` (default: an
+            in-process limiter with each limit divided by ``instances``),
+            ``"allow"`` (fail open), ``"deny"`` (fail closed) or ``"raise"``.
+        instances: how many processes share the limit, for ``"local"``.
+        local_cache: deny locally, without a round trip, a key known to be
+            over its limit until its ``retry_after`` (``True`` or a max size).
+        shadow: decide and report but never deny (for rolling out a limit);
+            would-be denials emit ``ShadowDenied`` events.
+        consume_denied: count denied hits against the limit too.
+        failure_threshold: consecutive store failures before the store is
+            skipped for ``recovery_interval`` seconds.
+        max_local_keys: bound on the keys the local fallback keeps.
+        timeout: asyncio only: seconds that bound each store call
+            (``asyncio.wait_for``) when set.
+        op_timeout: seconds a Redis command may take per phase (connect,
+            then reply): a stopped, killed or paused Redis costs a check at
+            most about ``2 * op_timeout`` once per probe, then the fallback
+            answers at once, whatever the client's own timeouts and retries
+            (see :class:`AsyncRedisBackend`; for a backend you pass, set it there).
+        clock: time for the breaker and the local limiter.
+        name: the name in events (defaults to ``namespace``).
+
+    >>> from scalekit.ratelimit import MemoryBackend, AsyncRateLimiter
     >>> limiter = AsyncRateLimiter(MemoryBackend())
-    >>> asyncio.run(limiter.hit("k", "5/second")).remaining
-    4
+    >>> decision = await limiter.hit("customer:42", "2/minute")
+    >>> decision.allowed, decision.remaining
+    (True, 1)
 
     Raises:
         ConfigurationError: a bad parameter (``parameter`` names it).
@@ -82,12 +91,15 @@ class AsyncRateLimiter:
         failure_threshold: int = 1,
         recovery_interval: float = 1.0,
         max_local_keys: int = 10_000,
-        timeout: float | None = None,
+        timeout: float | None = None,  # unasync: async-only
         op_timeout: float = DEFAULT_OP_TIMEOUT,
         clock: Clock = SYSTEM_CLOCK,
         name: str | None = None,
     ) -> None:
-        self.backend = async_backend(store, timeout, op_timeout)
+        if IS_ASYNC:
+            self.backend = async_backend(store, timeout, op_timeout)
+        else:
+            self.backend = sync_backend(store, op_timeout)
         self._logic = LimiterLogic(
             algorithm=algorithm,
             namespace=namespace,
@@ -102,7 +114,8 @@ class AsyncRateLimiter:
             clock=clock,
             name=name,
         )
-        # As in RateLimiter: ``hit`` against one limit sends a request encoded once.
+        # ``hit`` against one limit goes straight to a request encoded once per
+        # limit and cost, unless a local over-limit cache must be consulted.
         self._one_key: AsyncRedisBackend | None = None
         if isinstance(self.backend, AsyncRedisBackend) and self._logic.prepares_hits:
             self._one_key = self.backend
@@ -118,7 +131,15 @@ class AsyncRateLimiter:
         return self._logic.guard.degraded
 
     async def hit(self, key: str | bytes, limit: Limit | str, cost: int = 1) -> Decision:
-        """See :meth:`RateLimiter.hit`."""
+        """Count a hit of ``cost`` against ``limit`` for ``key``, if allowed.
+
+        >>> decision = await AsyncRateLimiter(MemoryBackend()).hit("ip:10.0.0.1", Limit(1, per=1))
+        >>> decision.allowed
+        True
+
+        Raises:
+            ConfigurationError: a bad limit, key or cost (more than the limit's capacity).
+        """
         logic = self._logic
         backend = self._one_key
         if backend is not None:
@@ -138,26 +159,49 @@ class AsyncRateLimiter:
     async def hit_all(
         self, key: str | bytes, limits: Sequence[Limit | str], cost: int = 1
     ) -> Decision:
-        """See :meth:`RateLimiter.hit_all`."""
+        """Hit several limits atomically (one script call): allowed only if all allow.
+
+        Nothing is counted when any limit denies. The decision reports the most
+        restrictive limit: the denial with the longest ``retry_after``, or the
+        allowance with the fewest ``remaining``.
+
+        >>> limiter = AsyncRateLimiter(MemoryBackend())
+        >>> decision = await limiter.hit_all("k", ["10/second", "1000/hour"])
+        >>> decision.limit
+        Limit(10/1s)
+
+        Raises:
+            ConfigurationError: no limits, or a bad limit, key or cost.
+        """
         return await self._check(self._logic.plan(key, limits, cost, write=True))
 
     async def peek(self, key: str | bytes, limit: Limit | str | Sequence[Limit | str]) -> Decision:
-        """See :meth:`RateLimiter.peek`."""
+        """Whether a hit of 1 would be allowed now, and what remains; counts nothing.
+
+        Raises:
+            ConfigurationError: a bad limit or key.
+        """
         return await self._check(self._logic.plan(key, limit, 1, write=False))
 
     async def enforce(
         self, key: str | bytes, limit: Limit | str | Sequence[Limit | str], cost: int = 1
     ) -> Decision:
-        """See :meth:`RateLimiter.enforce`.
+        """Like :meth:`hit_all`, but raise when denied.
 
         Raises:
             RateLimitExceeded: denied; ``.decision`` holds the decision.
+            ConfigurationError: a bad limit, key or cost.
         """
-        decision = await self._check(self._logic.plan(key, limit, cost, write=True))
-        return decision.raise_for_denied()
+        plan = self._logic.plan(key, limit, cost, write=True)
+        return (await self._check(plan)).raise_for_denied()
 
     async def reset(self, key: str | bytes, limit: Limit | str | Sequence[Limit | str]) -> None:
-        """See :meth:`RateLimiter.reset`."""
+        """Forget ``key``'s usage of ``limit`` (or of several limits), in Redis and locally.
+
+        Raises:
+            ConfigurationError: a bad limit or key.
+            redis.exceptions.RedisError: the store failed (reset has no fallback).
+        """
         plan = self._logic.plan(key, limit, 0, write=False)
         self._logic.forget(plan.keys)
         await self.backend.delete(plan.keys)

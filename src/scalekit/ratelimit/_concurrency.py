@@ -24,6 +24,16 @@ from scalekit._clock import SYSTEM_CLOCK
 from scalekit._redis_bounded import DEFAULT_OP_TIMEOUT
 from scalekit.errors import ConcurrencyLimitExceeded, ConfigurationError
 from scalekit.ratelimit._backends import MemoryBackend, StoreUnavailable
+from scalekit.ratelimit._base import (
+    FallbackPolicy,
+    StoreGuard,
+    async_backend,
+    check_count,
+    check_fallback,
+    check_positive,
+    sync_backend,
+    unavailable,
+)
 from scalekit.ratelimit._core import (
     MAX_AMOUNT,
     MAX_PERIOD,
@@ -31,14 +41,6 @@ from scalekit.ratelimit._core import (
     check_namespace,
     concurrency_key,
     is_number,
-)
-from scalekit.ratelimit._shell import (
-    FallbackPolicy,
-    StoreGuard,
-    check_count,
-    check_fallback,
-    check_positive,
-    unavailable,
 )
 
 if TYPE_CHECKING:
@@ -217,8 +219,6 @@ class ConcurrencyLimiter:
         clock: Clock = SYSTEM_CLOCK,
         name: str | None = None,
     ) -> None:
-        from scalekit.ratelimit._sync import sync_backend
-
         self.backend: SyncBackend = sync_backend(store, op_timeout)
         self._logic = _ConcurrencyLogic(
             limit=limit,
@@ -395,8 +395,6 @@ class AsyncConcurrencyLimiter:
         clock: Clock = SYSTEM_CLOCK,
         name: str | None = None,
     ) -> None:
-        from scalekit.ratelimit._async import async_backend
-
         self.backend: AsyncBackend = async_backend(store, timeout, op_timeout)
         self._logic = _ConcurrencyLogic(
             limit=limit,

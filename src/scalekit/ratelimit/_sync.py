@@ -1,4 +1,6 @@
-"""The blocking rate limiter. All logic lives in :mod:`._shell` and :mod:`._core`."""
+# This file is generated from src/scalekit/ratelimit/_async.py by scripts/unasync.py.
+# DO NOT EDIT; edit the async file and run: python scripts/unasync.py
+"""The blocking rate limiter. All logic lives in :mod:`._base` and :mod:`._core`."""
 
 from __future__ import annotations
 
@@ -6,56 +8,25 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from scalekit._clock import SYSTEM_CLOCK
-from scalekit._redis_bounded import DEFAULT_OP_TIMEOUT, check_op_timeout
-from scalekit.errors import ConfigurationError
-from scalekit.ratelimit._backends import MemoryBackend, RedisBackend, StoreUnavailable
+from scalekit._redis_bounded import DEFAULT_OP_TIMEOUT
+from scalekit.ratelimit._backends import RedisBackend, StoreUnavailable
+from scalekit.ratelimit._base import FallbackPolicy, LimiterLogic, Plan, sync_backend
 from scalekit.ratelimit._core import Algorithm, Decision, Limit
-from scalekit.ratelimit._shell import FallbackPolicy, LimiterLogic, Plan
 
 if TYPE_CHECKING:
-    from scalekit.ratelimit._backends import SyncBackend
     from scalekit.typing import Clock
 
 __all__ = ["RateLimiter"]
 
 
-def is_async_client(store: object) -> bool:
-    """Whether ``store`` is a ``redis.asyncio`` client (standalone or cluster, or a fake of one)."""
-    try:
-        from redis.asyncio import Redis as AsyncRedis
-        from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
-    except ImportError:  # pragma: no cover - redis is not installed
-        return False
-    return isinstance(store, (AsyncRedis, AsyncRedisCluster))
-
-
-def sync_backend(store: Any, op_timeout: float = DEFAULT_OP_TIMEOUT) -> SyncBackend:
-    """The backend for a blocking ``store``; raises ConfigurationError if it is not one.
-
-    ``op_timeout`` is validated, and applies to a backend built here.
-    """
-    op_timeout = check_op_timeout(op_timeout)
-    if isinstance(store, (MemoryBackend, RedisBackend)):
-        return store
-    if is_async_client(store):
-        raise ConfigurationError(
-            f"{type(store).__name__} is an asyncio client: use the Async* limiter",
-            parameter="store",
-        )
-    if callable(getattr(store, "evalsha", None)):
-        return RedisBackend(store, op_timeout=op_timeout)
-    raise ConfigurationError(
-        f"store must be a redis-py client or a MemoryBackend, got {type(store).__name__}",
-        parameter="store",
-    )
-
-
 class RateLimiter:
     """Limit how often a key may act, shared by every process on one Redis.
 
-    ``store`` is your ``redis.Redis`` or ``redis.cluster.RedisCluster`` (or a
-    :class:`MemoryBackend` for one process and tests). Each check is one
-    EVALSHA that runs on Redis's clock and returns the whole decision.
+    ``store`` is your ``redis.Redis`` or ``redis.cluster.RedisCluster``
+    (or a :class:`MemoryBackend` for one process and tests). Each check is one
+    EVALSHA that runs on Redis's clock and returns the whole decision. Call
+    :meth:`close` when done: it closes the connections the limiter opened
+    (never your client).
 
     Args:
         algorithm: ``"gcra"`` (default), ``"token_bucket"``,
@@ -83,7 +54,7 @@ class RateLimiter:
         clock: time for the breaker and the local limiter.
         name: the name in events (defaults to ``namespace``).
 
-    >>> from scalekit.ratelimit import Limit, MemoryBackend, RateLimiter
+    >>> from scalekit.ratelimit import MemoryBackend, RateLimiter
     >>> limiter = RateLimiter(MemoryBackend())
     >>> decision = limiter.hit("customer:42", "2/minute")
     >>> decision.allowed, decision.remaining
@@ -145,7 +116,8 @@ class RateLimiter:
     def hit(self, key: str | bytes, limit: Limit | str, cost: int = 1) -> Decision:
         """Count a hit of ``cost`` against ``limit`` for ``key``, if allowed.
 
-        >>> RateLimiter(MemoryBackend()).hit("ip:10.0.0.1", Limit(1, per=1)).allowed
+        >>> decision = RateLimiter(MemoryBackend()).hit("ip:10.0.0.1", Limit(1, per=1))
+        >>> decision.allowed
         True
 
         Raises:
@@ -175,7 +147,8 @@ class RateLimiter:
         allowance with the fewest ``remaining``.
 
         >>> limiter = RateLimiter(MemoryBackend())
-        >>> limiter.hit_all("k", ["10/second", "1000/hour"]).limit
+        >>> decision = limiter.hit_all("k", ["10/second", "1000/hour"])
+        >>> decision.limit
         Limit(10/1s)
 
         Raises:
@@ -200,7 +173,8 @@ class RateLimiter:
             RateLimitExceeded: denied; ``.decision`` holds the decision.
             ConfigurationError: a bad limit, key or cost.
         """
-        return self._check(self._logic.plan(key, limit, cost, write=True)).raise_for_denied()
+        plan = self._logic.plan(key, limit, cost, write=True)
+        return self._check(plan).raise_for_denied()
 
     def reset(self, key: str | bytes, limit: Limit | str | Sequence[Limit | str]) -> None:
         """Forget ``key``'s usage of ``limit`` (or of several limits), in Redis and locally.

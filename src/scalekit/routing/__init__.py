@@ -14,8 +14,10 @@ and back-off, lag from LSNs, consistency tokens, replica choice, failover
 roles) on an injected clock; ``_statements.py`` says whether a SQLAlchemy
 statement writes; ``_router.py`` does the I/O once, over sync engines, and
 listens to the engines' events; ``_orm.py`` is the ``Session`` whose
-``get_bind`` routes; ``_sync.py`` and ``_async.py`` are the two pools (the
-async one runs the same router inside SQLAlchemy's greenlet bridge).
+``get_bind`` routes; ``_base.py`` is what both pools share without I/O;
+``_async.py`` is the asyncio pool (it runs the same router inside
+SQLAlchemy's greenlet bridge) and ``_sync.py`` the sync pool, generated from
+it by ``scripts/unasync.py``.
 
 The pools and sessions import SQLAlchemy; they are loaded on first access so
 that importing this package for the core alone stays light.

@@ -1,25 +1,27 @@
 """The asyncio routing pool over ``AsyncEngine`` objects.
 
-The routing rule and its I/O live in :class:`~scalekit.routing._router.Router`
-(over each ``AsyncEngine.sync_engine``); here they run inside SQLAlchemy's
-greenlet bridge, the way ``AsyncSession`` runs the ORM. Only the entry
-points are ``async def``.
+The routing rule lives in ``_core.py`` and its I/O in
+:class:`~scalekit.routing._router.Router`, written once over sync engines;
+what the pools share without I/O is in ``_base.py``. This file holds only the
+entry points that talk to a server, and the sync pool is generated from it.
+Here they run the router inside SQLAlchemy's greenlet bridge (the way
+``AsyncSession`` runs the ORM), over each ``AsyncEngine.sync_engine``.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.util import greenlet_spawn
 
+from scalekit._unasync import IS_ASYNC
 from scalekit.errors import NoHealthyNode
+from scalekit.routing._base import PoolBase
 from scalekit.routing._core import ConsistencyToken
 from scalekit.routing._orm import RoutingSession
-from scalekit.routing._pool import PoolBase
 from scalekit.routing._router import READONLY_OPTION
 from scalekit.typing import Clock
 
@@ -28,8 +30,26 @@ if TYPE_CHECKING:
 
 __all__ = ["AsyncRoutingPool", "AsyncRoutingSession"]
 
+__unasync__ = {
+    "The asyncio routing pool": "The sync routing pool",
+    "Here they run the router inside SQLAlchemy's greenlet bridge (the way\n"
+    "``AsyncSession`` runs the ORM), over each ``AsyncEngine.sync_engine``.": (
+        "Here they call the router in the caller's thread."
+    ),
+}
 
-class AsyncRoutingSession(AsyncSession):
+_T = TypeVar("_T")
+
+if IS_ASYNC:
+    from sqlalchemy.util import greenlet_spawn as _bridge
+else:
+
+    def _bridge(fn: Callable[..., _T], *args: Any) -> _T:
+        """Run a router call: the sync pool runs it in the caller's thread."""
+        return fn(*args)
+
+
+class AsyncRoutingSession(AsyncSession):  # unasync: async-only
     """An ``AsyncSession`` whose statements are routed like :class:`RoutingSession`'s.
 
     Build it through ``pool.sessionmaker()`` (an ``async_sessionmaker``). The
@@ -53,23 +73,42 @@ class AsyncRoutingSession(AsyncSession):
 
 
 class AsyncRoutingPool(PoolBase):
-    """The asyncio twin of :class:`~scalekit.routing.RoutingPool`, over ``AsyncEngine`` objects.
+    """Reads on healthy, fresh replicas; writes on the primary; your writes visible to you.
 
-    Same parameters and behaviour; the methods that talk to a server are
-    coroutines or async context managers.
+    Wraps the ``AsyncEngine`` objects you already have (their pools are kept,
+    never copied). ``primary`` is an ``AsyncEngine``, or a list/dict of
+    candidate engines for failover (the first is the primary until a role
+    check says otherwise); ``replicas`` a list or a dict of name -> engine
+    (names default to ``replica1``, ``replica2``...). An empty replica list
+    sends everything to the primary.
 
-    >>> pool = AsyncRoutingPool(primary=async_engine, replicas=[ar1])  # doctest: +SKIP
-    >>> Session = pool.sessionmaker()                                  # doctest: +SKIP
-    >>> async with Session() as session:                               # doctest: +SKIP
-    ...     await session.scalar(select(func.count()).select_from(Order))
+    >>> pool = AsyncRoutingPool(primary=engine, replicas=[r1, r2])  # doctest: +SKIP
+    >>> Session = pool.sessionmaker()  # doctest: +SKIP
+    >>> async with Session() as session:  # doctest: +SKIP
+    ...     session.add(Order(total=10)); await session.commit()  # the primary
+    ...     await session.get(Order, 1)  # a caught-up replica
+
+    Tunables (seconds unless said): ``blacklist_seconds`` (doubled per
+    consecutive failure up to ``max_blacklist_seconds``), ``max_lag_seconds``,
+    ``max_lag_bytes`` (None disables), ``lag_readmit_ratio``, ``consistency``
+    (``"auto"``: LSN tokens on PostgreSQL, time elsewhere; ``"lsn"``,
+    ``"time"``, ``"none"``), ``sticky_seconds`` (time mode), ``sticky_timeout``
+    (how long a read may wait for a replica to reach its token before using
+    the primary), ``balancer`` (``"round_robin"``, ``"random"``,
+    ``"least_in_use"``) with ``weights``, ``fallback_to_primary``,
+    ``max_primary_read_share`` (cap on reads spilled to the primary when every
+    replica lags), ``check_interval`` (health/lag checks, None: only on
+    :meth:`refresh`), ``clock``.
 
     Raises:
-        ConfigurationError: as ``RoutingPool``, and for sync engines.
+        ConfigurationError: bad durations or names, an engine of the other
+            colour (sync/asyncio), the same engine twice,
+            ``consistency="lsn"`` on a non-PostgreSQL engine.
     """
 
-    _async = True
+    _async = IS_ASYNC
 
-    def _greenlet_sleep(self, clock: Clock) -> Callable[[float], None]:
+    def _greenlet_sleep(self, clock: Clock) -> Callable[[float], None]:  # unasync: async-only
         # Router I/O runs inside the greenlet bridge, where await_ suspends the task.
         from sqlalchemy.util import await_only
 
@@ -83,21 +122,31 @@ class AsyncRoutingPool(PoolBase):
         return engine
 
     def sessionmaker(self, **kwargs: Any) -> async_sessionmaker[AsyncRoutingSession]:
-        """An ``async_sessionmaker`` of :class:`AsyncRoutingSession` bound to this pool."""
+        """A session factory of :class:`AsyncRoutingSession` bound to this pool.
+
+        Keyword arguments go to ``sqlalchemy.ext.asyncio.async_sessionmaker`` (not ``bind``).
+        """
         from sqlalchemy.ext.asyncio import async_sessionmaker
 
         return async_sessionmaker(class_=AsyncRoutingSession, routing_pool=self, **kwargs)
 
     @contextlib.asynccontextmanager
     async def connect(self, *, readonly: bool = False) -> AsyncIterator[AsyncConnection]:
-        """An ``AsyncConnection``: a replica's when ``readonly``, else the primary's.
+        """A Core connection: a replica's when ``readonly``, else the primary's.
+
+        A read-only connection rejects statements that write with
+        :class:`~scalekit.errors.ReadOnlyViolation`. Choosing the node retries
+        on another one when a connection cannot be opened; errors after that
+        are yours to handle.
+
+        >>> async with pool.connect(readonly=True) as conn:  # doctest: +SKIP
+        ...     rows = (await conn.execute(select(Order))).all()
 
         Raises:
             NoHealthyNode: no node accepted a connection.
-            ReadOnlyViolation: a write on a read-only connection.
         """
         if not readonly:
-            node = await greenlet_spawn(self._router.route_write)
+            node = await _bridge(self._router.route_write)
             async with self._engine(node).connect() as conn:
                 yield conn
             return
@@ -108,13 +157,15 @@ class AsyncRoutingPool(PoolBase):
             await conn.close()
 
     async def _connect_read(self) -> AsyncConnection:
+        # The first node of the read plan that accepts a connection; a node that
+        # refuses is left out of the next plan.
         router = self._router
         tried: list[str] = []
         exclude: frozenset[str] = frozenset()
         last: BaseException | None = None
         for _ in range(len(router.engines) + 1):
             try:
-                plan = await greenlet_spawn(router.plan_read, exclude)
+                plan = await _bridge(router.plan_read, exclude)
             except NoHealthyNode as exc:
                 if last is None:
                     raise
@@ -136,25 +187,29 @@ class AsyncRoutingPool(PoolBase):
 
     @contextlib.asynccontextmanager
     async def begin(self) -> AsyncIterator[AsyncConnection]:
-        """An ``AsyncConnection`` to the primary in a transaction, committed on success.
+        """A Core connection to the primary inside a transaction, committed on success.
 
         Raises:
-            NoHealthyNode: no primary is known.
+            NoHealthyNode: no primary is known (failover in progress, split brain).
         """
-        node = await greenlet_spawn(self._router.route_write)
-        async with self._engine(node).begin() as conn:
+        node = await _bridge(self._router.route_write)
+        async with self._engine(node).connect() as conn, conn.begin():
             yield conn
 
     async def export_token(self) -> str | None:
-        """This context's consistency token as a string (see ``RoutingPool.export_token``)."""
-        token = await greenlet_spawn(self._router.current_token)
+        """This context's consistency token as a string, or None when it wrote nothing.
+
+        Hand it to the next request or job and :meth:`import_token` it there.
+        Resolving a pending write costs one query on the primary.
+        """
+        token = await _bridge(self._router.current_token)
         return None if token is None else token.encode()
 
     async def token(self) -> ConsistencyToken | None:
         """This context's consistency token (resolved), or None."""
-        token: ConsistencyToken | None = await greenlet_spawn(self._router.current_token)
+        token: ConsistencyToken | None = await _bridge(self._router.current_token)
         return token
 
     async def refresh(self) -> None:
-        """Check roles and lag of every node now."""
-        await greenlet_spawn(self._router.refresh)
+        """Check roles and lag of every node now (one query per node)."""
+        await _bridge(self._router.refresh)

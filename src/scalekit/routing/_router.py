@@ -3,8 +3,8 @@
 Both pools own a :class:`Router`. The async pool hands it the ``sync_engine``
 of each ``AsyncEngine`` and runs its I/O inside SQLAlchemy's greenlet bridge
 (``greenlet_spawn``), exactly as an ``AsyncSession`` runs the ORM: the rule
-and the I/O are written once, and only the entry points (``async def``) are
-written twice.
+and the I/O are written once, and so are the entry points (the sync pool is
+generated from the async one).
 
 The router listens to its engines' events:
 
@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
-from scalekit.errors import ConfigurationError, NoHealthyNode, ReadOnlyViolation
+from scalekit.errors import ConfigurationError, ReadOnlyViolation
 from scalekit.instrumentation import emit
 from scalekit.routing._core import (
     EMPTY_CONTEXT,
@@ -567,43 +567,6 @@ class Router:
 
     def is_replica(self, node: str) -> bool:
         return node != self.core.primary
-
-    def connect_read(self) -> tuple[str, Connection]:
-        """A connection for reads: the first node of the plan that accepts one.
-
-        Raises:
-            NoHealthyNode: every node of the plan refused.
-        """
-        from sqlalchemy.exc import DBAPIError
-
-        tried: list[str] = []
-        exclude: frozenset[str] = frozenset()
-        last: BaseException | None = None
-        for _ in range(len(self.engines) + 1):
-            try:
-                plan = self.plan_read(exclude)
-            except NoHealthyNode as exc:
-                if last is None:
-                    raise
-                raise NoHealthyNode("replica", tried=tried, reason=exc.reason) from last
-            for node in plan.attempts:
-                try:
-                    conn = self.engines[node].connect()
-                except DBAPIError as exc:
-                    if getattr(exc, "scalekit_node", None) != node:
-                        raise
-                    tried.append(node)
-                    exclude = exclude | {node}
-                    last = exc
-                    continue
-                if node != self.core.primary:
-                    conn.execution_options(**{READONLY_OPTION: True})
-                return node, conn
-        raise NoHealthyNode("replica", tried=tried, reason="every node refused") from last
-
-    def connect_write(self) -> tuple[str, Connection]:
-        node = self.route_write()
-        return node, self.engines[node].connect()
 
     # -- health --------------------------------------------------------------------------------
 

@@ -1,37 +1,57 @@
-"""The sync routing pool over ``sqlalchemy.Engine`` objects."""
+# This file is generated from src/scalekit/routing/_async.py by scripts/unasync.py.
+# DO NOT EDIT; edit the async file and run: python scripts/unasync.py
+"""The sync routing pool over ``Engine`` objects.
+
+The routing rule lives in ``_core.py`` and its I/O in
+:class:`~scalekit.routing._router.Router`, written once over sync engines;
+what the pools share without I/O is in ``_base.py``. This file holds only the
+entry points that talk to a server, and the sync pool is generated from it.
+Here they call the router in the caller's thread.
+"""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from sqlalchemy.exc import DBAPIError
+
+from scalekit.errors import NoHealthyNode
+from scalekit.routing._base import PoolBase
 from scalekit.routing._core import ConsistencyToken
 from scalekit.routing._orm import RoutingSession
-from scalekit.routing._pool import PoolBase
+from scalekit.routing._router import READONLY_OPTION
 
 if TYPE_CHECKING:
-    from sqlalchemy import Connection
+    from sqlalchemy import Connection, Engine
     from sqlalchemy.orm import sessionmaker
 
-__all__ = ["RoutingPool"]
+__all__ = ["RoutingPool", "RoutingSession"]
+
+_T = TypeVar("_T")
+
+
+def _bridge(fn: Callable[..., _T], *args: Any) -> _T:
+    """Run a router call: the sync pool runs it in the caller's thread."""
+    return fn(*args)
 
 
 class RoutingPool(PoolBase):
     """Reads on healthy, fresh replicas; writes on the primary; your writes visible to you.
 
-    Wraps the engines you already have (their pools are kept, never copied).
-    ``primary`` is an ``Engine``, or a list/dict of candidate engines for
-    failover (the first is the primary until a role check says otherwise);
-    ``replicas`` a list or a dict of name -> ``Engine`` (names default to
-    ``replica1``, ``replica2``...). An empty replica list sends everything to
-    the primary.
+    Wraps the ``Engine`` objects you already have (their pools are kept,
+    never copied). ``primary`` is an ``Engine``, or a list/dict of
+    candidate engines for failover (the first is the primary until a role
+    check says otherwise); ``replicas`` a list or a dict of name -> engine
+    (names default to ``replica1``, ``replica2``...). An empty replica list
+    sends everything to the primary.
 
     >>> pool = RoutingPool(primary=engine, replicas=[r1, r2])  # doctest: +SKIP
-    >>> Session = pool.sessionmaker()                          # doctest: +SKIP
-    >>> with Session() as session:                             # doctest: +SKIP
-    ...     session.add(Order(total=10)); session.commit()      # primary
-    ...     session.scalars(select(Order)).all()               # a caught-up replica
+    >>> Session = pool.sessionmaker()  # doctest: +SKIP
+    >>> with Session() as session:  # doctest: +SKIP
+    ...     session.add(Order(total=10)); session.commit()  # the primary
+    ...     session.get(Order, 1)  # a caught-up replica
 
     Tunables (seconds unless said): ``blacklist_seconds`` (doubled per
     consecutive failure up to ``max_blacklist_seconds``), ``max_lag_seconds``,
@@ -46,12 +66,19 @@ class RoutingPool(PoolBase):
     :meth:`refresh`), ``clock``.
 
     Raises:
-        ConfigurationError: bad durations or names, an AsyncEngine, the same
-            engine twice, ``consistency="lsn"`` on a non-PostgreSQL engine.
+        ConfigurationError: bad durations or names, an engine of the other
+            colour (sync/asyncio), the same engine twice,
+            ``consistency="lsn"`` on a non-PostgreSQL engine.
     """
 
+    _async = False
+
+    def _engine(self, node: str) -> Engine:
+        engine: Engine = self._originals[node]
+        return engine
+
     def sessionmaker(self, **kwargs: Any) -> sessionmaker[RoutingSession]:
-        """A ``sessionmaker`` of :class:`RoutingSession` bound to this pool.
+        """A session factory of :class:`RoutingSession` bound to this pool.
 
         Keyword arguments go to ``sqlalchemy.orm.sessionmaker`` (not ``bind``).
         """
@@ -69,15 +96,50 @@ class RoutingPool(PoolBase):
         are yours to handle.
 
         >>> with pool.connect(readonly=True) as conn:  # doctest: +SKIP
-        ...     conn.execute(select(Order)).all()
+        ...     rows = (conn.execute(select(Order))).all()
 
         Raises:
             NoHealthyNode: no node accepted a connection.
         """
-        router = self._router
-        _, conn = router.connect_read() if readonly else router.connect_write()
-        with conn:
+        if not readonly:
+            node = _bridge(self._router.route_write)
+            with self._engine(node).connect() as conn:
+                yield conn
+            return
+        conn = self._connect_read()
+        try:
             yield conn
+        finally:
+            conn.close()
+
+    def _connect_read(self) -> Connection:
+        # The first node of the read plan that accepts a connection; a node that
+        # refuses is left out of the next plan.
+        router = self._router
+        tried: list[str] = []
+        exclude: frozenset[str] = frozenset()
+        last: BaseException | None = None
+        for _ in range(len(router.engines) + 1):
+            try:
+                plan = _bridge(router.plan_read, exclude)
+            except NoHealthyNode as exc:
+                if last is None:
+                    raise
+                raise NoHealthyNode("replica", tried=tried, reason=exc.reason) from last
+            for node in plan.attempts:
+                try:
+                    conn = self._engine(node).connect()
+                except DBAPIError as exc:
+                    if getattr(exc, "scalekit_node", None) != node:
+                        raise
+                    tried.append(node)
+                    exclude = exclude | {node}
+                    last = exc
+                    continue
+                if node != router.core.primary:
+                    conn.execution_options(**{READONLY_OPTION: True})
+                return conn
+        raise NoHealthyNode("replica", tried=tried, reason="every node refused") from last
 
     @contextlib.contextmanager
     def begin(self) -> Iterator[Connection]:
@@ -86,8 +148,8 @@ class RoutingPool(PoolBase):
         Raises:
             NoHealthyNode: no primary is known (failover in progress, split brain).
         """
-        _, conn = self._router.connect_write()
-        with conn, conn.begin():
+        node = _bridge(self._router.route_write)
+        with self._engine(node).connect() as conn, conn.begin():
             yield conn
 
     def export_token(self) -> str | None:
@@ -96,13 +158,14 @@ class RoutingPool(PoolBase):
         Hand it to the next request or job and :meth:`import_token` it there.
         Resolving a pending write costs one query on the primary.
         """
-        token = self._router.current_token()
+        token = _bridge(self._router.current_token)
         return None if token is None else token.encode()
 
     def token(self) -> ConsistencyToken | None:
         """This context's consistency token (resolved), or None."""
-        return self._router.current_token()
+        token: ConsistencyToken | None = _bridge(self._router.current_token)
+        return token
 
     def refresh(self) -> None:
         """Check roles and lag of every node now (one query per node)."""
-        self._router.refresh()
+        _bridge(self._router.refresh)

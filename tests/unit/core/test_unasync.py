@@ -457,6 +457,34 @@ def test_async_only_directive_drops_the_whole_statement() -> None:
     )
 
 
+def test_async_only_directive_drops_a_parameter_line() -> None:
+    check(
+        """\
+        class Limiter:
+            def __init__(
+                self,
+                store: object,
+                *,
+                timeout: float | None = None,  # unasync: async-only
+                name: str = "x",
+            ) -> None:
+                if IS_ASYNC:
+                    self.timeout = timeout
+                self.name = name
+        """,
+        """\
+        class Limiter:
+            def __init__(
+                self,
+                store: object,
+                *,
+                name: str = "x",
+            ) -> None:
+                self.name = name
+        """,
+    )
+
+
 def test_an_emptied_block_gets_pass() -> None:
     check(
         """\
@@ -536,6 +564,10 @@ def test_the_table_itself_is_dropped() -> None:
         ("__unasync__ = dict(a='b')\n", "must be a literal dict"),
         ("__unasync__ = {}\nx = 1  # unasync: sync-only\n", "unknown directive"),
         ("__unasync__ = {}\nx = f(\n    1,  # unasync: async-only\n)\n", "first line"),
+        (
+            "__unasync__ = {}\ndef f(\n    a, b,  # unasync: async-only\n):\n    pass\n",
+            "exactly one parameter",
+        ),
         (
             "__unasync__ = {}\nif IS_ASYNC:\n    a()\nelif b:\n    c()\n",
             "no elif after `if IS_ASYNC`",

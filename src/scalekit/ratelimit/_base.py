@@ -3,8 +3,10 @@
 A check goes: :meth:`LimiterLogic.plan` (validate, build keys) ->
 :meth:`~LimiterLogic.cached` (the local over-limit cache may answer) ->
 :meth:`StoreGuard.available` (the breaker may skip the store) -> the store
-call (the only line that differs between :mod:`._sync` and :mod:`._async`) ->
-:meth:`~LimiterLogic.finish` or :meth:`~LimiterLogic.degraded`.
+call (the shell's part: :mod:`._async`, and :mod:`._sync` generated from it)
+-> :meth:`~LimiterLogic.finish` or :meth:`~LimiterLogic.degraded`.
+:func:`sync_backend` and :func:`async_backend` turn what a user passes as
+``store`` into the backend of each colour.
 
 :class:`StoreGuard` is a small consecutive-failure breaker: after
 ``failure_threshold`` failed calls the store is skipped for
@@ -25,13 +27,19 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Final, Literal, NamedTuple, TypeAlias
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal, NamedTuple, TypeAlias
 
+from scalekit._redis_bounded import DEFAULT_OP_TIMEOUT, check_op_timeout
 from scalekit.errors import ConfigurationError, RateLimiterUnavailable
 from scalekit.instrumentation import Event, FallbackUsed, Recovered, emit
 from scalekit.ratelimit._backends._base import StoreUnavailable
-from scalekit.ratelimit._backends._memory import MemoryBackend
-from scalekit.ratelimit._backends._redis import OneKeyRequest, one_key_request
+from scalekit.ratelimit._backends._memory import AsyncMemoryBackend, MemoryBackend
+from scalekit.ratelimit._backends._redis import (
+    AsyncRedisBackend,
+    OneKeyRequest,
+    RedisBackend,
+    one_key_request,
+)
 from scalekit.ratelimit._core import (
     Decision,
     Limit,
@@ -50,9 +58,19 @@ from scalekit.ratelimit._core import (
 from scalekit.ratelimit._scripts import SINGLE_LIMIT_ALGORITHMS
 
 if TYPE_CHECKING:
+    from scalekit.ratelimit._backends._base import AsyncBackend, SyncBackend
     from scalekit.typing import Clock
 
-__all__ = ["FallbackPolicy", "LimiterLogic", "Plan", "ShadowDenied", "StoreGuard"]
+__all__ = [
+    "FallbackPolicy",
+    "LimiterLogic",
+    "Plan",
+    "ShadowDenied",
+    "StoreGuard",
+    "async_backend",
+    "is_async_client",
+    "sync_backend",
+]
 
 FallbackPolicy: TypeAlias = Literal["allow", "deny", "local", "raise"]
 FALLBACKS: Final = ("allow", "deny", "local", "raise")
@@ -113,6 +131,65 @@ def check_fallback(fallback: str) -> FallbackPolicy:
             return known
     raise ConfigurationError(
         f"fallback must be one of {', '.join(FALLBACKS)}, got {fallback!r}", parameter="fallback"
+    )
+
+
+def is_async_client(store: object) -> bool:
+    """Whether ``store`` is a ``redis.asyncio`` client (standalone or cluster, or a fake of one)."""
+    try:
+        from redis.asyncio import Redis as AsyncRedis
+        from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+    except ImportError:  # pragma: no cover - redis is not installed
+        return False
+    return isinstance(store, (AsyncRedis, AsyncRedisCluster))
+
+
+def sync_backend(store: Any, op_timeout: float = DEFAULT_OP_TIMEOUT) -> SyncBackend:
+    """The backend for a blocking ``store``; raises ConfigurationError if it is not one.
+
+    ``op_timeout`` is validated, and applies to a backend built here.
+    """
+    op_timeout = check_op_timeout(op_timeout)
+    if isinstance(store, (MemoryBackend, RedisBackend)):
+        return store
+    if is_async_client(store):
+        raise ConfigurationError(
+            f"{type(store).__name__} is an asyncio client: use the Async* limiter",
+            parameter="store",
+        )
+    if callable(getattr(store, "evalsha", None)):
+        return RedisBackend(store, op_timeout=op_timeout)
+    raise ConfigurationError(
+        f"store must be a redis-py client or a MemoryBackend, got {type(store).__name__}",
+        parameter="store",
+    )
+
+
+def async_backend(
+    store: Any, timeout: float | None, op_timeout: float = DEFAULT_OP_TIMEOUT
+) -> AsyncBackend:
+    """The backend for an asyncio ``store``; raises ConfigurationError if it is not one.
+
+    ``timeout`` and ``op_timeout`` are validated, and apply to a backend built here.
+    """
+    op_timeout = check_op_timeout(op_timeout)
+    if timeout is not None:
+        timeout = check_positive(timeout, "timeout")
+    if isinstance(store, (AsyncRedisBackend, AsyncMemoryBackend)):
+        return store
+    if isinstance(store, MemoryBackend):
+        return AsyncMemoryBackend(store)
+    if is_async_client(store):
+        return AsyncRedisBackend(store, timeout=timeout, op_timeout=op_timeout)
+    if callable(getattr(store, "evalsha", None)):
+        raise ConfigurationError(
+            f"{type(store).__name__} is a blocking client: use RateLimiter, or pass a "
+            "redis.asyncio client",
+            parameter="store",
+        )
+    raise ConfigurationError(
+        f"store must be a redis.asyncio client or a MemoryBackend, got {type(store).__name__}",
+        parameter="store",
     )
 
 

@@ -1,4 +1,9 @@
-"""What the sync and async pools share: construction, context managers, tokens, health."""
+"""What the sync and async pools share: construction, context managers, tokens, health.
+
+Nothing here has a colour: it configures the :class:`~scalekit.routing._router.Router`
+and answers from what the router knows, without I/O. The pools that talk to a
+server are ``_async.py`` (the source) and ``_sync.py`` (generated from it).
+"""
 
 from __future__ import annotations
 

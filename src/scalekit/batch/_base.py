@@ -1,0 +1,169 @@
+"""What the blocking and asyncio batch shells share: options, markers, psycopg helpers.
+
+Nothing here waits on I/O of its own: it validates the keyword arguments of
+:func:`~scalekit.batch.batch_insert` and :func:`~scalekit.batch.abatch_insert`,
+wraps JSON values for psycopg, finds the value psycopg cannot dump, and turns
+prepared statements off around a statement. The shells are ``_async.py`` (the
+source) and ``_sync.py`` (generated from it by ``scripts/unasync.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+from scalekit.batch._core import (
+    BatchProgress,
+    BatchResult,
+    Dedupe,
+    Method,
+    OnError,
+    RejectedRow,
+    TransactionPolicy,
+    Upsert,
+)
+from scalekit.batch._flow import LoadOptions, default_retry
+
+if TYPE_CHECKING:
+    from scalekit.retry import RetryPolicy
+
+__all__ = [
+    "COPY_ABORTED",
+    "DEFAULT",
+    "CopyAborted",
+    "is_psycopg",
+    "make_options",
+    "probe_binary",
+    "unprepared",
+    "wrap_json",
+    "wrap_json_rows",
+]
+
+
+class _Default:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "DEFAULT"
+
+
+DEFAULT: Any = _Default()
+"""The default retry policy marker (see :func:`batch_insert`'s ``retry``)."""
+
+
+def make_options(
+    *,
+    columns: Sequence[str] | None,
+    on_conflict: Upsert | Literal["nothing"] | None,
+    dedupe: Dedupe,
+    returning: Sequence[str] | None,
+    method: Method,
+    chunk_size: int | None,
+    transaction: TransactionPolicy,
+    on_error: OnError,
+    on_reject: Callable[[RejectedRow], None] | None,
+    retry: RetryPolicy | None,
+    progress: Callable[[BatchProgress], None] | None,
+    resume: BatchResult | int | None,
+) -> LoadOptions:
+    """Validate the keyword arguments shared by both shells."""
+    if retry is DEFAULT:
+        retry = default_retry()
+    if resume is None:
+        resume_at = 0
+    elif isinstance(resume, BatchResult):
+        resume_at = resume.resume_position
+    else:
+        resume_at = resume
+    return LoadOptions(
+        columns=columns,
+        on_conflict=on_conflict,
+        dedupe=dedupe,
+        returning=returning,
+        method=method,
+        chunk_size=chunk_size,
+        transaction=transaction,
+        on_error=on_error,
+        on_reject=on_reject,
+        retry=retry,
+        progress=progress,
+        resume=resume_at,
+    )
+
+
+def is_psycopg(dialect: Any) -> bool:
+    """Does this SQLAlchemy dialect run on psycopg 3 (and so offer COPY)?"""
+    return bool(dialect.name == "postgresql" and dialect.driver == "psycopg")
+
+
+def wrap_json(params: Sequence[Any], json_params: Sequence[tuple[int, str]]) -> list[Any]:
+    """Wrap the items of json/jsonb array parameters for psycopg."""
+    from psycopg.types.json import Json, Jsonb
+
+    out = list(params)
+    for index, kind in json_params:
+        wrapper = Jsonb if kind == "jsonb" else Json
+        out[index] = [None if v is None else wrapper(v) for v in out[index]]
+    return out
+
+
+def wrap_json_rows(
+    rows: Iterable[Sequence[Any]], json_columns: Sequence[tuple[int, str]]
+) -> Iterator[tuple[Any, ...]]:
+    """Rows with the values of json/jsonb columns wrapped for a text COPY."""
+    from psycopg.types.json import Json, Jsonb
+
+    wrappers = [(index, Jsonb if kind == "jsonb" else Json) for index, kind in json_columns]
+    for row in rows:
+        values = list(row)
+        for index, wrapper in wrappers:
+            if values[index] is not None:
+                values[index] = wrapper(values[index])
+        yield tuple(values)
+
+
+def probe_binary(connection: Any, oids: Sequence[int], row: Sequence[Any]) -> int | None:
+    """The index of the first value psycopg cannot dump in binary for its OID, or ``None``."""
+    from psycopg.adapt import PyFormat, Transformer
+    from psycopg.pq import Format
+
+    for index, (oid, value) in enumerate(zip(oids, row, strict=True)):
+        if value is None:
+            continue
+        transformer = Transformer(connection)
+        try:
+            transformer.set_dumper_types([oid], Format.BINARY)
+            transformer.dump_sequence([value], [PyFormat.BINARY])
+        except Exception:
+            return index
+    return None
+
+
+class CopyAborted(Exception):
+    """Why a COPY was stopped, as the server is told (and may log): never a row's values."""
+
+
+COPY_ABORTED = CopyAborted("scalekit.batch stopped the COPY (a row it could not send)")
+
+
+@contextlib.contextmanager
+def unprepared(driver_connection: Any) -> Iterator[None]:
+    """Turn psycopg's automatic prepared statements off on this connection for the block.
+
+    A prepared statement lives on one server connection. Behind PgBouncer in
+    transaction pooling mode (before 1.21, or without ``max_prepared_statements``)
+    the next transaction of the same client connection runs on another one,
+    where the statement does not exist, or where another client's statement of
+    the same name does. A load runs each statement once per chunk: preparing
+    it gains nothing. Other drivers (no ``prepare_threshold``) are left alone.
+    """
+    threshold = getattr(driver_connection, "prepare_threshold", None)
+    if threshold is None:
+        yield
+        return
+    driver_connection.prepare_threshold = None
+    try:
+        yield
+    finally:
+        driver_connection.prepare_threshold = threshold
