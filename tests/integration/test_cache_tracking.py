@@ -122,7 +122,16 @@ def test_restart_flushes_and_re_establishes_tracking(
         assert len(_tracking_clients(client)) == 1
         cache.set("k", "v2")
         time.sleep(0.05)  # our own write's invalidation
-        _wait(lambda: cache.get("k") == "v2" and cache.local is not None and len(cache.local) == 1)
+
+        def settled() -> bool:
+            # The cache bypasses Redis for a set whose reply outlasts op_timeout (a busy
+            # machine): such a set may not have landed, so it is sent again.
+            if cache.get("k") != "v2":
+                cache.set("k", "v2")
+                return False
+            return cache.local is not None and len(cache.local) == 1
+
+        _wait(settled)
         client.set(full, b"outside")
         took = _wait(lambda: len(cache.local or ()) == 0)
         print(f"evicted {took * 1e3:.1f} ms after the outside write")
@@ -210,6 +219,8 @@ async def test_async_restart_flushes_and_re_establishes_tracking(
         start = time.perf_counter()
         while not (await cache.get("k") == "v2" and len(cache.local or ()) == 1):
             assert time.perf_counter() - start < HANG_GUARD
+            if await cache.get("k") != "v2":  # a set bypassed on a busy machine: again
+                await cache.set("k", "v2")
             await asyncio.sleep(0.01)
         sync_client.set(cache.keys.data("k"), b"outside")
         took = await _await(lambda: len(cache.local or ()) == 0)
