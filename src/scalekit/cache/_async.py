@@ -1,17 +1,19 @@
 """The asyncio shell: :class:`AsyncCache` over ``redis.asyncio`` (or memory).
 
 This is the source of both shells: ``_sync.py`` (:class:`Cache`) is generated
-from it by ``scripts/unasync.py``. The read path of :meth:`AsyncCache.get_or_set`,
-in order: the local tier (if any); one ``GET`` (pipelined with the tag
-counters when the call has tags); the core's decision (``_core.py``); a hit
-returns there, with no generator in between. A miss, a stale or an early
-value runs a flow of ``_flow.py``: in-process single-flight (one loader per
-key per process, the other tasks await its result) and the distributed lease
-(``SET NX PX`` with a token; the holder loads, the others poll for its
-value, or take the lease over when it is freed, or load themselves after
-``lease_wait``). This shell only drives it: ``_drive`` performs each request
-the flow yields (a Redis call through the breaker, a sleep, the loader).
-Background refreshes are tasks; loaders may be plain functions or ``async def``.
+from it by ``scripts/unasync.py``.
+
+The read path of :meth:`AsyncCache.get_or_set`, in order: the local tier (if
+any); one ``GET`` (pipelined with the tag counters when the call has tags);
+the core's decision (``_core.py``); a hit returns there, with no generator
+in between. A miss, a stale or an early value runs a flow of ``_flow.py``:
+in-process single-flight (one loader per key per process, the other tasks
+await its result) and the distributed lease (``SET NX PX`` with a token; the
+holder loads, the others poll for its value, or take the lease over when it
+is freed, or load themselves after ``lease_wait``). This shell only drives
+it: ``_drive`` performs each request the flow yields (a Redis call through
+the breaker, a sleep, the loader). Background refreshes are tasks; loaders
+may be plain functions or ``async def``.
 """
 
 from __future__ import annotations
@@ -89,24 +91,28 @@ __unasync__ = {
     # Each shell takes its own colour of client and refuses the other.
     "is_async_client": "is_sync_client",
     "is_sync_client": "is_async_client",
+    # Text: what is a task here is a thread there.
     "The asyncio shell: :class:`AsyncCache` over ``redis.asyncio`` (or memory).": (
         "The sync shell: :class:`Cache` over ``redis.Redis``/``RedisCluster`` or memory."
     ),
     "This is the source of both shells: ``_sync.py`` (:class:`Cache`) is generated\n"
-    "from it by ``scripts/unasync.py``. ": "",
-    "the other tasks await its result": "the other threads wait for its result",
-    "Background refreshes are tasks; loaders may be plain functions or ``async def``.": (
+    "from it by ``scripts/unasync.py``.\n\n": "",
+    "the other tasks\nawait its result)": "the other threads\nwait for its result)",
+    "Background refreshes are tasks; loaders\nmay be plain functions or ``async def``.": (
         "Background refreshes are threads."
     ),
-    "(a task started by the first operation)": "(a thread started at construction)",
-    "a background task": "a background thread",
-    "the other tasks await": "other threads wait for",
-    "\n        ``loader`` may be a plain function or return an awaitable.": "",
+    "the listener is a task started by the first operation": (
+        "the listener is a thread started at construction"
+    ),
+    "``loader`` may be a plain function or return an awaitable.\n        ": "",
+    "(other\n        tasks await its result)": "(other\n        threads wait for its result)",
     "Cache an ``async def`` function's results": "Cache a function's results",
-    "an ``async def`` function": "a function",
-    "not ``async def`` (use :class:`Cache`)": "``async def`` function (use :class:`AsyncCache`)",
-    "(a task)": "(a thread)",
-    "a task": "a thread",
+    "``await .invalidate(": "``.invalidate(",
+    "on a function that is not ``async def`` (use :class:`Cache`)": (
+        "on a coroutine function (the asyncio shell's ``cached`` takes it)"
+    ),
+    "to the local tier (a task).": "to the local tier (a thread).",
+    "An ``async def`` function wrapped by": "A function wrapped by",
     "Stop the invalidation listener and background refreshes": (
         "Stop the invalidation listener (if any)"
     ),
@@ -365,7 +371,11 @@ class AsyncCache(CacheBase):
     # ------------------------------------------------------------------ plain operations
 
     async def get(self, key: str, default: Any = None) -> Any:
-        """The cached value of ``key``, or ``default``; see :meth:`Cache.get`.
+        """The cached value of ``key``, or ``default`` when there is none.
+
+        A stale value (within the stale window) is returned; a negative
+        entry (:data:`NOT_FOUND` or a cached error) counts as none. When Redis
+        is down, ``default`` (or, under ``stale_local``, the local tier).
 
         Raises:
             CacheUnavailable: Redis is down and the policy is ``"raise"``.
@@ -425,7 +435,9 @@ class AsyncCache(CacheBase):
     async def set(
         self, key: str, value: Any, ttl: float | None = None, *, tags: Iterable[str] | None = None
     ) -> bool:
-        """Store ``value`` under ``key``; see :meth:`Cache.set`.
+        """Store ``value`` under ``key`` for ``ttl`` seconds (default ``default_ttl``).
+
+        Returns whether it was stored (``False`` when Redis is down).
 
         Raises:
             SerializationError: the serialiser cannot encode ``value``.
@@ -440,7 +452,12 @@ class AsyncCache(CacheBase):
         *,
         tags: Iterable[str] | None = None,
     ) -> bool:
-        """Store every ``key: value`` of ``items`` in one round trip; see :meth:`Cache.set_many`.
+        """Store every ``key: value`` of ``items`` in one pipelined round trip.
+
+        ``items`` is a mapping or an iterable of ``(key, value)`` pairs (as
+        ``dict()`` takes; a later pair wins over an earlier one of the same key).
+
+        With ``tags``, the tags' versions are read first (one more round trip).
 
         Raises:
             SerializationError: the serialiser cannot encode a value.
@@ -469,7 +486,7 @@ class AsyncCache(CacheBase):
         return ok
 
     async def delete(self, *keys: str) -> bool:
-        """Remove ``keys``; see :meth:`Cache.delete`.
+        """Remove ``keys`` (here, in Redis and in every process's local tier).
 
         Raises:
             CacheUnavailable: Redis is down and the policy is ``"raise"``.
@@ -484,7 +501,11 @@ class AsyncCache(CacheBase):
         return ok
 
     async def invalidate_tags(self, *tags: str) -> bool:
-        """Invalidate every entry stored with any of ``tags``; see :meth:`Cache.invalidate_tags`.
+        """Invalidate every entry stored with any of ``tags``, in O(1) per tag.
+
+        Each tag's version counter is incremented; entries remember the
+        versions they were computed under and read as misses once a version
+        moved. Works the same on Redis Cluster (no key scan).
 
         Raises:
             CacheUnavailable: Redis is down and the policy is ``"raise"``.
@@ -513,7 +534,7 @@ class AsyncCache(CacheBase):
         """The cached value of ``key``, computing it with ``loader()`` when needed.
 
         ``loader`` may be a plain function or return an awaitable.
-        Exactly one ``loader`` runs per process for a missing key (the other
+        Exactly one ``loader`` runs per process for a missing key (other
         tasks await its result), and across processes the lease makes
         the others wait for it (up to ``lease_wait``). Values close to expiry
         are recomputed early (XFetch); stale ones are served while one
@@ -654,9 +675,14 @@ class AsyncCache(CacheBase):
         tags: Iterable[str] | Callable[..., Iterable[str]] | None = None,
         skip: Iterable[str] = ("self", "cls"),
     ) -> Callable[[Callable[P, Coroutine[Any, Any, R]]], AsyncCachedFunction[P, R]]:
-        """Cache an ``async def`` function's results by its arguments; see :meth:`Cache.cached`.
+        """Cache an ``async def`` function's results by its arguments.
 
-        The wrapper is awaited like the function and has
+        Keys are ``module.qualname(<arguments>)``, built from the bound
+        arguments (so ``f(1)`` and ``f(x=1)`` share one), with parameters
+        named in ``skip`` left out (``self``/``cls`` by default); pass
+        ``key=`` (same parameters as the function, returns a str) to choose
+        your own. ``tags`` is a list, or a function of the arguments. Long or
+        odd keys are hashed. The wrapper keeps the signature and has
         ``await .invalidate(*args, **kwargs)`` and ``.key_for(*args, **kwargs)``.
 
         Raises:
@@ -728,7 +754,7 @@ class AsyncCache(CacheBase):
                         await tracker.send_command("PING")
                         await tracker.read_response()
                         next_check = time.monotonic() + 1.0
-            except Exception as exc:  # (a cancellation is not an Exception: it ends the task)
+            except Exception as exc:
                 self.subscribed.clear()
                 self.invalidation_mode = "none"
                 self._channel_lost()

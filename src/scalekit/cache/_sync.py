@@ -2,17 +2,16 @@
 # DO NOT EDIT; edit the async file and run: python scripts/unasync.py
 """The sync shell: :class:`Cache` over ``redis.Redis``/``RedisCluster`` or memory.
 
-The read path of :meth:`Cache.get_or_set`,
-in order: the local tier (if any); one ``GET`` (pipelined with the tag
-counters when the call has tags); the core's decision (``_core.py``); a hit
-returns there, with no generator in between. A miss, a stale or an early
-value runs a flow of ``_flow.py``: in-process single-flight (one loader per
-key per process, the other threads wait for its result) and the distributed lease
-(``SET NX PX`` with a token; the holder loads, the others poll for its
-value, or take the lease over when it is freed, or load themselves after
-``lease_wait``). This shell only drives it: ``_drive`` performs each request
-the flow yields (a Redis call through the breaker, a sleep, the loader).
-Background refreshes are threads.
+The read path of :meth:`Cache.get_or_set`, in order: the local tier (if
+any); one ``GET`` (pipelined with the tag counters when the call has tags);
+the core's decision (``_core.py``); a hit returns there, with no generator
+in between. A miss, a stale or an early value runs a flow of ``_flow.py``:
+in-process single-flight (one loader per key per process, the other threads
+wait for its result) and the distributed lease (``SET NX PX`` with a token; the
+holder loads, the others poll for its value, or take the lease over when it
+is freed, or load themselves after ``lease_wait``). This shell only drives
+it: ``_drive`` performs each request the flow yields (a Redis call through
+the breaker, a sleep, the loader). Background refreshes are threads.
 """
 
 from __future__ import annotations
@@ -127,7 +126,7 @@ class Cache(CacheBase):
     42
 
     With a local tier, ``invalidation`` picks how it hears about writes
-    (the listener is a thread started by the first operation):
+    (the listener is a thread started at construction):
     ``"auto"`` uses Redis client tracking (writes by any client evict) on a
     standalone Redis >= 6 and pub/sub otherwise; ``"tracking"`` is the same
     but refuses a cluster; ``"pubsub"`` hears only scalekit caches. The
@@ -314,7 +313,11 @@ class Cache(CacheBase):
     # ------------------------------------------------------------------ plain operations
 
     def get(self, key: str, default: Any = None) -> Any:
-        """The cached value of ``key``, or ``default``; see :meth:`Cache.get`.
+        """The cached value of ``key``, or ``default`` when there is none.
+
+        A stale value (within the stale window) is returned; a negative
+        entry (:data:`NOT_FOUND` or a cached error) counts as none. When Redis
+        is down, ``default`` (or, under ``stale_local``, the local tier).
 
         Raises:
             CacheUnavailable: Redis is down and the policy is ``"raise"``.
@@ -374,7 +377,9 @@ class Cache(CacheBase):
     def set(
         self, key: str, value: Any, ttl: float | None = None, *, tags: Iterable[str] | None = None
     ) -> bool:
-        """Store ``value`` under ``key``; see :meth:`Cache.set`.
+        """Store ``value`` under ``key`` for ``ttl`` seconds (default ``default_ttl``).
+
+        Returns whether it was stored (``False`` when Redis is down).
 
         Raises:
             SerializationError: the serialiser cannot encode ``value``.
@@ -389,7 +394,12 @@ class Cache(CacheBase):
         *,
         tags: Iterable[str] | None = None,
     ) -> bool:
-        """Store every ``key: value`` of ``items`` in one round trip; see :meth:`Cache.set_many`.
+        """Store every ``key: value`` of ``items`` in one pipelined round trip.
+
+        ``items`` is a mapping or an iterable of ``(key, value)`` pairs (as
+        ``dict()`` takes; a later pair wins over an earlier one of the same key).
+
+        With ``tags``, the tags' versions are read first (one more round trip).
 
         Raises:
             SerializationError: the serialiser cannot encode a value.
@@ -418,7 +428,7 @@ class Cache(CacheBase):
         return ok
 
     def delete(self, *keys: str) -> bool:
-        """Remove ``keys``; see :meth:`Cache.delete`.
+        """Remove ``keys`` (here, in Redis and in every process's local tier).
 
         Raises:
             CacheUnavailable: Redis is down and the policy is ``"raise"``.
@@ -433,7 +443,11 @@ class Cache(CacheBase):
         return ok
 
     def invalidate_tags(self, *tags: str) -> bool:
-        """Invalidate every entry stored with any of ``tags``; see :meth:`Cache.invalidate_tags`.
+        """Invalidate every entry stored with any of ``tags``, in O(1) per tag.
+
+        Each tag's version counter is incremented; entries remember the
+        versions they were computed under and read as misses once a version
+        moved. Works the same on Redis Cluster (no key scan).
 
         Raises:
             CacheUnavailable: Redis is down and the policy is ``"raise"``.
@@ -461,8 +475,8 @@ class Cache(CacheBase):
     ) -> R:
         """The cached value of ``key``, computing it with ``loader()`` when needed.
 
-        Exactly one ``loader`` runs per process for a missing key (the other
-        tasks call its result), and across processes the lease makes
+        Exactly one ``loader`` runs per process for a missing key (other
+        threads wait for its result), and across processes the lease makes
         the others wait for it (up to ``lease_wait``). Values close to expiry
         are recomputed early (XFetch); stale ones are served while one
         caller refreshes them. A loader's exception reaches every caller
@@ -584,13 +598,18 @@ class Cache(CacheBase):
         tags: Iterable[str] | Callable[..., Iterable[str]] | None = None,
         skip: Iterable[str] = ("self", "cls"),
     ) -> Callable[[Callable[P, R]], CachedFunction[P, R]]:
-        """Cache a function's results by its arguments; see :meth:`Cache.cached`.
+        """Cache a function's results by its arguments.
 
-        The wrapper is called like the function and has
+        Keys are ``module.qualname(<arguments>)``, built from the bound
+        arguments (so ``f(1)`` and ``f(x=1)`` share one), with parameters
+        named in ``skip`` left out (``self``/``cls`` by default); pass
+        ``key=`` (same parameters as the function, returns a str) to choose
+        your own. ``tags`` is a list, or a function of the arguments. Long or
+        odd keys are hashed. The wrapper keeps the signature and has
         ``.invalidate(*args, **kwargs)`` and ``.key_for(*args, **kwargs)``.
 
         Raises:
-            ConfigurationError: on a function that is ``def`` function (use :class:`Cache`).
+            ConfigurationError: on a coroutine function (the asyncio shell's ``cached`` takes it).
         """
         skipped = self._decorator_options(ttl, key, tags, skip)
 
@@ -649,7 +668,7 @@ class Cache(CacheBase):
                         tracker.send_command("PING")
                         tracker.read_response()
                         next_check = time.monotonic() + 1.0
-            except Exception as exc:  # (a cancellation is not an Exception: it ends the task)
+            except Exception as exc:
                 self.subscribed.clear()
                 self.invalidation_mode = "none"
                 self._channel_lost()
@@ -727,7 +746,7 @@ class Cache(CacheBase):
 
 
 class CachedFunction(Generic[P, R]):
-    """A ``def`` function wrapped by :meth:`Cache.cached`."""
+    """A function wrapped by :meth:`Cache.cached`."""
 
     def __init__(
         self,
