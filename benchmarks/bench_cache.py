@@ -15,6 +15,13 @@ under a scratch key prefix deleted at the end, it times:
 - a stampede: 200 threads on a key that just expired (a 50 ms loader), for
   scalekit and dogpile (with its distributed lock): loader calls and p99.
 
+With ``--ab OLD_SRC`` it instead compares this tree's hit paths with another
+tree's (``OLD_SRC`` is that tree's ``src``, e.g. of ``git worktree add
+/tmp/cache-old <commit>``): two worker processes, one per tree, with the same
+settings, take turns round by round (so machine noise hits both alike) timing
+``Cache.get``, ``@cache.cached``, ``@AsyncCache.cached`` and local-tier hits;
+the table shows the best round of each and the change.
+
 The "speed" column is throughput relative to the raw GET (raw ns / case ns),
 the way the issue states its targets: ``get`` hit >= 0.90x, decorator hit
 >= 0.85x, async decorator hit >= 0.85x raw async GET, local-tier hit >= 0.5x a
@@ -25,6 +32,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
+import subprocess
 import sys
 import threading
 import time
@@ -267,11 +277,112 @@ def stampede(url: str, prefix: str) -> None:
     client.close()
 
 
+AB_CASES = ("Cache.get hit", "@cache.cached hit", "@AsyncCache.cached hit", "local-tier hit")
+
+
+def ab_worker(url: str, prefix: str, number: int) -> None:
+    """One side of ``--ab``: set up, then time one round per line read from stdin."""
+    client = redis.Redis.from_url(url)
+    cache = Cache(client, namespace=prefix, default_ttl=3600)
+    local = Cache(None, namespace=prefix + "l", local=LocalCache(maxsize=100, ttl=3600))
+    cache.set("x", VALUE)
+    local.set("x", VALUE)
+
+    @cache.cached(ttl=3600)
+    def get_user(user_id: int) -> dict[str, Any]:
+        return VALUE
+
+    get_user(1)
+    loop = asyncio.new_event_loop()
+    aclient = redis.asyncio.Redis.from_url(url)
+    acache = AsyncCache(aclient, namespace=prefix + "a", default_ttl=3600)
+
+    @acache.cached(ttl=3600)
+    async def aget_user(user_id: int) -> dict[str, Any]:
+        return VALUE
+
+    loop.run_until_complete(aget_user(1))
+
+    async def async_round() -> float:
+        for _ in range(200):
+            await aget_user(1)
+        start = time.perf_counter_ns()
+        for _ in range(number):
+            await aget_user(1)
+        return (time.perf_counter_ns() - start) / number
+
+    for _ in sys.stdin:
+        times = {
+            "Cache.get hit": time_per_call(lambda: cache.get("x"), number=number, repeat=1),
+            "@cache.cached hit": time_per_call(lambda: get_user(1), number=number, repeat=1),
+            "@AsyncCache.cached hit": loop.run_until_complete(async_round()),
+            "local-tier hit": time_per_call(lambda: local.get("x"), number=number * 20, repeat=1),
+        }
+        print(json.dumps(times), flush=True)
+    loop.run_until_complete(acache.aclose())
+    loop.run_until_complete(aclient.aclose())
+    loop.close()
+    cache.close()
+    client.close()
+
+
+def ab(url: str, old_src: Path, prefix: str, number: int, rounds: int) -> None:
+    """This tree vs ``old_src``, interleaved round by round in two worker processes."""
+    trees = {"old": old_src.resolve(), "new": Path(__file__).resolve().parent.parent / "src"}
+    workers = {}
+    for side, src in trees.items():
+        env = {**os.environ, "PYTHONPATH": str(src)}
+        workers[side] = subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--url",
+                url,
+                "--number",
+                str(number),
+                "--ab-worker",
+                f"{prefix}{side}",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+    best = {side: dict.fromkeys(AB_CASES, float("inf")) for side in workers}
+    try:
+        for index in range(rounds):
+            order = list(workers) if index % 2 == 0 else list(reversed(workers))
+            for side in order:
+                worker = workers[side]
+                assert worker.stdin is not None and worker.stdout is not None
+                worker.stdin.write("round\n")
+                worker.stdin.flush()
+                for case, ns in json.loads(worker.stdout.readline()).items():
+                    best[side][case] = min(best[side][case], ns)
+    finally:
+        for worker in workers.values():
+            assert worker.stdin is not None
+            worker.stdin.close()
+            worker.wait(timeout=60)
+    print(f"\nA/B, best of {rounds} interleaved rounds: old = {trees['old']}, new = this tree")
+    print(f"{'case':<26} {'old ns':>10} {'new ns':>10} {'change':>8}")
+    for case in AB_CASES:
+        old, new = best["old"][case], best["new"][case]
+        print(f"{case:<26} {old:>10.1f} {new:>10.1f} {100 * (new - old) / old:>+7.1f}%")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--quick", action="store_true", help="fewer calls (a smoke run)")
+    parser.add_argument("--ab", type=Path, metavar="OLD_SRC", help="compare with another tree")
+    parser.add_argument("--ab-worker", metavar="PREFIX", help=argparse.SUPPRESS)
+    parser.add_argument("--number", type=int, default=2000, help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, default=40, help="rounds of --ab")
     args = parser.parse_args()
+    if args.ab_worker:
+        ab_worker(args.url, args.ab_worker, args.number)
+        return
     number, rounds = (500, 2) if args.quick else (1000, 30)
     probe = redis.Redis.from_url(args.url, socket_connect_timeout=1)
     try:
@@ -281,6 +392,15 @@ def main() -> None:
         return
     prefix = f"skbench{uuid.uuid4().hex[:8]}"
     try:
+        if args.ab is not None:
+            ab(
+                args.url,
+                args.ab,
+                prefix,
+                number=500 if args.quick else args.number,
+                rounds=2 if args.quick else args.rounds,
+            )
+            return
         sync_hits(args.url, prefix, number, rounds)
         async_hits(args.url, prefix, number, rounds)
         stampede(args.url, prefix)

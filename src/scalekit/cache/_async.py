@@ -1,9 +1,19 @@
 """The asyncio shell: :class:`AsyncCache` over ``redis.asyncio`` (or memory).
 
-The same read path as :class:`~scalekit.cache.Cache` (see ``_sync.py``), with
-the I/O awaited: single-flight is per key and per event loop (a future the
-other tasks await), background refreshes are tasks, lease waits use
-``clock.asleep``. Loaders may be plain functions or ``async def``.
+This is the source of both shells: ``_sync.py`` (:class:`Cache`) is generated
+from it by ``scripts/unasync.py``.
+
+The read path of :meth:`AsyncCache.get_or_set`, in order: the local tier (if
+any); one ``GET`` (pipelined with the tag counters when the call has tags);
+the core's decision (``_core.py``); a hit returns there, with no generator
+in between. A miss, a stale or an early value runs a flow of ``_flow.py``:
+in-process single-flight (one loader per key per process, the other tasks
+await its result) and the distributed lease (``SET NX PX`` with a token; the
+holder loads, the others poll for its value, or take the lease over when it
+is freed, or load themselves after ``lease_wait``). This shell only drives
+it: ``_drive`` performs each request the flow yields (a Redis call through
+the breaker, a sleep, the loader). Background refreshes are tasks; loaders
+may be plain functions or ``async def``.
 """
 
 from __future__ import annotations
@@ -13,11 +23,14 @@ import functools
 import inspect
 import logging
 import random
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast
+import threading
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeAlias, TypeVar, cast
 
 from scalekit._clock import SYSTEM_CLOCK
 from scalekit._redis_bounded import DEFAULT_OP_TIMEOUT, aclose_twin, is_twin
+from scalekit._unasync import IS_ASYNC
 from scalekit.cache._backends import (
     AsyncMemoryBackend,
     AsyncRedisBackend,
@@ -34,14 +47,29 @@ from scalekit.cache._base import (
     DownPolicy,
     InvalidationMode,
     _Outcome,
+    check_colour,
     check_function,
     function_name,
     keys_of,
     make_tags,
+    other_colour_client,
     pairs_of,
 )
 from scalekit.cache._core import FRESH, VALUE, Action, Envelope, Kind, readable, validate_tags
-from scalekit.cache._events import CacheLeaseWait, CacheLoaded, CacheRefreshFailed, CacheStaleServed
+from scalekit.cache._events import CacheStaleServed
+from scalekit.cache._flow import (
+    Acquire,
+    CallLoader,
+    Op,
+    Read,
+    Release,
+    Sleep,
+    Spawn,
+    Store,
+    WaitFlight,
+    refresh,
+    single_flight,
+)
 from scalekit.cache._local import LocalCache
 from scalekit.errors import CircuitOpenError, ConfigurationError
 from scalekit.instrumentation import emit
@@ -53,40 +81,104 @@ if TYPE_CHECKING:
 
 __all__ = ["AsyncCache", "AsyncCachedFunction"]
 
+__unasync__ = {
+    # The breaker's dual-colour methods (see "One async naming scheme").
+    "acquire_async": "acquire",
+    "record_failure_async": "record_failure",
+    "record_success_async": "record_success",
+    "release_async": "release",
+    "aclose_twin": "close_twin",
+    # Each shell takes its own colour of client and refuses the other.
+    "is_async_client": "is_sync_client",
+    "is_sync_client": "is_async_client",
+    # Text: what is a task here is a thread there.
+    "The asyncio shell: :class:`AsyncCache` over ``redis.asyncio`` (or memory).": (
+        "The sync shell: :class:`Cache` over ``redis.Redis``/``RedisCluster`` or memory."
+    ),
+    "This is the source of both shells: ``_sync.py`` (:class:`Cache`) is generated\n"
+    "from it by ``scripts/unasync.py``.\n\n": "",
+    "the other tasks\nawait its result)": "the other threads\nwait for its result)",
+    "Background refreshes are tasks; loaders\nmay be plain functions or ``async def``.": (
+        "Background refreshes are threads."
+    ),
+    "the listener is a task started by the first operation": (
+        "the listener is a thread started at construction"
+    ),
+    "``loader`` may be a plain function or return an awaitable.\n        ": "",
+    "(other\n        tasks await its result)": "(other\n        threads wait for its result)",
+    "Cache an ``async def`` function's results": "Cache a function's results",
+    "``await .invalidate(": "``.invalidate(",
+    "on a function that is not ``async def`` (use :class:`Cache`)": (
+        "on a coroutine function (the asyncio shell's ``cached`` takes it)"
+    ),
+    "to the local tier (a task).": "to the local tier (a thread).",
+    "An ``async def`` function wrapped by": "A function wrapped by",
+    "Stop the invalidation listener and background refreshes": (
+        "Stop the invalidation listener (if any)"
+    ),
+    '>>> import asyncio\n    >>> cache = AsyncCache(None, namespace="demo", default_ttl=60)\n'
+    '    >>> asyncio.run(cache.get_or_set("answer", lambda: 42))\n    42\n'
+    '    >>> asyncio.run(cache.get("answer"))': (
+        '>>> cache = AsyncCache(None, namespace="demo", default_ttl=60)\n'
+        '    >>> cache.get_or_set("answer", lambda: 42)\n    42\n'
+        '    >>> cache.get("answer")'
+    ),
+}
+
 _log = logging.getLogger("scalekit.cache")
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 Loader = Callable[[], Any]
-
-
-class _Flight:
-    __slots__ = ("done", "error", "outcome")
-
-    def __init__(self) -> None:
-        self.done = asyncio.Event()
-        self.outcome: _Outcome | None = None
-        self.error: BaseException | None = None
+if IS_ASYNC:
+    LoaderOf: TypeAlias = Callable[[], R | Awaitable[R]]
+else:
+    LoaderOf: TypeAlias = Callable[[], R]
 
 
 class AsyncCache(CacheBase):
-    """:class:`~scalekit.cache.Cache` for asyncio, over ``redis.asyncio`` clients.
+    """Cache-aside over Redis with stampede protection, tags and a local tier.
 
-    Same parameters and behaviour as :class:`~scalekit.cache.Cache`; every
-    operation is a coroutine, loaders may be sync or ``async def``, and
-    :meth:`cached` decorates ``async def`` functions. With a local tier, the
-    invalidation listener is a task started by the first operation; stop it
-    with :meth:`aclose`. A ``breaker=`` whose state is shared through an
-    asyncio :class:`~scalekit.breaker.RedisStorage` is driven with its
-    ``*_async`` methods.
+    ``client`` is a ``redis.asyncio.Redis``, a ``redis.asyncio.cluster.RedisCluster``, a
+    fakeredis client, or ``None`` for an in-process :class:`AsyncMemoryBackend`
+    (tests, single-process apps). A client that decodes responses
+    (``decode_responses=True``) is refused.
+
+    Keys are stored as ``<namespace>:v<schema_version>:<key>``. A value lives
+    ``ttl`` seconds (``default_ttl``), moved by ``±jitter``, then is served
+    stale for ``stale_ttl`` more seconds (default a quarter of the TTL) while
+    one caller refreshes it. ``beta`` tunes XFetch early recomputation (0
+    turns it off). A loader returning :data:`NOT_FOUND`, or raising one of
+    ``cache_errors``, is cached for ``negative_ttl``.
+
+    When Redis fails, ``on_redis_down`` decides: ``"bypass"`` runs the loader
+    (``get`` returns the default), ``"stale_local"`` serves the local tier even
+    past its TTL and otherwise bypasses, ``"raise"`` raises
+    :class:`~scalekit.errors.CacheUnavailable`. Every Redis call goes through
+    a :class:`~scalekit.breaker.CircuitBreaker`: pass ``breaker=`` to share
+    yours with everything else that talks to this Redis; by default the cache
+    builds one that opens on the first outage error (a Redis or socket error;
+    never a miss, a bad entry or a loader's error), skips Redis for
+    ``retry_interval`` seconds, then lets one call probe it. One
+    :class:`~scalekit.instrumentation.FallbackUsed` is emitted per incident and
+    one :class:`~scalekit.instrumentation.Recovered` when it ends. Whatever
+    the client's own settings, an outage costs a caller at most about
+    ``2 x op_timeout`` (connect, then reply) once per probe: the cache talks
+    to Redis through a twin of ``client`` bounded by ``op_timeout`` and never
+    retried (built once here; :meth:`aclose` closes it; ``client`` stays
+    yours and :attr:`client` returns it).
 
     >>> import asyncio
-    >>> cache = AsyncCache(None, namespace="demo")
+    >>> cache = AsyncCache(None, namespace="demo", default_ttl=60)
     >>> asyncio.run(cache.get_or_set("answer", lambda: 42))
     42
+    >>> asyncio.run(cache.get("answer"))
+    42
 
-    With a local tier, ``invalidation`` picks how it hears about writes:
+    With a local tier, ``invalidation`` picks how it hears about writes
+    (the listener is a task started by the first operation):
     ``"auto"`` uses Redis client tracking (writes by any client evict) on a
     standalone Redis >= 6 and pub/sub otherwise; ``"tracking"`` is the same
     but refuses a cluster; ``"pubsub"`` hears only scalekit caches. The
@@ -161,19 +253,27 @@ class AsyncCache(CacheBase):
             self.backend = AsyncRedisBackend(self._store_client(client))
             self._user_client = client
         elif is_sync_client(client):
-            raise ConfigurationError("this is a sync client; use Cache", parameter="client")
+            raise other_colour_client(shell_is_async=IS_ASYNC)
         else:
             raise ConfigurationError(
-                "client must be a redis.asyncio.Redis, its RedisCluster or None, "
-                f"got {type(client).__name__}",
+                "client must be a redis.asyncio.Redis, a redis.asyncio.cluster.RedisCluster "
+                f"or None, got {type(client).__name__}",
                 parameter="client",
             )
         self._use_backend(self.backend)
-        self._flights: dict[str, _Flight] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._listener: asyncio.Task[None] | None = None
-        self._closed = False
+        self._new_event = asyncio.Event
+        self._closed = asyncio.Event()
         self.subscribed = asyncio.Event()
+        if IS_ASYNC:
+            self._tasks: set[asyncio.Task[Any]] = set()
+            self._listener: asyncio.Task[None] | None = None  # started by the first call
+        else:
+            self._listener: threading.Thread | None = None
+            if self.local is not None and isinstance(self.backend, AsyncRedisBackend):
+                self._listener = threading.Thread(
+                    target=self._listen, name=f"scalekit-cache-{namespace}", daemon=True
+                )
+                self._listener.start()
 
     @property
     def client(self) -> Any:
@@ -187,7 +287,9 @@ class AsyncCache(CacheBase):
     # ------------------------------------------------------------------ backend calls
 
     async def _call(self, method: Callable[..., Awaitable[Any]], *args: Any) -> tuple[bool, Any]:
-        if self.local is not None and self._listener is None and not self._closed:
+        """``method(*args)`` through the breaker: ``(True, result)``, or ``(False, None)``
+        after the fallback bookkeeping (see ``_base.py``, "Outages")."""
+        if self.local is not None and self._listener is None:  # unasync: async-only
             self._start_listener()
         if not self._light or self.breaker.state is not _CLOSED:
             return await self._call_with_permit(method, args)
@@ -196,7 +298,7 @@ class AsyncCache(CacheBase):
         except Exception as exc:
             kind = self._failure_kind(exc)
             if kind == "outage":
-                self._trip()  # a light breaker is local: no I/O to await
+                self._trip()  # a light breaker is local: no I/O
             self._fall_back(exc, kind)
             return False, None
         if self._degraded_since is not None or self._streaks:
@@ -223,7 +325,7 @@ class AsyncCache(CacheBase):
                 await permit.release_async()
             self._fall_back(exc, kind)
             return False, None
-        except BaseException:  # cancelled: neither a success nor a failure
+        except BaseException:  # cancelled or interrupted: neither a success nor a failure
             await permit.release_async()
             raise
         await permit.record_success_async()
@@ -239,6 +341,7 @@ class AsyncCache(CacheBase):
     async def _read(
         self, key: str, tags: tuple[str, ...]
     ) -> tuple[bool, tuple[Envelope, Any] | None, dict[str, int]]:
+        """One round trip: the entry and the current versions of ``tags``."""
         if tags:
             ok, reply = await self._call(self.backend.get_with_counters, key, self._tag_keys(tags))
             if not ok:
@@ -268,7 +371,11 @@ class AsyncCache(CacheBase):
     # ------------------------------------------------------------------ plain operations
 
     async def get(self, key: str, default: Any = None) -> Any:
-        """The cached value of ``key``, or ``default``; see :meth:`Cache.get`.
+        """The cached value of ``key``, or ``default`` when there is none.
+
+        A stale value (within the stale window) is returned; a negative
+        entry (:data:`NOT_FOUND` or a cached error) counts as none. When Redis
+        is down, ``default`` (or, under ``stale_local``, the local tier).
 
         Raises:
             CacheUnavailable: Redis is down and the policy is ``"raise"``.
@@ -328,7 +435,9 @@ class AsyncCache(CacheBase):
     async def set(
         self, key: str, value: Any, ttl: float | None = None, *, tags: Iterable[str] | None = None
     ) -> bool:
-        """Store ``value`` under ``key``; see :meth:`Cache.set`.
+        """Store ``value`` under ``key`` for ``ttl`` seconds (default ``default_ttl``).
+
+        Returns whether it was stored (``False`` when Redis is down).
 
         Raises:
             SerializationError: the serialiser cannot encode ``value``.
@@ -343,7 +452,12 @@ class AsyncCache(CacheBase):
         *,
         tags: Iterable[str] | None = None,
     ) -> bool:
-        """Store every ``key: value`` of ``items`` in one round trip; see :meth:`Cache.set_many`.
+        """Store every ``key: value`` of ``items`` in one pipelined round trip.
+
+        ``items`` is a mapping or an iterable of ``(key, value)`` pairs (as
+        ``dict()`` takes; a later pair wins over an earlier one of the same key).
+
+        With ``tags``, the tags' versions are read first (one more round trip).
 
         Raises:
             SerializationError: the serialiser cannot encode a value.
@@ -372,7 +486,7 @@ class AsyncCache(CacheBase):
         return ok
 
     async def delete(self, *keys: str) -> bool:
-        """Remove ``keys``; see :meth:`Cache.delete`.
+        """Remove ``keys`` (here, in Redis and in every process's local tier).
 
         Raises:
             CacheUnavailable: Redis is down and the policy is ``"raise"``.
@@ -387,7 +501,11 @@ class AsyncCache(CacheBase):
         return ok
 
     async def invalidate_tags(self, *tags: str) -> bool:
-        """Invalidate every entry stored with any of ``tags``; see :meth:`Cache.invalidate_tags`.
+        """Invalidate every entry stored with any of ``tags``, in O(1) per tag.
+
+        Each tag's version counter is incremented; entries remember the
+        versions they were computed under and read as misses once a version
+        moved. Works the same on Redis Cluster (no key scan).
 
         Raises:
             CacheUnavailable: Redis is down and the policy is ``"raise"``.
@@ -408,17 +526,20 @@ class AsyncCache(CacheBase):
     async def get_or_set(
         self,
         key: str,
-        loader: Callable[[], R | Awaitable[R]],
+        loader: LoaderOf[R],
         ttl: float | None = None,
         *,
         tags: Iterable[str] | None = None,
     ) -> R:
         """The cached value of ``key``, computing it with ``loader()`` when needed.
 
-        ``loader`` may be a plain function or return an awaitable. Same
-        guarantees as :meth:`Cache.get_or_set`: one loader per process for a
-        missing key (the other tasks await it), one across processes through
-        the lease, XFetch early recomputation and stale-while-revalidate.
+        ``loader`` may be a plain function or return an awaitable.
+        Exactly one ``loader`` runs per process for a missing key (other
+        tasks await its result), and across processes the lease makes
+        the others wait for it (up to ``lease_wait``). Values close to expiry
+        are recomputed early (XFetch); stale ones are served while one
+        caller refreshes them. A loader's exception reaches every caller
+        waiting on it and is not cached, unless it is one of ``cache_errors``.
 
         Raises:
             Whatever ``loader`` raises; SerializationError when its value
@@ -451,8 +572,9 @@ class AsyncCache(CacheBase):
                 stale = self._local_get(key, allow_expired=True)
                 if stale is not None:
                     return self._unwrap(*stale)
+            counts = [0] * len(tags)
             return self._deliver(
-                await self._single_flight(key, loader, ttl, tags, [0] * len(tags), store=True)
+                await self._drive(single_flight(self, key, loader, ttl, tags, counts, store=True))
             )
         action = self._decide(entry, versions)
         if action is FRESH and entry is not None:
@@ -464,15 +586,15 @@ class AsyncCache(CacheBase):
         if action is Action.MISS or entry is None:
             self.counters.misses += 1
             return self._deliver(
-                await self._single_flight(key, loader, ttl, tags, counts, store=True)
+                await self._drive(single_flight(self, key, loader, ttl, tags, counts, store=True))
             )
         if action is Action.EARLY:
             self.counters.early += 1
-            fresh = await self._refresh(key, loader, ttl, tags, counts, "early")
+            fresh = await self._drive(refresh(self, key, loader, ttl, tags, counts, "early"))
         else:
             self.counters.stale += 1
             emit(CacheStaleServed(name=self.namespace, age=self.clock.time() - entry[0].created))
-            fresh = await self._refresh(key, loader, ttl, tags, counts, "stale")
+            fresh = await self._drive(refresh(self, key, loader, ttl, tags, counts, "stale"))
         if fresh is not None:
             return self._deliver(fresh)
         return self._unwrap(*entry)
@@ -482,222 +604,66 @@ class AsyncCache(CacheBase):
             raise outcome.value
         return outcome.value
 
-    def _lead(self, key: str) -> tuple[_Flight, bool]:
-        flight = self._flights.get(key)
-        if flight is not None:
-            return flight, False
-        flight = self._flights[key] = _Flight()
-        return flight, True
+    # ------------------------------------------------------------------ the flow driver
 
-    def _land(self, key: str, flight: _Flight) -> None:
-        if self._flights.get(key) is flight:
-            del self._flights[key]
-        flight.done.set()
-
-    async def _single_flight(
-        self,
-        key: str,
-        loader: Loader,
-        ttl: float | None,
-        tags: tuple[str, ...],
-        counts: list[int],
-        *,
-        store: bool,
-    ) -> _Outcome:
-        for _ in range(3):
-            flight, leader = self._lead(key)
-            if not leader:
-                await flight.done.wait()
-                if flight.error is not None:
-                    raise flight.error
-                if flight.outcome is not None:
-                    return flight.outcome
-                continue
-            try:
-                outcome = (
-                    await self._load_with_lease(key, loader, ttl, tags, counts)
-                    if store
-                    else await self._load(key, loader, ttl, tags, counts, "miss", store=False)
-                )
-                flight.outcome = outcome
-                return outcome
-            except BaseException as exc:
-                # A cancelled leader must not cancel its followers: they retry.
-                if not isinstance(exc, asyncio.CancelledError):
-                    flight.error = exc
-                raise
-            finally:
-                self._land(key, flight)
-        return await self._load(key, loader, ttl, tags, counts, "miss", store=store)
-
-    async def _load_with_lease(
-        self,
-        key: str,
-        loader: Loader,
-        ttl: float | None,
-        tags: tuple[str, ...],
-        counts: list[int],
-    ) -> _Outcome:
-        lease, token = self.keys.lease_of(key), self._new_token()
-        lease_ms = int(self.lease_ttl * 1000)
-        ok, acquired = await self._call(self.backend.acquire, lease, token, lease_ms)
-        if ok and not acquired:
-            waited = await self._wait_for_holder(key, tags, lease, token, lease_ms)
-            if isinstance(waited, _Outcome):
-                return waited
-            acquired = waited
-        try:
-            if ok and acquired:
-                # Another process may have stored the value between our read and
-                # taking the lease: check once more, so it is not loaded twice.
-                filled = await self._recheck(key, tags, fresh_only=False)
-                if filled is not None:
-                    return filled
-            # Stored even without the lease: a failed lease call may be this call's
-            # alone (a full pool), and during an outage the breaker skips it for free.
-            return await self._load(key, loader, ttl, tags, counts, "miss", store=True)
-        finally:
-            if ok and acquired:
-                await self._call(self.backend.release, lease, token)
-
-    async def _recheck(
-        self, key: str, tags: tuple[str, ...], *, fresh_only: bool
-    ) -> _Outcome | None:
-        """The entry now stored for ``key`` if usable (only a fresh one with ``fresh_only``)."""
-        ok, entry, versions = await self._read(key, tags)
-        if not ok or entry is None:
-            return None
-        action = self._decide(entry, versions)
-        if action is Action.MISS or (fresh_only and action is not Action.FRESH):
-            return None
-        self._local_put(key, *entry)
-        return self._entry_outcome(entry)
-
-    async def _wait_for_holder(
-        self, key: str, tags: tuple[str, ...], lease: str, token: str, lease_ms: int
-    ) -> _Outcome | bool:
-        self.counters.lease_waits += 1
-        started = self.clock.monotonic()
-        deadline = started + self.lease_wait
+    async def _drive(self, flow: Generator[Op, Any, T]) -> T:
+        """Run a flow of ``_flow.py``: perform each request, send back its result
+        or throw its error (a cancellation too, so the flow's cleanup runs)."""
+        value: Any = None
+        error: BaseException | None = None
         while True:
-            now = self.clock.monotonic()
-            if now >= deadline:
-                emit(CacheLeaseWait(name=self.namespace, seconds=now - started, outcome="timeout"))
-                return False
-            await self.clock.asleep(min(self.poll_interval, deadline - now))
-            ok, entry, versions = await self._read(key, tags)
-            if not ok:
-                return False
-            if entry is not None and self._decide(entry, versions) is not Action.MISS:
-                emit(
-                    CacheLeaseWait(
-                        name=self.namespace,
-                        seconds=self.clock.monotonic() - started,
-                        outcome="filled",
-                    )
-                )
-                self._local_put(key, *entry)
-                return self._entry_outcome(entry)
-            ok, acquired = await self._call(self.backend.acquire, lease, token, lease_ms)
-            if ok and acquired:
-                emit(
-                    CacheLeaseWait(
-                        name=self.namespace,
-                        seconds=self.clock.monotonic() - started,
-                        outcome="acquired",
-                    )
-                )
-                return True
-
-    async def _load(
-        self,
-        key: str,
-        loader: Loader,
-        ttl: float | None,
-        tags: tuple[str, ...],
-        counts: list[int],
-        reason: str,
-        *,
-        store: bool,
-    ) -> _Outcome:
-        started = self.clock.monotonic()
-        try:
-            result = loader()
-            if inspect.isawaitable(result):
-                result = await result
-            kind, value = self._outcome_of(result)
-        except Exception as exc:
-            if not self._is_cached_error(exc):
-                raise
-            kind, value = Kind.ERROR, exc
-        cost = self.clock.monotonic() - started
-        self.counters.loads += 1
-        self.counters.load_seconds += cost
-        emit(CacheLoaded(name=self.namespace, reason=reason, seconds=cost))
-        envelope, data, ttl_ms = self._build(kind, value, ttl, cost, tags, counts)
-        if store:
-            await self._call(self.backend.set_many, [(key, data, ttl_ms)], self._notify("k", [key]))
-        if kind is Kind.VALUE:
-            self._local_put(key, envelope, value)
-        return _Outcome(kind, value, envelope)
-
-    async def _refresh(
-        self,
-        key: str,
-        loader: Loader,
-        ttl: float | None,
-        tags: tuple[str, ...],
-        counts: list[int],
-        reason: str,
-    ) -> _Outcome | None:
-        flight, leader = self._lead(key)
-        if not leader:
-            return None
-        if self.background_refresh:
-            task = asyncio.get_running_loop().create_task(
-                self._refresh_now(flight, key, loader, ttl, tags, counts, reason)
-            )
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-            return None
-        return await self._refresh_now(flight, key, loader, ttl, tags, counts, reason)
-
-    async def _refresh_now(
-        self,
-        flight: _Flight,
-        key: str,
-        loader: Loader,
-        ttl: float | None,
-        tags: tuple[str, ...],
-        counts: list[int],
-        reason: str,
-    ) -> _Outcome | None:
-        try:
-            lease, token = self.keys.lease_of(key), self._new_token()
-            ok, acquired = await self._call(
-                self.backend.acquire, lease, token, int(self.lease_ttl * 1000)
-            )
-            if not (ok and acquired):
-                return None
             try:
-                # Refreshed by another process since we read it: nothing to do.
-                outcome = await self._recheck(key, tags, fresh_only=True) or await self._load(
-                    key, loader, ttl, tags, counts, reason, store=True
+                op = flow.send(value) if error is None else flow.throw(error)
+            except StopIteration as stop:
+                return cast(T, stop.value)
+            error = None
+            try:
+                value = await self._perform(op)
+            except BaseException as exc:
+                value, error = None, exc
+
+    async def _perform(self, op: Op) -> Any:
+        """The I/O of one request (every kind in ``_flow.OPS``)."""
+        if isinstance(op, Read):
+            return await self._read(op.key, op.tags)
+        if isinstance(op, Acquire):
+            return await self._call(self.backend.acquire, op.lease, op.token, op.ttl_ms)
+        if isinstance(op, Release):
+            return await self._call(self.backend.release, op.lease, op.token)
+        if isinstance(op, Store):
+            return await self._call(
+                self.backend.set_many, [(op.key, op.data, op.ttl_ms)], op.notify
+            )
+        if isinstance(op, Sleep):
+            return await self.clock.asleep(op.seconds)
+        if isinstance(op, CallLoader):
+            if IS_ASYNC:
+                result = op.loader()
+                return await result if inspect.isawaitable(result) else result
+            else:
+                return op.loader()
+        if isinstance(op, WaitFlight):
+            return await op.flight.done.wait()
+        if isinstance(op, Spawn):
+            if IS_ASYNC:
+                work = self._drive(op.flow)
+                try:
+                    task = asyncio.get_running_loop().create_task(work)
+                except BaseException:
+                    work.close()  # never started: no "never awaited" warning
+                    raise
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            else:
+                thread = threading.Thread(
+                    target=self._drive,
+                    args=(op.flow,),
+                    name="scalekit-cache-refresh",
+                    daemon=True,
                 )
-            except Exception as exc:
-                self.counters.errors += 1
-                _log.warning("cache %r: refresh failed: %s", self.namespace, type(exc).__name__)
-                emit(CacheRefreshFailed(name=self.namespace, reason=type(exc).__name__))
-                return None
-            finally:
-                await self._call(self.backend.release, lease, token)
-            flight.outcome = outcome
-            return outcome
-        except Exception:
-            _log.exception("cache %r: refresh crashed", self.namespace)
+                thread.start()
             return None
-        finally:
-            self._land(key, flight)
+        raise AssertionError(f"unknown request {op!r}")  # pragma: no cover
 
     # ------------------------------------------------------------------ decorator
 
@@ -709,9 +675,14 @@ class AsyncCache(CacheBase):
         tags: Iterable[str] | Callable[..., Iterable[str]] | None = None,
         skip: Iterable[str] = ("self", "cls"),
     ) -> Callable[[Callable[P, Coroutine[Any, Any, R]]], AsyncCachedFunction[P, R]]:
-        """Cache an ``async def`` function's results by its arguments; see :meth:`Cache.cached`.
+        """Cache an ``async def`` function's results by its arguments.
 
-        The wrapper is awaited like the function and has
+        Keys are ``module.qualname(<arguments>)``, built from the bound
+        arguments (so ``f(1)`` and ``f(x=1)`` share one), with parameters
+        named in ``skip`` left out (``self``/``cls`` by default); pass
+        ``key=`` (same parameters as the function, returns a str) to choose
+        your own. ``tags`` is a list, or a function of the arguments. Long or
+        odd keys are hashed. The wrapper keeps the signature and has
         ``await .invalidate(*args, **kwargs)`` and ``.key_for(*args, **kwargs)``.
 
         Raises:
@@ -721,19 +692,15 @@ class AsyncCache(CacheBase):
 
         def decorate(func: Callable[P, Coroutine[Any, Any, R]]) -> AsyncCachedFunction[P, R]:
             check_function(func)
-            if not inspect.iscoroutinefunction(func):
-                raise ConfigurationError(
-                    f"{function_name(func)} is not async; decorate it with Cache.cached",
-                    parameter="func",
-                )
+            check_colour(func, shell_is_async=IS_ASYNC)
             return AsyncCachedFunction(self, func, ttl, key, tags, skipped)
 
         return decorate
 
     # ------------------------------------------------------------------ local tier messages
 
-    def _start_listener(self) -> None:
-        if not isinstance(self.backend, AsyncRedisBackend):
+    def _start_listener(self) -> None:  # unasync: async-only
+        if self._closed.is_set() or not isinstance(self.backend, AsyncRedisBackend):
             return
         try:
             loop = asyncio.get_running_loop()
@@ -742,10 +709,17 @@ class AsyncCache(CacheBase):
         self._listener = loop.create_task(self._listen())
 
     async def _listen(self) -> None:
-        """Apply invalidations to the local tier (a task); see ``Cache._listen``."""
+        """Apply invalidations to the local tier (a task).
+
+        With client tracking, Redis itself reports every write under this
+        cache's prefix (by any client) on ``__redis__:invalidate``, redirected
+        from a dedicated connection to this listener's; otherwise only the
+        caches' own pub/sub messages are heard. Any loss or reconnect of either
+        connection flushes the local tier and sets everything up again.
+        """
         client = self.backend.client
         first = True
-        while not self._closed:
+        while not self._closed.is_set():
             pubsub = None
             tracker = None
             try:
@@ -759,25 +733,27 @@ class AsyncCache(CacheBase):
                 await pubsub.subscribe(*channels)
                 if pubsub.connection is not None:
                     pubsub.connection.register_connect_callback(self._on_connect)
-                if self.local is not None and not first:  # see Cache._listen
+                # Back after a loss: anything may have changed while we were not
+                # listening. (The first subscription follows construction by
+                # moments; what was cached meanwhile is capped by the local TTL.)
+                if self.local is not None and not first:
                     self.local.clear()
                 first = False
                 self.invalidation_mode = "pubsub" if tracker is None else "tracking"
                 self.subscribed.set()
-                loop = asyncio.get_running_loop()
-                next_check = loop.time() + 1.0
-                while not self._closed:
+                next_check = time.monotonic() + 1.0
+                while not self._closed.is_set():
                     if self._reconnected:
                         raise ConnectionError("invalidation connection reconnected")
                     message = await pubsub.get_message(timeout=0.2)
                     if message is not None:
                         self._dispatch(message)
-                    if tracker is not None and loop.time() >= next_check:
+                    if tracker is not None and time.monotonic() >= next_check:
+                        # A silently dropped tracking connection would stop the
+                        # invalidations without any error on the listener's side.
                         await tracker.send_command("PING")
                         await tracker.read_response()
-                        next_check = loop.time() + 1.0
-            except asyncio.CancelledError:
-                raise
+                        next_check = time.monotonic() + 1.0
             except Exception as exc:
                 self.subscribed.clear()
                 self.invalidation_mode = "none"
@@ -785,7 +761,10 @@ class AsyncCache(CacheBase):
                 _log.debug(
                     "cache %r: invalidation channel lost: %s", self.namespace, type(exc).__name__
                 )
-                await asyncio.sleep(self.retry_interval)
+                if IS_ASYNC:
+                    await asyncio.sleep(self.retry_interval)
+                else:
+                    self._closed.wait(self.retry_interval)
             finally:
                 if tracker is not None:
                     await self._stop_tracking(tracker)
@@ -794,7 +773,7 @@ class AsyncCache(CacheBase):
                         pubsub.connection.deregister_connect_callback(self._on_connect)
                     try:
                         await pubsub.aclose()
-                    except Exception:  # pragma: no cover
+                    except Exception:  # pragma: no cover - closing a broken connection
                         pass
 
     async def _start_tracking(self, pubsub: Any) -> Any:
@@ -803,7 +782,10 @@ class AsyncCache(CacheBase):
 
         pool = self.backend.client.connection_pool
         try:
-            await pubsub.execute_command("HELLO", "2")  # see Cache._start_tracking
+            # RESP2 on this connection: the redirected invalidations then come
+            # as pub/sub messages on __redis__:invalidate (RESP3 would send
+            # "invalidate" pushes that redis-py's PubSub drops).
+            await pubsub.execute_command("HELLO", "2")
             await pubsub.parse_response(block=True)
             await pubsub.execute_command("CLIENT", "ID")
             client_id = int(await pubsub.parse_response(block=True))
@@ -835,14 +817,18 @@ class AsyncCache(CacheBase):
     async def aclose(self) -> None:
         """Stop the invalidation listener and background refreshes, and close the
         cache's own twin client. The client you passed stays yours to close."""
-        self._closed = True
-        tasks = list(self._tasks)
-        if self._listener is not None:
-            tasks.append(self._listener)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        self._closed.set()
+        if IS_ASYNC:
+            tasks = list(self._tasks)
+            if self._listener is not None:
+                tasks.append(self._listener)
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+        else:
+            if self._listener is not None:
+                self._listener.join(timeout=2.0)
         store = getattr(self.backend, "client", None)
         if store is not None and is_twin(store):
             await aclose_twin(store)

@@ -40,10 +40,11 @@ import logging
 import math
 import random
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal, cast
+from typing import TYPE_CHECKING, Any, Final, Literal, cast
 
 from scalekit._clock import SystemClock
 from scalekit._redis_bounded import DEFAULT_OP_TIMEOUT, bounded, check_op_timeout
@@ -77,6 +78,9 @@ from scalekit.errors import (
 )
 from scalekit.instrumentation import FallbackUsed, Recovered, emit
 from scalekit.typing import Clock
+
+if TYPE_CHECKING:
+    from scalekit.cache._flow import Flight
 
 __all__ = ["CacheStats", "DownPolicy"]
 
@@ -322,6 +326,11 @@ class CacheBase:
         self.invalidation_mode: str = "none"
         self._tracking_refused = False
         self._reconnected = False
+        # Single-flight (see _flow.py): the in-process load of each key, and the
+        # event type its followers wait on (set by each shell).
+        self._flights: dict[str, Flight] = {}
+        self._flights_lock = threading.Lock()
+        self._new_event: Callable[[], Any] = threading.Event
 
     # ------------------------------------------------------------------ the client
 
@@ -853,6 +862,24 @@ def check_function(func: object) -> None:
         raise ConfigurationError(
             f"cached() decorates a function, got {type(func).__name__}", parameter="func"
         )
+
+
+def check_colour(func: Callable[..., Any], *, shell_is_async: bool) -> None:
+    """``cached`` of each shell decorates functions of its own colour only."""
+    if inspect.iscoroutinefunction(func) == shell_is_async:
+        return
+    if shell_is_async:
+        message = f"{function_name(func)} is not async; decorate it with Cache.cached"
+    else:
+        message = f"{function_name(func)} is async; decorate it with AsyncCache.cached"
+    raise ConfigurationError(message, parameter="func")
+
+
+def other_colour_client(*, shell_is_async: bool) -> ConfigurationError:
+    """The error for a Redis client of the other colour than the shell's."""
+    if shell_is_async:
+        return ConfigurationError("this is a sync client; use Cache", parameter="client")
+    return ConfigurationError("this is an asyncio client; use AsyncCache", parameter="client")
 
 
 def _error_payload(exc: BaseException) -> bytes:

@@ -1,12 +1,17 @@
+# This file is generated from src/scalekit/cache/_async.py by scripts/unasync.py.
+# DO NOT EDIT; edit the async file and run: python scripts/unasync.py
 """The sync shell: :class:`Cache` over ``redis.Redis``/``RedisCluster`` or memory.
 
 The read path of :meth:`Cache.get_or_set`, in order: the local tier (if
 any); one ``GET`` (pipelined with the tag counters when the call has tags);
-the core's decision; then, on a miss, in-process single-flight (one loader
-per key per process, the other threads wait for its result) and the
-distributed lease (``SET NX PX`` with a token; the holder loads, the others
-poll for its value, or take the lease over when it is freed, or load
-themselves after ``lease_wait``).
+the core's decision (``_core.py``); a hit returns there, with no generator
+in between. A miss, a stale or an early value runs a flow of ``_flow.py``:
+in-process single-flight (one loader per key per process, the other threads
+wait for its result) and the distributed lease (``SET NX PX`` with a token; the
+holder loads, the others poll for its value, or take the lease over when it
+is freed, or load themselves after ``lease_wait``). This shell only drives
+it: ``_drive`` performs each request the flow yields (a Redis call through
+the breaker, a sleep, the loader). Background refreshes are threads.
 """
 
 from __future__ import annotations
@@ -17,8 +22,8 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeAlias, TypeVar, cast
 
 from scalekit._clock import SYSTEM_CLOCK
 from scalekit._redis_bounded import DEFAULT_OP_TIMEOUT, close_twin, is_twin
@@ -38,14 +43,29 @@ from scalekit.cache._base import (
     DownPolicy,
     InvalidationMode,
     _Outcome,
+    check_colour,
     check_function,
     function_name,
     keys_of,
     make_tags,
+    other_colour_client,
     pairs_of,
 )
 from scalekit.cache._core import FRESH, VALUE, Action, Envelope, Kind, readable, validate_tags
-from scalekit.cache._events import CacheLeaseWait, CacheLoaded, CacheRefreshFailed, CacheStaleServed
+from scalekit.cache._events import CacheStaleServed
+from scalekit.cache._flow import (
+    Acquire,
+    CallLoader,
+    Op,
+    Read,
+    Release,
+    Sleep,
+    Spawn,
+    Store,
+    WaitFlight,
+    refresh,
+    single_flight,
+)
 from scalekit.cache._local import LocalCache
 from scalekit.errors import CircuitOpenError, ConfigurationError
 from scalekit.instrumentation import emit
@@ -61,15 +81,10 @@ _log = logging.getLogger("scalekit.cache")
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
-
-class _Flight:
-    __slots__ = ("done", "error", "outcome")
-
-    def __init__(self) -> None:
-        self.done = threading.Event()
-        self.outcome: _Outcome | None = None
-        self.error: BaseException | None = None
+Loader = Callable[[], Any]
+LoaderOf: TypeAlias = Callable[[], R]
 
 
 class Cache(CacheBase):
@@ -110,7 +125,8 @@ class Cache(CacheBase):
     >>> cache.get("answer")
     42
 
-    With a local tier, ``invalidation`` picks how it hears about writes:
+    With a local tier, ``invalidation`` picks how it hears about writes
+    (the listener is a thread started at construction):
     ``"auto"`` uses Redis client tracking (writes by any client evict) on a
     standalone Redis >= 6 and pub/sub otherwise; ``"tracking"`` is the same
     but refuses a cluster; ``"pubsub"`` hears only scalekit caches. The
@@ -185,20 +201,18 @@ class Cache(CacheBase):
             self.backend = RedisBackend(self._store_client(client))
             self._user_client = client
         elif is_async_client(client):
-            raise ConfigurationError(
-                "this is an asyncio client; use AsyncCache", parameter="client"
-            )
+            raise other_colour_client(shell_is_async=False)
         else:
             raise ConfigurationError(
-                f"client must be a redis.Redis, RedisCluster or None, got {type(client).__name__}",
+                "client must be a redis.Redis, a redis.cluster.RedisCluster "
+                f"or None, got {type(client).__name__}",
                 parameter="client",
             )
         self._use_backend(self.backend)
-        self._flights: dict[str, _Flight] = {}
-        self._flights_lock = threading.Lock()
+        self._new_event = threading.Event
         self._closed = threading.Event()
-        self._listener: threading.Thread | None = None
         self.subscribed = threading.Event()
+        self._listener: threading.Thread | None = None
         if self.local is not None and isinstance(self.backend, RedisBackend):
             self._listener = threading.Thread(
                 target=self._listen, name=f"scalekit-cache-{namespace}", daemon=True
@@ -226,7 +240,7 @@ class Cache(CacheBase):
         except Exception as exc:
             kind = self._failure_kind(exc)
             if kind == "outage":
-                self._trip()
+                self._trip()  # a light breaker is local: no I/O
             self._fall_back(exc, kind)
             return False, None
         if self._degraded_since is not None or self._streaks:
@@ -253,7 +267,7 @@ class Cache(CacheBase):
                 permit.release()
             self._fall_back(exc, kind)
             return False, None
-        except BaseException:
+        except BaseException:  # cancelled or interrupted: neither a success nor a failure
             permit.release()
             raise
         permit.record_success()
@@ -454,7 +468,7 @@ class Cache(CacheBase):
     def get_or_set(
         self,
         key: str,
-        loader: Callable[[], R],
+        loader: LoaderOf[R],
         ttl: float | None = None,
         *,
         tags: Iterable[str] | None = None,
@@ -476,7 +490,7 @@ class Cache(CacheBase):
         return cast(R, self._get_or_load(self.keys.data(key), loader, ttl, validate_tags(tags)))
 
     def _get_or_load(
-        self, key: str, loader: Callable[[], Any], ttl: float | None, tags: tuple[str, ...]
+        self, key: str, loader: Loader, ttl: float | None, tags: tuple[str, ...]
     ) -> Any:
         local = None if self.local is None else self._local_get(key)
         if local is not None and self._decide(local, None) is FRESH:
@@ -497,8 +511,9 @@ class Cache(CacheBase):
                 stale = self._local_get(key, allow_expired=True)
                 if stale is not None:
                     return self._unwrap(*stale)
+            counts = [0] * len(tags)
             return self._deliver(
-                self._single_flight(key, loader, ttl, tags, [0] * len(tags), store=True)
+                self._drive(single_flight(self, key, loader, ttl, tags, counts, store=True))
             )
         action = self._decide(entry, versions)
         if action is FRESH and entry is not None:
@@ -509,14 +524,16 @@ class Cache(CacheBase):
         counts = [versions.get(tag, 0) for tag in tags]
         if action is Action.MISS or entry is None:
             self.counters.misses += 1
-            return self._deliver(self._single_flight(key, loader, ttl, tags, counts, store=True))
+            return self._deliver(
+                self._drive(single_flight(self, key, loader, ttl, tags, counts, store=True))
+            )
         if action is Action.EARLY:
             self.counters.early += 1
-            fresh = self._refresh(key, loader, ttl, tags, counts, "early")
+            fresh = self._drive(refresh(self, key, loader, ttl, tags, counts, "early"))
         else:
             self.counters.stale += 1
             emit(CacheStaleServed(name=self.namespace, age=self.clock.time() - entry[0].created))
-            fresh = self._refresh(key, loader, ttl, tags, counts, "stale")
+            fresh = self._drive(refresh(self, key, loader, ttl, tags, counts, "stale"))
         if fresh is not None:
             return self._deliver(fresh)
         return self._unwrap(*entry)
@@ -526,225 +543,50 @@ class Cache(CacheBase):
             raise outcome.value
         return outcome.value
 
-    def _lead(self, key: str) -> tuple[_Flight, bool]:
-        with self._flights_lock:
-            flight = self._flights.get(key)
-            if flight is not None:
-                return flight, False
-            flight = self._flights[key] = _Flight()
-            return flight, True
+    # ------------------------------------------------------------------ the flow driver
 
-    def _land(self, key: str, flight: _Flight) -> None:
-        with self._flights_lock:
-            if self._flights.get(key) is flight:
-                del self._flights[key]
-        flight.done.set()
-
-    def _single_flight(
-        self,
-        key: str,
-        loader: Callable[[], Any],
-        ttl: float | None,
-        tags: tuple[str, ...],
-        counts: list[int],
-        *,
-        store: bool,
-    ) -> _Outcome:
-        for _ in range(3):
-            flight, leader = self._lead(key)
-            if not leader:
-                flight.done.wait()
-                if flight.error is not None:
-                    raise flight.error
-                if flight.outcome is not None:
-                    return flight.outcome
-                continue  # the leader was a refresh that did not run: try again
-            try:
-                outcome = (
-                    self._load_with_lease(key, loader, ttl, tags, counts)
-                    if store
-                    else self._load(key, loader, ttl, tags, counts, "miss", store=False)
-                )
-                flight.outcome = outcome
-                return outcome
-            except BaseException as exc:
-                flight.error = exc
-                raise
-            finally:
-                self._land(key, flight)
-        return self._load(key, loader, ttl, tags, counts, "miss", store=store)
-
-    def _load_with_lease(
-        self,
-        key: str,
-        loader: Callable[[], Any],
-        ttl: float | None,
-        tags: tuple[str, ...],
-        counts: list[int],
-    ) -> _Outcome:
-        lease, token = self.keys.lease_of(key), self._new_token()
-        lease_ms = int(self.lease_ttl * 1000)
-        ok, acquired = self._call(self.backend.acquire, lease, token, lease_ms)
-        if ok and not acquired:
-            waited = self._wait_for_holder(key, tags, lease, token, lease_ms)
-            if isinstance(waited, _Outcome):
-                return waited
-            acquired = waited
-        try:
-            if ok and acquired:
-                # Another process may have stored the value between our read and
-                # taking the lease: check once more, so it is not loaded twice.
-                filled = self._recheck(key, tags, fresh_only=False)
-                if filled is not None:
-                    return filled
-            # Stored even without the lease: a failed lease call may be this call's
-            # alone (a full pool), and during an outage the breaker skips it for free.
-            return self._load(key, loader, ttl, tags, counts, "miss", store=True)
-        finally:
-            if ok and acquired:
-                self._call(self.backend.release, lease, token)
-
-    def _recheck(self, key: str, tags: tuple[str, ...], *, fresh_only: bool) -> _Outcome | None:
-        """The entry now stored for ``key`` if usable (only a fresh one with ``fresh_only``)."""
-        ok, entry, versions = self._read(key, tags)
-        if not ok or entry is None:
-            return None
-        action = self._decide(entry, versions)
-        if action is Action.MISS or (fresh_only and action is not Action.FRESH):
-            return None
-        self._local_put(key, *entry)
-        return self._entry_outcome(entry)
-
-    def _wait_for_holder(
-        self, key: str, tags: tuple[str, ...], lease: str, token: str, lease_ms: int
-    ) -> _Outcome | bool:
-        """Poll for the lease holder's value; True when the lease was taken over."""
-        self.counters.lease_waits += 1
-        started = self.clock.monotonic()
-        deadline = started + self.lease_wait
+    def _drive(self, flow: Generator[Op, Any, T]) -> T:
+        """Run a flow of ``_flow.py``: perform each request, send back its result
+        or throw its error (a cancellation too, so the flow's cleanup runs)."""
+        value: Any = None
+        error: BaseException | None = None
         while True:
-            now = self.clock.monotonic()
-            if now >= deadline:
-                emit(CacheLeaseWait(name=self.namespace, seconds=now - started, outcome="timeout"))
-                return False
-            self.clock.sleep(min(self.poll_interval, deadline - now))
-            ok, entry, versions = self._read(key, tags)
-            if not ok:
-                return False
-            if entry is not None and self._decide(entry, versions) is not Action.MISS:
-                emit(
-                    CacheLeaseWait(
-                        name=self.namespace,
-                        seconds=self.clock.monotonic() - started,
-                        outcome="filled",
-                    )
-                )
-                self._local_put(key, *entry)
-                return self._entry_outcome(entry)
-            ok, acquired = self._call(self.backend.acquire, lease, token, lease_ms)
-            if ok and acquired:
-                emit(
-                    CacheLeaseWait(
-                        name=self.namespace,
-                        seconds=self.clock.monotonic() - started,
-                        outcome="acquired",
-                    )
-                )
-                return True
+            try:
+                op = flow.send(value) if error is None else flow.throw(error)
+            except StopIteration as stop:
+                return cast(T, stop.value)
+            error = None
+            try:
+                value = self._perform(op)
+            except BaseException as exc:
+                value, error = None, exc
 
-    def _load(
-        self,
-        key: str,
-        loader: Callable[[], Any],
-        ttl: float | None,
-        tags: tuple[str, ...],
-        counts: list[int],
-        reason: str,
-        *,
-        store: bool,
-    ) -> _Outcome:
-        started = self.clock.monotonic()
-        try:
-            kind, value = self._outcome_of(loader())
-        except Exception as exc:
-            if not self._is_cached_error(exc):
-                raise
-            kind, value = Kind.ERROR, exc
-        cost = self.clock.monotonic() - started
-        self.counters.loads += 1
-        self.counters.load_seconds += cost
-        emit(CacheLoaded(name=self.namespace, reason=reason, seconds=cost))
-        envelope, data, ttl_ms = self._build(kind, value, ttl, cost, tags, counts)
-        if store:
-            self._call(self.backend.set_many, [(key, data, ttl_ms)], self._notify("k", [key]))
-        if kind is Kind.VALUE:
-            self._local_put(key, envelope, value)
-        return _Outcome(kind, value, envelope)
-
-    def _refresh(
-        self,
-        key: str,
-        loader: Callable[[], Any],
-        ttl: float | None,
-        tags: tuple[str, ...],
-        counts: list[int],
-        reason: str,
-    ) -> _Outcome | None:
-        """Recompute ``key`` unless another thread or process already does."""
-        flight, leader = self._lead(key)
-        if not leader:
-            return None
-        if self.background_refresh:
+    def _perform(self, op: Op) -> Any:
+        """The I/O of one request (every kind in ``_flow.OPS``)."""
+        if isinstance(op, Read):
+            return self._read(op.key, op.tags)
+        if isinstance(op, Acquire):
+            return self._call(self.backend.acquire, op.lease, op.token, op.ttl_ms)
+        if isinstance(op, Release):
+            return self._call(self.backend.release, op.lease, op.token)
+        if isinstance(op, Store):
+            return self._call(self.backend.set_many, [(op.key, op.data, op.ttl_ms)], op.notify)
+        if isinstance(op, Sleep):
+            return self.clock.sleep(op.seconds)
+        if isinstance(op, CallLoader):
+            return op.loader()
+        if isinstance(op, WaitFlight):
+            return op.flight.done.wait()
+        if isinstance(op, Spawn):
             thread = threading.Thread(
-                target=self._refresh_now,
-                args=(flight, key, loader, ttl, tags, counts, reason),
+                target=self._drive,
+                args=(op.flow,),
                 name="scalekit-cache-refresh",
                 daemon=True,
             )
-            try:
-                thread.start()
-            except BaseException:
-                self._land(key, flight)
-                raise
+            thread.start()
             return None
-        return self._refresh_now(flight, key, loader, ttl, tags, counts, reason)
-
-    def _refresh_now(
-        self,
-        flight: _Flight,
-        key: str,
-        loader: Callable[[], Any],
-        ttl: float | None,
-        tags: tuple[str, ...],
-        counts: list[int],
-        reason: str,
-    ) -> _Outcome | None:
-        try:
-            lease, token = self.keys.lease_of(key), self._new_token()
-            ok, acquired = self._call(
-                self.backend.acquire, lease, token, int(self.lease_ttl * 1000)
-            )
-            if not (ok and acquired):
-                return None  # another process refreshes it (or Redis is down)
-            try:
-                # Refreshed by another process since we read it: nothing to do.
-                outcome = self._recheck(key, tags, fresh_only=True) or self._load(
-                    key, loader, ttl, tags, counts, reason, store=True
-                )
-            except Exception as exc:
-                self.counters.errors += 1
-                _log.warning("cache %r: refresh failed: %s", self.namespace, type(exc).__name__)
-                emit(CacheRefreshFailed(name=self.namespace, reason=type(exc).__name__))
-                return None
-            finally:
-                self._call(self.backend.release, lease, token)
-            flight.outcome = outcome
-            return outcome
-        except Exception:  # a failure in a background thread must not go unnoticed
-            _log.exception("cache %r: refresh crashed", self.namespace)
-            return None
-        finally:
-            self._land(key, flight)
+        raise AssertionError(f"unknown request {op!r}")  # pragma: no cover
 
     # ------------------------------------------------------------------ decorator
 
@@ -766,27 +608,14 @@ class Cache(CacheBase):
         odd keys are hashed. The wrapper keeps the signature and has
         ``.invalidate(*args, **kwargs)`` and ``.key_for(*args, **kwargs)``.
 
-        >>> cache = Cache(None, namespace="doc")
-        >>> @cache.cached(ttl=60)
-        ... def square(x: int) -> int:
-        ...     return x * x
-        >>> square(4), square(4)
-        (16, 16)
-        >>> square.invalidate(4)
-        True
-
         Raises:
-            ConfigurationError: on an ``async def`` function (use :class:`AsyncCache`).
+            ConfigurationError: on a coroutine function (the asyncio shell's ``cached`` takes it).
         """
         skipped = self._decorator_options(ttl, key, tags, skip)
 
         def decorate(func: Callable[P, R]) -> CachedFunction[P, R]:
             check_function(func)
-            if inspect.iscoroutinefunction(func):
-                raise ConfigurationError(
-                    f"{function_name(func)} is async; decorate it with AsyncCache.cached",
-                    parameter="func",
-                )
+            check_colour(func, shell_is_async=False)
             return CachedFunction(self, func, ttl, key, tags, skipped)
 
         return decorate
@@ -897,10 +726,8 @@ class Cache(CacheBase):
             self.backend.client.connection_pool.release(tracker)
 
     def close(self) -> None:
-        """Stop the invalidation listener (if any) and close the cache's own twin client.
-
-        The client you passed stays yours to close.
-        """
+        """Stop the invalidation listener (if any), and close the
+        cache's own twin client. The client you passed stays yours to close."""
         self._closed.set()
         if self._listener is not None:
             self._listener.join(timeout=2.0)
@@ -919,7 +746,7 @@ class Cache(CacheBase):
 
 
 class CachedFunction(Generic[P, R]):
-    """A function wrapped by :meth:`Cache.cached`; call it like the function."""
+    """A function wrapped by :meth:`Cache.cached`."""
 
     def __init__(
         self,
@@ -967,7 +794,6 @@ class CachedFunction(Generic[P, R]):
         return bool(ok)
 
     def __get__(self, instance: Any, owner: type | None = None) -> Any:
-        # Methods: bind like a function, keeping .invalidate on the bound result.
         if instance is None:
             return self
         return _BoundCached(self, instance)

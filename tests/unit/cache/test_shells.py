@@ -217,6 +217,42 @@ async def test_stale_values_are_served_while_one_caller_refreshes(make: Factory)
     assert cache.cache.stats().stale == 1
 
 
+async def test_a_refresh_that_cannot_start_leaves_the_key_free(
+    make: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No thread (or task) to be had for a background refresh: the caller gets
+    the error, and the key is not left claimed by a refresh that never ran, so
+    the next stale read refreshes it and a miss never waits for it."""
+    cache = make(default_ttl=10, stale_ttl=10, beta=0)
+    await cache.get_or_set("k", Counter("old"))
+    make.clock.advance(12)
+
+    def cannot_start(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("can't start new thread")
+
+    if cache.is_async:
+        loop = asyncio.get_running_loop()
+        create_task = loop.create_task
+
+        def no_cache_task(coro: Any, **kwargs: Any) -> Any:  # the client's own tasks still run
+            if "scalekit/cache" in coro.cr_code.co_filename.replace("\\", "/"):
+                cannot_start()
+            return create_task(coro, **kwargs)
+
+        monkeypatch.setattr(loop, "create_task", no_cache_task)
+    else:
+        monkeypatch.setattr(threading.Thread, "start", cannot_start)
+    refresh = Counter("new")
+    with pytest.raises(RuntimeError, match="can't start"):
+        await cache.get_or_set("k", refresh)
+    monkeypatch.undo()
+    assert not cache.cache._flights
+    assert await cache.get_or_set("k", refresh) == "old"
+    await cache.settle()
+    assert refresh.calls == 1
+    assert await cache.get("k") == "new"
+
+
 async def test_stale_refresh_in_the_foreground(make: Factory) -> None:
     cache = make(default_ttl=10, stale_ttl=10, beta=0, background_refresh=False)
     await cache.get_or_set("k", Counter("old"))
