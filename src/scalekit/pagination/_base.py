@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from scalekit.errors import ConfigurationError
-from scalekit.pagination._keyset import cached_plan
+from scalekit.pagination._plan_cache import cached_plan
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Dialect
