@@ -20,7 +20,7 @@ from scalekit._redis_bounded import DEFAULT_OP_TIMEOUT
 from scalekit._unasync import IS_ASYNC
 from scalekit.ratelimit._backends import StoreUnavailable
 from scalekit.ratelimit._base import FallbackPolicy, async_backend, sync_backend
-from scalekit.ratelimit._concurrency_base import ConcurrencyLogic, Grant, check_timeout, key_text
+from scalekit.ratelimit._concurrency_base import ConcurrencyLogic, Grant, check_timeout
 
 if TYPE_CHECKING:
     from scalekit.ratelimit._backends import AsyncBackend
@@ -217,9 +217,8 @@ class AsyncConcurrencyLimiter:
         while True:
             grant = await self._try(store_key, lease_id)
             if grant.granted:
-                return AsyncLease(
-                    key_text(key), lease_id, grant.in_flight, grant.fallback, self, store_key
-                )
+                text = key if isinstance(key, str) else key.decode("utf-8", "replace")
+                return AsyncLease(text, lease_id, grant.in_flight, grant.fallback, self, store_key)
             pause = logic.wait_time(deadline, grant)
             if pause is None:
                 raise logic.denied(key, grant)

@@ -18,7 +18,7 @@ from scalekit._clock import SYSTEM_CLOCK
 from scalekit._redis_bounded import DEFAULT_OP_TIMEOUT
 from scalekit.ratelimit._backends import StoreUnavailable
 from scalekit.ratelimit._base import FallbackPolicy, sync_backend
-from scalekit.ratelimit._concurrency_base import ConcurrencyLogic, Grant, check_timeout, key_text
+from scalekit.ratelimit._concurrency_base import ConcurrencyLogic, Grant, check_timeout
 
 if TYPE_CHECKING:
     from scalekit.typing import Clock
@@ -141,9 +141,8 @@ class ConcurrencyLimiter:
         while True:
             grant = self._try(store_key, lease_id)
             if grant.granted:
-                return Lease(
-                    key_text(key), lease_id, grant.in_flight, grant.fallback, self, store_key
-                )
+                text = key if isinstance(key, str) else key.decode("utf-8", "replace")
+                return Lease(text, lease_id, grant.in_flight, grant.fallback, self, store_key)
             pause = logic.wait_time(deadline, grant)
             if pause is None:
                 raise logic.denied(key, grant)
