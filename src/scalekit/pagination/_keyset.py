@@ -46,9 +46,9 @@ server sees ``(a, b) > ($1::T_a, $2::T_b)`` with casts matching the index.
 Pages before a cursor run the same seek in the reversed order and flip the
 rows back. Statements are cached per (direction, NULL pattern of the cursor),
 with fixed bind names, so SQLAlchemy compiles each shape once and only
-rebinds values. :func:`cached_plan` reuses a plan for every select of the
-same structure; for the same structure and bound values it reuses the built
-statements too, so a page costs no statement building and SQLAlchemy
+rebinds values. ``cached_plan`` (``_plan_cache.py``) reuses a plan for
+every select of the same structure; for the same structure and bound values
+it reuses the built statements too, so a page costs no statement building and SQLAlchemy
 computes each statement's cache key once, not once per page.
 """
 
