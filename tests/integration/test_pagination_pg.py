@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from scalekit.errors import InvalidCursor
 from scalekit.pagination import CursorCodec, KeysetPlan, apaginate, paginate
-from scalekit.pagination._keyset import _Explain
+from scalekit.pagination._explain import Explain as _Explain
 from tests.unit.pagination._models import (
     Base,
     Customer,

@@ -7,9 +7,14 @@ order is always made unique (primary key appended when needed), nullable sort
 keys must say where NULLs go, and cursors are compact, typed, optionally
 signed (HMAC, with key rotation) and tied to the query they came from.
 
-Parts: :mod:`._cursor` (the codec, pure), :mod:`._keyset` (the plan: order
-analysis, predicates, statements, pages; pure), :mod:`._sync` and
-:mod:`._async` (run the plan's statements).
+Parts, all pure but the shells: :mod:`._cursor` (the codec), :mod:`._keyset`
+(the plan: from a select to each page's statement and back to a page), built
+from :mod:`._order` (order analysis), :mod:`._key_types` (what a cursor value
+of each SQL type may be), :mod:`._statements` (seek predicates, ORDER BY),
+:mod:`._explain` (row estimates), :mod:`._expressions` (expression helpers)
+and :mod:`._plan_cache` (plans reused across requests); :mod:`._base` (what
+the shells share), :mod:`._async` (the asyncio shell, the source) and
+:mod:`._sync` (generated from it) run the plan's statements.
 
 Example::
 

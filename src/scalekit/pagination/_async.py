@@ -1,12 +1,19 @@
-"""asyncio shell: the same plan as :mod:`._sync`, run on an AsyncSession or AsyncConnection."""
+"""The asyncio shell: run a :class:`KeysetPlan`'s statements on an AsyncSession or AsyncConnection.
+
+The plan (order, predicates, statements, pages) is pure and lives in
+``_keyset.py``; what both shells share without I/O is in ``_base.py``. This
+file is the source of the blocking shell too (``scripts/unasync.py``
+generates ``_sync.py`` from it).
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from scalekit._unasync import IS_ASYNC
+from scalekit.pagination._base import build_plan, prepared_statement_lost
 from scalekit.pagination._keyset import KeysetPlan, Page, PreparedPage, TotalMode
-from scalekit.pagination._sync import build_plan
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -16,18 +23,41 @@ if TYPE_CHECKING:
 
 __all__ = ["aiter_pages", "aiter_rows", "apaginate", "arun_plan"]
 
+__unasync__ = {
+    "apaginate": "paginate",
+    "aiter_pages": "iter_pages",
+    "aiter_rows": "iter_rows",
+    "arun_plan": "run_plan",
+    "The asyncio shell": "The blocking shell",
+    "on an AsyncSession or AsyncConnection": "on a Session or Connection",
+    " This\nfile is the source of the blocking shell too (``scripts/unasync.py``\n"
+    "generates ``_sync.py`` from it).": (
+        " This\nfile is generated from the asyncio shell by ``scripts/unasync.py``."
+    ),
+}
+
 
 async def arun_plan(
     executor: AsyncSession | AsyncConnection, plan: KeysetPlan, prepared: PreparedPage
 ) -> Page[Any]:
-    """Run one prepared page (and its count, if any) and build the :class:`Page`."""
-    # AsyncSession/AsyncConnection.execute return buffered results, so the
-    # plan can read them without awaiting.
-    result = await executor.execute(prepared.statement, prepared.params)
-    page = plan.finish(prepared, result)
-    if prepared.count_statement is not None:
-        answer = (await executor.execute(prepared.count_statement)).scalar()
-        page = plan.with_total(page, prepared, answer)
+    """Run one prepared page (and its count, if any) and build the :class:`Page`.
+
+    Raises:
+        ConfigurationError: psycopg's automatic prepared statement was lost
+            behind PgBouncer (see :func:`._base.prepared_statement_lost`).
+    """
+    try:
+        # execute() returns a buffered result: the plan reads it without I/O.
+        result = await executor.execute(prepared.statement, prepared.params)
+        page = plan.finish(prepared, result)
+        if prepared.count_statement is not None:
+            answer = (await executor.execute(prepared.count_statement)).scalar()
+            page = plan.with_total(page, prepared, answer)
+    except Exception as error:
+        clear = prepared_statement_lost(error)
+        if clear is None:
+            raise
+        raise clear from error
     return page
 
 
@@ -46,14 +76,34 @@ async def apaginate(
     bind_filters: bool = False,
     row_values: bool | None = None,
 ) -> Page[Any]:
-    """Fetch one page on an ``AsyncSession`` or ``AsyncConnection``; see :func:`paginate`.
+    """Fetch one page of ``select`` in keyset order.
 
-    Raises the same errors as :func:`paginate`.
+    ``order_by`` lists the sort keys (columns, ORM attributes, labelled
+    expressions, ``.desc()``, ``.nulls_first()``/``.nulls_last()``, label
+    names or :class:`SortKey`); without it the select's own ORDER BY is used.
+    The primary key is appended when the order is not provably unique. Pass
+    ``after=page.next_cursor`` for the next page, ``before=page.prev_cursor``
+    for the previous one, ``last=True`` for the last page. ``total`` adds a
+    count: ``"exact"``, ``"capped"`` (at most ``total_cap``) or
+    ``"estimate"`` (the planner's estimate on PostgreSQL, exact elsewhere).
+    ``bind_filters=True`` ties cursors to the WHERE clause too, so a cursor
+    cannot be replayed against other filters. ``row_values`` forces (or
+    forbids) row-value comparisons; by default they are used on PostgreSQL,
+    SQLite and MySQL.
 
-    Example::
+    Raises:
+        ConfigurationError: the order cannot be made unique, a sort key may be
+            NULL without a NULL policy, or another argument is invalid; or,
+            behind PgBouncer in transaction pooling mode, psycopg's automatic
+            prepared statement was lost (create the engine with
+            ``connect_args={"prepare_threshold": None}``).
+        InvalidCursor: ``after``/``before`` is not a valid cursor for this
+            query and codec (``.reason`` says why).
 
-        async with async_session() as session:
-            page = await apaginate(session, select(Order), order_by=[Order.id], limit=50)
+    >>> page = await apaginate(  # doctest: +SKIP
+    ...     session, select(Order).where(Order.customer_id == 7),
+    ...     order_by=[Order.created_at.desc()], limit=50, after=request.args.get("cursor"))
+    >>> {"items": [o.to_dict() for o in page.items], "next": page.next_cursor}  # doctest: +SKIP
     """
     plan = build_plan(
         session_or_connection,
@@ -63,7 +113,7 @@ async def apaginate(
         codec=codec,
         bind_filters=bind_filters,
         row_values=row_values,
-        is_async=True,
+        is_async=IS_ASYNC,
     )
     prepared = plan.prepare(after=after, before=before, last=last, total=total, total_cap=total_cap)
     return await arun_plan(session_or_connection, plan, prepared)
@@ -79,9 +129,17 @@ async def aiter_pages(
     codec: CursorCodec | None = None,
     row_values: bool | None = None,
 ) -> AsyncIterator[Page[Any]]:
-    """Yield every page from ``after`` (or the start) to the end; see :func:`iter_pages`.
+    """Yield every page of ``select`` from ``after`` (or the start) to the end.
 
-    Raises what :func:`apaginate` raises.
+    Memory stays bounded by one page, and each page is a fresh seek, so it
+    suits backfills and exports over tables of any size. Rows inserted behind
+    the current position are not revisited; rows inserted ahead are seen.
+    Raises what :func:`apaginate` raises; a database error ends the iteration,
+    and the last page's ``next_cursor`` resumes it (``after=``).
+
+    >>> async for page in aiter_pages(  # doctest: +SKIP
+    ...         session, select(Event), order_by=[Event.id], limit=5000):
+    ...     export(page.items)
     """
     plan = build_plan(
         session_or_connection,
@@ -91,7 +149,7 @@ async def aiter_pages(
         codec=codec,
         bind_filters=False,
         row_values=row_values,
-        is_async=True,
+        is_async=IS_ASYNC,
     )
     cursor = after
     while True:
@@ -113,9 +171,13 @@ async def aiter_rows(
     codec: CursorCodec | None = None,
     row_values: bool | None = None,
 ) -> AsyncIterator[Any]:
-    """Yield every item in keyset order, ``limit`` rows per query; see :func:`iter_rows`.
+    """Yield every item of ``select`` in keyset order, fetching ``limit`` rows at a time.
 
     Raises what :func:`apaginate` raises.
+
+    >>> async for order in aiter_rows(  # doctest: +SKIP
+    ...         session, select(Order), order_by=[Order.id]):
+    ...     process(order)
     """
     async for page in aiter_pages(
         session_or_connection,

@@ -1,16 +1,22 @@
-"""Blocking shell: run a :class:`KeysetPlan`'s statements on a Session or Connection."""
+# This file is generated from src/scalekit/pagination/_async.py by scripts/unasync.py.
+# DO NOT EDIT; edit the async file and run: python scripts/unasync.py
+"""The blocking shell: run a :class:`KeysetPlan`'s statements on a Session or Connection.
+
+The plan (order, predicates, statements, pages) is pure and lives in
+``_keyset.py``; what both shells share without I/O is in ``_base.py``. This
+file is generated from the asyncio shell by ``scripts/unasync.py``.
+"""
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from scalekit.errors import ConfigurationError
-from scalekit.pagination._keyset import KeysetPlan, Page, PreparedPage, TotalMode, cached_plan
+from scalekit.pagination._base import build_plan, prepared_statement_lost
+from scalekit.pagination._keyset import KeysetPlan, Page, PreparedPage, TotalMode
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Connection, Dialect
+    from sqlalchemy import Connection
     from sqlalchemy.orm import Session
     from sqlalchemy.sql import Select
 
@@ -19,75 +25,25 @@ if TYPE_CHECKING:
 __all__ = ["iter_pages", "iter_rows", "paginate", "run_plan"]
 
 
-def _dialect(executor: Any) -> Dialect | None:
-    dialect = getattr(executor, "dialect", None)
-    if dialect is None and hasattr(executor, "get_bind"):
-        try:
-            dialect = executor.get_bind().dialect
-        except Exception:  # an unbound session: fall back to the portable SQL shape
-            dialect = None
-    return dialect
-
-
-@functools.cache
-def _executor_types(is_async: bool) -> tuple[tuple[type, ...], tuple[type, ...]]:
-    """(accepted executors, connection types) for one shell; imported once, lazily."""
-    from sqlalchemy.engine import Connection
-    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_scoped_session
-    from sqlalchemy.orm import Session, scoped_session
-
-    if is_async:
-        return (AsyncSession, AsyncConnection, async_scoped_session), (AsyncConnection,)
-    return (Session, Connection, scoped_session), (Connection,)
-
-
-def _check_executor(executor: Any, plan: KeysetPlan, *, is_async: bool) -> None:
-    allowed, connections = _executor_types(is_async)
-    if not isinstance(executor, allowed):
-        names = "AsyncSession or AsyncConnection" if is_async else "Session or Connection"
-        raise ConfigurationError(
-            f"expected a SQLAlchemy {names}, got {type(executor).__name__}",
-            parameter="session_or_connection",
-        )
-    if plan.needs_session and isinstance(executor, connections):
-        raise ConfigurationError(
-            "a select of ORM entities must run on a Session, not a Connection",
-            parameter="session_or_connection",
-        )
-
-
-def build_plan(
-    executor: Any,
-    select: Select[Any],
-    order_by: Sequence[Any] | None,
-    *,
-    limit: int,
-    codec: CursorCodec | None,
-    bind_filters: bool,
-    row_values: bool | None,
-    is_async: bool,
-) -> KeysetPlan:
-    """Build the plan for ``select`` on ``executor``'s dialect (shared by both shells)."""
-    plan = cached_plan(
-        select,
-        order_by,
-        limit=limit,
-        codec=codec,
-        dialect=_dialect(executor),
-        row_values=row_values,
-        bind_filters=bind_filters,
-    )
-    _check_executor(executor, plan, is_async=is_async)
-    return plan
-
-
 def run_plan(executor: Session | Connection, plan: KeysetPlan, prepared: PreparedPage) -> Page[Any]:
-    """Run one prepared page (and its count, if any) and build the :class:`Page`."""
-    result = executor.execute(prepared.statement, prepared.params)
-    page = plan.finish(prepared, result)
-    if prepared.count_statement is not None:
-        answer = executor.execute(prepared.count_statement).scalar()
-        page = plan.with_total(page, prepared, answer)
+    """Run one prepared page (and its count, if any) and build the :class:`Page`.
+
+    Raises:
+        ConfigurationError: psycopg's automatic prepared statement was lost
+            behind PgBouncer (see :func:`._base.prepared_statement_lost`).
+    """
+    try:
+        # execute() returns a buffered result: the plan reads it without I/O.
+        result = executor.execute(prepared.statement, prepared.params)
+        page = plan.finish(prepared, result)
+        if prepared.count_statement is not None:
+            answer = executor.execute(prepared.count_statement).scalar()
+            page = plan.with_total(page, prepared, answer)
+    except Exception as error:
+        clear = prepared_statement_lost(error)
+        if clear is None:
+            raise
+        raise clear from error
     return page
 
 
@@ -123,16 +79,17 @@ def paginate(
 
     Raises:
         ConfigurationError: the order cannot be made unique, a sort key may be
-            NULL without a NULL policy, or another argument is invalid.
+            NULL without a NULL policy, or another argument is invalid; or,
+            behind PgBouncer in transaction pooling mode, psycopg's automatic
+            prepared statement was lost (create the engine with
+            ``connect_args={"prepare_threshold": None}``).
         InvalidCursor: ``after``/``before`` is not a valid cursor for this
             query and codec (``.reason`` says why).
 
-    Example::
-
-        page = paginate(session, select(Order).where(Order.customer_id == 7),
-                        order_by=[Order.created_at.desc()], limit=50,
-                        after=request.args.get("cursor"))
-        return {"items": [o.to_dict() for o in page.items], "next": page.next_cursor}
+    >>> page = paginate(  # doctest: +SKIP
+    ...     session, select(Order).where(Order.customer_id == 7),
+    ...     order_by=[Order.created_at.desc()], limit=50, after=request.args.get("cursor"))
+    >>> {"items": [o.to_dict() for o in page.items], "next": page.next_cursor}  # doctest: +SKIP
     """
     plan = build_plan(
         session_or_connection,
@@ -166,10 +123,9 @@ def iter_pages(
     Raises what :func:`paginate` raises; a database error ends the iteration,
     and the last page's ``next_cursor`` resumes it (``after=``).
 
-    Example::
-
-        for page in iter_pages(session, select(Event), order_by=[Event.id], limit=5000):
-            export(page.items)
+    >>> for page in iter_pages(  # doctest: +SKIP
+    ...         session, select(Event), order_by=[Event.id], limit=5000):
+    ...     export(page.items)
     """
     plan = build_plan(
         session_or_connection,
@@ -205,10 +161,9 @@ def iter_rows(
 
     Raises what :func:`paginate` raises.
 
-    Example::
-
-        for order in iter_rows(session, select(Order), order_by=[Order.id]):
-            process(order)
+    >>> for order in iter_rows(  # doctest: +SKIP
+    ...         session, select(Order), order_by=[Order.id]):
+    ...     process(order)
     """
     for page in iter_pages(
         session_or_connection,

@@ -17,7 +17,9 @@ The pure rules are in ``_core`` (one pair of functions per algorithm), the Lua
 scripts that mirror them in ``_lua/``, the stores in ``_backends/``, and the
 thin shells: what both colours share without I/O in ``_base``, the asyncio
 limiter in ``_async`` and the sync one in ``_sync`` (generated from it by
-``scripts/unasync.py``), and the concurrency limiters in ``_concurrency``.
+``scripts/unasync.py``); the concurrency limiters likewise: their logic in
+``_concurrency_base``, the asyncio one in ``_concurrency_async`` and the sync
+one in ``_concurrency_sync`` (generated).
 """
 
 from __future__ import annotations
@@ -26,12 +28,8 @@ from scalekit.errors import RateLimiterUnavailable
 from scalekit.ratelimit._async import AsyncRateLimiter
 from scalekit.ratelimit._backends import AsyncRedisBackend, MemoryBackend, RedisBackend
 from scalekit.ratelimit._base import FallbackPolicy, ShadowDenied
-from scalekit.ratelimit._concurrency import (
-    AsyncConcurrencyLimiter,
-    AsyncLease,
-    ConcurrencyLimiter,
-    Lease,
-)
+from scalekit.ratelimit._concurrency_async import AsyncConcurrencyLimiter, AsyncLease
+from scalekit.ratelimit._concurrency_sync import ConcurrencyLimiter, Lease
 from scalekit.ratelimit._core import (
     ALGORITHMS,
     Algorithm,

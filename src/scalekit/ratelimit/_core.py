@@ -775,14 +775,35 @@ def hash_key_part(key: str | bytes) -> str:
 
 
 def storage_key(namespace: str, algorithm: str, key: str | bytes, limit: Limit) -> str:
-    """The Redis key of ``key`` under ``limit``.
+    """The Redis key a limiter keeps ``key``'s state under for ``limit``.
 
-    Every key of one user key shares the hash tag ``{<key part>}``, so a
-    multi-limit check stays in one Redis Cluster slot.
+    For inspecting Redis (``redis-cli TTL``, ``MEMORY USAGE``) or finding the
+    Redis Cluster node that holds a customer's limits
+    (``cluster.get_node_from_key(storage_key(...))``). ``namespace`` and
+    ``algorithm`` are the limiter's (``RateLimiter(namespace=...,
+    algorithm=...)``, defaults ``"scalekit:rl"`` and ``"gcra"``). Every key
+    of one user key shares the hash tag ``{<key part>}`` (see
+    :func:`hash_key_part`), so a multi-limit check stays in one Cluster slot.
+    To clear a key's state use ``limiter.reset(key, limit)``, not ``DEL``.
 
     >>> storage_key("app", "gcra", "customer:42", Limit.parse("100/hour"))
     'app:{k:customer:42}:gcra:100:3600000000'
+
+    Raises:
+        ConfigurationError: a bad namespace, an unknown algorithm, a key that
+            is not str or bytes, or ``limit`` not a :class:`Limit`.
     """
+    check_namespace(namespace)
+    if algorithm not in ALGORITHMS:
+        raise ConfigurationError(
+            f"algorithm must be one of {', '.join(ALGORITHMS)}, got {algorithm!r}",
+            parameter="algorithm",
+        )
+    if not isinstance(limit, Limit):
+        raise ConfigurationError(
+            f"limit must be a Limit (Limit.parse('100/hour')), got {type(limit).__name__}",
+            parameter="limit",
+        )
     return f"{namespace}:{{{hash_key_part(key)}}}{key_suffix(algorithm, limit)}"
 
 

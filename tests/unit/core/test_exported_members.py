@@ -93,3 +93,38 @@ def test_importing_scalekit_imports_no_optional_dependency(
     version_line, loaded = out.stdout.strip().splitlines()
     assert version_line == scalekit.__version__
     assert loaded == "[]", f"importing scalekit pulled in {loaded}"
+
+
+#: Names decided in issue 14: supported API (documented on the module's docs
+#: page), or internal (out of ``__all__`` and the package namespace, still
+#: importable from the private module that defines it, for tests).
+SUPPORTED = [
+    ("scalekit.routing", "classify", "docs/routing.md"),
+    ("scalekit.routing", "Classification", "docs/routing.md"),
+    ("scalekit.ratelimit", "storage_key", "docs/ratelimit.md"),
+    ("scalekit.ratelimit", "hash_key_part", "docs/ratelimit.md"),
+]
+INTERNAL = [("scalekit.routing", "RoutingCore", "scalekit.routing._core")]
+
+
+@pytest.mark.parametrize(("module_name", "name", "page"), SUPPORTED)
+def test_supported_names_are_exported_documented_and_say_what_they_raise(
+    module_name: str, name: str, page: str
+) -> None:
+    from pathlib import Path
+
+    module = importlib.import_module(module_name)
+    assert name in module.__all__
+    doc = inspect.getdoc(getattr(module, name)) or ""
+    if inspect.isfunction(getattr(module, name)):
+        assert "Raises:" in doc, f"{module_name}.{name}'s docstring does not say what it raises"
+    text = (Path(__file__).resolve().parents[3] / page).read_text(encoding="utf-8")
+    assert f"`{name}" in text, f"{module_name}.{name} is not documented in {page}"
+
+
+@pytest.mark.parametrize(("module_name", "name", "private"), INTERNAL)
+def test_internal_names_are_not_exported(module_name: str, name: str, private: str) -> None:
+    module = importlib.import_module(module_name)
+    assert name not in module.__all__
+    assert not hasattr(module, name)
+    assert hasattr(importlib.import_module(private), name)

@@ -381,7 +381,7 @@ def test_relay_edge_cursors_from_the_plan_resume_after_that_edge(session: Sessio
 def test_same_structure_and_values_reuse_the_built_page_statement(engine: sa.Engine) -> None:
     # The plan cache keeps the built statements for a select's bound values, so a
     # page costs no statement building (and SQLAlchemy keys each statement once).
-    from scalekit.pagination._keyset import cached_plan
+    from scalekit.pagination._plan_cache import cached_plan
 
     orders = Order.__table__
 

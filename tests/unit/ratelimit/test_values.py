@@ -257,3 +257,18 @@ def test_limits_pickle_and_hash_alike_in_another_process() -> None:
         [sys.executable, "-c", code], input=pickle.dumps(limit), capture_output=True, check=True
     )
     assert result.stdout.strip() == b"found"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "parameter"),
+    [
+        (("bad namespace!", "gcra", "u:1", Limit(10, per=1)), "namespace"),
+        (("ns", "leaky", "u:1", Limit(10, per=1)), "algorithm"),
+        (("ns", "gcra", 42, Limit(10, per=1)), "key"),
+        (("ns", "gcra", "u:1", "10/second"), "limit"),
+    ],
+)
+def test_storage_key_refuses_bad_input_clearly(arguments: tuple[Any, ...], parameter: str) -> None:
+    with pytest.raises(ConfigurationError) as failure:
+        storage_key(*arguments)
+    assert failure.value.parameter == parameter

@@ -19,12 +19,17 @@ from scalekit.routing import (
     Classification,
     ConsistencyToken,
     RoutingConfig,
-    RoutingCore,
     Target,
     format_lsn,
     parse_lsn,
 )
-from scalekit.routing._core import EMPTY_CONTEXT, ContextState, commit_position, decide
+from scalekit.routing._core import (
+    EMPTY_CONTEXT,
+    ContextState,
+    RoutingCore,
+    commit_position,
+    decide,
+)
 from scalekit.testing import FakeClock
 
 REPLICAS = ("r1", "r2", "r3")

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scalekit.routing import ConsistencyToken, RoutingConfig, RoutingCore, Target
-from scalekit.routing._core import EMPTY_CONTEXT, ContextState
+from scalekit.routing import ConsistencyToken, RoutingConfig, Target
+from scalekit.routing._core import EMPTY_CONTEXT, ContextState, RoutingCore
 from scalekit.testing import FakeClock
 
 REPLICAS = ("r1", "r2", "r3")
