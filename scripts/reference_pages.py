@@ -31,6 +31,7 @@ MODULES = [
     ("scalekit.errors", "errors.md", "errors.md"),
     ("scalekit.typing", "typing.md", "index.md"),
     ("scalekit.testing", "testing.md", "testing.md"),
+    ("scalekit.testing.servers", "testing-servers.md", "testing.md"),
     ("scalekit.instrumentation", "instrumentation.md", "instrumentation.md"),
     ("scalekit.routing", "routing.md", "routing.md"),
     ("scalekit.breaker", "breaker.md", "breaker.md"),
