@@ -189,7 +189,7 @@ def routing_pool(sqlite_cluster: SQLiteCluster) -> RoutingPool:
 
 
 @pytest.fixture(scope="session")
-def pg_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgCluster]:
+def pg_cluster() -> Iterator[PgCluster]:
     """A PostgreSQL primary and 2 streaming replicas for the session (skips with no binaries).
 
     ``pg_cluster.url``, ``.replica_urls``, ``.engine()``; controls on its nodes
@@ -198,7 +198,9 @@ def pg_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgCluster]:
     from scalekit.testing.servers import ServersUnavailable, postgres_cluster
 
     try:
-        manager = postgres_cluster(tmp_path_factory.mktemp("scalekit-pg"), replicas=2)
+        # Its own temporary folder: pytest's are private to us, and PostgreSQL may run
+        # as another user (when we are root).
+        manager = postgres_cluster(replicas=2)
         cluster = manager.__enter__()
     except ServersUnavailable as exc:
         pytest.skip(str(exc))
@@ -209,12 +211,12 @@ def pg_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgCluster]:
 
 
 @pytest.fixture(scope="session")
-def redis_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisNode]:
+def redis_node() -> Iterator[RedisNode]:
     """A standalone Redis server for the session (skips with no binaries); ``redis_node.url``."""
     from scalekit.testing.servers import ServersUnavailable, redis_server
 
     try:
-        manager = redis_server(tmp_path_factory.mktemp("scalekit-redis"))
+        manager = redis_server()
         node = manager.__enter__()
     except ServersUnavailable as exc:
         pytest.skip(str(exc))

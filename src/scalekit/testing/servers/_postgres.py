@@ -121,7 +121,15 @@ class PgNode:
     def _pg_ctl(self, *args: str, timeout: float = 90) -> None:
         user = self.cluster.user
         argv = user.command([self.cluster.binaries.tool("pg_ctl"), "-D", str(self.datadir), *args])
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+        # In a folder the service user may enter (the caller's may be a private one).
+        result = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            cwd=self.cluster.root,
+        )
         if result.returncode != 0:
             raise HarnessError(
                 f"pg_ctl {' '.join(args)} failed for {self.name}: {result.stderr.strip()}\n"
@@ -339,7 +347,12 @@ class PgCluster:
             "--no-sync",
         ]
         result = subprocess.run(
-            self.user.command(argv), capture_output=True, text=True, check=False, timeout=120
+            self.user.command(argv),
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+            cwd=self.root,
         )
         if result.returncode != 0:
             raise HarnessError(f"initdb failed: {result.stderr.strip()}")
@@ -377,7 +390,12 @@ class PgCluster:
             f"slot_{node.name}_{os.getpid()}",
         ]
         result = subprocess.run(
-            self.user.command(argv), capture_output=True, text=True, check=False, timeout=120
+            self.user.command(argv),
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+            cwd=self.root,
         )
         if result.returncode != 0:
             raise HarnessError(f"pg_basebackup failed: {result.stderr.strip()}")
