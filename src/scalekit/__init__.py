@@ -86,7 +86,7 @@ def __getattr__(name: str) -> Any:
         from importlib.metadata import PackageNotFoundError, version
 
         try:
-            return version("scalekit")
+            return version("scalekit-blocks")
         except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
             return "0+unknown"
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

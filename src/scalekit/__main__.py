@@ -13,7 +13,7 @@ def main() -> None:
         if error.name != "click":
             raise
         print(  # noqa: T201 - the one line a missing extra gets
-            "scalekit: the command needs click: pip install 'scalekit[cli]'", file=sys.stderr
+            "scalekit: the command needs click: pip install 'scalekit-blocks[cli]'", file=sys.stderr
         )
         sys.exit(1)
     cli(prog_name="scalekit")

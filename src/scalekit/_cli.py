@@ -94,7 +94,7 @@ def _redis(option: str, url: str, timeout: float) -> Any:
     try:
         import redis
     except ImportError:
-        _fail(f"{option}: redis-py is not installed (pip install 'scalekit[redis]')")
+        _fail(f"{option}: redis-py is not installed (pip install 'scalekit-blocks[redis]')")
     try:
         return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
     except (ValueError, TypeError):

@@ -1,10 +1,11 @@
-"""Real PostgreSQL and Redis servers for scalekit's tests, started from local binaries.
+"""The suite's name for :mod:`scalekit.testing.servers` (the harness moved into the package).
 
 ``tests/conftest.py`` turns these into fixtures; failure tests use the node
 methods (stop, kill, pause, promote) on servers the harness started itself.
 """
 
-from tests.harness._process import (
+from scalekit.testing.servers._postgres import PgCluster, PgNode
+from scalekit.testing.servers._process import (
     HarnessError,
     PgBinaries,
     RedisBinaries,
@@ -14,8 +15,7 @@ from tests.harness._process import (
     service_user,
     wait_until,
 )
-from tests.harness.postgres import PgCluster, PgNode
-from tests.harness.redis import RedisClusterHarness, RedisNode
+from scalekit.testing.servers._redis import RedisClusterHarness, RedisNode
 
 __all__ = [
     "HarnessError",

@@ -49,9 +49,10 @@ def check_health(
     reported critical at once, unprobed. Nothing raises for a server that is
     down; it is reported.
 
-    >>> report = check_health(engines={"main": engine}, redis=client)  # doctest: +SKIP
-    >>> report.status, report.to_dict()["components"]["db:main"]["up"]  # doctest: +SKIP
-    ('ok', True)
+    Examples:
+        >>> report = check_health(engines={"main": engine}, redis=client)  # doctest: +SKIP
+        >>> report.status, report.to_dict()["components"]["db:main"]["up"]  # doctest: +SKIP
+        ('ok', True)
 
     Raises:
         ConfigurationError: an argument of the wrong kind (an ``AsyncEngine``

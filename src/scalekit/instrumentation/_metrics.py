@@ -25,7 +25,7 @@ class PrometheusHook:
 
     Raises:
         ConfigurationError: on the first event, if prometheus-client is not
-            installed (``pip install 'scalekit[prometheus]'``).
+            installed (``pip install 'scalekit-blocks[prometheus]'``).
     """
 
     def __init__(self, registry: Any = None, *, prefix: str = "scalekit") -> None:
@@ -45,7 +45,8 @@ class PrometheusHook:
                 import prometheus_client
             except ImportError as exc:  # pragma: no cover - depends on the environment
                 raise ConfigurationError(
-                    "PrometheusHook needs prometheus-client: pip install 'scalekit[prometheus]'"
+                    "PrometheusHook needs prometheus-client: "
+                    "pip install 'scalekit-blocks[prometheus]'"
                 ) from exc
             registry = self._registry or prometheus_client.REGISTRY
             self._histogram = prometheus_client.Histogram(
@@ -83,7 +84,7 @@ class OpenTelemetryHook:
 
     Raises:
         ConfigurationError: on the first event, if opentelemetry-api is not
-            installed (``pip install 'scalekit[otel]'``).
+            installed (``pip install 'scalekit-blocks[otel]'``).
     """
 
     def __init__(self, meter: Any = None) -> None:
@@ -100,7 +101,7 @@ class OpenTelemetryHook:
                 from opentelemetry import metrics
             except ImportError as exc:  # pragma: no cover - depends on the environment
                 raise ConfigurationError(
-                    "OpenTelemetryHook needs opentelemetry-api: pip install 'scalekit[otel]'"
+                    "OpenTelemetryHook needs opentelemetry-api: pip install 'scalekit-blocks[otel]'"
                 ) from exc
             meter = self._meter or metrics.get_meter("scalekit")
             self._histogram = meter.create_histogram(

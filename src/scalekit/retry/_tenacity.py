@@ -23,7 +23,7 @@ def _tenacity() -> Any:
         import tenacity
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ConfigurationError(
-            "tenacity interop needs tenacity: pip install 'scalekit[retry]'"
+            "tenacity interop needs tenacity: pip install 'scalekit-blocks[retry]'"
         ) from exc
     return tenacity
 

@@ -1,9 +1,19 @@
-"""Helpers for testing code that uses scalekit: a fake clock and event capture.
+"""Helpers for testing code that uses scalekit: fakes, failure controls, a pytest plugin.
 
-``scalekit.testing`` is public API for *your* test suite. It imports no
-optional dependency. The pytest plugin (registered automatically when
-scalekit is installed) offers the fixtures ``fake_clock`` and
-``scalekit_events``.
+``scalekit.testing`` is public API for *your* test suite. Importing it
+imports no optional dependency; each helper imports its own (fakeredis,
+SQLAlchemy) when called. The pytest plugin (registered when scalekit is
+installed) offers the fixtures ``fake_clock``, ``scalekit_events``,
+``redis_faults``, ``fake_redis``, ``fake_async_redis``, ``cache``,
+``async_cache``, ``limiter``, ``async_limiter``, ``breaker``,
+``sqlite_cluster``, ``routing_pool``, and on real servers (see
+:mod:`scalekit.testing.servers`) ``pg_cluster`` and ``redis_node``; each
+is used only by a test that names it.
+
+Failures without servers: :func:`force_breaker` puts a breaker in any state;
+:class:`RedisFaults` makes a fake Redis fail (stopped, timing out, READONLY)
+for its next round trips; :func:`mark_node_down` and :func:`mark_node_lagging`
+take a routing node out as a failed connection or a health check would.
 
 :func:`set_testing` turns every retry policy's waits off and caps its
 attempts, so failure paths in your tests never sleep::
@@ -18,6 +28,39 @@ from __future__ import annotations
 
 from scalekit.instrumentation._hooks import capture_events
 from scalekit.retry._testing import TestingMode, is_testing, set_testing
+from scalekit.testing._breaker import BreakerTarget, force_breaker
 from scalekit.testing._clock import FakeClock
+from scalekit.testing._redis import (
+    FaultKind,
+    RedisFaults,
+    fake_async_redis,
+    fake_redis,
+    faults_of,
+)
+from scalekit.testing._routing import (
+    SQLiteCluster,
+    mark_node_caught_up,
+    mark_node_down,
+    mark_node_lagging,
+    sqlite_cluster,
+)
 
-__all__ = ["FakeClock", "TestingMode", "capture_events", "is_testing", "set_testing"]
+__all__ = [
+    "BreakerTarget",
+    "FakeClock",
+    "FaultKind",
+    "RedisFaults",
+    "SQLiteCluster",
+    "TestingMode",
+    "capture_events",
+    "fake_async_redis",
+    "fake_redis",
+    "faults_of",
+    "force_breaker",
+    "is_testing",
+    "mark_node_caught_up",
+    "mark_node_down",
+    "mark_node_lagging",
+    "set_testing",
+    "sqlite_cluster",
+]

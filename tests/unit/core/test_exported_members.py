@@ -56,7 +56,7 @@ def test_version_is_lazy_and_from_metadata() -> None:
     from importlib.metadata import version
 
     assert "__version__" not in vars(scalekit)
-    assert scalekit.__version__ == version("scalekit")
+    assert scalekit.__version__ == version("scalekit-blocks")
     with pytest.raises(AttributeError):
         _ = scalekit.no_such_name  # type: ignore[attr-defined]
 

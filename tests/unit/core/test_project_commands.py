@@ -116,7 +116,7 @@ def _examples_extra_closure() -> set[str]:
         ):
             continue
         name = canonicalize_name(requirement.name)
-        if name == "scalekit":
+        if name == "scalekit-blocks":
             pending += [(Requirement(r), {""}) for e in requirement.extras for r in extras[e]]
             continue
         key = f"{name}[{','.join(sorted(requirement.extras))}]"
