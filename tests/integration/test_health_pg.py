@@ -374,3 +374,49 @@ def test_redis_cluster_slots(redis_cluster: Any) -> None:
         assert component.details["masters"] == 3
     finally:
         client.close()
+
+
+def test_redis_stopped_puts_cache_limiter_and_breaker_in_fallback(
+    redis_server_factory: Callable[[], RedisNode],
+) -> None:
+    import redis
+
+    from scalekit.breaker import CircuitBreaker
+    from scalekit.cache import Cache
+    from scalekit.ratelimit import RateLimiter
+
+    node = redis_server_factory()
+    client = node.client()
+    cache = Cache(client, namespace="app")
+    limiter = RateLimiter(client)
+    breaker = CircuitBreaker("profile-api", fail_max=1)
+    assert cache.get_or_set("user:1", lambda: 1) == 1
+    assert limiter.hit("customer:1", "5/minute").allowed
+    arguments: dict[str, Any] = {
+        "redis": {"main": client},
+        "caches": cache,
+        "limiters": limiter,
+        "breakers": breaker,
+    }
+    report = check_health(**arguments, timeout=0.5)
+    assert report.status == "ok", report.to_dict()
+
+    node.stop()
+    assert cache.get_or_set("user:2", lambda: 2) == 2  # the loader answers
+    assert limiter.hit("customer:1", "5/minute").allowed  # the local fallback answers
+    with pytest.raises(redis.exceptions.ConnectionError):
+        breaker.call(client.ping)
+
+    report = check_health(**arguments, timeout=0.5)
+    assert report.status == "critical"  # the Redis itself is required
+    assert report.components["redis:main"].up is False
+    for name in ("cache:app", "limiter:default", "breaker:profile-api"):
+        component = report.components[name]
+        assert component.status == "warn", (name, component)
+        assert component.details["fallback"] is True and component.up is False
+    # Without the Redis component, a fallback in force is a warning, and the
+    # instance stays ready.
+    from scalekit.health import readiness
+
+    assert readiness(caches=cache, limiters=limiter, breakers=breaker).status == "warn"
+    client.close()

@@ -32,27 +32,35 @@ async def acheck_health(
     pool: Any = None,
     engines: Mapping[str, Any] | None = None,
     redis: Any = None,
+    breakers: Any = None,
+    limiters: Any = None,
+    caches: Any = None,
     thresholds: Thresholds | None = None,
     timeout: float = DEFAULT_TIMEOUT,
     clock: Clock = SYSTEM_CLOCK,
 ) -> HealthReport:
     """The asyncio twin of :func:`check_health`: ``AsyncRoutingPool``, ``AsyncEngine`` and
     ``redis.asyncio`` clients, probed as concurrent tasks with the same rules.
+    ``breakers``, ``limiters`` and ``caches`` may be of either colour (no I/O).
 
     >>> report = await acheck_health(engines={"main": async_engine})  # doctest: +SKIP
 
     Raises:
         ConfigurationError: as :func:`check_health`, and for sync engines or clients.
     """
+    checked_at = clock.time()
     the_plan = plan(
         pool=pool,
         engines=engines,
         redis=redis,
+        breakers=breakers,
+        limiters=limiters,
+        caches=caches,
         thresholds=thresholds,
         timeout=timeout,
         asynchronous=True,
+        now=checked_at,
     )
-    checked_at = clock.time()
     started = clock.monotonic()
     runs = {probe.name: _run(probe, clock) for probe in the_plan.probes if probe.decided is None}
     results = await asyncio.gather(*runs.values())

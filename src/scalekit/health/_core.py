@@ -65,6 +65,7 @@ __all__ = [
     "XID_SPACE",
     "ComponentReport",
     "DatabaseSample",
+    "FallbackSample",
     "HealthReport",
     "PoolStats",
     "PostgresSample",
@@ -75,6 +76,7 @@ __all__ = [
     "describe_error",
     "error_component",
     "exit_code",
+    "fallback_component",
     "judge_pool",
     "judge_usage",
     "pool_exhausted",
@@ -367,11 +369,10 @@ class HealthReport:
 
     def to_dict(self) -> dict[str, Any]:
         """The report as JSON-ready data with stable keys (see :data:`SCHEMA_VERSION`)."""
-        stamp = datetime.fromtimestamp(self.checked_at, tz=timezone.utc)
         return {
             "schema": SCHEMA_VERSION,
             "status": self.status,
-            "checked_at": stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "checked_at": _iso(self.checked_at),
             "duration_ms": round(self.duration_ms, 3),
             "components": {name: report.to_dict() for name, report in self.components.items()},
         }
@@ -867,6 +868,61 @@ def slot_coverage(ranges: Iterable[tuple[int, int]]) -> int:
         if low <= high:
             covered[low : high + 1] = b"\x01" * (high - low + 1)
     return CLUSTER_SLOTS - sum(covered)
+
+
+# -- breakers, limiters and caches ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FallbackSample:
+    """The state of a breaker, limiter or cache, read from its public attributes (no I/O).
+
+    ``state`` is the breaker's state (``"closed"``, ``"open"``, ``"half_open"``,
+    ``"forced_open"``, ``"disabled"``; for a cache, its breaker's), or a
+    limiter's ``"normal"``/``"degraded"``. ``fallback`` is whether calls take
+    the documented fallback now instead of reaching the dependency.
+    ``details`` are the kind's own numbers (JSON-ready).
+    """
+
+    kind: Literal["breaker", "limiter", "cache"]
+    state: str
+    fallback: bool
+    details: Mapping[str, Any] = field(default_factory=dict)
+    #: Short findings that make the component a warning (empty when none).
+    reasons: tuple[str, ...] = ()
+
+
+def _iso(seconds: float) -> str:
+    stamp = datetime.fromtimestamp(seconds, tz=timezone.utc)
+    return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def fallback_component(sample: FallbackSample, *, since: float | None) -> ComponentReport:
+    """The report of a breaker, limiter or cache: ``warn`` while a fallback is in force.
+
+    These components exist to degrade gracefully, so they are never critical
+    and never required: an open breaker or a limiter on its local fallback is
+    worth a look, not a restart. ``up`` is ``not fallback``; ``since`` (wall
+    seconds) is when the current state was first seen, shown as an ISO time
+    in ``details.since``.
+    """
+    reasons = sample.reasons
+    if sample.fallback and not reasons:
+        reasons = (f"fallback in force ({sample.kind} {sample.state})",)
+    details = {
+        **sample.details,
+        "state": sample.state,
+        "fallback": sample.fallback,
+        "since": None if since is None else _iso(since),
+    }
+    return ComponentReport(
+        kind=sample.kind,
+        status="warn" if sample.fallback else "ok",
+        up=not sample.fallback,
+        details=details,
+        reasons=reasons,
+        required=False,
+    )
 
 
 # -- routing pools -------------------------------------------------------------------------------

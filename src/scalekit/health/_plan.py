@@ -3,6 +3,8 @@
 :func:`plan` turns the caller's arguments (``pool=``, ``engines=``,
 ``redis=``) into a list of :class:`Probe` values, reading only what is in
 memory: a routing pool's nodes and ``health()``, each engine's pool counters.
+Breakers, limiters and caches (``breakers=``, ``limiters=``, ``caches=``)
+are judged here too, from their public state alone: they need no probe.
 A probe whose engine pool is exhausted is *decided* here, with no I/O: it
 gets its report at once (critical, "pool exhausted") and the shell never asks
 the pool for a connection, because that would wait up to the pool's
@@ -20,7 +22,8 @@ report gives up on it at the probe's timeout (the shell does not wait).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -35,6 +38,7 @@ from scalekit.health._core import (
     Thresholds,
     database_component,
     error_component,
+    fallback_component,
     pool_exhausted,
     postgres_component,
     redis_component,
@@ -42,7 +46,7 @@ from scalekit.health._core import (
     skipped_component,
 )
 from scalekit.health._monitor import monitor_for
-from scalekit.health._probes import pool_stats
+from scalekit.health._probes import breaker_sample, cache_sample, limiter_sample, pool_stats
 
 __all__ = ["IN_FLIGHT", "InFlight", "Outcome", "Plan", "Probe", "finish", "judge", "plan"]
 
@@ -87,6 +91,40 @@ class Plan:
     routing_name: str | None = None
     fallback_to_primary: bool = True
     routing_nodes: tuple[str, ...] = ()
+    #: Components judged without I/O (breakers, limiters, caches), by report name.
+    local: Mapping[str, ComponentReport] | None = None
+
+
+class Sightings:
+    """When a check in this process first saw each breaker, limiter or cache in its state.
+
+    The components do not expose when their state last changed, so ``since``
+    is the first check that saw the current state (as exact as checks are
+    frequent). Bounded: the oldest entries go first.
+    """
+
+    def __init__(self, limit: int = 1024) -> None:
+        import threading
+
+        self._lock = threading.Lock()
+        self._limit = limit
+        self._seen: OrderedDict[tuple[str, int], tuple[str, bool, float]] = OrderedDict()
+
+    def since(self, name: str, target: object, state: str, fallback: bool, now: float) -> float:
+        key = (name, id(target))
+        with self._lock:
+            seen = self._seen.get(key)
+            if seen is not None and seen[:2] == (state, fallback):
+                self._seen.move_to_end(key)
+                return seen[2]
+            self._seen[key] = (state, fallback, now)
+            self._seen.move_to_end(key)
+            while len(self._seen) > self._limit:
+                self._seen.popitem(last=False)
+            return now
+
+
+SIGHTINGS = Sightings()
 
 
 class InFlight:
@@ -140,6 +178,79 @@ def _redis_clients(redis: object) -> list[tuple[str, Any]]:
                 raise ConfigurationError("redis names must be non-empty strings", parameter="redis")
         return items
     return [("default", redis)]
+
+
+def _named(
+    argument: object, parameter: str, kind: type | tuple[type, ...], name_of: Callable[[Any], str]
+) -> list[tuple[str, Any]]:
+    """``argument`` (one object, a sequence, or a mapping of name to object) as (name, object)."""
+    if argument is None:
+        return []
+    if isinstance(argument, Mapping):
+        items = list(argument.items())
+    else:
+        objects = list(argument) if isinstance(argument, (list, tuple)) else [argument]
+        items = [
+            (name_of(item) if isinstance(item, kind) else type(item).__name__, item)
+            for item in objects
+        ]
+    for name, item in items:
+        if not isinstance(name, str) or not name:
+            raise ConfigurationError(
+                f"{parameter} names must be non-empty strings", parameter=parameter
+            )
+        if not isinstance(item, kind):
+            kinds = kind if isinstance(kind, tuple) else (kind,)
+            wanted = " or ".join(k.__name__ for k in kinds)
+            raise ConfigurationError(
+                f"{parameter}: {name!r} must be a {wanted}, got {type(item).__name__}",
+                parameter=parameter,
+            )
+    return items
+
+
+def _local(
+    breakers: object, limiters: object, caches: object, now: float, sightings: Sightings
+) -> dict[str, ComponentReport]:
+    """Breakers, limiters and caches judged from their public state: no I/O."""
+    groups: list[tuple[str, list[tuple[str, Any]], Callable[[Any], Any]]] = []
+    if breakers is not None:
+        from scalekit.breaker import CircuitBreaker
+
+        groups.append(
+            (
+                "breaker",
+                _named(breakers, "breakers", CircuitBreaker, lambda b: b.name),
+                breaker_sample,
+            )
+        )
+    if limiters is not None:
+        from scalekit.ratelimit import AsyncRateLimiter, RateLimiter
+
+        if isinstance(limiters, (list, tuple)) and len(limiters) > 1:
+            raise ConfigurationError(
+                "name several limiters with a mapping: limiters={'api': limiter, ...}",
+                parameter="limiters",
+            )
+        items = _named(limiters, "limiters", (RateLimiter, AsyncRateLimiter), lambda _: "default")
+        groups.append(("limiter", items, limiter_sample))
+    if caches is not None:
+        from scalekit.cache import AsyncCache, Cache
+
+        items = _named(caches, "caches", (Cache, AsyncCache), lambda c: c.namespace)
+        groups.append(("cache", items, cache_sample))
+    components: dict[str, ComponentReport] = {}
+    for kind, items, read in groups:
+        for name, target in items:
+            key = f"{kind}:{name}"
+            if key in components:
+                raise ConfigurationError(
+                    f"two components share a name: {key}", parameter=f"{kind}s"
+                )
+            sample = read(target)
+            since = sightings.since(key, target, sample.state, sample.fallback, now)
+            components[key] = fallback_component(sample, since=since)
+    return components
 
 
 def _is_async_engine(engine: object) -> bool:
@@ -217,9 +328,14 @@ def plan(
     pool: Any = None,
     engines: Mapping[str, Any] | None = None,
     redis: Any = None,
+    breakers: Any = None,
+    limiters: Any = None,
+    caches: Any = None,
     thresholds: Thresholds | None = None,
     timeout: float = DEFAULT_TIMEOUT,
     asynchronous: bool,
+    now: float = 0.0,
+    sightings: Sightings = SIGHTINGS,
 ) -> Plan:
     """The probes of one health check. Raises ConfigurationError for arguments of the wrong kind."""
     timeout = _check_timeout(timeout)
@@ -283,6 +399,7 @@ def plan(
                 parameter="redis",
             )
         probes.append(Probe(name=f"redis:{name}", kind="redis", target=client, timeout=timeout))
+    local = _local(breakers, limiters, caches, now, sightings)
     names = [probe.name for probe in probes]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
@@ -296,6 +413,7 @@ def plan(
         routing_name=routing_name,
         fallback_to_primary=fallback,
         routing_nodes=routing_nodes,
+        local=local,
     )
 
 
@@ -355,6 +473,7 @@ def finish(
     for probe in the_plan.probes:
         outcome = outcomes.get(probe.name, Outcome(timed_out=True))
         components[probe.name] = judge(probe, outcome, the_plan.thresholds)
+    components.update(the_plan.local or {})
     if the_plan.routing is not None:
         nodes = {
             node: components[f"db:{node}"]

@@ -10,13 +10,22 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Final
 
-from scalekit.health._core import CLUSTER_SLOTS, PoolStats, PostgresSample, RedisSample
+from scalekit.health._core import (
+    CLUSTER_SLOTS,
+    FallbackSample,
+    PoolStats,
+    PostgresSample,
+    RedisSample,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy.pool import Pool
 
 __all__ = [
     "POSTGRES_SQL",
+    "breaker_sample",
+    "cache_sample",
+    "limiter_sample",
     "pool_stats",
     "postgres_sample",
     "redis_cluster_sample",
@@ -197,4 +206,69 @@ def pool_stats(pool: Pool, monitor: Any = None) -> PoolStats:
         waiting=waiting,
         wait_ms_last=wait_last,
         wait_ms_max=wait_max,
+    )
+
+
+# -- breakers, limiters and caches: public attributes only, no I/O ------------------------------
+
+#: Breaker states in which calls are rejected (the caller's fallback runs instead).
+_REJECTING = frozenset({"open", "half_open", "forced_open"})
+
+
+def breaker_sample(breaker: Any) -> FallbackSample:
+    """A :class:`~scalekit.breaker.CircuitBreaker`'s state from ``metrics()`` (no I/O: a
+    Redis-shared breaker's state is the one last seen)."""
+    metrics = breaker.metrics()
+    state = str(metrics.state)
+    reasons: list[str] = []
+    if state in _REJECTING:
+        reasons.append(f"circuit {state}: calls are rejected")
+    if metrics.degraded:
+        reasons.append("shared state unreachable: the local breaker decides")
+    return FallbackSample(
+        kind="breaker",
+        state=state,
+        fallback=bool(reasons),
+        reasons=tuple(reasons),
+        details={
+            "retry_after": None if metrics.retry_after is None else round(metrics.retry_after, 3),
+            "failure_rate": metrics.failure_rate,
+            "consecutive_failures": metrics.consecutive_failures,
+            "rejected": metrics.rejected,
+            "shared": metrics.shared,
+            "shared_state_unreachable": metrics.degraded,
+            "fallback_incidents": metrics.fallback_incidents,
+        },
+    )
+
+
+def limiter_sample(limiter: Any) -> FallbackSample:
+    """A :class:`~scalekit.ratelimit.RateLimiter`'s (or ``AsyncRateLimiter``'s) store state
+    from its ``degraded`` flag."""
+    degraded = bool(limiter.degraded)
+    return FallbackSample(
+        kind="limiter",
+        state="degraded" if degraded else "normal",
+        fallback=degraded,
+        reasons=("store unreachable: checks follow the limiter's fallback",) if degraded else (),
+        details={"algorithm": str(limiter.algorithm)},
+    )
+
+
+def cache_sample(cache: Any) -> FallbackSample:
+    """A :class:`~scalekit.cache.Cache`'s (or ``AsyncCache``'s) state, from the breaker that
+    guards its Redis calls: not closed means its calls take ``on_redis_down``."""
+    state = str(cache.breaker.state)
+    fallback = state in _REJECTING
+    reason = f"Redis calls skipped (breaker {state}): on_redis_down={cache.on_redis_down!r}"
+    return FallbackSample(
+        kind="cache",
+        state=state,
+        fallback=fallback,
+        reasons=(reason,) if fallback else (),
+        details={
+            "on_redis_down": str(cache.on_redis_down),
+            "fallbacks": cache.stats().fallbacks,
+            "invalidation_mode": str(cache.invalidation_mode),
+        },
     )

@@ -34,6 +34,9 @@ def check_health(
     pool: Any = None,
     engines: Mapping[str, Any] | None = None,
     redis: Any = None,
+    breakers: Any = None,
+    limiters: Any = None,
+    caches: Any = None,
     thresholds: Thresholds | None = None,
     timeout: float = DEFAULT_TIMEOUT,
     clock: Clock = SYSTEM_CLOCK,
@@ -43,7 +46,14 @@ def check_health(
     ``pool`` is a :class:`~scalekit.routing.RoutingPool` (each node is probed,
     plus a ``routing:<name>`` component; its lag limits become the lag
     warning levels), ``engines`` a mapping of name to ``Engine``, ``redis`` a
-    client or a mapping of name to client (standalone or cluster). Each
+    client or a mapping of name to client (standalone or cluster).
+    ``breakers`` (:class:`~scalekit.breaker.CircuitBreaker`), ``limiters``
+    (:class:`~scalekit.ratelimit.RateLimiter`) and ``caches``
+    (:class:`~scalekit.cache.Cache`) are each one object, a list, or a
+    mapping of name to object; they are judged from their public state with
+    no I/O (``breaker:<name>``, ``limiter:<name>``, ``cache:<name>``: state,
+    whether a fallback is in force, since when), and count at most as a
+    warning. Each
     probe runs in its own thread under its own ``timeout`` (seconds) and
     never waits for a pool slot: an engine whose pool is exhausted is
     reported critical at once, unprobed. Nothing raises for a server that is
@@ -56,17 +66,22 @@ def check_health(
     Raises:
         ConfigurationError: an argument of the wrong kind (an ``AsyncEngine``
             or asyncio Redis client: use :func:`acheck_health`), a bad
-            ``timeout``, or two components with the same name.
+            ``timeout``, a breaker, limiter or cache of the wrong type, or two
+            components with the same name.
     """
+    checked_at = clock.time()
     the_plan = plan(
         pool=pool,
         engines=engines,
         redis=redis,
+        breakers=breakers,
+        limiters=limiters,
+        caches=caches,
         thresholds=thresholds,
         timeout=timeout,
         asynchronous=False,
+        now=checked_at,
     )
-    checked_at = clock.time()
     started = clock.monotonic()
     runs = {probe.name: _Run(probe, clock) for probe in the_plan.probes if probe.decided is None}
     outcomes = {name: run.wait() for name, run in runs.items()}
