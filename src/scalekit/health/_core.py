@@ -81,6 +81,7 @@ __all__ = [
     "judge_usage",
     "pool_exhausted",
     "pool_size_for",
+    "pressure_band",
     "pressure_level",
     "postgres_component",
     "redis_component",
@@ -549,6 +550,45 @@ def pressure_level(
     if current in ("critical", "warn") and usage >= warn_at - margin:
         return "warn"
     return "ok"
+
+
+def pressure_band(
+    level: Status,
+    capacity: int,
+    *,
+    warn_at: float,
+    critical_at: float,
+    hysteresis: float = 0.05,
+) -> tuple[int, float]:
+    """The demands (connections out plus waiting) at which ``level`` stays: ``low <= d < high``.
+
+    :func:`pressure_level` on ``min(d / capacity, 1.0)`` with ``step =
+    1 / capacity`` is ``level`` exactly for the integers of that range (it is
+    monotonic in usage), so a monitor compares one integer per checkout and
+    calls :func:`pressure_level` only when a demand falls outside. ``high``
+    is ``math.inf`` when no demand raises the level.
+    """
+    step = 1.0 / capacity
+
+    def stays(demand: int) -> bool:
+        usage = min(demand / capacity, 1.0)
+        return (
+            pressure_level(
+                usage,
+                level,
+                warn_at=warn_at,
+                critical_at=critical_at,
+                hysteresis=hysteresis,
+                step=step,
+            )
+            == level
+        )
+
+    kept = [demand for demand in range(capacity + 1) if stays(demand)]
+    if not kept:  # the level cannot hold at any demand: every change re-judges
+        return 0, 0
+    high = math.inf if kept[-1] == capacity else kept[-1] + 1
+    return kept[0], high
 
 
 def check_monitor_levels(warn_at: object, critical_at: object, hysteresis: object) -> None:

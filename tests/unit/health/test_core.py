@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from scalekit.errors import ConfigurationError
-from scalekit.health import ComponentReport, HealthReport, Thresholds, pool_size_for
+from scalekit.health import ComponentReport, HealthReport, Status, Thresholds, pool_size_for
 from scalekit.health._core import (
     STATUSES,
     PoolStats,
@@ -28,6 +28,7 @@ from scalekit.health._core import (
     judge_usage,
     pool_exhausted,
     postgres_component,
+    pressure_band,
     pressure_level,
     redis_component,
     routing_component,
@@ -310,6 +311,35 @@ def test_pressure_level_rises_at_once_and_falls_with_hysteresis(
             threshold = critical if level == "critical" else warn
             assert usage < threshold - hysteresis
         level = new
+
+
+@given(
+    st.sampled_from(["ok", "warn", "critical"]),
+    st.integers(1, 120),
+    fractions,
+    fractions,
+    st.floats(0, 0.2),
+)
+def test_pressure_band_is_exactly_where_the_level_stays(
+    level: Status, capacity: int, warn: float, critical: float, hysteresis: float
+) -> None:
+    warn, critical = sorted((warn, critical))
+    low, high = pressure_band(
+        level, capacity, warn_at=warn, critical_at=critical, hysteresis=hysteresis
+    )
+    for demand in range(capacity + 3):
+        stays = (
+            pressure_level(
+                min(demand / capacity, 1.0),
+                level,
+                warn_at=warn,
+                critical_at=critical,
+                hysteresis=hysteresis,
+                step=1.0 / capacity,
+            )
+            == level
+        )
+        assert stays == (low <= demand < high), (demand, low, high)
 
 
 # -- redis and cluster --------------------------------------------------------------------------
