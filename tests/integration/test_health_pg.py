@@ -420,3 +420,71 @@ def test_redis_stopped_puts_cache_limiter_and_breaker_in_fallback(
 
     assert readiness(caches=cache, limiters=limiter, breakers=breaker).status == "warn"
     client.close()
+
+
+def test_long_query_and_idle_in_transaction_are_durations_without_sql(
+    cluster: PgCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert cluster.primary is not None
+    main = engine(cluster.primary)
+    idle = main.connect()
+    idle.execute(sa.text("SELECT 1 AS left_open_in_a_transaction"))  # begins, then idles
+    started = threading.Event()
+
+    def busy() -> None:
+        with main.connect() as connection:
+            started.set()
+            connection.execute(sa.text("SELECT pg_sleep(3) AS secret_running_query"))
+
+    thread = threading.Thread(target=busy, daemon=True)
+    thread.start()
+    assert started.wait(HANG_GUARD)
+    try:
+        report = wait_for(
+            lambda: check_health(engines={"main": main}),
+            lambda r: (
+                (r.components["db:main"].details["longest_query_seconds"] or 0) > 0.2
+                and (r.components["db:main"].details["longest_idle_in_transaction_seconds"] or 0)
+                > 0.2
+            ),
+            "the sleeping query and the idle transaction seen",
+        )
+        details = report.components["db:main"].details
+        assert details["idle_in_transaction"] >= 1
+        assert details["connections"] >= 3  # the idle session, the sleeper and the probe
+        text = json.dumps(report.to_dict())
+        assert "secret_running_query" not in text and "left_open" not in text
+        assert_no_secret(report, caplog)
+    finally:
+        idle.close()
+        thread.join(HANG_GUARD)
+        main.dispose()
+
+
+def test_the_database_size_is_read_once_a_minute_at_most(cluster: PgCluster) -> None:
+    from scalekit.testing import FakeClock
+
+    assert cluster.primary is not None
+    main = engine(cluster.primary)
+    clock = FakeClock()
+    first = check_health(engines={"main": main}, clock=clock)
+    size = first.components["db:main"].details["database_size_bytes"]
+    assert size > 0
+    with main.begin() as connection:
+        connection.execute(sa.text("DROP TABLE IF EXISTS health_size_probe"))
+        connection.execute(
+            sa.text(
+                "CREATE TABLE health_size_probe AS SELECT g AS n FROM generate_series(1, 50000) g"
+            )
+        )
+    try:
+        clock.advance(30.0)
+        cached = check_health(engines={"main": main}, clock=clock)
+        assert cached.components["db:main"].details["database_size_bytes"] == size  # not asked
+        clock.advance(31.0)
+        fresh = check_health(engines={"main": main}, clock=clock)
+        assert fresh.components["db:main"].details["database_size_bytes"] > size
+    finally:
+        with main.begin() as connection:
+            connection.execute(sa.text("DROP TABLE health_size_probe"))
+        main.dispose()

@@ -22,9 +22,10 @@ report gives up on it at the probe's timeout (the shell does not wait).
 
 from __future__ import annotations
 
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from scalekit.errors import ConfigurationError
@@ -55,6 +56,9 @@ ProbeKind = Literal["postgres", "redis"]
 #: Default seconds each probe may take.
 DEFAULT_TIMEOUT = 2.0
 
+#: Seconds between two reads of a database's size (``pg_database_size`` stats every file).
+DATABASE_SIZE_EVERY = 60.0
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Probe:
@@ -69,6 +73,8 @@ class Probe:
     pool: PoolStats | None = None
     #: The report, when it was decided without I/O (an exhausted pool); nothing to run.
     decided: ComponentReport | None = None
+    #: Whether a PostgreSQL probe asks the database size (see :class:`SizeMemo`).
+    with_size: bool = True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -93,6 +99,48 @@ class Plan:
     routing_nodes: tuple[str, ...] = ()
     #: Components judged without I/O (breakers, limiters, caches), by report name.
     local: Mapping[str, ComponentReport] | None = None
+    #: When the check started (wall seconds), for :class:`SizeMemo`.
+    now: float = 0.0
+    sizes: SizeMemo | None = None
+
+
+class SizeMemo:
+    """The last database size read per engine, so a probe asks it once a minute at most.
+
+    ``pg_database_size()`` stats every file of the database: on a database of
+    many relations it is the dearest part of a probe, and a size changes
+    slowly. A probe asks it when it is due (never read, or read
+    :data:`DATABASE_SIZE_EVERY` seconds ago or more); in between the report
+    shows the last size read.
+    """
+
+    def __init__(self, every: float = DATABASE_SIZE_EVERY) -> None:
+        import threading
+
+        self.every = every
+        self._lock = threading.Lock()
+        self._sizes: weakref.WeakKeyDictionary[Any, tuple[int, float]] = weakref.WeakKeyDictionary()
+
+    def due(self, engine: Any, now: float) -> bool:
+        with self._lock:
+            known = self._sizes.get(_sync_engine(engine))
+        return known is None or not 0 <= now - known[1] < self.every
+
+    def remember(self, engine: Any, size: int, now: float) -> None:
+        with self._lock:
+            self._sizes[_sync_engine(engine)] = (size, now)
+
+    def recall(self, engine: Any) -> int | None:
+        with self._lock:
+            known = self._sizes.get(_sync_engine(engine))
+        return None if known is None else known[0]
+
+
+def _sync_engine(engine: Any) -> Any:
+    return getattr(engine, "sync_engine", engine)
+
+
+SIZES = SizeMemo()
 
 
 class Sightings:
@@ -279,6 +327,8 @@ def _postgres_probe(
     timeout: float,
     required: bool,
     expected_role: str | None,
+    sizes: SizeMemo,
+    now: float,
 ) -> Probe:
     from sqlalchemy import Engine
 
@@ -309,6 +359,7 @@ def _postgres_probe(
         expected_role=expected_role,
         pool=stats,
         decided=decided,
+        with_size=sizes.due(engine, now),
     )
 
 
@@ -336,6 +387,7 @@ def plan(
     asynchronous: bool,
     now: float = 0.0,
     sightings: Sightings = SIGHTINGS,
+    sizes: SizeMemo = SIZES,
 ) -> Plan:
     """The probes of one health check. Raises ConfigurationError for arguments of the wrong kind."""
     timeout = _check_timeout(timeout)
@@ -374,6 +426,8 @@ def plan(
                     timeout=timeout,
                     required=role == "primary",
                     expected_role=role if role in ("primary", "replica") else None,
+                    sizes=sizes,
+                    now=now,
                 )
             )
     engine_items: list[tuple[object, Any]] = list((engines or {}).items())
@@ -388,6 +442,8 @@ def plan(
                 timeout=timeout,
                 required=True,
                 expected_role=None,
+                sizes=sizes,
+                now=now,
             )
         )
     for name, client in _redis_clients(redis):
@@ -414,6 +470,8 @@ def plan(
         fallback_to_primary=fallback,
         routing_nodes=routing_nodes,
         local=local,
+        now=now,
+        sizes=sizes,
     )
 
 
@@ -461,6 +519,19 @@ def judge(probe: Probe, outcome: Outcome, thresholds: Thresholds) -> ComponentRe
     )
 
 
+def _sized(probe: Probe, outcome: Outcome, the_plan: Plan) -> Outcome:
+    """``outcome`` with the database size remembered (when read) or recalled (when not asked)."""
+    sample = outcome.sample
+    if not isinstance(sample, PostgresSample) or the_plan.sizes is None:
+        return outcome
+    if probe.with_size:
+        if sample.database_size_bytes is not None:
+            the_plan.sizes.remember(probe.target, sample.database_size_bytes, the_plan.now)
+        return outcome
+    size = the_plan.sizes.recall(probe.target)
+    return replace(outcome, sample=replace(sample, database_size_bytes=size))
+
+
 def finish(
     the_plan: Plan,
     outcomes: Mapping[str, Outcome],
@@ -471,7 +542,7 @@ def finish(
     """The report of a plan from the outcomes of its probes (by probe name)."""
     components: dict[str, ComponentReport] = {}
     for probe in the_plan.probes:
-        outcome = outcomes.get(probe.name, Outcome(timed_out=True))
+        outcome = _sized(probe, outcomes.get(probe.name, Outcome(timed_out=True)), the_plan)
         components[probe.name] = judge(probe, outcome, the_plan.thresholds)
     components.update(the_plan.local or {})
     if the_plan.routing is not None:

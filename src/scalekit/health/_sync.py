@@ -18,8 +18,8 @@ from scalekit._clock import SYSTEM_CLOCK
 from scalekit.health._core import DatabaseSample, HealthReport, Thresholds
 from scalekit.health._plan import DEFAULT_TIMEOUT, IN_FLIGHT, Outcome, Probe, finish, plan
 from scalekit.health._probes import (
-    POSTGRES_SQL,
     postgres_sample,
+    postgres_sql,
     redis_cluster_sample,
     redis_sample,
     statement_timeout_sql,
@@ -122,11 +122,11 @@ class _Run:
 
 def _probe(probe: Probe, clock: Clock) -> Outcome:
     if probe.kind == "postgres":
-        return _database(probe.target, probe.timeout, clock)
+        return _database(probe.target, probe.timeout, clock, with_size=probe.with_size)
     return _redis(probe.target, probe.timeout, clock)
 
 
-def _database(engine: Any, timeout: float, clock: Clock) -> Outcome:
+def _database(engine: Any, timeout: float, clock: Clock, *, with_size: bool) -> Outcome:
     from sqlalchemy import text
 
     with engine.connect() as connection:
@@ -138,7 +138,7 @@ def _database(engine: Any, timeout: float, clock: Clock) -> Outcome:
             return Outcome(sample=sample, latency_ms=latency_ms)
         connection.exec_driver_sql(statement_timeout_sql(timeout))
         started = clock.monotonic()
-        row = connection.execute(text(POSTGRES_SQL)).mappings().one()
+        row = connection.execute(text(postgres_sql(with_size=with_size))).mappings().one()
         latency_ms = (clock.monotonic() - started) * 1000.0
         connection.rollback()
     return Outcome(sample=postgres_sample(row), latency_ms=latency_ms)
