@@ -488,3 +488,46 @@ def test_the_database_size_is_read_once_a_minute_at_most(cluster: PgCluster) -> 
         with main.begin() as connection:
             connection.execute(sa.text("DROP TABLE health_size_probe"))
         main.dispose()
+
+
+def test_the_first_write_after_an_idle_spell_does_not_read_the_spell_as_lag(
+    cluster: PgCluster, pool: RoutingPool
+) -> None:
+    assert cluster.primary is not None
+    primary = cluster.primary
+    primary.execute("CREATE TABLE after_idle (id int)")  # a last transaction to replay
+    cluster.wait_for_replicas()
+    replica = cluster.replicas[0]
+
+    def idle_for(seconds: float) -> bool:
+        value = replica.scalar(
+            "SELECT extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8"
+        )
+        return value is not None and float(value) >= seconds
+
+    deadline = time.monotonic() + HANG_GUARD
+    while not idle_for(3.0):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    caught_up = wait_for(
+        lambda: check_health(pool=pool),
+        lambda r: r.components["db:replica1"].details["lag_bytes"] == 0,
+        "replica1 caught up",
+    )
+    # Hold the first write after the idle spell between arrival and replay.
+    replica.pause_replay()
+    try:
+        primary.execute("INSERT INTO after_idle VALUES (1)")
+        report = wait_for(
+            lambda: check_health(pool=pool),
+            lambda r: bool(r.components["db:replica1"].details["lag_bytes"]),
+            "the write received, not replayed",
+        )
+        details = report.components["db:replica1"].details
+        assert idle_for(3.0)  # the last replayed transaction is still the old one
+        # Bounded by the time since the check that saw it caught up, not the idle spell.
+        since = report.checked_at - caught_up.checked_at
+        latency = (report.components["db:replica1"].latency_ms or 0.0) / 1000.0
+        assert details["lag_seconds"] <= round(since + latency, 3) + 0.001, (details, since)
+    finally:
+        replica.resume_replay()

@@ -37,7 +37,11 @@ because it has replayed everything it *received*. The rule here:
   the receiver) minus the replayed position; when that is 0 the replica has
   applied everything the primary wrote, so its lag is 0 seconds however long
   the primary has been idle; otherwise the seconds are the age of the last
-  replayed transaction.
+  replayed transaction, but no more than the time since an earlier check saw
+  the replica caught up (``seconds_since_caught_up``): the WAL it has not
+  replayed was written after that. Without this bound, the first write after
+  a long idle spell would read, for the instant between its arrival and its
+  replay, a lag as long as the whole spell.
 
 Secrets
 -------
@@ -632,6 +636,9 @@ class PostgresSample:
     replay_paused: bool | None = None
     # primary side
     streaming_replicas: int | None = None
+    #: Not from the server: seconds since an earlier check saw this replica caught
+    #: up (streaming, 0 bytes behind); bounds its lag in seconds.
+    seconds_since_caught_up: float | None = None
 
 
 def _lag(sample: PostgresSample) -> tuple[bool | None, float | None, int | None, list[str]]:
@@ -647,6 +654,10 @@ def _lag(sample: PostgresSample) -> tuple[bool | None, float | None, int | None,
     if lag_bytes == 0:
         return True, 0.0, 0, []
     seconds = sample.seconds_since_replay
+    if seconds is not None and sample.seconds_since_caught_up is not None:
+        # WAL not replayed yet was written after the replica was last seen caught
+        # up: after a long idle spell, the last replayed transaction is far older.
+        seconds = min(seconds, sample.seconds_since_caught_up)
     return True, None if seconds is None else max(seconds, 0.0), lag_bytes, []
 
 

@@ -73,7 +73,7 @@ class Probe:
     pool: PoolStats | None = None
     #: The report, when it was decided without I/O (an exhausted pool); nothing to run.
     decided: ComponentReport | None = None
-    #: Whether a PostgreSQL probe asks the database size (see :class:`SizeMemo`).
+    #: Whether a PostgreSQL probe asks the database size (see :class:`NodeMemo`).
     with_size: bool = True
 
 
@@ -99,48 +99,91 @@ class Plan:
     routing_nodes: tuple[str, ...] = ()
     #: Components judged without I/O (breakers, limiters, caches), by report name.
     local: Mapping[str, ComponentReport] | None = None
-    #: When the check started (wall seconds), for :class:`SizeMemo`.
+    #: When the check started (wall seconds), for :class:`NodeMemo`.
     now: float = 0.0
-    sizes: SizeMemo | None = None
+    memo: NodeMemo | None = None
 
 
-class SizeMemo:
-    """The last database size read per engine, so a probe asks it once a minute at most.
+class _Node:
+    __slots__ = ("caught_up_at", "size", "size_at")
 
-    ``pg_database_size()`` stats every file of the database: on a database of
-    many relations it is the dearest part of a probe, and a size changes
-    slowly. A probe asks it when it is due (never read, or read
-    :data:`DATABASE_SIZE_EVERY` seconds ago or more); in between the report
-    shows the last size read.
+    def __init__(self) -> None:
+        self.size: int | None = None
+        self.size_at = 0.0
+        self.caught_up_at: float | None = None
+
+
+class NodeMemo:
+    """What earlier checks learnt about each PostgreSQL node (per engine). No I/O.
+
+    * **The database size.** ``pg_database_size()`` stats every file of the
+      database: on a database of many relations it is the dearest part of a
+      probe, and a size changes slowly. A probe asks it when it is due (never
+      read, or read :data:`DATABASE_SIZE_EVERY` seconds ago or more); in
+      between the report shows the last size read.
+    * **When a replica was last seen caught up** (streaming, 0 bytes behind).
+      WAL it has not replayed now was written after that, so its lag cannot
+      exceed the time since (give or take the network's delay). This bounds
+      the age of the last replayed transaction, which after a long idle spell
+      reads the whole spell for the instant between the first new WAL's
+      arrival and its replay.
     """
 
-    def __init__(self, every: float = DATABASE_SIZE_EVERY) -> None:
+    def __init__(self, size_every: float = DATABASE_SIZE_EVERY) -> None:
         import threading
 
-        self.every = every
+        self.size_every = size_every
         self._lock = threading.Lock()
-        self._sizes: weakref.WeakKeyDictionary[Any, tuple[int, float]] = weakref.WeakKeyDictionary()
+        self._nodes: weakref.WeakKeyDictionary[Any, _Node] = weakref.WeakKeyDictionary()
 
-    def due(self, engine: Any, now: float) -> bool:
+    def _node(self, engine: Any) -> _Node:
+        key = getattr(engine, "sync_engine", engine)
+        node = self._nodes.get(key)
+        if node is None:
+            node = self._nodes[key] = _Node()
+        return node
+
+    def size_due(self, engine: Any, now: float) -> bool:
+        """Whether a probe of ``engine`` at ``now`` should ask the database size."""
         with self._lock:
-            known = self._sizes.get(_sync_engine(engine))
-        return known is None or not 0 <= now - known[1] < self.every
+            node = self._node(engine)
+            return node.size is None or not 0 <= now - node.size_at < self.size_every
 
-    def remember(self, engine: Any, size: int, now: float) -> None:
+    def learn(
+        self,
+        engine: Any,
+        sample: PostgresSample,
+        *,
+        asked_size: bool,
+        now: float,
+        latency_ms: float | None,
+    ) -> PostgresSample:
+        """Remember what ``sample`` tells, and return it completed with what was remembered:
+        the last size read (when not asked) and the time since the replica was caught up."""
         with self._lock:
-            self._sizes[_sync_engine(engine)] = (size, now)
+            node = self._node(engine)
+            size = sample.database_size_bytes
+            if asked_size and size is not None:
+                node.size, node.size_at = size, now
+            elif not asked_size:
+                size = node.size
+            since = None
+            if node.caught_up_at is not None and now >= node.caught_up_at:
+                since = now - node.caught_up_at + (latency_ms or 0.0) / 1000.0
+            caught_up = (
+                sample.in_recovery
+                and sample.receiver_status == "streaming"
+                and sample.lag_bytes is not None
+                and sample.lag_bytes <= 0
+            )
+            if caught_up:
+                node.caught_up_at = now
+            elif not sample.in_recovery or sample.receiver_status != "streaming":
+                node.caught_up_at = None  # a new start: nothing known
+        return replace(sample, database_size_bytes=size, seconds_since_caught_up=since)
 
-    def recall(self, engine: Any) -> int | None:
-        with self._lock:
-            known = self._sizes.get(_sync_engine(engine))
-        return None if known is None else known[0]
 
-
-def _sync_engine(engine: Any) -> Any:
-    return getattr(engine, "sync_engine", engine)
-
-
-SIZES = SizeMemo()
+MEMO = NodeMemo()
 
 
 class Sightings:
@@ -327,7 +370,7 @@ def _postgres_probe(
     timeout: float,
     required: bool,
     expected_role: str | None,
-    sizes: SizeMemo,
+    memo: NodeMemo,
     now: float,
 ) -> Probe:
     from sqlalchemy import Engine
@@ -359,7 +402,7 @@ def _postgres_probe(
         expected_role=expected_role,
         pool=stats,
         decided=decided,
-        with_size=sizes.due(engine, now),
+        with_size=memo.size_due(engine, now),
     )
 
 
@@ -387,7 +430,7 @@ def plan(
     asynchronous: bool,
     now: float = 0.0,
     sightings: Sightings = SIGHTINGS,
-    sizes: SizeMemo = SIZES,
+    memo: NodeMemo = MEMO,
 ) -> Plan:
     """The probes of one health check. Raises ConfigurationError for arguments of the wrong kind."""
     timeout = _check_timeout(timeout)
@@ -426,7 +469,7 @@ def plan(
                     timeout=timeout,
                     required=role == "primary",
                     expected_role=role if role in ("primary", "replica") else None,
-                    sizes=sizes,
+                    memo=memo,
                     now=now,
                 )
             )
@@ -442,7 +485,7 @@ def plan(
                 timeout=timeout,
                 required=True,
                 expected_role=None,
-                sizes=sizes,
+                memo=memo,
                 now=now,
             )
         )
@@ -471,7 +514,7 @@ def plan(
         routing_nodes=routing_nodes,
         local=local,
         now=now,
-        sizes=sizes,
+        memo=memo,
     )
 
 
@@ -519,17 +562,19 @@ def judge(probe: Probe, outcome: Outcome, thresholds: Thresholds) -> ComponentRe
     )
 
 
-def _sized(probe: Probe, outcome: Outcome, the_plan: Plan) -> Outcome:
-    """``outcome`` with the database size remembered (when read) or recalled (when not asked)."""
+def _remembered(probe: Probe, outcome: Outcome, the_plan: Plan) -> Outcome:
+    """``outcome`` with its sample completed by the plan's :class:`NodeMemo`."""
     sample = outcome.sample
-    if not isinstance(sample, PostgresSample) or the_plan.sizes is None:
+    if not isinstance(sample, PostgresSample) or the_plan.memo is None:
         return outcome
-    if probe.with_size:
-        if sample.database_size_bytes is not None:
-            the_plan.sizes.remember(probe.target, sample.database_size_bytes, the_plan.now)
-        return outcome
-    size = the_plan.sizes.recall(probe.target)
-    return replace(outcome, sample=replace(sample, database_size_bytes=size))
+    sample = the_plan.memo.learn(
+        probe.target,
+        sample,
+        asked_size=probe.with_size,
+        now=the_plan.now,
+        latency_ms=outcome.latency_ms,
+    )
+    return replace(outcome, sample=sample)
 
 
 def finish(
@@ -542,7 +587,7 @@ def finish(
     """The report of a plan from the outcomes of its probes (by probe name)."""
     components: dict[str, ComponentReport] = {}
     for probe in the_plan.probes:
-        outcome = _sized(probe, outcomes.get(probe.name, Outcome(timed_out=True)), the_plan)
+        outcome = _remembered(probe, outcomes.get(probe.name, Outcome(timed_out=True)), the_plan)
         components[probe.name] = judge(probe, outcome, the_plan.thresholds)
     components.update(the_plan.local or {})
     if the_plan.routing is not None:

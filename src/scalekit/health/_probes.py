@@ -47,7 +47,7 @@ __all__ = [
 # statistics functions are called directly rather than through their views
 # (less to plan: the views join catalogs the probe does not need), and the
 # database size, which stats every file of the database, is asked only when
-# it is due (``{size}``: see ``_plan.SizeMemo``). About 3x cheaper than the
+# it is due (``{size}``: see ``_plan.NodeMemo``). About 3x cheaper than the
 # same numbers through the views, on the harness servers.
 _POSTGRES_TEMPLATE: Final = """
 SELECT
