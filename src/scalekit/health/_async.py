@@ -16,8 +16,8 @@ from scalekit._clock import SYSTEM_CLOCK
 from scalekit.health._core import DatabaseSample, HealthReport, Thresholds
 from scalekit.health._plan import DEFAULT_TIMEOUT, IN_FLIGHT, Outcome, Probe, finish, plan
 from scalekit.health._probes import (
-    POSTGRES_SQL,
     postgres_sample,
+    postgres_sql,
     redis_cluster_sample,
     redis_sample,
     statement_timeout_sql,
@@ -32,27 +32,35 @@ async def acheck_health(
     pool: Any = None,
     engines: Mapping[str, Any] | None = None,
     redis: Any = None,
+    breakers: Any = None,
+    limiters: Any = None,
+    caches: Any = None,
     thresholds: Thresholds | None = None,
     timeout: float = DEFAULT_TIMEOUT,
     clock: Clock = SYSTEM_CLOCK,
 ) -> HealthReport:
     """The asyncio twin of :func:`check_health`: ``AsyncRoutingPool``, ``AsyncEngine`` and
     ``redis.asyncio`` clients, probed as concurrent tasks with the same rules.
+    ``breakers``, ``limiters`` and ``caches`` may be of either colour (no I/O).
 
     >>> report = await acheck_health(engines={"main": async_engine})  # doctest: +SKIP
 
     Raises:
         ConfigurationError: as :func:`check_health`, and for sync engines or clients.
     """
+    checked_at = clock.time()
     the_plan = plan(
         pool=pool,
         engines=engines,
         redis=redis,
+        breakers=breakers,
+        limiters=limiters,
+        caches=caches,
         thresholds=thresholds,
         timeout=timeout,
         asynchronous=True,
+        now=checked_at,
     )
-    checked_at = clock.time()
     started = clock.monotonic()
     runs = {probe.name: _run(probe, clock) for probe in the_plan.probes if probe.decided is None}
     results = await asyncio.gather(*runs.values())
@@ -82,13 +90,13 @@ def _finished(task: asyncio.Future[Outcome], probe: Probe) -> None:
 async def _probe(probe: Probe, clock: Clock) -> Outcome:
     try:
         if probe.kind == "postgres":
-            return await _database(probe.target, probe.timeout, clock)
+            return await _database(probe.target, probe.timeout, clock, with_size=probe.with_size)
         return await _redis(probe.target, probe.timeout, clock)
     except Exception as error:
         return Outcome(error=error)
 
 
-async def _database(engine: Any, timeout: float, clock: Clock) -> Outcome:
+async def _database(engine: Any, timeout: float, clock: Clock, *, with_size: bool) -> Outcome:
     from sqlalchemy import text
 
     async with engine.connect() as connection:
@@ -100,7 +108,7 @@ async def _database(engine: Any, timeout: float, clock: Clock) -> Outcome:
             return Outcome(sample=sample, latency_ms=latency_ms)
         await connection.exec_driver_sql(statement_timeout_sql(timeout))
         started = clock.monotonic()
-        row = (await connection.execute(text(POSTGRES_SQL))).mappings().one()
+        row = (await connection.execute(text(postgres_sql(with_size=with_size)))).mappings().one()
         latency_ms = (clock.monotonic() - started) * 1000.0
         await connection.rollback()
     return Outcome(sample=postgres_sample(row), latency_ms=latency_ms)

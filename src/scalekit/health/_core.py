@@ -37,7 +37,11 @@ because it has replayed everything it *received*. The rule here:
   the receiver) minus the replayed position; when that is 0 the replica has
   applied everything the primary wrote, so its lag is 0 seconds however long
   the primary has been idle; otherwise the seconds are the age of the last
-  replayed transaction.
+  replayed transaction, but no more than the time since an earlier check saw
+  the replica caught up (``seconds_since_caught_up``): the WAL it has not
+  replayed was written after that. Without this bound, the first write after
+  a long idle spell would read, for the instant between its arrival and its
+  replay, a lag as long as the whole spell.
 
 Secrets
 -------
@@ -65,6 +69,7 @@ __all__ = [
     "XID_SPACE",
     "ComponentReport",
     "DatabaseSample",
+    "FallbackSample",
     "HealthReport",
     "PoolStats",
     "PostgresSample",
@@ -75,10 +80,12 @@ __all__ = [
     "describe_error",
     "error_component",
     "exit_code",
+    "fallback_component",
     "judge_pool",
     "judge_usage",
     "pool_exhausted",
     "pool_size_for",
+    "pressure_band",
     "pressure_level",
     "postgres_component",
     "redis_component",
@@ -367,11 +374,10 @@ class HealthReport:
 
     def to_dict(self) -> dict[str, Any]:
         """The report as JSON-ready data with stable keys (see :data:`SCHEMA_VERSION`)."""
-        stamp = datetime.fromtimestamp(self.checked_at, tz=timezone.utc)
         return {
             "schema": SCHEMA_VERSION,
             "status": self.status,
-            "checked_at": stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "checked_at": _iso(self.checked_at),
             "duration_ms": round(self.duration_ms, 3),
             "components": {name: report.to_dict() for name, report in self.components.items()},
         }
@@ -550,6 +556,45 @@ def pressure_level(
     return "ok"
 
 
+def pressure_band(
+    level: Status,
+    capacity: int,
+    *,
+    warn_at: float,
+    critical_at: float,
+    hysteresis: float = 0.05,
+) -> tuple[int, float]:
+    """The demands (connections out plus waiting) at which ``level`` stays: ``low <= d < high``.
+
+    :func:`pressure_level` on ``min(d / capacity, 1.0)`` with ``step =
+    1 / capacity`` is ``level`` exactly for the integers of that range (it is
+    monotonic in usage), so a monitor compares one integer per checkout and
+    calls :func:`pressure_level` only when a demand falls outside. ``high``
+    is ``math.inf`` when no demand raises the level.
+    """
+    step = 1.0 / capacity
+
+    def stays(demand: int) -> bool:
+        usage = min(demand / capacity, 1.0)
+        return (
+            pressure_level(
+                usage,
+                level,
+                warn_at=warn_at,
+                critical_at=critical_at,
+                hysteresis=hysteresis,
+                step=step,
+            )
+            == level
+        )
+
+    kept = [demand for demand in range(capacity + 1) if stays(demand)]
+    if not kept:  # the level cannot hold at any demand: every change re-judges
+        return 0, 0
+    high = math.inf if kept[-1] == capacity else kept[-1] + 1
+    return kept[0], high
+
+
 def check_monitor_levels(warn_at: object, critical_at: object, hysteresis: object) -> None:
     """Validate :class:`~scalekit.health.PoolMonitor`'s levels, or raise ConfigurationError."""
     warn = _number("warn_at", warn_at, low=0.0, high=1.0)
@@ -591,6 +636,9 @@ class PostgresSample:
     replay_paused: bool | None = None
     # primary side
     streaming_replicas: int | None = None
+    #: Not from the server: seconds since an earlier check saw this replica caught
+    #: up (streaming, 0 bytes behind); bounds its lag in seconds.
+    seconds_since_caught_up: float | None = None
 
 
 def _lag(sample: PostgresSample) -> tuple[bool | None, float | None, int | None, list[str]]:
@@ -606,6 +654,10 @@ def _lag(sample: PostgresSample) -> tuple[bool | None, float | None, int | None,
     if lag_bytes == 0:
         return True, 0.0, 0, []
     seconds = sample.seconds_since_replay
+    if seconds is not None and sample.seconds_since_caught_up is not None:
+        # WAL not replayed yet was written after the replica was last seen caught
+        # up: after a long idle spell, the last replayed transaction is far older.
+        seconds = min(seconds, sample.seconds_since_caught_up)
     return True, None if seconds is None else max(seconds, 0.0), lag_bytes, []
 
 
@@ -867,6 +919,61 @@ def slot_coverage(ranges: Iterable[tuple[int, int]]) -> int:
         if low <= high:
             covered[low : high + 1] = b"\x01" * (high - low + 1)
     return CLUSTER_SLOTS - sum(covered)
+
+
+# -- breakers, limiters and caches ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FallbackSample:
+    """The state of a breaker, limiter or cache, read from its public attributes (no I/O).
+
+    ``state`` is the breaker's state (``"closed"``, ``"open"``, ``"half_open"``,
+    ``"forced_open"``, ``"disabled"``; for a cache, its breaker's), or a
+    limiter's ``"normal"``/``"degraded"``. ``fallback`` is whether calls take
+    the documented fallback now instead of reaching the dependency.
+    ``details`` are the kind's own numbers (JSON-ready).
+    """
+
+    kind: Literal["breaker", "limiter", "cache"]
+    state: str
+    fallback: bool
+    details: Mapping[str, Any] = field(default_factory=dict)
+    #: Short findings that make the component a warning (empty when none).
+    reasons: tuple[str, ...] = ()
+
+
+def _iso(seconds: float) -> str:
+    stamp = datetime.fromtimestamp(seconds, tz=timezone.utc)
+    return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def fallback_component(sample: FallbackSample, *, since: float | None) -> ComponentReport:
+    """The report of a breaker, limiter or cache: ``warn`` while a fallback is in force.
+
+    These components exist to degrade gracefully, so they are never critical
+    and never required: an open breaker or a limiter on its local fallback is
+    worth a look, not a restart. ``up`` is ``not fallback``; ``since`` (wall
+    seconds) is when the current state was first seen, shown as an ISO time
+    in ``details.since``.
+    """
+    reasons = sample.reasons
+    if sample.fallback and not reasons:
+        reasons = (f"fallback in force ({sample.kind} {sample.state})",)
+    details = {
+        **sample.details,
+        "state": sample.state,
+        "fallback": sample.fallback,
+        "since": None if since is None else _iso(since),
+    }
+    return ComponentReport(
+        kind=sample.kind,
+        status="warn" if sample.fallback else "ok",
+        up=not sample.fallback,
+        details=details,
+        reasons=reasons,
+        required=False,
+    )
 
 
 # -- routing pools -------------------------------------------------------------------------------

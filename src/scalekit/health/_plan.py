@@ -3,6 +3,8 @@
 :func:`plan` turns the caller's arguments (``pool=``, ``engines=``,
 ``redis=``) into a list of :class:`Probe` values, reading only what is in
 memory: a routing pool's nodes and ``health()``, each engine's pool counters.
+Breakers, limiters and caches (``breakers=``, ``limiters=``, ``caches=``)
+are judged here too, from their public state alone: they need no probe.
 A probe whose engine pool is exhausted is *decided* here, with no I/O: it
 gets its report at once (critical, "pool exhausted") and the shell never asks
 the pool for a connection, because that would wait up to the pool's
@@ -20,8 +22,10 @@ report gives up on it at the probe's timeout (the shell does not wait).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from scalekit.errors import ConfigurationError
@@ -35,6 +39,7 @@ from scalekit.health._core import (
     Thresholds,
     database_component,
     error_component,
+    fallback_component,
     pool_exhausted,
     postgres_component,
     redis_component,
@@ -42,7 +47,7 @@ from scalekit.health._core import (
     skipped_component,
 )
 from scalekit.health._monitor import monitor_for
-from scalekit.health._probes import pool_stats
+from scalekit.health._probes import breaker_sample, cache_sample, limiter_sample, pool_stats
 
 __all__ = ["IN_FLIGHT", "InFlight", "Outcome", "Plan", "Probe", "finish", "judge", "plan"]
 
@@ -50,6 +55,9 @@ ProbeKind = Literal["postgres", "redis"]
 
 #: Default seconds each probe may take.
 DEFAULT_TIMEOUT = 2.0
+
+#: Seconds between two reads of a database's size (``pg_database_size`` stats every file).
+DATABASE_SIZE_EVERY = 60.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -65,6 +73,8 @@ class Probe:
     pool: PoolStats | None = None
     #: The report, when it was decided without I/O (an exhausted pool); nothing to run.
     decided: ComponentReport | None = None
+    #: Whether a PostgreSQL probe asks the database size (see :class:`NodeMemo`).
+    with_size: bool = True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -87,6 +97,125 @@ class Plan:
     routing_name: str | None = None
     fallback_to_primary: bool = True
     routing_nodes: tuple[str, ...] = ()
+    #: Components judged without I/O (breakers, limiters, caches), by report name.
+    local: Mapping[str, ComponentReport] | None = None
+    #: When the check started (wall seconds), for :class:`NodeMemo`.
+    now: float = 0.0
+    memo: NodeMemo | None = None
+
+
+class _Node:
+    __slots__ = ("caught_up_at", "size", "size_at")
+
+    def __init__(self) -> None:
+        self.size: int | None = None
+        self.size_at = 0.0
+        self.caught_up_at: float | None = None
+
+
+class NodeMemo:
+    """What earlier checks learnt about each PostgreSQL node (per engine). No I/O.
+
+    * **The database size.** ``pg_database_size()`` stats every file of the
+      database: on a database of many relations it is the dearest part of a
+      probe, and a size changes slowly. A probe asks it when it is due (never
+      read, or read :data:`DATABASE_SIZE_EVERY` seconds ago or more); in
+      between the report shows the last size read.
+    * **When a replica was last seen caught up** (streaming, 0 bytes behind).
+      WAL it has not replayed now was written after that, so its lag cannot
+      exceed the time since (give or take the network's delay). This bounds
+      the age of the last replayed transaction, which after a long idle spell
+      reads the whole spell for the instant between the first new WAL's
+      arrival and its replay.
+    """
+
+    def __init__(self, size_every: float = DATABASE_SIZE_EVERY) -> None:
+        import threading
+
+        self.size_every = size_every
+        self._lock = threading.Lock()
+        self._nodes: weakref.WeakKeyDictionary[Any, _Node] = weakref.WeakKeyDictionary()
+
+    def _node(self, engine: Any) -> _Node:
+        key = getattr(engine, "sync_engine", engine)
+        node = self._nodes.get(key)
+        if node is None:
+            node = self._nodes[key] = _Node()
+        return node
+
+    def size_due(self, engine: Any, now: float) -> bool:
+        """Whether a probe of ``engine`` at ``now`` should ask the database size."""
+        with self._lock:
+            node = self._node(engine)
+            return node.size is None or not 0 <= now - node.size_at < self.size_every
+
+    def learn(
+        self,
+        engine: Any,
+        sample: PostgresSample,
+        *,
+        asked_size: bool,
+        now: float,
+        latency_ms: float | None,
+    ) -> PostgresSample:
+        """Remember what ``sample`` tells, and return it completed with what was remembered:
+        the last size read (when not asked) and the time since the replica was caught up."""
+        with self._lock:
+            node = self._node(engine)
+            size = sample.database_size_bytes
+            if asked_size and size is not None:
+                node.size, node.size_at = size, now
+            elif not asked_size:
+                size = node.size
+            since = None
+            if node.caught_up_at is not None and now >= node.caught_up_at:
+                since = now - node.caught_up_at + (latency_ms or 0.0) / 1000.0
+            caught_up = (
+                sample.in_recovery
+                and sample.receiver_status == "streaming"
+                and sample.lag_bytes is not None
+                and sample.lag_bytes <= 0
+            )
+            if caught_up:
+                node.caught_up_at = now
+            elif not sample.in_recovery or sample.receiver_status != "streaming":
+                node.caught_up_at = None  # a new start: nothing known
+        return replace(sample, database_size_bytes=size, seconds_since_caught_up=since)
+
+
+MEMO = NodeMemo()
+
+
+class Sightings:
+    """When a check in this process first saw each breaker, limiter or cache in its state.
+
+    The components do not expose when their state last changed, so ``since``
+    is the first check that saw the current state (as exact as checks are
+    frequent). Bounded: the oldest entries go first.
+    """
+
+    def __init__(self, limit: int = 1024) -> None:
+        import threading
+
+        self._lock = threading.Lock()
+        self._limit = limit
+        self._seen: OrderedDict[tuple[str, int], tuple[str, bool, float]] = OrderedDict()
+
+    def since(self, name: str, target: object, state: str, fallback: bool, now: float) -> float:
+        key = (name, id(target))
+        with self._lock:
+            seen = self._seen.get(key)
+            if seen is not None and seen[:2] == (state, fallback):
+                self._seen.move_to_end(key)
+                return seen[2]
+            self._seen[key] = (state, fallback, now)
+            self._seen.move_to_end(key)
+            while len(self._seen) > self._limit:
+                self._seen.popitem(last=False)
+            return now
+
+
+SIGHTINGS = Sightings()
 
 
 class InFlight:
@@ -142,6 +271,79 @@ def _redis_clients(redis: object) -> list[tuple[str, Any]]:
     return [("default", redis)]
 
 
+def _named(
+    argument: object, parameter: str, kind: type | tuple[type, ...], name_of: Callable[[Any], str]
+) -> list[tuple[str, Any]]:
+    """``argument`` (one object, a sequence, or a mapping of name to object) as (name, object)."""
+    if argument is None:
+        return []
+    if isinstance(argument, Mapping):
+        items = list(argument.items())
+    else:
+        objects = list(argument) if isinstance(argument, (list, tuple)) else [argument]
+        items = [
+            (name_of(item) if isinstance(item, kind) else type(item).__name__, item)
+            for item in objects
+        ]
+    for name, item in items:
+        if not isinstance(name, str) or not name:
+            raise ConfigurationError(
+                f"{parameter} names must be non-empty strings", parameter=parameter
+            )
+        if not isinstance(item, kind):
+            kinds = kind if isinstance(kind, tuple) else (kind,)
+            wanted = " or ".join(k.__name__ for k in kinds)
+            raise ConfigurationError(
+                f"{parameter}: {name!r} must be a {wanted}, got {type(item).__name__}",
+                parameter=parameter,
+            )
+    return items
+
+
+def _local(
+    breakers: object, limiters: object, caches: object, now: float, sightings: Sightings
+) -> dict[str, ComponentReport]:
+    """Breakers, limiters and caches judged from their public state: no I/O."""
+    groups: list[tuple[str, list[tuple[str, Any]], Callable[[Any], Any]]] = []
+    if breakers is not None:
+        from scalekit.breaker import CircuitBreaker
+
+        groups.append(
+            (
+                "breaker",
+                _named(breakers, "breakers", CircuitBreaker, lambda b: b.name),
+                breaker_sample,
+            )
+        )
+    if limiters is not None:
+        from scalekit.ratelimit import AsyncRateLimiter, RateLimiter
+
+        if isinstance(limiters, (list, tuple)) and len(limiters) > 1:
+            raise ConfigurationError(
+                "name several limiters with a mapping: limiters={'api': limiter, ...}",
+                parameter="limiters",
+            )
+        items = _named(limiters, "limiters", (RateLimiter, AsyncRateLimiter), lambda _: "default")
+        groups.append(("limiter", items, limiter_sample))
+    if caches is not None:
+        from scalekit.cache import AsyncCache, Cache
+
+        items = _named(caches, "caches", (Cache, AsyncCache), lambda c: c.namespace)
+        groups.append(("cache", items, cache_sample))
+    components: dict[str, ComponentReport] = {}
+    for kind, items, read in groups:
+        for name, target in items:
+            key = f"{kind}:{name}"
+            if key in components:
+                raise ConfigurationError(
+                    f"two components share a name: {key}", parameter=f"{kind}s"
+                )
+            sample = read(target)
+            since = sightings.since(key, target, sample.state, sample.fallback, now)
+            components[key] = fallback_component(sample, since=since)
+    return components
+
+
 def _is_async_engine(engine: object) -> bool:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -168,6 +370,8 @@ def _postgres_probe(
     timeout: float,
     required: bool,
     expected_role: str | None,
+    memo: NodeMemo,
+    now: float,
 ) -> Probe:
     from sqlalchemy import Engine
 
@@ -198,6 +402,7 @@ def _postgres_probe(
         expected_role=expected_role,
         pool=stats,
         decided=decided,
+        with_size=memo.size_due(engine, now),
     )
 
 
@@ -217,9 +422,15 @@ def plan(
     pool: Any = None,
     engines: Mapping[str, Any] | None = None,
     redis: Any = None,
+    breakers: Any = None,
+    limiters: Any = None,
+    caches: Any = None,
     thresholds: Thresholds | None = None,
     timeout: float = DEFAULT_TIMEOUT,
     asynchronous: bool,
+    now: float = 0.0,
+    sightings: Sightings = SIGHTINGS,
+    memo: NodeMemo = MEMO,
 ) -> Plan:
     """The probes of one health check. Raises ConfigurationError for arguments of the wrong kind."""
     timeout = _check_timeout(timeout)
@@ -258,6 +469,8 @@ def plan(
                     timeout=timeout,
                     required=role == "primary",
                     expected_role=role if role in ("primary", "replica") else None,
+                    memo=memo,
+                    now=now,
                 )
             )
     engine_items: list[tuple[object, Any]] = list((engines or {}).items())
@@ -272,6 +485,8 @@ def plan(
                 timeout=timeout,
                 required=True,
                 expected_role=None,
+                memo=memo,
+                now=now,
             )
         )
     for name, client in _redis_clients(redis):
@@ -283,6 +498,7 @@ def plan(
                 parameter="redis",
             )
         probes.append(Probe(name=f"redis:{name}", kind="redis", target=client, timeout=timeout))
+    local = _local(breakers, limiters, caches, now, sightings)
     names = [probe.name for probe in probes]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
@@ -296,6 +512,9 @@ def plan(
         routing_name=routing_name,
         fallback_to_primary=fallback,
         routing_nodes=routing_nodes,
+        local=local,
+        now=now,
+        memo=memo,
     )
 
 
@@ -343,6 +562,21 @@ def judge(probe: Probe, outcome: Outcome, thresholds: Thresholds) -> ComponentRe
     )
 
 
+def _remembered(probe: Probe, outcome: Outcome, the_plan: Plan) -> Outcome:
+    """``outcome`` with its sample completed by the plan's :class:`NodeMemo`."""
+    sample = outcome.sample
+    if not isinstance(sample, PostgresSample) or the_plan.memo is None:
+        return outcome
+    sample = the_plan.memo.learn(
+        probe.target,
+        sample,
+        asked_size=probe.with_size,
+        now=the_plan.now,
+        latency_ms=outcome.latency_ms,
+    )
+    return replace(outcome, sample=sample)
+
+
 def finish(
     the_plan: Plan,
     outcomes: Mapping[str, Outcome],
@@ -353,8 +587,9 @@ def finish(
     """The report of a plan from the outcomes of its probes (by probe name)."""
     components: dict[str, ComponentReport] = {}
     for probe in the_plan.probes:
-        outcome = outcomes.get(probe.name, Outcome(timed_out=True))
+        outcome = _remembered(probe, outcomes.get(probe.name, Outcome(timed_out=True)), the_plan)
         components[probe.name] = judge(probe, outcome, the_plan.thresholds)
+    components.update(the_plan.local or {})
     if the_plan.routing is not None:
         nodes = {
             node: components[f"db:{node}"]

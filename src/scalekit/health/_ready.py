@@ -25,6 +25,9 @@ __all__ = ["areadiness", "liveness", "readiness", "readiness_status"]
 #: Default seconds each readiness probe may take: below a typical probe's 3 s deadline.
 READINESS_TIMEOUT = 1.0
 
+#: Components whose own status is their readiness (they have no server to answer).
+_SELF_JUDGED = frozenset({"routing", "breaker", "limiter", "cache"})
+
 
 def liveness(*, clock: Clock = SYSTEM_CLOCK) -> HealthReport:
     """A report that the process is alive, with no I/O: always ``"ok"``.
@@ -40,8 +43,10 @@ def liveness(*, clock: Clock = SYSTEM_CLOCK) -> HealthReport:
 
 
 def _ready(component: ComponentReport) -> Status:
-    if component.kind == "routing":
-        status = component.status  # no primary, split brain, or no node for reads
+    if component.kind in _SELF_JUDGED:
+        # A routing pool: no primary, split brain, or no node for reads. A
+        # breaker, limiter or cache: at most a warning (its fallback serves).
+        status = component.status
     else:
         status = "ok" if component.up is True else "critical"
     if not component.required and status == "critical":
@@ -65,6 +70,9 @@ def readiness(
     pool: Any = None,
     engines: Mapping[str, Any] | None = None,
     redis: Any = None,
+    breakers: Any = None,
+    limiters: Any = None,
+    caches: Any = None,
     thresholds: Thresholds | None = None,
     timeout: float = READINESS_TIMEOUT,
     clock: Clock = SYSTEM_CLOCK,
@@ -80,7 +88,15 @@ def readiness(
     from scalekit.health._sync import check_health
 
     report = check_health(
-        pool=pool, engines=engines, redis=redis, thresholds=thresholds, timeout=timeout, clock=clock
+        pool=pool,
+        engines=engines,
+        redis=redis,
+        breakers=breakers,
+        limiters=limiters,
+        caches=caches,
+        thresholds=thresholds,
+        timeout=timeout,
+        clock=clock,
     )
     return replace(report, status=readiness_status(report))
 
@@ -90,6 +106,9 @@ async def areadiness(
     pool: Any = None,
     engines: Mapping[str, Any] | None = None,
     redis: Any = None,
+    breakers: Any = None,
+    limiters: Any = None,
+    caches: Any = None,
     thresholds: Thresholds | None = None,
     timeout: float = READINESS_TIMEOUT,
     clock: Clock = SYSTEM_CLOCK,
@@ -98,6 +117,14 @@ async def areadiness(
     from scalekit.health._async import acheck_health
 
     report = await acheck_health(
-        pool=pool, engines=engines, redis=redis, thresholds=thresholds, timeout=timeout, clock=clock
+        pool=pool,
+        engines=engines,
+        redis=redis,
+        breakers=breakers,
+        limiters=limiters,
+        caches=caches,
+        thresholds=thresholds,
+        timeout=timeout,
+        clock=clock,
     )
     return replace(report, status=readiness_status(report))

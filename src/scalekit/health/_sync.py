@@ -18,8 +18,8 @@ from scalekit._clock import SYSTEM_CLOCK
 from scalekit.health._core import DatabaseSample, HealthReport, Thresholds
 from scalekit.health._plan import DEFAULT_TIMEOUT, IN_FLIGHT, Outcome, Probe, finish, plan
 from scalekit.health._probes import (
-    POSTGRES_SQL,
     postgres_sample,
+    postgres_sql,
     redis_cluster_sample,
     redis_sample,
     statement_timeout_sql,
@@ -34,6 +34,9 @@ def check_health(
     pool: Any = None,
     engines: Mapping[str, Any] | None = None,
     redis: Any = None,
+    breakers: Any = None,
+    limiters: Any = None,
+    caches: Any = None,
     thresholds: Thresholds | None = None,
     timeout: float = DEFAULT_TIMEOUT,
     clock: Clock = SYSTEM_CLOCK,
@@ -43,7 +46,14 @@ def check_health(
     ``pool`` is a :class:`~scalekit.routing.RoutingPool` (each node is probed,
     plus a ``routing:<name>`` component; its lag limits become the lag
     warning levels), ``engines`` a mapping of name to ``Engine``, ``redis`` a
-    client or a mapping of name to client (standalone or cluster). Each
+    client or a mapping of name to client (standalone or cluster).
+    ``breakers`` (:class:`~scalekit.breaker.CircuitBreaker`), ``limiters``
+    (:class:`~scalekit.ratelimit.RateLimiter`) and ``caches``
+    (:class:`~scalekit.cache.Cache`) are each one object, a list, or a
+    mapping of name to object; they are judged from their public state with
+    no I/O (``breaker:<name>``, ``limiter:<name>``, ``cache:<name>``: state,
+    whether a fallback is in force, since when), and count at most as a
+    warning. Each
     probe runs in its own thread under its own ``timeout`` (seconds) and
     never waits for a pool slot: an engine whose pool is exhausted is
     reported critical at once, unprobed. Nothing raises for a server that is
@@ -57,17 +67,22 @@ def check_health(
     Raises:
         ConfigurationError: an argument of the wrong kind (an ``AsyncEngine``
             or asyncio Redis client: use :func:`acheck_health`), a bad
-            ``timeout``, or two components with the same name.
+            ``timeout``, a breaker, limiter or cache of the wrong type, or two
+            components with the same name.
     """
+    checked_at = clock.time()
     the_plan = plan(
         pool=pool,
         engines=engines,
         redis=redis,
+        breakers=breakers,
+        limiters=limiters,
+        caches=caches,
         thresholds=thresholds,
         timeout=timeout,
         asynchronous=False,
+        now=checked_at,
     )
-    checked_at = clock.time()
     started = clock.monotonic()
     runs = {probe.name: _Run(probe, clock) for probe in the_plan.probes if probe.decided is None}
     outcomes = {name: run.wait() for name, run in runs.items()}
@@ -108,11 +123,11 @@ class _Run:
 
 def _probe(probe: Probe, clock: Clock) -> Outcome:
     if probe.kind == "postgres":
-        return _database(probe.target, probe.timeout, clock)
+        return _database(probe.target, probe.timeout, clock, with_size=probe.with_size)
     return _redis(probe.target, probe.timeout, clock)
 
 
-def _database(engine: Any, timeout: float, clock: Clock) -> Outcome:
+def _database(engine: Any, timeout: float, clock: Clock, *, with_size: bool) -> Outcome:
     from sqlalchemy import text
 
     with engine.connect() as connection:
@@ -124,7 +139,7 @@ def _database(engine: Any, timeout: float, clock: Clock) -> Outcome:
             return Outcome(sample=sample, latency_ms=latency_ms)
         connection.exec_driver_sql(statement_timeout_sql(timeout))
         started = clock.monotonic()
-        row = connection.execute(text(POSTGRES_SQL)).mappings().one()
+        row = connection.execute(text(postgres_sql(with_size=with_size))).mappings().one()
         latency_ms = (clock.monotonic() - started) * 1000.0
         connection.rollback()
     return Outcome(sample=postgres_sample(row), latency_ms=latency_ms)

@@ -63,3 +63,46 @@ def test_a_bad_cursor_is_one_line(token: str) -> None:
     code, out, err = run("cursor", "decode", token)
     assert code == 1 and out == ""
     assert err.startswith("scalekit: invalid cursor") and err.count("\n") == 1
+
+
+def test_redis_urls_name_a_standalone_a_cluster_or_a_sentinel_client(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import redis
+    from redis.sentinel import SentinelConnectionPool
+
+    from scalekit import _cli
+
+    standalone = _cli._redis("--redis", "redis://:pw@localhost:6390/2", 1.0)
+    assert isinstance(standalone, redis.Redis)
+    sentinel = _cli._redis(
+        "--redis", f"redis+sentinel://:{SECRET}@[::1]:26390,sentinel-b/mymaster/3", 1.0
+    )  # lazy: no I/O until the first command
+    pool = sentinel.connection_pool
+    assert isinstance(pool, SentinelConnectionPool) and pool.service_name == "mymaster"
+    assert pool.connection_kwargs["db"] == 3 and pool.connection_kwargs["password"] == SECRET
+    hosts = [
+        (c.connection_pool.connection_kwargs["host"], c.connection_pool.connection_kwargs["port"])
+        for c in pool.sentinel_manager.sentinels
+    ]
+    assert hosts == [("::1", 26390), ("sentinel-b", 26379)]
+    # Several URLs in REDIS_URL: a cluster's host list stays one URL.
+    monkeypatch.setenv("REDIS_URL", "redis+cluster://a:7000,b:7001,redis://c:6379/0")
+    assert _cli._split((), "REDIS_URL") == ["redis+cluster://a:7000,b:7001", "redis://c:6379/0"]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"redis+cluster://:{SECRET}@host:notaport",
+        "redis+cluster://",
+        f"redis+sentinel://:{SECRET}@host:26379",
+        "redis+sentinel://host:26379/service/notadb",
+        "http://example.com",
+    ],
+)
+def test_a_bad_redis_url_is_one_line(url: str) -> None:
+    code, stdout, stderr = run("health", "--redis", url)
+    assert code == 1 and stdout == ""
+    assert stderr.startswith("scalekit: --redis: ") and stderr.count("\n") == 1
+    assert SECRET not in stderr

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from scalekit.errors import ConfigurationError
-from scalekit.health import ComponentReport, HealthReport, Thresholds, pool_size_for
+from scalekit.health import ComponentReport, HealthReport, Status, Thresholds, pool_size_for
 from scalekit.health._core import (
     STATUSES,
     PoolStats,
@@ -28,6 +29,7 @@ from scalekit.health._core import (
     judge_usage,
     pool_exhausted,
     postgres_component,
+    pressure_band,
     pressure_level,
     redis_component,
     routing_component,
@@ -228,6 +230,46 @@ def test_paused_replay_warns() -> None:
     assert "WAL replay is paused" in report.reasons
 
 
+def test_lag_seconds_are_bounded_by_the_time_since_caught_up() -> None:
+    # The first write after an hour idle, not replayed yet: the last replayed
+    # transaction is an hour old, but the replica was caught up 2 s ago.
+    after_idle = PostgresSample(
+        in_recovery=True,
+        receiver_status="streaming",
+        lag_bytes=512,
+        seconds_since_replay=3600.0,
+        seconds_since_caught_up=2.0,
+    )
+    report = postgres_component(after_idle, Thresholds())
+    assert report.details["lag_seconds"] == 2.0 and report.details["lag_bytes"] == 512
+    assert report.status == "ok"
+    # Without an earlier sighting, the age of the last replayed transaction stands.
+    unknown = postgres_component(replace(after_idle, seconds_since_caught_up=None), Thresholds())
+    assert unknown.details["lag_seconds"] == 3600.0 and unknown.status == "critical"
+
+
+def test_the_node_memo_remembers_sizes_and_when_a_replica_was_caught_up() -> None:
+    from scalekit.health._plan import NodeMemo
+
+    memo = NodeMemo(size_every=60.0)
+    engine = object.__new__(type("FakeEngine", (), {}))
+    caught_up = PostgresSample(
+        in_recovery=True, receiver_status="streaming", lag_bytes=0, database_size_bytes=100
+    )
+    assert memo.size_due(engine, 1000.0)
+    first = memo.learn(engine, caught_up, asked_size=True, now=1000.0, latency_ms=1.0)
+    assert first.database_size_bytes == 100 and first.seconds_since_caught_up is None
+    assert not memo.size_due(engine, 1059.0) and memo.size_due(engine, 1060.0)
+    behind = replace(caught_up, lag_bytes=64, database_size_bytes=None)
+    second = memo.learn(engine, behind, asked_size=False, now=1003.0, latency_ms=500.0)
+    assert second.database_size_bytes == 100  # recalled, not asked
+    assert second.seconds_since_caught_up == 3.5  # since 1000.0, plus the probe's latency
+    stopped = replace(behind, receiver_status="stopped")
+    memo.learn(engine, stopped, asked_size=False, now=1004.0, latency_ms=None)
+    again = memo.learn(engine, behind, asked_size=False, now=1005.0, latency_ms=None)
+    assert again.seconds_since_caught_up is None  # restarted streaming: nothing known
+
+
 def test_the_role_comes_from_the_server() -> None:
     report = postgres_component(
         PostgresSample(in_recovery=True, receiver_status="streaming", lag_bytes=0),
@@ -310,6 +352,35 @@ def test_pressure_level_rises_at_once_and_falls_with_hysteresis(
             threshold = critical if level == "critical" else warn
             assert usage < threshold - hysteresis
         level = new
+
+
+@given(
+    st.sampled_from(["ok", "warn", "critical"]),
+    st.integers(1, 120),
+    fractions,
+    fractions,
+    st.floats(0, 0.2),
+)
+def test_pressure_band_is_exactly_where_the_level_stays(
+    level: Status, capacity: int, warn: float, critical: float, hysteresis: float
+) -> None:
+    warn, critical = sorted((warn, critical))
+    low, high = pressure_band(
+        level, capacity, warn_at=warn, critical_at=critical, hysteresis=hysteresis
+    )
+    for demand in range(capacity + 3):
+        stays = (
+            pressure_level(
+                min(demand / capacity, 1.0),
+                level,
+                warn_at=warn,
+                critical_at=critical,
+                hysteresis=hysteresis,
+                step=1.0 / capacity,
+            )
+            == level
+        )
+        assert stays == (low <= demand < high), (demand, low, high)
 
 
 # -- redis and cluster --------------------------------------------------------------------------

@@ -8,6 +8,7 @@ timeout, wrong-colour arguments refused, no secret in a report.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import threading
 from typing import Any
@@ -161,5 +162,85 @@ def test_the_monitor_feeds_waiters_into_the_report() -> None:
     report = check_health(engines={"main": engine})
     pool = report.components["db:main"].details["pool"]
     assert pool["waiting"] == 0 and pool["wait_ms_max"] is not None
+    monitor.close()
+    engine.dispose()
+
+
+class _CountingClock:
+    """The system clock, counting how often the monitor reads it."""
+
+    def __init__(self) -> None:
+        import time
+
+        self._time = time
+        self.reads = 0
+
+    def time(self) -> float:
+        return self._time.time()
+
+    def monotonic(self) -> float:
+        self.reads += 1
+        return self._time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        self._time.sleep(seconds)
+
+
+def test_pool_monitor_reads_the_clock_only_for_a_checkout_that_waits() -> None:
+    engine = queue_engine(size=1)
+    clock = _CountingClock()
+    monitor = PoolMonitor(engine, clock=clock)
+    for _ in range(50):
+        with engine.connect():
+            pass
+    assert clock.reads == 0  # a connection was free every time: no wait to time
+    assert monitor.wait_ms_last == 0.0 and monitor.wait_ms_max == 0.0
+    assert monitor.stats()["checkouts"] == 50
+
+    held = engine.connect()
+    waited = threading.Event()
+
+    def waiter() -> None:
+        with engine.connect():
+            waited.set()
+
+    thread = threading.Thread(target=waiter, daemon=True)
+    thread.start()
+    deadline = threading.Event()
+    while monitor.waiting != 1:
+        assert not deadline.wait(0.005) and thread.is_alive()
+    held.close()
+    assert waited.wait(HANG_GUARD)
+    thread.join(HANG_GUARD)
+    assert clock.reads == 2  # the waiter's start and end
+    assert monitor.waiting == 0 and monitor.checked_out == 0
+    assert monitor.wait_ms_max is not None and monitor.wait_ms_max > 0
+    monitor.close()
+    engine.dispose()
+
+
+def test_pool_monitor_follows_the_new_pool_after_dispose() -> None:
+    engine = queue_engine(size=4)
+    monitor = PoolMonitor(engine, warn_at=0.5, critical_at=1.0, hysteresis=0.0)
+    with capture_events() as events:
+        held = [engine.connect() for _ in range(4)]
+        assert monitor.checked_out == 4 and monitor.level == "critical"
+        engine.dispose()  # the held connections belong to the old pool now
+        held.pop().close()
+        held.pop().close()
+        assert monitor.checked_out == 2
+        fresh = engine.connect()  # the new pool's first connection
+        for connection in held:  # returned to the old pool: no longer counted
+            connection.close()
+        assert monitor.checked_out == 1 and monitor.level == "warn"  # kept: hysteresis
+        more = [engine.connect() for _ in range(3)]
+        assert monitor.checked_out == 4 and monitor.level == "critical"
+        for connection in [fresh, *more]:
+            connection.close()
+    assert monitor.checked_out == 0 and monitor.level == "ok"
+    pressure = [e for e in events if isinstance(e, PoolPressure)]
+    for before, after in itertools.pairwise(pressure):
+        assert after.previous == before.pressure != after.pressure
+    assert [e.pressure for e in pressure][-1] == "ok"
     monitor.close()
     engine.dispose()
