@@ -148,7 +148,7 @@ async def test_async_client(redis_server: Any) -> None:
                 raise outcome
             return outcome
 
-        assert await policy.call_async(work) == "ok"
+        assert await policy.acall(work) == "ok"
         assert await budget.atry_withdraw() is False  # one deposit, one retry: spent
         await budget.aclose()  # the budget's bounded twin of the client
     finally:
