@@ -231,13 +231,13 @@ async def test_redis_stopped_async_fail_open_and_fail_closed(redis_server_factor
         return "ran"
 
     for breaker in breakers.values():
-        assert await breaker.call_async(ok) == "ran"
+        assert await breaker.acall(ok) == "ran"
     node.stop()
     clock.advance(5.0)
     with capture_events() as events:
-        assert await breakers["fail_open"].call_async(ok) == "ran"
+        assert await breakers["fail_open"].acall(ok) == "ran"
         with pytest.raises(CircuitOpenError) as error:
-            await breakers["fail_closed"].call_async(ok)
+            await breakers["fail_closed"].acall(ok)
     assert error.value.retry_after == pytest.approx(1.0)
     assert sorted(e.fallback for e in events if isinstance(e, FallbackUsed)) == [
         "fail_closed",
@@ -246,7 +246,7 @@ async def test_redis_stopped_async_fail_open_and_fail_closed(redis_server_factor
     node.start()
     clock.advance(1.0)
     for breaker in breakers.values():
-        assert await breaker.call_async(ok) == "ran"
+        assert await breaker.acall(ok) == "ran"
         assert not breaker.metrics().degraded
         assert breaker._shared is not None
         await breaker._shared.storage.aclose()
@@ -423,21 +423,21 @@ async def test_a_default_async_client_outage_costs_a_bounded_time(
         return "ran"
 
     try:
-        assert await breaker.call_async(ok) == "ran"
+        assert await breaker.acall(ok) == "ran"
         calls = scenarios.count_script_calls(breaker)
         getattr(node, outage)()
         clock.advance(5.0)
         with capture_events() as events:
             started = time.monotonic()
-            assert await breaker.call_async(ok) == "ran"
+            assert await breaker.acall(ok) == "ran"
             assert time.monotonic() - started < HANG_GUARD
             for _ in range(50):
-                assert await breaker.call_async(ok) == "ran"
+                assert await breaker.acall(ok) == "ran"
             assert calls == [1]
         assert [e.fallback for e in events if isinstance(e, FallbackUsed)] == ["fail_open"]
         _end_outage(node, outage)
         clock.advance(1.0)
-        assert await breaker.call_async(ok) == "ran"
+        assert await breaker.acall(ok) == "ran"
         assert not breaker.metrics().degraded
     finally:
         if outage == "pause":
