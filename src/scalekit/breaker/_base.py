@@ -12,9 +12,11 @@ whose I/O the drivers await or call.
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from scalekit._clock import SYSTEM_CLOCK
 from scalekit.breaker._core import BreakerCore, Trigger
 
 if TYPE_CHECKING:
@@ -75,7 +77,8 @@ class Recorder:
         self.core = core
         self.lock = lock
         self.clock = clock
-        self.monotonic = clock.monotonic
+        # The system clock's method is a Python wrapper; the hot paths skip it.
+        self.monotonic = time.monotonic if clock is SYSTEM_CLOCK else clock.monotonic
         self.classify = policy.classify_exception
         self.classify_result = policy.classify_result
         self.check_result = policy.failure_result is not None

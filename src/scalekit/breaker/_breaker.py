@@ -24,10 +24,12 @@ from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar, overload
 from scalekit._clock import SYSTEM_CLOCK
 from scalekit._deprecated import deprecated
 from scalekit.breaker import _async, _sync
+from scalekit.breaker._async import acall as _acall
 from scalekit.breaker._base import Recorder
 from scalekit.breaker._config import FAILURE, IGNORED, SUCCESS, BreakerPolicy, ExceptionRule
 from scalekit.breaker._core import CLOSED, DISABLED, BreakerCore, State, Transition, Trigger
 from scalekit.breaker._events import BreakerRejected, BreakerStateChanged
+from scalekit.breaker._sync import call as _call
 from scalekit.errors import CircuitOpenError, ConfigurationError
 from scalekit.instrumentation import emit
 from scalekit.typing import Clock
@@ -468,7 +470,7 @@ class CircuitBreaker:
             CircuitOpenError: the breaker rejected the call (and no fallback).
             Exception: whatever ``func`` raised, unchanged.
         """
-        return _sync.call(self._rec, func, args, kwargs)
+        return _call(self._rec, func, args, kwargs)
 
     async def acall(
         self, func: Callable[P, Coroutine[Any, Any, T]], /, *args: P.args, **kwargs: P.kwargs
@@ -482,7 +484,7 @@ class CircuitBreaker:
         .. versionchanged:: issue 14
            Was ``call_async``, which stays one release as a deprecated alias.
         """
-        result: T = await _async.acall(self._rec, func, args, kwargs)
+        result: T = await _acall(self._rec, func, args, kwargs)
         return result
 
     async def call_async(
@@ -490,7 +492,7 @@ class CircuitBreaker:
     ) -> T:
         """Deprecated alias of :meth:`acall` (removed in the next release)."""
         deprecated("CircuitBreaker.call_async", "CircuitBreaker.acall")
-        result: T = await _async.acall(self._rec, func, args, kwargs)
+        result: T = await _acall(self._rec, func, args, kwargs)
         return result
 
     def acquire(self) -> Permit:

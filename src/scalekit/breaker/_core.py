@@ -405,7 +405,12 @@ class BreakerCore:
         of a probe that timed out, only updates the counters.
         """
         policy = self.policy
-        slow = self.count(outcome, duration)
+        if outcome == SUCCESS and duration is None:
+            # The common case needs no rule: an unmeasured success is never slow.
+            self.successes += 1
+            slow = False
+        else:
+            slow = self.count(outcome, duration)
 
         if ticket < 0:
             if self._probes.pop(-ticket, None) is None or self.state is not HALF_OPEN:

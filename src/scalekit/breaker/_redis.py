@@ -59,8 +59,8 @@ from scalekit.breaker._core import (
     Trigger,
     is_slow,
 )
+from scalekit.breaker._incident import Incident
 from scalekit.errors import ConfigurationError
-from scalekit.instrumentation import FallbackUsed, Recovered, emit
 
 if TYPE_CHECKING:
     from scalekit.breaker._base import Recorder
@@ -275,8 +275,8 @@ class SharedState:
         self._pending_fast = 0
         self._pending_slow = 0
         self._down_until = -math.inf
-        self._degraded_since: float | None = None
-        self.incidents = 0  # Redis outages seen (each starts a fallback)
+        # Redis outages: FallbackUsed once per incident, Recovered at its end.
+        self._incident = Incident(breaker.name, "breaker", storage.on_redis_error)
         self._errors: tuple[type[BaseException], ...] | None = None
 
     # -- pure decisions (under the breaker's lock) -----------------------------------
@@ -329,7 +329,6 @@ class SharedState:
         )
         new_state = State(state_name)
         gen, probe, retry_ms = int(gen), int(probe), int(retry_ms)
-        breaker = self.breaker
         with self.rec.lock:
             seen_state = self.state
             self.state = new_state
@@ -339,17 +338,8 @@ class SharedState:
             self.open_until = now + self.open_for if new_state is OPEN else -math.inf
             if probe:
                 self.probes_in_flight += 1
-            recovered_after = None
-            if self._degraded_since is not None:
-                recovered_after = now - self._degraded_since
-                self._degraded_since = None
-                self._down_until = -math.inf
-        if recovered_after is not None:
-            emit(
-                Recovered(
-                    name=breaker.name, component_name="breaker", seconds_degraded=recovered_after
-                )
-            )
+            self._down_until = -math.inf
+        self._incident.recovered(now)
         if new_state is not seen_state:
             open_for = retry_ms / 1000 if new_state is OPEN else None
             if trigger:  # this very script call moved the state
@@ -379,27 +369,15 @@ class SharedState:
 
     def _went_down(self, exc: BaseException, now: float) -> bool:
         """Note that Redis failed; True if this starts an incident."""
-        breaker = self.breaker
         with self.rec.lock:
-            first = self._degraded_since is None
-            if first:
-                self._degraded_since = now
-                self.incidents += 1
+            self._down_until = now + self.storage.retry_interval
+            self.fresh_until = -math.inf
+        first = self._incident.failed(now, type(exc).__name__)
+        if first:
+            with self.rec.lock:
                 # The local breaker starts each incident clean.
                 self.rec.core.fire(Trigger.MANUAL_CLOSE, now, "redis unreachable")
                 self.rec.core.take_transitions()
-            self._down_until = now + self.storage.retry_interval
-            self.fresh_until = -math.inf
-        if first:
-            # One line per incident: the event is the log (LoggingHook, WARNING).
-            emit(
-                FallbackUsed(
-                    name=breaker.name,
-                    component_name="breaker",
-                    fallback=self.storage.on_redis_error,
-                    reason=type(exc).__name__,
-                )
-            )
         return first
 
     def _lost_record(
@@ -449,7 +427,12 @@ class SharedState:
     @property
     def degraded(self) -> bool:
         """True while Redis is unreachable and calls follow ``on_redis_error``."""
-        return self._degraded_since is not None
+        return self._incident.degraded
+
+    @property
+    def incidents(self) -> int:
+        """Redis outages seen since the breaker was built (each starts a fallback)."""
+        return self._incident.count
 
     def view(self, now: float) -> tuple[State, float | None]:
         """(state, retry_after) as last seen, without I/O."""
