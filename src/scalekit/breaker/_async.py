@@ -27,6 +27,7 @@ from scalekit.errors import CircuitOpenError
 if TYPE_CHECKING:
     from scalekit.breaker._base import Recorder
     from scalekit.breaker._core import Trigger
+    from scalekit.breaker._redis import SharedState
 
 __all__ = ["aacquire", "acall", "afinish", "amanual", "awrap"]
 
@@ -36,7 +37,7 @@ __unasync__ = {
     "aacquire": "acquire",
     "afinish": "finish",
     "amanual": "manual",
-    "arecord": "record",
+    "_arun": "_run",
     "The asyncio driver: await a coroutine function": "The sync driver: run a plain function",
     "Await ``func(*args, **kwargs)``": "Run ``func(*args, **kwargs)``",
     "an ``async def`` function": "a plain function",
@@ -55,11 +56,22 @@ async def aacquire(rec: Recorder) -> int:
 
     Raises:
         CircuitOpenError: rejected.
+        ConfigurationError: (sync) the storage's client is an asyncio one.
     """
     shared = rec.shared
-    if shared is not None:
-        return await shared.aacquire()
-    return rec.acquire_local()
+    if shared is None:
+        return rec.acquire_local()
+    if not IS_ASYNC:
+        shared.check_sync()
+    now = rec.monotonic()
+    step = shared.admit(now)
+    if isinstance(step, int):
+        return step
+    try:
+        reply = await _arun(shared, step)
+    except shared.errors() as exc:
+        return shared.unreachable(exc, now)
+    return shared.admitted(reply)
 
 
 async def afinish(
@@ -69,18 +81,45 @@ async def afinish(
     if rec.listeners is not None:
         rec.listeners.outcome(rec.breaker, outcome, exc)
     shared = rec.shared
-    if shared is not None:
-        await shared.arecord(ticket, outcome, duration)
-    else:
+    if shared is None:
         rec.record(ticket, outcome, duration)
+        return
+    if not IS_ASYNC:
+        shared.check_sync()
+    args = shared.record_args(ticket, outcome, duration)
+    if args is None:
+        return  # kept locally until the next script call
+    now = rec.monotonic()
+    try:
+        reply = await _arun(shared, args)
+    except shared.errors() as error:
+        shared.lost_record(error, now, outcome, duration)
+        return
+    shared.recorded(reply, outcome, duration)
 
 
 async def amanual(rec: Recorder, trigger: Trigger) -> None:
-    """Apply a manual command (open, close, force open, disable) everywhere it applies."""
+    """Apply a manual command (open, close, force open, disable) everywhere it applies.
+
+    Raises:
+        redis.RedisError: a shared breaker's Redis is unreachable.
+    """
     now = rec.monotonic()
-    if rec.shared is not None:
-        await rec.shared.amanual(trigger, now)
+    shared = rec.shared
+    if shared is not None:
+        if not IS_ASYNC:
+            shared.check_sync()
+        shared.applied(await _arun(shared, shared.manual_args(trigger)), now)
     rec.fire_local(trigger, now)
+
+
+async def _arun(shared: SharedState, args: list[Any]) -> Any:
+    """One script call: the only I/O of a shared breaker."""
+    if IS_ASYNC:
+        result = shared.run(args)
+        return await result if inspect.isawaitable(result) else result
+    else:
+        return shared.run(args)
 
 
 async def acall(

@@ -281,11 +281,6 @@ class SharedState:
 
     # -- pure decisions (under the breaker's lock) -----------------------------------
 
-    def _errors_caught(self) -> tuple[type[BaseException], ...]:
-        if self._errors is None:
-            self._errors = _unavailable_errors()
-        return self._errors
-
     def _admit_cached(self, now: float) -> int | tuple[State, float | None] | None:
         """A ticket, a rejection ``(state, retry_after)``, or ``None``: ask Redis."""
         if now < self._down_until:
@@ -380,18 +375,6 @@ class SharedState:
                 self.rec.core.take_transitions()
         return first
 
-    def _lost_record(
-        self, exc: BaseException, now: float, outcome: int, duration: float | None
-    ) -> None:
-        """Redis failed while recording: count the outcome in the local breaker."""
-        self._went_down(exc, now)
-        if self.storage.on_redis_error == "fail_open":
-            ticket = self.rec.core.free_ticket
-            if ticket is not None:
-                self.rec.record(ticket, outcome, duration)
-                return
-        self._count(outcome, duration)
-
     def _record_locally(self, ticket: int, outcome: int, duration: float | None) -> bool:
         """Keep a closed-state success locally; True when no round trip is needed."""
         if -_REMOTE < ticket < _REMOTE:
@@ -442,8 +425,13 @@ class SharedState:
             return self.state, max(min(self.open_until - now, self.open_for), 0.0)
         return self.state, None if self.state is FORCED_OPEN else 0.0
 
-    def _check_sync(self) -> None:
-        if self.storage.is_async:
+    def check_sync(self) -> None:
+        """Refuse a blocking call on a storage whose client is an asyncio one.
+
+        Raises:
+            ConfigurationError: the client is a ``redis.asyncio`` one.
+        """
+        if self._is_async:
             raise ConfigurationError(
                 f"breaker {self.breaker.name!r} shares state through an asyncio Redis client; "
                 "use its async front-ends (async def, acall, aacquire)",
@@ -458,20 +446,24 @@ class SharedState:
             return self.rec.acquire_local()
         return decision
 
-    def _finish_acquire(self, result: tuple[int | None, State, float | None]) -> int:
-        ticket, state, retry_after = result
-        if ticket is None:
-            self.rec.count_rejection()
-            self.rec.reject(state, retry_after)
-        return ticket
+    # -- the steps the drivers run around each script call (no I/O here) -------------
 
-    # -- sync I/O ----------------------------------------------------------------
+    def errors(self) -> tuple[type[BaseException], ...]:
+        """What a script call raises when Redis is unreachable."""
+        if self._errors is None:
+            self._errors = _unavailable_errors()
+        return self._errors
 
-    def acquire(self) -> int:
-        if self._is_async:
-            self._check_sync()
-        clock = self.rec.clock
-        now = clock.monotonic()
+    def run(self, args: list[Any]) -> Any:
+        """Run the script: the reply, or (asyncio client) an awaitable of it."""
+        return self._script(keys=self._keys, args=args)
+
+    def admit(self, now: float) -> int | list[Any]:
+        """A ticket decided without Redis, or the script's arguments to ask it.
+
+        Raises:
+            CircuitOpenError: rejected from the cache (open, or fail_closed).
+        """
         with self.rec.lock:
             # The success path: "closed" still fresh, Redis not known to be down.
             state = self.state
@@ -483,80 +475,61 @@ class SharedState:
                 return _REMOTE + self.gen
             decision = self._admit_cached(now)
             if decision is None:
-                args = self._args("acquire")
-        if decision is not None:
-            return self._decided(decision)
-        try:
-            reply = self._script(keys=self._keys, args=args)
-        except self._errors_caught() as exc:
-            self._went_down(exc, now)
-            return self._decided(self._admit_cached(now) or -1)
-        return self._finish_acquire(self._apply(reply, clock.monotonic()))
+                return self._args("acquire")
+        return self._decided(decision)
 
-    def record(self, ticket: int, outcome: int, duration: float | None) -> None:
-        if self._is_async:
-            self._check_sync()
+    def admitted(self, reply: Any) -> int:
+        """The ticket from the script's reply to :meth:`admit`'s arguments.
+
+        Raises:
+            CircuitOpenError: Redis rejected the call.
+        """
+        ticket, state, retry_after = self._apply(reply, self.rec.monotonic())
+        if ticket is None:
+            self.rec.count_rejection()
+            self.rec.reject(state, retry_after)
+        return ticket
+
+    def unreachable(self, exc: BaseException, now: float) -> int:
+        """Redis failed while admitting: follow ``on_redis_error``.
+
+        Raises:
+            CircuitOpenError: fail_closed, or the local breaker rejected.
+        """
+        self._went_down(exc, now)
+        return self._decided(self._admit_cached(now) or -1)
+
+    def record_args(self, ticket: int, outcome: int, duration: float | None) -> list[Any] | None:
+        """The script's arguments to record an outcome; ``None`` when kept locally."""
         if self._record_locally(ticket, outcome, duration):
-            return
-        args = self._record_args(ticket, outcome, duration)
-        now = self.rec.clock.monotonic()
-        try:
-            reply = self._script(keys=self._keys, args=args)
-        except self._errors_caught() as exc:
-            self._lost_record(exc, now, outcome, duration)
-            return
+            return None
+        return self._record_args(ticket, outcome, duration)
+
+    def recorded(self, reply: Any, outcome: int, duration: float | None) -> None:
+        """Take the script's reply to :meth:`record_args`' arguments."""
         self._count(outcome, duration)
-        self._apply(reply, self.rec.clock.monotonic())
+        self._apply(reply, self.rec.monotonic())
 
-    def manual(self, trigger: Trigger, now: float) -> None:
-        self._check_sync()
-        with self.rec.lock:
-            args = self._args("set", _TARGETS[trigger])
-        reply = self._script(keys=self._keys, args=args)
-        self._apply(reply, now)
-
-    # -- async I/O ---------------------------------------------------------------
-
-    async def aacquire(self) -> int:
-        clock = self.rec.clock
-        now = clock.monotonic()
-        with self.rec.lock:
-            decision = self._admit_cached(now)
-            if decision is None:
-                args = self._args("acquire")
-        if decision is not None:
-            return self._decided(decision)
-        try:
-            reply = await self._run_async(args)
-        except self._errors_caught() as exc:
-            self._went_down(exc, now)
-            return self._decided(self._admit_cached(now) or -1)
-        return self._finish_acquire(self._apply(reply, clock.monotonic()))
-
-    async def arecord(self, ticket: int, outcome: int, duration: float | None) -> None:
-        if self._record_locally(ticket, outcome, duration):
-            return
-        args = self._record_args(ticket, outcome, duration)
-        now = self.rec.clock.monotonic()
-        try:
-            reply = await self._run_async(args)
-        except self._errors_caught() as exc:
-            self._lost_record(exc, now, outcome, duration)
-            return
+    def lost_record(
+        self, exc: BaseException, now: float, outcome: int, duration: float | None
+    ) -> None:
+        """Redis failed while recording: count the outcome in the local breaker."""
+        self._went_down(exc, now)
+        if self.storage.on_redis_error == "fail_open":
+            ticket = self.rec.core.free_ticket
+            if ticket is not None:
+                self.rec.record(ticket, outcome, duration)
+                return
         self._count(outcome, duration)
-        self._apply(reply, self.rec.clock.monotonic())
 
-    async def amanual(self, trigger: Trigger, now: float) -> None:
+    def manual_args(self, trigger: Trigger) -> list[Any]:
+        """The script's arguments for a manual command."""
         with self.rec.lock:
-            args = self._args("set", _TARGETS[trigger])
-        reply = await self._run_async(args)
-        self._apply(reply, now)
+            return self._args("set", _TARGETS[trigger])
 
-    async def _run_async(self, args: list[Any]) -> Any:
-        result = self._script(keys=self._keys, args=args)
-        if inspect.isawaitable(result):
-            result = await result
-        return result
+    def applied(self, reply: Any, now: float) -> None:
+        """Take the script's reply to a manual command."""
+        self._apply(reply, now)
 
 
 def _observed_trigger(new_state: State) -> Trigger:

@@ -25,6 +25,7 @@ from scalekit.errors import CircuitOpenError
 if TYPE_CHECKING:
     from scalekit.breaker._base import Recorder
     from scalekit.breaker._core import Trigger
+    from scalekit.breaker._redis import SharedState
 
 __all__ = ["acquire", "call", "finish", "manual", "wrap"]
 
@@ -37,11 +38,21 @@ def acquire(rec: Recorder) -> int:
 
     Raises:
         CircuitOpenError: rejected.
+        ConfigurationError: (sync) the storage's client is an asyncio one.
     """
     shared = rec.shared
-    if shared is not None:
-        return shared.acquire()
-    return rec.acquire_local()
+    if shared is None:
+        return rec.acquire_local()
+    shared.check_sync()
+    now = rec.monotonic()
+    step = shared.admit(now)
+    if isinstance(step, int):
+        return step
+    try:
+        reply = _run(shared, step)
+    except shared.errors() as exc:
+        return shared.unreachable(exc, now)
+    return shared.admitted(reply)
 
 
 def finish(
@@ -51,18 +62,39 @@ def finish(
     if rec.listeners is not None:
         rec.listeners.outcome(rec.breaker, outcome, exc)
     shared = rec.shared
-    if shared is not None:
-        shared.record(ticket, outcome, duration)
-    else:
+    if shared is None:
         rec.record(ticket, outcome, duration)
+        return
+    shared.check_sync()
+    args = shared.record_args(ticket, outcome, duration)
+    if args is None:
+        return  # kept locally until the next script call
+    now = rec.monotonic()
+    try:
+        reply = _run(shared, args)
+    except shared.errors() as error:
+        shared.lost_record(error, now, outcome, duration)
+        return
+    shared.recorded(reply, outcome, duration)
 
 
 def manual(rec: Recorder, trigger: Trigger) -> None:
-    """Apply a manual command (open, close, force open, disable) everywhere it applies."""
+    """Apply a manual command (open, close, force open, disable) everywhere it applies.
+
+    Raises:
+        redis.RedisError: a shared breaker's Redis is unreachable.
+    """
     now = rec.monotonic()
-    if rec.shared is not None:
-        rec.shared.manual(trigger, now)
+    shared = rec.shared
+    if shared is not None:
+        shared.check_sync()
+        shared.applied(_run(shared, shared.manual_args(trigger)), now)
     rec.fire_local(trigger, now)
+
+
+def _run(shared: SharedState, args: list[Any]) -> Any:
+    """One script call: the only I/O of a shared breaker."""
+    return shared.run(args)
 
 
 def call(
