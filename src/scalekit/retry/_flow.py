@@ -81,20 +81,23 @@ def failures(
     start: float | None,
     name_source: object = None,
     retryable: Callable[[Exception], bool] | None = None,
+    state: RetryState | None = None,
 ) -> Generator[Y | Withdraw | Sleep, Any, T]:
     """The loop after a first failure ``exc``: retry ``attempt()`` until done or refused.
 
     ``start`` is the monotonic start of the first attempt (``None``: the
     first failure); ``name_source`` names the events when the policy has no
     name. ``retryable`` is checked before the policy: an error it refuses is
-    raised at once, as an error the policy does not retry is.
+    raised at once, as an error the policy does not retry is. ``state``: a
+    :class:`RetryState` to decide with, for a caller that reads its ``reason``.
 
     Raises:
         BaseException: the last error (or :class:`~scalekit.errors.RetryError`
             with ``reraise=False``) when the policy gives up or the budget
             refuses; an error that is not retryable, at once.
     """
-    state = RetryState(policy, start, name_source)
+    if state is None:
+        state = RetryState(policy, start, name_source)
     budget = policy.budget
     while True:
         if retryable is not None and isinstance(exc, Exception) and not retryable(exc):
