@@ -119,7 +119,7 @@ def fallback_and_manual_controls() -> None:
 
 
 async def asyncio_front_ends() -> None:
-    section("async def, call_async, async with guard()")
+    section("async def, acall, async with guard()")
     clock = FakeClock()
     breaker = CircuitBreaker("inventory", fail_max=1, reset_timeout=5.0, clock=clock)
 
@@ -134,7 +134,7 @@ async def asyncio_front_ends() -> None:
         raise BillingDown
 
     try:
-        await breaker.call_async(broken)
+        await breaker.acall(broken)
     except BillingDown:
         pass
     try:

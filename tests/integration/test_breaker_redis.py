@@ -7,9 +7,11 @@ run on fakeredis); here they run on the harness's servers.
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -231,13 +233,13 @@ async def test_redis_stopped_async_fail_open_and_fail_closed(redis_server_factor
         return "ran"
 
     for breaker in breakers.values():
-        assert await breaker.call_async(ok) == "ran"
+        assert await breaker.acall(ok) == "ran"
     node.stop()
     clock.advance(5.0)
     with capture_events() as events:
-        assert await breakers["fail_open"].call_async(ok) == "ran"
+        assert await breakers["fail_open"].acall(ok) == "ran"
         with pytest.raises(CircuitOpenError) as error:
-            await breakers["fail_closed"].call_async(ok)
+            await breakers["fail_closed"].acall(ok)
     assert error.value.retry_after == pytest.approx(1.0)
     assert sorted(e.fallback for e in events if isinstance(e, FallbackUsed)) == [
         "fail_closed",
@@ -246,7 +248,7 @@ async def test_redis_stopped_async_fail_open_and_fail_closed(redis_server_factor
     node.start()
     clock.advance(1.0)
     for breaker in breakers.values():
-        assert await breaker.call_async(ok) == "ran"
+        assert await breaker.acall(ok) == "ran"
         assert not breaker.metrics().degraded
         assert breaker._shared is not None
         await breaker._shared.storage.aclose()
@@ -423,21 +425,21 @@ async def test_a_default_async_client_outage_costs_a_bounded_time(
         return "ran"
 
     try:
-        assert await breaker.call_async(ok) == "ran"
+        assert await breaker.acall(ok) == "ran"
         calls = scenarios.count_script_calls(breaker)
         getattr(node, outage)()
         clock.advance(5.0)
         with capture_events() as events:
             started = time.monotonic()
-            assert await breaker.call_async(ok) == "ran"
+            assert await breaker.acall(ok) == "ran"
             assert time.monotonic() - started < HANG_GUARD
             for _ in range(50):
-                assert await breaker.call_async(ok) == "ran"
+                assert await breaker.acall(ok) == "ran"
             assert calls == [1]
         assert [e.fallback for e in events if isinstance(e, FallbackUsed)] == ["fail_open"]
         _end_outage(node, outage)
         clock.advance(1.0)
-        assert await breaker.call_async(ok) == "ran"
+        assert await breaker.acall(ok) == "ran"
         assert not breaker.metrics().degraded
     finally:
         if outage == "pause":
@@ -463,3 +465,51 @@ def test_a_default_cluster_client_outage_costs_a_bounded_time(redis_cluster: Any
     assert breaker.call(len, "x") == 1
     storage.close()
     client.close()
+
+
+async def test_async_cluster_master_paused_falls_back_then_recovers(redis_cluster: Any) -> None:
+    """The master owning the breaker's slot freezes (shorter than the cluster's node
+    timeout, so no failover): calls run under the local breaker, one incident, then
+    the shared state again. Left out of issue 13 for redis-py's orphaned connections."""
+    client = redis_cluster.async_client(
+        retry=NO_RETRY, socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=SOCKET_TIMEOUT
+    )
+    clock = FakeClock()
+    storage = RedisStorage(client, prefix=f"acl-{uuid.uuid4().hex[:8]}", retry_interval=1.0)
+    breaker = CircuitBreaker("svc", fail_max=2, storage=storage, clock=clock)
+    owner = redis_cluster.node_for_key(storage.keys("svc")[0])
+
+    async def ok() -> str:
+        return "ran"
+
+    try:
+        assert await breaker.acall(ok) == "ran"
+        with capture_events() as events:
+            owner.pause()
+            try:
+                clock.advance(5.0)  # past the local "closed" cache: the next call asks Redis
+                assert await breaker.acall(ok) == "ran"  # after one timed-out request
+                for _ in range(5):
+                    assert await breaker.acall(ok) == "ran"  # local, within retry_interval
+                metrics = breaker.metrics()
+                assert metrics.degraded and metrics.fallback_incidents == 1
+            finally:
+                owner.resume()
+            clock.advance(1.0)  # past retry_interval: the next call goes to the cluster
+            assert await breaker.acall(ok) == "ran"
+            assert not breaker.metrics().degraded
+        incident = [e for e in events if getattr(e, "component_name", None) == "breaker"]
+        assert sum(isinstance(e, FallbackUsed) for e in incident) == 1
+        assert sum(isinstance(e, Recovered) for e in incident) == 1
+    finally:
+        owner.resume()
+        await storage.aclose()
+        await client.aclose()
+        # redis-py's asyncio RedisCluster drops the connection whose command timed out
+        # on the paused master without closing it (a ResourceWarning when collected, an
+        # error under warnings-as-errors in whichever later test the collector runs).
+        # Collect it here, inside this test's loop: redis-py's behaviour, not
+        # scalekit's (the storage closes its bounded twin).
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            gc.collect()

@@ -38,6 +38,7 @@ from scalekit.batch._core import (
 )
 from scalekit.batch._flow import (
     Commit,
+    Flush,
     Load,
     LoadOptions,
     Op,
@@ -52,6 +53,7 @@ from scalekit.batch._flow import (
     SaExecute,
     Savepoint,
     Sleep,
+    Withdraw,
 )
 from scalekit.errors import ConfigurationError
 
@@ -66,6 +68,8 @@ __all__ = ["abatch_insert"]
 __unasync__ = {
     "abatch_insert": "batch_insert",
     "adrive": "drive",
+    "atry_withdraw": "try_withdraw",
+    "aflush": "flush",
     "The asyncio shell": "The blocking shell",
     "an iterable or async iterable": "an iterable",
     "; or an\n            async iterable (an async generator too)": "",
@@ -228,6 +232,13 @@ async def _perform(target: _AsyncTarget, rows: _Rows, op: Op, clock: Clock) -> A
     if kind is Sleep:
         assert isinstance(op, Sleep)
         await clock.asleep(op.seconds)
+        return None
+    if kind is Withdraw:  # the retry loop asks the policy's budget for a retry
+        assert isinstance(op, Withdraw)
+        return await op.budget.atry_withdraw()
+    if kind is Flush:
+        assert isinstance(op, Flush)
+        await op.budget.aflush()
         return None
     if kind is PgProbe:
         assert isinstance(op, PgProbe)

@@ -49,6 +49,7 @@ from scalekit.batch._events import (
 from scalekit.batch._sql import CONSTRAINT_SQL, REFLECT_SQL, PgStatements, SaStatements
 from scalekit.errors import BatchChunkError, ConfigurationError, InvalidBatchRow
 from scalekit.instrumentation import emit
+from scalekit.retry._flow import Flush, Sleep, Withdraw, retrying
 
 if TYPE_CHECKING:
     from scalekit.retry import RetryPolicy
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Commit",
+    "Flush",
     "Load",
     "LoadOptions",
     "Op",
@@ -70,6 +72,7 @@ __all__ = [
     "SaExecute",
     "Savepoint",
     "Sleep",
+    "Withdraw",
     "is_row_error",
 ]
 
@@ -166,13 +169,6 @@ class RollbackSavepoint:
     handle: Any
 
 
-@dataclass(frozen=True, slots=True)
-class Sleep:
-    """Wait ``seconds`` (a retry's backoff) on the load's clock."""
-
-    seconds: float
-
-
 Op: TypeAlias = (
     ReadRows
     | PgQuery
@@ -185,6 +181,8 @@ Op: TypeAlias = (
     | ReleaseSavepoint
     | RollbackSavepoint
     | Sleep
+    | Withdraw
+    | Flush
 )
 Flow: TypeAlias = Generator[Op, Any, Any]
 
@@ -791,29 +789,33 @@ class Load:
         return _sqlstate(exc) in _ROLLED_BACK_SQLSTATES
 
     def _retrying(self, attempt: Callable[[], Flow], *, rollback: bool) -> Flow:
+        """Run ``attempt`` under the load's retry policy, through the one retry loop.
+
+        The loop (``scalekit.retry._flow``) decides, withdraws from the
+        policy's budget and sleeps (its requests: :class:`Withdraw`,
+        :class:`Flush`, :class:`Sleep`); a chunk's own errors that cannot be
+        retried (a bad row, a failure that did not roll back) are raised at once.
+        """
+        if rollback:
+            attempt = self._rolling_back(attempt)
         policy = self.options.retry
-        state = None
-        while True:
+        if policy is None:
+            return (yield from attempt())
+        return (yield from retrying(policy, attempt, self._retrying, self._retryable))
+
+    @staticmethod
+    def _rolling_back(attempt: Callable[[], Flow]) -> Callable[[], Flow]:
+        def rolled_back() -> Flow:
             try:
                 return (yield from attempt())
-            except Exception as exc:
-                if rollback:
-                    try:
-                        yield Rollback()
-                    except Exception as rollback_error:
-                        _log_failed("rollback before a retry", rollback_error)
-                if policy is None or not self._retryable(exc):
-                    raise
-                if state is None:
-                    from scalekit.retry import RetryState
+            except Exception:
+                try:
+                    yield Rollback()
+                except Exception as rollback_error:
+                    _log_failed("rollback before a retry", rollback_error)
+                raise
 
-                    state = RetryState(policy, None, self._retrying)
-                delay = state.on_failure(exc)
-                if delay is None:
-                    raise state.give_up(exc) from None
-                state.scheduled(exc, delay)
-                if delay > 0:
-                    yield Sleep(delay)
+        return rolled_back
 
     # -- writing ---------------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ from scalekit.batch._core import (
 )
 from scalekit.batch._flow import (
     Commit,
+    Flush,
     Load,
     LoadOptions,
     Op,
@@ -53,6 +54,7 @@ from scalekit.batch._flow import (
     SaExecute,
     Savepoint,
     Sleep,
+    Withdraw,
 )
 from scalekit.errors import ConfigurationError
 
@@ -201,6 +203,13 @@ def _perform(target: _Target, rows: _Rows, op: Op, clock: Clock) -> Any:
     if kind is Sleep:
         assert isinstance(op, Sleep)
         clock.sleep(op.seconds)
+        return None
+    if kind is Withdraw:  # the retry loop asks the policy's budget for a retry
+        assert isinstance(op, Withdraw)
+        return op.budget.try_withdraw()
+    if kind is Flush:
+        assert isinstance(op, Flush)
+        op.budget.flush()
         return None
     if kind is PgProbe:
         assert isinstance(op, PgProbe)

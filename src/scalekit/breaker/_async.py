@@ -1,9 +1,16 @@
 """The asyncio driver: await a coroutine function through a breaker.
 
-It mirrors :mod:`._sync` line for line; only the ``await`` differs. Core
-calls stay synchronous and short (no ``await`` while the lock is held), so
-one breaker serves threads and tasks at once. A cancelled call counts as
-neither success nor failure and frees its permit.
+The hot path (a consecutive-failure breaker with local state, closed) reads
+one attribute to be admitted, runs the function with no lock held, and
+counts the success (taking the lock only to end a failure streak).
+Everything else goes through :func:`_call_full`, which reads the clock and
+classifies results. Outcomes enter the breaker through one function,
+:meth:`~scalekit.breaker._base.Recorder.record` (local state) or
+:func:`afinish` (listeners, shared state).
+
+Asyncio: core calls stay synchronous and short (no ``await`` while the lock
+is held), so one breaker serves threads and tasks at once. A cancelled call
+counts as neither success nor failure and frees its permit.
 """
 
 from __future__ import annotations
@@ -13,179 +20,249 @@ import inspect
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
+from scalekit._unasync import IS_ASYNC
 from scalekit.breaker._config import SUCCESS
 from scalekit.errors import CircuitOpenError
 
 if TYPE_CHECKING:
-    from scalekit.breaker._breaker import CircuitBreaker
+    from scalekit.breaker._base import Recorder
+    from scalekit.breaker._core import Trigger
+    from scalekit.breaker._redis import SharedState
 
-__all__ = ["call_async", "wrap_async"]
+__all__ = ["aacquire", "acall", "afinish", "amanual", "awrap"]
+
+__unasync__ = {
+    "acall": "call",
+    "awrap": "wrap",
+    "aacquire": "acquire",
+    "afinish": "finish",
+    "amanual": "manual",
+    "_arun": "_run",
+    "The asyncio driver: await a coroutine function": "The sync driver: run a plain function",
+    "Await ``func(*args, **kwargs)``": "Run ``func(*args, **kwargs)``",
+    "an ``async def`` function": "a plain function",
+    "Asyncio: core calls stay synchronous and short (no ``await`` while the lock\n"
+    "is held), so one breaker serves threads and tasks at once. A cancelled call\n"
+    "counts as neither success nor failure and frees its permit.": "Threads: the lock is "
+    "held only for core calls, never around the function.",
+}
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
 
-async def call_async(
-    breaker: CircuitBreaker,
+async def aacquire(rec: Recorder) -> int:
+    """A ticket for one call, from the shared state or the local core.
+
+    Raises:
+        CircuitOpenError: rejected.
+        ConfigurationError: (sync) the storage's client is an asyncio one.
+    """
+    shared = rec.shared
+    if shared is None:
+        return rec.acquire_local()
+    if not IS_ASYNC:
+        shared.check_sync()
+    now = rec.monotonic()
+    step = shared.admit(now)
+    if isinstance(step, int):
+        return step
+    try:
+        reply = await _arun(shared, step)
+    except shared.errors() as exc:
+        return shared.unreachable(exc, now)
+    return shared.admitted(reply)
+
+
+async def afinish(
+    rec: Recorder, ticket: int, outcome: int, duration: float | None, exc: BaseException | None
+) -> None:
+    """Report one call's outcome: to the listeners, then to the shared state or the core."""
+    if rec.listeners is not None:
+        rec.listeners.outcome(rec.breaker, outcome, exc)
+    shared = rec.shared
+    if shared is None:
+        rec.record(ticket, outcome, duration)
+        return
+    if not IS_ASYNC:
+        shared.check_sync()
+    args = shared.record_args(ticket, outcome, duration)
+    if args is None:
+        return  # kept locally until the next script call
+    now = rec.monotonic()
+    try:
+        reply = await _arun(shared, args)
+    except shared.errors() as error:
+        shared.lost_record(error, now, outcome, duration)
+        return
+    shared.recorded(reply, outcome, duration)
+
+
+async def amanual(rec: Recorder, trigger: Trigger) -> None:
+    """Apply a manual command (open, close, force open, disable) everywhere it applies.
+
+    Raises:
+        redis.RedisError: a shared breaker's Redis is unreachable.
+    """
+    now = rec.monotonic()
+    shared = rec.shared
+    if shared is not None:
+        if not IS_ASYNC:
+            shared.check_sync()
+        shared.applied(await _arun(shared, shared.manual_args(trigger)), now)
+    rec.fire_local(trigger, now)
+
+
+async def _arun(shared: SharedState, args: list[Any]) -> Any:
+    """One script call: the only I/O of a shared breaker."""
+    if IS_ASYNC:
+        result = shared.run(args)
+        return await result if inspect.isawaitable(result) else result
+    else:
+        return shared.run(args)
+
+
+async def acall(
+    rec: Recorder,
     func: Callable[..., Coroutine[Any, Any, T]],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> T:
-    """Await ``func(*args, **kwargs)`` through ``breaker`` (see ``CircuitBreaker.call_async``)."""
-    if breaker._fast:
-        core = breaker._core
+    """Await ``func(*args, **kwargs)`` through the breaker (see ``CircuitBreaker.acall``)."""
+    if rec.fast:
+        core = rec.core
         ticket = core.free_ticket
         if ticket is not None:
             try:
                 result = await func(*args, **kwargs)
             except BaseException as exc:
-                breaker._finish_sync(ticket, breaker._policy.classify_exception(exc), None, exc)
+                rec.record(ticket, rec.classify(exc), None)
                 raise
-            if core._consecutive:
-                with breaker._lock:
-                    core.record(ticket, SUCCESS, None, 0.0)
+            if core.streak:
+                rec.record(ticket, SUCCESS, None, 0.0)
             else:
-                # No failure streak to reset: counting is the whole record, and
-                # next() on itertools.count is atomic, so no lock is needed.
-                next(breaker._lockless_successes)
+                # No failure streak to reset: counting is the whole record.
+                next(rec.successes)
             return result
-    return await _call_full(breaker, func, args, kwargs)
+    return await _call_full(rec, func, args, kwargs)
 
 
 async def _call_full(
-    breaker: CircuitBreaker,
+    rec: Recorder,
     func: Callable[..., Coroutine[Any, Any, T]],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> T:
-    ticket = breaker._core.free_ticket if breaker._shared is None else None
+    ticket = rec.core.free_ticket if rec.shared is None else None
     try:
         if ticket is None:
-            ticket = await breaker._acquire_async()
+            ticket = await aacquire(rec)
     except CircuitOpenError:
-        fallback = breaker._fallback
+        fallback = rec.fallback
         if fallback is None:
             raise
-        fallback_result: Any = fallback(*args, **kwargs)
-        if inspect.isawaitable(fallback_result):
-            fallback_result = await fallback_result
-        return fallback_result  # type: ignore[no-any-return]
-    listeners = breaker._listeners
+        if IS_ASYNC:
+            fallback_result: Any = fallback(*args, **kwargs)
+            if inspect.isawaitable(fallback_result):
+                fallback_result = await fallback_result
+            return fallback_result  # type: ignore[no-any-return]
+        else:
+            sync_result: T = fallback(*args, **kwargs)
+            return sync_result
+    listeners = rec.listeners
     if listeners is not None:
-        listeners.before_call(breaker, func, args, kwargs)
-    clock = breaker._clock
-    start = clock.monotonic() if breaker._timed else 0.0
+        listeners.before_call(rec.breaker, func, args, kwargs)
+    monotonic = rec.monotonic
+    timed = rec.timed
+    start = monotonic() if timed else 0.0
     try:
         result = await func(*args, **kwargs)
     except BaseException as exc:
-        duration = clock.monotonic() - start if breaker._timed else None
-        await breaker._finish_async(ticket, breaker._policy.classify_exception(exc), duration, exc)
+        duration = monotonic() - start if timed else None
+        await afinish(rec, ticket, rec.classify(exc), duration, exc)
         raise
-    duration = clock.monotonic() - start if breaker._timed else None
+    now = monotonic()
+    duration = now - start if timed else None
     outcome = SUCCESS
-    if breaker._policy.failure_result is not None:
+    if rec.check_result:
         try:
-            outcome = breaker._policy.classify_result(result)
+            outcome = rec.classify_result(result)
         except BaseException:
-            await breaker._finish_async(ticket, SUCCESS, duration, None)
+            await afinish(rec, ticket, SUCCESS, duration, None)
             raise
-    if breaker._local:
-        # Local state and no listeners: record right here, two calls fewer per call.
-        core = breaker._core
-        now = clock.monotonic()
-        with breaker._lock:
-            core.record(ticket, outcome, duration, now)
-        if core.transitions:
-            breaker._announce()
-        return result
-    await breaker._finish_async(ticket, outcome, duration, None)
+    if rec.local:
+        rec.record(ticket, outcome, duration, now)
+    else:
+        await afinish(rec, ticket, outcome, duration, None)
     return result
 
 
-def wrap_async(
-    breaker: CircuitBreaker, func: Callable[P, Coroutine[Any, Any, T]]
+def awrap(
+    rec: Recorder, func: Callable[P, Coroutine[Any, Any, T]]
 ) -> Callable[P, Coroutine[Any, Any, T]]:
     """Decorate an ``async def`` function; the wrapper keeps its signature and metadata.
 
-    As in :func:`._sync.wrap_sync`, a fast-path breaker's wrapper inlines the
-    hot path of :func:`call_async`.
+    For a breaker on the fast path the wrapper inlines :func:`acall`'s hot
+    path (one Python frame less per call); for a local breaker off the fast
+    path, :func:`_call_full`'s closed-circuit path.
     """
-    if breaker._local and not breaker._fast:
-        return _wrap_local(breaker, func)
-    if not breaker._fast:
+    core = rec.core
+    record = rec.record
+    classify = rec.classify
+
+    if rec.fast:
+        successes = rec.successes
 
         @functools.wraps(func)
-        async def guarded_full(*args: P.args, **kwargs: P.kwargs) -> T:
-            return await _call_full(breaker, func, args, kwargs)
-
-        guarded_full.breaker = breaker  # type: ignore[attr-defined]
-        return guarded_full
-
-    core = breaker._core
-    lock = breaker._lock
-    lockless_successes = breaker._lockless_successes
-    classify = breaker._policy.classify_exception
-
-    @functools.wraps(func)
-    async def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
-        ticket = core.free_ticket
-        if ticket is None:
-            return await _call_full(breaker, func, args, kwargs)
-        try:
-            result = await func(*args, **kwargs)
-        except BaseException as exc:
-            breaker._finish_sync(ticket, classify(exc), None, exc)
-            raise
-        if core._consecutive:
-            with lock:
-                core.record(ticket, SUCCESS, None, 0.0)
-        else:
-            next(lockless_successes)
-        return result
-
-    guarded.breaker = breaker  # type: ignore[attr-defined]
-    return guarded
-
-
-def _wrap_local(
-    breaker: CircuitBreaker, func: Callable[P, Coroutine[Any, Any, T]]
-) -> Callable[P, Coroutine[Any, Any, T]]:
-    """As :func:`._sync._wrap_local`: :func:`_call_full` inlined for a closed local
-    breaker without listeners."""
-    core = breaker._core
-    lock = breaker._lock
-    monotonic = breaker._clock.monotonic
-    timed = breaker._timed
-    policy = breaker._policy
-    classify = policy.classify_exception
-    check_result = policy.failure_result is not None
-
-    @functools.wraps(func)
-    async def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
-        ticket = core.free_ticket
-        if ticket is None:
-            return await _call_full(breaker, func, args, kwargs)
-        start = monotonic() if timed else 0.0
-        try:
-            result = await func(*args, **kwargs)
-        except BaseException as exc:
-            duration = monotonic() - start if timed else None
-            breaker._finish_sync(ticket, classify(exc), duration, exc)
-            raise
-        now = monotonic()
-        duration = now - start if timed else None
-        outcome = SUCCESS
-        if check_result:
+        async def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
+            ticket = core.free_ticket
+            if ticket is None:
+                return await _call_full(rec, func, args, kwargs)
             try:
-                outcome = policy.classify_result(result)
-            except BaseException:
-                breaker._finish_sync(ticket, SUCCESS, duration, None)
+                result = await func(*args, **kwargs)
+            except BaseException as exc:
+                record(ticket, classify(exc), None)
                 raise
-        with lock:
-            core.record(ticket, outcome, duration, now)
-        if core.transitions:
-            breaker._announce()
-        return result
+            if core.streak:
+                record(ticket, SUCCESS, None, 0.0)
+            else:
+                next(successes)
+            return result
 
-    guarded.breaker = breaker  # type: ignore[attr-defined]
+    elif rec.local:
+        monotonic = rec.monotonic
+        timed = rec.timed
+        check_result = rec.check_result
+        classify_result = rec.classify_result
+
+        @functools.wraps(func)
+        async def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
+            ticket = core.free_ticket
+            if ticket is None:
+                return await _call_full(rec, func, args, kwargs)
+            start = monotonic() if timed else 0.0
+            try:
+                result = await func(*args, **kwargs)
+            except BaseException as exc:
+                record(ticket, classify(exc), monotonic() - start if timed else None)
+                raise
+            now = monotonic()
+            duration = now - start if timed else None
+            outcome = SUCCESS
+            if check_result:
+                try:
+                    outcome = classify_result(result)
+                except BaseException:
+                    record(ticket, SUCCESS, duration, now)
+                    raise
+            record(ticket, outcome, duration, now)
+            return result
+
+    else:
+
+        @functools.wraps(func)
+        async def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
+            return await _call_full(rec, func, args, kwargs)
+
+    guarded.breaker = rec.breaker  # type: ignore[attr-defined]
     return guarded

@@ -15,7 +15,6 @@ through the shared state in :mod:`._redis` instead of the local core.
 from __future__ import annotations
 
 import inspect
-import itertools
 import threading
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
@@ -23,11 +22,14 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar, overload
 
 from scalekit._clock import SYSTEM_CLOCK
-from scalekit.breaker._async import call_async, wrap_async
+from scalekit._deprecated import deprecated
+from scalekit.breaker import _async, _sync
+from scalekit.breaker._async import acall as _acall
+from scalekit.breaker._base import Recorder
 from scalekit.breaker._config import FAILURE, IGNORED, SUCCESS, BreakerPolicy, ExceptionRule
 from scalekit.breaker._core import CLOSED, DISABLED, BreakerCore, State, Transition, Trigger
 from scalekit.breaker._events import BreakerRejected, BreakerStateChanged
-from scalekit.breaker._sync import call_sync, wrap_sync
+from scalekit.breaker._sync import call as _call
 from scalekit.errors import CircuitOpenError, ConfigurationError
 from scalekit.instrumentation import emit
 from scalekit.typing import Clock
@@ -83,7 +85,7 @@ class CircuitBreaker:
     """A circuit breaker for sync and ``async def`` callers.
 
     Use it as a decorator (the wrapped function keeps its signature), with
-    :meth:`call` / :meth:`call_async`, or as a context manager through
+    :meth:`call` / :meth:`acall`, or as a context manager through
     :meth:`guard` (``with`` and ``async with``). Rejected calls raise
     :class:`~scalekit.errors.CircuitOpenError` carrying the breaker's name and
     ``retry_after``, unless a ``fallback`` is given: it then receives the
@@ -110,15 +112,11 @@ class CircuitBreaker:
     __slots__ = (
         "_clock",
         "_core",
-        "_fallback",
-        "_fast",
         "_listeners",
-        "_local",
         "_lock",
-        "_lockless_successes",
         "_policy",
+        "_rec",
         "_shared",
-        "_timed",
         "name",
     )
 
@@ -215,10 +213,6 @@ class CircuitBreaker:
         self._clock = clock
         self._lock = threading.Lock()
         self._core = BreakerCore(policy, clock.monotonic())
-        # Successes of the hot path when there is no failure streak to reset.
-        self._lockless_successes = itertools.count()
-        self._fallback = fallback
-        self._timed = policy.timed
         listeners = tuple(listeners)
         if listeners:
             from scalekit.breaker._pybreaker import ListenerBridge
@@ -226,6 +220,8 @@ class CircuitBreaker:
             self._listeners: ListenerBridge | None = ListenerBridge(listeners)
         else:
             self._listeners = None
+        # What the drivers read, bound once, and the one record path.
+        self._rec = Recorder(self, self._core, self._lock, policy, clock, fallback, self._listeners)
         self._shared: SharedState | None = None
         if storage is not None:
             from scalekit.breaker._redis import RedisStorage
@@ -234,18 +230,8 @@ class CircuitBreaker:
                 raise ConfigurationError(
                     f"storage must be a RedisStorage, got {storage!r}", parameter="storage"
                 )
-            self._shared = storage.bind(self)
-        # Local state and no listeners: the drivers record outcomes in the core directly.
-        self._local = self._shared is None and self._listeners is None
-        # The hot path skips the clock and every optional step when nothing needs them:
-        # a consecutive-failure breaker, local state, no listeners, no result check.
-        self._fast = (
-            self._shared is None
-            and self._listeners is None
-            and policy.failure_result is None
-            and not policy.trip_on_rate
-            and not policy.timed
-        )
+            self._shared = storage.bind(self, self._rec)
+            self._rec.share(self._shared)
 
     # -- reading -------------------------------------------------------------------
 
@@ -277,7 +263,7 @@ class CircuitBreaker:
         True for failure-rate and slow-call windows, result checks,
         listeners and shared (Redis) state. Fixed when the breaker is built.
         """
-        return not self._fast
+        return not self._rec.fast
 
     @property
     def current_state(self) -> str:
@@ -329,7 +315,7 @@ class CircuitBreaker:
             probes = self._shared.probes_in_flight
             degraded, incidents = self._shared.degraded, self._shared.incidents
         # repr() reads an itertools.count without advancing it: "count(42)".
-        lockless = int(repr(self._lockless_successes)[6:-1])
+        lockless = int(repr(self._rec.successes)[6:-1])
         return BreakerMetrics(
             name=self.name,
             state=state,
@@ -353,116 +339,72 @@ class CircuitBreaker:
 
     # -- manual control ------------------------------------------------------------
 
-    def open(self) -> None:
-        """Open the circuit now, for the policy's open duration; then it probes."""
-        self._manual(Trigger.MANUAL_OPEN)
+    def open_circuit(self) -> None:
+        """Open the circuit now, for the policy's open duration; then it probes.
 
-    def close(self) -> None:
+        With an asyncio Redis storage, await :meth:`aopen_circuit` instead.
+        """
+        _sync.manual(self._rec, Trigger.MANUAL_OPEN)
+
+    def close_circuit(self) -> None:
         """Close the circuit and reset its counts (also ends forced-open and disabled)."""
-        self._manual(Trigger.MANUAL_CLOSE)
+        _sync.manual(self._rec, Trigger.MANUAL_CLOSE)
 
     def force_open(self) -> None:
-        """Reject every call until :meth:`close` (``retry_after`` is ``None``)."""
-        self._manual(Trigger.FORCE_OPEN)
+        """Reject every call until :meth:`close_circuit` (``retry_after`` is ``None``)."""
+        _sync.manual(self._rec, Trigger.FORCE_OPEN)
 
     def disable(self) -> None:
-        """Admit every call and never trip until :meth:`close`."""
-        self._manual(Trigger.DISABLE)
+        """Admit every call and never trip until :meth:`close_circuit`."""
+        _sync.manual(self._rec, Trigger.DISABLE)
+
+    def open(self) -> None:
+        """:meth:`open_circuit` under pybreaker's name."""
+        _sync.manual(self._rec, Trigger.MANUAL_OPEN)
+
+    def close(self) -> None:
+        """:meth:`close_circuit` under pybreaker's name."""
+        _sync.manual(self._rec, Trigger.MANUAL_CLOSE)
+
+    async def aopen_circuit(self) -> None:
+        """:meth:`open_circuit` for asyncio code (required with an asyncio Redis storage).
+
+        .. versionchanged:: issue 14
+           Was ``open_async``, which stays one release as a deprecated alias.
+        """
+        await _async.amanual(self._rec, Trigger.MANUAL_OPEN)
+
+    async def aclose_circuit(self) -> None:
+        """:meth:`close_circuit` for asyncio code (was ``close_async``, deprecated)."""
+        await _async.amanual(self._rec, Trigger.MANUAL_CLOSE)
+
+    async def aforce_open(self) -> None:
+        """:meth:`force_open` for asyncio code (was ``force_open_async``, deprecated)."""
+        await _async.amanual(self._rec, Trigger.FORCE_OPEN)
+
+    async def adisable(self) -> None:
+        """:meth:`disable` for asyncio code (was ``disable_async``, deprecated)."""
+        await _async.amanual(self._rec, Trigger.DISABLE)
 
     async def open_async(self) -> None:
-        """:meth:`open` for a breaker whose storage uses an asyncio Redis client."""
-        await self._manual_async(Trigger.MANUAL_OPEN)
+        """Deprecated alias of :meth:`aopen_circuit` (removed in the next release)."""
+        deprecated("CircuitBreaker.open_async", "CircuitBreaker.aopen_circuit")
+        await self.aopen_circuit()
 
     async def close_async(self) -> None:
-        """:meth:`close` for a breaker whose storage uses an asyncio Redis client."""
-        await self._manual_async(Trigger.MANUAL_CLOSE)
+        """Deprecated alias of :meth:`aclose_circuit` (removed in the next release)."""
+        deprecated("CircuitBreaker.close_async", "CircuitBreaker.aclose_circuit")
+        await self.aclose_circuit()
 
     async def force_open_async(self) -> None:
-        """:meth:`force_open` for a breaker whose storage uses an asyncio Redis client."""
-        await self._manual_async(Trigger.FORCE_OPEN)
+        """Deprecated alias of :meth:`aforce_open` (removed in the next release)."""
+        deprecated("CircuitBreaker.force_open_async", "CircuitBreaker.aforce_open")
+        await self.aforce_open()
 
     async def disable_async(self) -> None:
-        """:meth:`disable` for a breaker whose storage uses an asyncio Redis client."""
-        await self._manual_async(Trigger.DISABLE)
-
-    def _manual(self, trigger: Trigger) -> None:
-        now = self._clock.monotonic()
-        if self._shared is not None:
-            self._shared.manual_sync(trigger, now)
-        self._fire_local(trigger, now)
-
-    async def _manual_async(self, trigger: Trigger) -> None:
-        now = self._clock.monotonic()
-        if self._shared is not None:
-            await self._shared.manual_async(trigger, now)
-        self._fire_local(trigger, now)
-
-    def _fire_local(self, trigger: Trigger, now: float) -> None:
-        with self._lock:
-            self._core.fire(trigger, now, "manual")
-            if self._shared is not None:
-                # The shared state announced the change; the local core (the
-                # fail-open fallback) follows silently.
-                self._core.take_transitions()
-        self._announce()
-
-    # -- acquiring and recording (used by the drivers and Permit) --------------------
-
-    def _acquire_local(self) -> int:
-        now = self._clock.monotonic()
-        core = self._core
-        with self._lock:
-            ticket = core.acquire(now)
-            if ticket is None:
-                state = core.state
-                retry_after = core.retry_after(now)
-        if core.transitions:
-            self._announce()
-        if ticket is None:
-            self._reject(state, retry_after)
-        return ticket
-
-    def _acquire_sync(self) -> int:
-        shared = self._shared
-        if shared is not None:
-            return shared.acquire_sync()
-        return self._acquire_local()
-
-    async def _acquire_async(self) -> int:
-        shared = self._shared
-        if shared is not None:
-            return await shared.acquire_async()
-        return self._acquire_local()
-
-    def _record_local(self, ticket: int, outcome: int, duration: float | None) -> None:
-        now = self._clock.monotonic()
-        core = self._core
-        with self._lock:
-            core.record(ticket, outcome, duration, now)
-        if core.transitions:
-            self._announce()
-
-    def _finish_sync(
-        self, ticket: int, outcome: int, duration: float | None, exc: BaseException | None
-    ) -> None:
-        if self._listeners is not None:
-            self._listeners.outcome(self, outcome, exc)
-        shared = self._shared
-        if shared is not None:
-            shared.record_sync(ticket, outcome, duration)
-        else:
-            self._record_local(ticket, outcome, duration)
-
-    async def _finish_async(
-        self, ticket: int, outcome: int, duration: float | None, exc: BaseException | None
-    ) -> None:
-        if self._listeners is not None:
-            self._listeners.outcome(self, outcome, exc)
-        shared = self._shared
-        if shared is not None:
-            await shared.record_async(ticket, outcome, duration)
-        else:
-            self._record_local(ticket, outcome, duration)
+        """Deprecated alias of :meth:`adisable` (removed in the next release)."""
+        deprecated("CircuitBreaker.disable_async", "CircuitBreaker.adisable")
+        await self.adisable()
 
     def _announce(self, *, shared: bool = False) -> None:
         with self._lock:
@@ -515,8 +457,8 @@ class CircuitBreaker:
             )
         if inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(type(func).__call__):
             # An ``async def`` function, or an object whose __call__ is one.
-            return wrap_async(self, func)
-        return wrap_sync(self, func)
+            return _async.awrap(self._rec, func)
+        return _sync.wrap(self._rec, func)
 
     def call(self, func: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Call ``func(*args, **kwargs)`` through the breaker.
@@ -528,9 +470,9 @@ class CircuitBreaker:
             CircuitOpenError: the breaker rejected the call (and no fallback).
             Exception: whatever ``func`` raised, unchanged.
         """
-        return call_sync(self, func, args, kwargs)
+        return _call(self._rec, func, args, kwargs)
 
-    async def call_async(
+    async def acall(
         self, func: Callable[P, Coroutine[Any, Any, T]], /, *args: P.args, **kwargs: P.kwargs
     ) -> T:
         """Await ``func(*args, **kwargs)`` through the breaker.
@@ -538,8 +480,19 @@ class CircuitBreaker:
         Raises:
             CircuitOpenError: the breaker rejected the call (and no fallback).
             Exception: whatever ``func`` raised, unchanged.
+
+        .. versionchanged:: issue 14
+           Was ``call_async``, which stays one release as a deprecated alias.
         """
-        result: T = await call_async(self, func, args, kwargs)
+        result: T = await _acall(self._rec, func, args, kwargs)
+        return result
+
+    async def call_async(
+        self, func: Callable[P, Coroutine[Any, Any, T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Deprecated alias of :meth:`acall` (removed in the next release)."""
+        deprecated("CircuitBreaker.call_async", "CircuitBreaker.acall")
+        result: T = await _acall(self._rec, func, args, kwargs)
         return result
 
     def acquire(self) -> Permit:
@@ -552,17 +505,25 @@ class CircuitBreaker:
         Raises:
             CircuitOpenError: rejected; ``.retry_after`` says for how long.
         """
-        ticket = self._acquire_sync()
-        return Permit(self, ticket, self._clock.monotonic())
+        ticket = _sync.acquire(self._rec)
+        return Permit(self._rec, ticket, self._clock.monotonic())
 
-    async def acquire_async(self) -> Permit:
+    async def aacquire(self) -> Permit:
         """:meth:`acquire` for asyncio code (required with an asyncio Redis storage).
+
+        .. versionchanged:: issue 14
+           Was ``acquire_async``, which stays one release as a deprecated alias.
 
         Raises:
             CircuitOpenError: rejected; ``.retry_after`` says for how long.
         """
-        ticket = await self._acquire_async()
-        return Permit(self, ticket, self._clock.monotonic())
+        ticket = await _async.aacquire(self._rec)
+        return Permit(self._rec, ticket, self._clock.monotonic())
+
+    async def acquire_async(self) -> Permit:
+        """Deprecated alias of :meth:`aacquire` (removed in the next release)."""
+        deprecated("CircuitBreaker.acquire_async", "CircuitBreaker.aacquire")
+        return await self.aacquire()
 
     def guard(self) -> Guard:
         """A context manager for a block: ``with breaker.guard():`` or ``async with``.
@@ -584,12 +545,14 @@ class Permit:
     Report exactly one outcome; later reports are ignored. Duration is
     measured from the permit's creation unless given. As a context manager
     (``with breaker.acquire() as permit:``) it records the block's outcome.
+    With an asyncio Redis storage, use the ``a``-prefixed methods
+    (:meth:`arecord_success`...) and ``async with``.
     """
 
-    __slots__ = ("_breaker", "_done", "_start", "_ticket")
+    __slots__ = ("_done", "_rec", "_start", "_ticket")
 
-    def __init__(self, breaker: CircuitBreaker, ticket: int, start: float) -> None:
-        self._breaker = breaker
+    def __init__(self, recorder: Recorder, ticket: int, start: float) -> None:
+        self._rec = recorder
         self._ticket = ticket
         self._start = start
         self._done = False
@@ -603,21 +566,21 @@ class Permit:
         if self._done:
             return False, None
         self._done = True
-        if duration is None and self._breaker._timed:
-            duration = self._breaker._clock.monotonic() - self._start
+        if duration is None and self._rec.timed:
+            duration = self._rec.monotonic() - self._start
         return True, duration
 
     def _record(self, outcome: int, duration: float | None, exc: BaseException | None) -> None:
         fresh, duration = self._take(duration)
         if fresh:
-            self._breaker._finish_sync(self._ticket, outcome, duration, exc)
+            _sync.finish(self._rec, self._ticket, outcome, duration, exc)
 
     async def _arecord(
         self, outcome: int, duration: float | None, exc: BaseException | None
     ) -> None:
         fresh, duration = self._take(duration)
         if fresh:
-            await self._breaker._finish_async(self._ticket, outcome, duration, exc)
+            await _async.afinish(self._rec, self._ticket, outcome, duration, exc)
 
     def record_success(self, duration: float | None = None) -> None:
         """The call succeeded."""
@@ -629,37 +592,62 @@ class Permit:
 
     def record_exception(self, exc: BaseException, duration: float | None = None) -> None:
         """The call raised ``exc``; the policy decides what it counts as."""
-        self._record(self._breaker._policy.classify_exception(exc), duration, exc)
+        self._record(self._rec.classify(exc), duration, exc)
 
     def record_result(self, result: object, duration: float | None = None) -> None:
         """The call returned ``result``; ``failure_result`` decides what it counts as."""
-        self._record(self._breaker._policy.classify_result(result), duration, None)
+        self._record(self._rec.classify_result(result), duration, None)
 
     def release(self) -> None:
         """Give the permit back without an outcome (counts as neither)."""
         self._record(IGNORED, None, None)
 
-    async def record_success_async(self, duration: float | None = None) -> None:
-        """:meth:`record_success` for an asyncio Redis storage."""
+    async def arecord_success(self, duration: float | None = None) -> None:
+        """:meth:`record_success` for asyncio code (was ``record_success_async``)."""
         await self._arecord(SUCCESS, duration, None)
 
-    async def record_failure_async(self, duration: float | None = None) -> None:
-        """:meth:`record_failure` for an asyncio Redis storage."""
+    async def arecord_failure(self, duration: float | None = None) -> None:
+        """:meth:`record_failure` for asyncio code (was ``record_failure_async``)."""
         await self._arecord(FAILURE, duration, None)
+
+    async def arecord_exception(self, exc: BaseException, duration: float | None = None) -> None:
+        """:meth:`record_exception` for asyncio code (was ``record_exception_async``)."""
+        await self._arecord(self._rec.classify(exc), duration, exc)
+
+    async def arecord_result(self, result: object, duration: float | None = None) -> None:
+        """:meth:`record_result` for asyncio code (was ``record_result_async``)."""
+        await self._arecord(self._rec.classify_result(result), duration, None)
+
+    async def arelease(self) -> None:
+        """:meth:`release` for asyncio code (was ``release_async``)."""
+        await self._arecord(IGNORED, None, None)
+
+    async def record_success_async(self, duration: float | None = None) -> None:
+        """Deprecated alias of :meth:`arecord_success` (removed in the next release)."""
+        deprecated("Permit.record_success_async", "Permit.arecord_success")
+        await self.arecord_success(duration)
+
+    async def record_failure_async(self, duration: float | None = None) -> None:
+        """Deprecated alias of :meth:`arecord_failure` (removed in the next release)."""
+        deprecated("Permit.record_failure_async", "Permit.arecord_failure")
+        await self.arecord_failure(duration)
 
     async def record_exception_async(
         self, exc: BaseException, duration: float | None = None
     ) -> None:
-        """:meth:`record_exception` for an asyncio Redis storage."""
-        await self._arecord(self._breaker._policy.classify_exception(exc), duration, exc)
+        """Deprecated alias of :meth:`arecord_exception` (removed in the next release)."""
+        deprecated("Permit.record_exception_async", "Permit.arecord_exception")
+        await self.arecord_exception(exc, duration)
 
     async def record_result_async(self, result: object, duration: float | None = None) -> None:
-        """:meth:`record_result` for an asyncio Redis storage."""
-        await self._arecord(self._breaker._policy.classify_result(result), duration, None)
+        """Deprecated alias of :meth:`arecord_result` (removed in the next release)."""
+        deprecated("Permit.record_result_async", "Permit.arecord_result")
+        await self.arecord_result(result, duration)
 
     async def release_async(self) -> None:
-        """:meth:`release` for an asyncio Redis storage."""
-        await self._arecord(IGNORED, None, None)
+        """Deprecated alias of :meth:`arelease` (removed in the next release)."""
+        deprecated("Permit.release_async", "Permit.arelease")
+        await self.arelease()
 
     def __enter__(self) -> Permit:
         return self
@@ -685,9 +673,9 @@ class Permit:
         tb: TracebackType | None,
     ) -> None:
         if exc is not None:
-            await self.record_exception_async(exc)
+            await self.arecord_exception(exc)
         else:
-            await self.record_success_async()
+            await self.arecord_success()
 
 
 class Guard:
@@ -713,7 +701,7 @@ class Guard:
         self._permit.__exit__(exc_type, exc, tb)
 
     async def __aenter__(self) -> Permit:
-        self._permit = await self._breaker.acquire_async()
+        self._permit = await self._breaker.aacquire()
         return self._permit
 
     async def __aexit__(

@@ -57,6 +57,7 @@ __all__ = [
     "TimeWindow",
     "Transition",
     "Trigger",
+    "is_slow",
 ]
 
 
@@ -250,6 +251,15 @@ class TimeWindow:
         return self.calls, self.failures, self.slow
 
 
+def is_slow(policy: BreakerPolicy, outcome: int, duration: float | None) -> bool:
+    """Whether a call counts as slow: it took at least ``slow_call_seconds`` and
+    was not ignored. The one slow-call rule, for the core and the Redis state."""
+    seconds = policy.slow_call_seconds
+    return (
+        seconds is not None and duration is not None and duration >= seconds and outcome != IGNORED
+    )
+
+
 class BreakerCore:
     """The state machine of one circuit breaker. Not thread-safe: shells lock.
 
@@ -262,7 +272,6 @@ class BreakerCore:
     """
 
     __slots__ = (
-        "_consecutive",
         "_next_probe",
         "_probe_successes",
         "_probes",
@@ -280,6 +289,7 @@ class BreakerCore:
         "slow_calls",
         "state",
         "state_since",
+        "streak",
         "successes",
         "transitions",
     )
@@ -294,7 +304,8 @@ class BreakerCore:
         self.open_until = 0.0
         self.open_for = 0.0  # the open duration of the current opening, as configured
         self.consecutive_openings = 0
-        self._consecutive = 0
+        #: Consecutive failures (public so a driver's hot path can read it).
+        self.streak = 0
         self._probes: dict[int, float] = {}
         self._probe_successes = 0
         self._next_probe = 1
@@ -365,6 +376,26 @@ class BreakerCore:
 
     # -- outcomes ------------------------------------------------------------------
 
+    def count(self, outcome: int, duration: float | None) -> bool:
+        """Count one outcome in the counters; return whether the call was slow.
+
+        The one home of the counting and slow-call rules: a call is slow when
+        it took at least ``slow_call_seconds`` (``duration`` measured) and was
+        not ignored. :meth:`record` counts through it, and so does a shared
+        (Redis) breaker for the calls Redis decides on.
+        """
+        # An unmeasured call (the hot path) is never slow: skip the call.
+        slow = duration is not None and is_slow(self.policy, outcome, duration)
+        if outcome == SUCCESS:
+            self.successes += 1
+        elif outcome == FAILURE:
+            self.failures += 1
+        else:
+            self.ignored += 1
+        if slow:
+            self.slow_calls += 1
+        return slow
+
     def record(self, ticket: int, outcome: int, duration: float | None, now: float) -> None:
         """Record the outcome of the call admitted with ``ticket``.
 
@@ -374,21 +405,12 @@ class BreakerCore:
         of a probe that timed out, only updates the counters.
         """
         policy = self.policy
-        slow_seconds = policy.slow_call_seconds
-        slow = (
-            slow_seconds is not None
-            and duration is not None
-            and duration >= slow_seconds
-            and outcome != IGNORED
-        )
-        if outcome == SUCCESS:
+        if outcome == SUCCESS and duration is None:
+            # The common case needs no rule: an unmeasured success is never slow.
             self.successes += 1
-        elif outcome == FAILURE:
-            self.failures += 1
+            slow = False
         else:
-            self.ignored += 1
-        if slow:
-            self.slow_calls += 1
+            slow = self.count(outcome, duration)
 
         if ticket < 0:
             if self._probes.pop(-ticket, None) is None or self.state is not HALF_OPEN:
@@ -397,10 +419,10 @@ class BreakerCore:
                 return
             if outcome == FAILURE or slow:
                 # A failed probe extends the failure streak, as in pybreaker.
-                self._consecutive += outcome == FAILURE
+                self.streak += outcome == FAILURE
                 self.fire(Trigger.PROBE_FAILED, now, "slow probe" if slow else "probe failed")
                 return
-            self._consecutive = 0
+            self.streak = 0
             self._probe_successes += 1
             if self._probe_successes >= policy.success_threshold:
                 self.fire(Trigger.PROBES_PASSED, now, f"{self._probe_successes} probe(s) succeeded")
@@ -409,12 +431,12 @@ class BreakerCore:
         if ticket != self.generation or self.state is not CLOSED or outcome == IGNORED:
             return
         if outcome == FAILURE:
-            self._consecutive += 1
-            if policy.fail_max is not None and self._consecutive >= policy.fail_max:
-                self.fire(Trigger.TRIP, now, f"{self._consecutive} consecutive failures")
+            self.streak += 1
+            if policy.fail_max is not None and self.streak >= policy.fail_max:
+                self.fire(Trigger.TRIP, now, f"{self.streak} consecutive failures")
                 return
         else:
-            self._consecutive = 0
+            self.streak = 0
         window = self._window
         if window is None:
             return
@@ -481,7 +503,7 @@ class BreakerCore:
             self.transitions.append(Transition(old, new, trigger, reason, now, announced))
 
     def _reset_counts(self) -> None:
-        self._consecutive = 0
+        self.streak = 0
         if self._window is not None:
             self._window.reset()
 
@@ -500,7 +522,7 @@ class BreakerCore:
         Failed half-open probes count too, and a successful probe resets it;
         the circuit closing (or being disabled) resets it as well.
         """
-        return self._consecutive
+        return self.streak
 
     def window_totals(self, now: float) -> tuple[int, int, int]:
         """(calls, failures, slow calls) in the rate window; zeros without one."""

@@ -47,7 +47,7 @@ from scalekit._redis_bounded import (
     check_op_timeout,
     close_twin,
 )
-from scalekit.breaker._config import FAILURE, IGNORED, SUCCESS
+from scalekit.breaker._config import FAILURE, IGNORED
 from scalekit.breaker._core import (
     CLOSED,
     DISABLED,
@@ -57,11 +57,13 @@ from scalekit.breaker._core import (
     State,
     Transition,
     Trigger,
+    is_slow,
 )
+from scalekit.breaker._incident import Incident
 from scalekit.errors import ConfigurationError
-from scalekit.instrumentation import FallbackUsed, Recovered, emit
 
 if TYPE_CHECKING:
+    from scalekit.breaker._base import Recorder
     from scalekit.breaker._breaker import CircuitBreaker
 
 __all__ = ["RedisStorage", "SharedState"]
@@ -104,7 +106,7 @@ class RedisStorage:
     ``client`` is your ``redis.Redis``, ``redis.cluster.RedisCluster``, or
     their ``redis.asyncio`` twins (with an asyncio client, use the breaker
     only through its async front-ends: ``async def`` functions,
-    ``call_async``, ``acquire_async``, ``async with guard()``).
+    ``acall``, ``aacquire``, ``async with guard()``).
 
     >>> import fakeredis
     >>> from scalekit.breaker import CircuitBreaker, RedisStorage
@@ -219,9 +221,9 @@ class RedisStorage:
         tag = f"{{{self.prefix}:{name}}}"
         return [tag, f"{tag}:probes", f"{tag}:window"]
 
-    def bind(self, breaker: CircuitBreaker) -> SharedState:
+    def bind(self, breaker: CircuitBreaker, recorder: Recorder) -> SharedState:
         """The shared state of ``breaker`` (called by the breaker; one per breaker)."""
-        return SharedState(self, breaker)
+        return SharedState(self, breaker, recorder)
 
     def __repr__(self) -> str:
         return (
@@ -238,9 +240,10 @@ class SharedState:
     run the script. The lock is never held across a Redis call.
     """
 
-    def __init__(self, storage: RedisStorage, breaker: CircuitBreaker) -> None:
+    def __init__(self, storage: RedisStorage, breaker: CircuitBreaker, recorder: Recorder) -> None:
         self.storage = storage
         self.breaker = breaker
+        self.rec = recorder
         policy = breaker.policy
         self._keys = storage.keys(breaker.name)
         self._script = storage.bounded_client.register_script(_lua_source())
@@ -263,7 +266,6 @@ class SharedState:
         ]
         self._ttl_ms = max(int(storage.ttl_seconds * 1000), 1)
         self._is_async = storage.is_async
-        self._slow_seconds = policy.slow_call_seconds
         self.state = CLOSED
         self.gen = -1  # unknown until the first reply
         self.fresh_until = -math.inf
@@ -273,16 +275,11 @@ class SharedState:
         self._pending_fast = 0
         self._pending_slow = 0
         self._down_until = -math.inf
-        self._degraded_since: float | None = None
-        self.incidents = 0  # Redis outages seen (each starts a fallback)
+        # Redis outages: FallbackUsed once per incident, Recovered at its end.
+        self._incident = Incident(breaker.name, "breaker", storage.on_redis_error)
         self._errors: tuple[type[BaseException], ...] | None = None
 
     # -- pure decisions (under the breaker's lock) -----------------------------------
-
-    def _errors_caught(self) -> tuple[type[BaseException], ...]:
-        if self._errors is None:
-            self._errors = _unavailable_errors()
-        return self._errors
 
     def _admit_cached(self, now: float) -> int | tuple[State, float | None] | None:
         """A ticket, a rejection ``(state, retry_after)``, or ``None``: ask Redis."""
@@ -327,8 +324,7 @@ class SharedState:
         )
         new_state = State(state_name)
         gen, probe, retry_ms = int(gen), int(probe), int(retry_ms)
-        breaker = self.breaker
-        with breaker._lock:
+        with self.rec.lock:
             seen_state = self.state
             self.state = new_state
             self.gen = gen
@@ -337,17 +333,8 @@ class SharedState:
             self.open_until = now + self.open_for if new_state is OPEN else -math.inf
             if probe:
                 self.probes_in_flight += 1
-            recovered_after = None
-            if self._degraded_since is not None:
-                recovered_after = now - self._degraded_since
-                self._degraded_since = None
-                self._down_until = -math.inf
-        if recovered_after is not None:
-            emit(
-                Recovered(
-                    name=breaker.name, component_name="breaker", seconds_degraded=recovered_after
-                )
-            )
+            self._down_until = -math.inf
+        self._incident.recovered(now)
         if new_state is not seen_state:
             open_for = retry_ms / 1000 if new_state is OPEN else None
             if trigger:  # this very script call moved the state
@@ -368,7 +355,7 @@ class SharedState:
                     now,
                     open_for,
                 )
-            breaker._emit_transition(transition, shared=True)
+            self.rec.emit_transition(transition, shared=True)
         if probe:
             return -(_REMOTE + probe), new_state, None
         if new_state is CLOSED or new_state is DISABLED:
@@ -377,133 +364,107 @@ class SharedState:
 
     def _went_down(self, exc: BaseException, now: float) -> bool:
         """Note that Redis failed; True if this starts an incident."""
-        breaker = self.breaker
-        with breaker._lock:
-            first = self._degraded_since is None
-            if first:
-                self._degraded_since = now
-                self.incidents += 1
-                # The local breaker starts each incident clean.
-                breaker._core.fire(Trigger.MANUAL_CLOSE, now, "redis unreachable")
-                breaker._core.take_transitions()
+        with self.rec.lock:
             self._down_until = now + self.storage.retry_interval
             self.fresh_until = -math.inf
+        first = self._incident.failed(now, type(exc).__name__)
         if first:
-            # One line per incident: the event is the log (LoggingHook, WARNING).
-            emit(
-                FallbackUsed(
-                    name=breaker.name,
-                    component_name="breaker",
-                    fallback=self.storage.on_redis_error,
-                    reason=type(exc).__name__,
-                )
-            )
+            with self.rec.lock:
+                # The local breaker starts each incident clean.
+                self.rec.core.fire(Trigger.MANUAL_CLOSE, now, "redis unreachable")
+                self.rec.core.take_transitions()
         return first
-
-    def _lost_record(
-        self, exc: BaseException, now: float, outcome: int, duration: float | None
-    ) -> None:
-        """Redis failed while recording: count the outcome in the local breaker."""
-        self._went_down(exc, now)
-        if self.storage.on_redis_error == "fail_open":
-            ticket = self.breaker._core.free_ticket
-            if ticket is not None:
-                self.breaker._record_local(ticket, outcome, duration)
-                return
-        self._count(outcome, duration)
 
     def _record_locally(self, ticket: int, outcome: int, duration: float | None) -> bool:
         """Keep a closed-state success locally; True when no round trip is needed."""
         if -_REMOTE < ticket < _REMOTE:
             # Admitted by the local breaker while Redis was down.
-            self.breaker._record_local(ticket, outcome, duration)
+            self.rec.record(ticket, outcome, duration)
             return True
         if ticket >= _REMOTE and outcome != FAILURE:
             if outcome == IGNORED:
                 return True
-            slow = self._slow_seconds is not None and self._slow(duration)
-            with self.breaker._lock:
+            with self.rec.lock:
+                slow = self.rec.core.count(outcome, duration)
                 if ticket - _REMOTE == self.gen:
                     if slow:
                         self._pending_slow += 1
                     else:
                         self._pending_fast += 1
-                self.breaker._core.successes += 1
-                if slow:
-                    self.breaker._core.slow_calls += 1
             return True
         return False
 
     def _record_args(self, ticket: int, outcome: int, duration: float | None) -> list[Any]:
-        with self.breaker._lock:
+        slow = is_slow(self.breaker.policy, outcome, duration)
+        with self.rec.lock:
             if ticket < 0:
                 self.probes_in_flight = max(self.probes_in_flight - 1, 0)
-                return self._args("record", 0, -ticket - _REMOTE, outcome, self._slow(duration))
-            return self._args("record", ticket - _REMOTE, 0, outcome, self._slow(duration))
-
-    def _slow(self, duration: float | None) -> bool:
-        seconds = self.breaker.policy.slow_call_seconds
-        return duration is not None and seconds is not None and duration >= seconds
+                return self._args("record", 0, -ticket - _REMOTE, outcome, slow)
+            return self._args("record", ticket - _REMOTE, 0, outcome, slow)
 
     def _count(self, outcome: int, duration: float | None) -> None:
-        """Count a recorded outcome in this process's metrics."""
-        core = self.breaker._core
-        with self.breaker._lock:
-            if outcome == FAILURE:
-                core.failures += 1
-            elif outcome == SUCCESS:
-                core.successes += 1
-            else:
-                core.ignored += 1
-            if outcome != IGNORED and self._slow(duration):
-                core.slow_calls += 1
+        """Count a recorded outcome in this process's metrics (the core's rule)."""
+        with self.rec.lock:
+            self.rec.core.count(outcome, duration)
 
     @property
     def degraded(self) -> bool:
         """True while Redis is unreachable and calls follow ``on_redis_error``."""
-        return self._degraded_since is not None
+        return self._incident.degraded
+
+    @property
+    def incidents(self) -> int:
+        """Redis outages seen since the breaker was built (each starts a fallback)."""
+        return self._incident.count
 
     def view(self, now: float) -> tuple[State, float | None]:
         """(state, retry_after) as last seen, without I/O."""
         if now < self._down_until and self.storage.on_redis_error == "fail_open":
-            return self.breaker._core.state, self.breaker._core.retry_after(now)
+            return self.rec.core.state, self.rec.core.retry_after(now)
         if self.state is OPEN:
             return self.state, max(min(self.open_until - now, self.open_for), 0.0)
         return self.state, None if self.state is FORCED_OPEN else 0.0
 
-    def _check_sync(self) -> None:
-        if self.storage.is_async:
+    def check_sync(self) -> None:
+        """Refuse a blocking call on a storage whose client is an asyncio one.
+
+        Raises:
+            ConfigurationError: the client is a ``redis.asyncio`` one.
+        """
+        if self._is_async:
             raise ConfigurationError(
                 f"breaker {self.breaker.name!r} shares state through an asyncio Redis client; "
-                "use its async front-ends (async def, call_async, acquire_async)",
+                "use its async front-ends (async def, acall, aacquire)",
                 parameter="storage",
             )
 
     def _decided(self, decision: int | tuple[State, float | None]) -> int:
         if isinstance(decision, tuple):
-            with self.breaker._lock:
-                self.breaker._core.rejected += 1
-            self.breaker._reject(*decision)
+            self.rec.count_rejection()
+            self.rec.reject(*decision)
         if decision == -1:
-            return self.breaker._acquire_local()
+            return self.rec.acquire_local()
         return decision
 
-    def _finish_acquire(self, result: tuple[int | None, State, float | None]) -> int:
-        ticket, state, retry_after = result
-        if ticket is None:
-            with self.breaker._lock:
-                self.breaker._core.rejected += 1
-            self.breaker._reject(state, retry_after)
-        return ticket
+    # -- the steps the drivers run around each script call (no I/O here) -------------
 
-    # -- sync I/O ----------------------------------------------------------------
+    def errors(self) -> tuple[type[BaseException], ...]:
+        """What a script call raises when Redis is unreachable."""
+        if self._errors is None:
+            self._errors = _unavailable_errors()
+        return self._errors
 
-    def acquire_sync(self) -> int:
-        if self._is_async:
-            self._check_sync()
-        clock = self.breaker._clock
-        now = clock.monotonic()
-        with self.breaker._lock:
+    def run(self, args: list[Any]) -> Any:
+        """Run the script: the reply, or (asyncio client) an awaitable of it."""
+        return self._script(keys=self._keys, args=args)
+
+    def admit(self, now: float) -> int | list[Any]:
+        """A ticket decided without Redis, or the script's arguments to ask it.
+
+        Raises:
+            CircuitOpenError: rejected from the cache (open, or fail_closed).
+        """
+        with self.rec.lock:
             # The success path: "closed" still fresh, Redis not known to be down.
             state = self.state
             if (
@@ -514,80 +475,61 @@ class SharedState:
                 return _REMOTE + self.gen
             decision = self._admit_cached(now)
             if decision is None:
-                args = self._args("acquire")
-        if decision is not None:
-            return self._decided(decision)
-        try:
-            reply = self._script(keys=self._keys, args=args)
-        except self._errors_caught() as exc:
-            self._went_down(exc, now)
-            return self._decided(self._admit_cached(now) or -1)
-        return self._finish_acquire(self._apply(reply, clock.monotonic()))
+                return self._args("acquire")
+        return self._decided(decision)
 
-    def record_sync(self, ticket: int, outcome: int, duration: float | None) -> None:
-        if self._is_async:
-            self._check_sync()
+    def admitted(self, reply: Any) -> int:
+        """The ticket from the script's reply to :meth:`admit`'s arguments.
+
+        Raises:
+            CircuitOpenError: Redis rejected the call.
+        """
+        ticket, state, retry_after = self._apply(reply, self.rec.monotonic())
+        if ticket is None:
+            self.rec.count_rejection()
+            self.rec.reject(state, retry_after)
+        return ticket
+
+    def unreachable(self, exc: BaseException, now: float) -> int:
+        """Redis failed while admitting: follow ``on_redis_error``.
+
+        Raises:
+            CircuitOpenError: fail_closed, or the local breaker rejected.
+        """
+        self._went_down(exc, now)
+        return self._decided(self._admit_cached(now) or -1)
+
+    def record_args(self, ticket: int, outcome: int, duration: float | None) -> list[Any] | None:
+        """The script's arguments to record an outcome; ``None`` when kept locally."""
         if self._record_locally(ticket, outcome, duration):
-            return
-        args = self._record_args(ticket, outcome, duration)
-        now = self.breaker._clock.monotonic()
-        try:
-            reply = self._script(keys=self._keys, args=args)
-        except self._errors_caught() as exc:
-            self._lost_record(exc, now, outcome, duration)
-            return
+            return None
+        return self._record_args(ticket, outcome, duration)
+
+    def recorded(self, reply: Any, outcome: int, duration: float | None) -> None:
+        """Take the script's reply to :meth:`record_args`' arguments."""
         self._count(outcome, duration)
-        self._apply(reply, self.breaker._clock.monotonic())
+        self._apply(reply, self.rec.monotonic())
 
-    def manual_sync(self, trigger: Trigger, now: float) -> None:
-        self._check_sync()
-        with self.breaker._lock:
-            args = self._args("set", _TARGETS[trigger])
-        reply = self._script(keys=self._keys, args=args)
-        self._apply(reply, now)
-
-    # -- async I/O ---------------------------------------------------------------
-
-    async def acquire_async(self) -> int:
-        clock = self.breaker._clock
-        now = clock.monotonic()
-        with self.breaker._lock:
-            decision = self._admit_cached(now)
-            if decision is None:
-                args = self._args("acquire")
-        if decision is not None:
-            return self._decided(decision)
-        try:
-            reply = await self._run_async(args)
-        except self._errors_caught() as exc:
-            self._went_down(exc, now)
-            return self._decided(self._admit_cached(now) or -1)
-        return self._finish_acquire(self._apply(reply, clock.monotonic()))
-
-    async def record_async(self, ticket: int, outcome: int, duration: float | None) -> None:
-        if self._record_locally(ticket, outcome, duration):
-            return
-        args = self._record_args(ticket, outcome, duration)
-        now = self.breaker._clock.monotonic()
-        try:
-            reply = await self._run_async(args)
-        except self._errors_caught() as exc:
-            self._lost_record(exc, now, outcome, duration)
-            return
+    def lost_record(
+        self, exc: BaseException, now: float, outcome: int, duration: float | None
+    ) -> None:
+        """Redis failed while recording: count the outcome in the local breaker."""
+        self._went_down(exc, now)
+        if self.storage.on_redis_error == "fail_open":
+            ticket = self.rec.core.free_ticket
+            if ticket is not None:
+                self.rec.record(ticket, outcome, duration)
+                return
         self._count(outcome, duration)
-        self._apply(reply, self.breaker._clock.monotonic())
 
-    async def manual_async(self, trigger: Trigger, now: float) -> None:
-        with self.breaker._lock:
-            args = self._args("set", _TARGETS[trigger])
-        reply = await self._run_async(args)
+    def manual_args(self, trigger: Trigger) -> list[Any]:
+        """The script's arguments for a manual command."""
+        with self.rec.lock:
+            return self._args("set", _TARGETS[trigger])
+
+    def applied(self, reply: Any, now: float) -> None:
+        """Take the script's reply to a manual command."""
         self._apply(reply, now)
-
-    async def _run_async(self, args: list[Any]) -> Any:
-        result = self._script(keys=self._keys, args=args)
-        if inspect.isawaitable(result):
-            result = await result
-        return result
 
 
 def _observed_trigger(new_state: State) -> Trigger:

@@ -1,9 +1,16 @@
+# This file is generated from src/scalekit/breaker/_async.py by scripts/unasync.py.
+# DO NOT EDIT; edit the async file and run: python scripts/unasync.py
 """The sync driver: run a plain function through a breaker.
 
 The hot path (a consecutive-failure breaker with local state, closed) reads
-one attribute to be admitted, runs the function with no lock held, and takes
-the lock once to record the success. Everything else goes through
-:func:`_call_full`, which reads the clock and classifies results.
+one attribute to be admitted, runs the function with no lock held, and
+counts the success (taking the lock only to end a failure streak).
+Everything else goes through :func:`_call_full`, which reads the clock and
+classifies results. Outcomes enter the breaker through one function,
+:meth:`~scalekit.breaker._base.Recorder.record` (local state) or
+:func:`finish` (listeners, shared state).
+
+Threads: the lock is held only for core calls, never around the function.
 """
 
 from __future__ import annotations
@@ -16,170 +23,213 @@ from scalekit.breaker._config import SUCCESS
 from scalekit.errors import CircuitOpenError
 
 if TYPE_CHECKING:
-    from scalekit.breaker._breaker import CircuitBreaker
+    from scalekit.breaker._base import Recorder
+    from scalekit.breaker._core import Trigger
+    from scalekit.breaker._redis import SharedState
 
-__all__ = ["call_sync", "wrap_sync"]
+__all__ = ["acquire", "call", "finish", "manual", "wrap"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
 
-def call_sync(
-    breaker: CircuitBreaker,
+def acquire(rec: Recorder) -> int:
+    """A ticket for one call, from the shared state or the local core.
+
+    Raises:
+        CircuitOpenError: rejected.
+        ConfigurationError: (sync) the storage's client is an asyncio one.
+    """
+    shared = rec.shared
+    if shared is None:
+        return rec.acquire_local()
+    shared.check_sync()
+    now = rec.monotonic()
+    step = shared.admit(now)
+    if isinstance(step, int):
+        return step
+    try:
+        reply = _run(shared, step)
+    except shared.errors() as exc:
+        return shared.unreachable(exc, now)
+    return shared.admitted(reply)
+
+
+def finish(
+    rec: Recorder, ticket: int, outcome: int, duration: float | None, exc: BaseException | None
+) -> None:
+    """Report one call's outcome: to the listeners, then to the shared state or the core."""
+    if rec.listeners is not None:
+        rec.listeners.outcome(rec.breaker, outcome, exc)
+    shared = rec.shared
+    if shared is None:
+        rec.record(ticket, outcome, duration)
+        return
+    shared.check_sync()
+    args = shared.record_args(ticket, outcome, duration)
+    if args is None:
+        return  # kept locally until the next script call
+    now = rec.monotonic()
+    try:
+        reply = _run(shared, args)
+    except shared.errors() as error:
+        shared.lost_record(error, now, outcome, duration)
+        return
+    shared.recorded(reply, outcome, duration)
+
+
+def manual(rec: Recorder, trigger: Trigger) -> None:
+    """Apply a manual command (open, close, force open, disable) everywhere it applies.
+
+    Raises:
+        redis.RedisError: a shared breaker's Redis is unreachable.
+    """
+    now = rec.monotonic()
+    shared = rec.shared
+    if shared is not None:
+        shared.check_sync()
+        shared.applied(_run(shared, shared.manual_args(trigger)), now)
+    rec.fire_local(trigger, now)
+
+
+def _run(shared: SharedState, args: list[Any]) -> Any:
+    """One script call: the only I/O of a shared breaker."""
+    return shared.run(args)
+
+
+def call(
+    rec: Recorder,
     func: Callable[..., T],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> T:
-    """Run ``func(*args, **kwargs)`` through ``breaker``; see :meth:`CircuitBreaker.call`."""
-    if breaker._fast:
-        core = breaker._core
+    """Run ``func(*args, **kwargs)`` through the breaker (see ``CircuitBreaker.call``)."""
+    if rec.fast:
+        core = rec.core
         ticket = core.free_ticket
         if ticket is not None:
             try:
                 result = func(*args, **kwargs)
             except BaseException as exc:
-                breaker._finish_sync(ticket, breaker._policy.classify_exception(exc), None, exc)
+                rec.record(ticket, rec.classify(exc), None)
                 raise
-            if core._consecutive:
-                with breaker._lock:
-                    core.record(ticket, SUCCESS, None, 0.0)
+            if core.streak:
+                rec.record(ticket, SUCCESS, None, 0.0)
             else:
-                # No failure streak to reset: counting is the whole record, and
-                # next() on itertools.count is atomic, so no lock is needed.
-                next(breaker._lockless_successes)
+                # No failure streak to reset: counting is the whole record.
+                next(rec.successes)
             return result
-    return _call_full(breaker, func, args, kwargs)
+    return _call_full(rec, func, args, kwargs)
 
 
 def _call_full(
-    breaker: CircuitBreaker,
+    rec: Recorder,
     func: Callable[..., T],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> T:
-    ticket = breaker._core.free_ticket if breaker._shared is None else None
+    ticket = rec.core.free_ticket if rec.shared is None else None
     try:
         if ticket is None:
-            ticket = breaker._acquire_sync()
+            ticket = acquire(rec)
     except CircuitOpenError:
-        fallback = breaker._fallback
+        fallback = rec.fallback
         if fallback is None:
             raise
-        fallback_result: T = fallback(*args, **kwargs)
-        return fallback_result
-    listeners = breaker._listeners
+        sync_result: T = fallback(*args, **kwargs)
+        return sync_result
+    listeners = rec.listeners
     if listeners is not None:
-        listeners.before_call(breaker, func, args, kwargs)
-    clock = breaker._clock
-    start = clock.monotonic() if breaker._timed else 0.0
+        listeners.before_call(rec.breaker, func, args, kwargs)
+    monotonic = rec.monotonic
+    timed = rec.timed
+    start = monotonic() if timed else 0.0
     try:
         result = func(*args, **kwargs)
     except BaseException as exc:
-        duration = clock.monotonic() - start if breaker._timed else None
-        breaker._finish_sync(ticket, breaker._policy.classify_exception(exc), duration, exc)
+        duration = monotonic() - start if timed else None
+        finish(rec, ticket, rec.classify(exc), duration, exc)
         raise
-    duration = clock.monotonic() - start if breaker._timed else None
+    now = monotonic()
+    duration = now - start if timed else None
     outcome = SUCCESS
-    if breaker._policy.failure_result is not None:
+    if rec.check_result:
         try:
-            outcome = breaker._policy.classify_result(result)
+            outcome = rec.classify_result(result)
         except BaseException:
-            breaker._finish_sync(ticket, SUCCESS, duration, None)
+            finish(rec, ticket, SUCCESS, duration, None)
             raise
-    if breaker._local:
-        # Local state and no listeners: record right here, two calls fewer per call.
-        core = breaker._core
-        now = clock.monotonic()
-        with breaker._lock:
-            core.record(ticket, outcome, duration, now)
-        if core.transitions:
-            breaker._announce()
-        return result
-    breaker._finish_sync(ticket, outcome, duration, None)
+    if rec.local:
+        rec.record(ticket, outcome, duration, now)
+    else:
+        finish(rec, ticket, outcome, duration, None)
     return result
 
 
-def wrap_sync(breaker: CircuitBreaker, func: Callable[P, T]) -> Callable[P, T]:
-    """Decorate a plain function; the wrapper keeps ``func``'s signature and metadata.
+def wrap(rec: Recorder, func: Callable[P, T]) -> Callable[P, T]:
+    """Decorate a plain function; the wrapper keeps its signature and metadata.
 
-    For a breaker on the fast path the wrapper inlines :func:`call_sync`'s
-    hot path (one Python frame less per call); its logic is the same.
+    For a breaker on the fast path the wrapper inlines :func:`call`'s hot
+    path (one Python frame less per call); for a local breaker off the fast
+    path, :func:`_call_full`'s closed-circuit path.
     """
-    if breaker._local and not breaker._fast:
-        return _wrap_local(breaker, func)
-    if not breaker._fast:
+    core = rec.core
+    record = rec.record
+    classify = rec.classify
+
+    if rec.fast:
+        successes = rec.successes
 
         @functools.wraps(func)
-        def guarded_full(*args: P.args, **kwargs: P.kwargs) -> T:
-            return _call_full(breaker, func, args, kwargs)
-
-        guarded_full.breaker = breaker  # type: ignore[attr-defined]
-        return guarded_full
-
-    core = breaker._core
-    lock = breaker._lock
-    lockless_successes = breaker._lockless_successes
-    classify = breaker._policy.classify_exception
-
-    @functools.wraps(func)
-    def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
-        ticket = core.free_ticket
-        if ticket is None:
-            return _call_full(breaker, func, args, kwargs)
-        try:
-            result = func(*args, **kwargs)
-        except BaseException as exc:
-            breaker._finish_sync(ticket, classify(exc), None, exc)
-            raise
-        if core._consecutive:
-            with lock:
-                core.record(ticket, SUCCESS, None, 0.0)
-        else:
-            next(lockless_successes)
-        return result
-
-    guarded.breaker = breaker  # type: ignore[attr-defined]
-    return guarded
-
-
-def _wrap_local(breaker: CircuitBreaker, func: Callable[P, T]) -> Callable[P, T]:
-    """The wrapper for a local breaker that needs the full path (rate windows, slow
-    calls, result checks) but no listeners: :func:`_call_full` inlined for a closed
-    circuit, with everything it looks up bound once."""
-    core = breaker._core
-    lock = breaker._lock
-    monotonic = breaker._clock.monotonic
-    timed = breaker._timed
-    policy = breaker._policy
-    classify = policy.classify_exception
-    check_result = policy.failure_result is not None
-
-    @functools.wraps(func)
-    def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
-        ticket = core.free_ticket
-        if ticket is None:
-            return _call_full(breaker, func, args, kwargs)
-        start = monotonic() if timed else 0.0
-        try:
-            result = func(*args, **kwargs)
-        except BaseException as exc:
-            duration = monotonic() - start if timed else None
-            breaker._finish_sync(ticket, classify(exc), duration, exc)
-            raise
-        now = monotonic()
-        duration = now - start if timed else None
-        outcome = SUCCESS
-        if check_result:
+        def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
+            ticket = core.free_ticket
+            if ticket is None:
+                return _call_full(rec, func, args, kwargs)
             try:
-                outcome = policy.classify_result(result)
-            except BaseException:
-                breaker._finish_sync(ticket, SUCCESS, duration, None)
+                result = func(*args, **kwargs)
+            except BaseException as exc:
+                record(ticket, classify(exc), None)
                 raise
-        with lock:
-            core.record(ticket, outcome, duration, now)
-        if core.transitions:
-            breaker._announce()
-        return result
+            if core.streak:
+                record(ticket, SUCCESS, None, 0.0)
+            else:
+                next(successes)
+            return result
 
-    guarded.breaker = breaker  # type: ignore[attr-defined]
+    elif rec.local:
+        monotonic = rec.monotonic
+        timed = rec.timed
+        check_result = rec.check_result
+        classify_result = rec.classify_result
+
+        @functools.wraps(func)
+        def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
+            ticket = core.free_ticket
+            if ticket is None:
+                return _call_full(rec, func, args, kwargs)
+            start = monotonic() if timed else 0.0
+            try:
+                result = func(*args, **kwargs)
+            except BaseException as exc:
+                record(ticket, classify(exc), monotonic() - start if timed else None)
+                raise
+            now = monotonic()
+            duration = now - start if timed else None
+            outcome = SUCCESS
+            if check_result:
+                try:
+                    outcome = classify_result(result)
+                except BaseException:
+                    record(ticket, SUCCESS, duration, now)
+                    raise
+            record(ticket, outcome, duration, now)
+            return result
+
+    else:
+
+        @functools.wraps(func)
+        def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
+            return _call_full(rec, func, args, kwargs)
+
+    guarded.breaker = rec.breaker  # type: ignore[attr-defined]
     return guarded

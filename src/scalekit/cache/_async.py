@@ -83,10 +83,10 @@ __all__ = ["AsyncCache", "AsyncCachedFunction"]
 
 __unasync__ = {
     # The breaker's dual-colour methods (see "One async naming scheme").
-    "acquire_async": "acquire",
-    "record_failure_async": "record_failure",
-    "record_success_async": "record_success",
-    "release_async": "release",
+    "aacquire": "acquire",
+    "arecord_failure": "record_failure",
+    "arecord_success": "record_success",
+    "arelease": "release",
     "aclose_twin": "close_twin",
     # Each shell takes its own colour of client and refuses the other.
     "is_async_client": "is_sync_client",
@@ -301,7 +301,7 @@ class AsyncCache(CacheBase):
                 self._trip()  # a light breaker is local: no I/O
             self._fall_back(exc, kind)
             return False, None
-        if self._degraded_since is not None or self._streaks:
+        if self._incident.since is not None or self._streaks:
             self._backend_ok()
         return True, result
 
@@ -311,7 +311,7 @@ class AsyncCache(CacheBase):
         if self._open_until and self._refused():
             return False, None
         try:
-            permit = await self.breaker.acquire_async()
+            permit = await self.breaker.aacquire()
         except CircuitOpenError as exc:
             self._rejected(exc)
             return False, None
@@ -320,16 +320,16 @@ class AsyncCache(CacheBase):
         except Exception as exc:
             kind = self._failure_kind(exc)
             if kind == "outage":
-                await permit.record_failure_async()
+                await permit.arecord_failure()
             else:
-                await permit.release_async()
+                await permit.arelease()
             self._fall_back(exc, kind)
             return False, None
         except BaseException:  # cancelled or interrupted: neither a success nor a failure
-            await permit.release_async()
+            await permit.arelease()
             raise
-        await permit.record_success_async()
-        if self._degraded_since is not None:
+        await permit.arecord_success()
+        if self._incident.since is not None:
             self._backend_ok()
         return True, result
 

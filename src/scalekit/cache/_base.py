@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, cast
 from scalekit._clock import SystemClock
 from scalekit._redis_bounded import DEFAULT_OP_TIMEOUT, bounded, check_op_timeout
 from scalekit.breaker import CircuitBreaker, State
+from scalekit.breaker._incident import Incident
 from scalekit.cache._backends import decodes_responses
 from scalekit.cache._core import (
     NOT_FOUND,
@@ -76,7 +77,7 @@ from scalekit.errors import (
     ConfigurationError,
     SerializationError,
 )
-from scalekit.instrumentation import FallbackUsed, Recovered, emit
+from scalekit.instrumentation import emit
 from scalekit.typing import Clock
 
 if TYPE_CHECKING:
@@ -285,7 +286,8 @@ class CacheBase:
         # Such a breaker with fail_max > 1 may hold a failure streak while closed.
         self._streaks = self._light and (policy.fail_max or 1) > 1
         # Monotonic start of this cache's outage incident (None while healthy).
-        self._degraded_since: float | None = None
+        # The outage rule shared by every component (breaker/_incident.py).
+        self._incident = Incident(self.namespace, "cache", self.on_redis_down)
         # Until when the breaker said it rejects calls (its retry_after), so an
         # open breaker is not asked again on every call: 0.0 when not known.
         self._open_until = 0.0
@@ -708,16 +710,10 @@ class CacheBase:
         it is not an incident and the breaker never hears of it.
         """
         self.counters.fallbacks += 1
-        if outage and self._degraded_since is None:
-            self._degraded_since = self.clock.monotonic()
+        if outage and self._incident.since is None:
             # Logged (by the default LoggingHook) and counted once per incident.
-            emit(
-                FallbackUsed(
-                    name=self.namespace,
-                    component_name="cache",
-                    fallback=self.on_redis_down,
-                    reason="CircuitOpenError" if exc is None else type(exc).__name__,
-                )
+            self._incident.failed(
+                self.clock.monotonic(), "CircuitOpenError" if exc is None else type(exc).__name__
             )
         if self.on_redis_down == "raise":
             raise CacheUnavailable(self.namespace) from exc
@@ -804,14 +800,9 @@ class CacheBase:
                 self.breaker.acquire().record_success()
             except CircuitOpenError:  # pragma: no cover - opened by another call meanwhile
                 pass
-        since = self._degraded_since
-        if since is not None:
-            self._degraded_since = None
-            if self.local is not None:
-                # Messages sent during the outage were lost: start clean.
-                self.local.clear()
-            seconds = max(self.clock.monotonic() - since, 0.0)
-            emit(Recovered(name=self.namespace, component_name="cache", seconds_degraded=seconds))
+        if self._incident.recovered(self.clock.monotonic()) is not None and self.local is not None:
+            # Messages sent during the outage were lost: start clean.
+            self.local.clear()
 
     def _new_token(self) -> str:
         return secrets.token_hex(12)

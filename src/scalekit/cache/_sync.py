@@ -243,7 +243,7 @@ class Cache(CacheBase):
                 self._trip()  # a light breaker is local: no I/O
             self._fall_back(exc, kind)
             return False, None
-        if self._degraded_since is not None or self._streaks:
+        if self._incident.since is not None or self._streaks:
             self._backend_ok()
         return True, result
 
@@ -271,7 +271,7 @@ class Cache(CacheBase):
             permit.release()
             raise
         permit.record_success()
-        if self._degraded_since is not None:
+        if self._incident.since is not None:
             self._backend_ok()
         return True, result
 

@@ -30,8 +30,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal, NamedTuple, TypeAlias
 
 from scalekit._redis_bounded import DEFAULT_OP_TIMEOUT, check_op_timeout
+from scalekit.breaker._incident import Incident
 from scalekit.errors import ConfigurationError, RateLimiterUnavailable
-from scalekit.instrumentation import Event, FallbackUsed, Recovered, emit
+from scalekit.instrumentation import Event, emit
 from scalekit.ratelimit._backends._base import StoreUnavailable
 from scalekit.ratelimit._backends._memory import AsyncMemoryBackend, MemoryBackend
 from scalekit.ratelimit._backends._redis import (
@@ -213,12 +214,13 @@ class StoreGuard:
         self._lock = threading.Lock()
         self._failures = 0
         self._open_until: float | None = None
-        self._incident_started: float | None = None
+        # The outage rule shared by every fallback: FallbackUsed once, Recovered once.
+        self._incident = Incident(name, "ratelimit", fallback)
 
     @property
     def degraded(self) -> bool:
         """Whether an incident is in progress (the last store call failed)."""
-        return self._incident_started is not None
+        return self._incident.degraded
 
     def available(self) -> bool:
         """Whether to call the store now; claims the probe when one is due."""
@@ -244,39 +246,20 @@ class StoreGuard:
         return 0.0 if until is None else max(until - self._clock.monotonic(), 0.0)
 
     def succeeded(self) -> None:
-        if self._incident_started is None and self._failures == 0:
+        if not self._incident.degraded and self._failures == 0:
             return
         with self._lock:
-            started, self._incident_started = self._incident_started, None
             self._failures = 0
             self._open_until = None
-        if started is not None:
-            emit(
-                Recovered(
-                    name=self.name,
-                    component_name="ratelimit",
-                    seconds_degraded=max(self._clock.monotonic() - started, 0.0),
-                )
-            )
+        self._incident.recovered(self._clock.monotonic())
 
     def failed(self, reason: str) -> None:
         with self._lock:
             now = self._clock.monotonic()
             self._failures += 1
-            started = self._incident_started is None
-            if started:
-                self._incident_started = now
             if self._failures >= self.failure_threshold:
                 self._open_until = now + self.recovery_interval
-        if started:
-            emit(
-                FallbackUsed(
-                    name=self.name,
-                    component_name="ratelimit",
-                    fallback=self.fallback,
-                    reason=reason,
-                )
-            )
+        self._incident.failed(now, reason)
 
 
 class Plan(NamedTuple):

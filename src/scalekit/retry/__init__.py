@@ -1,7 +1,7 @@
 """Retry policies: backoff with jitter, transient-error rules, deadlines and retry budgets.
 
 :class:`RetryPolicy` is a frozen value used as a decorator (sync and
-``async def``), through :meth:`RetryPolicy.call`/:meth:`RetryPolicy.call_async`,
+``async def``), through :meth:`RetryPolicy.call`/:meth:`RetryPolicy.acall`,
 or around a block (``for attempt in policy: with attempt: ...``)::
 
     from scalekit.retry import Backoff, RetryBudget, RetryPolicy, transient

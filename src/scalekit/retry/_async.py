@@ -1,27 +1,48 @@
-"""The asyncio shell: the ``async def`` decorator, ``policy.call_async()``, ``async for attempt``.
+"""The asyncio shell: the ``async def`` decorator, ``policy.acall()``, ``async for attempt``.
 
-The same loop as :mod:`scalekit.retry._sync` with ``await`` at the I/O points
-(the attempt, the sleep, the budget). Waits go through the clock's
-``asleep()``: a cancelled task stops waiting at once, and ``CancelledError``
-(a ``BaseException``) is never caught, so it is never retried.
+Only I/O lives here (running the attempt, sleeping, talking to the budget);
+the loop that decides is :func:`scalekit.retry._flow.failures`, which this
+shell drives. The success path is one ``try`` around the call: no state and
+no generator exist before a failure. Retries run outside the ``except``
+block that caught the first error, so a re-raised error carries no
+misleading "during handling of" context. Waits go through the clock. Only
+``Exception`` is caught: ``CancelledError`` and ``KeyboardInterrupt`` are
+never retried.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from scalekit.retry._policy import RetryState
+from scalekit._unasync import IS_ASYNC
+from scalekit.retry._flow import CALL, Sleep, Withdraw, call_attempt, failures
 
 if TYPE_CHECKING:
     from scalekit.retry._policy import RetryPolicy
 
-__all__ = ["AsyncAttempts", "call_async", "decorate_async"]
+__all__ = ["AsyncAttempts", "acall", "adecorate"]
+
+__unasync__ = {
+    "acall": "call",
+    "adecorate": "decorate",
+    "atry_withdraw": "try_withdraw",
+    "aflush": "flush",
+    "_aperform": "_perform",
+    "The asyncio shell": "The sync shell",
+    "``async def`` decorator": "decorator",
+    "an ``async def`` function": "a sync function",
+    "``async for attempt``": "``for attempt in policy``",
+    "``async for attempt in policy:": "``for attempt in policy:",
+    " (``async with attempt`` works too)": "",
+}
 
 T = TypeVar("T")
 P = ParamSpec("P")
+
+_Flow = Generator[Any, Any, Any]
 
 
 def _start(policy: RetryPolicy) -> float | None:
@@ -29,6 +50,18 @@ def _start(policy: RetryPolicy) -> float | None:
     if policy.deadline is not None or policy.stop is not None:
         return policy._monotonic()
     return None
+
+
+async def _aperform(flow: _Flow, op: Any, policy: RetryPolicy) -> None:
+    """Perform the flow's requests (budget, sleep) until it asks for the next attempt."""
+    while op is not CALL:
+        if type(op) is Withdraw:
+            value = await op.budget.atry_withdraw()
+        else:
+            assert type(op) is Sleep
+            await policy.clock.asleep(op.seconds)
+            value = None
+        op = flow.send(value)
 
 
 async def _retry(
@@ -39,25 +72,18 @@ async def _retry(
     exc: Exception,
     start: float | None,
 ) -> T:
-    state = RetryState(policy, start, fn)
-    budget = policy.budget
-    asleep = policy.clock.asleep
+    flow = failures(policy, call_attempt, exc, start, fn)
+    op = next(flow)
     while True:
-        delay = state.on_failure(exc)
-        if delay is None:
-            raise state.give_up(exc)
-        if budget is not None and not await budget.atry_withdraw():
-            raise state.budget_exhausted(exc, budget)
-        state.scheduled(exc, delay)
-        if delay > 0:
-            await asleep(delay)
+        await _aperform(flow, op, policy)
         try:
             return await fn(*args, **kwargs)
         except Exception as next_exc:
             exc = next_exc
+        op = flow.throw(exc)
 
 
-async def call_async(
+async def acall(
     policy: RetryPolicy,
     fn: Callable[..., Awaitable[T]],
     args: tuple[Any, ...],
@@ -75,10 +101,10 @@ async def call_async(
     return await _retry(policy, fn, args, kwargs, first, start)
 
 
-def decorate_async(
+def adecorate(
     policy: RetryPolicy, fn: Callable[P, Awaitable[T]]
 ) -> Callable[P, Coroutine[Any, Any, T]]:
-    """Wrap an ``async def`` function; the wrapper is an ``async def`` function too."""
+    """Wrap an ``async def`` function; the wrapper is specialised to do the least per call."""
     budget = policy.budget
     needs_start = policy.deadline is not None or policy.stop is not None
 
@@ -128,19 +154,21 @@ def decorate_async(
 class AsyncAttempts:
     """``async for attempt in policy: with attempt: ...`` (``async with attempt`` works too).
 
-    The decision is made when the block exits; the budget, the event and the
-    wait happen in the next ``__anext__``, where they can be awaited. If the
-    budget then refuses, the attempt's error is raised from the ``async for``.
+    One object is the iterator and every attempt. Put the whole unit of work
+    inside ``with attempt:``; an error inside it is either suppressed (a
+    retry follows, after the wait) or re-raised (the policy gave up, or the
+    error is not retryable). ``attempt.number`` is the attempt's number,
+    from 1. The decision is made when the block exits; what needs I/O
+    happens in the next ``__anext__``.
     """
 
-    __slots__ = ("_delay", "_done", "_exc", "_policy", "_start", "_state", "number")
+    __slots__ = ("_done", "_flow", "_op", "_policy", "_start", "number")
 
     def __init__(self, policy: RetryPolicy) -> None:
         self._policy = policy
-        self._state: RetryState | None = None
+        self._flow: _Flow | None = None
+        self._op: Any = None
         self._start: float | None = None
-        self._delay = 0.0
-        self._exc: BaseException | None = None
         self._done = False
         self.number = 0
 
@@ -158,20 +186,18 @@ class AsyncAttempts:
                 await budget.aflush()
             self.number = 1
             return self
-        exc = self._exc
-        state = self._state
-        if exc is None or state is None:
+        op = self._op
+        flow = self._flow
+        if op is None or flow is None:
             # The attempt succeeded, or its body never entered ``with attempt``.
             self._done = True
             raise StopAsyncIteration
-        self._exc = None
-        budget = policy.budget
-        if budget is not None and not await budget.atry_withdraw():
+        self._op = None
+        try:
+            await _aperform(flow, op, policy)
+        except BaseException:
             self._done = True
-            raise state.budget_exhausted(exc, budget)
-        state.scheduled(exc, self._delay)
-        if self._delay > 0:
-            await policy.clock.asleep(self._delay)
+            raise
         self.number += 1
         return self
 
@@ -187,24 +213,29 @@ class AsyncAttempts:
         if exc is None:
             self._done = True
             return False
-        state = self._state
-        if state is None:
-            state = self._state = RetryState(self._policy, self._start, None)
-        delay = state.on_failure(exc)
-        if delay is None:
+        flow = self._flow
+        try:
+            if flow is None:
+                flow = self._flow = failures(self._policy, call_attempt, exc, self._start)
+                op = next(flow)
+            else:
+                op = flow.throw(exc)
+            if not IS_ASYNC:
+                # A sync block learns at once whether the budget refuses.
+                while type(op) is Withdraw:
+                    op = flow.send(op.budget.try_withdraw())
+        except BaseException as error:
             self._done = True
-            error = state.give_up(exc)
             if error is exc:
                 return False
-            raise error
-        self._exc = exc
-        self._delay = delay
+            raise
+        self._op = op
         return True
 
-    async def __aenter__(self) -> AsyncAttempts:
+    async def __aenter__(self) -> AsyncAttempts:  # unasync: async-only
         return self
 
-    async def __aexit__(
+    async def __aexit__(  # unasync: async-only
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
@@ -213,4 +244,5 @@ class AsyncAttempts:
         return self.__exit__(exc_type, exc, traceback)
 
     def __repr__(self) -> str:
-        return f"<async attempt {self.number} of {self._policy!r}>"
+        kind = "async attempt" if IS_ASYNC else "attempt"
+        return f"<{kind} {self.number} of {self._policy!r}>"

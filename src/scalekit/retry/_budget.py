@@ -46,8 +46,8 @@ from scalekit._redis_bounded import (
     check_op_timeout,
     close_twin,
 )
+from scalekit.breaker._incident import Incident
 from scalekit.errors import ConfigurationError
-from scalekit.instrumentation import FallbackUsed, Recovered, emit
 from scalekit.retry._validate import check_int, check_number, check_str
 
 if TYPE_CHECKING:
@@ -215,7 +215,9 @@ class _Engine:
         "window",
     )
 
-    def __init__(self, window: BudgetWindow, key: tuple[object, ...] = ()) -> None:
+    def __init__(
+        self, window: BudgetWindow, key: tuple[object, ...] = (), name: str = "unnamed"
+    ) -> None:
         self.window = window
         self.key = key
         self.lock = threading.Lock()
@@ -225,7 +227,7 @@ class _Engine:
         self.total = 0  # deposits ever folded (RedisRetryBudget publishes the difference)
         self.bucket_start = -math.inf
         self.bucket_end = -math.inf  # the first deposit takes the slow path
-        self.exhaustion = _Exhaustion()
+        self.exhaustion = Incident(name, _EXHAUSTED, "no_retries")
 
     def fold(self) -> None:
         """Move the counter's new deposits into the window. Hold :attr:`lock`."""
@@ -275,50 +277,16 @@ class _Engine:
 _EXHAUSTED: Final = "retry.budget.exhausted"
 
 
-class _Exhaustion:
-    """Whether a budget is refusing retries: one incident from the first refusal
-    after a grant to the next grant. The refusals themselves are events at DEBUG
-    (``retry.budget_exhausted``); an incident is logged once, at its start
+def _note_exhaustion(exhaustion: Incident, granted: bool, now: float) -> None:
+    """A spent budget is an incident: from the first refusal after a grant to the
+    next grant. The refusals themselves are events at DEBUG
+    (``retry.budget_exhausted``); the incident is logged once, at its start
     (:class:`~scalekit.FallbackUsed`, WARNING) and at its end
     (:class:`~scalekit.Recovered`, INFO), as every fallback is."""
-
-    __slots__ = ("_lock", "since")
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.since: float | None = None
-
-    def note(self, granted: bool, now: float, name: str) -> None:
-        """Record a decision of budget ``name``; report a change of incident."""
-        since = self.since
-        if granted is (since is None):
-            return  # no change: the common case costs one comparison
-        with self._lock:
-            since = self.since
-            if granted and since is not None:
-                self.since = None
-            elif not granted and since is None:
-                self.since = now
-            else:
-                return
-        if granted:
-            assert since is not None
-            emit(
-                Recovered(
-                    name=name,
-                    component_name=_EXHAUSTED,
-                    seconds_degraded=max(0.0, now - since),
-                )
-            )
-        else:
-            emit(
-                FallbackUsed(
-                    name=name,
-                    component_name=_EXHAUSTED,
-                    fallback="no_retries",
-                    reason="budget_exhausted",
-                )
-            )
+    if granted:
+        exhaustion.recovered(now)
+    else:
+        exhaustion.failed(now, "budget_exhausted")
 
 
 def _monotonic_of(clock: Clock) -> Callable[[], float]:
@@ -382,7 +350,7 @@ class RetryBudget:
         with _registry_lock:
             engine = _registry.get(name)
             if engine is None:
-                engine = _registry[name] = _Engine(fresh, key)
+                engine = _registry[name] = _Engine(fresh, key, name)
             elif engine.key != key:
                 raise ConfigurationError(
                     f"a retry budget named {name!r} already exists with other parameters "
@@ -421,7 +389,7 @@ class RetryBudget:
         now = self._now()
         engine = self._engine
         granted = engine.try_withdraw(now)
-        engine.exhaustion.note(granted, now, self._name)
+        _note_exhaustion(engine.exhaustion, granted, now)
         return granted
 
     def flush(self) -> None:
@@ -506,7 +474,6 @@ class RedisRetryBudget:
     __slots__ = (
         "_async",
         "_clock",
-        "_degraded_since",
         "_down_until",
         "_errors",
         "_exhaustion",
@@ -518,6 +485,7 @@ class RedisRetryBudget:
         "_monotonic",
         "_name",
         "_next_flush",
+        "_outage",
         "_published",
         "_retry_interval",
         "_script",
@@ -589,8 +557,9 @@ class RedisRetryBudget:
         self._retry_interval = float(retry_interval)
         self._next_flush = 0.0
         self._down_until = 0.0
-        self._degraded_since: float | None = None
-        self._exhaustion = _Exhaustion()
+        # A Redis outage (the budget decides locally meanwhile), and a spent budget.
+        self._outage = Incident(self._name, "retry.budget", "local")
+        self._exhaustion = Incident(self._name, _EXHAUSTED, "no_retries")
 
     @property
     def name(self) -> str:
@@ -605,7 +574,7 @@ class RedisRetryBudget:
     @property
     def degraded(self) -> bool:
         """Whether the budget is deciding locally because Redis failed."""
-        return self._degraded_since is not None
+        return self._outage.degraded
 
     # -- the parts both shells share ------------------------------------------------
 
@@ -627,41 +596,22 @@ class RedisRetryBudget:
 
     def _redis_failed(self, exc: BaseException, now: float) -> None:
         self._down_until = now + self._retry_interval
-        if self._degraded_since is None:
-            self._degraded_since = now
-            # One line per incident: the event is the log (LoggingHook, WARNING).
-            emit(
-                FallbackUsed(
-                    name=self._name,
-                    component_name="retry.budget",
-                    fallback="local",
-                    reason=type(exc).__name__,
-                )
-            )
+        self._outage.failed(now, type(exc).__name__)
 
     def _redis_answered(self, now: float) -> None:
-        since = self._degraded_since
-        if since is not None:
-            self._degraded_since = None
-            emit(
-                Recovered(
-                    name=self._name,
-                    component_name="retry.budget",
-                    seconds_degraded=max(0.0, now - since),
-                )
-            )
+        self._outage.recovered(now)
 
     def _reply_granted(self, reply: Any, now: float) -> bool:
         self._redis_answered(now)
         granted = int(reply[0]) == 1
         if granted:
             self._local.withdraw(now)
-        self._exhaustion.note(granted, now, self._name)
+        _note_exhaustion(self._exhaustion, granted, now)
         return granted
 
     def _local_decision(self, now: float) -> bool:
         granted = self._local.try_withdraw(now)
-        self._exhaustion.note(granted, now, self._name)
+        _note_exhaustion(self._exhaustion, granted, now)
         return granted
 
     def _require_sync(self) -> None:

@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal, ParamSpec, TypeVar, cast
 
 from scalekit._clock import SYSTEM_CLOCK
+from scalekit._deprecated import deprecated
 from scalekit.errors import CircuitOpenError, ConfigurationError, RetryError
 from scalekit.instrumentation import emit
 from scalekit.retry import _testing
@@ -270,7 +271,7 @@ class RetryPolicy:
     """How to retry a call: a frozen value, built once and shared.
 
     Use it as a decorator (sync or ``async def``; the signature is kept),
-    with :meth:`call`/:meth:`call_async`, or around a block::
+    with :meth:`call`/:meth:`acall`, or around a block::
 
         policy = RetryPolicy(attempts=3, backoff=Backoff.exponential(0.1, cap=5.0),
                              retry_on=transient.database, deadline=10.0)
@@ -400,9 +401,9 @@ class RetryPolicy:
                 parameter="fn",
             )
         if inspect.iscoroutinefunction(fn):
-            from scalekit.retry._async import decorate_async
+            from scalekit.retry._async import adecorate
 
-            return cast("Callable[P, T]", decorate_async(self, fn))
+            return cast("Callable[P, T]", adecorate(self, fn))
         from scalekit.retry._sync import decorate
 
         return decorate(self, fn)
@@ -422,17 +423,27 @@ class RetryPolicy:
 
         return call(self, fn, args, kwargs)
 
-    async def call_async(
-        self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
-    ) -> T:
+    async def acall(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Await ``fn(*args, **kwargs)`` under this policy and return its result.
+
+        .. versionchanged:: issue 14
+           Was ``call_async``, which stays one release as a deprecated alias.
 
         Raises:
             Exception: as :meth:`call`. Cancellation during a wait stops at once.
         """
-        from scalekit.retry._async import call_async
+        from scalekit.retry._async import acall
 
-        return await call_async(self, fn, args, kwargs)
+        return await acall(self, fn, args, kwargs)
+
+    async def call_async(
+        self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Deprecated alias of :meth:`acall` (removed in the next release)."""
+        deprecated("RetryPolicy.call_async", "RetryPolicy.acall")
+        from scalekit.retry._async import acall
+
+        return await acall(self, fn, args, kwargs)
 
     def __iter__(self) -> Attempts:
         """Attempts for a block: ``for attempt in policy: with attempt: ...``."""

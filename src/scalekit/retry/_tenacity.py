@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from scalekit.errors import ConfigurationError
+from scalekit.retry._flow import Sleep, Withdraw, call_attempt, failures
 from scalekit.retry._policy import RetryState
 
 if TYPE_CHECKING:
@@ -36,7 +37,12 @@ def call_state(start: float) -> Any:
 
 
 def to_tenacity(policy: RetryPolicy, *, asynchronous: bool) -> Any:
-    """Build the tenacity equivalent of ``policy`` (see :meth:`RetryPolicy.as_tenacity`)."""
+    """Build the tenacity equivalent of ``policy`` (see :meth:`RetryPolicy.as_tenacity`).
+
+    tenacity runs its own loop; its callbacks step scalekit's one retry loop
+    (:func:`scalekit.retry._flow.failures`) so the decisions, the budget and
+    the events are those of every other front-end.
+    """
     tenacity = _tenacity()
     clock = policy.clock
     budget = policy.budget
@@ -52,23 +58,31 @@ def to_tenacity(policy: RetryPolicy, *, asynchronous: bool) -> Any:
         if outcome is None or not outcome.failed:
             return False
         exc = outcome.exception()
-        state: RetryState | None = getattr(retry_state, "scalekit_state", None)
-        if state is None:
-            start = getattr(retry_state, "scalekit_start", None)
-            fn = retry_state.fn
-            state = RetryState(policy, start, fn)
-            retry_state.scalekit_state = state
-        state.attempt = retry_state.attempt_number
-        delay = state.on_failure(exc)
-        retry_state.scalekit_delay = delay
-        if delay is None:
-            if state.reason == "not_retryable":
-                return False  # tenacity re-raises the error as it is
-            state.give_up(exc)
-            return True  # let ``stop`` end it, so tenacity's ``reraise`` applies
-        if budget is not None and not budget.try_withdraw():
-            state.budget_exhausted(exc, budget)
-            retry_state.scalekit_delay = None
+        flow = getattr(retry_state, "scalekit_flow", None)
+        retry_state.scalekit_delay = None
+        try:
+            if flow is None:
+                start = getattr(retry_state, "scalekit_start", None)
+                state = RetryState(policy, start, retry_state.fn)
+                retry_state.scalekit_state = state
+                flow = failures(policy, call_attempt, exc, start, state=state)
+                retry_state.scalekit_flow = flow
+                op = next(flow)
+            else:
+                op = flow.throw(exc)  # the flow waits at the attempt (CALL)
+            while type(op) is Withdraw:
+                op = flow.send(op.budget.try_withdraw())
+        except BaseException as error:
+            # Given up, refused by the budget, or not retryable (then tenacity
+            # re-raises the error as it is; else ``stop`` ends it, so tenacity's
+            # ``reraise`` applies).
+            state = retry_state.scalekit_state
+            return not (error is exc and state.reason == "not_retryable")
+        if type(op) is Sleep:
+            retry_state.scalekit_delay = op.seconds
+            flow.send(None)  # the wait is tenacity's; the flow moves on to the attempt
+        else:
+            retry_state.scalekit_delay = 0.0
         return True
 
     def stop(retry_state: Any) -> bool:
@@ -78,16 +92,11 @@ def to_tenacity(policy: RetryPolicy, *, asynchronous: bool) -> Any:
         delay = getattr(retry_state, "scalekit_delay", None)
         return 0.0 if delay is None else float(delay)
 
-    def before_sleep(retry_state: Any) -> None:
-        state: RetryState = retry_state.scalekit_state
-        state.scheduled(retry_state.outcome.exception(), retry_state.scalekit_delay)
-
     common: dict[str, Any] = {
         "retry": retry,
         "stop": stop,
         "wait": wait,
         "before": before,
-        "before_sleep": before_sleep,
         "reraise": policy.reraise,
     }
     if asynchronous:

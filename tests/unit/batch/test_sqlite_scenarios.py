@@ -405,3 +405,31 @@ async def test_retries_give_up_with_the_chunk_error(loader: Loader) -> None:
         )
     assert info.value.chunk_index == 0 and isinstance(info.value.__cause__, Flaky)
     assert loader.contents() == {}
+
+
+async def test_a_chunk_retry_withdraws_from_the_policy_budget(loader: Loader) -> None:
+    # Issue 14: the batch flow had its own retry loop that never asked the budget.
+    import uuid
+
+    from scalekit.retry import Backoff, RetryBudget, RetryBudgetExhausted, RetryPolicy
+    from scalekit.testing import FakeClock
+
+    clock = FakeClock()
+    name = f"batch-budget-{uuid.uuid4().hex}"  # budgets are shared by name; one per run
+    budget = RetryBudget(ratio=0.0, min_per_second=0.0, name=name, clock=clock)
+    policy = RetryPolicy(attempts=3, backoff=Backoff.none(), retry_on=Flaky, budget=budget)
+    fail_inserts(loader, [1])
+    with capture_events() as events, pytest.raises(BatchChunkError) as info:
+        await loader.load(
+            items,
+            gen_items(100),
+            chunk_size=100,
+            transaction="per_chunk",
+            on_conflict=Upsert(index=["id"]),
+            retry=policy,
+            clock=clock,
+        )
+    assert isinstance(info.value.__cause__, Flaky)
+    refused = [e for e in events if isinstance(e, RetryBudgetExhausted)]
+    assert [e.budget for e in refused] == [name]
+    assert loader.contents() == {}

@@ -302,25 +302,25 @@ async def async_scenario(client_factory: Callable[[], Any]) -> None:
     async def ok(x: str) -> int:
         return len(x)
 
-    assert await b.call_async(ok, "x") == 1
+    assert await b.acall(ok, "x") == 1
     for _ in range(2):
         with pytest.raises(Boom):
             await failing()
     fleet.expire_caches()
     with pytest.raises(CircuitOpenError):
-        await b.call_async(ok, "x")
+        await b.acall(ok, "x")
     fleet.wait_open()
     async with b.guard() as probe:
         assert probe.is_probe
         with pytest.raises(CircuitOpenError):
-            await a.acquire_async()
+            await a.aacquire()
     assert b.state is State.CLOSED
-    await a.force_open_async()
+    await a.aforce_open()
     fleet.expire_caches()
     with pytest.raises(CircuitOpenError):
-        await b.call_async(ok, "x")
-    await b.close_async()
-    assert await b.call_async(ok, "abc") == 3
+        await b.acall(ok, "x")
+    await b.aclose_circuit()
+    assert await b.acall(ok, "abc") == 3
     # The sync front-ends refuse an asyncio client.
     from scalekit.errors import ConfigurationError
 

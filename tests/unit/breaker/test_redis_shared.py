@@ -90,7 +90,7 @@ async def test_redis_down_async_fail_open(server: fakeredis.FakeServer) -> None:
     async def ok() -> str:
         return "ran"
 
-    assert await breaker.call_async(ok) == "ran"
+    assert await breaker.acall(ok) == "ran"
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
 """The sync and async shells: one scenario list, run through every front-end.
 
 Each scenario is a list of steps; the same list runs through ``call``,
-the decorator and ``guard()`` in sync code, and through ``call_async``, the
+the decorator and ``guard()`` in sync code, and through ``acall``, the
 decorator on ``async def`` and ``async with guard()`` in asyncio code.
 """
 
@@ -181,7 +181,7 @@ def check_outcome(step: Step, outcome: Any, runs_before: int, call: Call) -> Non
 
 
 SYNC_FRONTS = ["call", "decorator", "guard"]
-ASYNC_FRONTS = ["call_async", "decorator", "guard"]
+ASYNC_FRONTS = ["acall", "decorator", "guard"]
 
 
 def sync_runner(front: str, breaker: CircuitBreaker, call: Call) -> Callable[[], Any]:
@@ -208,13 +208,13 @@ def async_runner(front: str, breaker: CircuitBreaker, call: Call) -> Callable[[]
 
     async def run() -> Any:
         try:
-            if front == "call_async":
-                return await breaker.call_async(call.coro, 1)
+            if front == "acall":
+                return await breaker.acall(call.coro, 1)
             if front == "decorator":
                 return await decorated(1)
             async with breaker.guard() as permit:
                 result = await call.coro(1)
-                await permit.record_result_async(result)
+                await permit.arecord_result(result)
                 return result
         except (Boom, NotFound, CircuitOpenError) as exc:
             return exc
@@ -328,7 +328,7 @@ def test_fallback_receives_the_arguments_sync_and_async() -> None:
     async def afallback(x: int) -> str:
         return f"async cached {x}"
 
-    assert asyncio.run(breaker.call_async(live, 8)) == "cached 8"
+    assert asyncio.run(breaker.acall(live, 8)) == "cached 8"
     async_breaker = CircuitBreaker("svc2", fallback=afallback)
     async_breaker.force_open()
     assert asyncio.run(async_breaker(live)(9)) == "async cached 9"
@@ -601,7 +601,7 @@ def test_one_breaker_serves_sync_and_async_callers() -> None:
         raise Boom
 
     with pytest.raises(Boom):
-        asyncio.run(breaker.call_async(fail))
+        asyncio.run(breaker.acall(fail))
     assert breaker.state is State.OPEN
 
 
@@ -626,7 +626,7 @@ def test_event_hook_failures_never_break_calls() -> None:
 def test_threads_lockless_success_path_counts_exactly() -> None:
     """The consecutive-mode hot path counts successes without the lock; none is lost."""
     breaker = CircuitBreaker("svc", fail_max=1_000_000)
-    assert breaker._fast
+    assert not breaker.needs_every_outcome  # the lockless hot path applies
     wrapped = breaker(len)
     per_thread = 2000
 

@@ -28,7 +28,7 @@ SNIPPET = textwrap.dedent(
 
     async def main() -> None:
         reveal_type(await acharge(1))
-        reveal_type(await breaker.call_async(acharge, 1))
+        reveal_type(await breaker.acall(acharge, 1))
         async with breaker.guard() as permit:
             reveal_type(permit)
     """

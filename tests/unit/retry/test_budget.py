@@ -229,7 +229,7 @@ def test_concurrent_callers_of_one_policy_never_overdraw(callers: str) -> None:
         async def main() -> None:
             async def caller() -> None:
                 with pytest.raises(ConnectionError):
-                    await policy.call_async(adown)
+                    await policy.acall(adown)
 
             await asyncio.gather(*(caller() for _ in range(calls_made)))
 

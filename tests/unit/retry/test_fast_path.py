@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 import scalekit.retry._async as async_shell
+import scalekit.retry._flow as retry_flow
 import scalekit.retry._sync as sync_shell
 from scalekit.retry import RetryBudget, RetryPolicy, RetryState
 
@@ -29,8 +30,10 @@ POLICIES = {
 def test_no_retry_state_before_a_failure(
     policy: RetryPolicy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sync_shell, "RetryState", Forbidden)
-    monkeypatch.setattr(async_shell, "RetryState", Forbidden)
+    # The shells build the state through the one retry loop (retry/_flow.py).
+    monkeypatch.setattr(retry_flow, "RetryState", Forbidden)
+    monkeypatch.setattr(sync_shell, "failures", Forbidden)
+    monkeypatch.setattr(async_shell, "failures", Forbidden)
 
     @policy
     def work(x: int) -> int:
@@ -43,7 +46,7 @@ def test_no_retry_state_before_a_failure(
     assert work(1) == 2
     assert policy.call(work, 2) == 3
     assert asyncio.run(awork(3)) == 4
-    assert asyncio.run(policy.call_async(awork, 4)) == 5
+    assert asyncio.run(policy.acall(awork, 4)) == 5
 
 
 def _peak_bytes(fn: Any, calls: int = 200) -> int:

@@ -191,7 +191,7 @@ def run_async_decorator(policy: RetryPolicy, script: Script) -> Any:
 
 
 def run_async_call(policy: RetryPolicy, script: Script) -> Any:
-    return asyncio.run(policy.call_async(script.acall, "t", suffix=""))
+    return asyncio.run(policy.acall(script.acall, "t", suffix=""))
 
 
 def run_async_block(policy: RetryPolicy, script: Script) -> Any:

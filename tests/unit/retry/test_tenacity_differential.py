@@ -150,7 +150,7 @@ def run_scalekit_async(stop: Any, wait: Any, failures: int, cost: float, seed: i
         return work()
 
     try:
-        outcome = asyncio.run(policy.call_async(attempt))
+        outcome = asyncio.run(policy.acall(attempt))
     except Flaky:
         outcome = "gave up"
     return work.attempts, _slept(clock), clock.monotonic(), outcome

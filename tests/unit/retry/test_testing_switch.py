@@ -47,7 +47,7 @@ def test_default_is_one_attempt_and_restores_previous_state() -> None:
     try:
         with set_testing(True):
             with pytest.raises(CircuitOpenError):
-                asyncio.run(RetryPolicy(attempts=5, clock=clock).call_async(work))
+                asyncio.run(RetryPolicy(attempts=5, clock=clock).acall(work))
             assert attempts == 1
         assert is_testing()  # back to the outer setting, not off
     finally:

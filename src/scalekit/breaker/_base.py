@@ -1,0 +1,153 @@
+"""What a breaker's two call drivers share, with no I/O: the one record path.
+
+A :class:`Recorder` is built once per :class:`~scalekit.breaker.CircuitBreaker`
+and holds what the drivers (``_async.py`` and the generated ``_sync.py``)
+read on every call, bound once, so that the drivers never reach into the
+breaker itself. :meth:`Recorder.record` is the one place an outcome enters
+the local core (the lock, the core, the transitions it caused); the shared
+(Redis) path goes through :class:`~scalekit.breaker._redis.SharedState`,
+whose I/O the drivers await or call.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from scalekit._clock import SYSTEM_CLOCK
+from scalekit.breaker._core import BreakerCore, Trigger
+
+if TYPE_CHECKING:
+    import threading
+
+    from scalekit.breaker._breaker import CircuitBreaker
+    from scalekit.breaker._config import BreakerPolicy
+    from scalekit.breaker._core import State
+    from scalekit.breaker._pybreaker import ListenerBridge
+    from scalekit.breaker._redis import SharedState
+    from scalekit.typing import Clock
+
+__all__ = ["Recorder"]
+
+
+class Recorder:
+    """One breaker's record path and the settings its drivers read, bound once.
+
+    ``fast``: the hot path applies (a consecutive-failure breaker, local
+    state, no listeners, no result check, no timing). ``local``: local state
+    and no listeners, so an outcome goes straight to :meth:`record`.
+    ``successes`` counts the hot path's successes when there is no failure
+    streak to reset (``next()`` on an ``itertools.count`` is atomic: no lock).
+    """
+
+    __slots__ = (
+        "announce",
+        "breaker",
+        "check_result",
+        "classify",
+        "classify_result",
+        "clock",
+        "core",
+        "emit_transition",
+        "fallback",
+        "fast",
+        "listeners",
+        "local",
+        "lock",
+        "monotonic",
+        "reject",
+        "shared",
+        "successes",
+        "timed",
+    )
+
+    def __init__(
+        self,
+        breaker: CircuitBreaker,
+        core: BreakerCore,
+        lock: threading.Lock,
+        policy: BreakerPolicy,
+        clock: Clock,
+        fallback: Callable[..., Any] | None,
+        listeners: ListenerBridge | None,
+    ) -> None:
+        self.breaker = breaker
+        self.core = core
+        self.lock = lock
+        self.clock = clock
+        # The system clock's method is a Python wrapper; the hot paths skip it.
+        self.monotonic = time.monotonic if clock is SYSTEM_CLOCK else clock.monotonic
+        self.classify = policy.classify_exception
+        self.classify_result = policy.classify_result
+        self.check_result = policy.failure_result is not None
+        self.timed = policy.timed
+        self.fallback = fallback
+        self.listeners = listeners
+        self.announce = breaker._announce
+        self.reject = breaker._reject
+        self.emit_transition = breaker._emit_transition
+        self.successes = itertools.count()
+        self.shared: SharedState | None = None
+        self.local = listeners is None
+        self.fast = (
+            listeners is None
+            and policy.failure_result is None
+            and not policy.trip_on_rate
+            and not policy.timed
+        )
+
+    def share(self, shared: SharedState) -> None:
+        """Keep the state in ``shared`` (Redis): no local fast path from now on."""
+        self.shared = shared
+        self.local = self.fast = False
+
+    def record(
+        self, ticket: int, outcome: int, duration: float | None, now: float | None = None
+    ) -> None:
+        """Record an outcome in the local core: the one place, for every driver and path."""
+        core = self.core
+        if now is None:
+            now = self.monotonic()
+        with self.lock:
+            core.record(ticket, outcome, duration, now)
+        if core.transitions:
+            self.announce()
+
+    def acquire_local(self) -> int:
+        """A ticket from the local core.
+
+        Raises:
+            CircuitOpenError: rejected.
+        """
+        now = self.monotonic()
+        core = self.core
+        state: State | None = None
+        retry_after: float | None = None
+        with self.lock:
+            ticket = core.acquire(now)
+            if ticket is None:
+                state = core.state
+                retry_after = core.retry_after(now)
+        if core.transitions:
+            self.announce()
+        if ticket is None:
+            assert state is not None
+            self.reject(state, retry_after)
+        return ticket
+
+    def fire_local(self, trigger: Trigger, now: float) -> None:
+        """Apply a manual command to the local core (silently when Redis holds the state)."""
+        with self.lock:
+            self.core.fire(trigger, now, "manual")
+            if self.shared is not None:
+                # The shared state announced the change; the local core (the
+                # fail-open fallback) follows silently.
+                self.core.take_transitions()
+        self.announce()
+
+    def count_rejection(self) -> None:
+        """Count a call the shared state rejected."""
+        with self.lock:
+            self.core.rejected += 1
