@@ -546,7 +546,8 @@ def pressure_level(
     """
     margin = max(hysteresis, step)
     rising: Status = "critical" if usage >= critical_at else "warn" if usage >= warn_at else "ok"
-    if _RANK[rising] >= _RANK[current]:
+    if _RANK[rising] >= _RANK[current] or usage <= 0.0:
+        # An idle pool is under no pressure, however wide the margin of a small one.
         return rising
     # Falling: keep each level until usage is clearly below its threshold.
     if current == "critical" and usage >= critical_at - margin:

@@ -495,3 +495,14 @@ def test_pool_size_for_rejects_bad_numbers(bad: dict[str, Any]) -> None:
     arguments: dict[str, Any] = {"max_connections": 100, "instances": 2, **bad}
     with pytest.raises(ConfigurationError):
         pool_size_for(**arguments)
+
+
+def test_an_idle_small_pool_falls_back_to_ok() -> None:
+    # Two connections, warn at one: a margin of one connection must not keep
+    # the warning up once the pool is idle.
+    from scalekit.health._core import pressure_band, pressure_level
+
+    warned = pressure_level(0.5, "ok", warn_at=0.5, critical_at=0.95, step=0.5)
+    assert warned == "warn"
+    assert pressure_level(0.0, warned, warn_at=0.5, critical_at=0.95, step=0.5) == "ok"
+    assert pressure_band("warn", 2, warn_at=0.5, critical_at=0.95)[0] == 1
