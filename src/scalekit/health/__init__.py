@@ -15,9 +15,10 @@ How the parts fit: ``_core.py`` is the rule (thresholds, what each sample
 means, lag, the overall status, pool sizing), with no I/O; ``_probes.py`` the
 SQL a probe sends and how a reply becomes a sample; ``_plan.py`` decides what
 to probe and folds outcomes into a report (an exhausted pool is decided there,
-without a checkout); ``_sync.py`` and ``_async.py`` only run the probes
-(threads or tasks, each under its own timeout); ``_monitor.py`` watches a
-pool's events. SQLAlchemy and redis-py are imported only when used.
+without a checkout); ``_async.py`` only runs the probes (tasks, each under
+its own timeout) and ``_sync.py`` is generated from it (threads, with the
+helpers in ``_base.py``); ``_monitor.py`` watches a pool's events.
+SQLAlchemy and redis-py are imported only when used.
 """
 
 from __future__ import annotations
