@@ -38,10 +38,10 @@ from scalekit.health._core import (
 from scalekit.health._events import PoolPressure
 
 if TYPE_CHECKING:
-    from scalekit.health._async import acheck_health
+    from scalekit.health._async import acheck_health, areadiness
     from scalekit.health._monitor import PoolMonitor
-    from scalekit.health._ready import areadiness, liveness, readiness
-    from scalekit.health._sync import check_health
+    from scalekit.health._ready import liveness
+    from scalekit.health._sync import check_health, readiness
 
 __all__ = [
     "ComponentReport",
@@ -64,10 +64,10 @@ __all__ = [
 _LAZY = {
     "PoolMonitor": "scalekit.health._monitor",
     "acheck_health": "scalekit.health._async",
-    "areadiness": "scalekit.health._ready",
+    "areadiness": "scalekit.health._async",
     "check_health": "scalekit.health._sync",
     "liveness": "scalekit.health._ready",
-    "readiness": "scalekit.health._ready",
+    "readiness": "scalekit.health._sync",
 }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from scalekit._clock import SYSTEM_CLOCK
@@ -23,6 +24,7 @@ from scalekit.health._probes import (
     redis_sample,
     statement_timeout_sql,
 )
+from scalekit.health._ready import READINESS_TIMEOUT, readiness_status
 from scalekit.typing import Clock
 
 if not IS_ASYNC:
@@ -32,6 +34,7 @@ if not IS_ASYNC:
 
 __unasync__ = {
     "acheck_health": "check_health",
+    "areadiness": "readiness",
     "The asyncio shell: run the plan's probes as tasks": (
         "The sync shell: run the plan's probes in threads"
     ),
@@ -48,7 +51,7 @@ __unasync__ = {
     "\n    ``breakers``, ``limiters`` and ``caches`` may be of either colour.": "",
 }
 
-__all__ = ["acheck_health"]
+__all__ = ["acheck_health", "areadiness"]
 
 
 async def acheck_health(
@@ -108,6 +111,40 @@ async def acheck_health(
     outcomes = await _run_all([p for p in the_plan.probes if p.decided is None], clock)
     duration_ms = (clock.monotonic() - started) * 1000.0
     return finish(the_plan, outcomes, checked_at=checked_at, duration_ms=duration_ms)
+
+
+async def areadiness(
+    *,
+    pool: Any = None,
+    engines: Mapping[str, Any] | None = None,
+    redis: Any = None,
+    breakers: Any = None,
+    limiters: Any = None,
+    caches: Any = None,
+    thresholds: Thresholds | None = None,
+    timeout: float = READINESS_TIMEOUT,
+    clock: Clock = SYSTEM_CLOCK,
+) -> HealthReport:
+    """:func:`acheck_health` judged for a load balancer: ready unless ``status == "critical"``.
+
+    The components are the full reports; only the overall ``status`` follows
+    :func:`readiness_status`. Answer 503 when it is ``"critical"``.
+
+    >>> report = await areadiness(pool=routing_pool, redis=client)  # doctest: +SKIP
+    >>> status_code = 503 if report.status == "critical" else 200  # doctest: +SKIP
+    """
+    report = await acheck_health(
+        pool=pool,
+        engines=engines,
+        redis=redis,
+        breakers=breakers,
+        limiters=limiters,
+        caches=caches,
+        thresholds=thresholds,
+        timeout=timeout,
+        clock=clock,
+    )
+    return replace(report, status=readiness_status(report))
 
 
 async def _run_all(probes: list[Probe], clock: Clock) -> dict[str, Outcome]:

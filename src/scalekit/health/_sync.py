@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from scalekit._clock import SYSTEM_CLOCK
@@ -25,9 +26,10 @@ from scalekit.health._probes import (
     redis_sample,
     statement_timeout_sql,
 )
+from scalekit.health._ready import READINESS_TIMEOUT, readiness_status
 from scalekit.typing import Clock
 
-__all__ = ["check_health"]
+__all__ = ["check_health", "readiness"]
 
 
 def check_health(
@@ -86,6 +88,40 @@ def check_health(
     outcomes = _run_all([p for p in the_plan.probes if p.decided is None], clock)
     duration_ms = (clock.monotonic() - started) * 1000.0
     return finish(the_plan, outcomes, checked_at=checked_at, duration_ms=duration_ms)
+
+
+def readiness(
+    *,
+    pool: Any = None,
+    engines: Mapping[str, Any] | None = None,
+    redis: Any = None,
+    breakers: Any = None,
+    limiters: Any = None,
+    caches: Any = None,
+    thresholds: Thresholds | None = None,
+    timeout: float = READINESS_TIMEOUT,
+    clock: Clock = SYSTEM_CLOCK,
+) -> HealthReport:
+    """:func:`check_health` judged for a load balancer: ready unless ``status == "critical"``.
+
+    The components are the full reports; only the overall ``status`` follows
+    :func:`readiness_status`. Answer 503 when it is ``"critical"``.
+
+    >>> report = readiness(pool=routing_pool, redis=client)  # doctest: +SKIP
+    >>> status_code = 503 if report.status == "critical" else 200  # doctest: +SKIP
+    """
+    report = check_health(
+        pool=pool,
+        engines=engines,
+        redis=redis,
+        breakers=breakers,
+        limiters=limiters,
+        caches=caches,
+        thresholds=thresholds,
+        timeout=timeout,
+        clock=clock,
+    )
+    return replace(report, status=readiness_status(report))
 
 
 def _run_all(probes: list[Probe], clock: Clock) -> dict[str, Outcome]:
