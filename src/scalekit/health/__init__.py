@@ -15,9 +15,10 @@ How the parts fit: ``_core.py`` is the rule (thresholds, what each sample
 means, lag, the overall status, pool sizing), with no I/O; ``_probes.py`` the
 SQL a probe sends and how a reply becomes a sample; ``_plan.py`` decides what
 to probe and folds outcomes into a report (an exhausted pool is decided there,
-without a checkout); ``_sync.py`` and ``_async.py`` only run the probes
-(threads or tasks, each under its own timeout); ``_monitor.py`` watches a
-pool's events. SQLAlchemy and redis-py are imported only when used.
+without a checkout); ``_async.py`` only runs the probes (tasks, each under
+its own timeout) and ``_sync.py`` is generated from it (threads, with the
+helpers in ``_base.py``); ``_monitor.py`` watches a pool's events.
+SQLAlchemy and redis-py are imported only when used.
 """
 
 from __future__ import annotations
@@ -37,10 +38,10 @@ from scalekit.health._core import (
 from scalekit.health._events import PoolPressure
 
 if TYPE_CHECKING:
-    from scalekit.health._async import acheck_health
+    from scalekit.health._async import acheck_health, areadiness
     from scalekit.health._monitor import PoolMonitor
-    from scalekit.health._ready import areadiness, liveness, readiness
-    from scalekit.health._sync import check_health
+    from scalekit.health._ready import liveness
+    from scalekit.health._sync import check_health, readiness
 
 __all__ = [
     "ComponentReport",
@@ -63,10 +64,10 @@ __all__ = [
 _LAZY = {
     "PoolMonitor": "scalekit.health._monitor",
     "acheck_health": "scalekit.health._async",
-    "areadiness": "scalekit.health._ready",
+    "areadiness": "scalekit.health._async",
     "check_health": "scalekit.health._sync",
     "liveness": "scalekit.health._ready",
-    "readiness": "scalekit.health._ready",
+    "readiness": "scalekit.health._sync",
 }
 
 

@@ -1,8 +1,8 @@
 """The asyncio shell: run the plan's probes as tasks, each under its own timeout.
 
-Only I/O lives here (the decisions are in ``_plan.py`` and ``_core.py``), and
-it mirrors ``_sync.py`` function for function. A probe that misses its
-deadline is cancelled and not awaited, so cleanup that talks to a frozen
+Only I/O lives here (the decisions are in ``_plan.py`` and ``_core.py``);
+the colours differ only in how probes run side by side. A probe that misses
+its deadline is cancelled and not awaited, so cleanup that talks to a frozen
 server cannot hold up the report.
 """
 
@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from scalekit._clock import SYSTEM_CLOCK
+from scalekit._unasync import IS_ASYNC
 from scalekit.health._core import DatabaseSample, HealthReport, Thresholds
 from scalekit.health._plan import DEFAULT_TIMEOUT, IN_FLIGHT, Outcome, Probe, finish, plan
 from scalekit.health._probes import (
@@ -22,9 +24,34 @@ from scalekit.health._probes import (
     redis_sample,
     statement_timeout_sql,
 )
+from scalekit.health._ready import READINESS_TIMEOUT, readiness_status
 from scalekit.typing import Clock
 
-__all__ = ["acheck_health"]
+if not IS_ASYNC:
+    import functools
+
+    from scalekit.health._base import ProbeThread, bounded_twin
+
+__unasync__ = {
+    "acheck_health": "check_health",
+    "areadiness": "readiness",
+    "The asyncio shell: run the plan's probes as tasks": (
+        "The sync shell: run the plan's probes in threads"
+    ),
+    "A probe that misses\n"
+    "its deadline is cancelled and not awaited, so cleanup that talks to a frozen\n"
+    "server cannot hold up the report.": (
+        "Probes run in\n"
+        "daemon threads, so a probe stuck on a frozen server never holds up the\n"
+        "report past its timeout, nor the interpreter's exit."
+    ),
+    "``redis`` an asyncio client": "``redis`` a client",
+    "its own task": "its own thread",
+    "a sync engine or\n            Redis client": "an asyncio engine\n            or Redis client",
+    "\n    ``breakers``, ``limiters`` and ``caches`` may be of either colour.": "",
+}
+
+__all__ = ["acheck_health", "areadiness"]
 
 
 async def acheck_health(
@@ -39,14 +66,33 @@ async def acheck_health(
     timeout: float = DEFAULT_TIMEOUT,
     clock: Clock = SYSTEM_CLOCK,
 ) -> HealthReport:
-    """The asyncio twin of :func:`check_health`: ``AsyncRoutingPool``, ``AsyncEngine`` and
-    ``redis.asyncio`` clients, probed as concurrent tasks with the same rules.
-    ``breakers``, ``limiters`` and ``caches`` may be of either colour (no I/O).
+    """Probe databases, pools and Redis concurrently and report their health.
 
-    >>> report = await acheck_health(engines={"main": async_engine})  # doctest: +SKIP
+    ``pool`` is a :class:`~scalekit.routing.AsyncRoutingPool` (each node is
+    probed, plus a ``routing:<name>`` component; its lag limits become the lag
+    warning levels), ``engines`` a mapping of name to ``AsyncEngine``,
+    ``redis`` an asyncio client or a mapping of name to client (standalone or
+    cluster). ``breakers`` (:class:`~scalekit.breaker.CircuitBreaker`),
+    ``limiters`` (:class:`~scalekit.ratelimit.AsyncRateLimiter`) and
+    ``caches`` (:class:`~scalekit.cache.AsyncCache`) are each one object, a
+    list, or a mapping of name to object; they are judged from their public
+    state with no I/O (``breaker:<name>``, ``limiter:<name>``,
+    ``cache:<name>``: state, whether a fallback is in force, since when), and
+    count at most as a warning. Each probe runs in its own task under its own
+    ``timeout`` (seconds) and never waits for a pool slot: an engine whose
+    pool is exhausted is reported critical at once, unprobed. Nothing raises
+    for a server that is down; it is reported.
+    ``breakers``, ``limiters`` and ``caches`` may be of either colour.
+
+    Examples:
+        >>> report = await acheck_health(engines={"main": engine}, redis=client)  # doctest: +SKIP
+        >>> report.status, report.to_dict()["components"]["db:main"]["up"]  # doctest: +SKIP
+        ('ok', True)
 
     Raises:
-        ConfigurationError: as :func:`check_health`, and for sync engines or clients.
+        ConfigurationError: an argument of the wrong kind (a sync engine or
+            Redis client), a bad ``timeout``, a breaker, limiter or cache of
+            the wrong type, or two components with the same name.
     """
     checked_at = clock.time()
     the_plan = plan(
@@ -58,18 +104,60 @@ async def acheck_health(
         caches=caches,
         thresholds=thresholds,
         timeout=timeout,
-        asynchronous=True,
+        asynchronous=IS_ASYNC,
         now=checked_at,
     )
     started = clock.monotonic()
-    runs = {probe.name: _run(probe, clock) for probe in the_plan.probes if probe.decided is None}
-    results = await asyncio.gather(*runs.values())
-    outcomes = dict(zip(runs, results, strict=True))
+    outcomes = await _run_all([p for p in the_plan.probes if p.decided is None], clock)
     duration_ms = (clock.monotonic() - started) * 1000.0
     return finish(the_plan, outcomes, checked_at=checked_at, duration_ms=duration_ms)
 
 
-async def _run(probe: Probe, clock: Clock) -> Outcome:
+async def areadiness(
+    *,
+    pool: Any = None,
+    engines: Mapping[str, Any] | None = None,
+    redis: Any = None,
+    breakers: Any = None,
+    limiters: Any = None,
+    caches: Any = None,
+    thresholds: Thresholds | None = None,
+    timeout: float = READINESS_TIMEOUT,
+    clock: Clock = SYSTEM_CLOCK,
+) -> HealthReport:
+    """:func:`acheck_health` judged for a load balancer: ready unless ``status == "critical"``.
+
+    The components are the full reports; only the overall ``status`` follows
+    :func:`readiness_status`. Answer 503 when it is ``"critical"``.
+
+    >>> report = await areadiness(pool=routing_pool, redis=client)  # doctest: +SKIP
+    >>> status_code = 503 if report.status == "critical" else 200  # doctest: +SKIP
+    """
+    report = await acheck_health(
+        pool=pool,
+        engines=engines,
+        redis=redis,
+        breakers=breakers,
+        limiters=limiters,
+        caches=caches,
+        thresholds=thresholds,
+        timeout=timeout,
+        clock=clock,
+    )
+    return replace(report, status=readiness_status(report))
+
+
+async def _run_all(probes: list[Probe], clock: Clock) -> dict[str, Outcome]:
+    """Start every probe, then collect each outcome by its probe's deadline."""
+    if IS_ASYNC:
+        results = await asyncio.gather(*(_run(probe, clock) for probe in probes))
+        return {probe.name: result for probe, result in zip(probes, results, strict=True)}
+    else:
+        runs = [ProbeThread(probe, functools.partial(_probe, probe, clock)) for probe in probes]
+        return {run.probe.name: run.wait() for run in runs}
+
+
+async def _run(probe: Probe, clock: Clock) -> Outcome:  # unasync: async-only
     if not IN_FLIGHT.claim(probe.target):
         return Outcome(still_running=True)
     task = asyncio.ensure_future(_probe(probe, clock))
@@ -81,7 +169,7 @@ async def _run(probe: Probe, clock: Clock) -> Outcome:
     return task.result()
 
 
-def _finished(task: asyncio.Future[Outcome], probe: Probe) -> None:
+def _finished(task: asyncio.Future[Outcome], probe: Probe) -> None:  # unasync: async-only
     IN_FLIGHT.release(probe.target)
     if not task.cancelled():
         task.exception()  # retrieved, so asyncio does not log it
@@ -117,18 +205,24 @@ async def _database(engine: Any, timeout: float, clock: Clock, *, with_size: boo
 async def _redis(client: Any, timeout: float, clock: Clock) -> Outcome:
     from redis.exceptions import ResponseError
 
-    # The user's own client: a probe past its deadline is cancelled, and
-    # redis-py drops a connection whose command was cancelled.
+    if IS_ASYNC:  # noqa: SIM108 (each colour's reason stays beside its line)
+        # The user's own client: a probe past its deadline is cancelled, and
+        # redis-py drops a connection whose command was cancelled.
+        twin = client
+    else:
+        # A thread cannot be cancelled: a bounded twin of the client (commands
+        # capped at the probe's timeout, never retried), kept per client.
+        twin = bounded_twin(client, timeout)
     started = clock.monotonic()
-    await client.ping()
+    await twin.ping()
     latency_ms = (clock.monotonic() - started) * 1000.0
-    if hasattr(client, "get_nodes"):  # RedisCluster
-        node = client.get_random_node()
-        info = await client.info(target_nodes=node)
-        sample = redis_cluster_sample(await client.cluster_info(target_nodes=node), info)
+    if hasattr(twin, "get_nodes"):  # RedisCluster
+        node = twin.get_random_node()
+        info = await twin.info(target_nodes=node)
+        sample = redis_cluster_sample(await twin.cluster_info(target_nodes=node), info)
     else:
         try:
-            info = await client.info()
+            info = await twin.info()
         except ResponseError:  # INFO renamed or refused (ACL, fakes): ping only
             info = {}
         sample = redis_sample(info)

@@ -2,7 +2,8 @@
 
 ``liveness()`` does no I/O: a process that can run it is alive, and a
 database outage must not restart every instance at once. ``readiness()``
-runs the ordinary check and judges it by what a load balancer needs: the
+(in the shells, ``_async.py`` and its generated ``_sync.py``) runs the
+ordinary check and judges it here, by what a load balancer needs: the
 required servers answer and their pools are not exhausted. Warnings that do
 not stop this instance from serving (slow queries, a high cache-miss rate,
 wraparound creeping up, one replica down) keep it ready, so a fleet-wide
@@ -12,15 +13,12 @@ condition cannot take every instance out of rotation at once.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import replace
-from typing import Any
 
 from scalekit._clock import SYSTEM_CLOCK
-from scalekit.health._core import ComponentReport, HealthReport, Status, Thresholds, worst
+from scalekit.health._core import ComponentReport, HealthReport, Status, worst
 from scalekit.typing import Clock
 
-__all__ = ["areadiness", "liveness", "readiness", "readiness_status"]
+__all__ = ["liveness", "readiness_status"]
 
 #: Default seconds each readiness probe may take: below a typical probe's 3 s deadline.
 READINESS_TIMEOUT = 1.0
@@ -63,68 +61,3 @@ def readiness_status(report: HealthReport) -> Status:
     their thresholds do not count.
     """
     return worst(_ready(component) for component in report.components.values())
-
-
-def readiness(
-    *,
-    pool: Any = None,
-    engines: Mapping[str, Any] | None = None,
-    redis: Any = None,
-    breakers: Any = None,
-    limiters: Any = None,
-    caches: Any = None,
-    thresholds: Thresholds | None = None,
-    timeout: float = READINESS_TIMEOUT,
-    clock: Clock = SYSTEM_CLOCK,
-) -> HealthReport:
-    """:func:`check_health` judged for a load balancer: ready unless ``status == "critical"``.
-
-    The components are the full reports; only the overall ``status`` follows
-    :func:`readiness_status`. Answer 503 when it is ``"critical"``.
-
-    >>> report = readiness(pool=routing_pool, redis=client)  # doctest: +SKIP
-    >>> status_code = 503 if report.status == "critical" else 200  # doctest: +SKIP
-    """
-    from scalekit.health._sync import check_health
-
-    report = check_health(
-        pool=pool,
-        engines=engines,
-        redis=redis,
-        breakers=breakers,
-        limiters=limiters,
-        caches=caches,
-        thresholds=thresholds,
-        timeout=timeout,
-        clock=clock,
-    )
-    return replace(report, status=readiness_status(report))
-
-
-async def areadiness(
-    *,
-    pool: Any = None,
-    engines: Mapping[str, Any] | None = None,
-    redis: Any = None,
-    breakers: Any = None,
-    limiters: Any = None,
-    caches: Any = None,
-    thresholds: Thresholds | None = None,
-    timeout: float = READINESS_TIMEOUT,
-    clock: Clock = SYSTEM_CLOCK,
-) -> HealthReport:
-    """The asyncio twin of :func:`readiness`, over :func:`acheck_health`."""
-    from scalekit.health._async import acheck_health
-
-    report = await acheck_health(
-        pool=pool,
-        engines=engines,
-        redis=redis,
-        breakers=breakers,
-        limiters=limiters,
-        caches=caches,
-        thresholds=thresholds,
-        timeout=timeout,
-        clock=clock,
-    )
-    return replace(report, status=readiness_status(report))

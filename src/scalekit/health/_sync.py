@@ -1,22 +1,24 @@
+# This file is generated from src/scalekit/health/_async.py by scripts/unasync.py.
+# DO NOT EDIT; edit the async file and run: python scripts/unasync.py
 """The sync shell: run the plan's probes in threads, each under its own timeout.
 
-Only I/O lives here (the decisions are in ``_plan.py`` and ``_core.py``), and
-it mirrors ``_async.py`` function for function. Probes run in daemon threads,
-so a probe stuck on a frozen server never holds up the report past its
-timeout, nor the interpreter's exit.
+Only I/O lives here (the decisions are in ``_plan.py`` and ``_core.py``);
+the colours differ only in how probes run side by side. Probes run in
+daemon threads, so a probe stuck on a frozen server never holds up the
+report past its timeout, nor the interpreter's exit.
 """
 
 from __future__ import annotations
 
-import threading
-import time
-import weakref
+import functools
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from scalekit._clock import SYSTEM_CLOCK
+from scalekit.health._base import ProbeThread, bounded_twin
 from scalekit.health._core import DatabaseSample, HealthReport, Thresholds
-from scalekit.health._plan import DEFAULT_TIMEOUT, IN_FLIGHT, Outcome, Probe, finish, plan
+from scalekit.health._plan import DEFAULT_TIMEOUT, Outcome, Probe, finish, plan
 from scalekit.health._probes import (
     postgres_sample,
     postgres_sql,
@@ -24,9 +26,10 @@ from scalekit.health._probes import (
     redis_sample,
     statement_timeout_sql,
 )
+from scalekit.health._ready import READINESS_TIMEOUT, readiness_status
 from scalekit.typing import Clock
 
-__all__ = ["check_health"]
+__all__ = ["check_health", "readiness"]
 
 
 def check_health(
@@ -43,21 +46,20 @@ def check_health(
 ) -> HealthReport:
     """Probe databases, pools and Redis concurrently and report their health.
 
-    ``pool`` is a :class:`~scalekit.routing.RoutingPool` (each node is probed,
-    plus a ``routing:<name>`` component; its lag limits become the lag
-    warning levels), ``engines`` a mapping of name to ``Engine``, ``redis`` a
-    client or a mapping of name to client (standalone or cluster).
-    ``breakers`` (:class:`~scalekit.breaker.CircuitBreaker`), ``limiters``
-    (:class:`~scalekit.ratelimit.RateLimiter`) and ``caches``
-    (:class:`~scalekit.cache.Cache`) are each one object, a list, or a
-    mapping of name to object; they are judged from their public state with
-    no I/O (``breaker:<name>``, ``limiter:<name>``, ``cache:<name>``: state,
-    whether a fallback is in force, since when), and count at most as a
-    warning. Each
-    probe runs in its own thread under its own ``timeout`` (seconds) and
-    never waits for a pool slot: an engine whose pool is exhausted is
-    reported critical at once, unprobed. Nothing raises for a server that is
-    down; it is reported.
+    ``pool`` is a :class:`~scalekit.routing.RoutingPool` (each node is
+    probed, plus a ``routing:<name>`` component; its lag limits become the lag
+    warning levels), ``engines`` a mapping of name to ``Engine``,
+    ``redis`` a client or a mapping of name to client (standalone or
+    cluster). ``breakers`` (:class:`~scalekit.breaker.CircuitBreaker`),
+    ``limiters`` (:class:`~scalekit.ratelimit.RateLimiter`) and
+    ``caches`` (:class:`~scalekit.cache.Cache`) are each one object, a
+    list, or a mapping of name to object; they are judged from their public
+    state with no I/O (``breaker:<name>``, ``limiter:<name>``,
+    ``cache:<name>``: state, whether a fallback is in force, since when), and
+    count at most as a warning. Each probe runs in its own thread under its own
+    ``timeout`` (seconds) and never waits for a pool slot: an engine whose
+    pool is exhausted is reported critical at once, unprobed. Nothing raises
+    for a server that is down; it is reported.
 
     Examples:
         >>> report = check_health(engines={"main": engine}, redis=client)  # doctest: +SKIP
@@ -65,10 +67,9 @@ def check_health(
         ('ok', True)
 
     Raises:
-        ConfigurationError: an argument of the wrong kind (an ``AsyncEngine``
-            or asyncio Redis client: use :func:`acheck_health`), a bad
-            ``timeout``, a breaker, limiter or cache of the wrong type, or two
-            components with the same name.
+        ConfigurationError: an argument of the wrong kind (an asyncio engine
+            or Redis client), a bad ``timeout``, a breaker, limiter or cache of
+            the wrong type, or two components with the same name.
     """
     checked_at = clock.time()
     the_plan = plan(
@@ -84,47 +85,58 @@ def check_health(
         now=checked_at,
     )
     started = clock.monotonic()
-    runs = {probe.name: _Run(probe, clock) for probe in the_plan.probes if probe.decided is None}
-    outcomes = {name: run.wait() for name, run in runs.items()}
+    outcomes = _run_all([p for p in the_plan.probes if p.decided is None], clock)
     duration_ms = (clock.monotonic() - started) * 1000.0
     return finish(the_plan, outcomes, checked_at=checked_at, duration_ms=duration_ms)
 
 
-class _Run:
-    """One probe in a daemon thread; :meth:`wait` gives up at the probe's deadline."""
+def readiness(
+    *,
+    pool: Any = None,
+    engines: Mapping[str, Any] | None = None,
+    redis: Any = None,
+    breakers: Any = None,
+    limiters: Any = None,
+    caches: Any = None,
+    thresholds: Thresholds | None = None,
+    timeout: float = READINESS_TIMEOUT,
+    clock: Clock = SYSTEM_CLOCK,
+) -> HealthReport:
+    """:func:`check_health` judged for a load balancer: ready unless ``status == "critical"``.
 
-    def __init__(self, probe: Probe, clock: Clock) -> None:
-        self._probe = probe
-        self._clock = clock
-        self._done = threading.Event()
-        self._outcome = Outcome(timed_out=True)
-        self._deadline = time.monotonic() + probe.timeout
-        if not IN_FLIGHT.claim(probe.target):
-            self._outcome = Outcome(still_running=True)
-            self._done.set()
-            return
-        name = f"scalekit-health-{probe.name}"
-        threading.Thread(target=self._run, name=name, daemon=True).start()
+    The components are the full reports; only the overall ``status`` follows
+    :func:`readiness_status`. Answer 503 when it is ``"critical"``.
 
-    def _run(self) -> None:
-        try:
-            self._outcome = _probe(self._probe, self._clock)
-        except Exception as error:
-            self._outcome = Outcome(error=error)
-        finally:
-            IN_FLIGHT.release(self._probe.target)
-            self._done.set()
+    >>> report = readiness(pool=routing_pool, redis=client)  # doctest: +SKIP
+    >>> status_code = 503 if report.status == "critical" else 200  # doctest: +SKIP
+    """
+    report = check_health(
+        pool=pool,
+        engines=engines,
+        redis=redis,
+        breakers=breakers,
+        limiters=limiters,
+        caches=caches,
+        thresholds=thresholds,
+        timeout=timeout,
+        clock=clock,
+    )
+    return replace(report, status=readiness_status(report))
 
-    def wait(self) -> Outcome:
-        if not self._done.wait(max(self._deadline - time.monotonic(), 0.0)):
-            return Outcome(timed_out=True)
-        return self._outcome
+
+def _run_all(probes: list[Probe], clock: Clock) -> dict[str, Outcome]:
+    """Start every probe, then collect each outcome by its probe's deadline."""
+    runs = [ProbeThread(probe, functools.partial(_probe, probe, clock)) for probe in probes]
+    return {run.probe.name: run.wait() for run in runs}
 
 
 def _probe(probe: Probe, clock: Clock) -> Outcome:
-    if probe.kind == "postgres":
-        return _database(probe.target, probe.timeout, clock, with_size=probe.with_size)
-    return _redis(probe.target, probe.timeout, clock)
+    try:
+        if probe.kind == "postgres":
+            return _database(probe.target, probe.timeout, clock, with_size=probe.with_size)
+        return _redis(probe.target, probe.timeout, clock)
+    except Exception as error:
+        return Outcome(error=error)
 
 
 def _database(engine: Any, timeout: float, clock: Clock, *, with_size: bool) -> Outcome:
@@ -145,31 +157,12 @@ def _database(engine: Any, timeout: float, clock: Clock, *, with_size: bool) -> 
     return Outcome(sample=postgres_sample(row), latency_ms=latency_ms)
 
 
-# Bounded twins of users' clients (commands capped at the probe's timeout, never
-# retried), kept per client so a probe does not open a new connection each time.
-_TWINS: weakref.WeakKeyDictionary[Any, tuple[float, Any]] = weakref.WeakKeyDictionary()
-_TWINS_LOCK = threading.Lock()
-
-
-def _bounded(client: Any, timeout: float) -> Any:
-    from scalekit._redis_bounded import bounded
-
-    with _TWINS_LOCK:
-        try:
-            cached = _TWINS.get(client)
-        except TypeError:  # not weak-referenceable: no cache
-            return bounded(client, timeout)
-        if cached is not None and cached[0] == timeout:
-            return cached[1]
-        twin = bounded(client, timeout)
-        _TWINS[client] = (timeout, twin)
-        return twin
-
-
 def _redis(client: Any, timeout: float, clock: Clock) -> Outcome:
     from redis.exceptions import ResponseError
 
-    twin = _bounded(client, timeout)
+    # A thread cannot be cancelled: a bounded twin of the client (commands
+    # capped at the probe's timeout, never retried), kept per client.
+    twin = bounded_twin(client, timeout)
     started = clock.monotonic()
     twin.ping()
     latency_ms = (clock.monotonic() - started) * 1000.0
