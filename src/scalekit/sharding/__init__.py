@@ -10,7 +10,7 @@
 How the parts fit: ``_hash.py`` is the key hash (a documented construction
 over MD5 that PostgreSQL computes with built-in functions); ``_map.py`` the
 pure assignment of logical shards to named targets, its balancing and the
-rebalance plan.
+rebalance plan (pure values: ``ShardAssignment``, ``ShardMove``).
 """
 
 from __future__ import annotations
@@ -22,12 +22,24 @@ from scalekit.sharding._hash import (
     logical_shard,
     shard_sql,
 )
+from scalekit.sharding._map import (
+    ShardAssignment,
+    ShardMove,
+    assign_balanced,
+    plan_rebalance,
+    rebalance,
+)
 
 __all__ = [
     "DEFAULT_LOGICAL_SHARDS",
+    "ShardAssignment",
+    "ShardMove",
     "ShardingError",
     "UnknownShard",
+    "assign_balanced",
     "key_hash",
     "logical_shard",
+    "plan_rebalance",
+    "rebalance",
     "shard_sql",
 ]
