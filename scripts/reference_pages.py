@@ -41,6 +41,7 @@ MODULES = [
     ("scalekit.pagination", "pagination.md", "pagination.md"),
     ("scalekit.batch", "batch.md", "batch.md"),
     ("scalekit.health", "health.md", "health.md"),
+    ("scalekit.sharding", "sharding.md", "sharding.md"),
 ]
 
 

@@ -293,4 +293,11 @@ class ShardingError(ScalekitError):
 
 
 class UnknownShard(ShardingError, LookupError):
-    """A shard name or key does not map to any configured shard."""
+    """A shard name or key does not map to any configured shard.
+
+    ``shard`` is what was asked for: a logical shard number or a target name.
+    """
+
+    def __init__(self, message: str, *, shard: int | str | None = None) -> None:
+        super().__init__(message)
+        self.shard = shard
