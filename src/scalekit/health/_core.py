@@ -544,10 +544,11 @@ def pressure_level(
     hands each returned connection straight to a waiter, does not flap (one
     event per crossing, not one per checkout).
     """
-    margin = max(hysteresis, step)
+    # An idle pool is judged with the plain hysteresis: a one-connection margin on a
+    # small pool would otherwise keep a level that no demand can leave.
+    margin = max(hysteresis, step) if usage > 0.0 else hysteresis
     rising: Status = "critical" if usage >= critical_at else "warn" if usage >= warn_at else "ok"
-    if _RANK[rising] >= _RANK[current] or usage <= 0.0:
-        # An idle pool is under no pressure, however wide the margin of a small one.
+    if _RANK[rising] >= _RANK[current]:
         return rising
     # Falling: keep each level until usage is clearly below its threshold.
     if current == "critical" and usage >= critical_at - margin:
