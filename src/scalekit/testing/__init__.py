@@ -26,8 +26,8 @@ attempts, so failure paths in your tests never sleep::
 
 from __future__ import annotations
 
+from scalekit._testmode import TestingMode, is_testing, set_testing
 from scalekit.instrumentation._hooks import capture_events
-from scalekit.retry._testing import TestingMode, is_testing, set_testing
 from scalekit.testing._breaker import BreakerTarget, force_breaker
 from scalekit.testing._clock import FakeClock
 from scalekit.testing._redis import (
