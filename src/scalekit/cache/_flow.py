@@ -32,11 +32,11 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from scalekit import _testmode
 from scalekit.cache._base import _Outcome
 from scalekit.cache._core import Action, Kind
 from scalekit.cache._events import CacheLeaseWait, CacheLoaded, CacheRefreshFailed
 from scalekit.instrumentation import emit
+from scalekit.testing import _switch as _testmode
 
 if TYPE_CHECKING:
     from scalekit.cache._base import CacheBase

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from scalekit import _testmode
 from scalekit.errors import ConcurrencyLimitExceeded, ConfigurationError
 from scalekit.ratelimit._backends import MemoryBackend, StoreUnavailable
 from scalekit.ratelimit._base import (
@@ -40,6 +39,7 @@ from scalekit.ratelimit._core import (
     concurrency_key,
     is_number,
 )
+from scalekit.testing import _switch as _testmode
 
 if TYPE_CHECKING:
     from scalekit.typing import Clock

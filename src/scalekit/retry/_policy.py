@@ -51,7 +51,6 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal, ParamSpec, TypeVar, cast
 
-from scalekit import _testmode as _testing
 from scalekit._clock import SYSTEM_CLOCK
 from scalekit._deprecated import deprecated
 from scalekit.errors import CircuitOpenError, ConfigurationError, RetryError
@@ -60,6 +59,7 @@ from scalekit.retry._budget import Budget
 from scalekit.retry._events import RetryBudgetExhausted, RetryGaveUp, RetryScheduled
 from scalekit.retry._transient import TransientRule, as_rule
 from scalekit.retry._validate import check_int, check_number
+from scalekit.testing import _switch as _testing
 
 if TYPE_CHECKING:
     from scalekit.retry._async import AsyncAttempts

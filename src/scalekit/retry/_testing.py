@@ -1,7 +1,7 @@
-"""The testing switch as the retry package exposes it (the one switch: ``scalekit._testmode``)."""
+"""The testing switch, as the retry package exports it (defined in ``scalekit.testing``)."""
 
 from __future__ import annotations
 
-from scalekit._testmode import TestingMode, is_testing, set_testing, testing_attempts
+from scalekit.testing._switch import TestingMode, is_testing, set_testing, testing_attempts
 
 __all__ = ["TestingMode", "is_testing", "set_testing", "testing_attempts"]

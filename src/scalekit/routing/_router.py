@@ -31,7 +31,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
-from scalekit import _testmode
 from scalekit.errors import ConfigurationError, ReadOnlyViolation
 from scalekit.instrumentation import emit
 from scalekit.routing._core import (
@@ -53,6 +52,7 @@ from scalekit.routing._events import (
     RouteDecision,
 )
 from scalekit.routing._statements import ROUTE_OPTION, classify, classify_text, route_rule
+from scalekit.testing import _switch as _testmode
 from scalekit.typing import Clock
 
 if TYPE_CHECKING:
