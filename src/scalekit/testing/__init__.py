@@ -13,10 +13,14 @@ is used only by a test that names it.
 Failures without servers: :func:`force_breaker` puts a breaker in any state;
 :class:`RedisFaults` makes a fake Redis fail (stopped, timing out, READONLY)
 for its next round trips; :func:`mark_node_down` and :func:`mark_node_lagging`
-take a routing node out as a failed connection or a health check would.
+take a routing node out as a failed connection or a health check would;
+:func:`assert_allowed` and :func:`assert_limited` check what a rate limiter
+would decide for a key without counting a hit.
 
-:func:`set_testing` turns every retry policy's waits off and caps its
-attempts, so failure paths in your tests never sleep::
+:func:`set_testing` turns every wait in scalekit off (retry backoff, the
+cache's wait for a lease holder, a concurrency limiter's ``acquire(timeout=)``,
+a routed read's ``sticky_timeout``) and caps retry attempts, so failure paths
+in your tests never sleep::
 
     from scalekit.testing import set_testing
 
@@ -27,9 +31,14 @@ attempts, so failure paths in your tests never sleep::
 from __future__ import annotations
 
 from scalekit.instrumentation._hooks import capture_events
-from scalekit.retry._testing import TestingMode, is_testing, set_testing
 from scalekit.testing._breaker import BreakerTarget, force_breaker
 from scalekit.testing._clock import FakeClock
+from scalekit.testing._limits import (
+    aassert_allowed,
+    aassert_limited,
+    assert_allowed,
+    assert_limited,
+)
 from scalekit.testing._redis import (
     FaultKind,
     RedisFaults,
@@ -44,6 +53,7 @@ from scalekit.testing._routing import (
     mark_node_lagging,
     sqlite_cluster,
 )
+from scalekit.testing._switch import TestingMode, is_testing, set_testing
 
 __all__ = [
     "BreakerTarget",
@@ -52,6 +62,10 @@ __all__ = [
     "RedisFaults",
     "SQLiteCluster",
     "TestingMode",
+    "aassert_allowed",
+    "aassert_limited",
+    "assert_allowed",
+    "assert_limited",
     "capture_events",
     "fake_async_redis",
     "fake_redis",

@@ -31,7 +31,7 @@ from scalekit.cache import (
 from scalekit.cache._core import Envelope, Kind, pack_envelope
 from scalekit.errors import CacheUnavailable, ConfigurationError, SerializationError
 from scalekit.instrumentation import FallbackUsed, Recovered
-from scalekit.testing import capture_events
+from scalekit.testing import capture_events, set_testing
 from tests.unit.cache._drivers import KINDS, Factory
 
 KEYS = {"k1": b"k1-secret-k1-secret-k1"}
@@ -374,6 +374,29 @@ async def test_a_held_lease_makes_others_wait_then_load(make: Factory) -> None:
     assert [w.outcome for w in waits] == ["timeout"]
     assert waits[0].seconds == pytest.approx(1.0)
     assert cache.cache.stats().lease_waits == 1
+
+
+@pytest.mark.parametrize("testing", [False, True])
+async def test_testing_mode_gives_up_a_lease_wait_without_sleeping(
+    make: Factory, testing: bool
+) -> None:
+    # set_testing(True): one more look for the holder's value, then load as if
+    # lease_wait had passed; normal mode polls (sleeps) until lease_wait.
+    cache = make(lease_wait=1.0, poll_interval=0.1)
+    lease = cache.cache.keys.lease("k")
+    held = cache.cache.backend.acquire(lease, "other-process", 60_000)
+    if make.is_async:
+        held = await held
+    assert held
+    loader = Counter("mine")
+    with set_testing(testing), capture_events() as events:
+        assert await cache.get_or_set("k", loader) == "mine"
+    assert loader.calls == 1
+    assert [e.outcome for e in events if isinstance(e, CacheLeaseWait)] == ["timeout"]
+    if testing:
+        assert make.clock.sleeps == []
+    else:
+        assert sum(make.clock.sleeps) == pytest.approx(1.0)
 
 
 async def test_a_lease_waiter_takes_the_holders_value(make: Factory) -> None:

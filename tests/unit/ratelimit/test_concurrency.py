@@ -25,7 +25,7 @@ from scalekit.ratelimit import (
     RedisBackend,
 )
 from scalekit.ratelimit._core import concurrency_acquire
-from scalekit.testing import FakeClock, capture_events
+from scalekit.testing import FakeClock, capture_events, set_testing
 
 
 @pytest.fixture
@@ -82,6 +82,26 @@ def test_acquire_waits_up_to_timeout(clock: FakeClock) -> None:
     limiter.acquire("job2")
     with pytest.raises(ConcurrencyLimitExceeded):
         limiter.acquire("job2", timeout=0.3)
+
+
+@pytest.mark.parametrize("testing", [False, True])
+async def test_testing_mode_denies_at_once_instead_of_waiting(
+    clock: FakeClock, testing: bool
+) -> None:
+    # set_testing(True): acquire(timeout=...) decides as if the timeout had passed.
+    limiter = ConcurrencyLimiter(MemoryBackend(clock=clock), limit=1, lease=10.0, clock=clock)
+    alimiter = AsyncConcurrencyLimiter(MemoryBackend(clock=clock), limit=1, lease=10.0, clock=clock)
+    limiter.acquire("job")
+    await alimiter.acquire("job")
+    with set_testing(testing):
+        with pytest.raises(ConcurrencyLimitExceeded):
+            limiter.acquire("job", timeout=2.0)
+        with pytest.raises(ConcurrencyLimitExceeded):
+            await alimiter.acquire("job", timeout=2.0)
+    if testing:
+        assert clock.sleeps == []
+    else:
+        assert sum(clock.sleeps) == pytest.approx(4.0)
 
 
 async def test_async_context_manager(clock: FakeClock) -> None:

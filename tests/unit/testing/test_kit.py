@@ -18,6 +18,10 @@ from scalekit.testing import (
     FakeClock,
     RedisFaults,
     SQLiteCluster,
+    aassert_allowed,
+    aassert_limited,
+    assert_allowed,
+    assert_limited,
     fake_redis,
     faults_of,
     force_breaker,
@@ -126,6 +130,32 @@ def test_limiter_fixture_denies_past_the_limit(limiter: RateLimiter) -> None:
 async def test_async_limiter_fixture(async_limiter: AsyncRateLimiter) -> None:
     decisions = [await async_limiter.hit("k", Limit(1, 60)) for _ in range(2)]
     assert [d.allowed for d in decisions] == [True, False]
+
+
+def test_assert_allowed_and_limited_peek_without_counting(limiter: RateLimiter) -> None:
+    limit = Limit(2, 60)
+    assert_allowed(limiter, "user:1", limit, remaining=2)
+    assert_allowed(limiter, "user:1", limit, remaining=2)  # peeking counted nothing
+    limiter.hit("user:1", limit)
+    assert_allowed(limiter, "user:1", limit, remaining=1)
+    limiter.hit("user:1", limit)
+    decision = assert_limited(limiter, "user:1", limit)
+    assert decision.retry_after > 0
+    with pytest.raises(AssertionError, match="to be allowed"):
+        assert_allowed(limiter, "user:1", limit)
+    with pytest.raises(AssertionError, match="to be limited"):
+        assert_limited(limiter, "user:2", limit)
+    with pytest.raises(AssertionError, match="1 remaining"):
+        assert_allowed(limiter, "user:2", limit, remaining=1)
+
+
+async def test_async_assert_allowed_and_limited(async_limiter: AsyncRateLimiter) -> None:
+    limit = Limit(1, 60)
+    await aassert_allowed(async_limiter, "k", limit, remaining=1)
+    await async_limiter.hit("k", limit)
+    assert (await aassert_limited(async_limiter, "k", limit)).retry_after > 0
+    with pytest.raises(AssertionError):
+        await aassert_allowed(async_limiter, "k", limit)
 
 
 # -- breakers ------------------------------------------------------------------------------
