@@ -181,6 +181,9 @@ def pg_text(value: Any) -> str:
         return text[:-2] if text.endswith(".0") else text
     if kind is dt.datetime or kind is dt.time:
         text = value.isoformat(sep=" ") if kind is dt.datetime else value.isoformat()
+        if value.microsecond:  # PostgreSQL drops the fraction's trailing zeros
+            head, _, rest = text.partition(".")
+            text = f"{head}.{rest[:6].rstrip('0')}{rest[6:]}"
         if value.utcoffset() is not None:
             text = _pg_offset(text)
         return text
@@ -202,15 +205,17 @@ def csv_line(values: Sequence[Any]) -> str:
     """One CSV line as ``COPY ... (FORMAT csv)`` writes it.
 
     NULL is an empty unquoted field; a value is quoted (quotes doubled) when
-    it is empty, holds a comma, a quote, CR or LF, or is ``\\.``.
+    it is empty, holds a comma, a quote, CR or LF, or is ``\\.`` alone on its line
+    (the end-of-data marker).
     """
     out = []
+    alone = len(values) == 1
     for value in values:
         if value is None:
             out.append("")
             continue
         text = pg_text(value)
-        if not text or text == "\\." or not _NEEDS_QUOTES.isdisjoint(text):
+        if not text or not _NEEDS_QUOTES.isdisjoint(text) or (alone and text == "\\."):
             text = '"' + text.replace('"', '""') + '"'
         out.append(text)
     return ",".join(out) + "\n"

@@ -160,10 +160,13 @@ async def _aexport(target: Any, select: Any, options: ExportOptions) -> AsyncGen
             result = await _stream(connection, select, fetch)
             if options.format == "csv" and options.header:
                 chunker.add(csv_line(list(result.keys())).encode(), rows=0)
-            async for rows in result.partitions():
-                chunk = chunker.add("".join(map(line, rows)).encode(), rows=len(rows))
-                if chunk is not None:
-                    yield chunk
+            try:
+                async for rows in result.partitions():
+                    chunk = chunker.add("".join(map(line, rows)).encode(), rows=len(rows))
+                    if chunk is not None:
+                        yield chunk
+            finally:
+                await result.close()  # a server-side cursor, closed early, is closed now
         chunk = chunker.take()
         if chunk is not None:
             yield chunk
@@ -207,6 +210,9 @@ def aexport_rows(
 async def _arows(target: Any, select: Any, chunk_size: int) -> AsyncGenerator[Any, None]:
     async with _connection(target) as connection:
         result = await _stream(connection, select, chunk_size)
-        async for rows in result.partitions():
-            for row in rows:
-                yield row
+        try:
+            async for rows in result.partitions():
+                for row in rows:
+                    yield row
+        finally:
+            await result.close()  # a server-side cursor, closed early, is closed now

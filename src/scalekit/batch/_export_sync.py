@@ -147,10 +147,13 @@ def _export(target: Any, select: Any, options: ExportOptions) -> Generator[bytes
             result = _stream(connection, select, fetch)
             if options.format == "csv" and options.header:
                 chunker.add(csv_line(list(result.keys())).encode(), rows=0)
-            for rows in result.partitions():
-                chunk = chunker.add("".join(map(line, rows)).encode(), rows=len(rows))
-                if chunk is not None:
-                    yield chunk
+            try:
+                for rows in result.partitions():
+                    chunk = chunker.add("".join(map(line, rows)).encode(), rows=len(rows))
+                    if chunk is not None:
+                        yield chunk
+            finally:
+                result.close()  # a server-side cursor, closed early, is closed now
         chunk = chunker.take()
         if chunk is not None:
             yield chunk
@@ -191,5 +194,8 @@ def export_rows(
 def _rows(target: Any, select: Any, chunk_size: int) -> Generator[Any, None, None]:
     with _connection(target) as connection:
         result = _stream(connection, select, chunk_size)
-        for rows in result.partitions():
-            yield from rows
+        try:
+            for rows in result.partitions():
+                yield from rows
+        finally:
+            result.close()  # a server-side cursor, closed early, is closed now

@@ -239,5 +239,6 @@ def test_pg_text(value: Any, text: str) -> None:
 
 
 def test_csv_and_text_lines() -> None:
-    assert csv_line([None, "", "\\.", "a,b", 'q"', "\r", 1]) == ',"","\\.","a,b","q""","\r",1\n'
+    assert csv_line([None, "", "\\.", "a,b", 'q"', "\r", 1]) == ',"",\\.,"a,b","q""","\r",1\n'
+    assert csv_line(["\\."]) == '"\\."\n'
     assert text_line([None, "a\tb", "\r\n"]) == "\\N\ta\\tb\t\\r\\n\n"
