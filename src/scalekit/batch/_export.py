@@ -222,31 +222,26 @@ def csv_line(values: Sequence[Any]) -> str:
 
 
 class Chunker:
-    """Gathers pieces of output into chunks of at least ``size`` bytes, counting rows and bytes."""
+    """Counts the rows and bytes handed on, and turns a shell's buffer into a chunk.
 
-    __slots__ = ("_buffer", "bytes", "progress", "rows", "size")
+    The shells gather output into a ``bytearray`` themselves (the COPY loop
+    runs once a row: no call per row here) and call :meth:`take` when it
+    holds ``size`` bytes or more.
+    """
+
+    __slots__ = ("bytes", "progress", "rows", "size")
 
     def __init__(self, size: int, progress: ExportProgress | None) -> None:
         self.size = size
         self.progress = progress
-        self._buffer = bytearray()
         self.rows = 0
         self.bytes = 0
 
-    def add(self, data: bytes | bytearray | memoryview, rows: int = 1) -> bytes | None:
-        """Add a piece holding ``rows`` rows; a full chunk when there is one."""
-        self._buffer += data
+    def take(self, buffer: bytearray, rows: int) -> bytes:
+        """The buffer's content as a chunk (the buffer is emptied); ``rows`` more rows in it."""
+        chunk = bytes(buffer)
+        buffer.clear()
         self.rows += rows
-        if len(self._buffer) >= self.size:
-            return self.take()
-        return None
-
-    def take(self) -> bytes | None:
-        """What is gathered (``None`` if nothing), reported to ``progress``."""
-        if not self._buffer:
-            return None
-        chunk = bytes(self._buffer)
-        self._buffer.clear()
         self.bytes += len(chunk)
         if self.progress is not None:
             self.progress(self.rows, self.bytes)

@@ -121,19 +121,24 @@ def export(
 def _export(target: Any, select: Any, options: ExportOptions) -> Generator[bytes, None, None]:
     with _connection(target) as connection:
         chunker = Chunker(options.chunk_size, options.progress)
+        size = options.chunk_size
+        buffer = bytearray()
+        rows = 0
         if is_psycopg(connection.dialect):
             sql = copy_sql(select, connection.dialect, options)
             driver = _raw(connection).driver_connection
-            # one piece a row, but for the csv header and the binary trailer
+            # One piece a row, but for the csv header and the binary trailer.
             extra = options.format == "binary" or (options.format == "csv" and options.header)
-            chunker.rows = -1 if extra else 0
+            rows = -1 if extra else 0
             # Closed early (GeneratorExit, or any error), psycopg cancels the
             # COPY and drains it, so the connection goes back to the pool usable.
             with driver.cursor().copy(sql) as copy:
                 for data in copy:
-                    chunk = chunker.add(data)
-                    if chunk is not None:
-                        yield chunk
+                    buffer += data
+                    rows += 1
+                    if len(buffer) >= size:
+                        yield chunker.take(buffer, rows)
+                        rows = 0
         else:
             if options.format == "binary":
                 raise ConfigurationError(
@@ -143,20 +148,21 @@ def _export(target: Any, select: Any, options: ExportOptions) -> Generator[bytes
                 )
             line = csv_line if options.format == "csv" else text_line
             # fetches small enough that a chunk does not run far past chunk_size
-            fetch = max(1, min(DEFAULT_CHUNK_ROWS, options.chunk_size // 64))
+            fetch = max(1, min(DEFAULT_CHUNK_ROWS, size // 64))
             result = _stream(connection, select, fetch)
             if options.format == "csv" and options.header:
-                chunker.add(csv_line(list(result.keys())).encode(), rows=0)
+                buffer += csv_line(list(result.keys())).encode()
             try:
-                for rows in result.partitions():
-                    chunk = chunker.add("".join(map(line, rows)).encode(), rows=len(rows))
-                    if chunk is not None:
-                        yield chunk
+                for batch in result.partitions():
+                    buffer += "".join(map(line, batch)).encode()
+                    rows += len(batch)
+                    if len(buffer) >= size:
+                        yield chunker.take(buffer, rows)
+                        rows = 0
             finally:
                 result.close()  # a server-side cursor, closed early, is closed now
-        chunk = chunker.take()
-        if chunk is not None:
-            yield chunk
+        if buffer:
+            yield chunker.take(buffer, rows)
 
 
 def _stream(connection: Any, select: Any, rows: int) -> Any:
