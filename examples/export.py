@@ -1,9 +1,9 @@
 """Export a table as CSV with scalekit.batch.export: bounded memory, progress, early stop.
 
 Runs with no servers: a table is filled in a temporary SQLite file and
-exported to a CSV file, with a progress bar (tqdm's when it is installed, a
-line of text otherwise). Give ``--url postgresql+psycopg://...`` to run the
-same code on PostgreSQL, where the export is ``COPY ... TO STDOUT``.
+exported to a CSV file, with a tqdm-style progress bar. Give
+``--url postgresql+psycopg://...`` to run the same code on PostgreSQL, where
+the export is ``COPY ... TO STDOUT``.
 
     python examples/export.py [--url URL] [--rows 100000]
 """
@@ -31,21 +31,18 @@ orders = sa.Table(
 )
 
 
-def progress_bar(total: int) -> tuple[Callable[[int, int], None], Callable[[], None]]:
-    """A ``progress(rows, bytes)`` callback drawing a bar, and a function closing it."""
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        tqdm = None
-    if tqdm is not None:
-        bar = tqdm(total=total, unit="rows")
-        return (lambda rows, size: bar.update(rows - bar.n)), bar.close
+def progress_bar(total: int) -> Callable[[int, int], None]:
+    """A tqdm-style ``progress(rows, bytes)`` callback drawing a bar on one line.
+
+    With tqdm: ``bar = tqdm(total=total, unit="rows")`` and
+    ``progress=lambda rows, size: bar.update(rows - bar.n)``.
+    """
 
     def draw(rows: int, size: int) -> None:
         filled = 30 * rows // max(total, 1)
         print(f"\r[{'#' * filled:<30}] {rows:>8,} rows {size / 1e6:6.2f} MB", end="", flush=True)
 
-    return draw, print
+    return draw
 
 
 async def export_async(url: str, select: sa.Select[tuple[int, str, int, str]]) -> int:
@@ -88,11 +85,10 @@ def main() -> None:
 
             # 1. the whole table to a file, one 64 KiB chunk at a time
             target = Path(scratch) / "orders.csv"
-            draw, close = progress_bar(args.rows)
             with target.open("wb") as out:
-                for chunk in export(engine, select, progress=draw):
+                for chunk in export(engine, select, progress=progress_bar(args.rows)):
                     out.write(chunk)
-            close()
+            print()
             with target.open("rb") as handle:
                 head = [next(handle).decode().rstrip() for _ in range(3)]
             print(f"export: {target.stat().st_size:,} bytes of CSV; first lines: {head}")
