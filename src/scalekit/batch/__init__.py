@@ -16,11 +16,17 @@ a temporary staging table followed by ``INSERT ... SELECT ... ON CONFLICT``
 (large ones). Other dialects (SQLite...) and other PostgreSQL drivers use
 SQLAlchemy's executemany. Guide: ``docs/batch.md``.
 
+:func:`export` / :func:`aexport` stream a select out as CSV (or COPY text or
+binary) bytes in bounded memory, with ``COPY ... TO STDOUT`` on PostgreSQL;
+:func:`export_rows` / :func:`aexport_rows` stream its rows.
+
 Parts: :mod:`._core` (options, rows, chunks, dedupe, method choice; pure),
 :mod:`._sql` (statements; pure), :mod:`._flow` (the load as a generator of
 I/O requests; pure), :mod:`._base` (options and psycopg helpers both drivers
 share), :mod:`._async` (the driver that does the I/O) and :mod:`._sync` (the
-blocking driver, generated from it by ``scripts/unasync.py``).
+blocking driver, generated from it by ``scripts/unasync.py``); the export's
+pure part is :mod:`._export`, its shells :mod:`._export_async` and the
+generated :mod:`._export_sync`.
 """
 
 from __future__ import annotations
@@ -42,6 +48,8 @@ from scalekit.batch._events import (
     BatchFinished,
     BatchRowRejected,
 )
+from scalekit.batch._export_async import aexport, aexport_rows
+from scalekit.batch._export_sync import export, export_rows
 from scalekit.batch._sync import batch_insert
 
 __all__ = [
@@ -56,7 +64,11 @@ __all__ = [
     "TransactionPolicy",
     "Upsert",
     "abatch_insert",
+    "aexport",
+    "aexport_rows",
     "batch_insert",
     "chunked",
     "dedupe",
+    "export",
+    "export_rows",
 ]
