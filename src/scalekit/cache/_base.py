@@ -34,6 +34,7 @@ meanwhile were lost) and emits one :class:`~scalekit.instrumentation.Recovered`.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 import logging
@@ -50,7 +51,6 @@ from scalekit._clock import SystemClock
 from scalekit._redis_bounded import DEFAULT_OP_TIMEOUT, bounded, check_op_timeout
 from scalekit.breaker import CircuitBreaker, State
 from scalekit.breaker._incident import Incident
-from scalekit.cache._backends import decodes_responses
 from scalekit.cache._core import (
     NOT_FOUND,
     VALUE,
@@ -1060,3 +1060,103 @@ def make_tags(
     if callable(tags):
         return validate_tags(tags(*args, **kwargs))
     return validate_tags(tags)
+
+
+# --- the Redis store, both colours (see _backends_async.py) ---------------------
+
+_RELEASE_LUA = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+    return redis.call('del', KEYS[1])
+end
+return 0
+"""
+
+Notify = tuple[str, str] | None
+
+
+def _as_int(raw: bytes | str | None) -> int:
+    if raw is None:
+        return 0
+    try:
+        return int(raw)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _redis_errors() -> tuple[type[BaseException], ...]:
+    from redis import exceptions as rex
+
+    return (rex.RedisError, OSError, asyncio.TimeoutError)
+
+
+def _busy_errors() -> tuple[type[BaseException], ...]:
+    # The client's own pool is full (redis-py's default holds 100 connections):
+    # this call fails, Redis is not down.
+    from redis import exceptions as rex
+
+    return (rex.MaxConnectionsError,)
+
+
+def _refusal_errors() -> tuple[type[BaseException], ...]:
+    # An error reply: the server is up and refused this one command.
+    from redis import exceptions as rex
+
+    return (rex.ResponseError,)
+
+
+def _unavailable_replies() -> tuple[type[BaseException], ...]:
+    # Error replies that say the server cannot serve now (a failover, a cluster
+    # reconfiguring): an outage like a refused connection.
+    from redis import exceptions as rex
+
+    return (rex.ReadOnlyError, rex.ClusterDownError, rex.TryAgainError, rex.AskError)
+
+
+def decodes_responses(client: Any) -> bool:
+    """Whether a redis-py (or fakeredis) client decodes replies to ``str``.
+
+    Asks the client's encoder, else the connection settings of its pool
+    (standalone) or of its nodes manager / itself (cluster).
+    """
+    get_encoder = getattr(client, "get_encoder", None)
+    if callable(get_encoder):
+        try:
+            encoder = get_encoder()
+        except Exception:  # a client that cannot say: look at its settings
+            encoder = None
+        if encoder is not None and hasattr(encoder, "decode_responses"):
+            return bool(encoder.decode_responses)
+    for holder in (
+        getattr(client, "connection_pool", None),
+        getattr(client, "nodes_manager", None),
+        client,
+    ):
+        kwargs = getattr(holder, "connection_kwargs", None)
+        if isinstance(kwargs, dict):
+            return bool(kwargs.get("decode_responses", False))
+    return False
+
+
+def is_async_client(client: Any) -> bool:
+    """Whether ``client`` is a ``redis.asyncio`` client (plain or cluster)."""
+    import redis.asyncio
+    import redis.asyncio.cluster
+
+    return isinstance(client, redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster)
+
+
+def is_sync_client(client: Any) -> bool:
+    """Whether ``client`` is a sync ``redis.Redis`` or ``redis.cluster.RedisCluster``."""
+    import redis
+    import redis.cluster
+
+    return isinstance(client, redis.Redis | redis.cluster.RedisCluster)
+
+
+_GET_HEAD = b"*2\r\n$3\r\nGET\r\n"
+# pack_command(_GET_HEAD, (key,)) in one formatting step (keys are always str).
+_GET_FORMAT = _GET_HEAD + b"$%d\r\n%s\r\n"
+
+
+def _is_cluster(client: Any) -> bool:
+    return hasattr(client, "get_nodes") and hasattr(client, "get_node_from_key")

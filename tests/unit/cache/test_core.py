@@ -424,3 +424,17 @@ def test_the_direct_get_is_packed_like_any_command(key: str) -> None:
         return
     raw = key.encode("utf-8")
     assert _GET_FORMAT % (len(raw), raw) == expected
+
+
+async def test_the_async_memory_backend_sync_view_shares_its_data() -> None:
+    # AsyncMemoryBackend.sync (a MemoryBackend) kept its meaning once the async
+    # backend became the source of the generated sync one: the same data.
+    from scalekit.cache import AsyncMemoryBackend, MemoryBackend
+
+    backend = AsyncMemoryBackend()
+    await backend.set_many([("k", b"v", 60_000)])
+    view = backend.sync
+    assert isinstance(view, MemoryBackend)
+    assert view.get("k") == b"v"
+    view.incr(["t"])
+    assert await backend.counters(["t"]) == [1]
