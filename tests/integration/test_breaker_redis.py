@@ -7,11 +7,9 @@ run on fakeredis); here they run on the harness's servers.
 
 from __future__ import annotations
 
-import gc
 import threading
 import time
 import uuid
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +21,7 @@ from scalekit.breaker import CircuitBreaker, RedisStorage, State
 from scalekit.errors import CircuitOpenError
 from scalekit.instrumentation import FallbackUsed, Recovered
 from scalekit.testing import FakeClock, capture_events
+from tests.integration._asyncio_cluster import collect_dropped_connections
 from tests.unit.breaker import shared_scenarios as scenarios
 
 pytestmark = pytest.mark.integration
@@ -505,11 +504,4 @@ async def test_async_cluster_master_paused_falls_back_then_recovers(redis_cluste
         owner.resume()
         await storage.aclose()
         await client.aclose()
-        # redis-py's asyncio RedisCluster drops the connection whose command timed out
-        # on the paused master without closing it (a ResourceWarning when collected, an
-        # error under warnings-as-errors in whichever later test the collector runs).
-        # Collect it here, inside this test's loop: redis-py's behaviour, not
-        # scalekit's (the storage closes its bounded twin).
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ResourceWarning)
-            gc.collect()
+        collect_dropped_connections()  # redis-py's, after ours are closed

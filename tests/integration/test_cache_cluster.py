@@ -6,15 +6,14 @@ local tier kept honest through cluster pub/sub.
 from __future__ import annotations
 
 import asyncio
-import gc
 import threading
 import time
-import warnings
 from typing import Any
 
 import pytest
 
 from scalekit.cache import AsyncCache, Cache, LocalCache
+from tests.integration._asyncio_cluster import collect_dropped_connections
 from tests.integration.test_cache_redis import SCENARIOS, Scenario
 from tests.unit.cache._drivers import Factory
 
@@ -47,13 +46,7 @@ async def test_shared_scenarios_on_cluster(
     finally:
         await factory.close()
         if kind == "async-cluster":
-            # redis-py's asyncio cluster client drops a connection whose command was
-            # cancelled (a waiter of a failed load) without closing it; collect those
-            # here, inside the loop, so they do not fail a later test. Left alone:
-            # redis-py's behaviour, not scalekit's (the cache closes its twin).
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ResourceWarning)
-                gc.collect()
+            collect_dropped_connections()  # redis-py's, after ours are closed
 
 
 def test_keys_tags_and_leases_spread_over_every_master(redis_cluster: Any) -> None:

@@ -7,14 +7,12 @@ fleet; one test also uses a real second process. Time is the Redis server's.
 from __future__ import annotations
 
 import asyncio
-import gc
 import subprocess
 import sys
 import textwrap
 import threading
 import time
 import uuid
-import warnings
 from typing import Any
 
 import pytest
@@ -24,6 +22,7 @@ from redis.retry import Retry
 from scalekit.instrumentation import FallbackUsed, Recovered
 from scalekit.retry import Backoff, RedisRetryBudget, RetryBudgetExhausted, RetryPolicy
 from scalekit.testing import capture_events
+from tests.integration._asyncio_cluster import collect_dropped_connections
 
 pytestmark = pytest.mark.integration
 
@@ -468,11 +467,4 @@ async def test_async_redis_cluster_master_unreachable_falls_back_then_recovers(
         owner.resume()
         await budget.aclose()
         await client.aclose()
-        # redis-py's asyncio RedisCluster drops the connection whose command timed out
-        # on the paused master without closing it (a ResourceWarning when collected, an
-        # error under warnings-as-errors in whichever later test the collector runs).
-        # Collect it here, inside this test's loop: redis-py's behaviour, not
-        # scalekit's (the budget closes its bounded twin).
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ResourceWarning)
-            gc.collect()
+        collect_dropped_connections()  # redis-py's, after ours are closed
