@@ -47,15 +47,19 @@ _TWIN_MARK = "_scalekit_bounded_twin"
 
 
 def check_op_timeout(value: object, *, name: str = "op_timeout") -> float:
-    """``value`` as a float of seconds, or :class:`ConfigurationError`.
+    """``value`` as a float of seconds, or :class:`ConfigurationError` naming ``name``.
 
     It must be a finite number above 0 and at most 60.
     """
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigurationError(f"{name} must be a number of seconds, got {value!r}")
+        raise ConfigurationError(
+            f"{name} must be a number of seconds, got {value!r}", parameter=name
+        )
     seconds = float(value)
     if not math.isfinite(seconds) or seconds <= 0 or seconds > 60:
-        raise ConfigurationError(f"{name} must be above 0 and at most 60 seconds, got {value!r}")
+        raise ConfigurationError(
+            f"{name} must be above 0 and at most 60 seconds, got {value!r}", parameter=name
+        )
     return seconds
 
 

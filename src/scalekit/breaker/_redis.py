@@ -187,10 +187,7 @@ class RedisStorage:
                 f"on_redis_error must be 'fail_open' or 'fail_closed', got {on_redis_error!r}",
                 parameter="on_redis_error",
             )
-        try:
-            self.op_timeout = check_op_timeout(op_timeout)
-        except ConfigurationError as exc:
-            raise ConfigurationError(str(exc), parameter="op_timeout") from None
+        self.op_timeout = check_op_timeout(op_timeout)
         self.client = client
         #: What the breaker talks to: ``client``, or its bounded twin.
         self.bounded_client = bounded(client, self.op_timeout)

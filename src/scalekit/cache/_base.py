@@ -246,10 +246,7 @@ class CacheBase:
         op_timeout: float = DEFAULT_OP_TIMEOUT,
     ) -> None:
         self.keys = KeyBuilder(namespace, schema_version, max_key_length)
-        try:
-            self.op_timeout = check_op_timeout(op_timeout)
-        except ConfigurationError as exc:  # the same message, naming the parameter
-            raise ConfigurationError(str(exc), parameter="op_timeout") from None
+        self.op_timeout = check_op_timeout(op_timeout)
         self.namespace = namespace
         self.default_ttl = _positive("default_ttl", default_ttl)
         self.stale_ttl = (

@@ -512,10 +512,7 @@ class RedisRetryBudget:
     ) -> None:
         _check_params(ratio, min_per_second, window, buckets)
         check_str(name, "name")
-        try:
-            op_timeout = check_op_timeout(op_timeout)
-        except ConfigurationError as exc:
-            raise ConfigurationError(str(exc), parameter="op_timeout") from None
+        op_timeout = check_op_timeout(op_timeout)
         if flush_interval is None:
             flush_interval = window / buckets
         check_number(flush_interval, "flush_interval", strict=True)

@@ -58,8 +58,9 @@ def test_fakes_and_subclasses_are_used_as_given() -> None:
 
 @pytest.mark.parametrize("value", [0, -1, math.inf, math.nan, 61, "1", True, None])
 def test_a_bad_op_timeout_is_a_configuration_error(value: object) -> None:
-    with pytest.raises(ConfigurationError, match="op_timeout"):
+    with pytest.raises(ConfigurationError, match="op_timeout") as refused:
         check_op_timeout(value)
+    assert refused.value.parameter == "op_timeout"
 
 
 def test_the_default_is_well_under_a_second() -> None:
