@@ -58,11 +58,9 @@ async def aacquire(rec: Recorder) -> int:
         CircuitOpenError: rejected.
         ConfigurationError: (sync) the storage's client is an asyncio one.
     """
-    shared = rec.shared
+    shared = rec.state(sync=not IS_ASYNC)
     if shared is None:
         return rec.acquire_local()
-    if not IS_ASYNC:
-        shared.check_sync()
     now = rec.monotonic()
     step = shared.admit(now)
     if isinstance(step, int):
@@ -80,12 +78,10 @@ async def afinish(
     """Report one call's outcome: to the listeners, then to the shared state or the core."""
     if rec.listeners is not None:
         rec.listeners.outcome(rec.breaker, outcome, exc)
-    shared = rec.shared
+    shared = rec.state(sync=not IS_ASYNC)
     if shared is None:
         rec.record(ticket, outcome, duration)
         return
-    if not IS_ASYNC:
-        shared.check_sync()
     args = shared.record_args(ticket, outcome, duration)
     if args is None:
         return  # kept locally until the next script call
@@ -105,10 +101,8 @@ async def amanual(rec: Recorder, trigger: Trigger) -> None:
         redis.RedisError: a shared breaker's Redis is unreachable.
     """
     now = rec.monotonic()
-    shared = rec.shared
+    shared = rec.state(sync=not IS_ASYNC)
     if shared is not None:
-        if not IS_ASYNC:
-            shared.check_sync()
         shared.applied(await _arun(shared, shared.manual_args(trigger)), now)
     rec.fire_local(trigger, now)
 
@@ -158,17 +152,13 @@ async def _call_full(
         if ticket is None:
             ticket = await aacquire(rec)
     except CircuitOpenError:
-        fallback = rec.fallback
-        if fallback is None:
+        if rec.fallback is None:
             raise
-        if IS_ASYNC:
-            fallback_result: Any = fallback(*args, **kwargs)
+        fallback_result: Any = rec.fallback(*args, **kwargs)
+        if IS_ASYNC:  # noqa: SIM102 (the sync twin drops this whole test)
             if inspect.isawaitable(fallback_result):
                 fallback_result = await fallback_result
-            return fallback_result  # type: ignore[no-any-return]
-        else:
-            sync_result: T = fallback(*args, **kwargs)
-            return sync_result
+        return fallback_result  # type: ignore[no-any-return]
     listeners = rec.listeners
     if listeners is not None:
         listeners.before_call(rec.breaker, func, args, kwargs)
@@ -181,19 +171,13 @@ async def _call_full(
         duration = monotonic() - start if timed else None
         await afinish(rec, ticket, rec.classify(exc), duration, exc)
         raise
-    now = monotonic()
-    duration = now - start if timed else None
-    outcome = SUCCESS
-    if rec.check_result:
-        try:
-            outcome = rec.classify_result(result)
-        except BaseException:
-            await afinish(rec, ticket, SUCCESS, duration, None)
-            raise
+    outcome, duration, now, error = rec.judge(result, start)
     if rec.local:
         rec.record(ticket, outcome, duration, now)
     else:
         await afinish(rec, ticket, outcome, duration, None)
+    if error is not None:
+        raise error
     return result
 
 
@@ -232,8 +216,7 @@ def awrap(
     elif rec.local:
         monotonic = rec.monotonic
         timed = rec.timed
-        check_result = rec.check_result
-        classify_result = rec.classify_result
+        settle = rec.settle
 
         @functools.wraps(func)
         async def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
@@ -246,16 +229,7 @@ def awrap(
             except BaseException as exc:
                 record(ticket, classify(exc), monotonic() - start if timed else None)
                 raise
-            now = monotonic()
-            duration = now - start if timed else None
-            outcome = SUCCESS
-            if check_result:
-                try:
-                    outcome = classify_result(result)
-                except BaseException:
-                    record(ticket, SUCCESS, duration, now)
-                    raise
-            record(ticket, outcome, duration, now)
+            settle(ticket, result, start)
             return result
 
     else:

@@ -40,10 +40,9 @@ def acquire(rec: Recorder) -> int:
         CircuitOpenError: rejected.
         ConfigurationError: (sync) the storage's client is an asyncio one.
     """
-    shared = rec.shared
+    shared = rec.state(sync=True)
     if shared is None:
         return rec.acquire_local()
-    shared.check_sync()
     now = rec.monotonic()
     step = shared.admit(now)
     if isinstance(step, int):
@@ -61,11 +60,10 @@ def finish(
     """Report one call's outcome: to the listeners, then to the shared state or the core."""
     if rec.listeners is not None:
         rec.listeners.outcome(rec.breaker, outcome, exc)
-    shared = rec.shared
+    shared = rec.state(sync=True)
     if shared is None:
         rec.record(ticket, outcome, duration)
         return
-    shared.check_sync()
     args = shared.record_args(ticket, outcome, duration)
     if args is None:
         return  # kept locally until the next script call
@@ -85,9 +83,8 @@ def manual(rec: Recorder, trigger: Trigger) -> None:
         redis.RedisError: a shared breaker's Redis is unreachable.
     """
     now = rec.monotonic()
-    shared = rec.shared
+    shared = rec.state(sync=True)
     if shared is not None:
-        shared.check_sync()
         shared.applied(_run(shared, shared.manual_args(trigger)), now)
     rec.fire_local(trigger, now)
 
@@ -133,11 +130,10 @@ def _call_full(
         if ticket is None:
             ticket = acquire(rec)
     except CircuitOpenError:
-        fallback = rec.fallback
-        if fallback is None:
+        if rec.fallback is None:
             raise
-        sync_result: T = fallback(*args, **kwargs)
-        return sync_result
+        fallback_result: Any = rec.fallback(*args, **kwargs)
+        return fallback_result  # type: ignore[no-any-return]
     listeners = rec.listeners
     if listeners is not None:
         listeners.before_call(rec.breaker, func, args, kwargs)
@@ -150,19 +146,13 @@ def _call_full(
         duration = monotonic() - start if timed else None
         finish(rec, ticket, rec.classify(exc), duration, exc)
         raise
-    now = monotonic()
-    duration = now - start if timed else None
-    outcome = SUCCESS
-    if rec.check_result:
-        try:
-            outcome = rec.classify_result(result)
-        except BaseException:
-            finish(rec, ticket, SUCCESS, duration, None)
-            raise
+    outcome, duration, now, error = rec.judge(result, start)
     if rec.local:
         rec.record(ticket, outcome, duration, now)
     else:
         finish(rec, ticket, outcome, duration, None)
+    if error is not None:
+        raise error
     return result
 
 
@@ -199,8 +189,7 @@ def wrap(rec: Recorder, func: Callable[P, T]) -> Callable[P, T]:
     elif rec.local:
         monotonic = rec.monotonic
         timed = rec.timed
-        check_result = rec.check_result
-        classify_result = rec.classify_result
+        settle = rec.settle
 
         @functools.wraps(func)
         def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
@@ -213,16 +202,7 @@ def wrap(rec: Recorder, func: Callable[P, T]) -> Callable[P, T]:
             except BaseException as exc:
                 record(ticket, classify(exc), monotonic() - start if timed else None)
                 raise
-            now = monotonic()
-            duration = now - start if timed else None
-            outcome = SUCCESS
-            if check_result:
-                try:
-                    outcome = classify_result(result)
-                except BaseException:
-                    record(ticket, SUCCESS, duration, now)
-                    raise
-            record(ticket, outcome, duration, now)
+            settle(ticket, result, start)
             return result
 
     else:
