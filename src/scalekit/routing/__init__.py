@@ -47,8 +47,8 @@ from scalekit.routing._events import (
 from scalekit.routing._statements import ROUTE_OPTION, classify, read_only, route_to_primary
 
 if TYPE_CHECKING:
-    from scalekit.routing._async import AsyncRoutingPool, AsyncRoutingSession
-    from scalekit.routing._orm import RoutingSession
+    from scalekit.routing._async import AsyncRoutingPool
+    from scalekit.routing._orm import AsyncRoutingSession, RoutingSession
     from scalekit.routing._sync import RoutingPool
 
 __all__ = [
@@ -79,7 +79,7 @@ __all__ = [
 
 _LAZY = {
     "AsyncRoutingPool": "scalekit.routing._async",
-    "AsyncRoutingSession": "scalekit.routing._async",
+    "AsyncRoutingSession": "scalekit.routing._orm",
     "RoutingSession": "scalekit.routing._orm",
     "RoutingPool": "scalekit.routing._sync",
 }

@@ -15,20 +15,19 @@ from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from scalekit._unasync import IS_ASYNC
 from scalekit.errors import NoHealthyNode
 from scalekit.routing._base import PoolBase
 from scalekit.routing._core import ConsistencyToken
-from scalekit.routing._orm import RoutingSession
+from scalekit.routing._orm import AsyncRoutingSession
 from scalekit.routing._router import READONLY_OPTION
 from scalekit.typing import Clock
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker
 
-__all__ = ["AsyncRoutingPool", "AsyncRoutingSession"]
+__all__ = ["AsyncRoutingPool"]
 
 __unasync__ = {
     "The asyncio routing pool": "The sync routing pool",
@@ -47,29 +46,6 @@ else:
     def _bridge(fn: Callable[..., _T], *args: Any) -> _T:
         """Run a router call: the sync pool runs it in the caller's thread."""
         return fn(*args)
-
-
-class AsyncRoutingSession(AsyncSession):  # unasync: async-only
-    """An ``AsyncSession`` whose statements are routed like :class:`RoutingSession`'s.
-
-    Build it through ``pool.sessionmaker()`` (an ``async_sessionmaker``). The
-    routing runs in the wrapped sync :class:`RoutingSession`, inside
-    SQLAlchemy's greenlet bridge, so both pools share one implementation.
-
-    >>> Session = pool.sessionmaker()  # doctest: +SKIP
-    >>> async with Session() as session:  # doctest: +SKIP
-    ...     await session.get(Order, 1)              # a replica
-
-    Raises:
-        ReadOnlyViolation: a write inside ``pool.use_replica()``.
-        NoHealthyNode: no node can serve a statement.
-    """
-
-    sync_session_class = RoutingSession
-
-    def __init__(self, *args: Any, routing_pool: AsyncRoutingPool, **kwargs: Any) -> None:
-        kwargs.setdefault("sync_session_class", RoutingSession)
-        super().__init__(*args, routing_pool=routing_pool, **kwargs)
 
 
 class AsyncRoutingPool(PoolBase):

@@ -1,9 +1,10 @@
 """The ORM side: a ``Session`` whose ``get_bind`` routes each statement.
 
 :class:`RoutingSession` serves both pools: ``RoutingPool.sessionmaker()``
-uses it directly and ``AsyncRoutingPool.sessionmaker()`` uses it as the
-``sync_session_class`` of an ``AsyncSession`` (the ORM runs it inside the
-greenlet bridge, so the same code routes async sessions).
+uses it directly and ``AsyncRoutingPool.sessionmaker()`` makes
+:class:`AsyncRoutingSession`, an ``AsyncSession`` whose ``sync_session_class``
+it is (the ORM runs it inside the greenlet bridge, so the same code routes
+async sessions).
 
 Per transaction it remembers whether it wrote (later reads stay on the
 primary, to see their own uncommitted rows), which nodes it used (a read
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session, SessionTransaction, SessionTransactionOrigin
 
 from scalekit.errors import ConfigurationError, NoHealthyNode
@@ -34,7 +36,7 @@ if TYPE_CHECKING:
 
     from scalekit.routing._router import Router
 
-__all__ = ["RoutingSession"]
+__all__ = ["AsyncRoutingSession", "RoutingSession"]
 
 
 class _HasRouter(Protocol):
@@ -178,6 +180,29 @@ class RoutingSession(Session):
 
     def scalar(self, *args: Any, **kwargs: Any) -> Any:
         return self._sk_run(super().scalar, args, kwargs)
+
+
+class AsyncRoutingSession(AsyncSession):
+    """An ``AsyncSession`` whose statements are routed like :class:`RoutingSession`'s.
+
+    Build it through ``pool.sessionmaker()`` (an ``async_sessionmaker``). The
+    routing runs in the wrapped sync :class:`RoutingSession`, inside
+    SQLAlchemy's greenlet bridge, so both pools share one implementation.
+
+    >>> Session = pool.sessionmaker()  # doctest: +SKIP
+    >>> async with Session() as session:  # doctest: +SKIP
+    ...     await session.get(Order, 1)              # a replica
+
+    Raises:
+        ReadOnlyViolation: a write inside ``pool.use_replica()``.
+        NoHealthyNode: no node can serve a statement.
+    """
+
+    sync_session_class = RoutingSession
+
+    def __init__(self, *args: Any, routing_pool: _HasRouter, **kwargs: Any) -> None:
+        kwargs.setdefault("sync_session_class", RoutingSession)
+        super().__init__(*args, routing_pool=routing_pool, **kwargs)
 
 
 _installed = False

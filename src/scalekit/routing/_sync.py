@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Connection, Engine
     from sqlalchemy.orm import sessionmaker
 
-__all__ = ["RoutingPool", "RoutingSession"]
+__all__ = ["RoutingPool"]
 
 _T = TypeVar("_T")
 
