@@ -6,8 +6,11 @@ A package's shells are its colour files, ``_async.py`` and ``_sync.py`` (the
 pair issue 14 measured); a file that starts with the generator's do-not-edit
 header (``scripts/unasync.py``) is generated and not counted. ``_base.py``, the
 colourless helpers the shells share, is shown beside them, so that lines moved
-there rather than removed stay visible. Two measures: all physical lines
-(``wc -l``), and code lines (neither blank, nor a comment, nor a docstring).
+there rather than removed stay visible, and so is the whole package (every
+hand-written ``.py``, cores included), where lines that only moved cancel out
+(it also grows with every feature added since). Two measures for the shells:
+all physical lines (``wc -l``), and code lines (neither blank, nor a comment,
+nor a docstring).
 
 ``--before`` defaults to the commit before the issue-14 work (the parent of the
 commit that added ``scripts/unasync.py``); a package that did not exist there is
@@ -79,6 +82,23 @@ def measure(rev: str | None, package: str, name: str) -> tuple[int, int] | None:
     return (len(text.splitlines()), code_lines(text))
 
 
+def package_lines(rev: str | None, package: str) -> int:
+    """Hand-written lines of every ``.py`` file of ``package`` (cores included)."""
+    root = f"src/scalekit/{package}"
+    if rev is None:
+        paths = [str(p.relative_to(REPO)) for p in sorted((REPO / root).rglob("*.py"))]
+    else:
+        paths = [
+            p for p in git("ls-tree", "-r", "--name-only", rev, root).split() if p.endswith(".py")
+        ]
+    total = 0
+    for path in paths:
+        text = read(rev, path) or ""
+        if not text.startswith(HEADER_PREFIX):
+            total += len(text.splitlines())
+    return total
+
+
 def default_before() -> str:
     first = git("log", "--diff-filter=A", "--format=%H", "--", "scripts/unasync.py").split()[-1]
     return git("rev-parse", "--short", f"{first}^").strip()
@@ -108,7 +128,7 @@ def main() -> None:
     say("shells = hand-written _async.py + _sync.py; lines / code lines")
     header = (
         f"{'package':<11} {'at':<8} {'before':>11} {'after':>11} {'change':>14}"
-        f" {'_base.py after':>15}"
+        f" {'_base.py after':>15} {'package before/after':>21}"
     )
     say(header)
     say("-" * len(header))
@@ -128,6 +148,7 @@ def main() -> None:
         say(
             f"{package:<11} {rev:<8} {f'{old_lines}/{old_code}':>11} "
             f"{f'{new_lines}/{new_code}':>11} {change:>14} {f'{base[0]}/{base[1]}':>15}"
+            f" {f'{package_lines(rev, package)}/{package_lines(args.after, package)}':>21}"
         )
 
 
