@@ -171,13 +171,19 @@ async def _call_full(
         duration = monotonic() - start if timed else None
         await afinish(rec, ticket, rec.classify(exc), duration, exc)
         raise
-    outcome, duration, now, error = rec.judge(result, start)
+    now = monotonic()
+    duration = now - start if timed else None
+    outcome = SUCCESS
+    if rec.check_result:
+        try:
+            outcome = rec.classify_result(result)
+        except BaseException:
+            await afinish(rec, ticket, SUCCESS, duration, None)
+            raise
     if rec.local:
         rec.record(ticket, outcome, duration, now)
     else:
         await afinish(rec, ticket, outcome, duration, None)
-    if error is not None:
-        raise error
     return result
 
 
@@ -216,7 +222,8 @@ def awrap(
     elif rec.local:
         monotonic = rec.monotonic
         timed = rec.timed
-        settle = rec.settle
+        check_result = rec.check_result
+        classify_result = rec.classify_result
 
         @functools.wraps(func)
         async def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
@@ -229,7 +236,16 @@ def awrap(
             except BaseException as exc:
                 record(ticket, classify(exc), monotonic() - start if timed else None)
                 raise
-            settle(ticket, result, start)
+            now = monotonic()
+            duration = now - start if timed else None
+            outcome = SUCCESS
+            if check_result:
+                try:
+                    outcome = classify_result(result)
+                except BaseException:
+                    record(ticket, SUCCESS, duration, now)
+                    raise
+            record(ticket, outcome, duration, now)
             return result
 
     else:

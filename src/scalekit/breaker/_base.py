@@ -17,7 +17,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from scalekit._clock import SYSTEM_CLOCK
-from scalekit.breaker._config import SUCCESS
 from scalekit.breaker._core import BreakerCore, Trigger
 
 if TYPE_CHECKING:
@@ -126,34 +125,6 @@ class Recorder:
         if sync and shared is not None:
             shared.check_sync()
         return shared
-
-    def judge(
-        self, result: Any, start: float
-    ) -> tuple[int, float | None, float, BaseException | None]:
-        """A returned call's outcome, duration (None when untimed) and end time.
-
-        The last item is what ``failure_result`` raised while judging (the
-        call then counts as a success and the driver re-raises it), else None.
-        """
-        now = self.monotonic()
-        duration = now - start if self.timed else None
-        if not self.check_result:
-            return SUCCESS, duration, now, None
-        try:
-            return self.classify_result(result), duration, now, None
-        except BaseException as error:
-            return SUCCESS, duration, now, error
-
-    def settle(self, ticket: int, result: Any, start: float) -> None:
-        """Record a returned call in the local core (local state, no listeners).
-
-        Raises:
-            BaseException: what ``failure_result`` raised, after recording a success.
-        """
-        outcome, duration, now, error = self.judge(result, start)
-        self.record(ticket, outcome, duration, now)
-        if error is not None:
-            raise error
 
     def acquire_local(self) -> int:
         """A ticket from the local core.

@@ -146,13 +146,19 @@ def _call_full(
         duration = monotonic() - start if timed else None
         finish(rec, ticket, rec.classify(exc), duration, exc)
         raise
-    outcome, duration, now, error = rec.judge(result, start)
+    now = monotonic()
+    duration = now - start if timed else None
+    outcome = SUCCESS
+    if rec.check_result:
+        try:
+            outcome = rec.classify_result(result)
+        except BaseException:
+            finish(rec, ticket, SUCCESS, duration, None)
+            raise
     if rec.local:
         rec.record(ticket, outcome, duration, now)
     else:
         finish(rec, ticket, outcome, duration, None)
-    if error is not None:
-        raise error
     return result
 
 
@@ -189,7 +195,8 @@ def wrap(rec: Recorder, func: Callable[P, T]) -> Callable[P, T]:
     elif rec.local:
         monotonic = rec.monotonic
         timed = rec.timed
-        settle = rec.settle
+        check_result = rec.check_result
+        classify_result = rec.classify_result
 
         @functools.wraps(func)
         def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
@@ -202,7 +209,16 @@ def wrap(rec: Recorder, func: Callable[P, T]) -> Callable[P, T]:
             except BaseException as exc:
                 record(ticket, classify(exc), monotonic() - start if timed else None)
                 raise
-            settle(ticket, result, start)
+            now = monotonic()
+            duration = now - start if timed else None
+            outcome = SUCCESS
+            if check_result:
+                try:
+                    outcome = classify_result(result)
+                except BaseException:
+                    record(ticket, SUCCESS, duration, now)
+                    raise
+            record(ticket, outcome, duration, now)
             return result
 
     else:
