@@ -11,6 +11,9 @@ is imported in a subprocess of its own (``PYTHONPATH`` set to that side's
 - cache ``get`` hit and ``@cached`` decorator hit (``Cache`` / ``AsyncCache``
   on Redis);
 - rate limiter ``hit`` (GCRA on Redis, a limit that always allows);
+- the cache ``get`` hit and the ``hit`` again on the in-process memory
+  backends (``Cache(None)``, ``MemoryBackend()``): no round trip, so
+  scalekit's own cost is most of what is measured;
 - breaker success path (``@breaker`` on a function that returns);
 - retry success path (``RetryPolicy(attempts=3)`` on a function that returns);
 
@@ -57,6 +60,8 @@ CASES = (
     "cache get hit",
     "cache decorator hit",
     "ratelimit hit",
+    "cache get hit (mem)",
+    "ratelimit hit (mem)",
     "breaker success",
     "retry success",
 )
@@ -81,7 +86,7 @@ def build_cases(url: str, prefix: str) -> tuple[dict[str, Callable[[], Any]], An
 
     from scalekit.breaker import CircuitBreaker
     from scalekit.cache import AsyncCache, Cache
-    from scalekit.ratelimit import AsyncRateLimiter, Limit, RateLimiter
+    from scalekit.ratelimit import AsyncRateLimiter, Limit, MemoryBackend, RateLimiter
     from scalekit.retry import RetryPolicy
 
     limit = Limit.parse("1000000/second")
@@ -95,6 +100,9 @@ def build_cases(url: str, prefix: str) -> tuple[dict[str, Callable[[], Any]], An
 
     get_user(1)
     limiter = RateLimiter(redis.Redis.from_url(url), algorithm="gcra", namespace=f"{prefix}r")
+    memory = Cache(None, namespace=f"{prefix}m", default_ttl=3600)
+    memory.set("x", VALUE)
+    mem_limiter = RateLimiter(MemoryBackend(), algorithm="gcra")
     breaker = CircuitBreaker("ab-sync", fail_max=5)
 
     def work() -> int:
@@ -106,6 +114,8 @@ def build_cases(url: str, prefix: str) -> tuple[dict[str, Callable[[], Any]], An
         "cache get hit": lambda: cache.get("x"),
         "cache decorator hit": lambda: get_user(1),
         "ratelimit hit": lambda: limiter.hit("k", limit),
+        "cache get hit (mem)": lambda: memory.get("x"),
+        "ratelimit hit (mem)": lambda: mem_limiter.hit("k", limit),
         "breaker success": guarded,
         "retry success": retried,
     }
@@ -120,6 +130,8 @@ def build_cases(url: str, prefix: str) -> tuple[dict[str, Callable[[], Any]], An
     alimiter = AsyncRateLimiter(
         redis.asyncio.Redis.from_url(url), algorithm="gcra", namespace=f"{prefix}ar"
     )
+    amemory = AsyncCache(None, namespace=f"{prefix}am", default_ttl=3600)
+    amem_limiter = AsyncRateLimiter(MemoryBackend(), algorithm="gcra")
     abreaker = CircuitBreaker("ab-async", fail_max=5)
 
     async def awork() -> int:
@@ -131,10 +143,12 @@ def build_cases(url: str, prefix: str) -> tuple[dict[str, Callable[[], Any]], An
         "cache get hit": lambda: acache.get("x"),
         "cache decorator hit": lambda: aget_user(1),
         "ratelimit hit": lambda: alimiter.hit("k", limit),
+        "cache get hit (mem)": lambda: amemory.get("x"),
+        "ratelimit hit (mem)": lambda: amem_limiter.hit("k", limit),
         "breaker success": aguarded,
         "retry success": aretried,
     }
-    return sync_cases, (acache, async_cases), [cache, client]
+    return sync_cases, (acache, amemory, async_cases), [cache, memory, client]
 
 
 def worker(url: str, prefix: str, number: int, callgrind_lib: str | None) -> None:
@@ -143,8 +157,9 @@ def worker(url: str, prefix: str, number: int, callgrind_lib: str | None) -> Non
 
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    sync_cases, (acache, async_cases), closers = build_cases(url, prefix)
+    sync_cases, (acache, amemory, async_cases), closers = build_cases(url, prefix)
     loop.run_until_complete(acache.set("x", VALUE))
+    loop.run_until_complete(amemory.set("x", VALUE))
     loop.run_until_complete(async_cases["cache decorator hit"]())
 
     def run_sync(fn: Callable[[], Any], n: int) -> float:
@@ -186,7 +201,8 @@ def worker(url: str, prefix: str, number: int, callgrind_lib: str | None) -> Non
                 for colour in COLOURS
             }
             print(json.dumps(times), flush=True)
-    loop.run_until_complete(acache.aclose() if hasattr(acache, "aclose") else asyncio.sleep(0))
+    for async_cache in (acache, amemory):
+        loop.run_until_complete(async_cache.aclose())
     loop.close()
     for closer in closers:
         closer.close()
