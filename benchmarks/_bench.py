@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-__all__ = ["Result", "print_table", "time_per_call"]
+__all__ = ["Result", "interleaved_best", "print_table", "time_per_call"]
 
 
 @dataclass(frozen=True)
@@ -54,3 +56,32 @@ def print_table(
         if overhead_over:
             line += f" {result.ns_per_call - by_name[overhead_over]:>12.1f}"
         print(line)
+
+
+def interleaved_best(
+    workers: Mapping[str, subprocess.Popen[str]],
+    rounds: int,
+    dropped: dict[str, int] | None = None,
+) -> dict[str, dict[str, float]]:
+    """Best figure per case of each worker, over ``rounds`` rounds taken in turn.
+
+    Each worker times one round per line it reads on stdin and answers with a
+    JSON object of case -> figure (null: that round of the case does not
+    count); the order alternates every round, so that machine noise hits
+    every side alike. A case no round counted is left out; ``dropped``, if
+    given, counts the rounds left out per side.
+    """
+    best: dict[str, dict[str, float]] = {side: {} for side in workers}
+    for index in range(rounds):
+        order = list(workers) if index % 2 == 0 else list(reversed(list(workers)))
+        for side in order:
+            proc = workers[side]
+            assert proc.stdin is not None and proc.stdout is not None
+            proc.stdin.write("round\n")
+            proc.stdin.flush()
+            for case, figure in json.loads(proc.stdout.readline()).items():
+                if figure is not None:
+                    best[side][case] = min(best[side].get(case, float("inf")), figure)
+                elif dropped is not None:
+                    dropped[side] = dropped.get(side, 0) + 1
+    return best

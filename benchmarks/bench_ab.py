@@ -54,6 +54,10 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _bench import interleaved_best
+
 REPO = Path(__file__).resolve().parent.parent
 
 CASES = (
@@ -154,7 +158,13 @@ def build_cases(url: str, prefix: str) -> tuple[dict[str, Callable[[], Any]], An
 def worker(url: str, prefix: str, number: int, callgrind_lib: str | None) -> None:
     """Time one round per line on stdin (or, under callgrind, count once) and print JSON."""
     import scalekit
+    from scalekit.instrumentation import get_hooks, set_hooks
 
+    # Any event while a case runs (an op timeout on a loaded machine, a breaker
+    # opening, a fallback) means that round of the case did not run the hit
+    # path: its figure is dropped, not kept as a best.
+    events: list[str] = []
+    set_hooks([*get_hooks(), lambda event: events.append(type(event).__name__)])
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     sync_cases, (acache, amemory, async_cases), closers = build_cases(url, prefix)
@@ -174,10 +184,13 @@ def worker(url: str, prefix: str, number: int, callgrind_lib: str | None) -> Non
             await fn()
         return (time.perf_counter_ns() - start) / n
 
-    def one(case: str, colour: str, n: int) -> float:
+    def one(case: str, colour: str, n: int) -> float | None:
+        events.clear()
         if colour == "sync":
-            return run_sync(sync_cases[case], n)
-        return loop.run_until_complete(arun(async_cases[case], n))
+            figure = run_sync(sync_cases[case], n)
+        else:
+            figure = loop.run_until_complete(arun(async_cases[case], n))
+        return None if events else figure
 
     for case in CASES:  # warm up (the specialising interpreter, connections, scripts)
         for colour in COLOURS:
@@ -186,13 +199,15 @@ def worker(url: str, prefix: str, number: int, callgrind_lib: str | None) -> Non
     if callgrind_lib is not None:
         helper = ctypes.CDLL(callgrind_lib)
         helper.sk_start()
+        tainted = []
         for case in CASES:
             for colour in COLOURS:
                 one(case, colour, 50)
                 helper.sk_zero()
-                one(case, colour, number)
+                if one(case, colour, number) is None:
+                    tainted.append(f"{case}|{colour}")
                 helper.sk_dump(f"{case}|{colour}".encode())
-        print(json.dumps({"done": True}), flush=True)
+        print(json.dumps({"done": True, "tainted": tainted}), flush=True)
     else:
         for _ in sys.stdin:
             times = {
@@ -321,21 +336,15 @@ def wall_clock(
         )
         for side, src in trees.items()
     }
-    best: dict[str, dict[str, float]] = {side: {} for side in workers}
     try:
         for side, proc in workers.items():
             assert proc.stdout is not None
             where = json.loads(proc.stdout.readline())["scalekit"]
             assert Path(where).resolve() == (trees[side] / "scalekit").resolve(), where
-        for index in range(rounds):
-            order = list(workers) if index % 2 == 0 else list(reversed(workers))
-            for side in order:
-                proc = workers[side]
-                assert proc.stdin is not None and proc.stdout is not None
-                proc.stdin.write("round\n")
-                proc.stdin.flush()
-                for key, ns in json.loads(proc.stdout.readline()).items():
-                    best[side][key] = min(best[side].get(key, float("inf")), ns)
+        dropped: dict[str, int] = {}
+        best = interleaved_best(workers, rounds, dropped)
+        for side, count in dropped.items():
+            print(f"wall clock: {count} figure(s) of {side} dropped (an event: timeout, fallback)")
     finally:
         for proc in workers.values():
             assert proc.stdin is not None
@@ -384,6 +393,8 @@ def instruction_counts(
         stdout, _ = proc.communicate(timeout=3600)
         if proc.returncode != 0 or '"done"' not in stdout:
             raise RuntimeError(f"the {side} worker under callgrind failed:\n{stdout}")
+        for key in json.loads(stdout.splitlines()[-1])["tainted"]:
+            print(f"callgrind: {side} {key} emitted events (a timeout or a fallback)")
         counts[side] = {}
         for path in out.iterdir():
             text = path.read_text(errors="replace")
@@ -403,6 +414,9 @@ def print_table(title: str, unit: str, old: dict[str, float], new: dict[str, flo
     for case in CASES:
         for colour in COLOURS:
             key = f"{case}|{colour}"
+            if key not in old or key not in new:
+                print(f"{case:<22} {colour:<6} (no round ran the hit path without an event)")
+                continue
             ratio = new[key] / old[key]
             worst = max(worst, ratio)
             flag = "  > 1.03" if ratio > 1.03 else ""

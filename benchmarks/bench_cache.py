@@ -49,7 +49,7 @@ import redis.asyncio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _bench import time_per_call
+from _bench import interleaved_best, time_per_call
 
 from scalekit.breaker import CircuitBreaker
 from scalekit.cache import AsyncCache, Cache, LocalCache
@@ -348,17 +348,8 @@ def ab(url: str, old_src: Path, prefix: str, number: int, rounds: int) -> None:
             text=True,
             env=env,
         )
-    best = {side: dict.fromkeys(AB_CASES, float("inf")) for side in workers}
     try:
-        for index in range(rounds):
-            order = list(workers) if index % 2 == 0 else list(reversed(workers))
-            for side in order:
-                worker = workers[side]
-                assert worker.stdin is not None and worker.stdout is not None
-                worker.stdin.write("round\n")
-                worker.stdin.flush()
-                for case, ns in json.loads(worker.stdout.readline()).items():
-                    best[side][case] = min(best[side][case], ns)
+        best = interleaved_best(workers, rounds)
     finally:
         for worker in workers.values():
             assert worker.stdin is not None
