@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 __all__ = [
     "BIND_LIMITS",
     "COPY_CHUNK_ROWS",
-    "STAGING_CHUNK_ROWS",
     "UNNEST_MAX_ROWS",
     "BatchProgress",
     "BatchResult",
@@ -72,11 +71,6 @@ Dedupe: TypeAlias = (
 #: Each COPY ends with a wait for the server to catch up, so larger chunks
 #: pipeline better: 20,000 rows loaded ~20% slower than one COPY of 200,000.
 COPY_CHUNK_ROWS = 50_000
-#: Rows per chunk for ``copy_staging`` (upserts, returned keys): its INSERT ...
-#: SELECT from the staging table, not the COPY, dominates, and it ran ~20%
-#: faster on 10,000-row stages than on 50,000-row ones (200,000-row upsert, half
-#: existing, fsync=off; 5,000 and 20,000 fell between).
-STAGING_CHUNK_ROWS = 10_000
 #: Up to this many rows, returned keys and upserts on PostgreSQL use ``unnest``
 #: arrays rather than a COPY into a staging table (whose setup costs more).
 UNNEST_MAX_ROWS = 2_000
@@ -812,9 +806,8 @@ def choose_method(
 def default_chunk_size(method: Method, n_columns: int, dialect: str) -> int:
     """Rows per chunk when the caller gave none.
 
-    COPY methods: :data:`COPY_CHUNK_ROWS`, :data:`STAGING_CHUNK_ROWS` for
-    ``copy_staging``. ``unnest``: one bind parameter per column whatever the
-    row count, so :data:`COPY_CHUNK_ROWS` too.
+    COPY methods: :data:`COPY_CHUNK_ROWS`. ``unnest``: one bind parameter per
+    column whatever the row count, so :data:`COPY_CHUNK_ROWS` too.
     ``executemany``: as many rows as the dialect's bind-parameter limit
     allows for ``n_columns`` columns (insertmanyvalues renders multi-row
     VALUES), at most :data:`EXECUTEMANY_MAX_ROWS`.
@@ -829,8 +822,6 @@ def default_chunk_size(method: Method, n_columns: int, dialect: str) -> int:
     """
     if n_columns < 1:
         raise ConfigurationError("no column to load", parameter="columns")
-    if method == "copy_staging":
-        return STAGING_CHUNK_ROWS
     if method != "executemany":
         return COPY_CHUNK_ROWS
     limit = BIND_LIMITS.get(dialect, _DEFAULT_BIND_LIMIT)
