@@ -17,6 +17,7 @@ __all__ = [
     "Result",
     "Side",
     "before_after_table",
+    "compare_with_before",
     "interleave_sides",
     "print_table",
     "serve_cases",
@@ -169,6 +170,22 @@ def interleave_sides(
                 if case in side.names:
                     best[side.label][case] = min(best[side.label][case], side.measure(case, number))
     return best
+
+
+def compare_with_before(
+    before: str, script: str, argv: Sequence[str], number: int, rounds: int
+) -> dict[str, dict[str, float]]:
+    """Run ``script``'s cases against ``before`` (a folder or git rev) and this
+    checkout, interleaved; best ns/call per side ("before", "after") and case."""
+    sides = [
+        Side("before", source_path(before), script, argv),
+        Side("after", ROOT / "src", script, argv),
+    ]
+    try:
+        return interleave_sides(sides, sides[1].names, number, rounds)
+    finally:
+        for side in sides:
+            side.close()
 
 
 def before_after_table(

@@ -56,15 +56,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _bench import (
-    ROOT,
     SERVE_FLAG,
     Result,
-    Side,
     before_after_table,
-    interleave_sides,
+    compare_with_before,
     print_table,
     serve_cases,
-    source_path,
 )
 
 from scalekit.batch import Upsert, batch_insert
@@ -102,6 +99,19 @@ def make_rows(count: int, qty: int = 1) -> list[dict[str, Any]]:
     ]
 
 
+def raw_copy(engine: sa.Engine, values: list[tuple[Any, ...]]) -> None:
+    """The peer: a hand-written psycopg binary COPY loop."""
+    with engine.begin() as connection:
+        raw = connection.connection.driver_connection
+        assert raw is not None
+        with raw.cursor() as cursor:
+            sql = f"COPY bench_items ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+            with cursor.copy(sql) as copy:
+                copy.set_types(["int8", "text", "int4", "numeric", "timestamptz"])
+                for value in values:
+                    copy.write_row(value)
+
+
 def timed(prepare: Callable[[], None], run: Callable[[], object]) -> tuple[float, float]:
     """One run after ``prepare``: (wall seconds, this process's CPU seconds)."""
     prepare()
@@ -130,15 +140,7 @@ def issue20_cases(url: str, count: int) -> dict[str, Callable[[int], float]]:
             connection.exec_driver_sql("TRUNCATE bench_items")
 
     def copy_tuples(values: list[tuple[Any, ...]]) -> None:
-        with engine.begin() as connection:
-            raw = connection.connection.driver_connection
-            assert raw is not None
-            with raw.cursor() as cursor:
-                sql = f"COPY bench_items ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)"
-                with cursor.copy(sql) as copy:
-                    copy.set_types(["int8", "text", "int4", "numeric", "timestamptz"])
-                    for value in values:
-                        copy.write_row(value)
+        raw_copy(engine, values)
 
     def half_full() -> None:
         empty()
@@ -196,15 +198,7 @@ def run_before_after(args: argparse.Namespace) -> None:
         with PgCluster.start(root / "pg", binaries, replicas=0) as cluster:
             url = cluster.primary.url
             argv = ["--rows", str(args.rows), "--worker-url", url]
-            sides = [
-                Side("before", source_path(args.before), __file__, argv),
-                Side("after", ROOT / "src", __file__, argv),
-            ]
-            try:
-                best = interleave_sides(sides, sides[1].names, args.rows, args.repeat)
-            finally:
-                for side in sides:
-                    side.close()
+            best = compare_with_before(args.before, __file__, argv, args.rows, args.repeat)
     before_after_table(
         f"batch, before ({args.before}) / after, {args.rows:,} rows x 5 columns, harness "
         f"PostgreSQL (fsync=off), wall ns per row, best of {args.repeat}",
@@ -273,15 +267,7 @@ def run_all(engine: sa.Engine, args: argparse.Namespace) -> None:
         copy_tuples(tuples[: count // 2])
 
     def copy_tuples(values: list[tuple[Any, ...]]) -> None:
-        with engine.begin() as connection:
-            raw = connection.connection.driver_connection
-            assert raw is not None
-            with raw.cursor() as cursor:
-                sql = f"COPY bench_items ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)"
-                with cursor.copy(sql) as copy:
-                    copy.set_types(["int8", "text", "int4", "numeric", "timestamptz"])
-                    for value in values:
-                        copy.write_row(value)
+        raw_copy(engine, values)
 
     cases: list[tuple[str, Callable[[], None], Callable[[], object], int]] = []
 

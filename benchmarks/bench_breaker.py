@@ -38,15 +38,12 @@ import pybreaker
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _bench import (
-    ROOT,
     SERVE_FLAG,
     Result,
-    Side,
     before_after_table,
-    interleave_sides,
+    compare_with_before,
     print_table,
     serve_cases,
-    source_path,
     time_per_call,
 )
 
@@ -162,17 +159,9 @@ def success_path_cases() -> dict[str, Callable[[int], float]]:
     return cases
 
 
-def run_before_after(args: argparse.Namespace, argv: list[str]) -> None:
-    sides = [
-        Side("before", source_path(args.before), __file__, argv),
-        Side("after", ROOT / "src", __file__, argv),
-    ]
-    try:
-        names = sides[1].names
-        best = interleave_sides(sides, names, args.number, args.rounds)
-    finally:
-        for side in sides:
-            side.close()
+def run_before_after(args: argparse.Namespace) -> None:
+    best = compare_with_before(args.before, __file__, [], args.number, args.rounds)
+    names = list(best["after"])
     before_after_table(
         f"success path, before ({args.before}) / after, best of {args.rounds} x "
         f"{args.number:,} calls (async: {max(args.number // 5, 1000):,})",
@@ -206,7 +195,7 @@ def main() -> None:
         serve_cases(success_path_cases())
         return
     if args.before:
-        run_before_after(args, [])
+        run_before_after(args)
         return
     number, rounds = args.number, args.rounds
 

@@ -52,15 +52,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _bench import (
-    ROOT,
     SERVE_FLAG,
     Result,
-    Side,
     before_after_table,
-    interleave_sides,
+    compare_with_before,
     print_table,
     serve_cases,
-    source_path,
 )
 
 from scalekit.routing import RoutingPool
@@ -400,16 +397,7 @@ def run_before_after(args: argparse.Namespace) -> None:
             engine.dispose()
             cluster.wait_for_replicas()
             argv = ["--primary-url", cluster.primary.url, "--replica-url", cluster.replicas[0].url]
-            sides = [
-                Side("before", source_path(args.before), __file__, argv),
-                Side("after", ROOT / "src", __file__, argv),
-            ]
-            try:
-                names = sides[1].names
-                best = interleave_sides(sides, names, args.n, args.rounds)
-            finally:
-                for side in sides:
-                    side.close()
+            best = compare_with_before(args.before, __file__, argv, args.n, args.rounds)
     before_after_table(
         f"routing, before ({args.before}) / after, real streaming replica, best of "
         f"{args.rounds} x {args.n} calls",
