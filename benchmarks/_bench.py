@@ -3,12 +3,31 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
+import tarfile
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
-__all__ = ["Result", "interleaved_best", "print_table", "time_per_call"]
+__all__ = [
+    "Result",
+    "Side",
+    "interleaved_best",
+    "before_after_table",
+    "compare_with_before",
+    "interleave_sides",
+    "print_table",
+    "serve_cases",
+    "source_path",
+    "time_per_call",
+]
+
+SERVE_FLAG = "--serve-cases"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)
@@ -85,3 +104,134 @@ def interleaved_best(
                 elif dropped is not None:
                     dropped[side] = dropped.get(side, 0) + 1
     return best
+
+
+# -- before/after in one run ---------------------------------------------------------------------
+#
+# ``--before SRC`` runs the same cases against an older scalekit in one run: the script
+# starts two worker processes of itself (``--serve-cases``), one importing scalekit from
+# SRC and one from this checkout, and asks them in turn for one measurement of each case,
+# round after round (interleaved: a noisy neighbour slows both sides alike); the best of
+# the rounds is kept. The peer's cases run in both workers; the tables show the "after"
+# worker's figure for them.
+
+
+def source_path(spec: str) -> Path:
+    """The folder to put on PYTHONPATH for ``spec``: a checkout (its ``src``) or a git rev."""
+    path = Path(spec)
+    if path.is_dir():
+        return path / "src" if (path / "src" / "scalekit").is_dir() else path
+    folder = Path(tempfile.mkdtemp(prefix="scalekit-before-"))
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "--format=tar", spec, "src"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    tar_path = folder / "src.tar"
+    tar_path.write_bytes(archive)
+    with tarfile.open(tar_path) as tar:
+        tar.extractall(folder, filter="data")
+    return folder / "src"
+
+
+class Side:
+    """One worker process of the calling script, importing scalekit from ``src``."""
+
+    def __init__(self, label: str, src: Path, script: str, argv: Sequence[str]) -> None:
+        self.label = label
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(src), env.get("PYTHONPATH", "")]).rstrip(
+            os.pathsep
+        )
+        self._proc = subprocess.Popen(
+            [sys.executable, script, *argv, SERVE_FLAG],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            text=True,
+        )
+        self.names: list[str] = self._ask({"op": "names"})
+
+    def _ask(self, request: dict[str, object]) -> object:
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        self._proc.stdin.write(json.dumps(request) + "\n")
+        self._proc.stdin.flush()
+        line = self._proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the {self.label} worker exited")
+        return json.loads(line)
+
+    def measure(self, case: str, number: int) -> float:
+        """ns per call of one measurement of ``number`` calls."""
+        return float(self._ask({"op": "run", "case": case, "number": number}))  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        assert self._proc.stdin is not None
+        self._proc.stdin.close()
+        self._proc.wait(timeout=60)
+
+
+def serve_cases(cases: dict[str, Callable[[int], float]]) -> None:
+    """The worker side: answer ``names`` and ``run`` requests on stdin until it closes.
+
+    Each case takes a call count and returns ns per call. The worker's stdout is the
+    channel: anything else it prints goes to stderr.
+    """
+    channel = sys.stdout
+    sys.stdout = sys.stderr
+    for line in sys.stdin:
+        request = json.loads(line)
+        if request["op"] == "names":
+            answer: object = list(cases)
+        else:
+            answer = cases[request["case"]](int(request["number"]))
+        channel.write(json.dumps(answer) + "\n")
+        channel.flush()
+
+
+def interleave_sides(
+    sides: Sequence[Side], cases: Sequence[str], number: int, rounds: int
+) -> dict[str, dict[str, float]]:
+    """Best ns/call per side and case; within a round, each case runs on every side in turn."""
+    best = {side.label: dict.fromkeys(cases, float("inf")) for side in sides}
+    for _ in range(rounds):
+        for case in cases:
+            for side in sides:
+                if case in side.names:
+                    best[side.label][case] = min(best[side.label][case], side.measure(case, number))
+    return best
+
+
+def compare_with_before(
+    before: str, script: str, argv: Sequence[str], number: int, rounds: int
+) -> dict[str, dict[str, float]]:
+    """Run ``script``'s cases against ``before`` (a folder or git rev) and this
+    checkout, interleaved; best ns/call per side ("before", "after") and case."""
+    sides = [
+        Side("before", source_path(before), script, argv),
+        Side("after", ROOT / "src", script, argv),
+    ]
+    try:
+        return interleave_sides(sides, sides[1].names, number, rounds)
+    finally:
+        for side in sides:
+            side.close()
+
+
+def before_after_table(
+    title: str, best: dict[str, dict[str, float]], *, baseline: str | None = None
+) -> None:
+    """Print before and after ns/call per case, after/before, and ratios to ``baseline``."""
+    before, after = best["before"], best["after"]
+    print(f"\n{title}")
+    header = f"{'case':<48} {'before ns':>10} {'after ns':>10} {'after/before':>13}"
+    if baseline:
+        header += f" {'before vs base':>15} {'after vs base':>14}"
+    print(header)
+    print("-" * len(header))
+    for case, after_ns in after.items():
+        before_ns = before.get(case, float("nan"))
+        line = f"{case:<48} {before_ns:>10.1f} {after_ns:>10.1f} {after_ns / before_ns:>12.2f}x"
+        if baseline:
+            line += f" {before_ns / before[baseline]:>14.2f}x {after_ns / after[baseline]:>13.2f}x"
+        print(line)

@@ -26,6 +26,12 @@ on_conflict_do_update; returned keys >= 2.5x insertmanyvalues RETURNING;
 plain >= 30x ORM add.
 
 Run:  python benchmarks/bench_batch.py [--url URL] [--rows 200000] [--repeat 5]
+
+``--before SRC`` (a checkout folder or a git rev such as ``main``) starts a
+PostgreSQL with the test harness (``fsync=off``) and runs the issue-20 cases
+of this checkout and of SRC in one run, interleaved, best of ``--repeat``:
+plain load vs raw binary COPY of the same dicts (target >= 0.95x rows/s) and
+upsert with half the keys existing vs ``on_conflict_do_update`` (>= 3x).
 """
 
 from __future__ import annotations
@@ -47,8 +53,16 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _bench import Result, print_table
+from _bench import (
+    SERVE_FLAG,
+    Result,
+    before_after_table,
+    compare_with_before,
+    print_table,
+    serve_cases,
+)
 
 from scalekit.batch import Upsert, batch_insert
 
@@ -85,6 +99,19 @@ def make_rows(count: int, qty: int = 1) -> list[dict[str, Any]]:
     ]
 
 
+def raw_copy(engine: sa.Engine, values: list[tuple[Any, ...]]) -> None:
+    """The peer: a hand-written psycopg binary COPY loop."""
+    with engine.begin() as connection:
+        raw = connection.connection.driver_connection
+        assert raw is not None
+        with raw.cursor() as cursor:
+            sql = f"COPY bench_items ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+            with cursor.copy(sql) as copy:
+                copy.set_types(["int8", "text", "int4", "numeric", "timestamptz"])
+                for value in values:
+                    copy.write_row(value)
+
+
 def timed(prepare: Callable[[], None], run: Callable[[], object]) -> tuple[float, float]:
     """One run after ``prepare``: (wall seconds, this process's CPU seconds)."""
     prepare()
@@ -94,13 +121,118 @@ def timed(prepare: Callable[[], None], run: Callable[[], object]) -> tuple[float
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
+RAW = "psycopg binary COPY (raw, from dicts)"
+PLAIN = "batch_insert plain"
+SA_UPSERT = "SA on_conflict_do_update (half existing)"
+UPSERT = "batch_insert upsert (half existing)"
+
+
+def issue20_cases(url: str, count: int) -> dict[str, Callable[[int], float]]:
+    """Each case loads ``count`` rows after its own preparation; returns wall ns per row."""
+    engine = sa.create_engine(url)
+    Base.metadata.create_all(engine)
+    rows = make_rows(count)
+    updates = make_rows(count, qty=2)
+    getter = itemgetter(*COLUMNS)
+
+    def empty() -> None:
+        with engine.begin() as connection:
+            connection.exec_driver_sql("TRUNCATE bench_items")
+
+    def copy_tuples(values: list[tuple[Any, ...]]) -> None:
+        raw_copy(engine, values)
+
+    def half_full() -> None:
+        empty()
+        copy_tuples([getter(r) for r in rows[: count // 2]])
+
+    def sa_upsert() -> None:
+        statement = pg_insert(items)
+        statement = statement.on_conflict_do_update(
+            index_elements=["id"],
+            set_={c: statement.excluded[c] for c in ("sku", "qty", "price", "created")},
+        )
+        with engine.begin() as connection:
+            connection.execute(statement, updates)
+
+    plan: dict[str, tuple[Callable[[], None], Callable[[], object]]] = {
+        RAW: (empty, lambda: copy_tuples([getter(r) for r in rows])),
+        PLAIN: (empty, lambda: batch_insert(engine, items, iter(rows))),
+        SA_UPSERT: (half_full, sa_upsert),
+        UPSERT: (
+            half_full,
+            lambda: batch_insert(engine, items, iter(updates), on_conflict=Upsert(index=["id"])),
+        ),
+    }
+
+    cpu: dict[str, float] = {}
+
+    def case(name: str) -> Callable[[int], float]:
+        prepare, run = plan[name]
+
+        def measure(n: int) -> float:
+            wall, cpu[name] = timed(prepare, run)
+            return wall / count * 1e9
+
+        return measure
+
+    cases: dict[str, Callable[[int], float]] = {}
+    for name in plan:
+        cases[name] = case(name)
+        # The client CPU of the run just timed (this process only: far less noisy).
+        cases[f"{name}: client CPU"] = lambda n, name=name: cpu[name] / count * 1e9
+    return cases
+
+
+def run_before_after(args: argparse.Namespace) -> None:
+    import tempfile
+
+    from tests.harness import PgCluster, find_pg_binaries
+
+    binaries = find_pg_binaries()
+    if binaries is None:
+        sys.exit("no PostgreSQL binaries found for --before")
+    with tempfile.TemporaryDirectory(prefix="bench-batch-") as folder:
+        root = Path(folder)
+        root.chmod(0o711)
+        with PgCluster.start(root / "pg", binaries, replicas=0) as cluster:
+            url = cluster.primary.url
+            argv = ["--rows", str(args.rows), "--worker-url", url]
+            best = compare_with_before(args.before, __file__, argv, args.rows, args.repeat)
+    before_after_table(
+        f"batch, before ({args.before}) / after, {args.rows:,} rows x 5 columns, harness "
+        f"PostgreSQL (fsync=off), wall ns per row, best of {args.repeat}",
+        best,
+        baseline=RAW,
+    )
+    print(f"\n{'ratio of rows/s (target)':<52} {'before':>8} {'after':>8}")
+    for label, ours_name, peer_name in (
+        ("plain vs raw binary COPY of the dicts (>= 0.95x)", PLAIN, RAW),
+        ("upsert vs on_conflict_do_update (>= 3x)", UPSERT, SA_UPSERT),
+        ("client CPU per row: raw COPY / plain", f"{PLAIN}: client CPU", f"{RAW}: client CPU"),
+    ):
+        b, a = best["before"], best["after"]
+        print(
+            f"{label:<52} {b[peer_name] / b[ours_name]:>7.2f}x {a[peer_name] / a[ours_name]:>7.2f}x"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--orm-rows", type=int, default=50_000)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--before", help="an older checkout folder or git rev to compare with")
+    parser.add_argument("--worker-url", help=argparse.SUPPRESS)
+    parser.add_argument(SERVE_FLAG, action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve_cases:
+        serve_cases(issue20_cases(args.worker_url, args.rows))
+        return
+    if args.before:
+        run_before_after(args)
+        return
 
     admin_url = make_url(args.url)
     scratch = f"scalekit_bench_batch_{os.getpid()}"
@@ -135,15 +267,7 @@ def run_all(engine: sa.Engine, args: argparse.Namespace) -> None:
         copy_tuples(tuples[: count // 2])
 
     def copy_tuples(values: list[tuple[Any, ...]]) -> None:
-        with engine.begin() as connection:
-            raw = connection.connection.driver_connection
-            assert raw is not None
-            with raw.cursor() as cursor:
-                sql = f"COPY bench_items ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)"
-                with cursor.copy(sql) as copy:
-                    copy.set_types(["int8", "text", "int4", "numeric", "timestamptz"])
-                    for value in values:
-                        copy.write_row(value)
+        raw_copy(engine, values)
 
     cases: list[tuple[str, Callable[[], None], Callable[[], object], int]] = []
 

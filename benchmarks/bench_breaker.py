@@ -11,7 +11,13 @@ local Redis) under a scratch key prefix that is deleted at the end; they are
 left out, with a note, when that Redis does not answer.
 
 Targets (issue 4): success-path overhead <= 0.5x pybreaker's; threaded case
-<= 1.1x bare. These are figures to read, never assertions.
+<= 1.1x bare. Issue 20: with ``failure_rate=`` or slow-call windows, <= 0.2x
+pybreaker's overhead. These are figures to read, never assertions.
+
+``--before SRC`` (a checkout folder or a git rev, e.g. ``main``) runs the
+success-path cases of this checkout and of SRC in one run, interleaved, best
+of ``--rounds``, and prints before/after with each side's overhead as a share
+of pybreaker's (pybreaker is measured in both worker processes).
 """
 
 from __future__ import annotations
@@ -31,7 +37,15 @@ import pybreaker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _bench import Result, print_table, time_per_call
+from _bench import (
+    SERVE_FLAG,
+    Result,
+    before_after_table,
+    compare_with_before,
+    print_table,
+    serve_cases,
+    time_per_call,
+)
 
 from scalekit.breaker import CircuitBreaker, RedisStorage
 
@@ -111,13 +125,78 @@ def ratio_line(label: str, value: float, target: float) -> None:
     print(f"{label}: {value:.2f}x (target <= {target:.2f}x: {verdict})")
 
 
+def success_path_cases() -> dict[str, Callable[[int], float]]:
+    """The issue-20 success-path cases, each timing ``n`` calls (for --before workers)."""
+    theirs = pybreaker.CircuitBreaker(fail_max=5)
+    ours = CircuitBreaker("bench", fail_max=5)
+    rate = CircuitBreaker("bench-rate", failure_rate=0.5, window=100, min_calls=20)
+    timed = CircuitBreaker("bench-time", failure_rate=0.5, window_seconds=10.0)
+    slow = CircuitBreaker("bench-slow", slow_call_seconds=1.0, slow_call_rate=0.5, window=100)
+    sync_cases: dict[str, Callable[[], object]] = {
+        "bare call": work,
+        "pybreaker @breaker (closed)": theirs(work),
+        "pybreaker breaker.call(f)": lambda: theirs.call(work),
+        "scalekit @breaker (fail_max)": ours(work),
+        "scalekit @breaker (failure_rate, count window)": rate(work),
+        "scalekit @breaker (failure_rate, time window)": timed(work),
+        "scalekit @breaker (slow calls)": slow(work),
+        "scalekit breaker.call(f) (failure_rate, count)": lambda: rate.call(work),
+        "scalekit breaker.call(f) (failure_rate, time)": lambda: timed.call(work),
+        "scalekit breaker.call(f) (slow calls)": lambda: slow.call(work),
+    }
+    cases: dict[str, Callable[[int], float]] = {
+        name: (lambda n, fn=fn: time_per_call(fn, number=n, repeat=1))
+        for name, fn in sync_cases.items()
+    }
+    async_cases: dict[str, Callable[[], Any]] = {
+        "bare await": awork,
+        "scalekit async @breaker (failure_rate, count)": rate(awork),
+        "scalekit async @breaker (slow calls)": slow(awork),
+        "scalekit acall (failure_rate, time)": lambda: timed.acall(awork),
+    }
+    for name, factory in async_cases.items():
+        cases[name] = lambda n, factory=factory: async_ns_per_call(factory, max(n // 5, 1000), 1)
+    return cases
+
+
+def run_before_after(args: argparse.Namespace) -> None:
+    best = compare_with_before(args.before, __file__, [], args.number, args.rounds)
+    names = list(best["after"])
+    before_after_table(
+        f"success path, before ({args.before}) / after, best of {args.rounds} x "
+        f"{args.number:,} calls (async: {max(args.number // 5, 1000):,})",
+        best,
+        baseline="bare call",
+    )
+    print("\noverhead as a share of pybreaker's @breaker overhead (issue 20 target <= 0.20x)")
+    print(f"{'case':<48} {'before':>8} {'after':>8}")
+    for case in names:
+        if not case.startswith("scalekit"):
+            continue
+        bare = "bare await" if "async" in case or "acall" in case else "bare call"
+        shares = []
+        for side in ("before", "after"):
+            ns = best[side]
+            theirs = ns["pybreaker @breaker (closed)"] - ns["bare call"]
+            shares.append((ns[case] - ns[bare]) / theirs)
+        print(f"{case:<48} {shares[0]:>7.2f}x {shares[1]:>7.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="redis://127.0.0.1:6379/0", help="Redis for shared cases")
     parser.add_argument("--number", type=int, default=30_000, help="calls per measurement")
     parser.add_argument("--rounds", type=int, default=10, help="measurements per case (best)")
     parser.add_argument("--threaded-runs", type=int, default=5)
+    parser.add_argument("--before", help="an older checkout folder or git rev to compare with")
+    parser.add_argument(SERVE_FLAG, action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve_cases:
+        serve_cases(success_path_cases())
+        return
+    if args.before:
+        run_before_after(args)
+        return
     number, rounds = args.number, args.rounds
 
     ours = CircuitBreaker("bench", fail_max=5)

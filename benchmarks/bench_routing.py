@@ -23,6 +23,13 @@ Cases (a primary-key SELECT on a 1,000-row table; ORM session per call):
 
 Run:  python benchmarks/bench_routing.py [--url URL] [--cluster] [--n 400]
 It creates and drops a scratch database ``scalekit_bench_routing_<pid>`` (not with --cluster).
+
+``--before SRC`` (a checkout folder or a git rev such as ``main``) starts a
+primary + 1 streaming replica with the test harness and runs the issue-20
+cases of this checkout and of SRC in one run, interleaved, best of
+``--rounds``: a wrapped engine used directly vs a pristine engine (target
+<= 1.02x), and a routed read (and its decision) holding a token the replica
+has replayed vs one with no token (target <= 1.05x).
 """
 
 from __future__ import annotations
@@ -44,7 +51,14 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _bench import Result, print_table
+from _bench import (
+    SERVE_FLAG,
+    Result,
+    before_after_table,
+    compare_with_before,
+    print_table,
+    serve_cases,
+)
 
 from scalekit.routing import RoutingPool
 
@@ -309,12 +323,126 @@ def failover_figures(cluster: Any) -> None:
     replica.dispose()
 
 
+def issue20_cases(primary_url: str, replica_url: str) -> dict[str, Callable[[int], float]]:
+    """The issue-20 cases, each timing ``n`` calls in its own context (for --before workers)."""
+    import contextvars
+
+    from scalekit.routing import ConsistencyToken
+
+    primary = sa.create_engine(primary_url)
+    replica = sa.create_engine(replica_url)
+    pristine = sa.create_engine(replica_url)
+    pool = RoutingPool(primary=primary, replicas=[replica], check_interval=None)
+    pool.refresh()  # the replica's replayed position is known
+    reached = pool.router.core.snapshot()["replica1"].replay_lsn
+    assert reached is not None
+    Routed = pool.sessionmaker()
+    counter = iter(range(10**9))
+    by_id = sa.select(Account.balance).where(Account.id == 7)
+
+    def get(factory: Callable[[], Session]) -> Callable[[], None]:
+        def read() -> None:
+            with factory() as session:
+                session.get(Account, next(counter) % 1000)
+
+        return read
+
+    decision_session = Routed()
+
+    def decision() -> None:
+        decision_session._sk_reset()  # type: ignore[attr-defined]
+        decision_session.get_bind(clause=by_id)
+
+    clean = contextvars.copy_context()
+    holding = contextvars.copy_context()
+    holding.run(pool.import_token, ConsistencyToken(lsn=reached, written_at=time.time()))
+    plain: dict[str, tuple[contextvars.Context, Callable[[], None]]] = {
+        "pristine engine (ORM get)": (clean, get(lambda: Session(pristine))),
+        "wrapped engine used directly (ORM get)": (clean, get(lambda: Session(replica))),
+        "routed read, no token (ORM get)": (clean, get(Routed)),
+        "routed read, token reached (ORM get)": (holding, get(Routed)),
+        "routing decision, no token (get_bind)": (clean, decision),
+        "routing decision, token reached (get_bind)": (holding, decision),
+    }
+
+    def timed(context: contextvars.Context, fn: Callable[[], None]) -> Callable[[int], float]:
+        def loop(n: int) -> float:
+            for _ in range(min(n, 20)):
+                fn()
+            started = time.perf_counter_ns()
+            for _ in range(n):
+                fn()
+            return (time.perf_counter_ns() - started) / n
+
+        return lambda n: context.run(loop, n)
+
+    return {name: timed(context, fn) for name, (context, fn) in plain.items()}
+
+
+def run_before_after(args: argparse.Namespace) -> None:
+    from tests.harness import PgCluster, find_pg_binaries
+
+    binaries = find_pg_binaries()
+    if binaries is None:
+        sys.exit("no PostgreSQL binaries found for --before")
+    with tempfile.TemporaryDirectory(prefix="bench-routing-") as folder:
+        root = Path(folder)
+        root.chmod(0o711)
+        with PgCluster.start(root / "pg", binaries, replicas=1) as cluster:
+            engine = sa.create_engine(cluster.primary.url)
+            with engine.begin() as conn:
+                Base.metadata.drop_all(conn)
+                Base.metadata.create_all(conn)
+                conn.execute(sa.insert(Account), [{"id": i, "balance": i} for i in range(1000)])
+            engine.dispose()
+            cluster.wait_for_replicas()
+            argv = ["--primary-url", cluster.primary.url, "--replica-url", cluster.replicas[0].url]
+            best = compare_with_before(args.before, __file__, argv, args.n, args.rounds)
+    before_after_table(
+        f"routing, before ({args.before}) / after, real streaming replica, best of "
+        f"{args.rounds} x {args.n} calls",
+        best,
+        baseline="pristine engine (ORM get)",
+    )
+    print(f"\n{'ratio (target)':<58} {'before':>8} {'after':>8}")
+    for label, case, base in (
+        (
+            "wrapped engine direct / pristine (<= 1.02x)",
+            "wrapped engine used directly (ORM get)",
+            "pristine engine (ORM get)",
+        ),
+        (
+            "routed read token reached / no token (<= 1.05x)",
+            "routed read, token reached (ORM get)",
+            "routed read, no token (ORM get)",
+        ),
+        (
+            "decision token reached / no token",
+            "routing decision, token reached (get_bind)",
+            "routing decision, no token (get_bind)",
+        ),
+    ):
+        b, a = best["before"], best["after"]
+        print(f"{label:<58} {b[case] / b[base]:>7.3f}x {a[case] / a[base]:>7.3f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--cluster", action="store_true", help="start primary + 1 replica")
     parser.add_argument("--n", type=int, default=400, help="calls per case per round")
+    parser.add_argument("--rounds", type=int, default=9, help="--before: rounds (best of)")
+    parser.add_argument("--before", help="an older checkout folder or git rev to compare with")
+    parser.add_argument("--primary-url", help=argparse.SUPPRESS)
+    parser.add_argument("--replica-url", help=argparse.SUPPRESS)
+    parser.add_argument(SERVE_FLAG, action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve_cases:
+        serve_cases(issue20_cases(args.primary_url, args.replica_url))
+        return
+    if args.before:
+        run_before_after(args)
+        return
     if args.cluster:
         from tests.harness import PgCluster, find_pg_binaries
 

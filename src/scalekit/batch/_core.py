@@ -592,12 +592,12 @@ class RowShaper:
         """
         width = self._width
         if self.mapping:
-            getter = self._getter
+            # C-level loops (map) on the hot path: a plain load shapes every row here.
             try:
-                out = [getter(row) for row in rows]
+                out = list(map(self._getter, rows))
             except (KeyError, TypeError):
                 out = None
-            if out is not None and all(len(row) == width for row in rows):
+            if out is not None and (not rows or set(map(len, rows)) == {width}):
                 return out
         elif all(type(row) is tuple and len(row) == width for row in rows):
             return list(rows)

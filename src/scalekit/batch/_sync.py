@@ -19,7 +19,11 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 from scalekit._clock import SYSTEM_CLOCK
 from scalekit.batch._base import (
     COPY_ABORTED,
+    COPY_BINARY_HEADER,
+    COPY_BINARY_TRAILER,
+    COPY_FLUSH_BYTES,
     DEFAULT,
+    binary_row_encoder,
     is_psycopg,
     make_options,
     probe_binary,
@@ -143,19 +147,38 @@ def _copy_rows(connection: Any, op: PgCopy) -> tuple[int, int]:
 
     cursor = connection.cursor()
     writer = CountingWriter(cursor)
+    encode = binary_row_encoder() if op.oids is not None else None
     with cursor.copy(op.sql, writer=writer) as copy:
         if op.oids is not None:
             copy.set_types(list(op.oids))
-        write_row = copy.write_row
-        rows = op.rows if not op.json_columns else wrap_json_rows(op.rows, op.json_columns)
-        for index, row in enumerate(rows):
-            try:
-                write_row(row)
-            except OperationalError:
-                raise
-            except Exception as exc:
-                column = probe_binary(connection, op.oids, row) if op.oids is not None else None
-                raise RowDumpError(index, column, exc) from exc
+        if encode is not None:
+            # Binary COPY in block mode: rows encoded into one buffer by psycopg's
+            # own encoder, sent in blocks with the format's header and trailer.
+            assert op.oids is not None
+            transformer = copy.formatter.transformer
+            buffer = bytearray(COPY_BINARY_HEADER)
+            for index, row in enumerate(op.rows):
+                try:
+                    encode(row, transformer, buffer)
+                except Exception as exc:
+                    column = probe_binary(connection, op.oids, row)
+                    raise RowDumpError(index, column, exc) from exc
+                if len(buffer) > COPY_FLUSH_BYTES:
+                    copy.write(buffer)
+                    buffer = bytearray()
+            buffer += COPY_BINARY_TRAILER
+            copy.write(buffer)
+        else:
+            write_row = copy.write_row
+            rows = op.rows if not op.json_columns else wrap_json_rows(op.rows, op.json_columns)
+            for index, row in enumerate(rows):
+                try:
+                    write_row(row)
+                except OperationalError:
+                    raise
+                except Exception as exc:
+                    column = probe_binary(connection, op.oids, row) if op.oids is not None else None
+                    raise RowDumpError(index, column, exc) from exc
     return cursor.rowcount, writer.sent
 
 

@@ -11,7 +11,6 @@ whose I/O the drivers await or call.
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -35,11 +34,16 @@ __all__ = ["Recorder"]
 class Recorder:
     """One breaker's record path and the settings its drivers read, bound once.
 
-    ``fast``: the hot path applies (a consecutive-failure breaker, local
-    state, no listeners, no result check, no timing). ``local``: local state
-    and no listeners, so an outcome goes straight to :meth:`record`.
-    ``successes`` counts the hot path's successes when there is no failure
-    streak to reset (``next()`` on an ``itertools.count`` is atomic: no lock).
+    ``fast``: a consecutive-failure breaker with local state, no listeners,
+    no result check and no timing (a success only ends a failure streak).
+    ``local``: local state and no listeners, so an outcome goes straight to
+    :meth:`record`. ``tally``: local and no result check, so the drivers'
+    hot path applies: a success the core says cannot change anything (see
+    :attr:`BreakerCore.tally_until <scalekit.breaker._core.BreakerCore>`) is
+    counted with ``next(successes)`` alone (``next()`` on an
+    ``itertools.count`` is atomic: no lock). ``clocked``: that hot path
+    reads the clock (a time window, or slow-call timing); ``slow_below`` is
+    the slow-call threshold (``inf`` without one).
     """
 
     __slots__ = (
@@ -49,6 +53,7 @@ class Recorder:
         "classify",
         "classify_result",
         "clock",
+        "clocked",
         "core",
         "emit_transition",
         "fallback",
@@ -59,7 +64,9 @@ class Recorder:
         "monotonic",
         "reject",
         "shared",
+        "slow_below",
         "successes",
+        "tally",
         "timed",
     )
 
@@ -88,20 +95,19 @@ class Recorder:
         self.announce = breaker._announce
         self.reject = breaker._reject
         self.emit_transition = breaker._emit_transition
-        self.successes = itertools.count()
+        self.successes = core.tally
         self.shared: SharedState | None = None
         self.local = listeners is None
-        self.fast = (
-            listeners is None
-            and policy.failure_result is None
-            and not policy.trip_on_rate
-            and not policy.timed
-        )
+        self.tally = listeners is None and policy.failure_result is None
+        self.fast = self.tally and not policy.trip_on_rate and not policy.timed
+        self.clocked = policy.timed or policy.window_seconds is not None
+        slow = policy.slow_call_seconds
+        self.slow_below = float("inf") if slow is None else slow
 
     def share(self, shared: SharedState) -> None:
         """Keep the state in ``shared`` (Redis): no local fast path from now on."""
         self.shared = shared
-        self.local = self.fast = False
+        self.local = self.fast = self.tally = False
 
     def record(
         self, ticket: int, outcome: int, duration: float | None, now: float | None = None

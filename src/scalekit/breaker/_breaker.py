@@ -314,8 +314,7 @@ class CircuitBreaker:
             state, retry_after = self._shared.view(now)
             probes = self._shared.probes_in_flight
             degraded, incidents = self._shared.degraded, self._shared.incidents
-        # repr() reads an itertools.count without advancing it: "count(42)".
-        lockless = int(repr(self._rec.successes)[6:-1])
+        lockless = core.tallied()
         return BreakerMetrics(
             name=self.name,
             state=state,

@@ -34,11 +34,26 @@ are out at once and a probe that never reports frees its slot after
 While CLOSED or DISABLED, admission needs no decision at all: the shells read
 :attr:`BreakerCore.free_ticket` (an int, or ``None`` in other states) without
 the lock. That single attribute read is the whole acquire on the hot path.
+
+A success that cannot change any decision is not recorded under the lock
+either. While the breaker is closed with no failure streak and its rate
+window holds no failure and no slow call (a *clean* window), a success can
+never trip it: the failure and slow-call counts stay zero and the rates
+are positive. The core then publishes :attr:`BreakerCore.tally_until` (the
+end of the current time bucket, or ``inf`` for a count window; ``-inf``
+when a success must be recorded) and the shells count such a success with
+``next(core.tally)`` alone, an atomic ``itertools.count`` step. The core
+folds the tally into the window (:meth:`BreakerCore.fold`) under the lock
+before it records anything else or reads the window, so every decision and
+snapshot sees the successes in arrival order. A success racing a failure
+(it read ``tally_until`` just before the failure closed the tally) is folded
+at the next fold: concurrent calls have no order to keep.
 """
 
 from __future__ import annotations
 
 import enum
+import itertools
 from dataclasses import dataclass
 from typing import Final
 
@@ -131,6 +146,8 @@ class Transition:
 
 # Window cell codes: bit 0 = failure, bit 1 = slow.
 _SLOW: Final = 2
+_INF: Final = float("inf")
+_NO_TALLY: Final = float("-inf")
 
 
 class CountWindow:
@@ -168,6 +185,20 @@ class CountWindow:
     def totals(self, now: float) -> tuple[int, int, int]:
         """(calls, failures, slow calls) in the window."""
         return self.calls, self.failures, self.slow
+
+    def add_successes(self, count: int, epoch: int) -> None:
+        """Count ``count`` successes into a window holding no failure and no slow call.
+
+        Such a window holds only successes, filled from cell 0 up while it is
+        not full, so the new successes fill the empty cells after them and
+        the ring position moves on by ``count`` (``epoch`` is unused).
+        """
+        calls = self.calls
+        if calls < self.size:
+            filled = min(self.size, calls + count)
+            self._cells[calls:filled] = b"\x04" * (filled - calls)
+            self.calls = filled
+        self._next = (self._next + count) % self.size
 
     def reset(self) -> None:
         self._cells = bytearray(self.size)
@@ -250,6 +281,19 @@ class TimeWindow:
         self._advance(now)
         return self.calls, self.failures, self.slow
 
+    def add_successes(self, count: int, epoch: int) -> None:
+        """Count ``count`` successes made in bucket ``epoch`` (dropped once it expired)."""
+        head = self._head
+        if head is None or epoch > head or epoch <= head - self.buckets:
+            return
+        self._bucket_calls[epoch % self.buckets] += count
+        self.calls += count
+
+    def bucket_end(self, now: float) -> tuple[int, float]:
+        """The newest bucket's epoch and the time it ends (the window advanced to ``now``)."""
+        epoch = self._advance(now)
+        return epoch, (epoch + 1) * self._width
+
 
 def is_slow(policy: BreakerPolicy, outcome: int, duration: float | None) -> bool:
     """Whether a call counts as slow: it took at least ``slow_call_seconds`` and
@@ -272,9 +316,12 @@ class BreakerCore:
     """
 
     __slots__ = (
+        "_folded",
         "_next_probe",
         "_probe_successes",
         "_probes",
+        "_tally_epoch",
+        "_tallying",
         "_window",
         "consecutive_openings",
         "failures",
@@ -291,6 +338,8 @@ class BreakerCore:
         "state_since",
         "streak",
         "successes",
+        "tally",
+        "tally_until",
         "transitions",
     )
 
@@ -318,6 +367,58 @@ class BreakerCore:
                 self._window = CountWindow(policy.window)
         self.transitions: list[Transition] = []
         self.successes = self.failures = self.ignored = self.rejected = self.slow_calls = 0
+        #: Successes the shells counted without the lock (see the module docstring).
+        self.tally = itertools.count()
+        self._folded = 0  # the tally's value already folded into the window
+        self._tally_epoch = 0  # the time bucket the tallied successes belong to
+        self._tallying = False  # whether tally_until admitted a tally since the last fold
+        #: A success made before this monotonic time, with the current
+        #: generation's ticket, may be counted with ``next(tally)`` alone.
+        self.tally_until = _NO_TALLY
+        self._open_tally(now)
+
+    # -- the lock-free success tally --------------------------------------------------
+
+    def tallied(self) -> int:
+        """How many successes the shells counted through :attr:`tally` so far."""
+        # repr() reads an itertools.count without advancing it: "count(42)".
+        return int(repr(self.tally)[6:-1])
+
+    def fold(self) -> None:
+        """Count the tallied successes into the rate window (call under the lock)."""
+        if not self._tallying:
+            return
+        done = self.tallied()
+        pending = done - self._folded
+        self._folded = done
+        window = self._window
+        if pending and window is not None:
+            window.add_successes(pending, self._tally_epoch)
+        self._tallying = False
+        self.tally_until = _NO_TALLY
+
+    def _open_tally(self, now: float) -> None:
+        """Publish :attr:`tally_until`: when may a success skip the lock?"""
+        state = self.state
+        window = self._window
+        if state is DISABLED or (window is None and state is CLOSED and self.streak == 0):
+            self.tally_until = _INF
+        elif (
+            state is CLOSED
+            and self.streak == 0
+            and window is not None
+            and window.failures == 0
+            and window.slow == 0
+        ):
+            if isinstance(window, TimeWindow):
+                self._tally_epoch, self.tally_until = window.bucket_end(now)
+            else:
+                self.tally_until = _INF
+        else:
+            self.tally_until = _NO_TALLY
+            return
+        self._folded = self.tallied()
+        self._tallying = True
 
     # -- admission -----------------------------------------------------------------
 
@@ -404,6 +505,12 @@ class BreakerCore:
         reaches ``slow_call_seconds``. A ticket from an earlier generation, or
         of a probe that timed out, only updates the counters.
         """
+        if self._tallying:
+            self.fold()
+        self._record(ticket, outcome, duration, now)
+        self._open_tally(now)
+
+    def _record(self, ticket: int, outcome: int, duration: float | None, now: float) -> None:
         policy = self.policy
         if outcome == SUCCESS and duration is None:
             # The common case needs no rule: an unmeasured success is never slow.
@@ -472,6 +579,8 @@ class BreakerCore:
             new = TRANSITIONS[(old, trigger)]
         except KeyError:
             raise LookupError(f"no transition from {old} on {trigger}") from None
+        if self._tallying:
+            self.fold()
         if new is OPEN:
             # Computed before any change: a user reset_timeout function that
             # raises leaves the core exactly as it was.
@@ -501,6 +610,7 @@ class BreakerCore:
         if new is not old:
             announced = self.open_for if new is OPEN else None
             self.transitions.append(Transition(old, new, trigger, reason, now, announced))
+        self._open_tally(now)
 
     def _reset_counts(self) -> None:
         self.streak = 0
@@ -528,4 +638,9 @@ class BreakerCore:
         """(calls, failures, slow calls) in the rate window; zeros without one."""
         if self._window is None:
             return 0, 0, 0
+        if self._tallying:
+            self.fold()
+            totals = self._window.totals(now)
+            self._open_tally(now)
+            return totals
         return self._window.totals(now)

@@ -2,11 +2,14 @@
 # DO NOT EDIT; edit the async file and run: python scripts/unasync.py
 """The sync driver: run a plain function through a breaker.
 
-The hot path (a consecutive-failure breaker with local state, closed) reads
-one attribute to be admitted, runs the function with no lock held, and
-counts the success (taking the lock only to end a failure streak).
-Everything else goes through :func:`_call_full`, which reads the clock and
-classifies results. Outcomes enter the breaker through one function,
+The hot path (a local breaker with no result check, closed) reads one
+attribute to be admitted, runs the function with no lock held, and counts
+a success with one atomic step when the core's ``tally_until`` says it
+cannot change anything (no failure streak to end, no failure or slow call in
+the rate window); otherwise it records it under the lock. It reads the clock
+only for a time window or slow-call timing. Everything else goes through
+:func:`_call_full`, which reads the clock and classifies results. Outcomes
+enter the breaker through one function,
 :meth:`~scalekit.breaker._base.Recorder.record` (local state) or
 :func:`finish` (listeners, shared state).
 
@@ -101,20 +104,32 @@ def call(
     kwargs: dict[str, Any],
 ) -> T:
     """Run ``func(*args, **kwargs)`` through the breaker (see ``CircuitBreaker.call``)."""
-    if rec.fast:
+    if rec.tally:
         core = rec.core
         ticket = core.free_ticket
         if ticket is not None:
+            # The drivers' one hot path; wrap() inlines the same steps.
+            monotonic = rec.monotonic
+            timed = rec.timed
+            clocked = rec.clocked
+            start = monotonic() if timed else 0.0
             try:
                 result = func(*args, **kwargs)
             except BaseException as exc:
-                rec.record(ticket, rec.classify(exc), None)
+                rec.record(ticket, rec.classify(exc), monotonic() - start if timed else None)
                 raise
-            if core.streak:
-                rec.record(ticket, SUCCESS, None, 0.0)
+            now = monotonic() if clocked else 0.0
+            if (
+                now < core.tally_until
+                and now - start < rec.slow_below
+                and ticket == core.free_ticket
+            ):
+                # Nothing this success could change: counting is the whole record.
+                next(core.tally)
             else:
-                # No failure streak to reset: counting is the whole record.
-                next(rec.successes)
+                rec.record(
+                    ticket, SUCCESS, now - start if timed else None, now if clocked else None
+                )
             return result
     return _call_full(rec, func, args, kwargs)
 
@@ -165,16 +180,17 @@ def _call_full(
 def wrap(rec: Recorder, func: Callable[P, T]) -> Callable[P, T]:
     """Decorate a plain function; the wrapper keeps its signature and metadata.
 
-    For a breaker on the fast path the wrapper inlines :func:`call`'s hot
-    path (one Python frame less per call); for a local breaker off the fast
-    path, :func:`_call_full`'s closed-circuit path.
+    For a local breaker the wrapper inlines :func:`call`'s hot path (one
+    Python frame less per call), in a clockless variant when neither a time
+    window nor slow-call timing needs the time; with a result check,
+    :func:`_call_full`'s closed-circuit path.
     """
     core = rec.core
     record = rec.record
     classify = rec.classify
 
-    if rec.fast:
-        successes = rec.successes
+    if rec.tally and not rec.clocked:
+        tally = core.tally
 
         @functools.wraps(func)
         def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
@@ -186,16 +202,40 @@ def wrap(rec: Recorder, func: Callable[P, T]) -> Callable[P, T]:
             except BaseException as exc:
                 record(ticket, classify(exc), None)
                 raise
-            if core.streak:
-                record(ticket, SUCCESS, None, 0.0)
+            # tally_until is +-inf without a clock: 0.0 stands for "now".
+            if core.tally_until > 0.0 and ticket == core.free_ticket:
+                next(tally)
             else:
-                next(successes)
+                record(ticket, SUCCESS, None)
+            return result
+
+    elif rec.tally:
+        tally = core.tally
+        monotonic = rec.monotonic
+        timed = rec.timed
+        slow_below = rec.slow_below
+
+        @functools.wraps(func)
+        def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
+            ticket = core.free_ticket
+            if ticket is None:
+                return _call_full(rec, func, args, kwargs)
+            start = monotonic() if timed else 0.0
+            try:
+                result = func(*args, **kwargs)
+            except BaseException as exc:
+                record(ticket, classify(exc), monotonic() - start if timed else None)
+                raise
+            now = monotonic()
+            if now < core.tally_until and now - start < slow_below and ticket == core.free_ticket:
+                next(tally)
+            else:
+                record(ticket, SUCCESS, now - start if timed else None, now)
             return result
 
     elif rec.local:
         monotonic = rec.monotonic
         timed = rec.timed
-        check_result = rec.check_result
         classify_result = rec.classify_result
 
         @functools.wraps(func)
@@ -211,13 +251,11 @@ def wrap(rec: Recorder, func: Callable[P, T]) -> Callable[P, T]:
                 raise
             now = monotonic()
             duration = now - start if timed else None
-            outcome = SUCCESS
-            if check_result:
-                try:
-                    outcome = classify_result(result)
-                except BaseException:
-                    record(ticket, SUCCESS, duration, now)
-                    raise
+            try:
+                outcome = classify_result(result)
+            except BaseException:
+                record(ticket, SUCCESS, duration, now)
+                raise
             record(ticket, outcome, duration, now)
             return result
 

@@ -116,11 +116,11 @@ class PoolBase:
         if not primaries:
             raise ConfigurationError("a primary engine is required", parameter="primary")
         replica_items = _named(replicas, "replica", "replicas")
-        self._originals: dict[str, Any] = {}
+        self._given: dict[str, Any] = {}
         sync_primaries = [(n, self._sync_engine(e, "primary")) for n, e in primaries]
         sync_replicas = [(n, self._sync_engine(e, "replicas")) for n, e in replica_items]
         for node, engine in [*primaries, *replica_items]:
-            self._originals[node] = engine
+            self._given[node] = engine
         self.name = name
         self.config = config
         self._router = Router(
@@ -131,6 +131,15 @@ class PoolBase:
             clock=clock,
             sleep=self._greenlet_sleep(clock),
         )
+        # The engines the pool's connections come from: the router's handles
+        # (copies of the given engines that carry its listeners), in the pool's
+        # colour. The given engines stay listener-free; ``nodes`` returns them.
+        self._originals: dict[str, Any] = dict(self._router.engines)
+        if self._async:
+            from sqlalchemy.ext.asyncio import AsyncEngine
+
+            for node, handle in self._router.engines.items():
+                self._originals[node] = AsyncEngine(handle)
 
     # -- construction helpers ------------------------------------------------------------------
 
@@ -196,7 +205,7 @@ class PoolBase:
     @property
     def nodes(self) -> dict[str, Any]:
         """Every node's engine (as given: Engine or AsyncEngine), by name."""
-        return dict(self._originals)
+        return dict(self._given)
 
     @property
     def primary_name(self) -> str | None:

@@ -612,6 +612,9 @@ class RoutingCore:
         # while every node is healthy and roles are settled. Any change of health, lag or
         # roles drops it; the next full plan rebuilds it.
         self._fast: tuple[tuple[str, ...], ...] | None = None
+        # The lowest replayed position among the fast plans' replicas, cached with
+        # them: a token at or below it is satisfied by every one of them.
+        self._fast_reached: int | float = -1
         self._fast_random = config.balancer == "random"
         self._fast_allowed = config.weights is None and config.balancer != "least_in_use"
         self._track_spill = config.max_primary_read_share < 1.0
@@ -759,6 +762,7 @@ class RoutingCore:
             state.replay_lsn = (
                 lsn if state.replay_lsn is None or lsn is None else max(lsn, state.replay_lsn)
             )
+            self._refresh_reached()
             state.position_checked_at = now
             commit_age = None
             if replay_time is not None:
@@ -778,6 +782,14 @@ class RoutingCore:
             state.position_checked_at = self._clock.monotonic()
             if lsn is not None and (state.replay_lsn is None or lsn > state.replay_lsn):
                 state.replay_lsn = lsn
+                self._refresh_reached()
+
+    def _refresh_reached(self) -> None:
+        # Under the lock, after a replica's replayed position changed: the plans'
+        # cached position follows (a lower one, too, should a position ever drop).
+        plans = self._fast
+        if plans is not None:
+            self._fast_reached = self._reached([n for n in plans[0] if n != self._primary])
 
     def observe_unreachable(self, name: str) -> None:
         with self._lock:
@@ -1075,27 +1087,49 @@ class RoutingCore:
         for state in self._nodes.values():
             if state.down_until is not None or state.lagging or state.failures:
                 return
+        self._fast_reached = self._reached(eligible)
         self._fast = tuple(
             (*eligible[start:], *eligible[:start], *fallback) for start in range(len(eligible))
         )
+
+    def _reached(self, replicas: Sequence[str]) -> int | float:
+        """The position every one of ``replicas`` has replayed (-1: unknown, or no LSN mode)."""
+        mode = self.config.consistency
+        if mode == "none":
+            return math.inf  # tokens are ignored: every read may take the fast path
+        if mode == "time":
+            return -1
+        reached: int | float = math.inf
+        for name in replicas:
+            state = self._nodes[name]
+            if state.same_server_as is not None:
+                continue  # the primary's own server: never behind
+            if state.replay_lsn is None:
+                return -1
+            reached = min(reached, state.replay_lsn)
+        return reached
 
     def fast_read(self, context: ContextState) -> tuple[str, ...] | None:
         """The attempts of a plain read, in O(1), or None when the full plan is needed.
 
         Gives exactly what :meth:`choose_read` would give (same balancer order, no
-        probe, reason ``"replica"``) when ``context`` has no forced role, token or
-        pending write and every node is healthy, no replica lags, roles are settled
-        and no health check is due; returns None otherwise. The shells call it first
+        probe, reason ``"replica"`` or ``"caught_up"``) when ``context`` has no forced
+        role or pending write, no token or one every replica is known to have
+        replayed (compared with the position cached with the plans), and every
+        node is healthy, no replica lags, roles are settled and no health check
+        is due; returns None otherwise. The shells call it first
         and fall back to the full plan on None.
         """
         plans = self._fast
-        if (
-            plans is None
-            or context.force is not None
-            or context.token is not None
-            or context.pending_write_at is not None
-        ):
+        if plans is None or context.force is not None or context.pending_write_at is not None:
             return None
+        token = context.token
+        if token is not None:
+            # Satisfied when every replica of the plans has replayed past it: one
+            # comparison with the cached position (an LSN-less token never is).
+            lsn = token.lsn
+            if lsn is None or lsn > self._fast_reached:
+                return None
         interval = self.config.check_interval
         if interval is not None or self._track_spill:
             now = self._clock.monotonic()

@@ -6,7 +6,10 @@ of each ``AsyncEngine`` and runs its I/O inside SQLAlchemy's greenlet bridge
 and the I/O are written once, and so are the entry points (the sync pool is
 generated from the async one).
 
-The router listens to its engines' events:
+The router listens to the events of its own handles on the engines
+(``Engine.execution_options()`` copies sharing each engine's connection pool;
+the caller's engines get no listener, so using them directly costs nothing
+more and is not seen by the pool):
 
 * ``handle_error``: a connection error blacklists the node (and asks for a
   role check when it is the primary); SQLSTATE 25006 on the primary (it was
@@ -143,6 +146,12 @@ class Router:
                     parameter="replicas",
                 )
             seen[id(engine)] = node
+        # The pool talks through its own handles, ``Engine.execution_options()``
+        # copies that share each engine's connection pool: the listeners below
+        # are installed on the copies, so statements run on the caller's engines
+        # directly dispatch none of them (and cost what a pristine engine costs).
+        self.engines = {node: engine.execution_options() for node, engine in self.engines.items()}
+        seen = {id(engine): node for node, engine in self.engines.items()}
         self._names_by_engine = seen
         self.core = RoutingCore([n for n, _ in primaries], [n for n, _ in replicas], config, clock)
         pg = all(_is_pg(engine) for engine in self.engines.values())
