@@ -22,6 +22,7 @@ from scalekit.ratelimit._backends._base import (
     _acquired,
     _evaluate_args,
     _outcome,
+    _pack_eval,
     _pack_evalsha,
     _pack_one,
     _release_kept,
@@ -131,9 +132,10 @@ class RedisBackend:
         try:
             if self._pool is not None:
                 try:
-                    return self._send(packed or _pack_evalsha(script, numkeys, keys_and_args))
-                except rex.NoScriptError:
-                    return self._client.eval(script.source, numkeys, *keys_and_args)
+                    try:
+                        return self._send(packed or _pack_evalsha(script, numkeys, keys_and_args))
+                    except rex.NoScriptError:  # EVAL loads it on the same connection
+                        return self._send(_pack_eval(script, numkeys, keys_and_args))
                 except rex.TimeoutError:
                     raise
                 except rex.ConnectionError:
