@@ -279,13 +279,8 @@ class AsyncKept:
 
     async def _enter(self, loop: asyncio.AbstractEventLoop) -> _LoopKept:
         """Start keeping connections for ``loop`` (the running one)."""
-        if self._pid != os.getpid():  # forked: the kept sockets are the parent's
-            for kept in self._loops.values():
-                kept.idle.clear()
-                kept.closed = True
-                _close_now(kept.watch)
-            self._loops.clear()
-            self._pid = os.getpid()
+        if self._pid != os.getpid():
+            self._forget_parents()
         _sweep(self._loops)
         kept = _LoopKept()
         watch = _watch(self._loops, loop, kept)
@@ -293,6 +288,21 @@ class AsyncKept:
         kept.watch = watch
         self._loops[loop] = kept
         return kept
+
+    def _forget_parents(self) -> None:
+        """In a forked child: drop the parent's connections without touching them.
+
+        They are held for the life of the child: collecting one would close
+        its transport, and unregistering the socket from the inherited
+        epoll instance would unregister it in the parent as well.
+        """
+        for kept in list(self._loops.values()):
+            _PARENTS.extend(kept.idle)
+            kept.idle.clear()
+            kept.closed = True
+            _close_now(kept.watch)
+        self._loops.clear()
+        self._pid = os.getpid()
 
     async def aclose(self) -> None:
         """Close every kept connection; the next command makes new ones.
@@ -304,11 +314,7 @@ class AsyncKept:
         running = asyncio.get_running_loop()
         loops = self._loops
         if self._pid != os.getpid():
-            for kept in loops.values():
-                kept.idle.clear()
-                kept.closed = True
-                _close_now(kept.watch)
-            loops.clear()
+            self._forget_parents()
             return
         _sweep(loops)
         for loop, kept in list(loops.items()):
@@ -353,6 +359,10 @@ def _close_in_loop(watch: Any) -> None:
     _CLOSING.add(task)
     task.add_done_callback(_CLOSING.discard)
 
+
+#: A forked child's copies of its parent's kept connections, never touched (see
+#: :meth:`AsyncKept._forget_parents`).
+_PARENTS: list[Any] = []
 
 #: Closing tasks of :func:`_close_in_loop`, held until done.
 _CLOSING: set[Any] = set()
