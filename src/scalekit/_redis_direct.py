@@ -211,6 +211,8 @@ class AsyncKept:
         kwargs = dict(getattr(pool, "connection_kwargs", {}))
         self._timeout: float | None = kwargs.get("socket_timeout")
         kwargs["socket_timeout"] = None  # one timer over the exchange instead
+        #: Whether a command first checks an idle connection (``health_check_interval``).
+        self._check_health = bool(kwargs.get("health_check_interval"))
         self._kwargs = kwargs
         self._timeout_error = rex.TimeoutError
         self._connection_error = rex.ConnectionError
@@ -244,11 +246,11 @@ class AsyncKept:
             stale = connection.is_connected  # a socket from before: the server may have gone
             try:
                 if self._timeout is None:
-                    await connection.send_packed_command([packed])
+                    await connection.send_packed_command([packed], self._check_health)
                     reply = await connection.read_response()
                 else:
                     async with _timeout(self._timeout):
-                        await connection.send_packed_command([packed])
+                        await connection.send_packed_command([packed], self._check_health)
                         reply = await connection.read_response()
             except response_error:
                 await self._put_back(kept, connection)

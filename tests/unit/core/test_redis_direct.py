@@ -81,7 +81,7 @@ class FakeConnection:
         self.connects = 0
         self.sent: list[bytes] = []
 
-    async def send_packed_command(self, command: list[bytes]) -> None:
+    async def send_packed_command(self, command: list[bytes], check_health: bool = True) -> None:
         if not self.is_connected:
             self.is_connected = True
             self.connects += 1
