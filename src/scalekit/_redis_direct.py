@@ -42,6 +42,7 @@ __all__ = [
     "asend_packed",
     "direct_pool",
     "exchange",
+    "is_final",
     "keeps_connections",
     "pack_command",
     "send_packed",
@@ -158,6 +159,20 @@ async def asend_packed(pool: Any, packed: bytes, response_error: type[BaseExcept
         await pool.release(connection)
 
 
+_FINAL = "_scalekit_final"
+
+
+def is_final(exc: BaseException) -> bool:
+    """Whether ``exc`` (a ``ConnectionError``) needs no second try through the client.
+
+    True when it came from a kept connection that was connected for this
+    command (fresh, or re-made after a stale one failed): another attempt
+    would only connect to the same server again, doubling what an outage
+    costs a caller.
+    """
+    return bool(getattr(exc, _FINAL, False))
+
+
 def keeps_connections(pool: Any) -> bool:
     """Whether connections may be kept beside ``pool`` between commands.
 
@@ -226,8 +241,9 @@ class AsyncKept:
         A server error reply (``response_error``) leaves the connection kept;
         any other failure disconnects it first. A ``ConnectionError`` on a
         connection that was already open (killed, or Redis restarted) is
-        retried once on a new socket; a timeout raises redis-py's
-        ``TimeoutError`` and is never retried.
+        retried once on a new socket; one that still fails is marked
+        :func:`is_final`. A timeout raises redis-py's ``TimeoutError`` and is
+        never retried.
         """
         if not self.keep:
             return await asend_packed(self.pool, packed, response_error)
@@ -263,6 +279,8 @@ class AsyncKept:
                 await connection.disconnect(nowait=True)  # it reconnects on its next command
                 if retried or not stale or not isinstance(exc, self._connection_error):
                     await self._put_back(kept, connection)
+                    if isinstance(exc, self._connection_error):
+                        setattr(exc, _FINAL, True)  # (re)connected for it: see is_final
                     raise
                 continue  # killed or restarted under it: once more, on a new socket
             if kept.closed:  # the loop shut down (or aclose) while it was in use

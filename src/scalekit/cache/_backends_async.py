@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from scalekit._clock import SYSTEM_CLOCK
-from scalekit._redis_direct import AsyncKept, adirect_pool, send_packed
+from scalekit._redis_direct import AsyncKept, adirect_pool, is_final, send_packed
 from scalekit._unasync import IS_ASYNC
 from scalekit.cache._base import (
     _GET_FORMAT,
@@ -193,8 +193,10 @@ class AsyncRedisBackend:
                     )
             except self._timeout_error:
                 raise
-            except self._connection_error:
-                pass  # a stale pooled connection: once more, the client's way
+            except self._connection_error as exc:
+                if is_final(exc):  # a kept connection, re-made for this read
+                    raise
+                # a stale pooled connection: once more, the client's way
         result: bytes | None = await self.client.get(key)
         return result
 

@@ -18,6 +18,7 @@ from scalekit._redis_direct import (
     AsyncKept,
     adirect_pool,
     direct_pool,
+    is_final,
     keeps_connections,
     pack_command,
 )
@@ -168,15 +169,18 @@ async def test_an_error_reply_keeps_the_connection_a_stale_one_is_retried_once()
     assert await keeper.send(b"GET", redis.ResponseError) == b"again"
     assert connection.connects == 2 and connection.sent[-2:] == [b"GET", b"GET"]
     # Twice in a row: the caller hears it (and takes the client's path).
+    # Marked final: another try through the client would only connect again.
     FakeConnection.replies = [redis.ConnectionError("closed"), redis.ConnectionError("refused")]
-    with pytest.raises(redis.ConnectionError):
+    with pytest.raises(redis.ConnectionError) as twice:
         await keeper.send(b"GET", redis.ResponseError)
+    assert is_final(twice.value)
     assert not connection.is_connected and _one(keeper) is connection
     # A connection that just connected is not retried: the server is not there.
     FakeConnection.replies = [redis.ConnectionError("refused")]
-    with pytest.raises(redis.ConnectionError):
+    with pytest.raises(redis.ConnectionError) as fresh:
         await keeper.send(b"GET", redis.ResponseError)
     assert connection.connects == 4 and FakeConnection.replies == []
+    assert is_final(fresh.value) and not is_final(redis.ConnectionError("pooled"))
     await keeper.aclose()
 
 

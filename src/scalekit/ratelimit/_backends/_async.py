@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from scalekit._redis_bounded import DEFAULT_OP_TIMEOUT, aclose_twin, bounded, check_op_timeout
-from scalekit._redis_direct import AsyncKept, adirect_pool, direct_pool, exchange
+from scalekit._redis_direct import AsyncKept, adirect_pool, direct_pool, exchange, is_final
 from scalekit._unasync import IS_ASYNC
 from scalekit.ratelimit._backends._base import (
     _KEEP,
@@ -197,8 +197,10 @@ class AsyncRedisBackend:
                         return await self._send(_pack_eval(script, numkeys, keys_and_args))
                 except rex.TimeoutError:
                     raise
-                except rex.ConnectionError:
-                    pass  # a stale pooled connection: once more, the client's way
+                except rex.ConnectionError as exc:
+                    if is_final(exc):  # a kept connection, re-made for this check
+                        raise
+                    # a stale pooled connection: once more, the client's way
             try:
                 return await self._client.evalsha(script.sha, numkeys, *keys_and_args)
             except rex.NoScriptError:
