@@ -241,8 +241,9 @@ class AsyncKept:
         A server error reply (``response_error``) leaves the connection kept;
         any other failure disconnects it first. A ``ConnectionError`` on a
         connection that was already open (killed, or Redis restarted) is
-        retried once on a new socket; one that still fails is marked
-        :func:`is_final`. A timeout raises redis-py's ``TimeoutError`` and is
+        retried once on a new socket, after the pool's idle connections are
+        disconnected (they most likely died with it); one that still fails is
+        marked :func:`is_final`. A timeout raises redis-py's ``TimeoutError`` and is
         never retried.
         """
         if not self.keep:
@@ -282,7 +283,11 @@ class AsyncKept:
                     if isinstance(exc, self._connection_error):
                         setattr(exc, _FINAL, True)  # (re)connected for it: see is_final
                     raise
-                continue  # killed or restarted under it: once more, on a new socket
+                # Killed or restarted under it: the pool's idle connections are
+                # most likely dead too (redis-py 8 does not check them before use,
+                # and the twins never retry), then once more on a new socket.
+                await _drop_idle(self.pool)
+                continue
             if kept.closed:  # the loop shut down (or aclose) while it was in use
                 await connection.disconnect(nowait=True)
             else:
@@ -364,6 +369,14 @@ async def _watch(
         kept.closed = True
         while kept.idle:
             await _disconnect(kept.idle.pop())
+
+
+async def _drop_idle(pool: Any) -> None:
+    """Disconnect ``pool``'s idle connections (each reconnects when next handed out)."""
+    try:
+        await pool.disconnect(inuse_connections=False)
+    except Exception:  # one of another (closed) loop: it is marked disconnected anyway
+        pass
 
 
 async def _disconnect(connection: Any) -> None:

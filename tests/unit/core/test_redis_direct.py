@@ -110,6 +110,7 @@ class FakePool:
         self.max_connections = max_connections
         self.connection_kwargs = {"host": "redis.invalid", "socket_timeout": socket_timeout}
         self.borrowed = 0
+        self.dropped = 0
 
     async def get_connection(self) -> FakeConnection:
         self.borrowed += 1
@@ -118,6 +119,10 @@ class FakePool:
 
     async def release(self, connection: FakeConnection) -> None:
         pass
+
+    async def disconnect(self, inuse_connections: bool = True) -> None:
+        assert not inuse_connections
+        self.dropped += 1
 
 
 def _one(keeper: AsyncKept) -> FakeConnection:
@@ -157,7 +162,8 @@ async def test_a_kept_connection_is_made_with_the_pools_settings_but_one_timer()
 
 
 async def test_an_error_reply_keeps_the_connection_a_stale_one_is_retried_once() -> None:
-    keeper = AsyncKept(FakePool())
+    pool = FakePool()
+    keeper = AsyncKept(pool)
     FakeConnection.replies = [redis.ResponseError("NOSCRIPT"), b"ok"]
     with pytest.raises(redis.ResponseError):
         await keeper.send(b"EVALSHA", redis.ResponseError)
@@ -168,6 +174,7 @@ async def test_an_error_reply_keeps_the_connection_a_stale_one_is_retried_once()
     FakeConnection.replies = [redis.ConnectionError("closed"), b"again"]
     assert await keeper.send(b"GET", redis.ResponseError) == b"again"
     assert connection.connects == 2 and connection.sent[-2:] == [b"GET", b"GET"]
+    assert pool.dropped == 1  # the pool's idle connections died with it, most likely
     # Twice in a row: the caller hears it (and takes the client's path).
     # Marked final: another try through the client would only connect again.
     FakeConnection.replies = [redis.ConnectionError("closed"), redis.ConnectionError("refused")]
