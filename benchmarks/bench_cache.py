@@ -10,8 +10,10 @@ under a scratch key prefix deleted at the end, it times:
   (redis backend);
 - local-tier hits: ``Cache.get`` served by :class:`LocalCache` vs a bare
   ``cachetools.TTLCache.get``;
-- async hits: a raw ``redis.asyncio`` ``GET``; an ``@AsyncCache.cached`` call;
-  cashews' decorator when cashews is installed;
+- async hits: a raw ``redis.asyncio`` ``GET`` on the cache's own client;
+  ``AsyncCache.get`` and an ``@AsyncCache.cached`` call; cashews' decorator
+  when cashews is installed; timed twice: wall clock, and the client's CPU per
+  call (``time.process_time``, which a loaded machine disturbs far less);
 - a stampede: 200 threads on a key that just expired (a 50 ms loader), for
   scalekit and dogpile (with its distributed lock): loader calls and p99.
 
@@ -24,8 +26,9 @@ the table shows the best round of each and the change.
 
 The "speed" column is throughput relative to the raw GET (raw ns / case ns),
 the way the issue states its targets: ``get`` hit >= 0.90x, decorator hit
->= 0.85x, async decorator hit >= 0.85x raw async GET, local-tier hit >= 0.5x a
-bare TTLCache.get. Figures to read, never assertions.
+>= 0.85x, ``AsyncCache.get`` and async decorator hits >= 1.0x raw async GET
+(issue 20), local-tier hit >= 0.5x a bare TTLCache.get. Figures to read, never
+assertions. ``--async-only`` times the async hits alone.
 """
 
 from __future__ import annotations
@@ -172,19 +175,30 @@ def async_hits(url: str, prefix: str, number: int, rounds: int) -> None:
         except ImportError:
             print("\n(cashews is not installed: its column is left out)")
         best = dict.fromkeys(cases, float("inf"))
-        for _ in range(rounds):
+        for _ in range(rounds):  # the cases take turns; the best round of each counts
             for name, factory in cases.items():
                 for _ in range(200):
                     await factory()
-                start = time.perf_counter_ns()
+                start, cpu = time.perf_counter_ns(), time.process_time_ns()
                 for _ in range(number):
                     await factory()
                 best[name] = min(best[name], (time.perf_counter_ns() - start) / number)
+                best[name + CPU] = min(
+                    best.get(name + CPU, float("inf")), (time.process_time_ns() - cpu) / number
+                )
         await cache.aclose()
         await client.aclose()
         return best
 
-    table("async hits on Redis", asyncio.run(run()), "raw redis.asyncio GET")
+    best = asyncio.run(run())
+    wall = {name: ns for name, ns in best.items() if not name.endswith(CPU)}
+    cpu = {name[: -len(CPU)]: ns for name, ns in best.items() if name.endswith(CPU)}
+    table("async hits on Redis (wall clock)", wall, "raw redis.asyncio GET")
+    table("async hits on Redis (client CPU per call)", cpu, "raw redis.asyncio GET")
+
+
+#: Suffix of the client-CPU entries of :func:`async_hits`.
+CPU = " (cpu)"
 
 
 def stampede(url: str, prefix: str) -> None:
@@ -370,6 +384,7 @@ def main() -> None:
     parser.add_argument("--ab-worker", metavar="PREFIX", help=argparse.SUPPRESS)
     parser.add_argument("--number", type=int, default=2000, help=argparse.SUPPRESS)
     parser.add_argument("--rounds", type=int, default=40, help="rounds of --ab")
+    parser.add_argument("--async-only", action="store_true", help="time the async hits only")
     args = parser.parse_args()
     if args.ab_worker:
         ab_worker(args.url, args.ab_worker, args.number)
@@ -391,6 +406,9 @@ def main() -> None:
                 number=500 if args.quick else args.number,
                 rounds=2 if args.quick else args.rounds,
             )
+            return
+        if args.async_only:
+            async_hits(args.url, prefix, number, rounds)
             return
         sync_hits(args.url, prefix, number, rounds)
         async_hits(args.url, prefix, number, rounds)

@@ -13,15 +13,43 @@ clients, single-connection clients, subclasses such as fakeredis and
 proxies keep the client's own path. Callers retry a ``ConnectionError`` once
 through the client (a pooled connection may have gone stale), so the client's
 retry policy still applies; a timeout is never retried.
+
+On asyncio, taking a connection from the pool and giving it back costs about
+as much as the command (two pool locks, an event dispatch, a readiness
+check), so :class:`AsyncKept` keeps a few connections of its own per event
+loop between commands.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
-from collections.abc import Sequence
+import os
+import sys
+import weakref
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
-__all__ = ["adirect_pool", "asend_packed", "direct_pool", "exchange", "pack_command", "send_packed"]
+if sys.version_info >= (3, 11):
+    from asyncio import timeout as _timeout
+else:  # pragma: no cover - redis-py depends on async-timeout before 3.11.3
+    from async_timeout import timeout as _timeout  # type: ignore[import-not-found,unused-ignore]
+
+__all__ = [
+    "KEEP",
+    "AsyncKept",
+    "adirect_pool",
+    "asend_packed",
+    "direct_pool",
+    "exchange",
+    "is_final",
+    "keeps_connections",
+    "pack_command",
+    "send_packed",
+]
+
+#: Connections kept between commands, at most: per backend (sync), per event loop (asyncio).
+KEEP = 4
 
 
 def _wants_command_name(pool: Any) -> bool:
@@ -129,3 +157,291 @@ async def asend_packed(pool: Any, packed: bytes, response_error: type[BaseExcept
         raise
     finally:
         await pool.release(connection)
+
+
+_FINAL = "_scalekit_final"
+
+
+def is_final(exc: BaseException) -> bool:
+    """Whether ``exc`` (a ``ConnectionError``) needs no second try through the client.
+
+    True when it came from a kept connection that was connected for this
+    command (fresh, or re-made after a stale one failed): another attempt
+    would only connect to the same server again, doubling what an outage
+    costs a caller.
+    """
+    return bool(getattr(exc, _FINAL, False))
+
+
+def keeps_connections(pool: Any) -> bool:
+    """Whether connections may be kept beside ``pool`` between commands.
+
+    Not beside a ``BlockingConnectionPool`` or a pool of fewer than 64
+    connections: the user capped the connections, and kept ones would be
+    missed (or would exceed the cap).
+    """
+    return "Blocking" not in type(pool).__name__ and getattr(pool, "max_connections", 0) >= 64
+
+
+class _LoopKept:
+    """The connections :class:`AsyncKept` keeps in one event loop."""
+
+    __slots__ = ("closed", "idle", "made", "watch")
+
+    def __init__(self) -> None:
+        self.idle: list[Any] = []
+        #: Connections made for this loop (idle or in use); at most ``KEEP``.
+        self.made = 0
+        #: Set once the loop shut down (or the keeper closed): nothing goes back to ``idle``.
+        self.closed = False
+        #: The async generator the loop closes at its shutdown (see :func:`_watch`).
+        self.watch: Any = None
+
+
+class AsyncKept:
+    """Up to :data:`KEEP` connections per event loop, kept between commands on an asyncio pool.
+
+    asyncio connections belong to the event loop that opened them, so they
+    are kept per running loop: made on first use with the pool's own
+    connection class and settings (address, auth, TLS, protocol, decoding),
+    never taken from the pool itself, and closed when the loop shuts down
+    (``asyncio.run`` and any runner calling ``loop.shutdown_asyncgens()``) or
+    by :meth:`aclose`. A loop closed without that shutdown has its sockets
+    closed on the next use from another loop. In a forked child the parent's
+    connections are dropped untouched. A connection that failed is
+    disconnected and reconnects on its next command (after a Redis restart,
+    say). When every kept connection of the loop is busy, or ``pool`` is one
+    whose connections must not be exceeded (:func:`keeps_connections`), a
+    command takes a pooled connection instead (:func:`asend_packed`).
+
+    The pool's ``socket_timeout`` bounds the whole command (send and reply)
+    with one timer rather than one per phase.
+    """
+
+    def __init__(self, pool: Any) -> None:
+        from redis import exceptions as rex
+
+        self.pool = pool
+        self.keep = KEEP if keeps_connections(pool) else 0
+        kwargs = dict(getattr(pool, "connection_kwargs", {}))
+        self._timeout: float | None = kwargs.get("socket_timeout")
+        kwargs["socket_timeout"] = None  # one timer over the exchange instead
+        #: Whether a command first checks an idle connection (``health_check_interval``).
+        self._check_health = bool(kwargs.get("health_check_interval"))
+        self._kwargs = kwargs
+        self._timeout_error = rex.TimeoutError
+        self._connection_error = rex.ConnectionError
+        self._loops: dict[asyncio.AbstractEventLoop, _LoopKept] = {}
+        self._pid = os.getpid()
+        weakref.finalize(self, _sweep, self._loops)
+
+    async def send(self, packed: bytes, response_error: type[BaseException]) -> Any:
+        """Send one packed command on a kept connection of the running loop; return its reply.
+
+        A server error reply (``response_error``) leaves the connection kept;
+        any other failure disconnects it first. A ``ConnectionError`` on a
+        connection that was already open (killed, or Redis restarted) is
+        retried once on a new socket, after the pool's idle connections are
+        disconnected (they most likely died with it); one that still fails is
+        marked :func:`is_final`. A timeout raises redis-py's ``TimeoutError`` and is
+        never retried.
+        """
+        if not self.keep:
+            return await asend_packed(self.pool, packed, response_error)
+        loop = asyncio.get_running_loop()
+        kept = self._loops.get(loop)
+        if kept is None or self._pid != os.getpid():
+            kept = await self._enter(loop)
+        try:
+            connection = kept.idle.pop()
+        except IndexError:
+            if kept.made >= self.keep:  # all busy: a pooled one, as without keeping
+                return await asend_packed(self.pool, packed, response_error)
+            connection = self.pool.connection_class(**self._kwargs)
+            kept.made += 1
+        for retried in (False, True):
+            stale = connection.is_connected  # a socket from before: the server may have gone
+            try:
+                if self._timeout is None:
+                    await connection.send_packed_command([packed], self._check_health)
+                    reply = await connection.read_response()
+                else:
+                    async with _timeout(self._timeout):
+                        await connection.send_packed_command([packed], self._check_health)
+                        reply = await connection.read_response()
+            except response_error:
+                await self._put_back(kept, connection)
+                raise
+            except asyncio.TimeoutError:
+                await connection.disconnect(nowait=True)
+                await self._put_back(kept, connection)
+                raise self._timeout_error("Timeout reading from the kept connection") from None
+            except BaseException as exc:
+                await connection.disconnect(nowait=True)  # it reconnects on its next command
+                if retried or not stale or not isinstance(exc, self._connection_error):
+                    await self._put_back(kept, connection)
+                    if isinstance(exc, self._connection_error):
+                        setattr(exc, _FINAL, True)  # (re)connected for it: see is_final
+                    raise
+                # Killed or restarted under it: the pool's idle connections are
+                # most likely dead too (redis-py 8 does not check them before use,
+                # and the twins never retry), then once more on a new socket.
+                await _drop_idle(self.pool)
+                continue
+            if kept.closed:  # the loop shut down (or aclose) while it was in use
+                await connection.disconnect(nowait=True)
+            else:
+                kept.idle.append(connection)
+            return reply
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    async def _put_back(kept: _LoopKept, connection: Any) -> None:
+        if kept.closed:  # the loop shut down (or aclose) while it was in use
+            await connection.disconnect(nowait=True)
+        else:
+            kept.idle.append(connection)
+
+    async def _enter(self, loop: asyncio.AbstractEventLoop) -> _LoopKept:
+        """Start keeping connections for ``loop`` (the running one)."""
+        if self._pid != os.getpid():
+            self._forget_parents()
+        _sweep(self._loops)
+        kept = _LoopKept()
+        watch = _watch(self._loops, loop, kept)
+        await watch.asend(None)  # the loop now closes it at its shutdown
+        kept.watch = watch
+        self._loops[loop] = kept
+        return kept
+
+    def _forget_parents(self) -> None:
+        """In a forked child: drop the parent's connections without touching them.
+
+        They are held for the life of the child: collecting one would close
+        its transport, and unregistering the socket from the inherited
+        epoll instance would unregister it in the parent as well.
+        """
+        for kept in list(self._loops.values()):
+            _PARENTS.extend(kept.idle)
+            kept.idle.clear()
+            kept.closed = True
+            _close_now(kept.watch)
+        self._loops.clear()
+        self._pid = os.getpid()
+
+    async def aclose(self) -> None:
+        """Close every kept connection; the next command makes new ones.
+
+        Those of the running loop are closed here; those of another open
+        loop are closed in that loop; those of a closed loop lose their
+        sockets without it.
+        """
+        running = asyncio.get_running_loop()
+        loops = self._loops
+        if self._pid != os.getpid():
+            self._forget_parents()
+            return
+        _sweep(loops)
+        for loop, kept in list(loops.items()):
+            del loops[loop]
+            kept.closed = True
+            idle, kept.idle = kept.idle, []
+            if loop is running:
+                _close_now(kept.watch)
+                for connection in idle:
+                    await _disconnect(connection)
+            else:
+                kept.idle = idle
+                loop.call_soon_threadsafe(_close_in_loop, kept.watch)
+
+
+async def _watch(
+    loops: dict[asyncio.AbstractEventLoop, _LoopKept],
+    loop: asyncio.AbstractEventLoop,
+    kept: _LoopKept,
+) -> AsyncGenerator[None, None]:
+    """Suspended for the life of ``loop``; its shutdown closes ``kept``'s connections."""
+    try:
+        yield
+    finally:
+        if loops.get(loop) is kept:
+            del loops[loop]
+        kept.closed = True
+        while kept.idle:
+            await _disconnect(kept.idle.pop())
+
+
+async def _drop_idle(pool: Any) -> None:
+    """Disconnect ``pool``'s idle connections (each reconnects when next handed out)."""
+    try:
+        await pool.disconnect(inuse_connections=False)
+    except Exception:  # one of another (closed) loop: it is marked disconnected anyway
+        pass
+
+
+async def _disconnect(connection: Any) -> None:
+    try:
+        await connection.disconnect()
+    except Exception:  # closing: a failure changes nothing
+        pass
+
+
+def _close_in_loop(watch: Any) -> None:
+    """Close ``watch`` as a task of its own (running) loop."""
+    task = asyncio.ensure_future(watch.aclose())
+    _CLOSING.add(task)
+    task.add_done_callback(_CLOSING.discard)
+
+
+#: A forked child's copies of its parent's kept connections, never touched (see
+#: :meth:`AsyncKept._forget_parents`).
+_PARENTS: list[Any] = []
+
+#: Closing tasks of :func:`_close_in_loop`, held until done.
+_CLOSING: set[Any] = set()
+
+
+def _close_now(watch: Any) -> None:
+    """Close ``watch`` synchronously: its connections were taken away, so it awaits nothing."""
+    if watch is None:
+        return
+    closer = watch.aclose()
+    try:
+        closer.send(None)
+    except StopIteration:
+        return
+    closer.close()  # pragma: no cover - it awaited after all
+
+
+def _sweep(loops: dict[asyncio.AbstractEventLoop, _LoopKept]) -> None:
+    """Forget the connections of closed loops, closing their sockets directly.
+
+    A closed loop cannot close its sockets any more. Connections of a loop
+    still open are left to its shutdown.
+    """
+    for loop, kept in list(loops.items()):
+        if not loop.is_closed():
+            continue
+        del loops[loop]
+        kept.closed = True
+        for connection in kept.idle:
+            _abandon(connection)
+        kept.idle.clear()
+        _close_now(kept.watch)
+
+
+def _abandon(connection: Any) -> None:
+    """Close the socket of ``connection`` whose event loop is closed (it cannot do it)."""
+    writer = getattr(connection, "_writer", None)
+    connection._reader = connection._writer = None
+    if writer is None:
+        return
+    transport = writer.transport
+    try:
+        transport.close()  # marks it closing; its closed loop refuses the rest
+    except RuntimeError:
+        pass
+    sock = getattr(transport, "_sock", None)
+    if sock is not None:
+        sock.close()
+        transport._sock = None

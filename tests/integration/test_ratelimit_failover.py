@@ -21,6 +21,7 @@ import redis.connection
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from scalekit._redis_direct import AsyncKept
 from scalekit.errors import RateLimiterUnavailable
 from scalekit.instrumentation import FallbackUsed, Recovered
 from scalekit.ratelimit import (
@@ -120,6 +121,22 @@ def _async_store(
     pool = AsyncCountingPool(host=node.host, port=node.port, **options)
     client = redis.asyncio.Redis.from_pool(pool)  # the client owns (closes) the pool
     return client, client, lambda: pool.calls
+
+
+def _count_kept_sends(
+    monkeypatch: pytest.MonkeyPatch, pool_calls: Callable[[], int]
+) -> Callable[[], int]:
+    """Attempts on the asyncio direct path: ``pool_calls`` plus sends on kept connections."""
+    sends = 0
+    send = AsyncKept.send
+
+    async def counted(self: AsyncKept, packed: bytes, response_error: Any) -> Any:
+        nonlocal sends
+        sends += 1
+        return await send(self, packed, response_error)
+
+    monkeypatch.setattr(AsyncKept, "send", counted)
+    return lambda: pool_calls() + sends
 
 
 def _timed(check: Callable[[], Any]) -> tuple[Any, float]:
@@ -225,10 +242,11 @@ def test_paused_node_costs_one_timeout_then_nothing(
 
 @pytest.mark.parametrize("path", ["client", "direct"])
 async def test_async_store_down_and_back(
-    redis_server_factory: Callable[[], Any], path: str
+    redis_server_factory: Callable[[], Any], path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     node = redis_server_factory()
     client, store, store_calls = _async_store(node, path)
+    store_calls = _count_kept_sends(monkeypatch, store_calls)
     limiter = AsyncRateLimiter(
         AsyncRedisBackend(store), fallback="local", recovery_interval=RECOVERY, timeout=1.0
     )
@@ -240,9 +258,9 @@ async def test_async_store_down_and_back(
         with capture_events() as events:
             decisions = [await limiter.hit("k", LIMIT) for _ in range(7)]
         assert [d.allowed for d in decisions] == [True] * 5 + [False] * 2
-        # One failure (the direct path retries a connection error once through
-        # the client); then the store is skipped.
-        assert store_calls() - calls == (1 if path == "client" else 2)
+        # One failure (the direct path re-makes its kept connection once, and
+        # does not try the client's way after that); then the store is skipped.
+        assert store_calls() - calls == 1
         assert [type(e) for e in events] == [FallbackUsed]
         node.start()
         await asyncio.sleep(RECOVERY + 0.05)
@@ -256,12 +274,13 @@ async def test_async_store_down_and_back(
 
 @pytest.mark.parametrize("path", ["client", "direct"])
 async def test_async_timeout_bounds_a_paused_node_and_is_not_retried(
-    redis_server_factory: Callable[[], Any], path: str
+    redis_server_factory: Callable[[], Any], path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The socket timeout (5 s) is far above the limiter's ``timeout`` (0.3 s):
     # the check must give up at the latter, once, and take the fallback.
     node = redis_server_factory()
     client, store, store_calls = _async_store(node, path, socket_timeout=5.0)
+    store_calls = _count_kept_sends(monkeypatch, store_calls)
     limiter = AsyncRateLimiter(
         AsyncRedisBackend(store, timeout=0.3), fallback="allow", recovery_interval=RECOVERY
     )

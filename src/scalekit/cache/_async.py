@@ -829,6 +829,9 @@ class AsyncCache(CacheBase):
         else:
             if self._listener is not None:
                 self._listener.join(timeout=2.0)
+        if IS_ASYNC:  # noqa: SIM102 (the sync twin drops this whole test)
+            if isinstance(self.backend, AsyncRedisBackend):
+                await self.backend.aclose()
         store = getattr(self.backend, "client", None)
         if store is not None and is_twin(store):
             await aclose_twin(store)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from scalekit._clock import SYSTEM_CLOCK
-from scalekit._redis_direct import adirect_pool, asend_packed
+from scalekit._redis_direct import AsyncKept, adirect_pool, is_final, send_packed
 from scalekit._unasync import IS_ASYNC
 from scalekit.cache._base import (
     _GET_FORMAT,
@@ -34,7 +34,6 @@ __all__ = ["AsyncMemoryBackend", "AsyncRedisBackend"]
 
 __unasync__ = {
     "adirect_pool": "direct_pool",
-    "asend_packed": "send_packed",
     "The asyncio storage backends: ``redis.asyncio`` clients, and memory.": (
         "The blocking storage backends: redis-py clients, and memory."
     ),
@@ -165,6 +164,9 @@ class AsyncRedisBackend:
         # GET is every read's one round trip: on a plain client it skips the
         # client's per-command machinery (see scalekit._redis_direct).
         self._pool = adirect_pool(client)
+        if IS_ASYNC:
+            #: The connections kept per event loop (see :class:`AsyncKept`).
+            self._keeper = None if self._pool is None else AsyncKept(self._pool)
         self._response_error = rex.ResponseError
         self._connection_error = rex.ConnectionError
         self._timeout_error = rex.TimeoutError
@@ -181,15 +183,27 @@ class AsyncRedisBackend:
         if self._pool is not None:
             raw = key.encode("utf-8")
             try:
-                return await asend_packed(  # type: ignore[no-any-return]
-                    self._pool, _GET_FORMAT % (len(raw), raw), self._response_error
-                )
+                if IS_ASYNC:
+                    return await self._keeper.send(  # type: ignore[no-any-return,union-attr]
+                        _GET_FORMAT % (len(raw), raw), self._response_error
+                    )
+                else:
+                    return send_packed(  # type: ignore[no-any-return]
+                        self._pool, _GET_FORMAT % (len(raw), raw), self._response_error
+                    )
             except self._timeout_error:
                 raise
-            except self._connection_error:
-                pass  # a stale pooled connection: once more, the client's way
+            except self._connection_error as exc:
+                if is_final(exc):  # a kept connection, re-made for this read
+                    raise
+                # a stale pooled connection: once more, the client's way
         result: bytes | None = await self.client.get(key)
         return result
+
+    async def aclose(self) -> None:  # unasync: async-only
+        """Close the connections this backend keeps (it stays usable; the client is not closed)."""
+        if self._keeper is not None:
+            await self._keeper.aclose()
 
     async def get_with_counters(
         self, key: str, counter_keys: Sequence[str]

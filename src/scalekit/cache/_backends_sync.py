@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from scalekit._clock import SYSTEM_CLOCK
-from scalekit._redis_direct import direct_pool, send_packed
+from scalekit._redis_direct import direct_pool, is_final, send_packed
 from scalekit.cache._base import (
     _GET_FORMAT,
     _RELEASE_LUA,
@@ -154,8 +154,10 @@ class RedisBackend:
                 )
             except self._timeout_error:
                 raise
-            except self._connection_error:
-                pass  # a stale pooled connection: once more, the client's way
+            except self._connection_error as exc:
+                if is_final(exc):  # a kept connection, re-made for this read
+                    raise
+                # a stale pooled connection: once more, the client's way
         result: bytes | None = self.client.get(key)
         return result
 

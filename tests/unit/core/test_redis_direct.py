@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any, ClassVar
+
 import fakeredis
+import pytest
 import redis
 import redis.asyncio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scalekit._redis_direct import adirect_pool, direct_pool, pack_command
+from scalekit._redis_direct import (
+    _PARENTS,
+    KEEP,
+    AsyncKept,
+    adirect_pool,
+    direct_pool,
+    is_final,
+    keeps_connections,
+    pack_command,
+)
 
 arguments = st.lists(st.one_of(st.binary(max_size=40), st.text(max_size=40)), max_size=20)
 
@@ -53,3 +66,208 @@ def test_a_pool_subclass_qualifies_unless_it_wants_a_command_name() -> None:
     passthrough = redis.Redis(connection_pool=Passthrough())
     assert direct_pool(passthrough) is passthrough.connection_pool
     assert direct_pool(redis.Redis(connection_pool=Old())) is None
+
+
+# -- AsyncKept: the asyncio hot paths' kept connections (real Redis: tests/integration) --
+
+
+class FakeConnection:
+    """A connection whose replies are scripted: a value, an exception, or ``HANG``."""
+
+    replies: ClassVar[list[Any]] = []
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.kwargs = kwargs
+        self.is_connected = False
+        self.connects = 0
+        self.sent: list[bytes] = []
+
+    async def send_packed_command(self, command: list[bytes], check_health: bool = True) -> None:
+        if not self.is_connected:
+            self.is_connected = True
+            self.connects += 1
+        self.sent += command
+
+    async def read_response(self) -> Any:
+        outcome = self.replies.pop(0)
+        if outcome is HANG:
+            await asyncio.sleep(30)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    async def disconnect(self, nowait: bool = False) -> None:
+        self.is_connected = False
+
+
+HANG = object()
+
+
+class FakePool:
+    connection_class = FakeConnection
+
+    def __init__(self, max_connections: int = 100, socket_timeout: float | None = None) -> None:
+        self.max_connections = max_connections
+        self.connection_kwargs = {"host": "redis.invalid", "socket_timeout": socket_timeout}
+        self.borrowed = 0
+        self.dropped = 0
+
+    async def get_connection(self) -> FakeConnection:
+        self.borrowed += 1
+        connection = FakeConnection()
+        return connection
+
+    async def release(self, connection: FakeConnection) -> None:
+        pass
+
+    async def disconnect(self, inuse_connections: bool = True) -> None:
+        assert not inuse_connections
+        self.dropped += 1
+
+
+def _one(keeper: AsyncKept) -> FakeConnection:
+    (kept,) = keeper._loops.values()
+    (connection,) = kept.idle
+    assert isinstance(connection, FakeConnection)
+    return connection
+
+
+def test_connections_are_kept_beside_uncapped_pools_only() -> None:
+    assert keeps_connections(redis.asyncio.ConnectionPool())  # 100 by default
+    assert keeps_connections(redis.ConnectionPool())
+    assert not keeps_connections(redis.asyncio.ConnectionPool(max_connections=63))
+    assert not keeps_connections(redis.asyncio.BlockingConnectionPool(max_connections=1000))
+    assert not keeps_connections(redis.BlockingConnectionPool(max_connections=1000))
+    assert keeps_connections(FakePool()) and not keeps_connections(FakePool(8))
+
+
+async def test_a_kept_connection_is_made_with_the_pools_settings_but_one_timer() -> None:
+    pool = FakePool(socket_timeout=0.05)
+    keeper = AsyncKept(pool)
+    FakeConnection.replies = [b"1", b"2"]
+    assert await keeper.send(b"PING", redis.ResponseError) == b"1"
+    assert await keeper.send(b"PING", redis.ResponseError) == b"2"
+    connection = _one(keeper)
+    assert connection.kwargs == {"host": "redis.invalid", "socket_timeout": None}
+    assert connection.sent == [b"PING", b"PING"] and connection.connects == 1
+    assert pool.borrowed == 0
+    FakeConnection.replies = [HANG]  # the pool's socket_timeout bounds the whole exchange
+    with pytest.raises(redis.TimeoutError):
+        await keeper.send(b"PING", redis.ResponseError)
+    assert _one(keeper) is connection and not connection.is_connected  # reconnects next time
+    FakeConnection.replies = [b"3"]
+    assert await keeper.send(b"PING", redis.ResponseError) == b"3"
+    assert connection.connects == 2
+    await keeper.aclose()
+
+
+async def test_an_error_reply_keeps_the_connection_a_stale_one_is_retried_once() -> None:
+    pool = FakePool()
+    keeper = AsyncKept(pool)
+    FakeConnection.replies = [redis.ResponseError("NOSCRIPT"), b"ok"]
+    with pytest.raises(redis.ResponseError):
+        await keeper.send(b"EVALSHA", redis.ResponseError)
+    connection = _one(keeper)
+    assert connection.is_connected and connection.connects == 1
+    assert await keeper.send(b"EVALSHA", redis.ResponseError) == b"ok"
+    # Killed under it (or Redis restarted): once more on a new socket.
+    FakeConnection.replies = [redis.ConnectionError("closed"), b"again"]
+    assert await keeper.send(b"GET", redis.ResponseError) == b"again"
+    assert connection.connects == 2 and connection.sent[-2:] == [b"GET", b"GET"]
+    assert pool.dropped == 1  # the pool's idle connections died with it, most likely
+    # Twice in a row: the caller hears it (and takes the client's path).
+    # Marked final: another try through the client would only connect again.
+    FakeConnection.replies = [redis.ConnectionError("closed"), redis.ConnectionError("refused")]
+    with pytest.raises(redis.ConnectionError) as twice:
+        await keeper.send(b"GET", redis.ResponseError)
+    assert is_final(twice.value)
+    assert not connection.is_connected and _one(keeper) is connection
+    # A connection that just connected is not retried: the server is not there.
+    FakeConnection.replies = [redis.ConnectionError("refused")]
+    with pytest.raises(redis.ConnectionError) as fresh:
+        await keeper.send(b"GET", redis.ResponseError)
+    assert connection.connects == 4 and FakeConnection.replies == []
+    assert is_final(fresh.value) and not is_final(redis.ConnectionError("pooled"))
+    await keeper.aclose()
+
+
+async def test_a_cancelled_exchange_disconnects_the_connection() -> None:
+    keeper = AsyncKept(FakePool())
+    FakeConnection.replies = [b"1", HANG]
+    await keeper.send(b"GET", redis.ResponseError)
+    connection = _one(keeper)
+    task = asyncio.ensure_future(keeper.send(b"GET", redis.ResponseError))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not connection.is_connected and _one(keeper) is connection  # a reply may be in flight
+    await keeper.aclose()
+
+
+async def test_busy_kept_connections_and_capped_pools_borrow_from_the_pool() -> None:
+    pool = FakePool()
+    keeper = AsyncKept(pool)
+    FakeConnection.replies = [HANG] * KEEP + [b"pooled"]
+    hung = [asyncio.ensure_future(keeper.send(b"GET", redis.ResponseError)) for _ in range(KEEP)]
+    await asyncio.sleep(0.01)
+    assert await keeper.send(b"GET", redis.ResponseError) == b"pooled"
+    assert pool.borrowed == 1
+    for task in hung:
+        task.cancel()
+    await asyncio.gather(*hung, return_exceptions=True)
+    (kept,) = keeper._loops.values()
+    assert kept.made == KEEP and len(kept.idle) == KEEP
+    await keeper.aclose()
+    capped = FakePool(max_connections=8)
+    keeper = AsyncKept(capped)
+    FakeConnection.replies = [b"x"]
+    assert await keeper.send(b"GET", redis.ResponseError) == b"x"
+    assert capped.borrowed == 1 and keeper._loops == {}
+
+
+def test_each_loop_keeps_its_own_and_its_shutdown_closes_them() -> None:
+    keeper = AsyncKept(FakePool())
+    made: list[FakeConnection] = []
+
+    async def use() -> None:
+        FakeConnection.replies = [b"v"]
+        assert await keeper.send(b"GET", redis.ResponseError) == b"v"
+        (connection,) = keeper._loops[asyncio.get_running_loop()].idle
+        made.append(connection)
+
+    asyncio.run(use())
+    assert keeper._loops == {} and not made[0].is_connected
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(use())
+    assert made[1] is not made[0] and made[1].is_connected
+    other = asyncio.new_event_loop()
+    other.run_until_complete(use())  # a second open loop: its own connection
+    assert len(keeper._loops) == 2 and made[2] is not made[1]
+    other.run_until_complete(keeper.aclose())  # closes the other loop's in that loop
+    assert keeper._loops == {} and not made[2].is_connected
+    assert made[1].is_connected  # not closed from a foreign loop...
+    loop.run_until_complete(asyncio.sleep(0))  # ...but in its own, once it runs
+    assert not made[1].is_connected
+    for each in (loop, other):
+        each.run_until_complete(each.shutdown_asyncgens())
+        each.close()
+
+
+def test_a_forked_child_leaves_the_parents_connections_alone() -> None:
+    keeper = AsyncKept(FakePool())
+    loop = asyncio.new_event_loop()
+    FakeConnection.replies = [b"parent"]
+    loop.run_until_complete(keeper.send(b"GET", redis.ResponseError))
+    parents = _one(keeper)
+    keeper._pid = -1  # as in a forked child
+    FakeConnection.replies = [b"child"]
+    try:
+        assert loop.run_until_complete(keeper.send(b"GET", redis.ResponseError)) == b"child"
+        assert _one(keeper) is not parents
+        assert parents.is_connected and parents.sent == [b"GET"]  # never touched
+        assert parents in _PARENTS  # held: collecting it would close the parent's socket
+    finally:
+        _PARENTS.remove(parents)
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()

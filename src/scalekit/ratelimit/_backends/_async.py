@@ -3,8 +3,8 @@
 This file is the source of the blocking backend too (``scripts/unasync.py``
 generates ``_sync.py``); the encoding, the decoding and the outage rule
 are in :mod:`._base`. Only the direct path differs between the colours: the
-blocking backend keeps connections between checks, the asyncio one gives its
-connection back after every check (and has the asyncio-only ``timeout``).
+blocking backend keeps connections of its pool between checks, the asyncio one
+keeps its own per event loop (and has the asyncio-only ``timeout``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from scalekit._redis_bounded import DEFAULT_OP_TIMEOUT, aclose_twin, bounded, check_op_timeout
-from scalekit._redis_direct import adirect_pool, asend_packed, direct_pool, exchange
+from scalekit._redis_direct import AsyncKept, adirect_pool, direct_pool, exchange, is_final
 from scalekit._unasync import IS_ASYNC
 from scalekit.ratelimit._backends._base import (
     _KEEP,
@@ -26,6 +26,7 @@ from scalekit.ratelimit._backends._base import (
     _acquired,
     _evaluate_args,
     _outcome,
+    _pack_eval,
     _pack_evalsha,
     _pack_one,
     _release_kept,
@@ -49,13 +50,16 @@ __unasync__ = {
     "\n\nThis file is the source of the blocking backend too (``scripts/unasync.py``\n"
     "generates ``_sync.py``); the encoding, the decoding and the outage rule\n"
     "are in :mod:`._base`. Only the direct path differs between the colours: the\n"
-    "blocking backend keeps connections between checks, the asyncio one gives its\n"
-    "connection back after every check (and has the asyncio-only ``timeout``).": "\n\n"
+    "blocking backend keeps connections of its pool between checks, the asyncio one\n"
+    "keeps its own per event loop (and has the asyncio-only ``timeout``).": "\n\n"
     "The encoding, the decoding and the outage rule are in :mod:`._base`.",
     "Runs the limiters' scripts on an asyncio redis-py client": "Runs the limiters' scripts "
     "on a blocking redis-py client",
-    "The connection goes back to the pool after every check (asyncio\n"
-    "    connections belong to one event loop).": (
+    "The backend keeps up to 4 direct-path connections per event loop\n"
+    "    (asyncio connections belong to one loop), made beside the pool with\n"
+    "    its settings; they close when the loop shuts down or on :meth:`aclose`,\n"
+    "    and none are kept beside a ``BlockingConnectionPool`` or a pool of\n"
+    "    fewer than 64 connections, which the user capped.": (
         "The backend keeps up to 4 direct-path connections between checks\n"
         "    (taking one from the pool and giving it back costs as much again, in\n"
         "    redis-py's pool bookkeeping and a readiness syscall); it gives them\n"
@@ -66,7 +70,8 @@ __unasync__ = {
     "\n\n    ``timeout`` (seconds), when set, also bounds every call with\n"
     "    ``asyncio.wait_for``; an asyncio connection left open warns when it is\n"
     "    collected.": "",
-    "Close the twin client this backend made, if any (never the client you passed).": (
+    "Close the connections this backend keeps, and its twin client, if any.\n\n"
+    "        The client you passed is not closed.": (
         "Give back the connections this backend keeps, and close its twin client, if any.\n\n"
         "        The client you passed is not closed."
     ),
@@ -102,8 +107,11 @@ class AsyncRedisBackend:
     ``client.evalsha`` (for instance to see the checks in redis-py's own
     OpenTelemetry metrics).
 
-    The connection goes back to the pool after every check (asyncio
-    connections belong to one event loop).
+    The backend keeps up to 4 direct-path connections per event loop
+    (asyncio connections belong to one loop), made beside the pool with
+    its settings; they close when the loop shuts down or on :meth:`aclose`,
+    and none are kept beside a ``BlockingConnectionPool`` or a pool of
+    fewer than 64 connections, which the user capped.
 
     ``timeout`` (seconds), when set, also bounds every call with
     ``asyncio.wait_for``; an asyncio connection left open warns when it is
@@ -129,6 +137,8 @@ class AsyncRedisBackend:
         self._response_error = rex.ResponseError
         if IS_ASYNC:
             self._pool = adirect_pool(self._client) if direct else None
+            #: The connections kept per event loop (see :class:`AsyncKept`).
+            self._keeper = None if self._pool is None else AsyncKept(self._pool)
         else:
             import redis
 
@@ -149,11 +159,16 @@ class AsyncRedisBackend:
                 weakref.finalize(self, _release_kept, pool, self._kept, self._owner)
 
     async def aclose(self) -> None:
-        """Close the twin client this backend made, if any (never the client you passed).
+        """Close the connections this backend keeps, and its twin client, if any.
+
+        The client you passed is not closed.
 
         The backend stays usable: the next check connects again.
         """
-        if not IS_ASYNC:
+        if IS_ASYNC:
+            if self._keeper is not None:
+                await self._keeper.aclose()
+        else:
             _release_kept(self._pool, self._kept, self._owner)
         await aclose_twin(self._client)
 
@@ -174,13 +189,18 @@ class AsyncRedisBackend:
                     )
             if self._pool is not None:
                 try:
-                    return await self._send(packed or _pack_evalsha(script, numkeys, keys_and_args))
-                except rex.NoScriptError:
-                    return await self._client.eval(script.source, numkeys, *keys_and_args)
+                    try:
+                        return await self._send(
+                            packed or _pack_evalsha(script, numkeys, keys_and_args)
+                        )
+                    except rex.NoScriptError:  # EVAL loads it on the same connection
+                        return await self._send(_pack_eval(script, numkeys, keys_and_args))
                 except rex.TimeoutError:
                     raise
-                except rex.ConnectionError:
-                    pass  # a stale pooled connection: once more, the client's way
+                except rex.ConnectionError as exc:
+                    if is_final(exc):  # a kept connection, re-made for this check
+                        raise
+                    # a stale pooled connection: once more, the client's way
             try:
                 return await self._client.evalsha(script.sha, numkeys, *keys_and_args)
             except rex.NoScriptError:
@@ -193,8 +213,8 @@ class AsyncRedisBackend:
     if IS_ASYNC:
 
         async def _send(self, packed: bytes) -> Any:
-            """Send one packed command on a pooled connection; return its reply."""
-            return await asend_packed(self._pool, packed, self._response_error)
+            """Send one packed command on a kept connection; return its reply."""
+            return await self._keeper.send(packed, self._response_error)  # type: ignore[union-attr]
 
     else:
 

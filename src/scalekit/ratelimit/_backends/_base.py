@@ -221,6 +221,20 @@ def _pack_evalsha(script: Script, numkeys: int, keys_and_args: Sequence[Any]) ->
     return pack_command(head, keys_and_args)
 
 
+def _pack_eval(script: Script, numkeys: int, keys_and_args: Sequence[Any]) -> bytes:
+    """``EVAL source numkeys *keys_and_args`` as one RESP request (after NOSCRIPT; caches it)."""
+    count = b"%d" % numkeys
+    source = script.source.encode("utf-8")
+    head = b"*%d\r\n$4\r\nEVAL\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (
+        len(keys_and_args) + 3,
+        len(source),
+        source,
+        len(count),
+        count,
+    )
+    return pack_command(head, keys_and_args)
+
+
 class OneKeyRequest(NamedTuple):
     """A one-limit check's EVALSHA, encoded once but for its key (see :meth:`RedisBackend.hit_one`).
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from scalekit._redis_bounded import DEFAULT_OP_TIMEOUT, bounded, check_op_timeout, close_twin
-from scalekit._redis_direct import direct_pool, exchange
+from scalekit._redis_direct import direct_pool, exchange, is_final
 from scalekit.ratelimit._backends._base import (
     _KEEP,
     OneKeyRequest,
@@ -22,6 +22,7 @@ from scalekit.ratelimit._backends._base import (
     _acquired,
     _evaluate_args,
     _outcome,
+    _pack_eval,
     _pack_evalsha,
     _pack_one,
     _release_kept,
@@ -131,13 +132,16 @@ class RedisBackend:
         try:
             if self._pool is not None:
                 try:
-                    return self._send(packed or _pack_evalsha(script, numkeys, keys_and_args))
-                except rex.NoScriptError:
-                    return self._client.eval(script.source, numkeys, *keys_and_args)
+                    try:
+                        return self._send(packed or _pack_evalsha(script, numkeys, keys_and_args))
+                    except rex.NoScriptError:  # EVAL loads it on the same connection
+                        return self._send(_pack_eval(script, numkeys, keys_and_args))
                 except rex.TimeoutError:
                     raise
-                except rex.ConnectionError:
-                    pass  # a stale pooled connection: once more, the client's way
+                except rex.ConnectionError as exc:
+                    if is_final(exc):  # a kept connection, re-made for this check
+                        raise
+                    # a stale pooled connection: once more, the client's way
             try:
                 return self._client.evalsha(script.sha, numkeys, *keys_and_args)
             except rex.NoScriptError:
