@@ -1,0 +1,379 @@
+"""The asyncio write-behind shell: :class:`AsyncWriteBehind`.
+
+Only I/O and waiting live here: the lock around the pending map, the
+background flusher (an asyncio task), waiting when the buffer is full, and
+the flush itself, one :func:`abatch_insert` upsert with bad-row isolation
+under a retry policy. Coalescing, back-pressure and the counters are
+:mod:`._writebehind`'s; the blocking shell is generated from this file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from scalekit._clock import SYSTEM_CLOCK
+from scalekit._unasync import IS_ASYNC
+from scalekit.batch._async import abatch_insert
+from scalekit.batch._base import DEFAULT
+from scalekit.batch._core import BatchResult, RejectedRow, Upsert
+from scalekit.batch._writebehind import (
+    Merge,
+    Overflow,
+    PendingBatch,
+    WriteBehindBuffer,
+    WriteBehindMetrics,
+    default_flush_retry,
+    positive_int,
+    validate_settings,
+)
+from scalekit.errors import BufferFull, ConfigurationError
+from scalekit.retry import RetryPolicy
+
+__all__ = ["AsyncWriteBehind"]
+
+__unasync__ = {
+    "AsyncWriteBehind": "WriteBehind",
+    "acall": "call",
+    "abatch_insert": "batch_insert",
+    "``AsyncEngine``": "``Engine``",
+    "aflush": "flush",
+    "aput": "put",
+    "The asyncio write-behind shell": "The blocking write-behind shell",
+    "an asyncio task": "a daemon thread",
+}
+
+logger = logging.getLogger("scalekit.batch.writebehind")
+
+
+class AsyncWriteBehind:
+    """Buffer updates in memory and write them to a table in batches, behind the caller.
+
+    ``put(row)`` returns at once; rows for the same key coalesce (the
+    ``update`` columns keep the last value put, the ``increment`` columns add
+    up, or ``merge(old, new)`` decides), and a flusher (an asyncio task)
+    writes everything pending every ``flush_interval`` seconds, or sooner
+    when ``flush_at`` keys are waiting, with one upsert
+    (``INSERT ... ON CONFLICT (key) DO UPDATE``; increments as
+    ``col = col + excluded.col``) through :func:`abatch_insert`.
+
+    Parameters:
+        engine: the ``AsyncEngine`` to write through (each flush is one transaction).
+        table: a Core ``Table`` or a mapped ORM class, with a unique key on ``key``.
+        key: the key columns; every row holds them.
+        update: columns overwritten by the last value put.
+        increment: columns that are deltas: summed while pending, added to the
+            stored value on flush (counters).
+        merge: ``merge(pending_row, new_row) -> row`` instead of the rule above.
+        flush_interval: seconds between background flushes.
+        flush_at: waiting keys that start a flush early (default ``max_pending // 2``).
+        max_pending: the most keys pending (waiting or being flushed).
+        overflow: when ``max_pending`` is reached and a new key is put:
+            ``"block"`` (wait for a flush, up to ``block_timeout``),
+            ``"raise"`` (:class:`~scalekit.errors.BufferFull`) or
+            ``"drop_oldest"`` (drop the oldest pending key, counted in
+            ``metrics().dropped``).
+        block_timeout: the longest ``put`` waits under ``"block"`` (``None``:
+            no limit), then raises :class:`~scalekit.errors.BufferFull`.
+        retry: the :class:`~scalekit.retry.RetryPolicy` around each flush
+            (default: :func:`default_flush_retry`, budgeted); ``None``: no
+            retry. A flush that fails for good keeps its rows pending, merged
+            under the newer ones, for the next flush.
+        on_rejected: receives each :class:`~scalekit.batch.RejectedRow` the
+            database refused for its own reasons (bad-row isolation); the other
+            rows of the flush are written. Default: a warning is logged (the
+            error's class, never the row).
+        flush_on_exit: flush what is pending when the interpreter exits.
+        clock: where the metrics' times come from.
+
+    Memory mode only: what is pending when the process dies (killed, out of
+    memory) is lost, and two instances writing the same key race. See
+    ``docs/batch.md``, "Write-behind".
+
+    Raises:
+        ConfigurationError: bad settings (see
+            :func:`~scalekit.batch._writebehind.validate_settings`).
+    """
+
+    def __init__(
+        self,
+        engine: Any,
+        table: Any,
+        *,
+        key: Sequence[str] = ("id",),
+        update: Sequence[str] = (),
+        increment: Sequence[str] = (),
+        merge: Merge | None = None,
+        flush_interval: float = 5.0,
+        flush_at: int | None = None,
+        max_pending: int = 10_000,
+        overflow: Overflow = "block",
+        block_timeout: float | None = None,
+        retry: RetryPolicy | None = DEFAULT,
+        on_rejected: Callable[[RejectedRow], None] | None = None,
+        flush_on_exit: bool = True,
+        clock: Any = SYSTEM_CLOCK,
+    ) -> None:
+        keys, updates, increments = validate_settings(
+            key, update, increment, max_pending, overflow, flush_interval
+        )
+        if merge is not None and not callable(merge):
+            raise ConfigurationError(f"merge must be callable, got {merge!r}", parameter="merge")
+        if flush_at is None:
+            flush_at = max(1, max_pending // 2)
+        if not positive_int(flush_at):
+            raise ConfigurationError(
+                f"flush_at must be a positive int, got {flush_at!r}", parameter="flush_at"
+            )
+        self._engine = engine
+        self._table = table
+        self._columns = keys + updates + increments
+        self._upsert = Upsert(index=keys, update=updates, increment=increments)
+        self._buffer = WriteBehindBuffer(
+            key=keys,
+            columns=self._columns,
+            increment=increments,
+            merge=merge,
+            max_pending=max_pending,
+            overflow=overflow,
+            clock=clock,
+        )
+        self._interval = float(flush_interval)
+        self._flush_at = flush_at
+        self._block_timeout = block_timeout
+        self._retry = default_flush_retry() if retry is DEFAULT else retry
+        self._on_rejected = on_rejected
+        self._clock = clock
+        self._condition = asyncio.Condition()
+        self._flushing = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._closed = False
+        self._flusher: Any = None
+        self._exit_hook: Callable[[], None] | None = None
+        if flush_on_exit:
+            self._exit_hook = _exit_hook(weakref.ref(self))
+            atexit.register(self._exit_hook)
+
+    # -- putting ---------------------------------------------------------------------------
+
+    async def put(self, row: Mapping[str, Any]) -> None:
+        """Queue ``row`` (a mapping of column to value) for the next flush; returns at once.
+
+        Raises:
+            ConfigurationError: the row is not a mapping, lacks a column or
+                holds one that is not written; the write-behind is closed.
+            BufferFull: the buffer is full and ``overflow`` is ``"raise"`` (or
+                ``"block"`` and ``block_timeout`` passed).
+        """
+        async with self._condition:
+            await self._put_locked(row)
+
+    async def put_many(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Queue every row of ``rows``, in order (see :meth:`put`)."""
+        async with self._condition:
+            for row in rows:
+                await self._put_locked(row)
+
+    async def _put_locked(self, row: Mapping[str, Any]) -> None:
+        if self._closed:
+            raise ConfigurationError("this write-behind is closed", parameter="row")
+        buffer = self._buffer
+        if buffer.overflow == "block" and not buffer.has_room(row):
+            await self._wait_for_room(row)
+        buffer.put(row)
+        if self._flusher is None:
+            self._start_flusher()
+        if buffer.waiting >= self._flush_at:
+            self._wake.set()
+
+    async def _wait_for_room(self, row: Mapping[str, Any]) -> None:
+        deadline = None
+        if self._block_timeout is not None:
+            deadline = self._clock.monotonic() + self._block_timeout
+        while not self._buffer.has_room(row):
+            if self._flusher is None:
+                self._start_flusher()
+            self._wake.set()
+            timeout = None if deadline is None else deadline - self._clock.monotonic()
+            if timeout is not None and timeout <= 0:
+                self._buffer.refused += 1
+                raise BufferFull(
+                    f"write-behind buffer full for {self._block_timeout} s "
+                    f"({self._buffer.pending} keys pending)",
+                    pending=self._buffer.pending,
+                )
+            if IS_ASYNC:
+                try:
+                    await asyncio.wait_for(self._condition.wait(), timeout)
+                except asyncio.TimeoutError:
+                    pass
+            else:
+                self._condition.wait(timeout)
+
+    # -- flushing --------------------------------------------------------------------------
+
+    def _start_flusher(self) -> None:
+        if IS_ASYNC:
+            self._flusher = asyncio.get_running_loop().create_task(self._run())
+        else:
+            self._flusher = threading.Thread(
+                target=self._run, name="scalekit-write-behind", daemon=True
+            )
+            self._flusher.start()
+
+    async def _run(self) -> None:
+        while True:
+            if IS_ASYNC:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self._interval)
+                except asyncio.TimeoutError:
+                    pass
+            else:
+                self._wake.wait(self._interval)
+            self._wake.clear()
+            if self._closed:
+                return
+            try:
+                await self.flush()
+            except Exception as exc:  # the rows stay pending; the next flush tries again
+                logger.warning(
+                    "write-behind flush failed (%s); %d keys stay pending",
+                    type(exc).__name__,
+                    self._buffer.pending,
+                )
+
+    async def flush(self) -> int:
+        """Write every pending row now, in one transaction; return how many rows were written.
+
+        Rows the database refuses for their own reasons go to ``on_rejected``.
+        Raises the flush's error when it fails after the retry policy's
+        attempts; its rows then stay pending (nothing is dropped).
+        """
+        async with self._flushing:
+            async with self._condition:
+                batch = self._buffer.take()
+            if batch is None:
+                return 0
+            rejected: list[RejectedRow] = []
+            try:
+                result = await self._write(batch, rejected)
+            except BaseException:
+                async with self._condition:
+                    self._buffer.restore(batch)
+                    self._condition.notify_all()
+                raise
+            written = result.inserted + result.updated + result.skipped
+            async with self._condition:
+                self._buffer.done(batch, written=written, rejected=len(rejected))
+                self._condition.notify_all()
+        for item in rejected:
+            self._reject(item)
+        return written
+
+    async def _write(self, batch: PendingBatch, rejected: list[RejectedRow]) -> BatchResult:
+        async def attempt() -> BatchResult:
+            rejected.clear()
+            return await abatch_insert(
+                self._engine,
+                self._table,
+                batch.rows,
+                columns=self._columns,
+                on_conflict=self._upsert,
+                dedupe=None,
+                on_error="isolate",
+                on_reject=rejected.append,
+                retry=None,
+                clock=self._clock,
+            )
+
+        if self._retry is None:
+            return await attempt()
+        return await self._retry.acall(attempt)
+
+    def _reject(self, item: RejectedRow) -> None:
+        if self._on_rejected is not None:
+            self._on_rejected(item)
+            return
+        logger.warning(
+            "write-behind: the database refused a row (%s); pass on_rejected to keep it",
+            type(item.error).__name__,
+        )
+
+    # -- closing ---------------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Stop the flusher and flush what is pending; later puts raise.
+
+        Raises the final flush's error (its rows stay in :meth:`metrics`'s
+        ``pending``); a second call flushes again.
+        """
+        self._closed = True
+        if self._exit_hook is not None:
+            atexit.unregister(self._exit_hook)
+            self._exit_hook = None
+        flusher, self._flusher = self._flusher, None
+        self._wake.set()
+        if flusher is not None:
+            if IS_ASYNC:
+                await flusher
+            else:
+                flusher.join()
+        await self.flush()
+
+    async def _aclose_at_exit(self) -> None:  # unasync: async-only
+        # The application's event loop is gone: drop its pooled connections
+        # without touching them and flush on a connection of this new loop.
+        self._closed = True
+        self._flusher = None
+        self._condition = asyncio.Condition()
+        self._flushing = asyncio.Lock()
+        await self._engine.dispose(close=False)
+        await self.flush()
+
+    async def __aenter__(self) -> AsyncWriteBehind:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def metrics(self) -> WriteBehindMetrics:
+        """Pending keys, flushed rows, flush time, the oldest pending update's age, rejections."""
+        return self._buffer.metrics()
+
+    @property
+    def pending(self) -> int:
+        """Keys waiting for a flush (including a flush in progress)."""
+        return self._buffer.pending
+
+    def __repr__(self) -> str:
+        name = getattr(self._table, "name", None) or getattr(self._table, "__tablename__", "?")
+        return f"{type(self).__name__}(table={name!r}, pending={self._buffer.pending})"
+
+
+def _exit_hook(ref: weakref.ref[AsyncWriteBehind]) -> Callable[[], None]:
+    """What ``atexit`` runs: flush what the write-behind still holds, if it is alive."""
+
+    def flush_at_exit() -> None:
+        writer = ref()
+        if writer is None or writer._buffer.pending == 0:
+            return
+        try:
+            if IS_ASYNC:
+                asyncio.run(writer._aclose_at_exit())
+            else:
+                writer.close()
+        except Exception as exc:
+            logger.error(
+                "write-behind: the flush at exit failed (%s); %d keys were not written",
+                type(exc).__name__,
+                writer._buffer.pending,
+            )
+
+    return flush_at_exit

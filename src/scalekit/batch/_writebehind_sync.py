@@ -1,0 +1,337 @@
+# This file is generated from src/scalekit/batch/_writebehind_async.py by scripts/unasync.py.
+# DO NOT EDIT; edit the async file and run: python scripts/unasync.py
+"""The blocking write-behind shell: :class:`WriteBehind`.
+
+Only I/O and waiting live here: the lock around the pending map, the
+background flusher (a daemon thread), waiting when the buffer is full, and
+the flush itself, one :func:`batch_insert` upsert with bad-row isolation
+under a retry policy. Coalescing, back-pressure and the counters are
+:mod:`._writebehind`'s; the blocking shell is generated from this file.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from scalekit._clock import SYSTEM_CLOCK
+from scalekit.batch._base import DEFAULT
+from scalekit.batch._core import BatchResult, RejectedRow, Upsert
+from scalekit.batch._sync import batch_insert
+from scalekit.batch._writebehind import (
+    Merge,
+    Overflow,
+    PendingBatch,
+    WriteBehindBuffer,
+    WriteBehindMetrics,
+    default_flush_retry,
+    positive_int,
+    validate_settings,
+)
+from scalekit.errors import BufferFull, ConfigurationError
+from scalekit.retry import RetryPolicy
+
+__all__ = ["WriteBehind"]
+
+logger = logging.getLogger("scalekit.batch.writebehind")
+
+
+class WriteBehind:
+    """Buffer updates in memory and write them to a table in batches, behind the caller.
+
+    ``put(row)`` returns at once; rows for the same key coalesce (the
+    ``update`` columns keep the last value put, the ``increment`` columns add
+    up, or ``merge(old, new)`` decides), and a flusher (a daemon thread)
+    writes everything pending every ``flush_interval`` seconds, or sooner
+    when ``flush_at`` keys are waiting, with one upsert
+    (``INSERT ... ON CONFLICT (key) DO UPDATE``; increments as
+    ``col = col + excluded.col``) through :func:`batch_insert`.
+
+    Parameters:
+        engine: the ``Engine`` to write through (each flush is one transaction).
+        table: a Core ``Table`` or a mapped ORM class, with a unique key on ``key``.
+        key: the key columns; every row holds them.
+        update: columns overwritten by the last value put.
+        increment: columns that are deltas: summed while pending, added to the
+            stored value on flush (counters).
+        merge: ``merge(pending_row, new_row) -> row`` instead of the rule above.
+        flush_interval: seconds between background flushes.
+        flush_at: waiting keys that start a flush early (default ``max_pending // 2``).
+        max_pending: the most keys pending (waiting or being flushed).
+        overflow: when ``max_pending`` is reached and a new key is put:
+            ``"block"`` (wait for a flush, up to ``block_timeout``),
+            ``"raise"`` (:class:`~scalekit.errors.BufferFull`) or
+            ``"drop_oldest"`` (drop the oldest pending key, counted in
+            ``metrics().dropped``).
+        block_timeout: the longest ``put`` waits under ``"block"`` (``None``:
+            no limit), then raises :class:`~scalekit.errors.BufferFull`.
+        retry: the :class:`~scalekit.retry.RetryPolicy` around each flush
+            (default: :func:`default_flush_retry`, budgeted); ``None``: no
+            retry. A flush that fails for good keeps its rows pending, merged
+            under the newer ones, for the next flush.
+        on_rejected: receives each :class:`~scalekit.batch.RejectedRow` the
+            database refused for its own reasons (bad-row isolation); the other
+            rows of the flush are written. Default: a warning is logged (the
+            error's class, never the row).
+        flush_on_exit: flush what is pending when the interpreter exits.
+        clock: where the metrics' times come from.
+
+    Memory mode only: what is pending when the process dies (killed, out of
+    memory) is lost, and two instances writing the same key race. See
+    ``docs/batch.md``, "Write-behind".
+
+    Raises:
+        ConfigurationError: bad settings (see
+            :func:`~scalekit.batch._writebehind.validate_settings`).
+    """
+
+    def __init__(
+        self,
+        engine: Any,
+        table: Any,
+        *,
+        key: Sequence[str] = ("id",),
+        update: Sequence[str] = (),
+        increment: Sequence[str] = (),
+        merge: Merge | None = None,
+        flush_interval: float = 5.0,
+        flush_at: int | None = None,
+        max_pending: int = 10_000,
+        overflow: Overflow = "block",
+        block_timeout: float | None = None,
+        retry: RetryPolicy | None = DEFAULT,
+        on_rejected: Callable[[RejectedRow], None] | None = None,
+        flush_on_exit: bool = True,
+        clock: Any = SYSTEM_CLOCK,
+    ) -> None:
+        keys, updates, increments = validate_settings(
+            key, update, increment, max_pending, overflow, flush_interval
+        )
+        if merge is not None and not callable(merge):
+            raise ConfigurationError(f"merge must be callable, got {merge!r}", parameter="merge")
+        if flush_at is None:
+            flush_at = max(1, max_pending // 2)
+        if not positive_int(flush_at):
+            raise ConfigurationError(
+                f"flush_at must be a positive int, got {flush_at!r}", parameter="flush_at"
+            )
+        self._engine = engine
+        self._table = table
+        self._columns = keys + updates + increments
+        self._upsert = Upsert(index=keys, update=updates, increment=increments)
+        self._buffer = WriteBehindBuffer(
+            key=keys,
+            columns=self._columns,
+            increment=increments,
+            merge=merge,
+            max_pending=max_pending,
+            overflow=overflow,
+            clock=clock,
+        )
+        self._interval = float(flush_interval)
+        self._flush_at = flush_at
+        self._block_timeout = block_timeout
+        self._retry = default_flush_retry() if retry is DEFAULT else retry
+        self._on_rejected = on_rejected
+        self._clock = clock
+        self._condition = threading.Condition()
+        self._flushing = threading.Lock()
+        self._wake = threading.Event()
+        self._closed = False
+        self._flusher: Any = None
+        self._exit_hook: Callable[[], None] | None = None
+        if flush_on_exit:
+            self._exit_hook = _exit_hook(weakref.ref(self))
+            atexit.register(self._exit_hook)
+
+    # -- putting ---------------------------------------------------------------------------
+
+    def put(self, row: Mapping[str, Any]) -> None:
+        """Queue ``row`` (a mapping of column to value) for the next flush; returns at once.
+
+        Raises:
+            ConfigurationError: the row is not a mapping, lacks a column or
+                holds one that is not written; the write-behind is closed.
+            BufferFull: the buffer is full and ``overflow`` is ``"raise"`` (or
+                ``"block"`` and ``block_timeout`` passed).
+        """
+        with self._condition:
+            self._put_locked(row)
+
+    def put_many(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Queue every row of ``rows``, in order (see :meth:`put`)."""
+        with self._condition:
+            for row in rows:
+                self._put_locked(row)
+
+    def _put_locked(self, row: Mapping[str, Any]) -> None:
+        if self._closed:
+            raise ConfigurationError("this write-behind is closed", parameter="row")
+        buffer = self._buffer
+        if buffer.overflow == "block" and not buffer.has_room(row):
+            self._wait_for_room(row)
+        buffer.put(row)
+        if self._flusher is None:
+            self._start_flusher()
+        if buffer.waiting >= self._flush_at:
+            self._wake.set()
+
+    def _wait_for_room(self, row: Mapping[str, Any]) -> None:
+        deadline = None
+        if self._block_timeout is not None:
+            deadline = self._clock.monotonic() + self._block_timeout
+        while not self._buffer.has_room(row):
+            if self._flusher is None:
+                self._start_flusher()
+            self._wake.set()
+            timeout = None if deadline is None else deadline - self._clock.monotonic()
+            if timeout is not None and timeout <= 0:
+                self._buffer.refused += 1
+                raise BufferFull(
+                    f"write-behind buffer full for {self._block_timeout} s "
+                    f"({self._buffer.pending} keys pending)",
+                    pending=self._buffer.pending,
+                )
+            self._condition.wait(timeout)
+
+    # -- flushing --------------------------------------------------------------------------
+
+    def _start_flusher(self) -> None:
+        self._flusher = threading.Thread(
+            target=self._run, name="scalekit-write-behind", daemon=True
+        )
+        self._flusher.start()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(self._interval)
+            self._wake.clear()
+            if self._closed:
+                return
+            try:
+                self.flush()
+            except Exception as exc:  # the rows stay pending; the next flush tries again
+                logger.warning(
+                    "write-behind flush failed (%s); %d keys stay pending",
+                    type(exc).__name__,
+                    self._buffer.pending,
+                )
+
+    def flush(self) -> int:
+        """Write every pending row now, in one transaction; return how many rows were written.
+
+        Rows the database refuses for their own reasons go to ``on_rejected``.
+        Raises the flush's error when it fails after the retry policy's
+        attempts; its rows then stay pending (nothing is dropped).
+        """
+        with self._flushing:
+            with self._condition:
+                batch = self._buffer.take()
+            if batch is None:
+                return 0
+            rejected: list[RejectedRow] = []
+            try:
+                result = self._write(batch, rejected)
+            except BaseException:
+                with self._condition:
+                    self._buffer.restore(batch)
+                    self._condition.notify_all()
+                raise
+            written = result.inserted + result.updated + result.skipped
+            with self._condition:
+                self._buffer.done(batch, written=written, rejected=len(rejected))
+                self._condition.notify_all()
+        for item in rejected:
+            self._reject(item)
+        return written
+
+    def _write(self, batch: PendingBatch, rejected: list[RejectedRow]) -> BatchResult:
+        def attempt() -> BatchResult:
+            rejected.clear()
+            return batch_insert(
+                self._engine,
+                self._table,
+                batch.rows,
+                columns=self._columns,
+                on_conflict=self._upsert,
+                dedupe=None,
+                on_error="isolate",
+                on_reject=rejected.append,
+                retry=None,
+                clock=self._clock,
+            )
+
+        if self._retry is None:
+            return attempt()
+        return self._retry.call(attempt)
+
+    def _reject(self, item: RejectedRow) -> None:
+        if self._on_rejected is not None:
+            self._on_rejected(item)
+            return
+        logger.warning(
+            "write-behind: the database refused a row (%s); pass on_rejected to keep it",
+            type(item.error).__name__,
+        )
+
+    # -- closing ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the flusher and flush what is pending; later puts raise.
+
+        Raises the final flush's error (its rows stay in :meth:`metrics`'s
+        ``pending``); a second call flushes again.
+        """
+        self._closed = True
+        if self._exit_hook is not None:
+            atexit.unregister(self._exit_hook)
+            self._exit_hook = None
+        flusher, self._flusher = self._flusher, None
+        self._wake.set()
+        if flusher is not None:
+            flusher.join()
+        self.flush()
+
+    def __enter__(self) -> WriteBehind:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def metrics(self) -> WriteBehindMetrics:
+        """Pending keys, flushed rows, flush time, the oldest pending update's age, rejections."""
+        return self._buffer.metrics()
+
+    @property
+    def pending(self) -> int:
+        """Keys waiting for a flush (including a flush in progress)."""
+        return self._buffer.pending
+
+    def __repr__(self) -> str:
+        name = getattr(self._table, "name", None) or getattr(self._table, "__tablename__", "?")
+        return f"{type(self).__name__}(table={name!r}, pending={self._buffer.pending})"
+
+
+def _exit_hook(ref: weakref.ref[WriteBehind]) -> Callable[[], None]:
+    """What ``atexit`` runs: flush what the write-behind still holds, if it is alive."""
+
+    def flush_at_exit() -> None:
+        writer = ref()
+        if writer is None or writer._buffer.pending == 0:
+            return
+        try:
+            writer.close()
+        except Exception as exc:
+            logger.error(
+                "write-behind: the flush at exit failed (%s); %d keys were not written",
+                type(exc).__name__,
+                writer._buffer.pending,
+            )
+
+    return flush_at_exit
