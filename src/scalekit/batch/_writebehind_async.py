@@ -32,7 +32,7 @@ from scalekit.batch._writebehind import (
     positive_int,
     validate_settings,
 )
-from scalekit.errors import BufferFull, ConfigurationError
+from scalekit.errors import BatchChunkError, BufferFull, ConfigurationError
 from scalekit.retry import RetryPolicy
 
 __all__ = ["AsyncWriteBehind"]
@@ -251,8 +251,9 @@ class AsyncWriteBehind:
         """Write every pending row now, in one transaction; return how many rows were written.
 
         Rows the database refuses for their own reasons go to ``on_rejected``.
-        Raises the flush's error when it fails after the retry policy's
-        attempts; its rows then stay pending (nothing is dropped).
+        Raises the driver's error (``sqlalchemy.exc.OperationalError``...)
+        when the flush fails after the retry policy's attempts; its rows then
+        stay pending (nothing is dropped).
         """
         async with self._flushing:
             async with self._condition:
@@ -278,18 +279,24 @@ class AsyncWriteBehind:
     async def _write(self, batch: PendingBatch, rejected: list[RejectedRow]) -> BatchResult:
         async def attempt() -> BatchResult:
             rejected.clear()
-            return await abatch_insert(
-                self._engine,
-                self._table,
-                batch.rows,
-                columns=self._columns,
-                on_conflict=self._upsert,
-                dedupe=None,
-                on_error="isolate",
-                on_reject=rejected.append,
-                retry=None,
-                clock=self._clock,
-            )
+            try:
+                return await abatch_insert(
+                    self._engine,
+                    self._table,
+                    batch.rows,
+                    columns=self._columns,
+                    on_conflict=self._upsert,
+                    dedupe=None,
+                    on_error="isolate",
+                    on_reject=rejected.append,
+                    retry=None,
+                    clock=self._clock,
+                )
+            except BatchChunkError as exc:
+                # The driver's error is what retry_on rules (transient.database) judge.
+                if isinstance(exc.__cause__, Exception):
+                    raise exc.__cause__ from None
+                raise
 
         if self._retry is None:
             return await attempt()
