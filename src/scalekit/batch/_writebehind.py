@@ -16,6 +16,12 @@ newest value still wins.
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
+import decimal
+import json
+import uuid
+import zlib
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -25,13 +31,23 @@ from scalekit.errors import BufferFull, ConfigurationError
 from scalekit.retry import RetryPolicy
 
 __all__ = [
+    "LEASE_SCRIPT",
+    "OFFSETS_TABLE",
+    "RELEASE_SCRIPT",
+    "EntryPlan",
     "Merge",
     "Overflow",
     "PendingBatch",
     "WriteBehindBuffer",
+    "StreamLayout",
     "WriteBehindMetrics",
+    "decode_row",
     "default_flush_retry",
+    "encode_row",
+    "plan_entries",
     "positive_int",
+    "stream_id",
+    "text",
     "validate_settings",
 ]
 
@@ -181,6 +197,7 @@ class WriteBehindBuffer:
     max_pending: int = 10_000
     overflow: Overflow = "block"
     clock: Any = SYSTEM_CLOCK
+    _column_set: frozenset[str] = field(default=frozenset(), init=False)
     _pending: dict[Hashable, dict[str, Any]] = field(default_factory=dict, init=False)
     _since: dict[Hashable, float] = field(default_factory=dict, init=False)
     _in_flight: int = field(default=0, init=False)
@@ -194,6 +211,9 @@ class WriteBehindBuffer:
     dropped: int = field(default=0, init=False)
     refused: int = field(default=0, init=False)
     last_flush_seconds: float = field(default=0.0, init=False)
+
+    def __post_init__(self) -> None:
+        self._column_set = frozenset(self.columns)
 
     # -- putting ---------------------------------------------------------------------------
 
@@ -262,7 +282,16 @@ class WriteBehindBuffer:
         return False
 
     def _shape(self, row: Mapping[str, Any]) -> dict[str, Any]:
-        if len(row) != len(self.columns):
+        self.check_columns(row)
+        return dict(row)
+
+    def check_columns(self, row: Mapping[str, Any]) -> None:
+        """Check that ``row`` holds exactly the written columns.
+
+        Raises:
+            ConfigurationError: a column missing or one that is not written.
+        """
+        if row.keys() != self._column_set:
             extra = [c for c in row if c not in self.columns]
             if extra:
                 raise ConfigurationError(
@@ -271,7 +300,6 @@ class WriteBehindBuffer:
                 )
             missing = [c for c in self.columns if c not in row]
             raise ConfigurationError(f"row lacks the column {missing[0]!r}", parameter="row")
-        return dict(row)
 
     def _combine(self, old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
         if self.merge is not None:
@@ -364,3 +392,171 @@ class WriteBehindBuffer:
             last_flush_seconds=self.last_flush_seconds,
             oldest_pending_seconds=self.oldest_pending_seconds(),
         )
+
+
+# -- durable mode: rows in Redis streams -------------------------------------------------------
+
+OFFSETS_TABLE = "scalekit_writebehind_offsets"
+
+LEASE_SCRIPT = """
+local owner = redis.call('GET', KEYS[1])
+if owner == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if not owner then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 2
+end
+return 0
+"""
+"""Take or renew a lease: 1 renewed, 2 newly taken (claim its pending entries), 0 held elsewhere."""
+
+RELEASE_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamLayout:
+    """Where a durable write-behind keeps its updates in Redis.
+
+    One stream per partition, each under its own hash tag (``prefix:{3}``)
+    so that on Redis Cluster the partitions spread over the masters while a
+    partition's stream and lease share a slot; a key always goes to the same
+    partition, so its updates keep their order.
+    """
+
+    prefix: str
+    partitions: int
+    group: str
+
+    def stream(self, partition: int) -> str:
+        return f"{self.prefix}:{{{partition}}}"
+
+    def lease(self, partition: int) -> str:
+        return f"{self.prefix}:{{{partition}}}:lease"
+
+    @property
+    def dead_letter(self) -> str:
+        return f"{self.prefix}:dead"
+
+    def partition_of(self, key: Hashable) -> int:
+        if self.partitions == 1:
+            return 0
+        return zlib.crc32(json.dumps(_encode(key)).encode()) % self.partitions
+
+
+def _encode(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, decimal.Decimal):
+        return {"$d": str(value)}
+    if isinstance(value, dt.datetime):
+        return {"$dt": value.isoformat()}
+    if isinstance(value, dt.date):
+        return {"$date": value.isoformat()}
+    if isinstance(value, uuid.UUID):
+        return {"$u": str(value)}
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"$b": base64.b64encode(bytes(value)).decode()}
+    if isinstance(value, tuple):
+        return [_encode(v) for v in value]
+    raise ConfigurationError(
+        f"durable write-behind cannot store a {type(value).__name__} value "
+        "(None, bool, int, float, str, Decimal, date, datetime, UUID, bytes)",
+        parameter="row",
+    )
+
+
+_DECODERS: dict[str, Callable[[str], Any]] = {
+    "$d": decimal.Decimal,
+    "$dt": dt.datetime.fromisoformat,
+    "$date": dt.date.fromisoformat,
+    "$u": uuid.UUID,
+    "$b": base64.b64decode,
+}
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, dict):
+        ((tag, text),) = value.items()
+        return _DECODERS[tag](text)
+    return value
+
+
+def encode_row(row: Mapping[str, Any]) -> str:
+    """A row as the JSON a stream entry holds (Decimal, dates, UUID and bytes tagged).
+
+    Raises:
+        ConfigurationError: a value of another type.
+    """
+    return json.dumps({c: _encode(v) for c, v in row.items()}, separators=(",", ":"))
+
+
+def decode_row(text: str | bytes) -> dict[str, Any]:
+    """The row :func:`encode_row` wrote."""
+    return {c: _decode(v) for c, v in json.loads(text).items()}
+
+
+def stream_id(entry_id: str | bytes) -> tuple[int, int]:
+    """A stream entry ID as a comparable ``(milliseconds, sequence)``."""
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def text(value: str | bytes) -> str:
+    """A Redis reply as ``str``, whether the client decodes responses or not."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+@dataclass(frozen=True, slots=True)
+class EntryPlan:
+    """What one durable flush of a partition writes: the coalesced ``rows`` of the entries
+    after the committed offset, the offset to commit (``last_id``), and every entry ID to
+    acknowledge (those at or before the offset were committed by an earlier flusher)."""
+
+    rows: list[dict[str, Any]]
+    last_id: str
+    ack: list[str]
+    skipped: int
+    coalesced: int = 0
+
+
+def plan_entries(
+    entries: Sequence[tuple[str, str | None]],
+    committed: str,
+    make_buffer: Callable[[], WriteBehindBuffer],
+) -> EntryPlan:
+    """Coalesce the stream entries a flusher read (ID, encoded row or ``None`` if deleted).
+
+    Entries at or before ``committed`` (the partition's offset, updated in
+    the same transaction as the rows) are acknowledged but not applied
+    again: a flusher that died after its commit and before its ``XACK``
+    applies nothing twice, counters included.
+    """
+    floor = stream_id(committed)
+    buffer = make_buffer()
+    last = floor
+    last_text = committed
+    ack: list[str] = []
+    skipped = 0
+    for entry_id, payload in entries:
+        ack.append(entry_id)
+        position = stream_id(entry_id)
+        if position <= floor or payload is None:
+            skipped += 1
+            continue
+        buffer.put(decode_row(payload))
+        if position > last:
+            last, last_text = position, entry_id
+    batch = buffer.take()
+    return EntryPlan(
+        rows=batch.rows if batch is not None else [],
+        last_id=last_text,
+        ack=ack,
+        skipped=skipped,
+        coalesced=buffer.coalesced,
+    )

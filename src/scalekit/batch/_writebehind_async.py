@@ -12,10 +12,15 @@ from __future__ import annotations
 import asyncio
 import atexit
 import logging
+import os
+import socket
 import threading
+import uuid
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
+
+import sqlalchemy as sa
 
 from scalekit._clock import SYSTEM_CLOCK
 from scalekit._unasync import IS_ASYNC
@@ -23,13 +28,21 @@ from scalekit.batch._async import abatch_insert
 from scalekit.batch._base import DEFAULT
 from scalekit.batch._core import BatchResult, RejectedRow, Upsert
 from scalekit.batch._writebehind import (
+    LEASE_SCRIPT,
+    OFFSETS_TABLE,
+    RELEASE_SCRIPT,
+    EntryPlan,
     Merge,
     Overflow,
     PendingBatch,
+    StreamLayout,
     WriteBehindBuffer,
     WriteBehindMetrics,
     default_flush_retry,
+    encode_row,
+    plan_entries,
     positive_int,
+    text,
     validate_settings,
 )
 from scalekit.errors import BatchChunkError, BufferFull, ConfigurationError
@@ -90,10 +103,30 @@ class AsyncWriteBehind:
             error's class, never the row).
         flush_on_exit: flush what is pending when the interpreter exits.
         clock: where the metrics' times come from.
+        durable: a Redis client (``redis.asyncio.Redis`` or ``RedisCluster``):
+            durable mode. ``put`` appends the row to a Redis stream before it
+            returns; flushers (this one and every other instance's, in one
+            consumer group) read the streams, coalesce, upsert and record the
+            stream offset in ``offsets_table`` in one transaction, and
+            acknowledge after the commit. A flusher that dies loses nothing:
+            its partitions' leases expire and another flusher claims their
+            pending entries; entries already committed are not applied again.
+            Refused rows go to ``on_rejected`` and the dead-letter stream
+            ``{stream}:dead``. Back-pressure settings do not apply (Redis holds
+            the backlog).
+        stream: the streams' key prefix (default ``scalekit:wb:{table name}``).
+        partitions: streams, one per hash tag (``{stream}:{0}``...): flushers
+            share the partitions, one at a time each; on Redis Cluster they
+            spread over the masters.
+        group: the consumer group's name.
+        lease: seconds a flusher owns a partition without renewing it; longer
+            than a flush takes.
+        read_count: stream entries one flush of a partition reads at most.
+        offsets_table: the table of committed stream offsets (created if missing).
 
-    Memory mode only: what is pending when the process dies (killed, out of
-    memory) is lost, and two instances writing the same key race. See
-    ``docs/batch.md``, "Write-behind".
+    In memory mode what is pending when the process dies (killed, out of
+    memory) is lost, and two instances writing the same key race; durable
+    mode has neither problem. See ``docs/batch.md``, "Write-behind".
 
     Raises:
         ConfigurationError: bad settings (see
@@ -118,6 +151,13 @@ class AsyncWriteBehind:
         on_rejected: Callable[[RejectedRow], None] | None = None,
         flush_on_exit: bool = True,
         clock: Any = SYSTEM_CLOCK,
+        durable: Any = None,
+        stream: str | None = None,
+        partitions: int = 1,
+        group: str = "scalekit-wb",
+        lease: float = 30.0,
+        read_count: int = 10_000,
+        offsets_table: str = OFFSETS_TABLE,
     ) -> None:
         keys, updates, increments = validate_settings(
             key, update, increment, max_pending, overflow, flush_interval
@@ -149,6 +189,35 @@ class AsyncWriteBehind:
         self._retry = default_flush_retry() if retry is DEFAULT else retry
         self._on_rejected = on_rejected
         self._clock = clock
+        self._redis = durable
+        if durable is not None:
+            if not positive_int(partitions):
+                raise ConfigurationError(
+                    f"partitions must be a positive int, got {partitions!r}",
+                    parameter="partitions",
+                )
+            if not positive_int(read_count):
+                raise ConfigurationError(
+                    f"read_count must be a positive int, got {read_count!r}",
+                    parameter="read_count",
+                )
+            if not lease > 0:
+                raise ConfigurationError(f"lease must be > 0, got {lease!r}", parameter="lease")
+            if not offsets_table.replace("_", "a").isalnum() or not offsets_table.isascii():
+                raise ConfigurationError(
+                    f"offsets_table must be a plain table name, got {offsets_table!r}",
+                    parameter="offsets_table",
+                )
+        table_name = getattr(table, "name", None) or getattr(table, "__tablename__", "table")
+        self._layout = StreamLayout(
+            prefix=stream or f"scalekit:wb:{table_name}", partitions=partitions, group=group
+        )
+        self._lease_ms = int(lease * 1000)
+        self._read_count = read_count
+        self._offsets = offsets_table
+        self._consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._ready = False
+        self._offsets_ready = False
         self._condition = asyncio.Condition()
         self._flushing = asyncio.Lock()
         self._wake = asyncio.Event()
@@ -170,14 +239,53 @@ class AsyncWriteBehind:
             BufferFull: the buffer is full and ``overflow`` is ``"raise"`` (or
                 ``"block"`` and ``block_timeout`` passed).
         """
+        if self._redis is not None:
+            await self._append([row])
+            return
         async with self._condition:
             await self._put_locked(row)
 
     async def put_many(self, rows: Iterable[Mapping[str, Any]]) -> None:
-        """Queue every row of ``rows``, in order (see :meth:`put`)."""
+        """Queue every row of ``rows``, in order (see :meth:`put`); durable: one pipeline."""
+        if self._redis is not None:
+            await self._append(list(rows))
+            return
         async with self._condition:
             for row in rows:
                 await self._put_locked(row)
+
+    async def _append(self, rows: list[Mapping[str, Any]]) -> None:
+        if self._closed:
+            raise ConfigurationError("this write-behind is closed", parameter="row")
+        buffer, layout = self._buffer, self._layout
+        entries = []
+        for row in rows:
+            key = buffer.row_key(row)
+            buffer.check_columns(row)
+            entries.append((layout.stream(layout.partition_of(key)), {"r": encode_row(row)}))
+        if not self._ready:
+            await self._prepare_streams()
+        if len(entries) == 1:
+            await self._redis.xadd(entries[0][0], entries[0][1])
+        else:
+            pipe = self._redis.pipeline(transaction=False)
+            for name, fields in entries:
+                pipe.xadd(name, fields)
+            await pipe.execute()
+        buffer.puts += len(entries)
+        if self._flusher is None:
+            self._start_flusher()
+
+    async def _prepare_streams(self) -> None:
+        for partition in range(self._layout.partitions):
+            try:
+                await self._redis.xgroup_create(
+                    self._layout.stream(partition), self._layout.group, id="0", mkstream=True
+                )
+            except Exception as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+        self._ready = True
 
     async def _put_locked(self, row: Mapping[str, Any]) -> None:
         if self._closed:
@@ -255,6 +363,12 @@ class AsyncWriteBehind:
         when the flush fails after the retry policy's attempts; its rows then
         stay pending (nothing is dropped).
         """
+        if self._redis is not None:
+            async with self._flushing:
+                total = 0
+                for partition in range(self._layout.partitions):
+                    total += await self._flush_partition(partition)
+                return total
         async with self._flushing:
             async with self._condition:
                 batch = self._buffer.take()
@@ -278,29 +392,166 @@ class AsyncWriteBehind:
 
     async def _write(self, batch: PendingBatch, rejected: list[RejectedRow]) -> BatchResult:
         async def attempt() -> BatchResult:
-            rejected.clear()
-            try:
-                return await abatch_insert(
-                    self._engine,
-                    self._table,
-                    batch.rows,
-                    columns=self._columns,
-                    on_conflict=self._upsert,
-                    dedupe=None,
-                    on_error="isolate",
-                    on_reject=rejected.append,
-                    retry=None,
-                    clock=self._clock,
-                )
-            except BatchChunkError as exc:
-                # The driver's error is what retry_on rules (transient.database) judge.
-                if isinstance(exc.__cause__, Exception):
-                    raise exc.__cause__ from None
-                raise
+            return await self._upsert_rows(self._engine, batch.rows, rejected)
 
         if self._retry is None:
             return await attempt()
         return await self._retry.acall(attempt)
+
+    async def _upsert_rows(
+        self, target: Any, rows: list[dict[str, Any]], rejected: list[RejectedRow]
+    ) -> BatchResult:
+        rejected.clear()
+        try:
+            return await abatch_insert(
+                target,
+                self._table,
+                rows,
+                columns=self._columns,
+                on_conflict=self._upsert,
+                dedupe=None,
+                on_error="isolate",
+                on_reject=rejected.append,
+                retry=None,
+                clock=self._clock,
+            )
+        except BatchChunkError as exc:
+            # The driver's error is what retry_on rules (transient.database) judge.
+            if isinstance(exc.__cause__, Exception):
+                raise exc.__cause__ from None
+            raise
+
+    # -- durable mode ----------------------------------------------------------------------
+
+    async def _flush_partition(self, partition: int) -> int:
+        """Write a partition's entries while this flusher holds its lease; rows written."""
+        if not self._ready:
+            await self._prepare_streams()
+        if not self._offsets_ready:
+            await self._create_offsets()
+        layout, client = self._layout, self._redis
+        stream = layout.stream(partition)
+        written = 0
+        while True:
+            held = await client.eval(
+                LEASE_SCRIPT, 1, layout.lease(partition), self._consumer, self._lease_ms
+            )
+            if not held:
+                return written
+            if held == 2:  # newly ours: take over every entry another flusher left pending
+                cursor = "0-0"
+                while True:
+                    reply = await client.xautoclaim(
+                        stream, layout.group, self._consumer, 0, cursor, count=1000, justid=True
+                    )
+                    cursor = text(reply[0]) if reply else "0-0"
+                    if cursor == "0-0":
+                        break
+            entries = await self._read(stream, "0")  # ours and not acknowledged first
+            if not entries:
+                entries = await self._read(stream, ">")
+            if not entries:
+                return written
+            written += await self._commit_entries(stream, entries)
+            if len(entries) < self._read_count:
+                return written
+
+    async def _read(self, stream: str, start: str) -> list[tuple[str, str | None]]:
+        reply = await self._redis.xreadgroup(
+            self._layout.group, self._consumer, {stream: start}, count=self._read_count
+        )
+        if not reply:
+            return []
+        items = reply[0][1] if isinstance(reply, list) else next(iter(reply.values()))[0]
+        entries: list[tuple[str, str | None]] = []
+        for entry_id, fields in items:
+            payload = None
+            if fields:
+                payload = text(fields.get("r", fields.get(b"r", b"")))
+            entries.append((text(entry_id), payload))
+        return entries
+
+    async def _commit_entries(self, stream: str, entries: list[tuple[str, str | None]]) -> int:
+        rejected: list[RejectedRow] = []
+        started = self._clock.monotonic()
+
+        async def attempt() -> tuple[EntryPlan, int]:
+            async with self._engine.begin() as connection:
+                committed = await self._offset(connection, stream)
+                plan = plan_entries(entries, committed, self._coalescer)
+                written = 0
+                if plan.rows:
+                    result = await self._upsert_rows(connection, plan.rows, rejected)
+                    written = result.inserted + result.updated + result.skipped
+                if plan.last_id != committed:
+                    await connection.execute(
+                        sa.text(
+                            f"UPDATE {self._offsets} SET last_id = :last WHERE stream = :stream"
+                        ),
+                        {"last": plan.last_id, "stream": stream},
+                    )
+            return plan, written
+
+        plan, written = await attempt() if self._retry is None else await self._retry.acall(attempt)
+        client = self._redis
+        for item in rejected:
+            await client.xadd(
+                self._layout.dead_letter,
+                {
+                    "r": encode_row(item.row),
+                    "stream": stream,
+                    "error": type(item.error).__name__,
+                    "message": item.message,
+                },
+            )
+            self._reject(item)
+        await client.xack(stream, self._layout.group, *plan.ack)
+        await client.xtrim(stream, minid=plan.last_id)
+        buffer = self._buffer
+        buffer.flushes += 1
+        buffer.coalesced += plan.coalesced
+        buffer.flushed_rows += written
+        buffer.rejected += len(rejected)
+        buffer.last_flush_seconds = self._clock.monotonic() - started
+        return written
+
+    def _coalescer(self) -> WriteBehindBuffer:
+        buffer = self._buffer
+        return WriteBehindBuffer(
+            key=buffer.key,
+            columns=buffer.columns,
+            increment=buffer.increment,
+            merge=buffer.merge,
+            max_pending=1 << 62,
+            overflow="raise",
+            clock=buffer.clock,
+        )
+
+    async def _offset(self, connection: Any, stream: str) -> str:
+        """The partition's committed offset, its row locked until the commit (made if missing)."""
+        offsets = self._offsets
+        lock = " FOR UPDATE" if connection.dialect.name == "postgresql" else ""
+        select = sa.text(f"SELECT last_id FROM {offsets} WHERE stream = :stream{lock}")
+        found = (await connection.execute(select, {"stream": stream})).scalar()
+        if found is not None:
+            return str(found)
+        await connection.execute(
+            sa.text(f"INSERT INTO {offsets} (stream, last_id) VALUES (:stream, '0-0')"),
+            {"stream": stream},
+        )
+        return "0-0"
+
+    async def _create_offsets(self) -> None:
+        create = sa.text(
+            f"CREATE TABLE IF NOT EXISTS {self._offsets}"
+            " (stream VARCHAR(512) PRIMARY KEY, last_id VARCHAR(64) NOT NULL)"
+        )
+        try:
+            async with self._engine.begin() as connection:
+                await connection.execute(create)
+        except sa.exc.IntegrityError:  # another instance created it at the same moment
+            pass
+        self._offsets_ready = True
 
     def _reject(self, item: RejectedRow) -> None:
         if self._on_rejected is not None:
@@ -331,6 +582,11 @@ class AsyncWriteBehind:
             else:
                 flusher.join()
         await self.flush()
+        if self._redis is not None:
+            for partition in range(self._layout.partitions):
+                await self._redis.eval(
+                    RELEASE_SCRIPT, 1, self._layout.lease(partition), self._consumer
+                )
 
     async def _aclose_at_exit(self) -> None:  # unasync: async-only
         # The application's event loop is gone: drop its pooled connections
@@ -343,6 +599,8 @@ class AsyncWriteBehind:
         await self.flush()
 
     async def __aenter__(self) -> AsyncWriteBehind:
+        if self._redis is not None and self._flusher is None:
+            self._start_flusher()  # a durable flusher works for every instance's puts
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

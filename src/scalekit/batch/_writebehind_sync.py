@@ -13,23 +13,36 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
+import socket
 import threading
+import uuid
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
+
+import sqlalchemy as sa
 
 from scalekit._clock import SYSTEM_CLOCK
 from scalekit.batch._base import DEFAULT
 from scalekit.batch._core import BatchResult, RejectedRow, Upsert
 from scalekit.batch._sync import batch_insert
 from scalekit.batch._writebehind import (
+    LEASE_SCRIPT,
+    OFFSETS_TABLE,
+    RELEASE_SCRIPT,
+    EntryPlan,
     Merge,
     Overflow,
     PendingBatch,
+    StreamLayout,
     WriteBehindBuffer,
     WriteBehindMetrics,
     default_flush_retry,
+    encode_row,
+    plan_entries,
     positive_int,
+    text,
     validate_settings,
 )
 from scalekit.errors import BatchChunkError, BufferFull, ConfigurationError
@@ -79,10 +92,30 @@ class WriteBehind:
             error's class, never the row).
         flush_on_exit: flush what is pending when the interpreter exits.
         clock: where the metrics' times come from.
+        durable: a Redis client (``redis.Redis`` or ``RedisCluster``):
+            durable mode. ``put`` appends the row to a Redis stream before it
+            returns; flushers (this one and every other instance's, in one
+            consumer group) read the streams, coalesce, upsert and record the
+            stream offset in ``offsets_table`` in one transaction, and
+            acknowledge after the commit. A flusher that dies loses nothing:
+            its partitions' leases expire and another flusher claims their
+            pending entries; entries already committed are not applied again.
+            Refused rows go to ``on_rejected`` and the dead-letter stream
+            ``{stream}:dead``. Back-pressure settings do not apply (Redis holds
+            the backlog).
+        stream: the streams' key prefix (default ``scalekit:wb:{table name}``).
+        partitions: streams, one per hash tag (``{stream}:{0}``...): flushers
+            share the partitions, one at a time each; on Redis Cluster they
+            spread over the masters.
+        group: the consumer group's name.
+        lease: seconds a flusher owns a partition without renewing it; longer
+            than a flush takes.
+        read_count: stream entries one flush of a partition reads at most.
+        offsets_table: the table of committed stream offsets (created if missing).
 
-    Memory mode only: what is pending when the process dies (killed, out of
-    memory) is lost, and two instances writing the same key race. See
-    ``docs/batch.md``, "Write-behind".
+    In memory mode what is pending when the process dies (killed, out of
+    memory) is lost, and two instances writing the same key race; durable
+    mode has neither problem. See ``docs/batch.md``, "Write-behind".
 
     Raises:
         ConfigurationError: bad settings (see
@@ -107,6 +140,13 @@ class WriteBehind:
         on_rejected: Callable[[RejectedRow], None] | None = None,
         flush_on_exit: bool = True,
         clock: Any = SYSTEM_CLOCK,
+        durable: Any = None,
+        stream: str | None = None,
+        partitions: int = 1,
+        group: str = "scalekit-wb",
+        lease: float = 30.0,
+        read_count: int = 10_000,
+        offsets_table: str = OFFSETS_TABLE,
     ) -> None:
         keys, updates, increments = validate_settings(
             key, update, increment, max_pending, overflow, flush_interval
@@ -138,6 +178,35 @@ class WriteBehind:
         self._retry = default_flush_retry() if retry is DEFAULT else retry
         self._on_rejected = on_rejected
         self._clock = clock
+        self._redis = durable
+        if durable is not None:
+            if not positive_int(partitions):
+                raise ConfigurationError(
+                    f"partitions must be a positive int, got {partitions!r}",
+                    parameter="partitions",
+                )
+            if not positive_int(read_count):
+                raise ConfigurationError(
+                    f"read_count must be a positive int, got {read_count!r}",
+                    parameter="read_count",
+                )
+            if not lease > 0:
+                raise ConfigurationError(f"lease must be > 0, got {lease!r}", parameter="lease")
+            if not offsets_table.replace("_", "a").isalnum() or not offsets_table.isascii():
+                raise ConfigurationError(
+                    f"offsets_table must be a plain table name, got {offsets_table!r}",
+                    parameter="offsets_table",
+                )
+        table_name = getattr(table, "name", None) or getattr(table, "__tablename__", "table")
+        self._layout = StreamLayout(
+            prefix=stream or f"scalekit:wb:{table_name}", partitions=partitions, group=group
+        )
+        self._lease_ms = int(lease * 1000)
+        self._read_count = read_count
+        self._offsets = offsets_table
+        self._consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._ready = False
+        self._offsets_ready = False
         self._condition = threading.Condition()
         self._flushing = threading.Lock()
         self._wake = threading.Event()
@@ -159,14 +228,53 @@ class WriteBehind:
             BufferFull: the buffer is full and ``overflow`` is ``"raise"`` (or
                 ``"block"`` and ``block_timeout`` passed).
         """
+        if self._redis is not None:
+            self._append([row])
+            return
         with self._condition:
             self._put_locked(row)
 
     def put_many(self, rows: Iterable[Mapping[str, Any]]) -> None:
-        """Queue every row of ``rows``, in order (see :meth:`put`)."""
+        """Queue every row of ``rows``, in order (see :meth:`put`); durable: one pipeline."""
+        if self._redis is not None:
+            self._append(list(rows))
+            return
         with self._condition:
             for row in rows:
                 self._put_locked(row)
+
+    def _append(self, rows: list[Mapping[str, Any]]) -> None:
+        if self._closed:
+            raise ConfigurationError("this write-behind is closed", parameter="row")
+        buffer, layout = self._buffer, self._layout
+        entries = []
+        for row in rows:
+            key = buffer.row_key(row)
+            buffer.check_columns(row)
+            entries.append((layout.stream(layout.partition_of(key)), {"r": encode_row(row)}))
+        if not self._ready:
+            self._prepare_streams()
+        if len(entries) == 1:
+            self._redis.xadd(entries[0][0], entries[0][1])
+        else:
+            pipe = self._redis.pipeline(transaction=False)
+            for name, fields in entries:
+                pipe.xadd(name, fields)
+            pipe.execute()
+        buffer.puts += len(entries)
+        if self._flusher is None:
+            self._start_flusher()
+
+    def _prepare_streams(self) -> None:
+        for partition in range(self._layout.partitions):
+            try:
+                self._redis.xgroup_create(
+                    self._layout.stream(partition), self._layout.group, id="0", mkstream=True
+                )
+            except Exception as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+        self._ready = True
 
     def _put_locked(self, row: Mapping[str, Any]) -> None:
         if self._closed:
@@ -229,6 +337,12 @@ class WriteBehind:
         when the flush fails after the retry policy's attempts; its rows then
         stay pending (nothing is dropped).
         """
+        if self._redis is not None:
+            with self._flushing:
+                total = 0
+                for partition in range(self._layout.partitions):
+                    total += self._flush_partition(partition)
+                return total
         with self._flushing:
             with self._condition:
                 batch = self._buffer.take()
@@ -252,29 +366,166 @@ class WriteBehind:
 
     def _write(self, batch: PendingBatch, rejected: list[RejectedRow]) -> BatchResult:
         def attempt() -> BatchResult:
-            rejected.clear()
-            try:
-                return batch_insert(
-                    self._engine,
-                    self._table,
-                    batch.rows,
-                    columns=self._columns,
-                    on_conflict=self._upsert,
-                    dedupe=None,
-                    on_error="isolate",
-                    on_reject=rejected.append,
-                    retry=None,
-                    clock=self._clock,
-                )
-            except BatchChunkError as exc:
-                # The driver's error is what retry_on rules (transient.database) judge.
-                if isinstance(exc.__cause__, Exception):
-                    raise exc.__cause__ from None
-                raise
+            return self._upsert_rows(self._engine, batch.rows, rejected)
 
         if self._retry is None:
             return attempt()
         return self._retry.call(attempt)
+
+    def _upsert_rows(
+        self, target: Any, rows: list[dict[str, Any]], rejected: list[RejectedRow]
+    ) -> BatchResult:
+        rejected.clear()
+        try:
+            return batch_insert(
+                target,
+                self._table,
+                rows,
+                columns=self._columns,
+                on_conflict=self._upsert,
+                dedupe=None,
+                on_error="isolate",
+                on_reject=rejected.append,
+                retry=None,
+                clock=self._clock,
+            )
+        except BatchChunkError as exc:
+            # The driver's error is what retry_on rules (transient.database) judge.
+            if isinstance(exc.__cause__, Exception):
+                raise exc.__cause__ from None
+            raise
+
+    # -- durable mode ----------------------------------------------------------------------
+
+    def _flush_partition(self, partition: int) -> int:
+        """Write a partition's entries while this flusher holds its lease; rows written."""
+        if not self._ready:
+            self._prepare_streams()
+        if not self._offsets_ready:
+            self._create_offsets()
+        layout, client = self._layout, self._redis
+        stream = layout.stream(partition)
+        written = 0
+        while True:
+            held = client.eval(
+                LEASE_SCRIPT, 1, layout.lease(partition), self._consumer, self._lease_ms
+            )
+            if not held:
+                return written
+            if held == 2:  # newly ours: take over every entry another flusher left pending
+                cursor = "0-0"
+                while True:
+                    reply = client.xautoclaim(
+                        stream, layout.group, self._consumer, 0, cursor, count=1000, justid=True
+                    )
+                    cursor = text(reply[0]) if reply else "0-0"
+                    if cursor == "0-0":
+                        break
+            entries = self._read(stream, "0")  # ours and not acknowledged first
+            if not entries:
+                entries = self._read(stream, ">")
+            if not entries:
+                return written
+            written += self._commit_entries(stream, entries)
+            if len(entries) < self._read_count:
+                return written
+
+    def _read(self, stream: str, start: str) -> list[tuple[str, str | None]]:
+        reply = self._redis.xreadgroup(
+            self._layout.group, self._consumer, {stream: start}, count=self._read_count
+        )
+        if not reply:
+            return []
+        items = reply[0][1] if isinstance(reply, list) else next(iter(reply.values()))[0]
+        entries: list[tuple[str, str | None]] = []
+        for entry_id, fields in items:
+            payload = None
+            if fields:
+                payload = text(fields.get("r", fields.get(b"r", b"")))
+            entries.append((text(entry_id), payload))
+        return entries
+
+    def _commit_entries(self, stream: str, entries: list[tuple[str, str | None]]) -> int:
+        rejected: list[RejectedRow] = []
+        started = self._clock.monotonic()
+
+        def attempt() -> tuple[EntryPlan, int]:
+            with self._engine.begin() as connection:
+                committed = self._offset(connection, stream)
+                plan = plan_entries(entries, committed, self._coalescer)
+                written = 0
+                if plan.rows:
+                    result = self._upsert_rows(connection, plan.rows, rejected)
+                    written = result.inserted + result.updated + result.skipped
+                if plan.last_id != committed:
+                    connection.execute(
+                        sa.text(
+                            f"UPDATE {self._offsets} SET last_id = :last WHERE stream = :stream"
+                        ),
+                        {"last": plan.last_id, "stream": stream},
+                    )
+            return plan, written
+
+        plan, written = attempt() if self._retry is None else self._retry.call(attempt)
+        client = self._redis
+        for item in rejected:
+            client.xadd(
+                self._layout.dead_letter,
+                {
+                    "r": encode_row(item.row),
+                    "stream": stream,
+                    "error": type(item.error).__name__,
+                    "message": item.message,
+                },
+            )
+            self._reject(item)
+        client.xack(stream, self._layout.group, *plan.ack)
+        client.xtrim(stream, minid=plan.last_id)
+        buffer = self._buffer
+        buffer.flushes += 1
+        buffer.coalesced += plan.coalesced
+        buffer.flushed_rows += written
+        buffer.rejected += len(rejected)
+        buffer.last_flush_seconds = self._clock.monotonic() - started
+        return written
+
+    def _coalescer(self) -> WriteBehindBuffer:
+        buffer = self._buffer
+        return WriteBehindBuffer(
+            key=buffer.key,
+            columns=buffer.columns,
+            increment=buffer.increment,
+            merge=buffer.merge,
+            max_pending=1 << 62,
+            overflow="raise",
+            clock=buffer.clock,
+        )
+
+    def _offset(self, connection: Any, stream: str) -> str:
+        """The partition's committed offset, its row locked until the commit (made if missing)."""
+        offsets = self._offsets
+        lock = " FOR UPDATE" if connection.dialect.name == "postgresql" else ""
+        select = sa.text(f"SELECT last_id FROM {offsets} WHERE stream = :stream{lock}")
+        found = connection.execute(select, {"stream": stream}).scalar()
+        if found is not None:
+            return str(found)
+        connection.execute(
+            sa.text(f"INSERT INTO {offsets} (stream, last_id) VALUES (:stream, '0-0')"),
+            {"stream": stream},
+        )
+        return "0-0"
+
+    def _create_offsets(self) -> None:
+        create = sa.text(
+            f"CREATE TABLE IF NOT EXISTS {self._offsets}"
+            " (stream VARCHAR(512) PRIMARY KEY, last_id VARCHAR(64) NOT NULL)"
+        )
+        try:
+            with self._engine.begin() as connection:
+                connection.execute(create)
+        except sa.exc.IntegrityError:  # another instance created it at the same moment
+            pass
+        self._offsets_ready = True
 
     def _reject(self, item: RejectedRow) -> None:
         if self._on_rejected is not None:
@@ -302,8 +553,13 @@ class WriteBehind:
         if flusher is not None:
             flusher.join()
         self.flush()
+        if self._redis is not None:
+            for partition in range(self._layout.partitions):
+                self._redis.eval(RELEASE_SCRIPT, 1, self._layout.lease(partition), self._consumer)
 
     def __enter__(self) -> WriteBehind:
+        if self._redis is not None and self._flusher is None:
+            self._start_flusher()  # a durable flusher works for every instance's puts
         return self
 
     def __exit__(self, *exc_info: object) -> None:
