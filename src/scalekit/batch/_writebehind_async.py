@@ -441,8 +441,9 @@ class AsyncWriteBehind:
             if held == 2:  # newly ours: take over every entry another flusher left pending
                 cursor = "0-0"
                 while True:
+                    # (not justid=True: redis-py then drops the cursor from the reply)
                     reply = await client.xautoclaim(
-                        stream, layout.group, self._consumer, 0, cursor, count=1000, justid=True
+                        stream, layout.group, self._consumer, 0, cursor, count=1000
                     )
                     cursor = text(reply[0]) if reply else "0-0"
                     if cursor == "0-0":
