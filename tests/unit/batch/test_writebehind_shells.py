@@ -189,3 +189,43 @@ def test_bad_settings(db: Db) -> None:
         WriteBehind(db.engine, counters, update=["name"], flush_at=0)
     with pytest.raises(ConfigurationError):
         WriteBehind(db.engine, counters, update=["name"], merge="add")  # type: ignore[arg-type]
+
+
+@MODES
+async def test_durable_mode_on_fakeredis(db: Db, mode: str) -> None:
+    import fakeredis
+
+    server = fakeredis.FakeServer()
+    rejected: list[RejectedRow] = []
+    if mode == "sync":
+        client: Any = fakeredis.FakeRedis(server=server)
+    else:
+        client = fakeredis.FakeAsyncRedis(server=server)
+    options = {"durable": client, "partitions": 3, "on_rejected": rejected.append}
+    writer = db.writer(mode, **options)
+    await writer.put_many({"id": i % 5, "name": f"n{i}", "hits": 1} for i in range(100))
+    await writer.put({"id": 9, "name": "bad", "hits": 5000})
+    assert await writer.flush() == 5
+    await writer.put({"id": 0, "name": "last", "hits": 1})
+    await writer.close()
+    assert db.rows() == {
+        0: ("last", 21),
+        1: ("n96", 20),
+        2: ("n97", 20),
+        3: ("n98", 20),
+        4: ("n99", 20),
+    }
+    assert [r.row["id"] for r in rejected] == [9]
+    m = writer.metrics()
+    assert (m.puts, m.rejected, m.coalesced, m.flushed_rows) == (102, 1, 95, 6)
+    sync = fakeredis.FakeRedis(server=server)
+    assert sync.xlen("scalekit:wb:counters:dead") == 1
+
+
+def test_durable_settings_are_checked(db: Db) -> None:
+    import fakeredis
+
+    client = fakeredis.FakeRedis()
+    for bad in ({"partitions": 0}, {"read_count": 0}, {"lease": 0}, {"offsets_table": "x; drop"}):
+        with pytest.raises(ConfigurationError):
+            WriteBehind(db.engine, counters, update=["name"], durable=client, **bad)  # type: ignore[arg-type]
