@@ -183,6 +183,7 @@ class AsyncWriteBehind:
             overflow=overflow,
             clock=clock,
         )
+        self._blocks = overflow == "block"
         self._interval = float(flush_interval)
         self._flush_at = flush_at
         self._block_timeout = block_timeout
@@ -218,7 +219,9 @@ class AsyncWriteBehind:
         self._consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._ready = False
         self._offsets_ready = False
-        self._condition = asyncio.Condition()
+        # puts take the lock alone; waiting for room and flushes use the condition on it
+        self._lock = asyncio.Lock()
+        self._condition = asyncio.Condition(self._lock)
         self._flushing = asyncio.Lock()
         self._wake = asyncio.Event()
         self._closed = False
@@ -242,15 +245,23 @@ class AsyncWriteBehind:
         if self._redis is not None:
             await self._append([row])
             return
-        async with self._condition:
-            await self._put_locked(row)
+        async with self._lock:  # _put_locked inlined: this is the hot path
+            if self._closed:
+                raise ConfigurationError("this write-behind is closed", parameter="row")
+            buffer = self._buffer
+            if self._blocks and buffer.full() and not buffer.has_room(row):
+                await self._wait_for_room(row)
+            if buffer.put(row) and buffer.waiting >= self._flush_at:
+                self._wake.set()
+            if self._flusher is None:
+                self._start_flusher()
 
     async def put_many(self, rows: Iterable[Mapping[str, Any]]) -> None:
         """Queue every row of ``rows``, in order (see :meth:`put`); durable: one pipeline."""
         if self._redis is not None:
             await self._append(list(rows))
             return
-        async with self._condition:
+        async with self._lock:
             for row in rows:
                 await self._put_locked(row)
 
@@ -291,13 +302,12 @@ class AsyncWriteBehind:
         if self._closed:
             raise ConfigurationError("this write-behind is closed", parameter="row")
         buffer = self._buffer
-        if buffer.overflow == "block" and not buffer.has_room(row):
+        if self._blocks and buffer.full() and not buffer.has_room(row):
             await self._wait_for_room(row)
-        buffer.put(row)
+        if buffer.put(row) and buffer.waiting >= self._flush_at:
+            self._wake.set()
         if self._flusher is None:
             self._start_flusher()
-        if buffer.waiting >= self._flush_at:
-            self._wake.set()
 
     async def _wait_for_room(self, row: Mapping[str, Any]) -> None:
         deadline = None
@@ -594,7 +604,8 @@ class AsyncWriteBehind:
         # without touching them and flush on a connection of this new loop.
         self._closed = True
         self._flusher = None
-        self._condition = asyncio.Condition()
+        self._lock = asyncio.Lock()
+        self._condition = asyncio.Condition(self._lock)
         self._flushing = asyncio.Lock()
         await self._engine.dispose(close=False)
         await self.flush()

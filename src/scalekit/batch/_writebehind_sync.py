@@ -172,6 +172,7 @@ class WriteBehind:
             overflow=overflow,
             clock=clock,
         )
+        self._blocks = overflow == "block"
         self._interval = float(flush_interval)
         self._flush_at = flush_at
         self._block_timeout = block_timeout
@@ -207,7 +208,9 @@ class WriteBehind:
         self._consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._ready = False
         self._offsets_ready = False
-        self._condition = threading.Condition()
+        # puts take the lock alone; waiting for room and flushes use the condition on it
+        self._lock = threading.Lock()
+        self._condition = threading.Condition(self._lock)
         self._flushing = threading.Lock()
         self._wake = threading.Event()
         self._closed = False
@@ -231,15 +234,23 @@ class WriteBehind:
         if self._redis is not None:
             self._append([row])
             return
-        with self._condition:
-            self._put_locked(row)
+        with self._lock:  # _put_locked inlined: this is the hot path
+            if self._closed:
+                raise ConfigurationError("this write-behind is closed", parameter="row")
+            buffer = self._buffer
+            if self._blocks and buffer.full() and not buffer.has_room(row):
+                self._wait_for_room(row)
+            if buffer.put(row) and buffer.waiting >= self._flush_at:
+                self._wake.set()
+            if self._flusher is None:
+                self._start_flusher()
 
     def put_many(self, rows: Iterable[Mapping[str, Any]]) -> None:
         """Queue every row of ``rows``, in order (see :meth:`put`); durable: one pipeline."""
         if self._redis is not None:
             self._append(list(rows))
             return
-        with self._condition:
+        with self._lock:
             for row in rows:
                 self._put_locked(row)
 
@@ -280,13 +291,12 @@ class WriteBehind:
         if self._closed:
             raise ConfigurationError("this write-behind is closed", parameter="row")
         buffer = self._buffer
-        if buffer.overflow == "block" and not buffer.has_room(row):
+        if self._blocks and buffer.full() and not buffer.has_room(row):
             self._wait_for_room(row)
-        buffer.put(row)
+        if buffer.put(row) and buffer.waiting >= self._flush_at:
+            self._wake.set()
         if self._flusher is None:
             self._start_flusher()
-        if buffer.waiting >= self._flush_at:
-            self._wake.set()
 
     def _wait_for_room(self, row: Mapping[str, Any]) -> None:
         deadline = None
