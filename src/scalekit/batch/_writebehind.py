@@ -470,6 +470,13 @@ class StreamLayout:
 def _encode(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
+    if isinstance(value, tuple):
+        return [_encode(v) for v in value]
+    return _tagged(value)
+
+
+def _tagged(value: Any) -> Any:
+    """JSON's ``default`` hook: a value JSON has no type for, as a one-key tagged object."""
     if isinstance(value, decimal.Decimal):
         return {"$d": str(value)}
     if isinstance(value, dt.datetime):
@@ -480,8 +487,6 @@ def _encode(value: Any) -> Any:
         return {"$u": str(value)}
     if isinstance(value, (bytes, bytearray, memoryview)):
         return {"$b": base64.b64encode(bytes(value)).decode()}
-    if isinstance(value, tuple):
-        return [_encode(v) for v in value]
     raise ConfigurationError(
         f"durable write-behind cannot store a {type(value).__name__} value "
         "(None, bool, int, float, str, Decimal, date, datetime, UUID, bytes)",
@@ -499,9 +504,11 @@ _DECODERS: dict[str, Callable[[str], Any]] = {
 
 
 def _decode(value: Any) -> Any:
-    if isinstance(value, dict):
-        ((tag, text),) = value.items()
-        return _DECODERS[tag](text)
+    if type(value) is dict and len(value) == 1:
+        ((tag, tagged),) = value.items()
+        decoder = _DECODERS.get(tag)
+        if decoder is not None:
+            return decoder(tagged)
     return value
 
 
@@ -511,7 +518,10 @@ def encode_row(row: Mapping[str, Any]) -> str:
     Raises:
         ConfigurationError: a value of another type.
     """
-    return json.dumps({c: _encode(v) for c, v in row.items()}, separators=(",", ":"))
+    return _dumps(row)
+
+
+_dumps = json.JSONEncoder(separators=(",", ":"), default=_tagged).encode
 
 
 def decode_row(text: str | bytes) -> dict[str, Any]:
