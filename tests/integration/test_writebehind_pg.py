@@ -1,7 +1,8 @@
 """Write-behind on the harness's real PostgreSQL, through the sync and the asyncio shell.
 
 Coalescing and counters merged by addition (``col = col + excluded.col``), bad
-rows isolated and handed to ``on_rejected``, the flush on close and at
+rows isolated and handed to ``on_rejected``, each back-pressure policy, the
+flush on close and at
 interpreter exit (a subprocess that never closes its write-behind), and
 PostgreSQL stopped during a flush: retried, then written after the restart,
 with every counter applied once.
@@ -23,6 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from scalekit.batch import RejectedRow
+from scalekit.errors import BufferFull
 from scalekit.retry import Backoff, RetryPolicy, RetryScheduled, transient
 from scalekit.testing import capture_events
 from scalekit.testing.servers import PgCluster
@@ -218,3 +220,26 @@ async def test_postgres_stopped_during_a_flush(cluster: PgCluster, mode: str) ->
         assert db.rows()[1] == (5.0, 21) and db.rows()[2] == (5.0, 21)
     finally:
         await db.close()
+
+
+@MODES
+async def test_back_pressure_policies(db: Db, mode: str) -> None:
+    # raise: a new key over max_pending is refused, a pending key still coalesces
+    raiser = db.writer(mode, max_pending=3, overflow="raise", flush_interval=3600, flush_at=100)
+    await raiser.put_many({"id": i, "price": 1, "hits": 1} for i in range(3))
+    with pytest.raises(BufferFull):
+        await raiser.put({"id": 3, "price": 1, "hits": 1})
+    await raiser.put({"id": 0, "price": 2, "hits": 1})
+    await raiser.close()
+    assert db.rows() == {0: (2.0, 2), 1: (1.0, 1), 2: (1.0, 1)}
+    # drop_oldest: the oldest pending keys make room
+    dropper = db.writer(mode, max_pending=3, overflow="drop_oldest", flush_interval=3600)
+    await dropper.put_many({"id": i, "price": 5, "hits": 1} for i in range(10, 16))
+    await dropper.close()
+    assert set(db.rows()) == {0, 1, 2, 13, 14, 15} and dropper.metrics().dropped == 3
+    # block: puts wait for the flusher, which writes to PostgreSQL, then go on
+    blocker = db.writer(mode, max_pending=5, overflow="block", flush_interval=3600, flush_at=100)
+    await blocker.put_many({"id": 100 + i, "price": 7, "hits": 1} for i in range(200))
+    await blocker.close()
+    assert set(range(100, 300)) <= set(db.rows())
+    assert blocker.metrics().flushes >= 40
