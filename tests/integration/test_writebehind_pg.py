@@ -2,8 +2,8 @@
 
 Coalescing and counters merged by addition (``col = col + excluded.col``), bad
 rows isolated and handed to ``on_rejected``, each back-pressure policy, the
-flush on close and at
-interpreter exit (a subprocess that never closes its write-behind), and
+flush on close and at interpreter exit (a subprocess that never closes its
+write-behind), and
 PostgreSQL stopped during a flush: retried, then written after the restart,
 with every counter applied once.
 """
