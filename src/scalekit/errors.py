@@ -24,6 +24,7 @@ refine a builtin meaning also subclass that builtin (an invalid cursor *is* a
     ├── BatchInsertError                     a chunk failed; .chunk_index, .rows_written
     │   ├── BatchChunkError                  the database refused a chunk; .position, .result
     │   └── InvalidBatchRow (ValueError)     a row does not fit the table; .position, .column
+    ├── BufferFull                           a write-behind buffer is full; .pending
     └── ShardingError
         └── UnknownShard (LookupError)       a shard name or key maps nowhere
 
@@ -39,6 +40,7 @@ from typing import Any
 __all__ = [
     "BatchChunkError",
     "BatchInsertError",
+    "BufferFull",
     "CacheError",
     "CacheUnavailable",
     "CircuitOpenError",
@@ -286,6 +288,18 @@ class InvalidBatchRow(BatchInsertError, ValueError):
         self.position = position
         self.column = column
         self.result = result
+
+
+class BufferFull(ScalekitError):
+    """A write-behind buffer is full and its overflow policy refuses the update.
+
+    ``pending`` is how many keys were waiting for a flush. Nothing of the
+    refused update was kept: retry it later, or flush first.
+    """
+
+    def __init__(self, message: str, *, pending: int) -> None:
+        super().__init__(message)
+        self.pending = pending
 
 
 class ShardingError(ScalekitError):

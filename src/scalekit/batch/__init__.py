@@ -20,13 +20,18 @@ SQLAlchemy's executemany. Guide: ``docs/batch.md``.
 binary) bytes in bounded memory, with ``COPY ... TO STDOUT`` on PostgreSQL;
 :func:`export_rows` / :func:`aexport_rows` stream its rows.
 
+:class:`WriteBehind` / :class:`AsyncWriteBehind` buffer hot updates (a price,
+a counter) in memory, coalesce them by key and upsert them in batches behind
+the caller, with bad-row isolation, retries and back-pressure.
+
 Parts: :mod:`._core` (options, rows, chunks, dedupe, method choice; pure),
 :mod:`._sql` (statements; pure), :mod:`._flow` (the load as a generator of
 I/O requests; pure), :mod:`._base` (options and psycopg helpers both drivers
 share), :mod:`._async` (the driver that does the I/O) and :mod:`._sync` (the
 blocking driver, generated from it by ``scripts/unasync.py``); the export's
 pure part is :mod:`._export`, its shells :mod:`._export_async` and the
-generated :mod:`._export_sync`.
+generated :mod:`._export_sync`; write-behind's is :mod:`._writebehind`, its
+shells :mod:`._writebehind_async` and the generated :mod:`._writebehind_sync`.
 """
 
 from __future__ import annotations
@@ -51,8 +56,12 @@ from scalekit.batch._events import (
 from scalekit.batch._export_async import aexport, aexport_rows
 from scalekit.batch._export_sync import export, export_rows
 from scalekit.batch._sync import batch_insert
+from scalekit.batch._writebehind import WriteBehindMetrics
+from scalekit.batch._writebehind_async import AsyncWriteBehind
+from scalekit.batch._writebehind_sync import WriteBehind
 
 __all__ = [
+    "AsyncWriteBehind",
     "BatchChunkFailed",
     "BatchChunkWritten",
     "BatchFinished",
@@ -63,6 +72,8 @@ __all__ = [
     "RejectedRow",
     "TransactionPolicy",
     "Upsert",
+    "WriteBehind",
+    "WriteBehindMetrics",
     "abatch_insert",
     "aexport",
     "aexport_rows",

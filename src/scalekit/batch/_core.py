@@ -345,9 +345,13 @@ class Upsert:
             table by name and to ``excluded``), e.g.
             ``"excluded.version > orders.version"``; rows where it is false
             are counted as skipped.
+        increment: columns added to rather than overwritten on conflict
+            (``count = count + excluded.count``): counters. They are updated
+            even when ``update`` leaves them out, and ``update="all"`` does not
+            overwrite them.
 
     >>> Upsert(index=["id"], update=["amount"])
-    Upsert(index=('id',), constraint=None, update=('amount',), where=None)
+    Upsert(index=('id',), constraint=None, update=('amount',), where=None, increment=())
 
     Raises:
         ConfigurationError: both ``index`` and ``constraint``, an empty
@@ -358,8 +362,10 @@ class Upsert:
     constraint: str | None = None
     update: Sequence[str] | Literal["all"] = "all"
     where: str | None = None
+    increment: Sequence[str] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "increment", _names(self.increment, "increment"))
         if self.index is not None:
             index = _names(self.index, "index")
             if not index:
@@ -409,6 +415,7 @@ class ConflictPlan:
     update: tuple[str, ...]
     where: str | None
     key_indices: tuple[int, ...]
+    increment: tuple[str, ...] = ()
 
 
 def resolve_conflict(
@@ -466,8 +473,15 @@ def resolve_conflict(
                 f"conflict key column {name!r} is not among the loaded columns",
                 parameter="index",
             )
+    increment = tuple(_column_name(shape, name, "increment") for name in upsert.increment)
+    for name in increment:
+        if name not in loaded or name in key:
+            raise ConfigurationError(
+                f"increment column {name!r} is not among the loaded non-key columns",
+                parameter="increment",
+            )
     if upsert.update == "all":
-        update = tuple(c for c in loaded if c not in key)
+        update = tuple(c for c in loaded if c not in key and c not in increment)
     else:
         update = tuple(_column_name(shape, name, "update") for name in upsert.update)
         for name in update:
@@ -476,7 +490,8 @@ def resolve_conflict(
                     f"update column {name!r} is not among the loaded columns",
                     parameter="update",
                 )
-    action: Literal["nothing", "update"] = "update" if update else "nothing"
+        update = tuple(c for c in update if c not in increment)
+    action: Literal["nothing", "update"] = "update" if update or increment else "nothing"
     return ConflictPlan(
         action=action,
         key=key,
@@ -484,6 +499,7 @@ def resolve_conflict(
         update=update,
         where=upsert.where if action == "update" else None,
         key_indices=tuple(loaded.index(c) for c in key),
+        increment=increment,
     )
 
 

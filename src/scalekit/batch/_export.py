@@ -147,6 +147,11 @@ def copy_sql(select: Any, dialect: Any, options: ExportOptions) -> str:
             f"SQL literal (COPY takes no bind parameters): {exc}",
             parameter="select",
         ) from exc
+    if getattr(dialect, "paramstyle", None) in ("format", "pyformat"):
+        # Such a dialect (psycopg's) doubles every "%" for the driver's
+        # placeholders (LIKE 'a%', the modulo operator); a COPY is sent
+        # without parameters, so the driver would keep them doubled.
+        query = query.replace("%%", "%")
     with_ = [f"FORMAT {options.format}"]
     if options.format == "csv" and options.header:
         with_.append("HEADER")

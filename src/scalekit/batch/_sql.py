@@ -129,7 +129,11 @@ class PgStatements:
                 conflict_sql += " DO NOTHING"
             else:
                 sets = ", ".join(
-                    f"{quote_ident(c)} = EXCLUDED.{quote_ident(c)}" for c in conflict.update
+                    [f"{quote_ident(c)} = EXCLUDED.{quote_ident(c)}" for c in conflict.update]
+                    + [
+                        f"{c} = {qualifier}.{c} + EXCLUDED.{c}"
+                        for c in map(quote_ident, conflict.increment)
+                    ]
                 )
                 conflict_sql += f" DO UPDATE SET {sets}"
                 if conflict.where:
@@ -272,7 +276,13 @@ class SaStatements:
                 excluded = statement.excluded
                 statement = statement.on_conflict_do_update(
                     **target,
-                    set_={table.c[c].key: excluded[table.c[c].key] for c in conflict.update},
+                    set_={
+                        **{table.c[c].key: excluded[table.c[c].key] for c in conflict.update},
+                        **{
+                            table.c[c].key: table.c[c] + excluded[table.c[c].key]
+                            for c in conflict.increment
+                        },
+                    },
                     where=sa.text(conflict.where) if conflict.where else None,
                 )
         ret = [table.c[c] for c in returning] if returning else []

@@ -121,6 +121,7 @@ SAMPLES: dict[str, tuple[errors.ScalekitError, dict[str, object]]] = {
         errors.BatchInsertError("failed", chunk_index=1, rows_written=5),
         {"chunk_index": 1, "rows_written": 5},
     ),
+    "BufferFull": (errors.BufferFull("full", pending=10), {"pending": 10}),
     "CacheUnavailable": (errors.CacheUnavailable("app"), {"namespace": "app"}),
     "CircuitOpenError": (errors.CircuitOpenError("db", 2.0), {"name": "db", "retry_after": 2.0}),
     "ConcurrencyLimitExceeded": (
