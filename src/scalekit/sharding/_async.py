@@ -385,9 +385,14 @@ class AsyncShardMap(ShardMapBase):
         return self._executor_pool
 
     def close(self) -> None:
-        """Stop the fan-out threads (the sync map's); engines and pools stay yours to close."""
+        """Stop the fan-out threads (the sync map's), waiting for reads that timed out.
+
+        A sync fan-out that timed out leaves its threads running the query
+        until the server answers; close before disposing of the engines.
+        Engines and pools stay yours to close.
+        """
         if self._executor_pool is not None:
-            self._executor_pool.shutdown(wait=False)
+            self._executor_pool.shutdown(wait=True, cancel_futures=True)
             self._executor_pool = None
 
     async def afan_out(
