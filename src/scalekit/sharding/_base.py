@@ -9,6 +9,7 @@ greenlet bridge).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,12 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction
 
 __all__ = ["ShardMapBase"]
+
+_INT64 = 1 << 63
+_LOW_63 = _INT64 - 1
+_CACHE_SIZE = 1 << 16
+_md5 = hashlib.md5
+_from_bytes = int.from_bytes
 
 WROTE_INFO = "scalekit_shard_wrote"
 """``session.info`` key: the target names a transaction wrote to."""
@@ -152,6 +159,7 @@ class ShardMapBase:
         self._owners = tuple(self._targets[name] for name in assignment.owners)
         self._owner_names = assignment.owners
         self._count = assignment.logical_shards
+        self._cache: dict[int | str, int] = {}
 
     # -- look-ups ------------------------------------------------------------------------------
 
@@ -170,13 +178,34 @@ class ShardMapBase:
         """The engines or pools by target name (a copy), in the assignment's order."""
         return {name: self._targets[name] for name in self._assignment.targets}
 
+    def _logical(self, key: ShardKey) -> int:
+        # The hot path: int and str keys hit a bounded cache of recent keys (one
+        # dict look-up). The type test comes first: a dict would take True or 1.0 for 1.
+        if type(key) is int or type(key) is str:
+            logical = self._cache.get(key)
+            return self._miss(key) if logical is None else logical
+        return logical_shard(key, self._count)
+
+    def _miss(self, key: int | str) -> int:
+        if type(key) is int and -_INT64 <= key < _INT64:
+            # logical_shard inlined for the commonest key (the same bytes, see _hash.py).
+            digest = _md5(b"\x01" + key.to_bytes(8, "big", signed=True)).digest()
+            logical = (_from_bytes(digest[:8], "big") & _LOW_63) % self._count
+        else:
+            logical = logical_shard(key, self._count)
+        cache = self._cache
+        if len(cache) >= _CACHE_SIZE:
+            cache.clear()
+        cache[key] = logical
+        return logical
+
     def shard_for(self, key: ShardKey) -> int:
         """The logical shard of ``key``.
 
         Raises:
             ConfigurationError: ``key`` is not an int, str, bytes or UUID.
         """
-        return logical_shard(key, self._count)
+        return self._logical(key)
 
     def name_for(self, key: ShardKey) -> str:
         """The name of the target holding ``key``.
@@ -184,7 +213,7 @@ class ShardMapBase:
         Raises:
             ConfigurationError: ``key`` is not an int, str, bytes or UUID.
         """
-        return self._owner_names[logical_shard(key, self._count)]
+        return self._owner_names[self._logical(key)]
 
     def target_for(self, key: ShardKey) -> Any:
         """The engine or pool holding ``key``.
@@ -192,7 +221,7 @@ class ShardMapBase:
         Raises:
             ConfigurationError: ``key`` is not an int, str, bytes or UUID.
         """
-        return self._owners[logical_shard(key, self._count)]
+        return self._owners[self._logical(key)]
 
     def target(self, name: str) -> Any:
         """The engine or pool of target ``name``.

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import sqlalchemy as sa
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scalekit.errors import ShardingError
+from scalekit.errors import ConfigurationError, ShardingError
 from scalekit.pagination import KeysetPlan
-from scalekit.sharding import ShardAssignment, assign_balanced
+from scalekit.sharding import ShardAssignment, ShardMap, assign_balanced, logical_shard
 from scalekit.sharding._core import (
     AggregatePlan,
     Distribution,
@@ -127,3 +127,33 @@ def test_distribution_counts_misplaced_rows() -> None:
     assert distribution.targets == {"a": 6, "b": 6}
     assert distribution.misplaced == {"a": 2, "b": 0}
     assert distribution.total == 12
+
+
+keys = st.one_of(
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.text(),
+    st.binary(),
+    st.uuids(),
+)
+
+
+LOOKUP_MAP = ShardMap({"a": sa.create_engine("sqlite://"), "b": sa.create_engine("sqlite://")})
+
+
+@settings(deadline=None)
+@given(st.lists(keys, max_size=30))
+def test_the_map_look_up_cache_agrees_with_logical_shard(batch: list[object]) -> None:
+    shards = LOOKUP_MAP
+    for _ in range(2):  # the second pass hits the cache
+        for key in batch:
+            try:
+                expected = logical_shard(key)  # type: ignore[arg-type]
+            except ConfigurationError:
+                with pytest.raises(ConfigurationError):
+                    shards.shard_for(key)  # type: ignore[arg-type]
+                continue
+            assert shards.shard_for(key) == expected  # type: ignore[arg-type]
+            assert shards.name_for(key) == shards.assignment.owners[expected]  # type: ignore[arg-type]
+    for bad in (True, 1.0, 2**63):
+        with pytest.raises(ConfigurationError):
+            shards.shard_for(bad)  # type: ignore[arg-type]

@@ -1,0 +1,237 @@
+"""Sharding: the key look-up vs plain hashing and horizontal_shard's chooser; fan-out vs its parts.
+
+Part 1, ``shard_for`` (no I/O, best of 5 runs of 200,000 calls; each call a
+new key from a prepared list, so no cache could help):
+  hash(key) % n              Python's salted hash: fast, but not stable across processes
+  ShardMap.shard_for         the stable MD5-based logical shard (int and str keys)
+  ShardMap.name_for          the logical shard and its target name
+  horizontal_shard chooser   a ``ShardedSession`` shard_chooser doing the same job the
+                             usual way (md5 of ``str(key)``, hex digest to int, modulo),
+                             called as SQLAlchemy calls it, with a mapper and an instance
+
+Part 2, fan-out over 4 databases on one private PostgreSQL server started by
+the test harness (or ``--url`` of a server you own: it creates and drops four
+scratch databases). Each database holds ``--rows`` rows; the read is an
+aggregate over a filtered scan. Interleaved, best of ``--repeat``:
+  slowest single shard       the slowest of the four databases read alone
+  fan_out (threads)          ShardMap.fan_out over the four, merged
+  sequential                 the four reads one after another
+  afan_out (tasks)           AsyncShardMap.afan_out over the four
+
+Run:  python benchmarks/bench_sharding.py [--url URL] [--rows 200000] [--repeat 15]
+On a machine with fewer cores than shards the four scans share the CPUs, so
+fan-out cannot reach the slowest single shard's time; the table says how many
+cores there were.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import os
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.horizontal_shard import ShardedSession
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from _bench import Result, print_table
+
+from scalekit.sharding import AsyncShardMap, ShardMap
+
+NAMES = ["db0", "db1", "db2", "db3"]
+CALLS = 200_000
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Order(Base):
+    __tablename__ = "bench_orders"
+    id: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True, autoincrement=False)
+    user_id: Mapped[int] = mapped_column(sa.BigInteger)
+    total: Mapped[int]
+
+
+def time_over(keys: list[Any], fn: Callable[[Any], object], repeat: int = 5) -> float:
+    """Nanoseconds per call of ``fn(key)`` over every key, best of ``repeat``."""
+    for key in keys[:1000]:
+        fn(key)
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter_ns()
+        for key in keys:
+            fn(key)
+        best = min(best, (time.perf_counter_ns() - start) / len(keys))
+    return best
+
+
+def lookup_figures() -> None:
+    engines = {name: sa.create_engine("sqlite://") for name in NAMES}
+    shards = ShardMap(engines)
+    n = shards.assignment.logical_shards
+    names = shards.assignment.owners
+
+    def chooser(mapper: Any, instance: Any, clause: Any = None) -> str:
+        digest = hashlib.md5(str(instance.user_id).encode()).hexdigest()
+        return names[int(digest, 16) % n]
+
+    session = ShardedSession(
+        shards=dict(engines),
+        shard_chooser=chooser,
+        identity_chooser=lambda *a, **k: list(NAMES),
+        execute_chooser=lambda context: list(NAMES),
+    )
+    mapper = sa.inspect(Order)
+    chooser_of_session = session.shard_chooser
+    for kind, keys in (
+        ("int", list(range(10**12, 10**12 + CALLS))),
+        ("str", [f"user-{uuid.UUID(int=i).hex}" for i in range(CALLS)]),
+    ):
+        orders = [Order(id=1, user_id=key) for key in keys] if kind == "int" else None
+        results = [
+            Result(f"hash(key) % n ({kind})", time_over(keys, lambda k: hash(k) % n)),
+            Result(f"ShardMap.shard_for ({kind})", time_over(keys, shards.shard_for)),
+            Result(f"ShardMap.name_for ({kind})", time_over(keys, shards.name_for)),
+        ]
+        if orders is not None:
+            results.append(
+                Result(
+                    "horizontal_shard chooser (int)",
+                    time_over(orders, lambda o: chooser_of_session(mapper, o)),
+                )
+            )
+        print_table(
+            f"shard look-up, {kind} keys, {CALLS:,} new keys per run",
+            results,
+            baseline=f"hash(key) % n ({kind})",
+            peer=f"ShardMap.shard_for ({kind})",
+        )
+        by_name = {r.name: r.ns_per_call for r in results}
+        speed = by_name[f"hash(key) % n ({kind})"] / by_name[f"ShardMap.shard_for ({kind})"]
+        print(f"shard_for throughput vs hash(key) % n: {speed:.2f}x (target >= 0.3x)")
+
+
+@contextmanager
+def databases(url: str | None) -> Iterator[list[str]]:
+    if url is None:
+        from tests.harness import PgCluster, find_pg_binaries
+
+        binaries = find_pg_binaries()
+        if binaries is None:
+            print("no PostgreSQL binaries: skipping the fan-out figures (pass --url)")
+            yield []
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            os.chmod(tmp, 0o755)  # the server may run as another user
+            cluster = PgCluster.start(Path(tmp) / "pg", binaries, replicas=0)
+            try:
+                assert cluster.primary is not None
+                urls = []
+                for name in NAMES:
+                    cluster.primary.execute(f'CREATE DATABASE "bench_{name}"')
+                    urls.append(cluster.primary.url_for(f"bench_{name}"))
+                yield urls
+            finally:
+                cluster.close()
+        return
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    created = [f"scalekit_bench_shard_{os.getpid()}_{name}" for name in NAMES]
+    with admin.connect() as conn:
+        for name in created:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        yield [make_url(url).set(database=name).render_as_string(False) for name in created]
+    finally:
+        with admin.connect() as conn:
+            for name in created:
+                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+def fan_out_figures(urls: list[str], rows: int, repeat: int) -> None:
+    engines = {name: sa.create_engine(url) for name, url in zip(NAMES, urls, strict=True)}
+    for position, engine in enumerate(engines.values()):
+        with engine.begin() as conn:
+            Base.metadata.create_all(conn)
+            conn.exec_driver_sql(
+                "INSERT INTO bench_orders SELECT g, g % 1000, (g * 37) % 101 "
+                f"FROM generate_series({position * rows + 1}, {(position + 1) * rows}) g"
+            )
+            conn.exec_driver_sql("ANALYZE bench_orders")
+    statement = sa.select(sa.func.count(), sa.func.sum(Order.total)).where(Order.total % 7 == 3)
+    shards = ShardMap(engines, fan_out_timeout=60)
+    async_engines = {name: create_async_engine(url) for name, url in zip(NAMES, urls, strict=True)}
+    ashards = AsyncShardMap(async_engines)
+    loop = asyncio.new_event_loop()
+
+    def single(name: str) -> None:
+        with engines[name].connect() as conn:
+            conn.execute(statement).all()
+
+    cases: dict[str, Callable[[], object]] = {
+        **{f"single {name}": (lambda name=name: single(name)) for name in NAMES},  # type: ignore[misc]
+        "fan_out (threads)": lambda: shards.fan_out(statement),
+        "sequential": lambda: [single(name) for name in NAMES],
+        "afan_out (tasks)": lambda: loop.run_until_complete(ashards.afan_out(statement)),
+    }
+    best = dict.fromkeys(cases, float("inf"))
+    for fn in cases.values():
+        fn()  # warm: connections, plans
+    for _ in range(repeat):
+        for name, fn in cases.items():  # interleaved, so load changes hit every case alike
+            start = time.perf_counter_ns()
+            fn()
+            best[name] = min(best[name], time.perf_counter_ns() - start)
+    slowest = max(best[f"single {name}"] for name in NAMES)
+    results = [
+        Result("slowest single shard", slowest),
+        Result("fan_out (threads)", best["fan_out (threads)"]),
+        Result("afan_out (tasks)", best["afan_out (tasks)"]),
+        Result("sequential", best["sequential"]),
+    ]
+    print_table(
+        f"fan-out over 4 shards, {rows:,} rows each, {os.cpu_count()} cores (ns per read)",
+        results,
+        baseline="slowest single shard",
+        peer="sequential",
+    )
+    print(f"fan_out / slowest shard: {best['fan_out (threads)'] / slowest:.2f}x (target <= 1.3x)")
+    shards.close()
+    for engine in engines.values():
+        engine.dispose()
+    for aengine in async_engines.values():
+        loop.run_until_complete(aengine.dispose())
+    loop.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", help="a PostgreSQL server URL you own (default: a private one)")
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument("--skip-fan-out", action="store_true")
+    args = parser.parse_args()
+    lookup_figures()
+    if not args.skip_fan_out:
+        with databases(args.url) as urls:
+            if urls:
+                fan_out_figures(urls, args.rows, args.repeat)
+
+
+if __name__ == "__main__":
+    main()
