@@ -169,7 +169,7 @@ def fan_out_figures(urls: list[str], rows: int, repeat: int) -> None:
         with engine.begin() as conn:
             Base.metadata.create_all(conn)
             conn.exec_driver_sql(
-                "INSERT INTO bench_orders SELECT g, g % 1000, (g * 37) % 101 "
+                "INSERT INTO bench_orders SELECT g, mod(g, 1000), mod(g * 37, 101) "
                 f"FROM generate_series({position * rows + 1}, {(position + 1) * rows}) g"
             )
             conn.exec_driver_sql("ANALYZE bench_orders")

@@ -187,12 +187,18 @@ class ShardMapBase:
         return logical_shard(key, self._count)
 
     def _miss(self, key: int | str) -> int:
+        # logical_shard inlined for the commonest keys (the same bytes, see _hash.py);
+        # anything else goes through it (and its errors).
         if type(key) is int and -_INT64 <= key < _INT64:
-            # logical_shard inlined for the commonest key (the same bytes, see _hash.py).
-            digest = _md5(b"\x01" + key.to_bytes(8, "big", signed=True)).digest()
-            logical = (_from_bytes(digest[:8], "big") & _LOW_63) % self._count
+            data = b"\x01" + key.to_bytes(8, "big", signed=True)
+        elif type(key) is str and key.isascii():
+            data = b"\x02" + key.encode()
         else:
+            data = None
+        if data is None:
             logical = logical_shard(key, self._count)
+        else:
+            logical = (_from_bytes(_md5(data).digest()[:8], "big") & _LOW_63) % self._count
         cache = self._cache
         if len(cache) >= _CACHE_SIZE:
             cache.clear()
