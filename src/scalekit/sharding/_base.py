@@ -9,7 +9,6 @@ greenlet bridge).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +19,7 @@ from scalekit.errors import ConfigurationError, ShardingError, StaleShardMap, Un
 from scalekit.routing._base import PoolBase
 from scalekit.routing._statements import FLUSH, classify
 from scalekit.sharding._catalog import check_map_name, fence_table
-from scalekit.sharding._hash import DEFAULT_LOGICAL_SHARDS, ShardKey, logical_shard
+from scalekit.sharding._hash import DEFAULT_LOGICAL_SHARDS, ShardKey, _fast_md5, logical_shard
 from scalekit.sharding._map import ShardAssignment, assign_balanced
 
 if TYPE_CHECKING:
@@ -32,7 +31,7 @@ __all__ = ["ShardMapBase"]
 _INT64 = 1 << 63
 _LOW_63 = _INT64 - 1
 _CACHE_SIZE = 1 << 16
-_md5 = hashlib.md5
+_md5 = _fast_md5()
 _from_bytes = int.from_bytes
 
 WROTE_INFO = "scalekit_shard_wrote"
@@ -178,40 +177,39 @@ class ShardMapBase:
         """The engines or pools by target name (a copy), in the assignment's order."""
         return {name: self._targets[name] for name in self._assignment.targets}
 
-    def _logical(self, key: ShardKey) -> int:
-        # The hot path: int and str keys hit a bounded cache of recent keys (one
-        # dict look-up). The type test comes first: a dict would take True or 1.0 for 1.
-        if type(key) is int or type(key) is str:
-            logical = self._cache.get(key)
-            return self._miss(key) if logical is None else logical
-        return logical_shard(key, self._count)
-
-    def _miss(self, key: int | str) -> int:
-        # logical_shard inlined for the commonest keys (the same bytes, see _hash.py);
-        # anything else goes through it (and its errors).
-        if type(key) is int and -_INT64 <= key < _INT64:
-            data = b"\x01" + key.to_bytes(8, "big", signed=True)
-        elif type(key) is str and key.isascii():
-            data = b"\x02" + key.encode()
-        else:
-            data = None
-        if data is None:
-            logical = logical_shard(key, self._count)
-        else:
-            logical = (_from_bytes(_md5(data).digest()[:8], "big") & _LOW_63) % self._count
-        cache = self._cache
-        if len(cache) >= _CACHE_SIZE:
-            cache.clear()
-        cache[key] = logical
-        return logical
-
     def shard_for(self, key: ShardKey) -> int:
         """The logical shard of ``key``.
+
+        Recent int and str keys are kept in a bounded cache (the same value as
+        :func:`logical_shard`, a dict look-up instead of a hash).
 
         Raises:
             ConfigurationError: ``key`` is not an int, str, bytes or UUID.
         """
-        return self._logical(key)
+        # The type test comes first: a dict would take True or 1.0 for 1.
+        key_type = type(key)
+        if key_type is int or key_type is str:
+            cache = self._cache
+            logical = cache.get(key)  # type: ignore[arg-type]
+            if logical is not None:
+                return logical
+            # logical_shard inlined for these keys (the same bytes, see _hash.py);
+            # anything else goes through it (and its errors).
+            if key_type is int and -_INT64 <= key < _INT64:  # type: ignore[operator]
+                data = b"\x01" + key.to_bytes(8, "big", signed=True)  # type: ignore[union-attr]
+            elif key_type is str and key.isascii():  # type: ignore[union-attr]
+                data = b"\x02" + key.encode()  # type: ignore[union-attr]
+            else:
+                data = None
+            if data is None:
+                logical = logical_shard(key, self._count)
+            else:
+                logical = (_from_bytes(_md5(data).digest()[:8], "big") & _LOW_63) % self._count
+            if len(cache) >= _CACHE_SIZE:
+                cache.clear()
+            cache[key] = logical  # type: ignore[index]
+            return logical
+        return logical_shard(key, self._count)
 
     def name_for(self, key: ShardKey) -> str:
         """The name of the target holding ``key``.
@@ -219,7 +217,7 @@ class ShardMapBase:
         Raises:
             ConfigurationError: ``key`` is not an int, str, bytes or UUID.
         """
-        return self._owner_names[self._logical(key)]
+        return self._owner_names[self.shard_for(key)]
 
     def target_for(self, key: ShardKey) -> Any:
         """The engine or pool holding ``key``.
@@ -227,7 +225,7 @@ class ShardMapBase:
         Raises:
             ConfigurationError: ``key`` is not an int, str, bytes or UUID.
         """
-        return self._owners[self._logical(key)]
+        return self._owners[self.shard_for(key)]
 
     def target(self, name: str) -> Any:
         """The engine or pool of target ``name``.
