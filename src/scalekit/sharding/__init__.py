@@ -49,9 +49,9 @@ if TYPE_CHECKING:
     from scalekit.sharding._sync import ShardCatalog, ShardMap
 
 __all__ = [
-    "DEFAULT_LOGICAL_SHARDS",
     "AsyncShardCatalog",
     "AsyncShardMap",
+    "DEFAULT_LOGICAL_SHARDS",
     "Distribution",
     "FanOutError",
     "ShardAssignment",
