@@ -237,8 +237,10 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--skip-fan-out", action="store_true")
+    parser.add_argument("--skip-lookups", action="store_true")
     args = parser.parse_args()
-    lookup_figures()
+    if not args.skip_lookups:
+        lookup_figures()
     if not args.skip_fan_out:
         with databases(args.url) as urls:
             if urls:
