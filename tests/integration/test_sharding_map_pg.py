@@ -371,3 +371,50 @@ async def test_async_stale_instance_is_refused(databases: Databases) -> None:
         for engine in engines:
             await engine.dispose()
     await catalog_engine.dispose()
+
+
+def test_sessionmaker_writes_are_fenced_too(databases: Databases) -> None:
+    databases.reset()
+    assert databases.cluster.primary is not None
+    catalog_engine = databases.cluster.primary.engine(databases.catalog)
+    catalog = ShardCatalog(catalog_engine)
+    catalog.install()
+    catalog.publish(assign_balanced(NAMES, LOGICAL))
+    targets_a, engines_a = databases.sync_targets()
+    targets_b, engines_b = databases.sync_targets()
+    stale = ShardMap.from_catalog(catalog, targets_a)
+    stale.install_fences()
+    fresh = ShardMap.from_catalog(catalog, targets_b)
+    pooled_key = next(k for k in range(1000) if stale.name_for(k) == POOLED)
+    other_key = next(k for k in range(1000) if stale.name_for(k) == "db1")
+    fresh.publish(fresh.assignment.with_owners({fresh.shard_for(pooled_key): "db0"}))
+    Session = stale.sessionmaker()
+    with Session() as session:  # db1 is untouched by the move: its write commits
+        session.execute(
+            sa.insert(Order).values(id=1, user_id=other_key, total=1),
+            execution_options={"shard_key": other_key},
+        )
+        session.commit()
+    with Session(shard_key=pooled_key) as session:
+        session.add(Order(id=2, user_id=pooled_key, total=2))
+        with pytest.raises(StaleShardMap) as info:
+            session.commit()
+    assert info.value.target == POOLED
+    stored = databases.rows()
+    assert [row[0] for row in stored["db1"]] == [1] and stored[POOLED] == []
+    for shards, targets, engines in ((stale, targets_a, engines_a), (fresh, targets_b, engines_b)):
+        shards.close()
+        targets[POOLED].close()
+        for engine in engines:
+            engine.dispose()
+    catalog_engine.dispose()
+
+
+async def test_async_fan_out_names_a_timed_out_target(ashards: AsyncShardMap) -> None:
+    slow = sa.select(
+        sa.func.pg_sleep(sa.case((sa.func.current_database().like("%db3%"), 2), else_=0))
+    )
+    with pytest.raises(FanOutError, match="db3") as info:
+        await ashards.afan_out(slow, timeout=0.5)
+    assert list(info.value.failures) == ["db3"]
+    assert isinstance(info.value.failures["db3"], TimeoutError)
