@@ -7,6 +7,8 @@ with direct connections to each database, never through the map.
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -418,3 +420,162 @@ async def test_async_fan_out_names_a_timed_out_target(ashards: AsyncShardMap) ->
         await ashards.afan_out(slow, timeout=0.5)
     assert list(info.value.failures) == ["db3"]
     assert isinstance(info.value.failures["db3"], TimeoutError)
+
+
+# -- moving a logical shard -----------------------------------------------------------------
+
+
+class Interrupted(Exception):
+    pass
+
+
+@dataclass
+class MoveSetup:
+    catalog: ShardCatalog
+    mover: ShardMap
+    app: ShardMap
+    logical: int
+    source: str
+    destination: str
+    keys: list[int]
+    closers: list[Any]
+
+    def close(self) -> None:
+        for close in self.closers:
+            close()
+
+
+def _move_setup(databases: Databases, rows: int = 400) -> MoveSetup:
+    databases.reset()
+    assert databases.cluster.primary is not None
+    catalog_engine = databases.cluster.primary.engine(databases.catalog)
+    catalog = ShardCatalog(catalog_engine)
+    catalog.install()
+    catalog.publish(assign_balanced(NAMES, LOGICAL))
+    targets_a, engines_a = databases.sync_targets()
+    targets_b, engines_b = databases.sync_targets()
+    mover = ShardMap.from_catalog(catalog, targets_a)
+    mover.install_fences()
+    app = ShardMap.from_catalog(catalog, targets_b)
+    keys = [k for k in range(5000) if mover.shard_for(k) == mover.shard_for(POOLED_KEY)]
+    for order_id in range(1, rows + 1):
+        user_id = keys[order_id % len(keys)] if order_id % 2 else order_id
+        with app.session(user_id) as session:
+            session.add(Order(id=order_id, user_id=user_id, total=order_id % 97))
+            session.commit()
+    logical = mover.shard_for(POOLED_KEY)
+    closers: list[Any] = [mover.close, app.close, catalog_engine.dispose]
+    for targets, engines in ((targets_a, engines_a), (targets_b, engines_b)):
+        closers.append(targets[POOLED].close)
+        closers.extend(engine.dispose for engine in engines)
+    return MoveSetup(catalog, mover, app, logical, POOLED, "db0", keys, closers)
+
+
+# A key on the pooled shard at version 1: its logical shard is the one moved.
+POOLED_KEY = next(k for k in range(1000) if assign_balanced(NAMES, LOGICAL).name_for(k) == POOLED)
+
+
+def _every_row(databases: Databases) -> tuple[dict[int, str], list[tuple[int, int, int]]]:
+    """Where each order id is stored (asserting it is stored once) and every row."""
+    where: dict[int, str] = {}
+    rows = []
+    for name, found in databases.rows().items():
+        for row in found:
+            assert row[0] not in where, f"order {row[0]} is on {where[row[0]]} and {name}"
+            where[row[0]] = name
+            rows.append(row)
+    return where, sorted(rows)
+
+
+def _authoritative_rows(databases: Databases, shards: ShardMap) -> list[tuple[int, int, int]]:
+    """The rows stored on the target that owns their logical shard (the catalog's latest)."""
+    latest = shards.assignment
+    assert shards.catalog is not None
+    stored = shards.catalog.load()
+    assert stored is not None
+    owners = stored.owners if stored.version >= latest.version else latest.owners
+    return sorted(
+        row
+        for name, found in databases.rows().items()
+        for row in found
+        if owners[logical_shard(row[1], LOGICAL)] == name
+    )
+
+
+@pytest.mark.parametrize("step", ["copied", "verified", "published", "switched", "cleaned"])
+def test_a_mover_killed_at_each_step_then_rerun_loses_and_duplicates_nothing(
+    databases: Databases, step: str
+) -> None:
+    setup = _move_setup(databases)
+    assert setup.mover.name_for(POOLED_KEY) == POOLED
+    _, before = _every_row(databases)
+
+    def crash(done: str) -> None:
+        if done == step:
+            raise Interrupted(done)
+
+    with pytest.raises(Interrupted):
+        setup.mover.move_shard(
+            setup.logical, to=setup.destination, tables=[Order.user_id], _after_step=crash
+        )
+    # Whatever step it died after, every row is in exactly one authoritative place.
+    assert _authoritative_rows(databases, setup.mover) == before
+    setup.mover.move_shard(setup.logical, to=setup.destination, tables=[Order.user_id])
+    where, after = _every_row(databases)
+    assert after == before
+    assert all(
+        where[order_id] == setup.destination
+        for order_id, user_id, _ in after
+        if logical_shard(user_id, LOGICAL) == setup.logical
+    )
+    assert setup.mover.version == 2 and setup.mover.name_for(POOLED_KEY) == setup.destination
+    distribution = setup.mover.distribution(Order.user_id)
+    assert distribution.misplaced == dict.fromkeys(NAMES, 0)
+    setup.close()
+
+
+def test_a_move_under_a_concurrent_writer_loses_and_duplicates_nothing(
+    databases: Databases,
+) -> None:
+    setup = _move_setup(databases)
+    _, before = _every_row(databases)
+    written: list[tuple[int, int, int]] = []
+    refused: list[int] = []
+    stop = threading.Event()
+
+    def writer() -> None:
+        order_id = 10_000
+        while not stop.is_set():
+            order_id += 1
+            user_id = setup.keys[order_id % len(setup.keys)]
+            row = (order_id, user_id, order_id % 97)
+            for _ in range(3):
+                try:
+                    with setup.app.session(user_id) as session:
+                        session.add(Order(id=order_id, user_id=user_id, total=row[2]))
+                        session.commit()
+                except StaleShardMap:
+                    refused.append(order_id)
+                    setup.app.refresh()
+                    continue
+                written.append(row)
+                break
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        time.sleep(0.3)
+        setup.mover.move_shard(setup.logical, to=setup.destination, tables=[Order.user_id])
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        thread.join()
+    assert written and refused  # the writer ran before and after the switch
+    where, after = _every_row(databases)
+    assert after == sorted(before + written)
+    assert all(
+        where[order_id] == setup.destination
+        for order_id, user_id, _ in after
+        if logical_shard(user_id, LOGICAL) == setup.logical
+    )
+    setup.close()

@@ -36,6 +36,7 @@ from scalekit.sharding._catalog import (
     fence_metadata,
     fence_table,
     moved_targets,
+    moves_table,
 )
 from scalekit.sharding._core import (
     Distribution,
@@ -69,6 +70,13 @@ __unasync__ = {
     "_arun_all": "_run_all",
     "_aread_session": "_read_session",
     "_awrite_connection": "_write_connection",
+    "_aprimary_connection": "_primary_connection",
+    "amove_shard": "move_shard",
+    "_amove_step": "_move_step",
+    "_acopy_shard": "_copy_shard",
+    "_adigests": "_digests",
+    "_acatch_up": "_catch_up",
+    "_adelete_source": "_delete_source",
     "The asyncio shard map and catalog": "The sync shard map and catalog",
     "This file holds only what talks to the databases, and the sync\n"
     "shell is generated from it by ``scripts/unasync.py``. Fan-outs run one task\n"
@@ -279,7 +287,8 @@ class AsyncShardMap(ShardMapBase):
         Raises:
             ConfigurationError: ``key`` is not an int, str, bytes or UUID.
         """
-        name = self.name_for(key)
+        logical = self.shard_for(key)
+        name = self._owner_names[logical]
         value = self._targets[name]
         session: AsyncSession
         if isinstance(value, AsyncRoutingPool):
@@ -287,9 +296,9 @@ class AsyncShardMap(ShardMapBase):
         else:
             session = AsyncSession(bind=value, **session_options)
         if IS_ASYNC:
-            self._watch_writes(session.sync_session, name)
+            self._watch_writes(session.sync_session, name, logical)
         else:
-            self._watch_writes(session, name)
+            self._watch_writes(session, name, logical)
         return session
 
     def sessionmaker(self, **kwargs: Any) -> async_sessionmaker[Any]:
@@ -315,6 +324,12 @@ class AsyncShardMap(ShardMapBase):
         else:
             async with value.connect() as conn, AsyncSession(bind=conn) as session:
                 yield session
+
+    @contextlib.asynccontextmanager
+    async def _aprimary_connection(self, name: str) -> AsyncIterator[AsyncConnection]:
+        # An engine's connection, or a routing pool's connection to its primary.
+        async with self._targets[name].connect() as conn:
+            yield conn
 
     @contextlib.asynccontextmanager
     async def _awrite_connection(self, name: str) -> AsyncIterator[AsyncConnection]:
@@ -625,3 +640,217 @@ class AsyncShardMap(ShardMapBase):
                         )
         await catalog.apublish(assignment)
         self._install(assignment)
+
+    # -- moving a logical shard ----------------------------------------------------------------
+
+    async def amove_shard(
+        self,
+        logical: int,
+        to: str,
+        *,
+        tables: Sequence[Any],
+        _after_step: Callable[[str], None] | None = None,
+    ) -> None:
+        """Move logical shard ``logical``'s rows of ``tables`` to target ``to``; resumable.
+
+        ``tables`` lists each table's shard-key column (``Order.user_id``);
+        every table needs a primary key. PostgreSQL only, on a map with a
+        catalog. The steps, each recorded in the catalog's
+        ``scalekit_shard_moves`` table so that a rerun after a crash resumes:
+
+        1. **copy**: in one transaction on ``to``, delete any leftover rows of
+           the shard there and COPY (binary) the source's rows in; writes go on.
+        2. **switch**: take the shard's advisory lock on both databases (a
+           commit writing to this logical shard waits, others go on), bring
+           ``to`` up to date (rows compared by primary key and an MD5 of the
+           row), verify that both hold the same rows (count and checksum),
+           publish the new map version (fences raised: a stale instance's
+           write is refused), release the lock.
+        3. **clean**: delete the shard's rows from the source.
+
+        Until the switch the source is authoritative, after it the target;
+        killed at any step, a rerun with the same arguments finishes the job.
+
+        Raises:
+            ConfigurationError: no catalog, not PostgreSQL, a table without a
+                primary key, or an unknown ``logical``.
+            UnknownShard: ``to`` is not a target.
+            ShardingError: another move of this shard (to another target) is
+                in progress, or verification failed (nothing was switched).
+        """
+        catalog = self._need_catalog()
+        self.target(to)
+        if self._dialect().name != "postgresql":
+            raise ConfigurationError("move_shard runs on PostgreSQL only", parameter="targets")
+        self._assignment.owner_of(logical)
+        columns = [getattr(column, "expression", column) for column in tables]
+        for column in columns:
+            if not column.table.primary_key.columns:
+                raise ConfigurationError(
+                    f"table {column.table.name!r} has no primary key; moves compare rows by it",
+                    parameter="tables",
+                )
+        await self.arefresh()
+        async with catalog.engine.connect() as conn:
+            state = (
+                await conn.execute(
+                    sa.select(moves_table).where(
+                        moves_table.c.map_name == self.name, moves_table.c.logical == logical
+                    )
+                )
+            ).first()
+        if state is None:
+            source = self._assignment.owners[logical]
+            if source == to:
+                return
+            step = "started"
+            async with catalog.engine.begin() as conn:
+                await conn.execute(
+                    moves_table.insert().values(
+                        map_name=self.name, logical=logical, source=source, target=to, step=step
+                    )
+                )
+        else:
+            source, step = state.source, state.step
+            if state.target != to:
+                raise ShardingError(
+                    f"logical shard {logical} is being moved to {state.target!r}, not {to!r}; "
+                    "rerun with that target to finish it"
+                )
+        if step == "started":
+            await self._acopy_shard(logical, source, to, columns)
+            step = await self._amove_step(logical, "copied", _after_step)
+        if step == "copied":
+            if self._assignment.owners[logical] == source:
+                lock = sa.select(sa.func.pg_advisory_lock(self.lock_class, logical))
+                unlock = sa.select(sa.func.pg_advisory_unlock(self.lock_class, logical))
+                async with (
+                    self._aprimary_connection(source) as source_lock,
+                    self._aprimary_connection(to) as target_lock,
+                ):
+                    await source_lock.execute(lock)
+                    await target_lock.execute(lock)
+                    await source_lock.commit()
+                    await target_lock.commit()
+                    try:
+                        await self._acatch_up(logical, source, to, columns)
+                        if _after_step is not None:
+                            _after_step("verified")
+                        await self.apublish(self._assignment.with_owners({logical: to}))
+                        if _after_step is not None:
+                            _after_step("published")
+                    finally:
+                        await source_lock.execute(unlock)
+                        await target_lock.execute(unlock)
+                        await source_lock.commit()
+                        await target_lock.commit()
+            step = await self._amove_step(logical, "switched", _after_step)
+        if step == "switched":
+            await self._adelete_source(logical, source, columns)
+            async with catalog.engine.begin() as conn:
+                await conn.execute(
+                    moves_table.delete().where(
+                        moves_table.c.map_name == self.name, moves_table.c.logical == logical
+                    )
+                )
+            if _after_step is not None:
+                _after_step("cleaned")
+
+    async def _amove_step(
+        self, logical: int, step: str, after_step: Callable[[str], None] | None
+    ) -> str:
+        async with self._need_catalog().engine.begin() as conn:
+            await conn.execute(
+                moves_table.update()
+                .where(moves_table.c.map_name == self.name, moves_table.c.logical == logical)
+                .values(step=step)
+            )
+        if after_step is not None:
+            after_step(step)
+        return step
+
+    def _shard_filter(self, column: Any, logical: int) -> Any:
+        return shard_sql(column, self._count) == logical
+
+    async def _acopy_shard(self, logical: int, source: str, to: str, columns: list[Any]) -> None:
+        from sqlalchemy.dialects import postgresql
+
+        # The named paramstyle: "%" stays one "%" (COPY takes no parameters).
+        dialect = postgresql.dialect(paramstyle="named")  # type: ignore[no-untyped-call]
+        quote = dialect.identifier_preparer.quote
+        async with (
+            self._aprimary_connection(source) as source_conn,
+            self._awrite_connection(to) as target_conn,
+        ):
+            for column in columns:
+                table = column.table
+                await target_conn.execute(table.delete().where(self._shard_filter(column, logical)))
+                names = ", ".join(quote(c.name) for c in table.columns)
+                select = sa.select(*table.columns).where(self._shard_filter(column, logical))
+                query = select.compile(dialect=dialect, compile_kwargs={"literal_binds": True})
+                if IS_ASYNC:
+                    source_raw = (await source_conn.get_raw_connection()).driver_connection
+                    target_raw = (await target_conn.get_raw_connection()).driver_connection
+                else:
+                    source_raw = source_conn.connection.driver_connection
+                    target_raw = target_conn.connection.driver_connection
+                assert source_raw is not None and target_raw is not None
+                copy_out_sql = f"COPY ({query}) TO STDOUT (FORMAT BINARY)"
+                copy_in_sql = f"COPY {quote(table.name)} ({names}) FROM STDIN (FORMAT BINARY)"
+                async with (
+                    source_raw.cursor() as out_cursor,
+                    target_raw.cursor() as in_cursor,
+                    out_cursor.copy(copy_out_sql) as copy_out,
+                    in_cursor.copy(copy_in_sql) as copy_in,
+                ):
+                    async for data in copy_out:
+                        await copy_in.write(data)
+            await source_conn.rollback()
+
+    async def _adigests(self, name: str, column: Any, logical: int) -> dict[tuple[Any, ...], str]:
+        table = column.table
+        keys = list(table.primary_key.columns)
+        row_text: Any = sa.literal_column(f"{table.name}::text")
+        statement = (
+            sa.select(*keys, sa.func.md5(row_text))
+            .select_from(table)
+            .where(self._shard_filter(column, logical))
+        )
+        async with self._aprimary_connection(name) as conn:
+            result = await conn.execute(statement)
+            return {tuple(row[: len(keys)]): row[-1] for row in result}
+
+    async def _acatch_up(self, logical: int, source: str, to: str, columns: list[Any]) -> None:
+        for column in columns:
+            table = column.table
+            keys = list(table.primary_key.columns)
+            on_source = await self._adigests(source, column, logical)
+            on_target = await self._adigests(to, column, logical)
+            stale = [key for key, digest in on_target.items() if on_source.get(key) != digest]
+            missing = [key for key, digest in on_source.items() if on_target.get(key) != digest]
+            async with self._awrite_connection(to) as conn:
+                for start in range(0, len(stale), 1000):
+                    batch = stale[start : start + 1000]
+                    await conn.execute(table.delete().where(sa.tuple_(*keys).in_(batch)))
+                if missing:
+                    async with self._aprimary_connection(source) as source_conn:
+                        for start in range(0, len(missing), 1000):
+                            batch = missing[start : start + 1000]
+                            rows = (
+                                await source_conn.execute(
+                                    sa.select(table).where(sa.tuple_(*keys).in_(batch))
+                                )
+                            ).mappings()
+                            values = [dict(row) for row in rows]
+                            if values:
+                                await conn.execute(table.insert(), values)
+            if await self._adigests(to, column, logical) != on_source:
+                raise ShardingError(
+                    f"verification of logical shard {logical} failed for {table.name!r}: "
+                    f"{source!r} and {to!r} differ after the catch-up; nothing was switched"
+                )
+
+    async def _adelete_source(self, logical: int, source: str, columns: list[Any]) -> None:
+        async with self._awrite_connection(source) as conn:
+            for column in columns:
+                await conn.execute(column.table.delete().where(self._shard_filter(column, logical)))

@@ -35,7 +35,7 @@ _md5 = _fast_md5()
 _from_bytes = int.from_bytes
 
 WROTE_INFO = "scalekit_shard_wrote"
-"""``session.info`` key: the target names a transaction wrote to."""
+"""``session.info`` key: target name -> the logical shards a transaction wrote to there."""
 
 
 class ShardMapBase:
@@ -253,28 +253,29 @@ class ShardMapBase:
 
     # -- fences --------------------------------------------------------------------------------
 
-    def _watch_writes(self, session: Session, target: str | None) -> None:
+    def _watch_writes(self, session: Session, target: str | None, logical: int = -1) -> None:
         """Check the fence of every target ``session`` wrote to when it commits.
 
         ``target`` None: the session routes itself (``ShardSession``) and
-        records the targets it writes to.
+        records the targets and logical shards it writes to.
         """
         if not self.fenced:
             return
 
         def on_execute(state: ORMExecuteState) -> None:
             if target is not None and not state.is_select:
-                state.session.info.setdefault(WROTE_INFO, set()).add(target)
+                record_write(state.session, target, logical)
 
         def after_flush(flushed: Session, context: UOWTransaction) -> None:
             if target is not None:
-                flushed.info.setdefault(WROTE_INFO, set()).add(target)
+                record_write(flushed, target, logical)
 
         def before_commit(committing: Session) -> None:
             if committing.new or committing.dirty or committing.deleted:
                 committing.flush()
-            for name in sorted(committing.info.pop(WROTE_INFO, ())):
-                self._check_fence(committing, name)
+            wrote: dict[str, set[int]] = committing.info.pop(WROTE_INFO, {})
+            for name in sorted(wrote):
+                self._check_fence(committing, name, sorted(wrote[name]))
 
         def after_rollback(rolled: Session) -> None:
             rolled.info.pop(WROTE_INFO, None)
@@ -284,13 +285,26 @@ class ShardMapBase:
         event.listen(session, "before_commit", before_commit)
         event.listen(session, "after_soft_rollback", lambda s, _t: after_rollback(s))
 
-    def _check_fence(self, session: Session, name: str) -> None:
+    @property
+    def lock_class(self) -> int:
+        """The first key of this map's advisory locks (a stable 31-bit hash of its name)."""
+        return _from_bytes(_md5(self.name.encode()).digest()[:4], "big") & 0x7FFFFFFF
+
+    def _check_fence(self, session: Session, name: str, logicals: list[int]) -> None:
+        connection = session.connection(bind_arguments={"shard_target": name})
+        if connection.dialect.name == "postgresql":
+            # A mover holds the logical shard's advisory lock while it catches up and
+            # switches: a commit writing to that shard waits here until it is done.
+            for logical in logicals:
+                if logical >= 0:
+                    connection.execute(
+                        sa.select(sa.func.pg_advisory_xact_lock_shared(self.lock_class, logical))
+                    )
         statement = (
             sa.select(fence_table.c.version)
             .where(fence_table.c.map_name == self.name)
             .with_for_update(read=True)
         )
-        connection = session.connection(bind_arguments={"shard_target": name})
         current = connection.execute(statement).scalar()
         version = self._assignment.version
         if current is not None and current > version:
@@ -305,7 +319,7 @@ class ShardMapBase:
 
     def _route_statement(
         self, session_key: ShardKey | None, shard_key: ShardKey | None, clause: Any
-    ) -> str:
+    ) -> tuple[str, int]:
         key = shard_key if shard_key is not None else session_key
         if key is None:
             kind = type(clause).__name__ if clause is not None else "flush"
@@ -313,7 +327,8 @@ class ShardMapBase:
                 f"no shard key for this {kind}: pass execution_options(shard_key=...), "
                 "open the session with shard_key=..., or read every shard with fan_out()"
             )
-        return self.name_for(key)
+        logical = self.shard_for(key)
+        return self._owner_names[logical], logical
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{name}={count}" for name, count in self._assignment.counts().items())
@@ -321,6 +336,11 @@ class ShardMapBase:
             f"<{type(self).__name__} {self.name!r} version={self._assignment.version} "
             f"logical_shards={self._assignment.logical_shards} {counts}>"
         )
+
+
+def record_write(session: Session, target: str, logical: int) -> None:
+    """Remember in ``session.info`` that this transaction wrote to ``logical`` on ``target``."""
+    session.info.setdefault(WROTE_INFO, {}).setdefault(target, set()).add(logical)
 
 
 def writes(session: Session, clause: Any) -> bool:

@@ -31,10 +31,12 @@ from scalekit.sharding._map import ShardAssignment
 __all__ = [
     "CATALOG_TABLE",
     "FENCE_TABLE",
+    "MOVES_TABLE",
     "catalog_table",
     "decode_assignment",
     "encode_assignment",
     "fence_table",
+    "moves_table",
 ]
 
 CATALOG_TABLE = "scalekit_shard_catalog"
@@ -49,6 +51,18 @@ catalog_table = sa.Table(
     sa.Column("targets", sa.Text, nullable=False),
     sa.Column("owners", sa.Text, nullable=False),
 )
+
+MOVES_TABLE = "scalekit_shard_moves"
+moves_table = sa.Table(
+    MOVES_TABLE,
+    catalog_metadata,
+    sa.Column("map_name", sa.String(200), primary_key=True),
+    sa.Column("logical", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("source", sa.String(200), nullable=False),
+    sa.Column("target", sa.String(200), nullable=False),
+    sa.Column("step", sa.String(20), nullable=False),
+)
+"""Moves in progress: one row per logical shard being moved, with the last step done."""
 
 fence_metadata = sa.MetaData()
 fence_table = sa.Table(

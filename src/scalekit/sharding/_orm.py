@@ -27,7 +27,7 @@ from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from scalekit.errors import ConfigurationError
-from scalekit.sharding._base import WROTE_INFO, writes
+from scalekit.sharding._base import record_write, writes
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection, Engine
@@ -86,16 +86,15 @@ class ShardSession(Session):
         if bind is not None:
             return bind
         shard_map = self._sk_map
-        name = (
-            shard_target
-            if shard_target is not None
-            else shard_map._route_statement(self._sk_key, shard_key, clause)
-        )
+        if shard_target is not None:
+            name, logical = shard_target, -1
+        else:
+            name, logical = shard_map._route_statement(self._sk_key, shard_key, clause)
         write = shard_target is not None or writes(self, clause)
         if write:
             self._sk_primary.add(name)
             if shard_map.fenced and shard_target is None:
-                self.info.setdefault(WROTE_INFO, set()).add(name)
+                record_write(self, name, logical)
         # After a write the transaction stays on that target's primary (its own rows).
         return shard_map._sync_bind(name, writes=write or name in self._sk_primary)
 

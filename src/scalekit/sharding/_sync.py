@@ -35,6 +35,7 @@ from scalekit.sharding._catalog import (
     fence_metadata,
     fence_table,
     moved_targets,
+    moves_table,
 )
 from scalekit.sharding._core import (
     Distribution,
@@ -248,14 +249,15 @@ class ShardMap(ShardMapBase):
         Raises:
             ConfigurationError: ``key`` is not an int, str, bytes or UUID.
         """
-        name = self.name_for(key)
+        logical = self.shard_for(key)
+        name = self._owner_names[logical]
         value = self._targets[name]
         session: Session
         if isinstance(value, RoutingPool):
             session = value.sessionmaker(**session_options)()
         else:
             session = Session(bind=value, **session_options)
-        self._watch_writes(session, name)
+        self._watch_writes(session, name, logical)
         return session
 
     def sessionmaker(self, **kwargs: Any) -> sessionmaker[Any]:
@@ -278,6 +280,12 @@ class ShardMap(ShardMapBase):
         else:
             with value.connect() as conn, Session(bind=conn) as session:
                 yield session
+
+    @contextlib.contextmanager
+    def _primary_connection(self, name: str) -> Iterator[Connection]:
+        # An engine's connection, or a routing pool's connection to its primary.
+        with self._targets[name].connect() as conn:
+            yield conn
 
     @contextlib.contextmanager
     def _write_connection(self, name: str) -> Iterator[Connection]:
@@ -565,3 +573,207 @@ class ShardMap(ShardMapBase):
                         )
         catalog.publish(assignment)
         self._install(assignment)
+
+    # -- moving a logical shard ----------------------------------------------------------------
+
+    def move_shard(
+        self,
+        logical: int,
+        to: str,
+        *,
+        tables: Sequence[Any],
+        _after_step: Callable[[str], None] | None = None,
+    ) -> None:
+        """Move logical shard ``logical``'s rows of ``tables`` to target ``to``; resumable.
+
+        ``tables`` lists each table's shard-key column (``Order.user_id``);
+        every table needs a primary key. PostgreSQL only, on a map with a
+        catalog. The steps, each recorded in the catalog's
+        ``scalekit_shard_moves`` table so that a rerun after a crash resumes:
+
+        1. **copy**: in one transaction on ``to``, delete any leftover rows of
+           the shard there and COPY (binary) the source's rows in; writes go on.
+        2. **switch**: take the shard's advisory lock on both databases (a
+           commit writing to this logical shard waits, others go on), bring
+           ``to`` up to date (rows compared by primary key and an MD5 of the
+           row), verify that both hold the same rows (count and checksum),
+           publish the new map version (fences raised: a stale instance's
+           write is refused), release the lock.
+        3. **clean**: delete the shard's rows from the source.
+
+        Until the switch the source is authoritative, after it the target;
+        killed at any step, a rerun with the same arguments finishes the job.
+
+        Raises:
+            ConfigurationError: no catalog, not PostgreSQL, a table without a
+                primary key, or an unknown ``logical``.
+            UnknownShard: ``to`` is not a target.
+            ShardingError: another move of this shard (to another target) is
+                in progress, or verification failed (nothing was switched).
+        """
+        catalog = self._need_catalog()
+        self.target(to)
+        if self._dialect().name != "postgresql":
+            raise ConfigurationError("move_shard runs on PostgreSQL only", parameter="targets")
+        self._assignment.owner_of(logical)
+        columns = [getattr(column, "expression", column) for column in tables]
+        for column in columns:
+            if not column.table.primary_key.columns:
+                raise ConfigurationError(
+                    f"table {column.table.name!r} has no primary key; moves compare rows by it",
+                    parameter="tables",
+                )
+        self.refresh()
+        with catalog.engine.connect() as conn:
+            state = conn.execute(
+                sa.select(moves_table).where(
+                    moves_table.c.map_name == self.name, moves_table.c.logical == logical
+                )
+            ).first()
+        if state is None:
+            source = self._assignment.owners[logical]
+            if source == to:
+                return
+            step = "started"
+            with catalog.engine.begin() as conn:
+                conn.execute(
+                    moves_table.insert().values(
+                        map_name=self.name, logical=logical, source=source, target=to, step=step
+                    )
+                )
+        else:
+            source, step = state.source, state.step
+            if state.target != to:
+                raise ShardingError(
+                    f"logical shard {logical} is being moved to {state.target!r}, not {to!r}; "
+                    "rerun with that target to finish it"
+                )
+        if step == "started":
+            self._copy_shard(logical, source, to, columns)
+            step = self._move_step(logical, "copied", _after_step)
+        if step == "copied":
+            if self._assignment.owners[logical] == source:
+                lock = sa.select(sa.func.pg_advisory_lock(self.lock_class, logical))
+                unlock = sa.select(sa.func.pg_advisory_unlock(self.lock_class, logical))
+                with (
+                    self._primary_connection(source) as source_lock,
+                    self._primary_connection(to) as target_lock,
+                ):
+                    source_lock.execute(lock)
+                    target_lock.execute(lock)
+                    source_lock.commit()
+                    target_lock.commit()
+                    try:
+                        self._catch_up(logical, source, to, columns)
+                        if _after_step is not None:
+                            _after_step("verified")
+                        self.publish(self._assignment.with_owners({logical: to}))
+                        if _after_step is not None:
+                            _after_step("published")
+                    finally:
+                        source_lock.execute(unlock)
+                        target_lock.execute(unlock)
+                        source_lock.commit()
+                        target_lock.commit()
+            step = self._move_step(logical, "switched", _after_step)
+        if step == "switched":
+            self._delete_source(logical, source, columns)
+            with catalog.engine.begin() as conn:
+                conn.execute(
+                    moves_table.delete().where(
+                        moves_table.c.map_name == self.name, moves_table.c.logical == logical
+                    )
+                )
+            if _after_step is not None:
+                _after_step("cleaned")
+
+    def _move_step(self, logical: int, step: str, after_step: Callable[[str], None] | None) -> str:
+        with self._need_catalog().engine.begin() as conn:
+            conn.execute(
+                moves_table.update()
+                .where(moves_table.c.map_name == self.name, moves_table.c.logical == logical)
+                .values(step=step)
+            )
+        if after_step is not None:
+            after_step(step)
+        return step
+
+    def _shard_filter(self, column: Any, logical: int) -> Any:
+        return shard_sql(column, self._count) == logical
+
+    def _copy_shard(self, logical: int, source: str, to: str, columns: list[Any]) -> None:
+        from sqlalchemy.dialects import postgresql
+
+        # The named paramstyle: "%" stays one "%" (COPY takes no parameters).
+        dialect = postgresql.dialect(paramstyle="named")  # type: ignore[no-untyped-call]
+        quote = dialect.identifier_preparer.quote
+        with (
+            self._primary_connection(source) as source_conn,
+            self._write_connection(to) as target_conn,
+        ):
+            for column in columns:
+                table = column.table
+                target_conn.execute(table.delete().where(self._shard_filter(column, logical)))
+                names = ", ".join(quote(c.name) for c in table.columns)
+                select = sa.select(*table.columns).where(self._shard_filter(column, logical))
+                query = select.compile(dialect=dialect, compile_kwargs={"literal_binds": True})
+                source_raw = source_conn.connection.driver_connection
+                target_raw = target_conn.connection.driver_connection
+                assert source_raw is not None and target_raw is not None
+                copy_out_sql = f"COPY ({query}) TO STDOUT (FORMAT BINARY)"
+                copy_in_sql = f"COPY {quote(table.name)} ({names}) FROM STDIN (FORMAT BINARY)"
+                with (
+                    source_raw.cursor() as out_cursor,
+                    target_raw.cursor() as in_cursor,
+                    out_cursor.copy(copy_out_sql) as copy_out,
+                    in_cursor.copy(copy_in_sql) as copy_in,
+                ):
+                    for data in copy_out:
+                        copy_in.write(data)
+            source_conn.rollback()
+
+    def _digests(self, name: str, column: Any, logical: int) -> dict[tuple[Any, ...], str]:
+        table = column.table
+        keys = list(table.primary_key.columns)
+        row_text: Any = sa.literal_column(f"{table.name}::text")
+        statement = (
+            sa.select(*keys, sa.func.md5(row_text))
+            .select_from(table)
+            .where(self._shard_filter(column, logical))
+        )
+        with self._primary_connection(name) as conn:
+            result = conn.execute(statement)
+            return {tuple(row[: len(keys)]): row[-1] for row in result}
+
+    def _catch_up(self, logical: int, source: str, to: str, columns: list[Any]) -> None:
+        for column in columns:
+            table = column.table
+            keys = list(table.primary_key.columns)
+            on_source = self._digests(source, column, logical)
+            on_target = self._digests(to, column, logical)
+            stale = [key for key, digest in on_target.items() if on_source.get(key) != digest]
+            missing = [key for key, digest in on_source.items() if on_target.get(key) != digest]
+            with self._write_connection(to) as conn:
+                for start in range(0, len(stale), 1000):
+                    batch = stale[start : start + 1000]
+                    conn.execute(table.delete().where(sa.tuple_(*keys).in_(batch)))
+                if missing:
+                    with self._primary_connection(source) as source_conn:
+                        for start in range(0, len(missing), 1000):
+                            batch = missing[start : start + 1000]
+                            rows = source_conn.execute(
+                                sa.select(table).where(sa.tuple_(*keys).in_(batch))
+                            ).mappings()
+                            values = [dict(row) for row in rows]
+                            if values:
+                                conn.execute(table.insert(), values)
+            if self._digests(to, column, logical) != on_source:
+                raise ShardingError(
+                    f"verification of logical shard {logical} failed for {table.name!r}: "
+                    f"{source!r} and {to!r} differ after the catch-up; nothing was switched"
+                )
+
+    def _delete_source(self, logical: int, source: str, columns: list[Any]) -> None:
+        with self._write_connection(source) as conn:
+            for column in columns:
+                conn.execute(column.table.delete().where(self._shard_filter(column, logical)))
