@@ -7,11 +7,15 @@ with direct connections to each database, never through the map.
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -578,4 +582,84 @@ def test_a_move_under_a_concurrent_writer_loses_and_duplicates_nothing(
         for order_id, user_id, _ in after
         if logical_shard(user_id, LOGICAL) == setup.logical
     )
+    setup.close()
+
+
+MOVER_SCRIPT = """
+import os, signal, sys
+import sqlalchemy as sa
+from scalekit.sharding import ShardCatalog, ShardMap
+from tests.integration.test_sharding_map_pg import Order
+
+urls, catalog_url, logical, destination, step = (
+    sys.argv[1].split(","), sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
+)
+targets = {f"db{i}": sa.create_engine(url) for i, url in enumerate(urls)}
+catalog = ShardCatalog(sa.create_engine(catalog_url))
+shards = ShardMap.from_catalog(catalog, targets)
+
+def kill(done):
+    if done == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+shards.move_shard(logical, to=destination, tables=[Order.user_id], _after_step=kill)
+"""
+
+
+@pytest.mark.parametrize("step", ["copied", "verified", "published"])
+def test_a_mover_process_sigkilled_then_rerun_finishes(databases: Databases, step: str) -> None:
+    setup = _move_setup(databases, rows=200)
+    _, before = _every_row(databases)
+    cluster = databases.cluster
+    assert cluster.primary is not None
+    urls = ",".join(cluster.primary.url_for(databases.names[name]) for name in NAMES)
+    process = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            MOVER_SCRIPT,
+            urls,
+            cluster.primary.url_for(databases.catalog),
+            str(setup.logical),
+            setup.destination,
+            step,
+        ],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        timeout=120,
+    )
+    assert process.returncode == -signal.SIGKILL, process.stderr.decode()
+    assert _authoritative_rows(databases, setup.mover) == before
+    # The killed mover's advisory lock went with its connection: the rerun is not blocked.
+    setup.mover.move_shard(setup.logical, to=setup.destination, tables=[Order.user_id])
+    where, after = _every_row(databases)
+    assert after == before
+    assert all(
+        where[order_id] == setup.destination
+        for order_id, user_id, _ in after
+        if logical_shard(user_id, LOGICAL) == setup.logical
+    )
+    setup.close()
+
+
+async def test_async_move_shard(databases: Databases) -> None:
+    setup = _move_setup(databases, rows=100)
+    _, before = _every_row(databases)
+    assert databases.cluster.primary is not None
+    catalog_engine = create_async_engine(databases.cluster.primary.url_for(databases.catalog))
+    targets, engines = databases.async_targets()
+    shards = await AsyncShardMap.afrom_catalog(AsyncShardCatalog(catalog_engine), targets)
+    await shards.amove_shard(setup.logical, to="db3", tables=[Order.user_id])
+    where, after = _every_row(databases)
+    assert after == before
+    assert all(
+        where[order_id] == "db3"
+        for order_id, user_id, _ in after
+        if logical_shard(user_id, LOGICAL) == setup.logical
+    )
+    assert shards.version == 2
+    targets[POOLED].close()
+    for engine in engines:
+        await engine.dispose()
+    await catalog_engine.dispose()
     setup.close()
