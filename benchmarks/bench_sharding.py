@@ -19,6 +19,12 @@ aggregate over a filtered scan. Interleaved, best of ``--repeat``:
   sequential                 the four reads one after another
   afan_out (tasks)           AsyncShardMap.afan_out over the four
 
+Part 3, a move of one logical shard holding ``--move-rows`` rows (one key):
+  raw COPY out and in        binary COPY of the rows from one database to another
+  move_shard                 the whole move: copy, write block (catch-up, verify,
+                             publish), delete from the source
+  write-blocked window       from the end of the copy to the publish (no writer running)
+
 Run:  python benchmarks/bench_sharding.py [--url URL] [--rows 200000] [--repeat 15]
 On a machine with fewer cores than shards the four scans share the CPUs, so
 fan-out cannot reach the slowest single shard's time; the table says how many
@@ -231,6 +237,83 @@ def fan_out_figures(urls: list[str], rows: int, repeat: int) -> None:
     loop.close()
 
 
+def move_figures(urls: list[str], catalog_url: str, rows: int, repeat: int) -> None:
+    """A move of ``rows`` rows (one logical shard) vs a raw binary COPY out and in."""
+    from scalekit.sharding import ShardCatalog, assign_balanced, logical_shard
+
+    engines = {name: sa.create_engine(url) for name, url in zip(NAMES, urls, strict=True)}
+    for engine in engines.values():
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP TABLE IF EXISTS bench_orders")
+            Base.metadata.create_all(conn)
+    catalog_engine = sa.create_engine(catalog_url)
+    catalog = ShardCatalog(catalog_engine)
+    catalog.install()
+    catalog.publish(assign_balanced(NAMES, 1024))
+    shards = ShardMap.from_catalog(catalog, engines)
+    shards.install_fences()
+    key = 42
+    logical = logical_shard(key, 1024)
+    owner = shards.name_for(key)
+    with engines[owner].begin() as conn:
+        conn.exec_driver_sql(
+            f"INSERT INTO bench_orders SELECT g, {key}, mod(g * 37, 101) "
+            f"FROM generate_series(1, {rows}) g"
+        )
+    others = [name for name in NAMES if name != owner]
+
+    def raw_copy(source: str, destination: str) -> float:
+        start = time.perf_counter()
+        with engines[source].connect() as out_conn, engines[destination].begin() as in_conn:
+            out_raw = out_conn.connection.driver_connection
+            in_raw = in_conn.connection.driver_connection
+            assert out_raw is not None and in_raw is not None
+            with (
+                out_raw.cursor() as out_cursor,
+                in_raw.cursor() as in_cursor,
+                out_cursor.copy(
+                    f"COPY (SELECT * FROM bench_orders WHERE user_id = {key}) "
+                    "TO STDOUT (FORMAT BINARY)"
+                ) as copy_out,
+                in_cursor.copy("COPY bench_orders FROM STDIN (FORMAT BINARY)") as copy_in,
+            ):
+                for data in copy_out:
+                    copy_in.write(data)
+        elapsed = time.perf_counter() - start
+        with engines[destination].begin() as conn:
+            conn.exec_driver_sql("DELETE FROM bench_orders")
+        return elapsed
+
+    raw_best = move_best = float("inf")
+    block_best = float("inf")
+    source = owner
+    for round_ in range(repeat):  # owner -> another -> owner -> ...
+        destination = others[round_ % len(others)] if source == owner else owner
+        raw_best = min(raw_best, raw_copy(source, destination))
+        marks: dict[str, float] = {}
+        start = time.perf_counter()
+        shards.move_shard(
+            logical,
+            to=destination,
+            tables=[Order.user_id],
+            _after_step=lambda step, marks=marks: marks.__setitem__(step, time.perf_counter()),
+        )
+        move_best = min(move_best, time.perf_counter() - start)
+        block_best = min(block_best, marks["published"] - marks["copied"])
+        source = destination
+    print(f"\nmove of one logical shard, {rows:,} rows, best of {repeat}")
+    print(f"raw COPY out and in        {raw_best:8.3f} s  {rows / raw_best:12,.0f} rows/s  1.00x")
+    print(
+        f"move_shard (whole move)    {move_best:8.3f} s  {rows / move_best:12,.0f} rows/s  "
+        f"{raw_best / move_best:.2f}x (target >= 0.7x)"
+    )
+    print(f"write-blocked window       {block_best * 1000:8.1f} ms (no concurrent writer)")
+    shards.close()
+    for engine in engines.values():
+        engine.dispose()
+    catalog_engine.dispose()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", help="a PostgreSQL server URL you own (default: a private one)")
@@ -238,6 +321,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--skip-fan-out", action="store_true")
     parser.add_argument("--skip-lookups", action="store_true")
+    parser.add_argument("--move-rows", type=int, default=200_000, help="0 skips the move")
     args = parser.parse_args()
     if not args.skip_lookups:
         lookup_figures()
@@ -245,6 +329,14 @@ def main() -> None:
         with databases(args.url) as urls:
             if urls:
                 fan_out_figures(urls, args.rows, args.repeat)
+                if args.move_rows:
+                    catalog_url = str(make_url(urls[0]).set(database="bench_catalog"))
+                    admin = sa.create_engine(urls[0], isolation_level="AUTOCOMMIT")
+                    with admin.connect() as conn:
+                        conn.exec_driver_sql("DROP DATABASE IF EXISTS bench_catalog")
+                        conn.exec_driver_sql("CREATE DATABASE bench_catalog")
+                    admin.dispose()
+                    move_figures(urls, catalog_url, args.move_rows, 3)
 
 
 if __name__ == "__main__":
