@@ -26,7 +26,9 @@ refine a builtin meaning also subclass that builtin (an invalid cursor *is* a
     │   └── InvalidBatchRow (ValueError)     a row does not fit the table; .position, .column
     ├── BufferFull                           a write-behind buffer is full; .pending
     └── ShardingError
-        └── UnknownShard (LookupError)       a shard name or key maps nowhere
+        ├── UnknownShard (LookupError)       a shard name or key maps nowhere
+        ├── StaleShardMap                    a write under an old map version; .target, .version
+        └── FanOutError                      a fan-out failed on some targets; .failures
 
 Errors carry the data a caller needs to act (``retry_after``, the node name,
 the failing chunk) as attributes, never only inside the message.
@@ -46,6 +48,7 @@ __all__ = [
     "CircuitOpenError",
     "ConcurrencyLimitExceeded",
     "ConfigurationError",
+    "FanOutError",
     "InvalidBatchRow",
     "InvalidCursor",
     "NoHealthyNode",
@@ -57,6 +60,7 @@ __all__ = [
     "ScalekitError",
     "SerializationError",
     "ShardingError",
+    "StaleShardMap",
     "UnknownShard",
 ]
 
@@ -315,3 +319,33 @@ class UnknownShard(ShardingError, LookupError):
     def __init__(self, message: str, *, shard: int | str | None = None) -> None:
         super().__init__(message)
         self.shard = shard
+
+
+class StaleShardMap(ShardingError):
+    """A write was refused: its shard map version is older than the target's fence.
+
+    Another instance published a newer map (a logical shard moved to or from
+    ``target``); the transaction was not committed. Refresh the map
+    (``shards.refresh()`` / ``await shards.arefresh()``) and retry.
+    ``version`` is the map version the write used, ``current`` the version
+    the target's fence requires.
+    """
+
+    def __init__(self, message: str, *, target: str, version: int, current: int) -> None:
+        super().__init__(message)
+        self.target = target
+        self.version = version
+        self.current = current
+
+
+class FanOutError(ShardingError):
+    """A fan-out read failed or timed out on some targets.
+
+    ``failures`` maps each failed target name to its exception
+    (``TimeoutError`` for a target past its timeout); the first one is also
+    chained as ``__cause__``. No partial result is returned.
+    """
+
+    def __init__(self, message: str, *, failures: dict[str, BaseException]) -> None:
+        super().__init__(message)
+        self.failures = failures

@@ -55,7 +55,7 @@ computes each statement's cache key once, not once per page.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
@@ -140,6 +140,26 @@ class PreparedPage:
     count_statement: Any = None
     total_mode: TotalMode | None = None
     total_cap: int = 0
+
+
+class _Descending:
+    """Wraps a sort value so that it compares in reverse."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __lt__(self, other: _Descending) -> bool:
+        return bool(other.value < self.value)
+
+    def __gt__(self, other: _Descending) -> bool:
+        return bool(other.value > self.value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Descending) and bool(self.value == other.value)
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 def _check_codec(codec: object) -> None:
@@ -515,6 +535,30 @@ class KeysetPlan:
             start_cursor=start,
             end_cursor=end,
         )
+
+    def row_sort_key(self) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
+        """A key function that orders raw rows of this plan's statements like its ORDER BY.
+
+        A raw row is one of the page statement's rows, hidden sort keys
+        included (``result.freeze().data``). Sorting by the key gives the
+        forward order; ``reverse=True`` the backward one (the order is total).
+        Used to merge pages fetched from several databases (sharding). Values
+        compare as Python compares them: text by code point, which is the
+        database's order only under a ``"C"`` collation.
+        """
+        specs = tuple((k.row_index, k.descending, k.nulls_last) for k in self._keys)
+
+        def key(row: Sequence[Any]) -> tuple[Any, ...]:
+            parts: list[tuple[Any, ...]] = []
+            for index, descending, nulls_last in specs:
+                value = row[index]
+                if value is None:
+                    parts.append((1,) if nulls_last else (-1,))
+                else:
+                    parts.append((0, _Descending(value) if descending else value))
+            return tuple(parts)
+
+        return key
 
     def _cursor_of(self, row: Any) -> str:
         return self.encode([row[k.row_index] for k in self._keys])

@@ -13,16 +13,22 @@
 How the parts fit: ``_hash.py`` is the key hash (a documented construction
 over MD5 that PostgreSQL computes with built-in functions); ``_map.py`` the
 pure assignment of logical shards to named targets, its balancing and the
-rebalance plan (pure values: ``ShardAssignment``, ``ShardMove``); ``_sync.py``
-is ``ShardMap``, the engines behind the names (sync only for now; the
-asyncio twin is planned, and then ``_sync.py`` is generated from it).
+rebalance plan (pure values: ``ShardAssignment``, ``ShardMove``); ``_core.py``
+merges rows read from several shards (aggregates, ordered pages) and
+``_catalog.py`` holds the catalog and fence tables; ``_base.py`` is what
+both maps share without I/O (look-ups, the commit-time fence check) and
+``_orm.py`` the ``ShardSession`` routing statements by ``shard_key``;
+``_async.py`` is ``AsyncShardMap`` and ``AsyncShardCatalog`` (the engines and
+routing pools behind the names) and ``_sync.py``, generated from it by
+``scripts/unasync.py``, is ``ShardMap`` and ``ShardCatalog``.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from scalekit.errors import ShardingError, UnknownShard
+from scalekit.errors import FanOutError, ShardingError, StaleShardMap, UnknownShard
+from scalekit.sharding._core import Distribution
 from scalekit.sharding._hash import (
     DEFAULT_LOGICAL_SHARDS,
     key_hash,
@@ -38,14 +44,23 @@ from scalekit.sharding._map import (
 )
 
 if TYPE_CHECKING:
-    from scalekit.sharding._sync import ShardMap
+    from scalekit.sharding._async import AsyncShardCatalog, AsyncShardMap
+    from scalekit.sharding._orm import ShardSession
+    from scalekit.sharding._sync import ShardCatalog, ShardMap
 
 __all__ = [
+    "AsyncShardCatalog",
+    "AsyncShardMap",
     "DEFAULT_LOGICAL_SHARDS",
+    "Distribution",
+    "FanOutError",
     "ShardAssignment",
+    "ShardCatalog",
     "ShardMap",
     "ShardMove",
+    "ShardSession",
     "ShardingError",
+    "StaleShardMap",
     "UnknownShard",
     "assign_balanced",
     "key_hash",
@@ -56,12 +71,23 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    # ShardMap imports SQLAlchemy's ORM; load it on first use so that the hash
-    # and the pure map stay light.
-    if name == "ShardMap":
-        from scalekit.sharding._sync import ShardMap
+_LAZY = {
+    "AsyncShardCatalog": "scalekit.sharding._async",
+    "AsyncShardMap": "scalekit.sharding._async",
+    "ShardCatalog": "scalekit.sharding._sync",
+    "ShardMap": "scalekit.sharding._sync",
+    "ShardSession": "scalekit.sharding._orm",
+}
 
-        globals()[name] = ShardMap
-        return ShardMap
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+def __getattr__(name: str) -> Any:
+    # The maps import SQLAlchemy's ORM; load them on first use so that the hash
+    # and the pure map stay light.
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -57,7 +57,23 @@ _TAG_STR = b"\x02"
 _TAG_BYTES = b"\x03"
 _TAG_UUID = b"\x04"
 _LOW_63 = (1 << 63) - 1
-_md5 = hashlib.md5
+
+
+def _fast_md5() -> Any:
+    """CPython's own MD5 (``_md5``) where present: the same digest as ``hashlib.md5``.
+
+    OpenSSL's, behind ``hashlib.md5``, costs more per call on short inputs.
+    """
+    import importlib
+
+    try:
+        md5: Any = importlib.import_module("_md5").md5
+    except ImportError:  # pragma: no cover - Python built without its own MD5
+        md5 = hashlib.md5
+    return md5
+
+
+_md5 = _fast_md5()
 _from_bytes = int.from_bytes
 
 

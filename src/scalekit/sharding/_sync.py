@@ -1,162 +1,803 @@
-"""``ShardMap``: the pure assignment with an ``Engine`` behind each target name.
+# This file is generated from src/scalekit/sharding/_async.py by scripts/unasync.py.
+# DO NOT EDIT; edit the async file and run: python scripts/unasync.py
+"""The sync shard map and catalog: sessions, fan-out reads, pagination, publishing maps.
 
-Hand-written for now; when ``AsyncShardMap`` lands (planned) the asyncio shell
-becomes the source in ``_async.py`` and this file is generated from it by
-``scripts/unasync.py``. Everything here is a dictionary look-up over
-:class:`~scalekit.sharding.ShardAssignment`; the only I/O is in the sessions
-it hands out.
+The rules are pure and live elsewhere: the key hash in ``_hash.py``, the
+assignment in ``_map.py``, merging rows in ``_core.py``, the catalog's tables
+in ``_catalog.py``; what both shells share without I/O (look-ups, the
+commit-time fence check) is in ``_base.py`` and the routing ``Session`` in
+``_orm.py``. This file is generated from the asyncio shell by ``scripts/unasync.py``.
+Fan-outs run one thread per target.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+import concurrent.futures
+import contextlib
+import contextvars
+import functools
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
 
-from scalekit.errors import ConfigurationError, UnknownShard
-from scalekit.sharding._hash import DEFAULT_LOGICAL_SHARDS, ShardKey, logical_shard
-from scalekit.sharding._map import ShardAssignment, assign_balanced
+from scalekit.errors import ConfigurationError, FanOutError, ShardingError
+from scalekit.pagination._plan_cache import cached_plan
+from scalekit.routing._sync import RoutingPool
+from scalekit.sharding._base import ShardMapBase
+from scalekit.sharding._catalog import (
+    catalog_metadata,
+    catalog_table,
+    check_map_name,
+    decode_assignment,
+    encode_assignment,
+    fence_metadata,
+    fence_table,
+    moved_targets,
+    moves_table,
+)
+from scalekit.sharding._core import (
+    Distribution,
+    aggregate_plan,
+    merge_aggregates,
+    merge_ordered,
+)
+from scalekit.sharding._hash import KeyType, ShardKey, logical_shard, shard_sql
+from scalekit.sharding._map import ShardAssignment
+from scalekit.sharding._orm import ShardSession
 
-__all__ = ["ShardMap"]
+if TYPE_CHECKING:
+    from sqlalchemy import Connection, Engine
+    from sqlalchemy.engine import FrozenResult
+
+    from scalekit.pagination._cursor import CursorCodec
+    from scalekit.pagination._keyset import Page
+
+__all__ = ["ShardCatalog", "ShardMap"]
+
+_T = TypeVar("_T")
+_DEFAULT: Any = object()
 
 
-class ShardMap:
-    """Logical shards assigned to named ``Engine`` targets; routes a key to its database.
+class ShardCatalog:
+    """The shared, versioned shard map: a table on a database every instance reads.
 
-    ::
+    ``engine`` holds the table ``scalekit_shard_catalog`` (create it with
+    :meth:`install`); ``name`` tells several maps apart in one table. Each
+    published version is a row; :meth:`load` reads the newest.
 
-        shards = ShardMap({"db0": engine0, "db1": engine1, "db2": engine2, "db3": engine3})
-        with shards.session(user_id) as session:   # bound to the engine holding user_id
-            session.add(User(id=user_id, ...))
-            session.commit()
-
-    ``assignment`` defaults to :func:`assign_balanced` over the names in
-    ``targets`` order with ``logical_shards`` logical shards; pass one (a
-    stored map, or the result of :func:`rebalance`) to use it. Its target
-    names and the keys of ``targets`` must be the same set.
+    >>> catalog = ShardCatalog(engine)  # doctest: +SKIP
+    >>> catalog.install()  # doctest: +SKIP
+    >>> catalog.publish(assign_balanced(["db0", "db1"]))  # doctest: +SKIP
 
     Raises:
-        ConfigurationError: no target, a value that is not an ``Engine``,
-            ``logical_shards`` given with an assignment of another count, or
-            target names that differ from the assignment's (the names are
-            listed).
+        ConfigurationError: ``engine`` is not an engine of this colour, or a bad ``name``.
     """
 
-    __slots__ = ("_assignment", "_engines", "_owners")
+    def __init__(self, engine: Engine, *, name: str = "default") -> None:
+        expected: type[Any]
+        expected = sa.Engine
+        given: object = engine
+        if not isinstance(given, expected):
+            raise ConfigurationError(
+                f"the catalog needs an {expected.__name__}, not {type(given).__name__}",
+                parameter="engine",
+            )
+        self.engine = engine
+        self.name = check_map_name(name)
+
+    def install(self) -> None:
+        """Create the catalog table if it does not exist."""
+        with self.engine.begin() as conn:
+            catalog_metadata.create_all(conn)
+
+    def load(self) -> ShardAssignment | None:
+        """The newest published assignment of this map, or None when none was published.
+
+        Raises:
+            ConfigurationError: the stored row is corrupt.
+        """
+        statement = (
+            sa.select(catalog_table)
+            .where(catalog_table.c.map_name == self.name)
+            .order_by(catalog_table.c.version.desc())
+            .limit(1)
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(statement).first()
+        return None if row is None else decode_assignment(row)
+
+    def publish(self, assignment: ShardAssignment) -> None:
+        """Store ``assignment`` as the newest version (it must be the newest plus one, or 1).
+
+        Publishing the same assignment again is a no-op, so a publisher that
+        died after writing can rerun. To move shards use
+        :meth:`ShardMap.publish`, which raises the targets' fences first.
+
+        Raises:
+            ShardingError: another version with that number exists (someone
+                published first: reload and plan again), or the version does
+                not follow the newest.
+            ConfigurationError: the logical shard count differs from the stored map's.
+        """
+        latest = self.load()
+        if latest is not None and latest.logical_shards != assignment.logical_shards:
+            raise ConfigurationError(
+                f"the logical shard count changed from {latest.logical_shards} "
+                f"(version {latest.version}) to {assignment.logical_shards}; "
+                "it is fixed once data exists",
+                parameter="logical_shards",
+            )
+        if latest == assignment:
+            return
+        expected = 1 if latest is None else latest.version + 1
+        if assignment.version != expected:
+            raise ShardingError(
+                f"cannot publish version {assignment.version} of shard map {self.name!r}: "
+                f"the next version is {expected}"
+            )
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    catalog_table.insert().values(encode_assignment(self.name, assignment))
+                )
+        except IntegrityError as error:
+            raise ShardingError(
+                f"version {assignment.version} of shard map {self.name!r} was published by "
+                "another instance meanwhile; reload and plan again"
+            ) from error
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} on {self.engine.url!r}>"
+
+
+class ShardMap(ShardMapBase):
+    """Logical shards assigned to named targets; routes a key to its database.
+
+    A target is an ``Engine`` or an ``RoutingPool`` (then each
+    shard has its own primary and replicas: reads go to a fresh replica,
+    writes to the primary)::
+
+        shards = ShardMap({"db0": engine0, "db1": pool1, "db2": engine2})
+        async with shards.session(user_id) as session:   # bound to user_id's target
+            session.add(User(id=user_id, ...))
+            call session.commit()
+        rows = call shards.fan_out(select(func.count()).select_from(User))  # [(total,)]
+
+    ``assignment`` defaults to :func:`assign_balanced` over the names in
+    ``targets`` order with ``logical_shards`` (1024) logical shards. A map
+    shared by several instances comes from a catalog:
+    ``ShardMap.from_catalog(catalog, targets)``; then commits that
+    wrote are checked against each target's fence and refused with
+    :class:`~scalekit.errors.StaleShardMap` once another instance published
+    a map that moved shards there. ``fan_out_timeout`` (seconds, None: no
+    limit) bounds each target of a fan-out.
+
+    Raises:
+        ConfigurationError: no target, a value that is not an engine or pool
+            of this colour, the same engine twice, ``logical_shards`` given
+            with an assignment of another count, or target names that differ
+            from the assignment's (the names are listed).
+    """
+
+    _async = False
 
     def __init__(
         self,
-        targets: Mapping[str, sa.Engine],
+        targets: Mapping[str, Any],
         *,
         assignment: ShardAssignment | None = None,
         logical_shards: int | None = None,
+        fan_out_timeout: float | None = None,
+        catalog: ShardCatalog | None = None,
     ) -> None:
-        engines = dict(targets)
-        # Typed as Engines, but a config file or an AsyncEngine can hand us anything.
-        given: dict[str, object] = dict(targets)
-        not_engines = [name for name, engine in given.items() if not isinstance(engine, sa.Engine)]
-        if not_engines:
+        if catalog is not None and not isinstance(catalog, ShardCatalog):
+            raise ConfigurationError("catalog must be a shard catalog", parameter="catalog")
+        if catalog is not None and assignment is None:
             raise ConfigurationError(
-                f"shard targets must be Engines; not for {', '.join(map(repr, not_engines))}",
-                parameter="targets",
+                "a map from a catalog needs its assignment; use from_catalog()",
+                parameter="assignment",
             )
+        self._catalog = catalog
+        self._executor_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        super().__init__(
+            targets,
+            assignment=assignment,
+            logical_shards=logical_shards,
+            name="default" if catalog is None else catalog.name,
+            fenced=catalog is not None,
+            fan_out_timeout=fan_out_timeout,
+        )
+
+    @classmethod
+    def from_catalog(
+        cls,
+        catalog: ShardCatalog,
+        targets: Mapping[str, Any],
+        *,
+        fan_out_timeout: float | None = None,
+    ) -> ShardMap:
+        """The map published in ``catalog``, over ``targets`` (a superset of its names).
+
+        Raises:
+            ConfigurationError: nothing is published yet, or a target named by
+                the map has no engine or pool in ``targets``.
+        """
+        assignment = catalog.load()
         if assignment is None:
-            assignment = assign_balanced(
-                list(engines), DEFAULT_LOGICAL_SHARDS if logical_shards is None else logical_shards
-            )
-        elif logical_shards is not None and logical_shards != assignment.logical_shards:
             raise ConfigurationError(
-                f"logical_shards={logical_shards} but the assignment "
-                f"(version {assignment.version}) has {assignment.logical_shards}",
-                parameter="logical_shards",
+                f"shard map {catalog.name!r} has no published version; publish one first "
+                "(catalog.publish(assign_balanced([...])))",
+                parameter="catalog",
             )
-        missing = [name for name in assignment.targets if name not in engines]
-        extra = [name for name in engines if name not in assignment.targets]
-        if missing or extra:
-            parts = []
-            if missing:
-                parts.append(f"no engine for {', '.join(map(repr, missing))}")
-            if extra:
-                parts.append(f"{', '.join(map(repr, extra))} not in the assignment")
-            raise ConfigurationError(
-                f"shard targets do not match the assignment: {'; '.join(parts)}",
-                parameter="targets",
-            )
-        self._assignment = assignment
-        self._engines = engines
-        # owners[logical] -> Engine: one index on the hot path.
-        self._owners = tuple(engines[name] for name in assignment.owners)
+        return cls(targets, assignment=assignment, fan_out_timeout=fan_out_timeout, catalog=catalog)
 
-    @property
-    def assignment(self) -> ShardAssignment:
-        """The pure map in use (target names, owners, version)."""
-        return self._assignment
+    def _install(self, assignment: ShardAssignment, *, exact: bool = False) -> None:
+        super()._install(assignment, exact=exact and self._catalog is None)
 
-    @property
-    def version(self) -> int:
-        """The version of the assignment in use."""
-        return self._assignment.version
-
-    @property
-    def targets(self) -> Mapping[str, sa.Engine]:
-        """The engines by target name (a copy)."""
-        return dict(self._engines)
-
-    def shard_for(self, key: ShardKey) -> int:
-        """The logical shard of ``key``.
-
-        Raises:
-            ConfigurationError: ``key`` is not an int, str, bytes or UUID.
-        """
-        return logical_shard(key, len(self._owners))
-
-    def name_for(self, key: ShardKey) -> str:
-        """The name of the target holding ``key``.
-
-        Raises:
-            ConfigurationError: ``key`` is not an int, str, bytes or UUID.
-        """
-        return self._assignment.owners[logical_shard(key, len(self._owners))]
-
-    def target_for(self, key: ShardKey) -> sa.Engine:
-        """The engine holding ``key``.
-
-        Raises:
-            ConfigurationError: ``key`` is not an int, str, bytes or UUID.
-        """
-        return self._owners[logical_shard(key, len(self._owners))]
-
-    def target(self, name: str) -> sa.Engine:
-        """The engine of target ``name``.
-
-        Raises:
-            UnknownShard: no target has that name.
-        """
-        try:
-            return self._engines[name]
-        except KeyError:
-            raise UnknownShard(
-                f"unknown shard target {name!r} (targets are {', '.join(self._engines)})",
-                shard=name,
-            ) from None
+    # -- sessions ------------------------------------------------------------------------------
 
     def session(self, key: ShardKey, **session_options: Any) -> Session:
-        """A new ``Session`` bound to the engine holding ``key``.
+        """A new session on the target holding ``key`` (its routing session for a pool).
 
-        ``session_options`` go to ``Session`` (``expire_on_commit=False``...).
-        Use it as a context manager; everything it runs goes to that one
-        database, so keep one session to the rows of one shard key.
+        ``session_options`` go to the session (``expire_on_commit=False``...).
+        Use it as a context manager; keep one session to one shard key. With
+        a catalog, a commit that wrote is refused with
+        :class:`~scalekit.errors.StaleShardMap` when the map is stale.
 
         Raises:
             ConfigurationError: ``key`` is not an int, str, bytes or UUID.
         """
-        return Session(bind=self.target_for(key), **session_options)
+        logical = self.shard_for(key)
+        name = self._owner_names[logical]
+        value = self._targets[name]
+        session: Session
+        if isinstance(value, RoutingPool):
+            session = value.sessionmaker(**session_options)()
+        else:
+            session = Session(bind=value, **session_options)
+        self._watch_writes(session, name, logical)
+        return session
 
-    def __repr__(self) -> str:
-        counts = ", ".join(f"{name}={count}" for name, count in self._assignment.counts().items())
-        return (
-            f"<ShardMap version={self._assignment.version} "
-            f"logical_shards={self._assignment.logical_shards} {counts}>"
+    def sessionmaker(self, **kwargs: Any) -> sessionmaker[Any]:
+        """A session factory whose sessions route each statement by its shard key.
+
+        See :class:`~scalekit.sharding.ShardSession`: the key is the
+        ``shard_key`` execution option, else the session's ``shard_key=``;
+        a statement with neither raises :class:`~scalekit.errors.ShardingError`.
+        Keyword arguments go to the session factory (not ``bind``).
+        """
+        factory = sessionmaker(class_=ShardSession, shard_map=self, **kwargs)
+        return factory
+
+    @contextlib.contextmanager
+    def _read_session(self, name: str) -> Iterator[Session]:
+        value = self._targets[name]
+        if isinstance(value, RoutingPool):
+            with value.connect(readonly=True) as conn, Session(bind=conn) as session:
+                yield session
+        else:
+            with value.connect() as conn, Session(bind=conn) as session:
+                yield session
+
+    @contextlib.contextmanager
+    def _primary_connection(self, name: str) -> Iterator[Connection]:
+        # An engine's connection, or a routing pool's connection to its primary.
+        with self._targets[name].connect() as conn:
+            yield conn
+
+    @contextlib.contextmanager
+    def _write_connection(self, name: str) -> Iterator[Connection]:
+        value = self._targets[name]
+        with value.begin() as conn:
+            yield conn
+
+    # -- fan-out -------------------------------------------------------------------------------
+
+    def _names(self, targets: Sequence[str] | None) -> list[str]:
+        if targets is None:
+            return list(self._assignment.targets)
+        for name in targets:
+            self.target(name)
+        return list(targets)
+
+    def _run_all(
+        self,
+        names: Sequence[str],
+        read: Callable[[str], _T],
+        timeout: float | None,
+    ) -> list[_T]:
+        """``read(name)`` on every target at once; FanOutError naming the failed ones."""
+        failures: dict[str, BaseException] = {}
+        results: dict[str, _T] = {}
+        executor = self._executor()
+        futures = {
+            name: executor.submit(contextvars.copy_context().run, read, name) for name in names
+        }
+        done, _ = concurrent.futures.wait(futures.values(), timeout=timeout)
+        for name, future in futures.items():
+            if future not in done:
+                future.cancel()
+                failures[name] = TimeoutError(f"no answer within {timeout} seconds")
+            elif (error := future.exception()) is not None:
+                failures[name] = error
+            else:
+                results[name] = future.result()
+        if failures:
+            details = ", ".join(
+                f"{name} ({type(error).__name__}: {error})" for name, error in failures.items()
+            )
+            raise FanOutError(
+                f"fan-out failed on {len(failures)} of {len(names)} targets: {details}",
+                failures=failures,
+            ) from next(iter(failures.values()))
+        return [results[name] for name in names]
+
+    def _executor(self) -> concurrent.futures.ThreadPoolExecutor:
+        if self._executor_pool is None:
+            self._executor_pool = concurrent.futures.ThreadPoolExecutor(
+                max_workers=max(len(self._targets), 1), thread_name_prefix="scalekit-shard"
+            )
+        return self._executor_pool
+
+    def close(self) -> None:
+        """Stop the fan-out threads (the sync map's), waiting for reads that timed out.
+
+        A sync fan-out that timed out leaves its threads running the query
+        until the server answers; close before disposing of the engines.
+        Engines and pools stay yours to close.
+        """
+        if self._executor_pool is not None:
+            self._executor_pool.shutdown(wait=True, cancel_futures=True)
+            self._executor_pool = None
+
+    def fan_out(
+        self,
+        statement: Any,
+        *,
+        targets: Sequence[str] | None = None,
+        timeout: float | None = _DEFAULT,
+    ) -> list[Any]:
+        """Run the read ``statement`` on every target at once and return all the rows.
+
+        Rows concatenate in target order. When the select's columns hold
+        ``count``, ``sum``, ``min`` or ``max``, rows of the same group (the
+        other columns, which must be its GROUP BY) merge into one: counts and
+        sums add, minima and maxima take the extreme, so ``count(*)`` gives
+        one row with the total. On a routing pool the read goes to a replica.
+        ``targets`` limits the targets (names); ``timeout`` (seconds) bounds
+        each target, defaulting to the map's ``fan_out_timeout``. For an
+        ordered, paged read use :meth:`paginate`.
+
+        Raises:
+            FanOutError: some targets failed or timed out (``.failures`` by name).
+            ShardingError: an aggregate that cannot merge (``avg``,
+                ``count(DISTINCT ...)``...): select ``sum`` and ``count``.
+            UnknownShard: a name in ``targets`` is not a target.
+        """
+        plan = aggregate_plan(statement)
+        names = self._names(targets)
+
+        def read(name: str) -> FrozenResult[Any]:
+            with self._read_session(name) as session:
+                return session.execute(statement).freeze()
+
+        frozen = self._run_all(
+            names, read, self.fan_out_timeout if timeout is _DEFAULT else timeout
         )
+        if plan is None:
+            return [row for result in frozen for row in result.data]
+        merged = merge_aggregates(plan, (row for result in frozen for row in result.data))
+        return list(frozen[0].with_new_rows(cast("list[Any]", merged))().all())
+
+    def paginate(
+        self,
+        statement: Any,
+        *,
+        order_by: Sequence[Any] | None = None,
+        limit: int = 50,
+        after: str | None = None,
+        before: str | None = None,
+        last: bool = False,
+        codec: CursorCodec | None = None,
+        timeout: float | None = _DEFAULT,
+    ) -> Page[Any]:
+        """One keyset page of ``statement`` across every target, in order.
+
+        Each target runs the page's seek (at most ``limit + 1`` rows, the
+        same statement :func:`scalekit.pagination.paginate` runs) and the
+        rows merge in order, so a page costs the same at any depth. Cursors
+        come from ``codec`` (signed when it has a secret) and work on every
+        target: ``after=page.next_cursor``, ``before=page.prev_cursor``,
+        ``last=True``. The order must be total (the primary key is appended
+        when it is not) and the primary key unique across shards. Sort keys
+        compare in Python in the merge: text sorts by code point, so give text
+        keys ``COLLATE "C"`` on the server (or sort by non-text keys).
+
+        Raises:
+            ConfigurationError: what :func:`scalekit.pagination.paginate`
+                raises for the order, or targets of different dialects.
+            InvalidCursor: ``after``/``before`` is not a cursor of this query and codec.
+            FanOutError: some targets failed or timed out.
+        """
+        plan = cached_plan(statement, order_by, limit=limit, codec=codec, dialect=self._dialect())
+        prepared = plan.prepare(after=after, before=before, last=last)
+
+        def read(name: str) -> FrozenResult[Any]:
+            with self._read_session(name) as session:
+                result = session.execute(prepared.statement, prepared.params)
+                return result.freeze()
+
+        frozen = self._run_all(
+            self._names(None), read, self.fan_out_timeout if timeout is _DEFAULT else timeout
+        )
+        rows = merge_ordered(
+            [result.data for result in frozen],
+            plan.row_sort_key(),
+            reverse=prepared.backwards,
+            take=limit + 1,
+        )
+        return plan.finish(prepared, frozen[0].with_new_rows(rows)())
+
+    def distribution(
+        self,
+        column: Any,
+        *,
+        key_type: KeyType | None = None,
+        timeout: float | None = _DEFAULT,
+    ) -> Distribution:
+        """Rows per logical shard and per target for the table of ``column`` (its shard key).
+
+        On PostgreSQL the server groups by :func:`shard_sql` (one row per
+        logical shard comes back); elsewhere the keys are read and hashed
+        here. ``misplaced`` counts rows found on a target that does not own
+        their logical shard (a move in progress or a routing bug).
+
+        Raises:
+            FanOutError: some targets failed or timed out.
+            ConfigurationError: the key type cannot be inferred (pass ``key_type``).
+        """
+        count = self._count
+        postgres = self._dialect().name == "postgresql"
+        if postgres:
+            logical = shard_sql(column, count, key_type=key_type).label("logical")
+            statement: Any = sa.select(logical, sa.func.count()).group_by(logical)
+        else:
+            statement = sa.select(column)
+
+        def read(name: str) -> dict[int, int]:
+            found: dict[int, int] = {}
+            with self._read_session(name) as session:
+                result = session.execute(statement)
+                if postgres:
+                    for shard, rows in result:
+                        found[int(shard)] = int(rows)
+                else:
+                    for (key,) in result:
+                        shard = logical_shard(key, count)
+                        found[shard] = found.get(shard, 0) + 1
+            return found
+
+        names = self._names(None)
+        per_target = self._run_all(
+            names, read, self.fan_out_timeout if timeout is _DEFAULT else timeout
+        )
+        return Distribution.build(self._assignment, dict(zip(names, per_target, strict=True)))
+
+    # -- the shared map ------------------------------------------------------------------------
+
+    @property
+    def catalog(self) -> ShardCatalog | None:
+        """The catalog this map reloads from, or None for a fixed map."""
+        return self._catalog
+
+    def _need_catalog(self) -> ShardCatalog:
+        if self._catalog is None:
+            raise ConfigurationError(
+                "this shard map has no catalog; build it with from_catalog()",
+                parameter="catalog",
+            )
+        return self._catalog
+
+    def refresh(self) -> bool:
+        """Reload the catalog; use its newest version if newer. Return whether it changed.
+
+        Raises:
+            ConfigurationError: no catalog, or the new map names a target this
+                instance has no engine or pool for, or changed the logical count.
+        """
+        latest = self._need_catalog().load()
+        if latest is None or latest.version <= self._assignment.version:
+            return False
+        self._install(latest)
+        return True
+
+    def install_fences(self) -> None:
+        """Create the fence table on every target, at the current map version if absent."""
+        for name in self._targets:
+            with self._write_connection(name) as conn:
+                fence_metadata.create_all(conn)
+                exists = conn.execute(
+                    sa.select(fence_table.c.version).where(fence_table.c.map_name == self.name)
+                ).first()
+                if exists is None:
+                    conn.execute(
+                        fence_table.insert().values(
+                            map_name=self.name, version=self._assignment.version
+                        )
+                    )
+
+    def publish(self, assignment: ShardAssignment) -> None:
+        """Publish ``assignment`` (the newest version plus one) and use it here.
+
+        The fences of the targets that gain or lose a logical shard are raised
+        to the new version first, then the catalog row is written, so a stale
+        instance's write there is refused from that moment; a publisher that
+        died half way reruns the same call. Moving the rows is not done here:
+        publish once they are where the new map says (or while writes to the
+        moving shards are blocked).
+
+        Raises:
+            ShardingError: the version is not the newest plus one, or another
+                instance published it first.
+            ConfigurationError: no catalog, a target without an engine or pool
+                here, or a changed logical shard count.
+        """
+        catalog = self._need_catalog()
+        latest = catalog.load()
+        base = latest if latest is not None else self._assignment
+        if latest is not None and latest != assignment and assignment.version != latest.version + 1:
+            raise ShardingError(
+                f"cannot publish version {assignment.version} of shard map {self.name!r}: "
+                f"the newest is {latest.version}"
+            )
+        self._check_known(assignment)
+        for name in moved_targets(base, assignment):
+            with self._write_connection(name) as conn:
+                updated = conn.execute(
+                    fence_table.update()
+                    .where(fence_table.c.map_name == self.name)
+                    .where(fence_table.c.version < assignment.version)
+                    .values(version=assignment.version)
+                )
+                if updated.rowcount == 0:
+                    present = conn.execute(
+                        sa.select(fence_table.c.version).where(fence_table.c.map_name == self.name)
+                    ).first()
+                    if present is None:
+                        conn.execute(
+                            fence_table.insert().values(
+                                map_name=self.name, version=assignment.version
+                            )
+                        )
+        catalog.publish(assignment)
+        self._install(assignment)
+
+    # -- moving a logical shard ----------------------------------------------------------------
+
+    def move_shard(
+        self,
+        logical: int,
+        to: str,
+        *,
+        tables: Sequence[Any],
+        _after_step: Callable[[str], None] | None = None,
+    ) -> None:
+        """Move logical shard ``logical``'s rows of ``tables`` to target ``to``; resumable.
+
+        ``tables`` lists each table's shard-key column (``Order.user_id``);
+        every table needs a primary key. PostgreSQL only, on a map with a
+        catalog. The steps, each recorded in the catalog's
+        ``scalekit_shard_moves`` table so that a rerun after a crash resumes:
+
+        1. **copy**: in one transaction on ``to``, delete any leftover rows of
+           the shard there and COPY (binary) the source's rows in; writes go on.
+        2. **switch**: take the shard's advisory lock on both databases (a
+           commit writing to this logical shard waits, others go on), bring
+           ``to`` up to date (rows compared by primary key and an MD5 of the
+           row), verify that both hold the same rows (count and checksum),
+           publish the new map version (fences raised: a stale instance's
+           write is refused), release the lock.
+        3. **clean**: delete the shard's rows from the source.
+
+        Until the switch the source is authoritative, after it the target;
+        killed at any step, a rerun with the same arguments finishes the job.
+
+        Raises:
+            ConfigurationError: no catalog, not PostgreSQL, a table without a
+                primary key, or an unknown ``logical``.
+            UnknownShard: ``to`` is not a target.
+            ShardingError: another move of this shard (to another target) is
+                in progress, or verification failed (nothing was switched).
+        """
+        catalog = self._need_catalog()
+        self.target(to)
+        if self._dialect().name != "postgresql":
+            raise ConfigurationError("move_shard runs on PostgreSQL only", parameter="targets")
+        self._assignment.owner_of(logical)
+        columns = [getattr(column, "expression", column) for column in tables]
+        for column in columns:
+            if not column.table.primary_key.columns:
+                raise ConfigurationError(
+                    f"table {column.table.name!r} has no primary key; moves compare rows by it",
+                    parameter="tables",
+                )
+        self.refresh()
+        with catalog.engine.connect() as conn:
+            state = conn.execute(
+                sa.select(moves_table).where(
+                    moves_table.c.map_name == self.name, moves_table.c.logical == logical
+                )
+            ).first()
+        if state is None:
+            source = self._assignment.owners[logical]
+            if source == to:
+                return
+            step = "started"
+            with catalog.engine.begin() as conn:
+                conn.execute(
+                    moves_table.insert().values(
+                        map_name=self.name, logical=logical, source=source, target=to, step=step
+                    )
+                )
+        else:
+            source, step = state.source, state.step
+            if state.target != to:
+                raise ShardingError(
+                    f"logical shard {logical} is being moved to {state.target!r}, not {to!r}; "
+                    "rerun with that target to finish it"
+                )
+        if step == "started":
+            self._copy_shard(logical, source, to, columns)
+            step = self._move_step(logical, "copied", _after_step)
+        if step == "copied":
+            if self._assignment.owners[logical] == source:
+                lock = sa.select(sa.func.pg_advisory_lock(self.lock_class, logical))
+                unlock = sa.select(sa.func.pg_advisory_unlock(self.lock_class, logical))
+                with (
+                    self._primary_connection(source) as source_lock,
+                    self._primary_connection(to) as target_lock,
+                ):
+                    source_lock.execute(lock)
+                    target_lock.execute(lock)
+                    source_lock.commit()
+                    target_lock.commit()
+                    try:
+                        self._catch_up(logical, source, to, columns)
+                        if _after_step is not None:
+                            _after_step("verified")
+                        self.publish(self._assignment.with_owners({logical: to}))
+                        if _after_step is not None:
+                            _after_step("published")
+                    finally:
+                        source_lock.execute(unlock)
+                        target_lock.execute(unlock)
+                        source_lock.commit()
+                        target_lock.commit()
+            step = self._move_step(logical, "switched", _after_step)
+        if step == "switched":
+            self._delete_source(logical, source, columns)
+            with catalog.engine.begin() as conn:
+                conn.execute(
+                    moves_table.delete().where(
+                        moves_table.c.map_name == self.name, moves_table.c.logical == logical
+                    )
+                )
+            if _after_step is not None:
+                _after_step("cleaned")
+
+    def _move_step(self, logical: int, step: str, after_step: Callable[[str], None] | None) -> str:
+        with self._need_catalog().engine.begin() as conn:
+            conn.execute(
+                moves_table.update()
+                .where(moves_table.c.map_name == self.name, moves_table.c.logical == logical)
+                .values(step=step)
+            )
+        if after_step is not None:
+            after_step(step)
+        return step
+
+    def _shard_filter(self, column: Any, logical: int) -> Any:
+        return shard_sql(column, self._count) == logical
+
+    def _copy_shard(self, logical: int, source: str, to: str, columns: list[Any]) -> None:
+        from sqlalchemy.dialects import postgresql
+
+        # The named paramstyle: "%" stays one "%" (COPY takes no parameters).
+        dialect = postgresql.dialect(paramstyle="named")  # type: ignore[no-untyped-call]
+        quote = dialect.identifier_preparer.quote
+        with (
+            self._primary_connection(source) as source_conn,
+            self._write_connection(to) as target_conn,
+        ):
+            for column in columns:
+                table = column.table
+                target_conn.execute(table.delete().where(self._shard_filter(column, logical)))
+                names = ", ".join(quote(c.name) for c in table.columns)
+                select = sa.select(*table.columns).where(self._shard_filter(column, logical))
+                query = select.compile(dialect=dialect, compile_kwargs={"literal_binds": True})
+                source_raw = source_conn.connection.driver_connection
+                target_raw = target_conn.connection.driver_connection
+                assert source_raw is not None and target_raw is not None
+                copy_out_sql = f"COPY ({query}) TO STDOUT (FORMAT BINARY)"
+                copy_in_sql = f"COPY {quote(table.name)} ({names}) FROM STDIN (FORMAT BINARY)"
+                with (
+                    source_raw.cursor() as out_cursor,
+                    target_raw.cursor() as in_cursor,
+                    out_cursor.copy(copy_out_sql) as copy_out,
+                    in_cursor.copy(copy_in_sql) as copy_in,
+                ):
+                    for data in copy_out:
+                        copy_in.write(data)
+            source_conn.rollback()
+
+    def _digests(self, name: str, column: Any, logical: int) -> dict[tuple[Any, ...], str]:
+        table = column.table
+        keys = list(table.primary_key.columns)
+        row_text: Any = sa.literal_column(f"{table.name}::text")
+        statement = (
+            sa.select(*keys, sa.func.md5(row_text))
+            .select_from(table)
+            .where(self._shard_filter(column, logical))
+        )
+        with self._primary_connection(name) as conn:
+            result = conn.execute(statement)
+            return {tuple(row[: len(keys)]): row[-1] for row in result}
+
+    def _achecksum(self, name: str, column: Any, logical: int) -> tuple[int, int]:
+        """Rows of the shard in ``column``'s table on ``name``, and the sum of their row hashes."""
+        table = column.table
+        row_hash: Any = sa.literal_column(
+            f"('x' || substr(md5({table.name}::text), 1, 16))::bit(64)::bigint"
+        )
+        statement = (
+            sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(row_hash), 0))
+            .select_from(table)
+            .where(self._shard_filter(column, logical))
+        )
+        with self._primary_connection(name) as conn:
+            count, checksum = conn.execute(statement).one()
+        return int(count), int(checksum)
+
+    def _catch_up(self, logical: int, source: str, to: str, columns: list[Any]) -> None:
+        for column in columns:
+            expected, current = self._run_all(
+                [source, to],
+                functools.partial(self._achecksum, column=column, logical=logical),
+                None,
+            )
+            if current == expected:
+                continue  # nothing changed since the copy
+            table = column.table
+            keys = list(table.primary_key.columns)
+            on_source = self._digests(source, column, logical)
+            on_target = self._digests(to, column, logical)
+            stale = [key for key, digest in on_target.items() if on_source.get(key) != digest]
+            missing = [key for key, digest in on_source.items() if on_target.get(key) != digest]
+            with self._write_connection(to) as conn:
+                for start in range(0, len(stale), 1000):
+                    batch = stale[start : start + 1000]
+                    conn.execute(table.delete().where(sa.tuple_(*keys).in_(batch)))
+                if missing:
+                    with self._primary_connection(source) as source_conn:
+                        for start in range(0, len(missing), 1000):
+                            batch = missing[start : start + 1000]
+                            rows = source_conn.execute(
+                                sa.select(table).where(sa.tuple_(*keys).in_(batch))
+                            ).mappings()
+                            values = [dict(row) for row in rows]
+                            if values:
+                                conn.execute(table.insert(), values)
+            if self._achecksum(to, column, logical) != expected:
+                raise ShardingError(
+                    f"verification of logical shard {logical} failed for {table.name!r}: "
+                    f"{source!r} and {to!r} differ (count, checksum) after the catch-up; "
+                    "nothing was switched"
+                )
+
+    def _delete_source(self, logical: int, source: str, columns: list[Any]) -> None:
+        with self._write_connection(source) as conn:
+            for column in columns:
+                conn.execute(column.table.delete().where(self._shard_filter(column, logical)))

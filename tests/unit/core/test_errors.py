@@ -150,6 +150,11 @@ SAMPLES: dict[str, tuple[errors.ScalekitError, dict[str, object]]] = {
         {"key": "k", "retry_after": 0.5, "limit": "10/second"},
     ),
     "RetryError": (errors.RetryError(3, None), {"attempts": 3, "last_exception": None}),
+    "FanOutError": (errors.FanOutError("failed", failures={}), {"failures": {}}),
+    "StaleShardMap": (
+        errors.StaleShardMap("stale", target="db1", version=3, current=4),
+        {"target": "db1", "version": 3, "current": 4},
+    ),
 }
 
 

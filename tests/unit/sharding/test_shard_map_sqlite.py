@@ -94,7 +94,7 @@ def test_bad_configuration_is_refused_with_the_names(engines: dict[str, sa.Engin
             assignment=assign_balanced(NAMES),
         )
     assert info.value.parameter == "targets"
-    with pytest.raises(ConfigurationError, match="must be Engines; not for 'db1'"):
+    with pytest.raises(ConfigurationError, match="must be Engines or RoutingPools; not for 'db1'"):
         ShardMap({"db0": engines["db0"], "db1": "sqlite://"})  # type: ignore[dict-item]
     with pytest.raises(ConfigurationError, match=r"logical_shards=16 but .* has 1024"):
         ShardMap(engines, assignment=assign_balanced(NAMES), logical_shards=16)

@@ -1,0 +1,343 @@
+"""Sharding: the key look-up vs plain hashing and horizontal_shard's chooser; fan-out vs its parts.
+
+Part 1, ``shard_for`` (no I/O, CPU time, best of 7 interleaved runs of
+200,000 calls; each call a new key from a prepared list, so no cache helps,
+except in the "repeated keys" case, where every key was looked up before):
+  hash(key) % n              Python's salted hash: fast, but not stable across processes
+  ShardMap.shard_for         the stable MD5-based logical shard (int and str keys)
+  ShardMap.name_for          the logical shard and its target name
+  horizontal_shard chooser   a ``ShardedSession`` shard_chooser doing the same job the
+                             usual way (md5 of ``str(key)``, hex digest to int, modulo),
+                             called as SQLAlchemy calls it, with a mapper and an instance
+
+Part 2, fan-out over 4 databases on one private PostgreSQL server started by
+the test harness (or ``--url`` of a server you own: it creates and drops four
+scratch databases). Each database holds ``--rows`` rows; the read is an
+aggregate over a filtered scan. Interleaved, best of ``--repeat``:
+  slowest single shard       the slowest of the four databases read alone
+  fan_out (threads)          ShardMap.fan_out over the four, merged
+  sequential                 the four reads one after another
+  afan_out (tasks)           AsyncShardMap.afan_out over the four
+
+Part 3, a move of one logical shard holding ``--move-rows`` rows (one key):
+  raw COPY out and in        binary COPY of the rows from one database to another
+  move_shard                 the whole move: copy, write block (catch-up, verify,
+                             publish), delete from the source
+  write-blocked window       from the end of the copy to the publish (no writer running)
+
+Run:  python benchmarks/bench_sharding.py [--url URL] [--rows 200000] [--repeat 15]
+On a machine with fewer cores than shards the four scans share the CPUs, so
+fan-out cannot reach the slowest single shard's time; the table says how many
+cores there were.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import os
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.horizontal_shard import ShardedSession
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from _bench import Result, print_table
+
+from scalekit.sharding import AsyncShardMap, ShardMap
+
+NAMES = ["db0", "db1", "db2", "db3"]
+CALLS = 200_000
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Order(Base):
+    __tablename__ = "bench_orders"
+    id: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True, autoincrement=False)
+    user_id: Mapped[int] = mapped_column(sa.BigInteger)
+    total: Mapped[int]
+
+
+def time_interleaved(
+    cases: dict[str, tuple[list[Any], Callable[[Any], object]]], repeat: int = 7
+) -> list[Result]:
+    """CPU nanoseconds per call of each ``fn(key)`` over its keys, best of ``repeat``.
+
+    The cases run in turn within each repeat, and CPU time (not wall time) is
+    counted, so other load on the machine hits every case alike.
+    """
+    best = dict.fromkeys(cases, float("inf"))
+    for keys, fn in cases.values():
+        for key in keys[:1000]:
+            fn(key)
+    for _ in range(repeat):
+        for name, (keys, fn) in cases.items():
+            start = time.process_time_ns()
+            for key in keys:
+                fn(key)
+            best[name] = min(best[name], (time.process_time_ns() - start) / len(keys))
+    return [Result(name, ns) for name, ns in best.items()]
+
+
+def lookup_figures() -> None:
+    engines = {name: sa.create_engine("sqlite://") for name in NAMES}
+    shards = ShardMap(engines)
+    n = shards.assignment.logical_shards
+    names = shards.assignment.owners
+
+    def chooser(mapper: Any, instance: Any, clause: Any = None) -> str:
+        digest = hashlib.md5(str(instance.user_id).encode()).hexdigest()
+        return names[int(digest, 16) % n]
+
+    session = ShardedSession(
+        shards=dict(engines),
+        shard_chooser=chooser,
+        identity_chooser=lambda *a, **k: list(NAMES),
+        execute_chooser=lambda context: list(NAMES),
+    )
+    mapper = sa.inspect(Order)
+    chooser_of_session = session.shard_chooser
+    for kind, keys in (
+        ("int", list(range(10**12, 10**12 + CALLS))),
+        ("str", [f"user-{uuid.UUID(int=i).hex}" for i in range(CALLS)]),
+    ):
+        # 200,000 distinct keys in turn never hit the look-up cache (it holds at most
+        # 65,536 keys and empties when full); the repeated case cycles over 1,000 keys.
+        repeated = keys[:1000] * (len(keys) // 1000)
+        cases: dict[str, tuple[list[Any], Callable[[Any], object]]] = {
+            f"hash(key) % n ({kind})": (keys, lambda k: hash(k) % n),
+            f"ShardMap.shard_for ({kind})": (keys, shards.shard_for),
+            f"ShardMap.name_for ({kind})": (keys, shards.name_for),
+            f"shard_for, 1,000 repeated keys ({kind})": (repeated, shards.shard_for),
+        }
+        if kind == "int":
+            orders = [Order(id=1, user_id=key) for key in keys]
+            cases["horizontal_shard chooser (int)"] = (
+                orders,
+                lambda o: chooser_of_session(mapper, o),
+            )
+        results = time_interleaved(cases)
+        print_table(
+            f"shard look-up, {kind} keys, {CALLS:,} new keys per run",
+            results,
+            baseline=f"hash(key) % n ({kind})",
+            peer=f"ShardMap.shard_for ({kind})",
+        )
+        by_name = {r.name: r.ns_per_call for r in results}
+        speed = by_name[f"hash(key) % n ({kind})"] / by_name[f"ShardMap.shard_for ({kind})"]
+        print(f"shard_for throughput vs hash(key) % n: {speed:.2f}x (target >= 0.3x)")
+
+
+@contextmanager
+def databases(url: str | None) -> Iterator[list[str]]:
+    if url is None:
+        from tests.harness import PgCluster, find_pg_binaries
+
+        binaries = find_pg_binaries()
+        if binaries is None:
+            print("no PostgreSQL binaries: skipping the fan-out figures (pass --url)")
+            yield []
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            os.chmod(tmp, 0o755)  # the server may run as another user
+            cluster = PgCluster.start(Path(tmp) / "pg", binaries, replicas=0)
+            try:
+                assert cluster.primary is not None
+                urls = []
+                for name in NAMES:
+                    cluster.primary.execute(f'CREATE DATABASE "bench_{name}"')
+                    urls.append(cluster.primary.url_for(f"bench_{name}"))
+                yield urls
+            finally:
+                cluster.close()
+        return
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    created = [f"scalekit_bench_shard_{os.getpid()}_{name}" for name in NAMES]
+    with admin.connect() as conn:
+        for name in created:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        yield [make_url(url).set(database=name).render_as_string(False) for name in created]
+    finally:
+        with admin.connect() as conn:
+            for name in created:
+                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+def fan_out_figures(urls: list[str], rows: int, repeat: int) -> None:
+    engines = {name: sa.create_engine(url) for name, url in zip(NAMES, urls, strict=True)}
+    for position, engine in enumerate(engines.values()):
+        with engine.begin() as conn:
+            Base.metadata.create_all(conn)
+            conn.exec_driver_sql(
+                "INSERT INTO bench_orders SELECT g, mod(g, 1000), mod(g * 37, 101) "
+                f"FROM generate_series({position * rows + 1}, {(position + 1) * rows}) g"
+            )
+            conn.exec_driver_sql("ANALYZE bench_orders")
+    statement = sa.select(sa.func.count(), sa.func.sum(Order.total)).where(Order.total % 7 == 3)
+    shards = ShardMap(engines, fan_out_timeout=60)
+    async_engines = {name: create_async_engine(url) for name, url in zip(NAMES, urls, strict=True)}
+    ashards = AsyncShardMap(async_engines)
+    loop = asyncio.new_event_loop()
+
+    def single(name: str) -> None:
+        with engines[name].connect() as conn:
+            conn.execute(statement).all()
+
+    cases: dict[str, Callable[[], object]] = {
+        **{f"single {name}": (lambda name=name: single(name)) for name in NAMES},  # type: ignore[misc]
+        "fan_out (threads)": lambda: shards.fan_out(statement),
+        "sequential": lambda: [single(name) for name in NAMES],
+        "afan_out (tasks)": lambda: loop.run_until_complete(ashards.afan_out(statement)),
+    }
+    best = dict.fromkeys(cases, float("inf"))
+    for fn in cases.values():
+        fn()  # warm: connections, plans
+    for _ in range(repeat):
+        for name, fn in cases.items():  # interleaved, so load changes hit every case alike
+            start = time.perf_counter_ns()
+            fn()
+            best[name] = min(best[name], time.perf_counter_ns() - start)
+    slowest = max(best[f"single {name}"] for name in NAMES)
+    results = [
+        Result("slowest single shard", slowest),
+        Result("fan_out (threads)", best["fan_out (threads)"]),
+        Result("afan_out (tasks)", best["afan_out (tasks)"]),
+        Result("sequential", best["sequential"]),
+    ]
+    print_table(
+        f"fan-out over 4 shards, {rows:,} rows each, {os.cpu_count()} cores (ns per read)",
+        results,
+        baseline="slowest single shard",
+        peer="sequential",
+    )
+    print(f"fan_out / slowest shard: {best['fan_out (threads)'] / slowest:.2f}x (target <= 1.3x)")
+    shards.close()
+    for engine in engines.values():
+        engine.dispose()
+    for aengine in async_engines.values():
+        loop.run_until_complete(aengine.dispose())
+    loop.close()
+
+
+def move_figures(urls: list[str], catalog_url: str, rows: int, repeat: int) -> None:
+    """A move of ``rows`` rows (one logical shard) vs a raw binary COPY out and in."""
+    from scalekit.sharding import ShardCatalog, assign_balanced, logical_shard
+
+    engines = {name: sa.create_engine(url) for name, url in zip(NAMES, urls, strict=True)}
+    for engine in engines.values():
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP TABLE IF EXISTS bench_orders")
+            Base.metadata.create_all(conn)
+    catalog_engine = sa.create_engine(catalog_url)
+    catalog = ShardCatalog(catalog_engine)
+    catalog.install()
+    catalog.publish(assign_balanced(NAMES, 1024))
+    shards = ShardMap.from_catalog(catalog, engines)
+    shards.install_fences()
+    key = 42
+    logical = logical_shard(key, 1024)
+    owner = shards.name_for(key)
+    with engines[owner].begin() as conn:
+        conn.exec_driver_sql(
+            f"INSERT INTO bench_orders SELECT g, {key}, mod(g * 37, 101) "
+            f"FROM generate_series(1, {rows}) g"
+        )
+    others = [name for name in NAMES if name != owner]
+
+    def raw_copy(source: str, destination: str) -> float:
+        start = time.perf_counter()
+        with engines[source].connect() as out_conn, engines[destination].begin() as in_conn:
+            out_raw = out_conn.connection.driver_connection
+            in_raw = in_conn.connection.driver_connection
+            assert out_raw is not None and in_raw is not None
+            with (
+                out_raw.cursor() as out_cursor,
+                in_raw.cursor() as in_cursor,
+                out_cursor.copy(
+                    f"COPY (SELECT * FROM bench_orders WHERE user_id = {key}) "
+                    "TO STDOUT (FORMAT BINARY)"
+                ) as copy_out,
+                in_cursor.copy("COPY bench_orders FROM STDIN (FORMAT BINARY)") as copy_in,
+            ):
+                for data in copy_out:
+                    copy_in.write(data)
+        elapsed = time.perf_counter() - start
+        with engines[destination].begin() as conn:
+            conn.exec_driver_sql("DELETE FROM bench_orders")
+        return elapsed
+
+    raw_best = move_best = float("inf")
+    block_best = float("inf")
+    source = owner
+    for round_ in range(repeat):  # owner -> another -> owner -> ...
+        destination = others[round_ % len(others)] if source == owner else owner
+        raw_best = min(raw_best, raw_copy(source, destination))
+        marks: dict[str, float] = {}
+        start = time.perf_counter()
+        shards.move_shard(
+            logical,
+            to=destination,
+            tables=[Order.user_id],
+            _after_step=lambda step, marks=marks: marks.__setitem__(step, time.perf_counter()),
+        )
+        move_best = min(move_best, time.perf_counter() - start)
+        block_best = min(block_best, marks["published"] - marks["copied"])
+        source = destination
+    print(f"\nmove of one logical shard, {rows:,} rows, best of {repeat}")
+    print(f"raw COPY out and in        {raw_best:8.3f} s  {rows / raw_best:12,.0f} rows/s  1.00x")
+    print(
+        f"move_shard (whole move)    {move_best:8.3f} s  {rows / move_best:12,.0f} rows/s  "
+        f"{raw_best / move_best:.2f}x (target >= 0.7x)"
+    )
+    print(f"write-blocked window       {block_best * 1000:8.1f} ms (no concurrent writer)")
+    shards.close()
+    for engine in engines.values():
+        engine.dispose()
+    catalog_engine.dispose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", help="a PostgreSQL server URL you own (default: a private one)")
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument("--skip-fan-out", action="store_true")
+    parser.add_argument("--skip-lookups", action="store_true")
+    parser.add_argument("--move-rows", type=int, default=200_000, help="0 skips the move")
+    args = parser.parse_args()
+    if not args.skip_lookups:
+        lookup_figures()
+    if not args.skip_fan_out:
+        with databases(args.url) as urls:
+            if urls:
+                fan_out_figures(urls, args.rows, args.repeat)
+                if args.move_rows:
+                    catalog_url = str(make_url(urls[0]).set(database="bench_catalog"))
+                    admin = sa.create_engine(urls[0], isolation_level="AUTOCOMMIT")
+                    with admin.connect() as conn:
+                        conn.exec_driver_sql("DROP DATABASE IF EXISTS bench_catalog")
+                        conn.exec_driver_sql("CREATE DATABASE bench_catalog")
+                    admin.dispose()
+                    move_figures(urls, catalog_url, args.move_rows, 3)
+
+
+if __name__ == "__main__":
+    main()

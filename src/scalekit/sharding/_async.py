@@ -1,0 +1,880 @@
+"""The asyncio shard map and catalog: sessions, fan-out reads, pagination, publishing maps.
+
+The rules are pure and live elsewhere: the key hash in ``_hash.py``, the
+assignment in ``_map.py``, merging rows in ``_core.py``, the catalog's tables
+in ``_catalog.py``; what both shells share without I/O (look-ups, the
+commit-time fence check) is in ``_base.py`` and the routing ``Session`` in
+``_orm.py``. This file holds only what talks to the databases, and the sync
+shell is generated from it by ``scripts/unasync.py``. Fan-outs run one task
+per target.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import contextvars
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from scalekit._unasync import IS_ASYNC
+from scalekit.errors import ConfigurationError, FanOutError, ShardingError
+from scalekit.pagination._plan_cache import cached_plan
+from scalekit.routing._async import AsyncRoutingPool
+from scalekit.sharding._base import ShardMapBase
+from scalekit.sharding._catalog import (
+    catalog_metadata,
+    catalog_table,
+    check_map_name,
+    decode_assignment,
+    encode_assignment,
+    fence_metadata,
+    fence_table,
+    moved_targets,
+    moves_table,
+)
+from scalekit.sharding._core import (
+    Distribution,
+    aggregate_plan,
+    merge_aggregates,
+    merge_ordered,
+)
+from scalekit.sharding._hash import KeyType, ShardKey, logical_shard, shard_sql
+from scalekit.sharding._map import ShardAssignment
+from scalekit.sharding._orm import ShardSession
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import FrozenResult
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+    from scalekit.pagination._cursor import CursorCodec
+    from scalekit.pagination._keyset import Page
+
+__all__ = ["AsyncShardCatalog", "AsyncShardMap"]
+
+__unasync__ = {
+    "afan_out": "fan_out",
+    "apaginate": "paginate",
+    "adistribution": "distribution",
+    "arefresh": "refresh",
+    "apublish": "publish",
+    "ainstall": "install",
+    "ainstall_fences": "install_fences",
+    "aload": "load",
+    "afrom_catalog": "from_catalog",
+    "_arun_all": "_run_all",
+    "_aread_session": "_read_session",
+    "_awrite_connection": "_write_connection",
+    "_aprimary_connection": "_primary_connection",
+    "amove_shard": "move_shard",
+    "_amove_step": "_move_step",
+    "_acopy_shard": "_copy_shard",
+    "_adigests": "_digests",
+    "_acatch_up": "_catch_up",
+    "_adelete_source": "_delete_source",
+    "The asyncio shard map and catalog": "The sync shard map and catalog",
+    "This file holds only what talks to the databases, and the sync\n"
+    "shell is generated from it by ``scripts/unasync.py``. Fan-outs run one task\n"
+    "per target.": (
+        "This file is generated from the asyncio shell by ``scripts/unasync.py``.\n"
+        "Fan-outs run one thread per target."
+    ),
+}
+
+_T = TypeVar("_T")
+_DEFAULT: Any = object()
+
+
+class AsyncShardCatalog:
+    """The shared, versioned shard map: a table on a database every instance reads.
+
+    ``engine`` holds the table ``scalekit_shard_catalog`` (create it with
+    :meth:`ainstall`); ``name`` tells several maps apart in one table. Each
+    published version is a row; :meth:`aload` reads the newest.
+
+    >>> catalog = AsyncShardCatalog(engine)  # doctest: +SKIP
+    >>> await catalog.ainstall()  # doctest: +SKIP
+    >>> await catalog.apublish(assign_balanced(["db0", "db1"]))  # doctest: +SKIP
+
+    Raises:
+        ConfigurationError: ``engine`` is not an engine of this colour, or a bad ``name``.
+    """
+
+    def __init__(self, engine: AsyncEngine, *, name: str = "default") -> None:
+        expected: type[Any]
+        if IS_ASYNC:
+            from sqlalchemy.ext.asyncio import AsyncEngine
+
+            expected = AsyncEngine
+        else:
+            expected = sa.Engine
+        given: object = engine
+        if not isinstance(given, expected):
+            raise ConfigurationError(
+                f"the catalog needs an {expected.__name__}, not {type(given).__name__}",
+                parameter="engine",
+            )
+        self.engine = engine
+        self.name = check_map_name(name)
+
+    async def ainstall(self) -> None:
+        """Create the catalog table if it does not exist."""
+        async with self.engine.begin() as conn:
+            if IS_ASYNC:
+                await conn.run_sync(catalog_metadata.create_all)
+            else:
+                catalog_metadata.create_all(conn)
+
+    async def aload(self) -> ShardAssignment | None:
+        """The newest published assignment of this map, or None when none was published.
+
+        Raises:
+            ConfigurationError: the stored row is corrupt.
+        """
+        statement = (
+            sa.select(catalog_table)
+            .where(catalog_table.c.map_name == self.name)
+            .order_by(catalog_table.c.version.desc())
+            .limit(1)
+        )
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(statement)).first()
+        return None if row is None else decode_assignment(row)
+
+    async def apublish(self, assignment: ShardAssignment) -> None:
+        """Store ``assignment`` as the newest version (it must be the newest plus one, or 1).
+
+        Publishing the same assignment again is a no-op, so a publisher that
+        died after writing can rerun. To move shards use
+        :meth:`AsyncShardMap.apublish`, which raises the targets' fences first.
+
+        Raises:
+            ShardingError: another version with that number exists (someone
+                published first: reload and plan again), or the version does
+                not follow the newest.
+            ConfigurationError: the logical shard count differs from the stored map's.
+        """
+        latest = await self.aload()
+        if latest is not None and latest.logical_shards != assignment.logical_shards:
+            raise ConfigurationError(
+                f"the logical shard count changed from {latest.logical_shards} "
+                f"(version {latest.version}) to {assignment.logical_shards}; "
+                "it is fixed once data exists",
+                parameter="logical_shards",
+            )
+        if latest == assignment:
+            return
+        expected = 1 if latest is None else latest.version + 1
+        if assignment.version != expected:
+            raise ShardingError(
+                f"cannot publish version {assignment.version} of shard map {self.name!r}: "
+                f"the next version is {expected}"
+            )
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(
+                    catalog_table.insert().values(encode_assignment(self.name, assignment))
+                )
+        except IntegrityError as error:
+            raise ShardingError(
+                f"version {assignment.version} of shard map {self.name!r} was published by "
+                "another instance meanwhile; reload and plan again"
+            ) from error
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} on {self.engine.url!r}>"
+
+
+class AsyncShardMap(ShardMapBase):
+    """Logical shards assigned to named targets; routes a key to its database.
+
+    A target is an ``AsyncEngine`` or an ``AsyncRoutingPool`` (then each
+    shard has its own primary and replicas: reads go to a fresh replica,
+    writes to the primary)::
+
+        shards = AsyncShardMap({"db0": engine0, "db1": pool1, "db2": engine2})
+        async with shards.session(user_id) as session:   # bound to user_id's target
+            session.add(User(id=user_id, ...))
+            await session.commit()
+        rows = await shards.afan_out(select(func.count()).select_from(User))  # [(total,)]
+
+    ``assignment`` defaults to :func:`assign_balanced` over the names in
+    ``targets`` order with ``logical_shards`` (1024) logical shards. A map
+    shared by several instances comes from a catalog:
+    ``await AsyncShardMap.afrom_catalog(catalog, targets)``; then commits that
+    wrote are checked against each target's fence and refused with
+    :class:`~scalekit.errors.StaleShardMap` once another instance published
+    a map that moved shards there. ``fan_out_timeout`` (seconds, None: no
+    limit) bounds each target of a fan-out.
+
+    Raises:
+        ConfigurationError: no target, a value that is not an engine or pool
+            of this colour, the same engine twice, ``logical_shards`` given
+            with an assignment of another count, or target names that differ
+            from the assignment's (the names are listed).
+    """
+
+    _async = IS_ASYNC
+
+    def __init__(
+        self,
+        targets: Mapping[str, Any],
+        *,
+        assignment: ShardAssignment | None = None,
+        logical_shards: int | None = None,
+        fan_out_timeout: float | None = None,
+        catalog: AsyncShardCatalog | None = None,
+    ) -> None:
+        if catalog is not None and not isinstance(catalog, AsyncShardCatalog):
+            raise ConfigurationError("catalog must be a shard catalog", parameter="catalog")
+        if catalog is not None and assignment is None:
+            raise ConfigurationError(
+                "a map from a catalog needs its assignment; use afrom_catalog()",
+                parameter="assignment",
+            )
+        self._catalog = catalog
+        self._executor_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        super().__init__(
+            targets,
+            assignment=assignment,
+            logical_shards=logical_shards,
+            name="default" if catalog is None else catalog.name,
+            fenced=catalog is not None,
+            fan_out_timeout=fan_out_timeout,
+        )
+
+    @classmethod
+    async def afrom_catalog(
+        cls,
+        catalog: AsyncShardCatalog,
+        targets: Mapping[str, Any],
+        *,
+        fan_out_timeout: float | None = None,
+    ) -> AsyncShardMap:
+        """The map published in ``catalog``, over ``targets`` (a superset of its names).
+
+        Raises:
+            ConfigurationError: nothing is published yet, or a target named by
+                the map has no engine or pool in ``targets``.
+        """
+        assignment = await catalog.aload()
+        if assignment is None:
+            raise ConfigurationError(
+                f"shard map {catalog.name!r} has no published version; publish one first "
+                "(catalog.apublish(assign_balanced([...])))",
+                parameter="catalog",
+            )
+        return cls(targets, assignment=assignment, fan_out_timeout=fan_out_timeout, catalog=catalog)
+
+    def _install(self, assignment: ShardAssignment, *, exact: bool = False) -> None:
+        super()._install(assignment, exact=exact and self._catalog is None)
+
+    # -- sessions ------------------------------------------------------------------------------
+
+    def session(self, key: ShardKey, **session_options: Any) -> AsyncSession:
+        """A new session on the target holding ``key`` (its routing session for a pool).
+
+        ``session_options`` go to the session (``expire_on_commit=False``...).
+        Use it as a context manager; keep one session to one shard key. With
+        a catalog, a commit that wrote is refused with
+        :class:`~scalekit.errors.StaleShardMap` when the map is stale.
+
+        Raises:
+            ConfigurationError: ``key`` is not an int, str, bytes or UUID.
+        """
+        logical = self.shard_for(key)
+        name = self._owner_names[logical]
+        value = self._targets[name]
+        session: AsyncSession
+        if isinstance(value, AsyncRoutingPool):
+            session = value.sessionmaker(**session_options)()
+        else:
+            session = AsyncSession(bind=value, **session_options)
+        if IS_ASYNC:
+            self._watch_writes(session.sync_session, name, logical)
+        else:
+            self._watch_writes(session, name, logical)
+        return session
+
+    def sessionmaker(self, **kwargs: Any) -> async_sessionmaker[Any]:
+        """A session factory whose sessions route each statement by its shard key.
+
+        See :class:`~scalekit.sharding.ShardSession`: the key is the
+        ``shard_key`` execution option, else the session's ``shard_key=``;
+        a statement with neither raises :class:`~scalekit.errors.ShardingError`.
+        Keyword arguments go to the session factory (not ``bind``).
+        """
+        if IS_ASYNC:
+            factory = async_sessionmaker(sync_session_class=ShardSession, shard_map=self, **kwargs)
+        else:
+            factory = async_sessionmaker(class_=ShardSession, shard_map=self, **kwargs)
+        return factory
+
+    @contextlib.asynccontextmanager
+    async def _aread_session(self, name: str) -> AsyncIterator[AsyncSession]:
+        value = self._targets[name]
+        if isinstance(value, AsyncRoutingPool):
+            async with value.connect(readonly=True) as conn, AsyncSession(bind=conn) as session:
+                yield session
+        else:
+            async with value.connect() as conn, AsyncSession(bind=conn) as session:
+                yield session
+
+    @contextlib.asynccontextmanager
+    async def _aprimary_connection(self, name: str) -> AsyncIterator[AsyncConnection]:
+        # An engine's connection, or a routing pool's connection to its primary.
+        async with self._targets[name].connect() as conn:
+            yield conn
+
+    @contextlib.asynccontextmanager
+    async def _awrite_connection(self, name: str) -> AsyncIterator[AsyncConnection]:
+        value = self._targets[name]
+        async with value.begin() as conn:
+            yield conn
+
+    # -- fan-out -------------------------------------------------------------------------------
+
+    def _names(self, targets: Sequence[str] | None) -> list[str]:
+        if targets is None:
+            return list(self._assignment.targets)
+        for name in targets:
+            self.target(name)
+        return list(targets)
+
+    async def _arun_all(
+        self,
+        names: Sequence[str],
+        read: Callable[[str], Awaitable[_T]],
+        timeout: float | None,
+    ) -> list[_T]:
+        """``read(name)`` on every target at once; FanOutError naming the failed ones."""
+        failures: dict[str, BaseException] = {}
+        results: dict[str, _T] = {}
+        if IS_ASYNC:
+
+            async def one(name: str) -> _T:
+                if timeout is None:
+                    return await read(name)
+                return await asyncio.wait_for(read(name), timeout)
+
+            outcomes = await asyncio.gather(*(one(name) for name in names), return_exceptions=True)
+            for name, outcome in zip(names, outcomes, strict=True):
+                if isinstance(outcome, BaseException):
+                    failures[name] = outcome
+                else:
+                    results[name] = outcome
+        else:
+            executor = self._executor()
+            futures = {
+                name: executor.submit(contextvars.copy_context().run, read, name) for name in names
+            }
+            done, _ = concurrent.futures.wait(futures.values(), timeout=timeout)
+            for name, future in futures.items():
+                if future not in done:
+                    future.cancel()
+                    failures[name] = TimeoutError(f"no answer within {timeout} seconds")
+                elif (error := future.exception()) is not None:
+                    failures[name] = error
+                else:
+                    results[name] = future.result()
+        if failures:
+            details = ", ".join(
+                f"{name} ({type(error).__name__}: {error})" for name, error in failures.items()
+            )
+            raise FanOutError(
+                f"fan-out failed on {len(failures)} of {len(names)} targets: {details}",
+                failures=failures,
+            ) from next(iter(failures.values()))
+        return [results[name] for name in names]
+
+    def _executor(self) -> concurrent.futures.ThreadPoolExecutor:
+        if self._executor_pool is None:
+            self._executor_pool = concurrent.futures.ThreadPoolExecutor(
+                max_workers=max(len(self._targets), 1), thread_name_prefix="scalekit-shard"
+            )
+        return self._executor_pool
+
+    def close(self) -> None:
+        """Stop the fan-out threads (the sync map's), waiting for reads that timed out.
+
+        A sync fan-out that timed out leaves its threads running the query
+        until the server answers; close before disposing of the engines.
+        Engines and pools stay yours to close.
+        """
+        if self._executor_pool is not None:
+            self._executor_pool.shutdown(wait=True, cancel_futures=True)
+            self._executor_pool = None
+
+    async def afan_out(
+        self,
+        statement: Any,
+        *,
+        targets: Sequence[str] | None = None,
+        timeout: float | None = _DEFAULT,
+    ) -> list[Any]:
+        """Run the read ``statement`` on every target at once and return all the rows.
+
+        Rows concatenate in target order. When the select's columns hold
+        ``count``, ``sum``, ``min`` or ``max``, rows of the same group (the
+        other columns, which must be its GROUP BY) merge into one: counts and
+        sums add, minima and maxima take the extreme, so ``count(*)`` gives
+        one row with the total. On a routing pool the read goes to a replica.
+        ``targets`` limits the targets (names); ``timeout`` (seconds) bounds
+        each target, defaulting to the map's ``fan_out_timeout``. For an
+        ordered, paged read use :meth:`apaginate`.
+
+        Raises:
+            FanOutError: some targets failed or timed out (``.failures`` by name).
+            ShardingError: an aggregate that cannot merge (``avg``,
+                ``count(DISTINCT ...)``...): select ``sum`` and ``count``.
+            UnknownShard: a name in ``targets`` is not a target.
+        """
+        plan = aggregate_plan(statement)
+        names = self._names(targets)
+
+        async def read(name: str) -> FrozenResult[Any]:
+            async with self._aread_session(name) as session:
+                return (await session.execute(statement)).freeze()
+
+        frozen = await self._arun_all(
+            names, read, self.fan_out_timeout if timeout is _DEFAULT else timeout
+        )
+        if plan is None:
+            return [row for result in frozen for row in result.data]
+        merged = merge_aggregates(plan, (row for result in frozen for row in result.data))
+        return list(frozen[0].with_new_rows(cast("list[Any]", merged))().all())
+
+    async def apaginate(
+        self,
+        statement: Any,
+        *,
+        order_by: Sequence[Any] | None = None,
+        limit: int = 50,
+        after: str | None = None,
+        before: str | None = None,
+        last: bool = False,
+        codec: CursorCodec | None = None,
+        timeout: float | None = _DEFAULT,
+    ) -> Page[Any]:
+        """One keyset page of ``statement`` across every target, in order.
+
+        Each target runs the page's seek (at most ``limit + 1`` rows, the
+        same statement :func:`scalekit.pagination.apaginate` runs) and the
+        rows merge in order, so a page costs the same at any depth. Cursors
+        come from ``codec`` (signed when it has a secret) and work on every
+        target: ``after=page.next_cursor``, ``before=page.prev_cursor``,
+        ``last=True``. The order must be total (the primary key is appended
+        when it is not) and the primary key unique across shards. Sort keys
+        compare in Python in the merge: text sorts by code point, so give text
+        keys ``COLLATE "C"`` on the server (or sort by non-text keys).
+
+        Raises:
+            ConfigurationError: what :func:`scalekit.pagination.apaginate`
+                raises for the order, or targets of different dialects.
+            InvalidCursor: ``after``/``before`` is not a cursor of this query and codec.
+            FanOutError: some targets failed or timed out.
+        """
+        plan = cached_plan(statement, order_by, limit=limit, codec=codec, dialect=self._dialect())
+        prepared = plan.prepare(after=after, before=before, last=last)
+
+        async def read(name: str) -> FrozenResult[Any]:
+            async with self._aread_session(name) as session:
+                result = await session.execute(prepared.statement, prepared.params)
+                return result.freeze()
+
+        frozen = await self._arun_all(
+            self._names(None), read, self.fan_out_timeout if timeout is _DEFAULT else timeout
+        )
+        rows = merge_ordered(
+            [result.data for result in frozen],
+            plan.row_sort_key(),
+            reverse=prepared.backwards,
+            take=limit + 1,
+        )
+        return plan.finish(prepared, frozen[0].with_new_rows(rows)())
+
+    async def adistribution(
+        self,
+        column: Any,
+        *,
+        key_type: KeyType | None = None,
+        timeout: float | None = _DEFAULT,
+    ) -> Distribution:
+        """Rows per logical shard and per target for the table of ``column`` (its shard key).
+
+        On PostgreSQL the server groups by :func:`shard_sql` (one row per
+        logical shard comes back); elsewhere the keys are read and hashed
+        here. ``misplaced`` counts rows found on a target that does not own
+        their logical shard (a move in progress or a routing bug).
+
+        Raises:
+            FanOutError: some targets failed or timed out.
+            ConfigurationError: the key type cannot be inferred (pass ``key_type``).
+        """
+        count = self._count
+        postgres = self._dialect().name == "postgresql"
+        if postgres:
+            logical = shard_sql(column, count, key_type=key_type).label("logical")
+            statement: Any = sa.select(logical, sa.func.count()).group_by(logical)
+        else:
+            statement = sa.select(column)
+
+        async def read(name: str) -> dict[int, int]:
+            found: dict[int, int] = {}
+            async with self._aread_session(name) as session:
+                result = await session.execute(statement)
+                if postgres:
+                    for shard, rows in result:
+                        found[int(shard)] = int(rows)
+                else:
+                    for (key,) in result:
+                        shard = logical_shard(key, count)
+                        found[shard] = found.get(shard, 0) + 1
+            return found
+
+        names = self._names(None)
+        per_target = await self._arun_all(
+            names, read, self.fan_out_timeout if timeout is _DEFAULT else timeout
+        )
+        return Distribution.build(self._assignment, dict(zip(names, per_target, strict=True)))
+
+    # -- the shared map ------------------------------------------------------------------------
+
+    @property
+    def catalog(self) -> AsyncShardCatalog | None:
+        """The catalog this map reloads from, or None for a fixed map."""
+        return self._catalog
+
+    def _need_catalog(self) -> AsyncShardCatalog:
+        if self._catalog is None:
+            raise ConfigurationError(
+                "this shard map has no catalog; build it with afrom_catalog()",
+                parameter="catalog",
+            )
+        return self._catalog
+
+    async def arefresh(self) -> bool:
+        """Reload the catalog; use its newest version if newer. Return whether it changed.
+
+        Raises:
+            ConfigurationError: no catalog, or the new map names a target this
+                instance has no engine or pool for, or changed the logical count.
+        """
+        latest = await self._need_catalog().aload()
+        if latest is None or latest.version <= self._assignment.version:
+            return False
+        self._install(latest)
+        return True
+
+    async def ainstall_fences(self) -> None:
+        """Create the fence table on every target, at the current map version if absent."""
+        for name in self._targets:
+            async with self._awrite_connection(name) as conn:
+                if IS_ASYNC:
+                    await conn.run_sync(fence_metadata.create_all)
+                else:
+                    fence_metadata.create_all(conn)
+                exists = (
+                    await conn.execute(
+                        sa.select(fence_table.c.version).where(fence_table.c.map_name == self.name)
+                    )
+                ).first()
+                if exists is None:
+                    await conn.execute(
+                        fence_table.insert().values(
+                            map_name=self.name, version=self._assignment.version
+                        )
+                    )
+
+    async def apublish(self, assignment: ShardAssignment) -> None:
+        """Publish ``assignment`` (the newest version plus one) and use it here.
+
+        The fences of the targets that gain or lose a logical shard are raised
+        to the new version first, then the catalog row is written, so a stale
+        instance's write there is refused from that moment; a publisher that
+        died half way reruns the same call. Moving the rows is not done here:
+        publish once they are where the new map says (or while writes to the
+        moving shards are blocked).
+
+        Raises:
+            ShardingError: the version is not the newest plus one, or another
+                instance published it first.
+            ConfigurationError: no catalog, a target without an engine or pool
+                here, or a changed logical shard count.
+        """
+        catalog = self._need_catalog()
+        latest = await catalog.aload()
+        base = latest if latest is not None else self._assignment
+        if latest is not None and latest != assignment and assignment.version != latest.version + 1:
+            raise ShardingError(
+                f"cannot publish version {assignment.version} of shard map {self.name!r}: "
+                f"the newest is {latest.version}"
+            )
+        self._check_known(assignment)
+        for name in moved_targets(base, assignment):
+            async with self._awrite_connection(name) as conn:
+                updated = await conn.execute(
+                    fence_table.update()
+                    .where(fence_table.c.map_name == self.name)
+                    .where(fence_table.c.version < assignment.version)
+                    .values(version=assignment.version)
+                )
+                if updated.rowcount == 0:
+                    present = (
+                        await conn.execute(
+                            sa.select(fence_table.c.version).where(
+                                fence_table.c.map_name == self.name
+                            )
+                        )
+                    ).first()
+                    if present is None:
+                        await conn.execute(
+                            fence_table.insert().values(
+                                map_name=self.name, version=assignment.version
+                            )
+                        )
+        await catalog.apublish(assignment)
+        self._install(assignment)
+
+    # -- moving a logical shard ----------------------------------------------------------------
+
+    async def amove_shard(
+        self,
+        logical: int,
+        to: str,
+        *,
+        tables: Sequence[Any],
+        _after_step: Callable[[str], None] | None = None,
+    ) -> None:
+        """Move logical shard ``logical``'s rows of ``tables`` to target ``to``; resumable.
+
+        ``tables`` lists each table's shard-key column (``Order.user_id``);
+        every table needs a primary key. PostgreSQL only, on a map with a
+        catalog. The steps, each recorded in the catalog's
+        ``scalekit_shard_moves`` table so that a rerun after a crash resumes:
+
+        1. **copy**: in one transaction on ``to``, delete any leftover rows of
+           the shard there and COPY (binary) the source's rows in; writes go on.
+        2. **switch**: take the shard's advisory lock on both databases (a
+           commit writing to this logical shard waits, others go on), bring
+           ``to`` up to date (rows compared by primary key and an MD5 of the
+           row), verify that both hold the same rows (count and checksum),
+           publish the new map version (fences raised: a stale instance's
+           write is refused), release the lock.
+        3. **clean**: delete the shard's rows from the source.
+
+        Until the switch the source is authoritative, after it the target;
+        killed at any step, a rerun with the same arguments finishes the job.
+
+        Raises:
+            ConfigurationError: no catalog, not PostgreSQL, a table without a
+                primary key, or an unknown ``logical``.
+            UnknownShard: ``to`` is not a target.
+            ShardingError: another move of this shard (to another target) is
+                in progress, or verification failed (nothing was switched).
+        """
+        catalog = self._need_catalog()
+        self.target(to)
+        if self._dialect().name != "postgresql":
+            raise ConfigurationError("move_shard runs on PostgreSQL only", parameter="targets")
+        self._assignment.owner_of(logical)
+        columns = [getattr(column, "expression", column) for column in tables]
+        for column in columns:
+            if not column.table.primary_key.columns:
+                raise ConfigurationError(
+                    f"table {column.table.name!r} has no primary key; moves compare rows by it",
+                    parameter="tables",
+                )
+        await self.arefresh()
+        async with catalog.engine.connect() as conn:
+            state = (
+                await conn.execute(
+                    sa.select(moves_table).where(
+                        moves_table.c.map_name == self.name, moves_table.c.logical == logical
+                    )
+                )
+            ).first()
+        if state is None:
+            source = self._assignment.owners[logical]
+            if source == to:
+                return
+            step = "started"
+            async with catalog.engine.begin() as conn:
+                await conn.execute(
+                    moves_table.insert().values(
+                        map_name=self.name, logical=logical, source=source, target=to, step=step
+                    )
+                )
+        else:
+            source, step = state.source, state.step
+            if state.target != to:
+                raise ShardingError(
+                    f"logical shard {logical} is being moved to {state.target!r}, not {to!r}; "
+                    "rerun with that target to finish it"
+                )
+        if step == "started":
+            await self._acopy_shard(logical, source, to, columns)
+            step = await self._amove_step(logical, "copied", _after_step)
+        if step == "copied":
+            if self._assignment.owners[logical] == source:
+                lock = sa.select(sa.func.pg_advisory_lock(self.lock_class, logical))
+                unlock = sa.select(sa.func.pg_advisory_unlock(self.lock_class, logical))
+                async with (
+                    self._aprimary_connection(source) as source_lock,
+                    self._aprimary_connection(to) as target_lock,
+                ):
+                    await source_lock.execute(lock)
+                    await target_lock.execute(lock)
+                    await source_lock.commit()
+                    await target_lock.commit()
+                    try:
+                        await self._acatch_up(logical, source, to, columns)
+                        if _after_step is not None:
+                            _after_step("verified")
+                        await self.apublish(self._assignment.with_owners({logical: to}))
+                        if _after_step is not None:
+                            _after_step("published")
+                    finally:
+                        await source_lock.execute(unlock)
+                        await target_lock.execute(unlock)
+                        await source_lock.commit()
+                        await target_lock.commit()
+            step = await self._amove_step(logical, "switched", _after_step)
+        if step == "switched":
+            await self._adelete_source(logical, source, columns)
+            async with catalog.engine.begin() as conn:
+                await conn.execute(
+                    moves_table.delete().where(
+                        moves_table.c.map_name == self.name, moves_table.c.logical == logical
+                    )
+                )
+            if _after_step is not None:
+                _after_step("cleaned")
+
+    async def _amove_step(
+        self, logical: int, step: str, after_step: Callable[[str], None] | None
+    ) -> str:
+        async with self._need_catalog().engine.begin() as conn:
+            await conn.execute(
+                moves_table.update()
+                .where(moves_table.c.map_name == self.name, moves_table.c.logical == logical)
+                .values(step=step)
+            )
+        if after_step is not None:
+            after_step(step)
+        return step
+
+    def _shard_filter(self, column: Any, logical: int) -> Any:
+        return shard_sql(column, self._count) == logical
+
+    async def _acopy_shard(self, logical: int, source: str, to: str, columns: list[Any]) -> None:
+        from sqlalchemy.dialects import postgresql
+
+        # The named paramstyle: "%" stays one "%" (COPY takes no parameters).
+        dialect = postgresql.dialect(paramstyle="named")  # type: ignore[no-untyped-call]
+        quote = dialect.identifier_preparer.quote
+        async with (
+            self._aprimary_connection(source) as source_conn,
+            self._awrite_connection(to) as target_conn,
+        ):
+            for column in columns:
+                table = column.table
+                await target_conn.execute(table.delete().where(self._shard_filter(column, logical)))
+                names = ", ".join(quote(c.name) for c in table.columns)
+                select = sa.select(*table.columns).where(self._shard_filter(column, logical))
+                query = select.compile(dialect=dialect, compile_kwargs={"literal_binds": True})
+                if IS_ASYNC:
+                    source_raw = (await source_conn.get_raw_connection()).driver_connection
+                    target_raw = (await target_conn.get_raw_connection()).driver_connection
+                else:
+                    source_raw = source_conn.connection.driver_connection
+                    target_raw = target_conn.connection.driver_connection
+                assert source_raw is not None and target_raw is not None
+                copy_out_sql = f"COPY ({query}) TO STDOUT (FORMAT BINARY)"
+                copy_in_sql = f"COPY {quote(table.name)} ({names}) FROM STDIN (FORMAT BINARY)"
+                async with (
+                    source_raw.cursor() as out_cursor,
+                    target_raw.cursor() as in_cursor,
+                    out_cursor.copy(copy_out_sql) as copy_out,
+                    in_cursor.copy(copy_in_sql) as copy_in,
+                ):
+                    async for data in copy_out:
+                        await copy_in.write(data)
+            await source_conn.rollback()
+
+    async def _adigests(self, name: str, column: Any, logical: int) -> dict[tuple[Any, ...], str]:
+        table = column.table
+        keys = list(table.primary_key.columns)
+        row_text: Any = sa.literal_column(f"{table.name}::text")
+        statement = (
+            sa.select(*keys, sa.func.md5(row_text))
+            .select_from(table)
+            .where(self._shard_filter(column, logical))
+        )
+        async with self._aprimary_connection(name) as conn:
+            result = await conn.execute(statement)
+            return {tuple(row[: len(keys)]): row[-1] for row in result}
+
+    async def _achecksum(self, name: str, column: Any, logical: int) -> tuple[int, int]:
+        """Rows of the shard in ``column``'s table on ``name``, and the sum of their row hashes."""
+        table = column.table
+        row_hash: Any = sa.literal_column(
+            f"('x' || substr(md5({table.name}::text), 1, 16))::bit(64)::bigint"
+        )
+        statement = (
+            sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(row_hash), 0))
+            .select_from(table)
+            .where(self._shard_filter(column, logical))
+        )
+        async with self._aprimary_connection(name) as conn:
+            count, checksum = (await conn.execute(statement)).one()
+        return int(count), int(checksum)
+
+    async def _acatch_up(self, logical: int, source: str, to: str, columns: list[Any]) -> None:
+        for column in columns:
+            expected, current = await self._arun_all(
+                [source, to],
+                functools.partial(self._achecksum, column=column, logical=logical),
+                None,
+            )
+            if current == expected:
+                continue  # nothing changed since the copy
+            table = column.table
+            keys = list(table.primary_key.columns)
+            on_source = await self._adigests(source, column, logical)
+            on_target = await self._adigests(to, column, logical)
+            stale = [key for key, digest in on_target.items() if on_source.get(key) != digest]
+            missing = [key for key, digest in on_source.items() if on_target.get(key) != digest]
+            async with self._awrite_connection(to) as conn:
+                for start in range(0, len(stale), 1000):
+                    batch = stale[start : start + 1000]
+                    await conn.execute(table.delete().where(sa.tuple_(*keys).in_(batch)))
+                if missing:
+                    async with self._aprimary_connection(source) as source_conn:
+                        for start in range(0, len(missing), 1000):
+                            batch = missing[start : start + 1000]
+                            rows = (
+                                await source_conn.execute(
+                                    sa.select(table).where(sa.tuple_(*keys).in_(batch))
+                                )
+                            ).mappings()
+                            values = [dict(row) for row in rows]
+                            if values:
+                                await conn.execute(table.insert(), values)
+            if await self._achecksum(to, column, logical) != expected:
+                raise ShardingError(
+                    f"verification of logical shard {logical} failed for {table.name!r}: "
+                    f"{source!r} and {to!r} differ (count, checksum) after the catch-up; "
+                    "nothing was switched"
+                )
+
+    async def _adelete_source(self, logical: int, source: str, columns: list[Any]) -> None:
+        async with self._awrite_connection(source) as conn:
+            for column in columns:
+                await conn.execute(column.table.delete().where(self._shard_filter(column, logical)))
