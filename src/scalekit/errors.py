@@ -25,7 +25,9 @@ refine a builtin meaning also subclass that builtin (an invalid cursor *is* a
     │   ├── BatchChunkError                  the database refused a chunk; .position, .result
     │   └── InvalidBatchRow (ValueError)     a row does not fit the table; .position, .column
     └── ShardingError
-        └── UnknownShard (LookupError)       a shard name or key maps nowhere
+        ├── UnknownShard (LookupError)       a shard name or key maps nowhere
+        ├── ClockMovedBackwards              the clock went back past the bound; .behind_ms
+        └── WorkerLeaseError                 no worker id could be leased, or it was lost; .worker
 
 Errors carry the data a caller needs to act (``retry_after``, the node name,
 the failing chunk) as attributes, never only inside the message.
@@ -42,6 +44,7 @@ __all__ = [
     "CacheError",
     "CacheUnavailable",
     "CircuitOpenError",
+    "ClockMovedBackwards",
     "ConcurrencyLimitExceeded",
     "ConfigurationError",
     "InvalidBatchRow",
@@ -56,6 +59,7 @@ __all__ = [
     "SerializationError",
     "ShardingError",
     "UnknownShard",
+    "WorkerLeaseError",
 ]
 
 
@@ -301,3 +305,27 @@ class UnknownShard(ShardingError, LookupError):
     def __init__(self, message: str, *, shard: int | str | None = None) -> None:
         super().__init__(message)
         self.shard = shard
+
+
+class ClockMovedBackwards(ShardingError):
+    """The wall clock is behind the last ID's time by more than the generator may wait.
+
+    Issuing now could repeat an ID, so none is issued. ``behind_ms`` is how far
+    behind the clock is, in milliseconds.
+    """
+
+    def __init__(self, message: str, *, behind_ms: int) -> None:
+        super().__init__(message)
+        self.behind_ms = behind_ms
+
+
+class WorkerLeaseError(ShardingError):
+    """An ID generator has no worker id: none was free, or its lease was lost.
+
+    A generator whose lease is lost stops issuing IDs (another process may hold
+    the worker id now). ``worker`` is the worker id concerned, if any.
+    """
+
+    def __init__(self, message: str, *, worker: int | None = None) -> None:
+        super().__init__(message)
+        self.worker = worker

@@ -123,6 +123,10 @@ SAMPLES: dict[str, tuple[errors.ScalekitError, dict[str, object]]] = {
     ),
     "CacheUnavailable": (errors.CacheUnavailable("app"), {"namespace": "app"}),
     "CircuitOpenError": (errors.CircuitOpenError("db", 2.0), {"name": "db", "retry_after": 2.0}),
+    "ClockMovedBackwards": (
+        errors.ClockMovedBackwards("behind", behind_ms=250),
+        {"behind_ms": 250},
+    ),
     "ConcurrencyLimitExceeded": (
         errors.ConcurrencyLimitExceeded("k", 1.5, 3, 3),
         {"key": "k", "retry_after": 1.5, "limit": 3, "in_flight": 3},
@@ -149,6 +153,7 @@ SAMPLES: dict[str, tuple[errors.ScalekitError, dict[str, object]]] = {
         {"key": "k", "retry_after": 0.5, "limit": "10/second"},
     ),
     "RetryError": (errors.RetryError(3, None), {"attempts": 3, "last_exception": None}),
+    "WorkerLeaseError": (errors.WorkerLeaseError("lost", worker=3), {"worker": 3}),
 }
 
 
