@@ -50,16 +50,19 @@ from scalekit.sharding._ids import (
     IdRenew,
     IdWait,
     LeaseGrant,
+    LeaseSettings,
     id_function_sql,
     shard_of_id,
 )
 from scalekit.sharding._ids_async import (
     AsyncIdGenerator,
+    AsyncRedisWorkerLease,
     AsyncWorkerLease,
     ainstall_id_function,
 )
 from scalekit.sharding._ids_sync import (
     IdGenerator,
+    RedisWorkerLease,
     WorkerLease,
     install_id_function,
 )
@@ -88,6 +91,7 @@ __all__ += [
     "DEFAULT_ID_LAYOUT",
     "GENERATOR_ID_LAYOUT",
     "AsyncIdGenerator",
+    "AsyncRedisWorkerLease",
     "AsyncWorkerLease",
     "ClockMovedBackwards",
     "IdGenerator",
@@ -97,6 +101,8 @@ __all__ += [
     "IdRenew",
     "IdWait",
     "LeaseGrant",
+    "LeaseSettings",
+    "RedisWorkerLease",
     "WorkerLease",
     "WorkerLeaseError",
     "ainstall_id_function",

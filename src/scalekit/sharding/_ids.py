@@ -60,7 +60,11 @@ holder's (its floor).
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import socket
+import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Final
@@ -77,6 +81,7 @@ __all__ = [
     "IdRenew",
     "IdWait",
     "LeaseGrant",
+    "LeaseSettings",
     "id_function_sql",
     "shard_of_id",
 ]
@@ -282,6 +287,48 @@ class LeaseGrant:
     worker: int
     floor_ms: int
     ceiling_ms: int
+
+
+class LeaseSettings:
+    """What every worker lease store shares: the pool, its worker ids, the timing, the holder.
+
+    Raises:
+        ConfigurationError: an empty worker range, a worker id below 0, a
+            ``ttl`` that is not positive, or ``renew_after`` outside ``(0, ttl)``.
+    """
+
+    def __init__(
+        self,
+        *,
+        pool: str,
+        workers: Iterable[int],
+        ttl: float,
+        renew_after: float | None,
+    ) -> None:
+        self.pool = pool
+        self.workers = tuple(workers)
+        if not self.workers or any(type(w) is not int or w < 0 for w in self.workers):
+            raise ConfigurationError(
+                f"workers must be a non-empty set of ints >= 0, got {workers!r}",
+                parameter="workers",
+            )
+        if not ttl > 0:
+            raise ConfigurationError(f"ttl must be > 0, got {ttl!r}", parameter="ttl")
+        self.ttl = float(ttl)
+        self.renew_after = self.ttl / 3 if renew_after is None else float(renew_after)
+        if not 0 < self.renew_after < self.ttl:
+            raise ConfigurationError(
+                f"renew_after must be in (0, ttl), got {renew_after!r}", parameter="renew_after"
+            )
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+    @property
+    def ttl_ms(self) -> int:
+        """``ttl`` in whole milliseconds."""
+        return int(self.ttl * 1000)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(pool={self.pool!r}, workers={len(self.workers)})"
 
 
 _RENEW_DUE: Final = IdRenew(expired=False)

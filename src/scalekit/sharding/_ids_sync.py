@@ -13,11 +13,8 @@ worker id, renews it as it issues, and stops when it is lost.
 
 from __future__ import annotations
 
-import os
 import random
-import socket
 import threading
-import uuid
 from collections.abc import Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -31,6 +28,7 @@ from scalekit.sharding._ids import (
     IdLayout,
     IdWait,
     LeaseGrant,
+    LeaseSettings,
     id_function_sql,
 )
 
@@ -40,7 +38,12 @@ if TYPE_CHECKING:
 
     from scalekit.typing import Clock
 
-__all__ = ["IdGenerator", "WorkerLease", "install_id_function"]
+__all__ = [
+    "IdGenerator",
+    "RedisWorkerLease",
+    "WorkerLease",
+    "install_id_function",
+]
 
 
 def install_id_function(
@@ -124,7 +127,7 @@ def _server_ms(dialect: str) -> Any:
     )
 
 
-class WorkerLease:
+class WorkerLease(LeaseSettings):
     """Worker ids leased from a table, so that no two live generators share one.
 
     Each worker id of ``workers`` in ``pool`` is a row: a holder, an expiry
@@ -156,31 +159,9 @@ class WorkerLease:
         renew_after: float | None = None,
         table: str = "scalekit_id_workers",
     ) -> None:
+        super().__init__(pool=pool, workers=workers, ttl=ttl, renew_after=renew_after)
         self.engine = engine
-        self.pool = pool
-        self.workers = tuple(workers)
-        if not self.workers or any(type(w) is not int or w < 0 for w in self.workers):
-            raise ConfigurationError(
-                f"workers must be a non-empty set of ints >= 0, got {workers!r}",
-                parameter="workers",
-            )
-        if not ttl > 0:
-            raise ConfigurationError(f"ttl must be > 0, got {ttl!r}", parameter="ttl")
-        self.ttl = float(ttl)
-        self.renew_after = self.ttl / 3 if renew_after is None else float(renew_after)
-        if not 0 < self.renew_after < self.ttl:
-            raise ConfigurationError(
-                f"renew_after must be in (0, ttl), got {renew_after!r}", parameter="renew_after"
-            )
         self.table = _lease_table(table)
-        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
-
-    @property
-    def ttl_ms(self) -> int:
-        return int(self.ttl * 1000)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(pool={self.pool!r}, workers={len(self.workers)})"
 
     def create_table(self) -> None:
         """Create the lease table if it does not exist."""
@@ -280,6 +261,107 @@ class WorkerLease:
             connection.execute(statement)
 
 
+# The lease key holds the holder and expires; the ceiling key outlives it, so
+# the next holder knows which milliseconds the previous ones may have used.
+# KEYS: lease, ceiling. Lua numbers are doubles: exact for milliseconds (< 2**53).
+_REDIS_ACQUIRE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+    local old = tonumber(redis.call('GET', KEYS[2]) or '-1')
+    local new = math.max(old, tonumber(ARGV[3]))
+    redis.call('SET', KEYS[2], string.format('%d', new))
+    return {old, new}
+end
+return false
+"""
+_REDIS_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    local old = tonumber(redis.call('GET', KEYS[2]) or '-1')
+    local new = math.max(old, tonumber(ARGV[3]))
+    redis.call('SET', KEYS[2], string.format('%d', new))
+    return {old, new}
+end
+return false
+"""
+_REDIS_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    redis.call('DEL', KEYS[1])
+    redis.call('SET', KEYS[2], ARGV[2])
+end
+return 1
+"""
+
+
+class RedisWorkerLease(LeaseSettings):
+    """Worker ids leased in Redis: ``SET key holder NX PX ttl``, renewed with ``PEXPIRE``.
+
+    The same contract as :class:`WorkerLease` over a ``redis``
+    client (standalone, Sentinel or ``RedisCluster``: a worker id's two keys
+    share a hash tag). The lease key expires on Redis's clock; a second key
+    per worker id, without expiry, keeps the ceiling (the highest millisecond
+    its holders may have used) for the next holder. A lease that expired is
+    lost even if nobody took it: the holder cannot tell, so it stops.
+
+    Raises:
+        ConfigurationError: as :class:`WorkerLease`.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        pool: str = "default",
+        workers: Iterable[int] = range(1, 16),
+        ttl: float = 30.0,
+        renew_after: float | None = None,
+        prefix: str = "scalekit:ids",
+    ) -> None:
+        super().__init__(pool=pool, workers=workers, ttl=ttl, renew_after=renew_after)
+        self.client = client
+        self.prefix = prefix
+
+    def _keys(self, worker: int) -> tuple[str, str]:
+        tag = f"{{{self.prefix}:{self.pool}:{worker}}}"
+        return f"{tag}:lease", f"{tag}:ceiling"
+
+    def acquire(self, ceiling_ms: int) -> LeaseGrant:
+        """Lease a free worker id (see :meth:`WorkerLease.acquire`).
+
+        Raises:
+            WorkerLeaseError: every worker id of the pool is held.
+        """
+        workers = list(self.workers)
+        random.shuffle(workers)
+        for worker in workers:
+            reply = self.client.eval(
+                _REDIS_ACQUIRE, 2, *self._keys(worker), self.holder, self.ttl_ms, ceiling_ms
+            )
+            if reply:
+                return LeaseGrant(worker=worker, floor_ms=int(reply[0]), ceiling_ms=int(reply[1]))
+        raise WorkerLeaseError(
+            f"no free worker id in pool {self.pool!r} ({len(self.workers)} ids, all held)"
+        )
+
+    def renew(self, worker: int, ceiling_ms: int) -> LeaseGrant:
+        """Extend the lease on ``worker`` and raise its ceiling to ``ceiling_ms``.
+
+        Raises:
+            WorkerLeaseError: the lease expired or was taken by another holder.
+        """
+        reply = self.client.eval(
+            _REDIS_RENEW, 2, *self._keys(worker), self.holder, self.ttl_ms, ceiling_ms
+        )
+        if not reply:
+            raise WorkerLeaseError(
+                f"the lease on worker {worker} of pool {self.pool!r} was lost", worker=worker
+            )
+        return LeaseGrant(worker=worker, floor_ms=int(reply[0]), ceiling_ms=int(reply[1]))
+
+    def release(self, worker: int, last_ms: int) -> None:
+        """Give ``worker`` back now; ``last_ms`` (the last millisecond used) becomes its ceiling."""
+        self.client.eval(_REDIS_RELEASE, 2, *self._keys(worker), self.holder, last_ms)
+
+
 def _dialect_insert(dialect: str) -> Any:
     if dialect == "postgresql":
         from sqlalchemy.dialects import postgresql
@@ -318,7 +400,7 @@ class IdGenerator:
 
     def __init__(
         self,
-        lease: WorkerLease,
+        lease: WorkerLease | RedisWorkerLease,
         *,
         layout: IdLayout = GENERATOR_ID_LAYOUT,
         max_backwards_seconds: float = 0.2,

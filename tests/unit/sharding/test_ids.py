@@ -24,6 +24,7 @@ from scalekit.sharding import (
     IdRenew,
     IdWait,
     LeaseGrant,
+    RedisWorkerLease,
     WorkerLease,
     id_function_sql,
     install_id_function,
@@ -323,3 +324,26 @@ async def test_the_async_generator_issues_unique_ids(sqlite_url: str) -> None:
     assert len(set(issued)) == 2000 and issued == sorted(issued)
     assert {shard_of_id(i) for i in issued} == {7}
     await engine.dispose()
+
+
+# --- leases in Redis (fakeredis here; the real servers in tests/integration) ---------------
+
+
+def test_the_redis_lease_hands_out_distinct_workers_and_keeps_the_ceiling() -> None:
+    import fakeredis
+
+    client = fakeredis.FakeRedis(decode_responses=True)
+    lease = RedisWorkerLease(client, pool="r", workers=range(1, 3), ttl=30)
+    with IdGenerator(lease) as first, IdGenerator(lease) as second:
+        assert {first.worker, second.worker} == {1, 2}
+        with pytest.raises(WorkerLeaseError):
+            IdGenerator(lease).start()
+        ids = [first.next_id(1) for _ in range(300)] + [second.next_id(1) for _ in range(300)]
+        assert len(set(ids)) == 600
+        last = max(ids)
+    with IdGenerator(lease) as third:
+        assert third.next_id(1) > last  # the released ceiling is kept for the next holder
+    client.flushall()
+    with IdGenerator(lease) as fourth, pytest.raises(WorkerLeaseError, match="lost"):
+        client.flushall()  # the lease key is gone: renewal fails and generation stops
+        lease.renew(fourth.worker or 0, 0)
