@@ -250,7 +250,9 @@ class _DeferredCluster:
             self._client.close()
 
 
-_CLUSTER_DROP = ("redis_connect_func", "host", "port", "retry", "connection_pool")
+# ``db`` is there when the client came from a URL with a database number
+# (``RedisCluster.from_url("redis://host:6379/0")``); RedisCluster refuses it back.
+_CLUSTER_DROP = ("redis_connect_func", "host", "port", "retry", "connection_pool", "db")
 
 
 def _twin_cluster(client: Any, op_timeout: float) -> Any:
