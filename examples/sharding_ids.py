@@ -46,7 +46,11 @@ def section(title: str) -> None:
 
 
 def main() -> None:
-    folder = Path(tempfile.mkdtemp(prefix="scalekit-ids-"))
+    with tempfile.TemporaryDirectory(prefix="scalekit-ids-") as folder:
+        tour(Path(folder))
+
+
+def tour(folder: Path) -> None:
     shards = [sa.create_engine(f"sqlite:///{folder / f'shard{n}.db'}") for n in range(PHYSICAL)]
     for engine in shards:
         metadata.create_all(engine)
