@@ -349,11 +349,17 @@ class IdIssuer:
 
     __slots__ = (
         "_ceiling_ms",
+        "_epoch_ms",
         "_expires_at",
         "_last_ms",
+        "_max_ms",
         "_renew_at",
         "_seq_max",
         "_sequence",
+        "_shard_count",
+        "_shard_shift",
+        "_time_shift",
+        "_worker_part",
         "layout",
         "max_backwards_ms",
         "worker",
@@ -374,6 +380,13 @@ class IdIssuer:
         self.max_backwards_ms = max_backwards_ms
         self.worker = -1
         self._seq_max = layout.sequence_count - 1
+        # The layout's arithmetic, inlined in step() (the hot path).
+        self._epoch_ms = layout.epoch_ms
+        self._max_ms = layout.max_timestamp_ms
+        self._shard_count = layout.shard_count
+        self._shard_shift = layout._shard_shift
+        self._time_shift = layout._time_shift
+        self._worker_part = 0
         self._last_ms = -1
         self._sequence = 0
         self._ceiling_ms = -1
@@ -412,6 +425,7 @@ class IdIssuer:
             self._last_ms = max(self._last_ms, grant.floor_ms)
             self._sequence = self._seq_max
         self.worker = grant.worker
+        self._worker_part = grant.worker << self.layout.sequence_bits
         self._ceiling_ms = grant.ceiling_ms
         # Measured from before the request: the local view ends no later than the store's.
         self._renew_at = asked_at + renew_after
@@ -453,15 +467,23 @@ class IdIssuer:
         """
         if self.worker < 0:
             raise WorkerLeaseError("no worker lease is held; acquire one first", worker=None)
+        if type(shard) is not int or not 0 <= shard < self._shard_count:
+            _check_field("shard", shard, self._shard_count)
         if monotonic >= self._renew_at:
             return _RENEW_EXPIRED if monotonic >= self._expires_at else _RENEW_DUE
         last = self._last_ms
         if now_ms > last:
             if now_ms > self._ceiling_ms:
                 return _RENEW_DUE
+            if not self._epoch_ms <= now_ms <= self._max_ms:
+                self.layout.compose(now_ms, shard, 0)  # raises, naming the range
             self._last_ms = now_ms
             self._sequence = 0
-            return self.layout.compose(now_ms, shard, 0, self.worker)
+            return (
+                ((now_ms - self._epoch_ms) << self._time_shift)
+                | (shard << self._shard_shift)
+                | self._worker_part
+            )
         if now_ms < last:
             behind = last - now_ms
             if behind > self.max_backwards_ms:
@@ -474,7 +496,12 @@ class IdIssuer:
         if self._sequence >= self._seq_max:
             return IdWait(0.001)
         self._sequence += 1
-        return self.layout.compose(last, shard, self._sequence, self.worker)
+        return (
+            ((last - self._epoch_ms) << self._time_shift)
+            | (shard << self._shard_shift)
+            | self._worker_part
+            | self._sequence
+        )
 
 
 def id_function_sql(

@@ -175,6 +175,12 @@ def test_a_clock_stepped_backwards_never_duplicates(steps: list[tuple[int, float
     assert len(set(issued)) == len(issued)
     times = [GENERATOR_ID_LAYOUT.decompose(i).timestamp_ms for i in issued]
     assert times == sorted(times)  # and the time field never goes back
+    for id_ in issued[:50]:  # the issuer's inlined arithmetic is the layout's
+        parts = GENERATOR_ID_LAYOUT.decompose(id_)
+        assert parts.worker == 3
+        assert id_ == GENERATOR_ID_LAYOUT.compose(
+            parts.timestamp_ms, parts.shard, parts.sequence, parts.worker
+        )
 
 
 def test_a_step_back_past_the_bound_raises_and_a_small_one_waits() -> None:
@@ -236,6 +242,8 @@ def test_renewal_is_asked_when_due_past_the_ceiling_and_after_expiry() -> None:
     assert issuer.step(0, 1_800_000_000_200, 1.0) == IdRenew(expired=False)
     assert issuer.step(0, 1_800_000_000_050, 10.0) == IdRenew(expired=False)
     assert issuer.step(0, 1_800_000_000_050, 30.0) == IdRenew(expired=True)
+    with pytest.raises(ConfigurationError):
+        issuer.step(8192, 1_800_000_000_000, 1.0)  # a shard outside the layout
     with pytest.raises(ConfigurationError):
         IdIssuer(DEFAULT_ID_LAYOUT, max_backwards_ms=0)  # no worker bits
 
