@@ -214,3 +214,33 @@ def test_ids_are_unique_across_four_processes(pg_url: str) -> None:
         stamps = [GENERATOR_ID_LAYOUT.decompose(i).timestamp_ms for i in result]
         assert stamps == sorted(stamps)
         assert [shard_of_id(i) for i in result[:9000:1000]] == list(range(0, 9000, 1000))
+
+
+def test_a_cancelled_call_leaves_no_lock_behind(shard_urls: list[str]) -> None:
+    """A call cancelled by statement_timeout while another session holds the ID lock
+    fails cleanly; the next calls (on the same pooled connection) work."""
+    engine = sa.create_engine(shard_urls[0], pool_size=1, max_overflow=0)
+    install_id_function(engine, shard=3, function="ids_cancel")
+    with engine.connect() as connection:
+        source = connection.scalar(
+            sa.text("SELECT prosrc FROM pg_proc WHERE proname = 'ids_cancel'")
+        )
+    lock_key = int(source.split("pg_advisory_lock(")[1].split(")")[0])
+    holder = sa.create_engine(shard_urls[0])
+    with holder.connect() as blocking:
+        blocking.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": lock_key})
+        with engine.connect() as connection:
+            connection.execute(sa.text("SET statement_timeout = 200"))
+            with pytest.raises(sa.exc.OperationalError, match="statement timeout"):
+                connection.execute(sa.text("SELECT ids_cancel()"))
+            connection.rollback()
+        blocking.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": lock_key})
+        blocking.commit()
+    with engine.connect() as connection:
+        ids = [connection.scalar(sa.text("SELECT ids_cancel()")) for _ in range(10)]
+        held = connection.scalar(
+            sa.text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted")
+        )
+    assert len(set(ids)) == 10 and held == 0
+    holder.dispose()
+    engine.dispose()
