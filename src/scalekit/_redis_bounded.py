@@ -92,8 +92,16 @@ async def aclose_twin(client: Any) -> None:
         return
     if getattr(client, "connection_pool", None) is not None:
         await client.aclose(close_connection_pool=True)
-    else:  # a cluster client owns its nodes' connections
-        await client.aclose()
+        return
+    # A cluster client owns its nodes' connections. redis-py's asyncio
+    # RedisCluster.aclose() does nothing once a connection error has marked the
+    # client for re-initialisation, leaving every node's connections open
+    # (ResourceWarnings at garbage collection): disconnect the nodes ourselves.
+    await client.aclose()
+    nodes = getattr(client, "nodes_manager", None)
+    if nodes is not None:
+        await nodes.aclose()
+        await nodes.aclose("startup_nodes")
 
 
 def _capped(current: Any, op_timeout: float) -> float:
@@ -250,7 +258,9 @@ class _DeferredCluster:
             self._client.close()
 
 
-_CLUSTER_DROP = ("redis_connect_func", "host", "port", "retry", "connection_pool")
+# ``db`` is there when the client came from a URL with a database number
+# (``RedisCluster.from_url("redis://host:6379/0")``); RedisCluster refuses it back.
+_CLUSTER_DROP = ("redis_connect_func", "host", "port", "retry", "connection_pool", "db")
 
 
 def _twin_cluster(client: Any, op_timeout: float) -> Any:

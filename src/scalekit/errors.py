@@ -28,7 +28,9 @@ refine a builtin meaning also subclass that builtin (an invalid cursor *is* a
     └── ShardingError
         ├── UnknownShard (LookupError)       a shard name or key maps nowhere
         ├── StaleShardMap                    a write under an old map version; .target, .version
-        └── FanOutError                      a fan-out failed on some targets; .failures
+        ├── FanOutError                      a fan-out failed on some targets; .failures
+        ├── ClockMovedBackwards              the clock went back past the bound; .behind_ms
+        └── WorkerLeaseError                 no worker id could be leased, or it was lost; .worker
 
 Errors carry the data a caller needs to act (``retry_after``, the node name,
 the failing chunk) as attributes, never only inside the message.
@@ -46,6 +48,7 @@ __all__ = [
     "CacheError",
     "CacheUnavailable",
     "CircuitOpenError",
+    "ClockMovedBackwards",
     "ConcurrencyLimitExceeded",
     "ConfigurationError",
     "FanOutError",
@@ -62,6 +65,7 @@ __all__ = [
     "ShardingError",
     "StaleShardMap",
     "UnknownShard",
+    "WorkerLeaseError",
 ]
 
 
@@ -349,3 +353,27 @@ class FanOutError(ShardingError):
     def __init__(self, message: str, *, failures: dict[str, BaseException]) -> None:
         super().__init__(message)
         self.failures = failures
+
+
+class ClockMovedBackwards(ShardingError):
+    """The wall clock is behind the last ID's time by more than the generator may wait.
+
+    Issuing now could repeat an ID, so none is issued. ``behind_ms`` is how far
+    behind the clock is, in milliseconds.
+    """
+
+    def __init__(self, message: str, *, behind_ms: int) -> None:
+        super().__init__(message)
+        self.behind_ms = behind_ms
+
+
+class WorkerLeaseError(ShardingError):
+    """An ID generator has no worker id: none was free, or its lease was lost.
+
+    A generator whose lease is lost stops issuing IDs (another process may hold
+    the worker id now). ``worker`` is the worker id concerned, if any.
+    """
+
+    def __init__(self, message: str, *, worker: int | None = None) -> None:
+        super().__init__(message)
+        self.worker = worker

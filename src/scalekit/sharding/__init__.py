@@ -43,6 +43,36 @@ from scalekit.sharding._map import (
     rebalance,
 )
 
+# Shard-aware IDs (issue 16): one block, so that it merges beside the map's exports.
+# isort: split
+from scalekit.errors import ClockMovedBackwards, WorkerLeaseError
+from scalekit.sharding._ids import (
+    DEFAULT_EPOCH_MS,
+    DEFAULT_ID_LAYOUT,
+    GENERATOR_ID_LAYOUT,
+    IdIssuer,
+    IdLayout,
+    IdParts,
+    IdRenew,
+    IdWait,
+    LeaseGrant,
+    LeaseSettings,
+    id_function_sql,
+    shard_of_id,
+)
+from scalekit.sharding._ids_async import (
+    AsyncIdGenerator,
+    AsyncRedisWorkerLease,
+    AsyncWorkerLease,
+    ainstall_id_function,
+)
+from scalekit.sharding._ids_sync import (
+    IdGenerator,
+    RedisWorkerLease,
+    WorkerLease,
+    install_id_function,
+)
+
 if TYPE_CHECKING:
     from scalekit.sharding._async import AsyncShardCatalog, AsyncShardMap
     from scalekit.sharding._orm import ShardSession
@@ -69,6 +99,33 @@ __all__ = [
     "rebalance",
     "shard_sql",
 ]
+
+# Shard-aware IDs (issue 16).
+__all__ += [
+    "DEFAULT_EPOCH_MS",
+    "DEFAULT_ID_LAYOUT",
+    "GENERATOR_ID_LAYOUT",
+    "AsyncIdGenerator",
+    "AsyncRedisWorkerLease",
+    "AsyncWorkerLease",
+    "ClockMovedBackwards",
+    "IdGenerator",
+    "IdIssuer",
+    "IdLayout",
+    "IdParts",
+    "IdRenew",
+    "IdWait",
+    "LeaseGrant",
+    "LeaseSettings",
+    "RedisWorkerLease",
+    "WorkerLease",
+    "WorkerLeaseError",
+    "ainstall_id_function",
+    "id_function_sql",
+    "install_id_function",
+    "shard_of_id",
+]
+__all__.sort()
 
 
 _LAZY = {

@@ -124,6 +124,10 @@ SAMPLES: dict[str, tuple[errors.ScalekitError, dict[str, object]]] = {
     "BufferFull": (errors.BufferFull("full", pending=10), {"pending": 10}),
     "CacheUnavailable": (errors.CacheUnavailable("app"), {"namespace": "app"}),
     "CircuitOpenError": (errors.CircuitOpenError("db", 2.0), {"name": "db", "retry_after": 2.0}),
+    "ClockMovedBackwards": (
+        errors.ClockMovedBackwards("behind", behind_ms=250),
+        {"behind_ms": 250},
+    ),
     "ConcurrencyLimitExceeded": (
         errors.ConcurrencyLimitExceeded("k", 1.5, 3, 3),
         {"key": "k", "retry_after": 1.5, "limit": 3, "in_flight": 3},
@@ -155,6 +159,7 @@ SAMPLES: dict[str, tuple[errors.ScalekitError, dict[str, object]]] = {
         errors.StaleShardMap("stale", target="db1", version=3, current=4),
         {"target": "db1", "version": 3, "current": 4},
     ),
+    "WorkerLeaseError": (errors.WorkerLeaseError("lost", worker=3), {"worker": 3}),
 }
 
 
