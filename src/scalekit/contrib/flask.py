@@ -165,10 +165,19 @@ class Scalekit:
         if app is not None:
             self.init_app(app)
 
-    def init_app(self, app: Flask) -> None:
+    def init_app(
+        self,
+        app: Flask,
+        *,
+        primary: Any = None,
+        replicas: Sequence[Any] | None = None,
+        redis: Any = None,
+    ) -> None:
         """Read the settings, build the app's state, register the request hooks.
 
         Creates the engines and clients (they connect on first use).
+        ``primary``, ``replicas`` and ``redis`` override the constructor's
+        for this app (an app factory handing each app its own objects).
 
         Raises:
             ConfigurationError: a bad setting.
@@ -185,7 +194,8 @@ class Scalekit:
                 parameter="SCALEKIT_HEADER_STYLE",
             )
         state = ScalekitState(settings)
-        primary, replicas = self._primary, self._replicas
+        primary = self._primary if primary is None else primary
+        replicas = self._replicas if replicas is None else list(replicas)
         if settings["SCALEKIT_DATABASE_URL"] is not None:
             from sqlalchemy import create_engine
 
@@ -201,7 +211,7 @@ class Scalekit:
                 primary=primary, replicas=replicas, **settings["SCALEKIT_ROUTING"]
             )
             state.sessionmaker = state.pool.sessionmaker(expire_on_commit=False)
-        state.redis = self._redis
+        state.redis = self._redis if redis is None else redis
         if settings["SCALEKIT_REDIS_URL"] is not None:
             import redis
 

@@ -143,6 +143,8 @@ class Scalekit:
             consistency middleware.
         default_limits: the app-wide limit of :meth:`install`'s rate-limit
             middleware (None: route limits only).
+        secure_cookies: mark the token cookie ``Secure`` (HTTPS only); False
+            for plain-HTTP development and test clients.
 
     Raises:
         ConfigurationError: both a URL and an object for the same thing, or
@@ -164,6 +166,7 @@ class Scalekit:
         limiter: dict[str, Any] | None = None,
         token_secret: str | bytes | None = None,
         default_limits: str | Limit | Sequence[str | Limit] | None = None,
+        secure_cookies: bool = True,
     ) -> None:
         if database_url is not None and primary is not None:
             raise ConfigurationError("pass database_url or primary, not both", parameter="primary")
@@ -183,6 +186,7 @@ class Scalekit:
         self.default_limits = (
             None if default_limits is None else RouteLimit.of(default_limits, scope="app")
         )
+        self.secure_cookies = secure_cookies
         self.pool: Any = None
         self.sessionmaker: Any = None
         self.cache: Any = None
@@ -261,7 +265,7 @@ class Scalekit:
             RateLimitMiddleware, scalekit=self, header_style=header_style, exempt=exempt
         )
         if self.signer is not None:
-            app.add_middleware(ConsistencyMiddleware, scalekit=self)
+            app.add_middleware(ConsistencyMiddleware, scalekit=self, secure=self.secure_cookies)
 
 
 def _scalekit_of(request: Request) -> Scalekit:
