@@ -149,7 +149,7 @@ class TokenSigner:
 
     def verify(self, signed: str | None, *, now: float | None = None) -> str | None:
         """The token inside ``signed`` if the signature holds and it is fresh, else None."""
-        if not signed or len(signed) > 128:
+        if not signed or len(signed) > 128 or not signed.isascii():
             return None
         token, sep, mac = signed.rpartition(".")
         if not sep or not hmac.compare_digest(mac, self._mac(token)):
