@@ -108,23 +108,31 @@ def test_the_middleware_is_pure_asgi() -> None:
 
 
 def test_context_variables_reach_endpoints_and_background_tasks() -> None:
-    app, _ = _app()
+    app, scalekit = _app()
     seen: dict[str, Any] = {}
 
-    def in_background(expected_path: str) -> None:
+    async def in_background() -> None:
         scope = current_request()
         seen["background"] = None if scope is None else (scope.path, len(scope.decisions))
+        seen["token"] = await scalekit.pool.token()  # the routing context of the request
 
-    @app.get("/bg")
-    async def with_task(tasks: BackgroundTasks) -> dict[str, bool]:
+    @app.post("/bg")
+    async def with_task(
+        tasks: BackgroundTasks, session: Annotated[Any, Depends(get_session)]
+    ) -> dict[str, bool]:
+        await session.execute(sa.text("CREATE TABLE IF NOT EXISTS t (x INTEGER)"))
+        await session.commit()
         scope = current_request()
         seen["endpoint"] = None if scope is None else scope.path
-        tasks.add_task(in_background, "/bg")
+        tasks.add_task(in_background)
         return {"ok": True}
 
     with TestClient(app) as client:
-        assert client.get("/bg").status_code == 200
-    assert seen == {"endpoint": "/bg", "background": ("/bg", 1)}
+        response = client.post("/bg")
+        assert response.status_code == 200
+    assert seen["endpoint"] == "/bg" and seen["background"] == ("/bg", 1)
+    assert seen["token"] is not None
+    assert seen["token"].encode() == response.headers["x-scalekit-token"].rpartition(".")[0]
     assert current_request() is None
 
 
