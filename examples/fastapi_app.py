@@ -94,13 +94,20 @@ def create_app(
     redis: Any = None,
     default_limits: str = "120/minute",
     secure_cookies: bool = True,
+    features: bool = True,
 ) -> FastAPI:
-    """Build the app; without URLs, a SQLite file and fakeredis (pass ``redis`` to share one)."""
+    """Build the app; without URLs, a SQLite file and fakeredis (pass ``redis`` to share one).
+
+    ``features=False`` turns scalekit's routing and caching off (every query
+    on the primary, no cache), for ``examples/load_test.py`` to compare.
+    """
     engine_options: dict[str, Any] = {}
     if database_url is None:
         path = Path(tempfile.mkdtemp(prefix="scalekit-fastapi-")) / "orders.db"
         database_url = f"sqlite+aiosqlite:///{path}"
         replica_urls = [database_url]  # a second engine on the file: a replica never behind
+    if not features:
+        replica_urls = []
     if redis_url is None and redis is None:
         import fakeredis
 
@@ -169,6 +176,8 @@ def create_app(
             query = sa.select(sa.func.coalesce(sa.func.sum(Order.total), 0))
             return int(await session.scalar(query.where(Order.customer == customer)))
 
+        if not features:
+            return {"customer": customer, "total": await load()}
         total = await cache.get_or_set(
             f"total:{customer}", load, ttl=60, tags=[f"customer:{customer}"]
         )
@@ -239,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         replicas,
         os.environ.get("REDIS_URL"),
         default_limits=os.environ.get("DEFAULT_LIMITS", "120/minute"),
+        features=os.environ.get("SCALEKIT_FEATURES", "on") != "off",
     )
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

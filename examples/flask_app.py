@@ -72,12 +72,19 @@ def create_app(
     redis: Any = None,
     default_limits: str = "120/minute",
     secure_cookies: bool = True,
+    features: bool = True,
 ) -> Flask:
-    """Build the app; without URLs, a SQLite file and fakeredis (pass ``redis`` to share one)."""
+    """Build the app; without URLs, a SQLite file and fakeredis (pass ``redis`` to share one).
+
+    ``features=False`` turns scalekit's routing and caching off (every query
+    on the primary, no cache), for ``examples/load_test.py`` to compare.
+    """
     if database_url is None:
         path = Path(tempfile.mkdtemp(prefix="scalekit-flask-")) / "orders.db"
         database_url = f"sqlite:///{path}"
         replica_urls = [database_url]  # a second engine on the file: a replica never behind
+    if not features:
+        replica_urls = []
     app = Flask(__name__)
     app.config.update(
         SECRET_KEY=SECRET,
@@ -138,6 +145,8 @@ def create_app(
             query = sa.select(sa.func.coalesce(sa.func.sum(Order.total), 0))
             return int(scalekit.session.scalar(query.where(Order.customer == customer)) or 0)
 
+        if not features:
+            return jsonify({"customer": customer, "total": load()})
         total = scalekit.cache.get_or_set(
             f"total:{customer}", load, ttl=60, tags=[f"customer:{customer}"]
         )
@@ -203,7 +212,13 @@ def main(argv: list[str] | None = None) -> int:
         demo()
         return 0
     replicas = [u for u in os.environ.get("REPLICA_URLS", "").split(",") if u]
-    app = create_app(os.environ.get("DATABASE_URL"), replicas, os.environ.get("REDIS_URL"))
+    app = create_app(
+        os.environ.get("DATABASE_URL"),
+        replicas,
+        os.environ.get("REDIS_URL"),
+        default_limits=os.environ.get("DEFAULT_LIMITS", "120/minute"),
+        features=os.environ.get("SCALEKIT_FEATURES", "on") != "off",
+    )
     app.run(host=args.host, port=args.port, threaded=True)
     return 0
 
