@@ -53,6 +53,7 @@ from scalekit.contrib._web import (
     current_request,
     enter_scope,
     leave_scope,
+    logger,
 )
 from scalekit.errors import ConfigurationError, RateLimiterUnavailable
 from scalekit.ratelimit import Decision, Limit
@@ -317,9 +318,11 @@ def _before_request() -> Response | None:
     )
     web.limiter = state.limiter
     g._scalekit_scope = (web, enter_scope(web))
+    if state.pool is not None:
+        # A worker thread serves request after request: nothing routes by the last one's writes.
+        state.pool.reset_context()
     if state.signer is not None:
         settings = state.settings
-        state.pool.reset_context()
         signed = request.headers.get(settings["SCALEKIT_TOKEN_HEADER"]) or request.cookies.get(
             settings["SCALEKIT_TOKEN_COOKIE"]
         )
@@ -350,7 +353,7 @@ def _after_request(response: Response) -> Response:
             combined_headers(web.decisions, state.settings["SCALEKIT_HEADER_STYLE"])
         )
     if state.signer is not None:
-        token = state.pool.export_token()
+        token = _export_token(state.pool)
         if token is not None and token != web.token_in:
             web.token_out = token
             settings = state.settings
@@ -365,6 +368,20 @@ def _after_request(response: Response) -> Response:
                 secure=bool(settings["SCALEKIT_TOKEN_SECURE"]),
             )
     return response
+
+
+def _export_token(pool: Any) -> str | None:
+    """The pool's token for the response; None (logged) if resolving it fails.
+
+    The write is committed by then: a failure to read its position must not
+    turn the response into a 500 (the client reads its write a little later).
+    """
+    try:
+        token: str | None = pool.export_token()
+    except Exception:
+        logger.warning("scalekit: no consistency token for this response", exc_info=True)
+        return None
+    return token
 
 
 def _teardown_request(error: BaseException | None) -> None:

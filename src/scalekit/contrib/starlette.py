@@ -588,7 +588,14 @@ class ConsistencyMiddleware:
 
         async def send_with_token(message: Message) -> None:
             if message["type"] == "http.response.start":
-                token = await pool.export_token()
+                try:
+                    token = await pool.export_token()
+                except Exception:
+                    # The write is committed: never a 500 for want of its position.
+                    logger.warning(
+                        "scalekit: no consistency token for this response", exc_info=True
+                    )
+                    token = None
                 if token is not None and token != web.token_in:
                     web.token_out = token
                     signed = self._signer.sign(token).encode("latin-1")

@@ -194,3 +194,22 @@ def test_the_example_app_runs_on_fakes() -> None:
     assert len(page["items"]) == 10 and page["next"]
     assert client.get("/orders", query_string={"after": "garbage"}).status_code == 400
     assert client.get("/orders.csv").get_data(as_text=True).count("\n") == 32
+
+
+def test_without_a_secret_each_request_still_starts_a_fresh_routing_context() -> None:
+    app = create_app(SECRET_KEY=None)
+    client = app.test_client()
+    written = client.post("/write")
+    assert "X-Scalekit-Token" not in written.headers
+    assert client.get("/token").get_json()["pool"] is None
+
+
+def test_a_token_that_cannot_be_resolved_is_not_a_500(monkeypatch: pytest.MonkeyPatch) -> None:
+    app = create_app()
+
+    def broken() -> None:
+        raise OSError("the primary went away")
+
+    monkeypatch.setattr(Scalekit.state(app).pool, "export_token", broken)
+    response = app.test_client().post("/write")
+    assert response.status_code == 200 and "X-Scalekit-Token" not in response.headers

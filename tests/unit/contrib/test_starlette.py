@@ -269,3 +269,21 @@ def test_the_example_app_runs_on_fakes() -> None:
         assert len(page["items"]) == 10 and page["next"]
         assert client.get("/orders", params={"after": "garbage"}).status_code == 400
         assert client.get("/orders.csv").text.count("\n") == 32
+
+
+def test_a_token_that_cannot_be_resolved_is_not_a_500() -> None:
+    app, scalekit = _app()
+
+    @app.post("/write")
+    async def write(session: Annotated[Any, Depends(get_session)]) -> dict[str, bool]:
+        async def broken() -> None:
+            raise OSError("the primary went away")
+
+        scalekit.pool.export_token = broken
+        await session.execute(sa.text("CREATE TABLE IF NOT EXISTS t (x INTEGER)"))
+        await session.commit()
+        return {"ok": True}
+
+    with TestClient(app) as client:
+        response = client.post("/write")
+    assert response.status_code == 200 and "x-scalekit-token" not in response.headers
