@@ -17,6 +17,11 @@ over the peer's, on the same call path:
 - WSGI, app-wide limit: scalekit's Flask extension vs Flask-Limiter
   (``default_limits``, headers on).
 
+The ASGI table also times one ``AsyncRateLimiter.hit`` alone (its row's
+"overhead" is then meaningless; its time is the floor of any limiter that
+makes one asyncio round trip): the middleware's overhead minus it is what
+the middleware adds around the check.
+
 Rounds are interleaved (every case once per round) and each case keeps its
 best round, so background load on a shared machine hits every case alike.
 Two columns: wall time per request (Redis round trips included) and this
@@ -151,8 +156,15 @@ def asgi_apps(port: int) -> dict[str, Any]:
         async def peer_dep_ping() -> dict[str, bool]:
             return {"ok": True}
 
+    floor_limiter = AsyncRateLimiter(redis.asyncio.Redis.from_url(url), namespace="sk-floor")
+
+    async def one_hit() -> int:
+        await floor_limiter.hit("127.0.0.1", LIMIT)
+        return 200
+
     state["setup"] = setup
     return {
+        "_floor": one_hit,
         "bare": bare,
         "scalekit middleware": scalekit_mw,
         "slowapi middleware": slow,
@@ -199,7 +211,9 @@ async def time_asgi(
     apps: dict[str, Any], requests: int, rounds: int, show: Callable[[str], None]
 ) -> dict[str, float]:
     await apps.pop("_setup")()
+    floor = apps.pop("_floor")
     calls = {name: asgi_call(app) for name, app in apps.items()}
+    calls["(one AsyncRateLimiter.hit)"] = floor
     for name, call in calls.items():  # warm up; every request must be allowed
         for _ in range(200):
             status = await call()
@@ -307,6 +321,13 @@ def table(title: str, best: dict[str, tuple[float, float]], pairs: list[tuple[st
     for name, (wall, cpu) in best.items():
         print(
             f"{name:<28} {wall:>9.1f} {wall - bare_wall:>9.1f} {cpu:>9.1f} {cpu - bare_cpu:>9.1f}"
+        )
+    if "(one AsyncRateLimiter.hit)" in best:
+        hit_wall, hit_cpu = best["(one AsyncRateLimiter.hit)"]
+        mw_wall, mw_cpu = best["scalekit middleware"]
+        print(
+            f"scalekit middleware around its check: wall {mw_wall - bare_wall - hit_wall:.1f} us, "
+            f"CPU {mw_cpu - bare_cpu - hit_cpu:.1f} us"
         )
     for ours, peer in pairs:
         wall_ratio = (best[ours][0] - bare_wall) / (best[peer][0] - bare_wall)
