@@ -30,6 +30,13 @@ without the wait for Redis).
 
     python benchmarks/bench_frameworks.py [--requests 2000] [--rounds 7]
 
+``--callgrind`` prints instead another pair of tables: instructions per request in
+this process, counted by valgrind's callgrind (two runs per case, 100 and 600
+requests, differenced; Redis's own work is not counted), which a loaded
+machine does not disturb::
+
+    python benchmarks/bench_frameworks.py --callgrind
+
 Target (issue 17): scalekit's overhead <= 0.5x each peer's.
 """
 
@@ -37,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
 import socket
 import subprocess
@@ -268,9 +276,7 @@ def wsgi_apps(port: int) -> dict[str, Any]:
     return {"bare": bare, "scalekit Flask extension": ours, "Flask-Limiter": peer}
 
 
-def time_wsgi(
-    apps: dict[str, Any], requests: int, rounds: int, show: Callable[[str], None]
-) -> dict[str, float]:
+def wsgi_call(app: Any) -> Callable[[], str]:
     from werkzeug.test import EnvironBuilder
 
     environ = EnvironBuilder(path="/ping", environ_base={"REMOTE_ADDR": "127.0.0.1"}).get_environ()
@@ -280,22 +286,25 @@ def time_wsgi(
         status[0] = code
         return None
 
-    def caller(app: Any) -> Callable[[], str]:
-        def call() -> str:
-            body = app(dict(environ), start_response)
-            for _ in body:
-                pass
-            close = getattr(body, "close", None)
-            if close is not None:
-                close()
-            return status[0]
+    def call() -> str:
+        body = app(dict(environ), start_response)
+        for _ in body:
+            pass
+        close = getattr(body, "close", None)
+        if close is not None:
+            close()
+        return status[0]
 
-        return call
+    return call
 
-    calls = {name: caller(app) for name, app in apps.items()}
+
+def time_wsgi(
+    apps: dict[str, Any], requests: int, rounds: int, show: Callable[[str], None]
+) -> dict[str, tuple[float, float]]:
+    calls = {name: wsgi_call(app) for name, app in apps.items()}
     for name, call in calls.items():
         for _ in range(200):
-            assert call().startswith("200"), (name, status[0])
+            assert call().startswith("200"), name
     best = {name: (float("inf"), float("inf")) for name in calls}
     for round_number in range(rounds):
         for name, call in calls.items():
@@ -338,16 +347,136 @@ def table(title: str, best: dict[str, tuple[float, float]], pairs: list[tuple[st
         )
 
 
+ASGI_CASES = [
+    "bare",
+    "scalekit middleware",
+    "slowapi middleware",
+    "scalekit Depends(limit)",
+    "fastapi-limiter Depends",
+]
+WSGI_CASES = ["bare", "scalekit Flask extension", "Flask-Limiter"]
+
+
+def one_case(kind: str, case: str, requests: int, port: int) -> None:
+    """Under callgrind: warm up uninstrumented, then instrument ``requests`` requests."""
+
+    def instrument() -> None:
+        subprocess.run(
+            ["callgrind_control", "-i", "on", str(os.getpid())],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+
+    if kind == "wsgi":
+        call = wsgi_call(wsgi_apps(port)[case])
+        for _ in range(300):
+            call()
+        instrument()
+        for _ in range(requests):
+            call()
+        return
+
+    async def run() -> None:
+        apps = asgi_apps(port)
+        apps.pop("_floor")
+        await apps.pop("_setup")()
+        call = asgi_call(apps[case])
+        for _ in range(300):
+            await call()
+        instrument()
+        for _ in range(requests):
+            await call()
+
+    asyncio.run(run())
+
+
+def instructions(kind: str, case: str, requests: int, port: int) -> int:
+    """Instructions callgrind counts for ``requests`` requests of one case (plus exit)."""
+    with tempfile.TemporaryDirectory() as directory:
+        out = Path(directory) / "callgrind.out"
+        subprocess.run(
+            [
+                "valgrind",
+                "--tool=callgrind",
+                "--instr-atstart=no",
+                f"--callgrind-out-file={out}",
+                sys.executable,
+                __file__,
+                "--one",
+                kind,
+                case,
+                "--requests",
+                str(requests),
+                "--port",
+                str(port),
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for line in out.read_text().splitlines():
+            if line.startswith(("summary:", "totals:")):
+                return int(line.split()[1])
+    raise RuntimeError("no totals in callgrind's output")
+
+
+def callgrind_tables(port: int, show: Callable[[str], None]) -> None:
+    """Instructions per request: two runs per case, differenced (start and exit cancel)."""
+    few, many = 100, 600
+    for kind, cases, pairs in (
+        (
+            "asgi",
+            ASGI_CASES,
+            [
+                ("scalekit middleware", "slowapi middleware"),
+                ("scalekit Depends(limit)", "fastapi-limiter Depends"),
+            ],
+        ),
+        ("wsgi", WSGI_CASES, [("scalekit Flask extension", "Flask-Limiter")]),
+    ):
+        per_request: dict[str, float] = {}
+        for case in cases:
+            show(f"callgrind: {kind} {case}")
+            counts = [instructions(kind, case, n, port) for n in (few, many)]
+            per_request[case] = (counts[1] - counts[0]) / (many - few)
+        bare = per_request["bare"]
+        print(f"\n{kind.upper()}: instructions per request (callgrind, client process only)")
+        print(f"{'case':<28} {'instructions':>13} {'overhead':>10}")
+        print("-" * 53)
+        for case, count in per_request.items():
+            print(f"{case:<28} {count:>13,.0f} {count - bare:>10,.0f}")
+        for ours, peer in pairs:
+            ratio = (per_request[ours] - bare) / (per_request[peer] - bare)
+            print(f"overhead {ours} / {peer}: {ratio:.2f}x (target <= 0.50x)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=2000, help="requests per case per round")
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument(
+        "--callgrind",
+        action="store_true",
+        help="count instructions per request under valgrind instead (load-independent; slow)",
+    )
+    parser.add_argument("--one", nargs=2, metavar=("KIND", "CASE"), help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.one:
+        one_case(args.one[0], args.one[1], args.requests, args.port)
+        return
     process, port = start_redis()
 
     def show(text: str) -> None:
         print(f"  {text}", file=sys.stderr, flush=True)
 
+    if args.callgrind:
+        try:
+            callgrind_tables(port, show)
+        finally:
+            process.terminate()
+            process.wait()
+        return
     try:
         print(f"redis-server on 127.0.0.1:{port}; limit {LIMIT}; best of {args.rounds} rounds")
         asgi = asyncio.run(time_asgi(asgi_apps(port), args.requests, args.rounds, show))
