@@ -378,8 +378,10 @@ class RateLimitMiddleware:
         self._exempt = frozenset(exempt)
 
     def _limiter_now(self) -> Any:
-        if self._limiter is None and self._scalekit is not None:
-            self._limiter = self._scalekit.limiter
+        # Read at each request: a lifespan that restarts (one app, several test
+        # clients) makes a new limiter.
+        if self._scalekit is not None and self._limiter is None:
+            return self._scalekit.limiter
         return self._limiter
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -577,7 +579,7 @@ class ConsistencyMiddleware:
             return
         pool = self._pool
         if pool is None and self._scalekit is not None:
-            pool = self._pool = self._scalekit.pool
+            pool = self._scalekit.pool  # read at each request: the lifespan may restart
         if pool is None:
             await self.app(scope, receive, send)
             return

@@ -287,3 +287,17 @@ def test_a_token_that_cannot_be_resolved_is_not_a_500() -> None:
     with TestClient(app) as client:
         response = client.post("/write")
     assert response.status_code == 200 and "x-scalekit-token" not in response.headers
+
+
+def test_one_app_serves_several_lifespans() -> None:
+    app, scalekit = _app()
+
+    @app.get("/free")
+    async def free() -> dict[str, int]:
+        return {"ok": 1}
+
+    for _ in range(2):
+        with TestClient(app) as client:
+            assert client.get("/free").status_code == 200
+            assert client.get("/readyz").status_code == 200
+        assert scalekit._owned == []
