@@ -164,6 +164,19 @@ class TokenSigner:
         return token
 
 
+def known_token(pool: Any) -> tuple[bool, str | None]:
+    """``(True, token)`` when the context's token needs no I/O to export, else ``(False, None)``.
+
+    Most requests write nothing: their token is the one they brought (or
+    None), read from the context with no query and, on asyncio, no greenlet
+    bridge. Only a pending write needs ``export_token()`` (one query).
+    """
+    state = pool.router.var.get()
+    if state.pending_write_at is not None:
+        return False, None
+    return True, None if state.token is None else state.token.encode()
+
+
 # ---------------------------------------------------------------------------
 # Rate limits
 # ---------------------------------------------------------------------------

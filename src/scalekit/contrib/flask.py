@@ -52,6 +52,7 @@ from scalekit.contrib._web import (
     combined_headers,
     current_request,
     enter_scope,
+    known_token,
     leave_scope,
     logger,
 )
@@ -376,8 +377,10 @@ def _export_token(pool: Any) -> str | None:
     The write is committed by then: a failure to read its position must not
     turn the response into a 500 (the client reads its write a little later).
     """
+    known, token = known_token(pool)
     try:
-        token: str | None = pool.export_token()
+        if not known:
+            token = pool.export_token()
     except Exception:
         logger.warning("scalekit: no consistency token for this response", exc_info=True)
         return None

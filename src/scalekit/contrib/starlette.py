@@ -52,6 +52,7 @@ from scalekit.contrib._web import (
     combined_headers,
     current_request,
     enter_scope,
+    known_token,
     leave_scope,
 )
 from scalekit.errors import ConfigurationError, RateLimiterUnavailable
@@ -590,8 +591,10 @@ class ConsistencyMiddleware:
 
         async def send_with_token(message: Message) -> None:
             if message["type"] == "http.response.start":
+                known, token = known_token(pool)
                 try:
-                    token = await pool.export_token()
+                    if not known:
+                        token = await pool.export_token()
                 except Exception:
                     # The write is committed: never a 500 for want of its position.
                     logger.warning(

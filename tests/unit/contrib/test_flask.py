@@ -109,7 +109,9 @@ def test_the_token_cookie_carries_a_write_to_the_next_request() -> None:
     written = client.post("/write")
     signed = written.headers["X-Scalekit-Token"]
     assert client.get_cookie("scalekit_token").value == signed  # type: ignore[union-attr]
-    after = client.get("/token").get_json()
+    read = client.get("/token")
+    assert "Set-Cookie" not in read.headers  # a read hands back no new token
+    after = read.get_json()
     assert after["pool"] is not None and after["token_in"] == signed.rpartition(".")[0]
     client.delete_cookie("scalekit_token")
     forged = client.get("/token", headers={"X-Scalekit-Token": signed[:-2] + "xx"})

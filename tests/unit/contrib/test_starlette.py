@@ -158,7 +158,8 @@ def test_the_token_cookie_carries_a_write_to_the_next_request() -> None:
         signed = written.headers["x-scalekit-token"]
         assert client.cookies["scalekit_token"] == signed
         assert "HttpOnly" in written.headers["set-cookie"]
-        client.get("/read")
+        read = client.get("/read")
+        assert "set-cookie" not in read.headers  # a read hands back no new token
         client.cookies.clear()
         client.get("/read", headers={"X-Scalekit-Token": signed})
         client.get("/read", headers={"X-Scalekit-Token": signed[:-2] + "xx"})  # forged
