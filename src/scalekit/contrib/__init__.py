@@ -3,12 +3,6 @@
 
 Each is imported on its own and needs its framework installed (the ``django``,
 ``flask`` and ``starlette`` extras); importing ``scalekit`` never imports a framework.
-
-What they share is here, framework-free: :func:`current_request` (the
-:class:`RequestScope` of the request being served, a context variable visible
-in endpoints and background tasks), :class:`RouteLimit`, :class:`TokenSigner`
-(signed consistency tokens) and :func:`combined_headers` (one set of
-``RateLimit`` headers for several limits).
 """
 
 from scalekit.contrib._web import (
