@@ -42,6 +42,9 @@ MODULES = [
     ("scalekit.batch", "batch.md", "batch.md"),
     ("scalekit.health", "health.md", "health.md"),
     ("scalekit.sharding", "sharding.md", "sharding.md"),
+    ("scalekit.contrib", "contrib.md", "index.md"),
+    ("scalekit.contrib.flask", "contrib-flask.md", "flask.md"),
+    ("scalekit.contrib.starlette", "contrib-starlette.md", "starlette.md"),
 ]
 
 
