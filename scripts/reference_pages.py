@@ -42,6 +42,8 @@ MODULES = [
     ("scalekit.batch", "batch.md", "batch.md"),
     ("scalekit.health", "health.md", "health.md"),
     ("scalekit.sharding", "sharding.md", "sharding.md"),
+    ("scalekit.contrib", "contrib.md", "index.md"),
+    ("scalekit.contrib.django", "contrib-django.md", "django.md"),
 ]
 
 

@@ -1,0 +1,21 @@
+"""Django settings for the tests of ``scalekit.contrib.django`` (configured once, on import)."""
+
+from __future__ import annotations
+
+import django
+from django.conf import settings
+
+if not settings.configured:
+    settings.configure(
+        SECRET_KEY="scalekit-tests-secret-key-0123456789",
+        USE_TZ=True,
+        INSTALLED_APPS=["django.contrib.contenttypes", "scalekit.contrib.django"],
+        DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
+        CACHES={"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}},
+        ROOT_URLCONF=__name__,
+        MIDDLEWARE=[],
+        ALLOWED_HOSTS=["*"],
+    )
+    django.setup()
+
+urlpatterns: list[object] = []
