@@ -7,5 +7,6 @@ Needs the ``django`` extra (``pip install 'scalekit-blocks[django]'``). See
 from __future__ import annotations
 
 from scalekit.contrib.django._cache import ScalekitCache
+from scalekit.contrib.django._ratelimit import RateLimitMiddleware, ratelimit
 
-__all__ = ["ScalekitCache"]
+__all__ = ["RateLimitMiddleware", "ScalekitCache", "ratelimit"]

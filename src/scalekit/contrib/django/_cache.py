@@ -19,8 +19,7 @@ asyncio connection belongs to the loop that opened it).
 from __future__ import annotations
 
 import threading
-import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
@@ -30,6 +29,7 @@ from scalekit.cache import AsyncCache, Cache, LocalCache
 from scalekit.contrib.django._cache_async import AsyncCacheOps
 from scalekit.contrib.django._cache_core import DjangoCodec, signing_keys, ttl_of
 from scalekit.contrib.django._cache_sync import CacheOps
+from scalekit.contrib.django._loops import PerLoop
 from scalekit.errors import ConfigurationError
 
 __all__ = ["ScalekitCache"]
@@ -67,7 +67,7 @@ class _Shared:
         self.default_ttl = default_ttl
         self.lock = threading.Lock()
         self._sync: CacheOps | None = None
-        self._loops: weakref.WeakKeyDictionary[Any, AsyncCacheOps] = weakref.WeakKeyDictionary()
+        self._loops: PerLoop[AsyncCacheOps] = PerLoop()
 
     def _factory(self, name: str, is_async: bool) -> Callable[[], Any]:
         given = self.options.get(name)
@@ -134,15 +134,17 @@ class _Shared:
         return ops
 
     def for_loop(self) -> AsyncCacheOps:
-        import asyncio
+        return self._loops.get(self._build_async)
 
-        loop = asyncio.get_running_loop()
-        ops = self._loops.get(loop)
-        if ops is None:
-            client = self._factory("ASYNC_CLIENT", True)()
-            ops = AsyncCacheOps(AsyncCache(client, **self._kwargs()))
-            self._loops[loop] = ops
-        return ops
+    def _build_async(self) -> tuple[AsyncCacheOps, Callable[[], Awaitable[None]]]:
+        client = self._factory("ASYNC_CLIENT", True)()
+        cache = AsyncCache(client, **self._kwargs())
+
+        async def close() -> None:
+            await cache.aclose()
+            await client.aclose()
+
+        return AsyncCacheOps(cache), close
 
 
 _registry: dict[tuple[str, str, float], _Shared] = {}
