@@ -44,6 +44,7 @@ MODULES = [
     ("scalekit.sharding", "sharding.md", "sharding.md"),
     ("scalekit.contrib", "contrib.md", "index.md"),
     ("scalekit.contrib.django", "contrib-django.md", "django.md"),
+    ("scalekit.contrib.django.apps", "contrib-django-apps.md", "django.md"),
 ]
 
 

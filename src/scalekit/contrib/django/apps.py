@@ -6,6 +6,8 @@ from __future__ import annotations
 from django.apps import AppConfig
 from django.core import checks
 
+__all__ = ["ScalekitConfig"]
+
 
 class ScalekitConfig(AppConfig):  # type: ignore[misc]  # Django ships no type hints
     """Registers the ``SCALEKIT`` system checks."""
