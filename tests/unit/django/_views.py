@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.http import HttpResponse
+from asgiref.sync import sync_to_async
+from django.http import HttpResponse, JsonResponse
 from django.urls import path
 
-from scalekit.contrib.django import ratelimit
+from scalekit.contrib.django import health_view, ratelimit
+from tests.unit.django._models import Order
 
 calls: list[str] = []
 
@@ -42,7 +44,33 @@ async def aplain(request: Any) -> HttpResponse:
     return HttpResponse("ok")
 
 
+def create_order(request: Any) -> JsonResponse:
+    order = Order.objects.create(customer=request.POST.get("customer", "c"), amount=1)
+    return JsonResponse({"id": order.pk}, status=201)
+
+
+def read_order(request: Any, order_id: int) -> JsonResponse:
+    query = Order.objects.filter(pk=order_id)
+    return JsonResponse({"found": query.exists(), "db": query.db})
+
+
+async def acreate_order(request: Any) -> JsonResponse:
+    order = await Order.objects.acreate(customer="c", amount=1)
+    return JsonResponse({"id": order.pk}, status=201)
+
+
+async def aread_order(request: Any, order_id: int) -> JsonResponse:
+    query = Order.objects.filter(pk=order_id)
+    found = await query.aexists()
+    return JsonResponse({"found": found, "db": await sync_to_async(lambda: query.db)()})
+
+
 urlpatterns = [
+    path("orders", create_order),
+    path("orders/<int:order_id>", read_order),
+    path("aorders", acreate_order),
+    path("aorders/<int:order_id>", aread_order),
+    path("health", health_view),
     path("limited", limited),
     path("alimited", alimited),
     path("by-key", by_api_key),
