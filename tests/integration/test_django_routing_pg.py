@@ -9,6 +9,7 @@ Django's own test clients, on Django's psycopg backend.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -125,3 +126,61 @@ def test_sync_client_on_postgres(pg_routed: Any) -> None:
     finally:
         for node in replica:
             node.resume_replay()
+
+
+def test_replica_down_then_failover(pg_cluster_factory: Any) -> None:
+    """A stopped replica leaves the rotation (reads go on, on the primary); after the
+    primary dies and the replica is promoted, writes follow it. The pool's events."""
+    from scalekit.routing import FailoverEvent, NodeEjected
+    from scalekit.testing import capture_events
+    from tests.unit.django._models import Order
+
+    cluster = pg_cluster_factory(replicas=1)
+    (replica,) = cluster.replicas
+    cluster.primary.execute(CREATE_TABLE.format(serial="SERIAL"))
+    cluster.wait_for_replicas()
+    databases = {"default": _django_db(cluster.url), "replica1": _django_db(replica.url)}
+    saved = connections.settings
+    connections.close_all()
+    connections.settings = connections.configure_settings(databases)
+    routing = {"PRIMARY": "default", "REPLICAS": ["replica1"], "CHECK_INTERVAL": 0.05}
+    try:
+        with (
+            override_settings(
+                DATABASE_ROUTERS=["scalekit.contrib.django.ScalekitRouter"],
+                SCALEKIT={"ROUTING": routing},
+            ),
+            capture_events() as events,
+        ):
+            _router.reset()
+            assert Order.objects.all().db == "replica1"
+            replica.stop()
+            connections.close_all()
+            _router.routing().refresh()
+            query = Order.objects.all()
+            assert query.db == "default"
+            assert query.count() == 0  # the read is served
+            assert any(isinstance(e, NodeEjected) and e.node == "replica1" for e in events)
+
+            replica.start()
+            cluster.wait_for_replicas()
+            cluster.primary.kill()
+            replica.promote()
+            connections.close_all()
+            deadline = time.monotonic() + 30
+            while _router.routing().core.primary != "replica1":
+                assert time.monotonic() < deadline, "the promotion was not seen"
+                time.sleep(0.1)
+                _router.routing().refresh()
+            order = Order.objects.create(customer="after failover")
+            assert order._state.db == "replica1"
+            assert any(isinstance(e, FailoverEvent) and e.new_primary == "replica1" for e in events)
+    finally:
+        connections.close_all()
+        for alias in databases:
+            try:
+                del connections[alias]
+            except AttributeError:
+                pass
+        connections.settings = saved
+        _router.reset()
