@@ -344,7 +344,13 @@ async def planted_pickle_is_never_unpickled(d: Driver) -> None:
         await d.set("planted", "honest value")
         honest = d.redis.get(key)
         header_end = honest.index(b"p", 40)
-        d.redis.set(key, honest[: header_end + 1] + b"\x02dj" + b"\x00" * 32 + planted)
+        d.redis.set(
+            key,
+            honest[: header_end + 1]
+            + honest[header_end + 1 : header_end + 12]
+            + b"\x00" * 32
+            + planted,
+        )
         assert await d.get("planted", "fallback") == "fallback"
 
 

@@ -116,11 +116,12 @@ def signing_keys(
             parameter="SECRET_KEY",
         )
     keys: dict[str, bytes] = {}
-    for index, secret in enumerate([secret_key, *fallbacks]):
+    for secret in [secret_key, *fallbacks]:
         raw = secret.encode() if isinstance(secret, str) else secret
         derived = hmac.new(raw, b"scalekit.contrib.django.cache", hashlib.sha256).digest()
-        keys["dj" if index == 0 else f"dj{index}"] = derived
-    return keys, "dj"
+        # The id names the key, not its place: after a rotation the old key keeps its id.
+        keys.setdefault("dj" + hashlib.sha256(derived).hexdigest()[:8], derived)
+    return keys, next(iter(keys))
 
 
 class DjangoCodec:

@@ -22,7 +22,9 @@ __all__ = ["merged_headers"]
 def merged_headers(decisions: Sequence[Decision]) -> dict[str, str]:
     """The response headers for ``decisions`` (every limit one request was checked against)."""
     if len(decisions) == 1:
-        return decisions[0].headers()
+        checked = decisions[0].limits
+        if len(checked) <= 1 or len({_policy_token(limit) for limit in checked}) == len(checked):
+            return decisions[0].headers()
     policies: dict[str, str] = {}
     current: dict[str, tuple[int, int]] = {}
     retry_after = 0
