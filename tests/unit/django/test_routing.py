@@ -99,3 +99,31 @@ def test_health_view(routed: Any) -> None:
     assert body["components"]["db:default"]["up"] is True
     assert body["components"]["db:replica"]["details"]["role"] == "replica"
     assert "NAME" not in str(body) and ".sqlite3" not in str(body)
+
+
+def test_health_view_with_redis_down_is_a_warning(routed: Any) -> None:
+    """The cache and the limits degrade without Redis: 200 and ``warn``, never 503."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    from scalekit.contrib.django import _settings
+
+    with override_settings(
+        SCALEKIT={
+            "REDIS_URL": f"redis://127.0.0.1:{port}/0",
+            "RATELIMIT": {"DEFAULT": "100/second"},
+            "ROUTING": {"PRIMARY": "default", "REPLICAS": ["replica"]},
+        }
+    ):
+        _settings.reset()
+        try:
+            response = Client().get("/health")
+        finally:
+            _settings.reset()
+    body = response.json()
+    assert response.status_code == 200
+    assert body["status"] == "warn"
+    assert body["components"]["redis:default"]["up"] is False
+    assert str(port) not in str(body["components"]["redis:default"]["details"])

@@ -55,13 +55,31 @@ def _databases() -> tuple[str, dict[str, Any]]:
     return status, components
 
 
+def _scalekit_caches() -> dict[str, Any]:
+    """The scalekit caches behind ``CACHES`` aliases served by :class:`ScalekitCache`."""
+    from django.conf import settings
+    from django.core.cache import caches
+
+    from scalekit.contrib.django._cache import ScalekitCache
+
+    found = {}
+    for alias in settings.CACHES:
+        backend = caches[alias]
+        if isinstance(backend, ScalekitCache):
+            found[alias] = backend._shared.sync().cache
+    return found
+
+
 def health_view(request: Any) -> JsonResponse:
     """A JSON health report: Django's databases (with the router's roles and lag) and Redis.
 
-    Built on :func:`scalekit.health.check_health` (Redis, the rate limiter and
-    its fallback) plus a ``SELECT 1`` on every alias in ``DATABASES``. The
-    status is the worst component's; HTTP 503 when ``critical`` (the primary
-    is down), else 200. No URL, host or secret is reported. Route it::
+    Built on :func:`scalekit.health.check_health` (Redis, the rate limiter's and
+    the caches' fallback state) plus a ``SELECT 1`` on every alias in
+    ``DATABASES``. Redis counts at most as ``warn`` here: the cache and the
+    limits degrade without it (their fallbacks), so it never makes an instance
+    unhealthy. The status is the worst component's; HTTP 503 when ``critical``
+    (the primary is down), else 200. No URL, host or secret is reported. Route
+    it::
 
         path("health", health_view)
     """
@@ -72,14 +90,25 @@ def health_view(request: Any) -> JsonResponse:
         report = check_health(
             redis=redis,
             limiters=[_settings.limiters.sync()] if _settings.section("RATELIMIT") else None,
+            caches=_scalekit_caches() or None,
         )
     finally:
         if redis is not None:
             redis.close()
     body = report.to_dict()
-    status, components = _databases()
+    status = "ok"
+    for name, component in body["components"].items():
+        if name.startswith("redis:"):
+            component["required"] = False
+        level = (
+            component["status"]
+            if component["required"]
+            else min(component["status"], "warn", key=_RANK.__getitem__)
+        )
+        status = max(status, level, key=_RANK.__getitem__)
+    db_status, components = _databases()
     body["components"].update(components)
-    body["status"] = max(body["status"], status, key=_RANK.__getitem__)
+    body["status"] = max(status, db_status, key=_RANK.__getitem__)
     return JsonResponse(body, status=503 if body["status"] == "critical" else 200)
 
 
