@@ -54,3 +54,18 @@ def test_an_early_close_releases_the_connection() -> None:
     assert pooled.pool.checkedout() == 1
     response.close()  # what Django does when the client goes away
     assert pooled.pool.checkedout() == 0
+
+
+async def test_an_async_engine_streams_an_async_iterator() -> None:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine("sqlite+aiosqlite://")
+    try:
+        response = export_response(
+            engine, sa.text("SELECT 1 AS one UNION ALL SELECT 2"), filename="one.csv"
+        )
+        assert response.is_async
+        body = b"".join([chunk async for chunk in response])
+        assert body.decode().splitlines() == ["one", "1", "2"]
+    finally:
+        await engine.dispose()

@@ -38,11 +38,6 @@ def _record(request: Any, decision: Decision) -> None:
     decisions.append(decision)
 
 
-def decisions_of(request: Any) -> list[Decision]:
-    """Every rate-limit decision taken for ``request`` so far (middleware and views)."""
-    return list(getattr(request, _DECISIONS, ()))
-
-
 def _write(request: Any, response: Any) -> Any:
     decisions = getattr(request, _DECISIONS, None)
     if decisions and response is not None:

@@ -320,8 +320,5 @@ class ScalekitRouter:
 
 
 def current_state() -> ContextState:
+    """This context's routing state (its forced role, token, pending write)."""
     return _context.get()
-
-
-def set_state(state: ContextState) -> None:
-    _context.set(state)

@@ -31,7 +31,15 @@ from scalekit.contrib.django._loops import PerLoop
 from scalekit.errors import ConfigurationError
 from scalekit.ratelimit import AsyncRateLimiter, Limit, MemoryBackend, RateLimiter
 
-__all__ = ["KeyFunction", "check_settings", "config", "key_function", "limiters", "reset"]
+__all__ = [
+    "KeyFunction",
+    "check_settings",
+    "config",
+    "key_function",
+    "limiters",
+    "parse_rates",
+    "reset",
+]
 
 KeyFunction = Callable[[Any], str]
 
@@ -279,7 +287,7 @@ def _check_ratelimit(options: dict[str, Any]) -> list[checks.CheckMessage]:
     default = options.get("DEFAULT")
     if default is not None:
         try:
-            _parse_rates(default)
+            parse_rates(default)
         except ConfigurationError as exc:
             errors.append(_error(f"SCALEKIT['RATELIMIT']['DEFAULT']: {exc}", 3))
     try:
@@ -287,7 +295,6 @@ def _check_ratelimit(options: dict[str, Any]) -> list[checks.CheckMessage]:
     except ConfigurationError as exc:
         errors.append(_error(f"SCALEKIT['RATELIMIT']['KEY']: {exc}", 4))
     try:
-        _Limiters()._options()
         RateLimiter(MemoryBackend(), **_Limiters()._options())
     except ConfigurationError as exc:
         errors.append(_error(f"SCALEKIT['RATELIMIT']: {exc}", 7))
@@ -321,7 +328,7 @@ def _check_routing(options: dict[str, Any]) -> list[checks.CheckMessage]:
     return errors
 
 
-def _parse_rates(value: Any) -> list[Limit]:
+def parse_rates(value: Any) -> list[Limit]:
     """``"100/minute"``, ``"10/second; 1000/hour"``, a Limit, or a list of them."""
     if isinstance(value, Limit):
         return [value]
@@ -330,6 +337,3 @@ def _parse_rates(value: Any) -> list[Limit]:
     if isinstance(value, list | tuple) and value:
         return [item if isinstance(item, Limit) else Limit.parse(item) for item in value]
     raise ConfigurationError(f"a rate is a string like '100/minute' or a Limit, got {value!r}")
-
-
-parse_rates = _parse_rates

@@ -133,7 +133,13 @@ def export_response(
     """
     from scalekit.batch import aexport, export
 
-    is_async = type(target).__name__ == "AsyncEngine"
+    is_async = False
+    try:
+        from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+    except ImportError:  # pragma: no cover - the batch export needs SQLAlchemy anyway
+        pass
+    else:
+        is_async = isinstance(target, AsyncEngine | AsyncConnection | AsyncSession)
     stream: Callable[..., Any] = aexport if is_async else export
     chunks = stream(target, select, format=format, chunk_size=chunk_size)
     content_type = {
