@@ -43,6 +43,8 @@ MODULES = [
     ("scalekit.health", "health.md", "health.md"),
     ("scalekit.sharding", "sharding.md", "sharding.md"),
     ("scalekit.contrib", "contrib.md", "index.md"),
+    ("scalekit.contrib.django", "contrib-django.md", "django.md"),
+    ("scalekit.contrib.django.apps", "contrib-django-apps.md", "django.md"),
     ("scalekit.contrib.flask", "contrib-flask.md", "flask.md"),
     ("scalekit.contrib.starlette", "contrib-starlette.md", "starlette.md"),
 ]
