@@ -118,6 +118,10 @@ def test_a_reached_token_reads_fast_and_a_replica_behind_it_is_not_read(
         with Session() as session:
             session.add(Note(id=note_id, body="first"))
             session.commit()
+        # Resolve the token now: resolved lazily at the next read, it would take the
+        # primary's position after the wait, which other WAL (a checkpoint, the
+        # running-xacts record) may have moved past what the replica replayed.
+        assert router.current_token() is not None
         cluster.wait_for_replicas()
         with Session() as session:  # resolves the token, probes the replica: caught up
             assert session.get(Note, note_id) is not None
