@@ -25,7 +25,9 @@ adds a route's own limit, merged into the same headers.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import AsyncIterator
@@ -103,7 +105,9 @@ def create_app(
     """
     engine_options: dict[str, Any] = {}
     if database_url is None:
-        path = Path(tempfile.mkdtemp(prefix="scalekit-fastapi-")) / "orders.db"
+        folder = tempfile.mkdtemp(prefix="scalekit-fastapi-")
+        atexit.register(shutil.rmtree, folder, True)  # the demo database goes with the process
+        path = Path(folder) / "orders.db"
         database_url = f"sqlite+aiosqlite:///{path}"
         replica_urls = [database_url]  # a second engine on the file: a replica never behind
     if not features:

@@ -24,7 +24,9 @@ token after a write (so its next request reads its write), and sets
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -80,7 +82,9 @@ def create_app(
     on the primary, no cache), for ``examples/load_test.py`` to compare.
     """
     if database_url is None:
-        path = Path(tempfile.mkdtemp(prefix="scalekit-flask-")) / "orders.db"
+        folder = tempfile.mkdtemp(prefix="scalekit-flask-")
+        atexit.register(shutil.rmtree, folder, True)  # the demo database goes with the process
+        path = Path(folder) / "orders.db"
         database_url = f"sqlite:///{path}"
         replica_urls = [database_url]  # a second engine on the file: a replica never behind
     if not features:

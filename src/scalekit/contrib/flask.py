@@ -60,8 +60,8 @@ from scalekit.errors import ConfigurationError, RateLimiterUnavailable
 from scalekit.ratelimit import Decision, Limit
 
 __all__ = [
-    "SETTINGS",
     "RouteLimit",
+    "SETTINGS",
     "Scalekit",
     "ScalekitState",
     "export_response",

@@ -286,7 +286,9 @@ def _decode_value(reader: _Reader, max_length: int) -> CursorValue:
         text = reader.sized(_MAX_DECIMAL_CHARS).decode("ascii", "replace")
         if not _DECIMAL_SYNTAX.fullmatch(text):
             raise _Malformed("bad decimal")
-        return decimal.Decimal(text)
+        number = decimal.Decimal(text)
+        # PostgreSQL's numeric has one NaN and refuses "-NaN": a forged sign is dropped.
+        return decimal.Decimal("NaN") if number.is_nan() else number
     try:
         if tag == _T_DATETIME:
             return _EPOCH + dt.timedelta(microseconds=reader.svarint())

@@ -115,6 +115,13 @@ def test_nan_and_special_decimals_round_trip() -> None:
     assert dec_nan.is_nan() and dec_inf == decimal.Decimal("-Infinity")
 
 
+def test_a_signed_decimal_nan_decodes_as_postgresqls_one_nan() -> None:
+    # PostgreSQL's numeric refuses "-NaN" (a forged cursor found it): the sign is dropped.
+    codec = CursorCodec()
+    (value,) = codec.decode(codec.encode([decimal.Decimal("-NaN")]))
+    assert value.is_nan() and not value.is_signed()
+
+
 @pytest.mark.parametrize(
     "value", [object(), {"a": 1}, [1], dt.time(1, tzinfo=dt.timezone.utc)], ids=repr
 )
