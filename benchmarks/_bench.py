@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -16,10 +17,11 @@ from pathlib import Path
 __all__ = [
     "Result",
     "Side",
-    "interleaved_best",
     "before_after_table",
     "compare_with_before",
+    "export_src",
     "interleave_sides",
+    "interleaved_best",
     "print_table",
     "serve_cases",
     "source_path",
@@ -116,22 +118,25 @@ def interleaved_best(
 # worker's figure for them.
 
 
-def source_path(spec: str) -> Path:
-    """The folder to put on PYTHONPATH for ``spec``: a checkout (its ``src``) or a git rev."""
-    path = Path(spec)
-    if path.is_dir():
-        return path / "src" if (path / "src" / "scalekit").is_dir() else path
-    folder = Path(tempfile.mkdtemp(prefix="scalekit-before-"))
+def export_src(rev: str, into: Path) -> Path:
+    """``git archive`` the ``src`` of ``rev`` into ``into``; return the extracted ``src``."""
     archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", "--format=tar", spec, "src"],
+        ["git", "-C", str(ROOT), "archive", "--format=tar", rev, "src"],
         check=True,
         capture_output=True,
     ).stdout
-    tar_path = folder / "src.tar"
-    tar_path.write_bytes(archive)
-    with tarfile.open(tar_path) as tar:
-        tar.extractall(folder, filter="data")
-    return folder / "src"
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(into, filter="data")
+    return into / "src"
+
+
+def source_path(spec: str, scratch: Path) -> Path:
+    """The folder to put on PYTHONPATH for ``spec``: a checkout (its ``src``), or a git
+    rev exported into ``scratch``."""
+    path = Path(spec)
+    if path.is_dir():
+        return path / "src" if (path / "src" / "scalekit").is_dir() else path
+    return export_src(spec, scratch)
 
 
 class Side:
@@ -207,15 +212,16 @@ def compare_with_before(
 ) -> dict[str, dict[str, float]]:
     """Run ``script``'s cases against ``before`` (a folder or git rev) and this
     checkout, interleaved; best ns/call per side ("before", "after") and case."""
-    sides = [
-        Side("before", source_path(before), script, argv),
-        Side("after", ROOT / "src", script, argv),
-    ]
-    try:
-        return interleave_sides(sides, sides[1].names, number, rounds)
-    finally:
-        for side in sides:
-            side.close()
+    with tempfile.TemporaryDirectory(prefix="scalekit-before-") as scratch:
+        sides = [
+            Side("before", source_path(before, Path(scratch)), script, argv),
+            Side("after", ROOT / "src", script, argv),
+        ]
+        try:
+            return interleave_sides(sides, sides[1].names, number, rounds)
+        finally:
+            for side in sides:
+                side.close()
 
 
 def before_after_table(

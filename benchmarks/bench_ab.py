@@ -56,7 +56,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _bench import interleaved_best
+from _bench import export_src, interleaved_best
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -254,13 +254,7 @@ def export_tree(rev: str, into: Path) -> tuple[Path, str]:
         capture_output=True,
         text=True,
     ).stdout.strip()
-    archive = subprocess.run(
-        ["git", "-C", str(REPO), "archive", "--format=tar", rev, "src"],
-        check=True,
-        capture_output=True,
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    return into / "src", short
+    return export_src(rev, into), short
 
 
 def free_port() -> int:

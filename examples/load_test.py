@@ -79,15 +79,12 @@ def free_port() -> int:
         return port
 
 
-SCRATCH = tempfile.mkdtemp(prefix="scalekit-load-")
-
-
-def serve(app: str, port: int, features: bool) -> subprocess.Popen[bytes]:
+def serve(app: str, port: int, features: bool, scratch: str) -> subprocess.Popen[bytes]:
     env = dict(os.environ, DEFAULT_LIMITS="1000000/minute")
     env["SCALEKIT_FEATURES"] = "on" if features else "off"
     # The servers' demo databases go in a folder of ours, removed when the run ends
     # (a terminated server may not clean up after itself).
-    env["TMPDIR"] = SCRATCH
+    env["TMPDIR"] = scratch
     script = HERE / f"{app}_app.py"
     # The server's per-request log is dropped (an unread pipe would fill up and stall it).
     return subprocess.Popen(
@@ -189,7 +186,10 @@ async def main_async(args: argparse.Namespace) -> None:
     # Both servers start at once (their start-up overlaps); the runs take turns.
     modes = (True, False)
     ports = {features: free_port() for features in modes}
-    processes = {features: serve(args.app, ports[features], features) for features in modes}
+    scratch = tempfile.mkdtemp(prefix="scalekit-load-")
+    processes = {
+        features: serve(args.app, ports[features], features, scratch) for features in modes
+    }
     phases = []
     try:
         for features in modes:
@@ -201,7 +201,7 @@ async def main_async(args: argparse.Namespace) -> None:
         for process in processes.values():
             process.terminate()
             process.wait(timeout=10)
-        shutil.rmtree(SCRATCH, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
     print(
         f"\n{'run':<22} {'requests':>8} {'req/s':>9} {'p50 ms':>8} {'p95 ms':>8} "
         f"{'p99 ms':>8} {'errors':>8} {'429s':>6}"
