@@ -100,6 +100,9 @@ class FakeConnection:
             except asyncio.TimeoutError:  # as redis-py's read_response turns it
                 await self.disconnect()
                 raise redis.TimeoutError("Timeout reading") from None
+        if isinstance(outcome, tuple):  # (LATE, seconds, reply): answers whatever the reader says
+            await asyncio.sleep(outcome[1])
+            return outcome[2]
         if isinstance(outcome, BaseException):
             raise outcome
         return outcome
@@ -110,6 +113,7 @@ class FakeConnection:
 
 
 HANG = object()
+LATE = object()
 
 
 class FakePool:
@@ -316,3 +320,16 @@ def test_a_forked_child_leaves_the_parents_connections_alone() -> None:
         _PARENTS.remove(parents)
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
+
+
+async def test_a_reply_read_as_the_watchdog_aborts_stands_but_its_socket_does_not() -> None:
+    keeper = AsyncKept(FakePool(socket_timeout=0.05))
+    FakeConnection.replies = [(LATE, 0.2, b"late")]
+    assert await keeper.send(b"GET", redis.ResponseError) == b"late"
+    connection = _one(keeper)
+    (kept,) = keeper._loops.values()
+    assert not connection.is_connected and kept.tripped == set() and kept.inflight == {}
+    FakeConnection.replies = [b"next"]
+    assert await keeper.send(b"GET", redis.ResponseError) == b"next"
+    assert connection.connects == 2
+    await keeper.aclose()
