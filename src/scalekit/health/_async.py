@@ -1,9 +1,12 @@
-"""The asyncio shell: run the plan's probes as tasks, each under its own timeout.
+"""The health shells: run the plan's probes side by side, each under its own timeout.
 
-Only I/O lives here (the decisions are in ``_plan.py`` and ``_core.py``);
-the colours differ only in how probes run side by side. A probe that misses
-its deadline is cancelled and not awaited, so cleanup that talks to a frozen
-server cannot hold up the report.
+Only I/O lives here (the decisions are in ``_plan.py``, ``_probes.py`` and
+``_core.py``); the colours differ only in how probes run side by side. The
+asyncio shell runs them as tasks: a probe that misses its deadline is
+cancelled and left behind, so cleanup that talks to a frozen server cannot
+hold up the report. The sync shell, generated from this file, runs them in
+daemon threads (``_base.py``), so a probe stuck on a frozen server holds up
+neither the report past its timeout nor the interpreter's exit.
 """
 
 from __future__ import annotations
@@ -15,14 +18,13 @@ from typing import Any
 
 from scalekit._clock import SYSTEM_CLOCK
 from scalekit._unasync import IS_ASYNC
-from scalekit.health._core import DatabaseSample, HealthReport, Thresholds
+from scalekit.health._core import HealthReport, Thresholds
 from scalekit.health._plan import DEFAULT_TIMEOUT, IN_FLIGHT, Outcome, Probe, finish, plan
 from scalekit.health._probes import (
-    postgres_sample,
-    postgres_sql,
+    database_queries,
+    database_sample,
     redis_cluster_sample,
     redis_sample,
-    statement_timeout_sql,
 )
 from scalekit.health._ready import READINESS_TIMEOUT, readiness_status
 from scalekit.typing import Clock
@@ -35,19 +37,7 @@ if not IS_ASYNC:
 __unasync__ = {
     "acheck_health": "check_health",
     "areadiness": "readiness",
-    "The asyncio shell: run the plan's probes as tasks": (
-        "The sync shell: run the plan's probes in threads"
-    ),
-    "A probe that misses\n"
-    "its deadline is cancelled and not awaited, so cleanup that talks to a frozen\n"
-    "server cannot hold up the report.": (
-        "Probes run in\n"
-        "daemon threads, so a probe stuck on a frozen server never holds up the\n"
-        "report past its timeout, nor the interpreter's exit."
-    ),
-    "``redis`` an asyncio client": "``redis`` a client",
     "its own task": "its own thread",
-    "a sync engine or\n            Redis client": "an asyncio engine\n            or Redis client",
     "\n    ``breakers``, ``limiters`` and ``caches`` may be of either colour.": "",
 }
 
@@ -71,7 +61,7 @@ async def acheck_health(
     ``pool`` is a :class:`~scalekit.routing.AsyncRoutingPool` (each node is
     probed, plus a ``routing:<name>`` component; its lag limits become the lag
     warning levels), ``engines`` a mapping of name to ``AsyncEngine``,
-    ``redis`` an asyncio client or a mapping of name to client (standalone or
+    ``redis`` a client of ``redis.asyncio`` or a mapping of name to client (standalone or
     cluster). ``breakers`` (:class:`~scalekit.breaker.CircuitBreaker`),
     ``limiters`` (:class:`~scalekit.ratelimit.AsyncRateLimiter`) and
     ``caches`` (:class:`~scalekit.cache.AsyncCache`) are each one object, a
@@ -90,11 +80,10 @@ async def acheck_health(
         ('ok', True)
 
     Raises:
-        ConfigurationError: an argument of the wrong kind (a sync engine or
-            Redis client), a bad ``timeout``, a breaker, limiter or cache of
-            the wrong type, or two components with the same name.
+        ConfigurationError: an argument of the wrong kind (an engine or Redis
+            client of the other colour), a bad ``timeout``, a breaker, limiter
+            or cache of the wrong type, or two components with the same name.
     """
-    checked_at = clock.time()
     the_plan = plan(
         pool=pool,
         engines=engines,
@@ -105,12 +94,9 @@ async def acheck_health(
         thresholds=thresholds,
         timeout=timeout,
         asynchronous=IS_ASYNC,
-        now=checked_at,
+        clock=clock,
     )
-    started = clock.monotonic()
-    outcomes = await _run_all([p for p in the_plan.probes if p.decided is None], clock)
-    duration_ms = (clock.monotonic() - started) * 1000.0
-    return finish(the_plan, outcomes, checked_at=checked_at, duration_ms=duration_ms)
+    return finish(the_plan, await _run_all(the_plan.to_run(), clock))
 
 
 async def areadiness(
@@ -185,21 +171,16 @@ async def _probe(probe: Probe, clock: Clock) -> Outcome:
 
 
 async def _database(engine: Any, timeout: float, clock: Clock, *, with_size: bool) -> Outcome:
-    from sqlalchemy import text
-
+    dialect = engine.dialect.name
+    setup, query = database_queries(dialect, timeout, with_size=with_size)
     async with engine.connect() as connection:
-        if engine.dialect.name != "postgresql":
-            started = clock.monotonic()
-            await connection.execute(text("SELECT 1"))
-            latency_ms = (clock.monotonic() - started) * 1000.0
-            sample = DatabaseSample(dialect=engine.dialect.name)
-            return Outcome(sample=sample, latency_ms=latency_ms)
-        await connection.exec_driver_sql(statement_timeout_sql(timeout))
+        if setup is not None:
+            await connection.exec_driver_sql(setup)
         started = clock.monotonic()
-        row = (await connection.execute(text(postgres_sql(with_size=with_size)))).mappings().one()
+        row = (await connection.execute(query)).mappings().one()
         latency_ms = (clock.monotonic() - started) * 1000.0
         await connection.rollback()
-    return Outcome(sample=postgres_sample(row), latency_ms=latency_ms)
+    return Outcome(sample=database_sample(dialect, row), latency_ms=latency_ms)
 
 
 async def _redis(client: Any, timeout: float, clock: Clock) -> Outcome:

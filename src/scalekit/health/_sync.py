@@ -1,11 +1,14 @@
 # This file is generated from src/scalekit/health/_async.py by scripts/unasync.py.
 # DO NOT EDIT; edit the async file and run: python scripts/unasync.py
-"""The sync shell: run the plan's probes in threads, each under its own timeout.
+"""The health shells: run the plan's probes side by side, each under its own timeout.
 
-Only I/O lives here (the decisions are in ``_plan.py`` and ``_core.py``);
-the colours differ only in how probes run side by side. Probes run in
-daemon threads, so a probe stuck on a frozen server never holds up the
-report past its timeout, nor the interpreter's exit.
+Only I/O lives here (the decisions are in ``_plan.py``, ``_probes.py`` and
+``_core.py``); the colours differ only in how probes run side by side. The
+asyncio shell runs them as tasks: a probe that misses its deadline is
+cancelled and left behind, so cleanup that talks to a frozen server cannot
+hold up the report. The sync shell, generated from this file, runs them in
+daemon threads (``_base.py``), so a probe stuck on a frozen server holds up
+neither the report past its timeout nor the interpreter's exit.
 """
 
 from __future__ import annotations
@@ -17,14 +20,13 @@ from typing import Any
 
 from scalekit._clock import SYSTEM_CLOCK
 from scalekit.health._base import ProbeThread, bounded_twin
-from scalekit.health._core import DatabaseSample, HealthReport, Thresholds
+from scalekit.health._core import HealthReport, Thresholds
 from scalekit.health._plan import DEFAULT_TIMEOUT, Outcome, Probe, finish, plan
 from scalekit.health._probes import (
-    postgres_sample,
-    postgres_sql,
+    database_queries,
+    database_sample,
     redis_cluster_sample,
     redis_sample,
-    statement_timeout_sql,
 )
 from scalekit.health._ready import READINESS_TIMEOUT, readiness_status
 from scalekit.typing import Clock
@@ -49,7 +51,7 @@ def check_health(
     ``pool`` is a :class:`~scalekit.routing.RoutingPool` (each node is
     probed, plus a ``routing:<name>`` component; its lag limits become the lag
     warning levels), ``engines`` a mapping of name to ``Engine``,
-    ``redis`` a client or a mapping of name to client (standalone or
+    ``redis`` a client of ``redis`` or a mapping of name to client (standalone or
     cluster). ``breakers`` (:class:`~scalekit.breaker.CircuitBreaker`),
     ``limiters`` (:class:`~scalekit.ratelimit.RateLimiter`) and
     ``caches`` (:class:`~scalekit.cache.Cache`) are each one object, a
@@ -67,11 +69,10 @@ def check_health(
         ('ok', True)
 
     Raises:
-        ConfigurationError: an argument of the wrong kind (an asyncio engine
-            or Redis client), a bad ``timeout``, a breaker, limiter or cache of
-            the wrong type, or two components with the same name.
+        ConfigurationError: an argument of the wrong kind (an engine or Redis
+            client of the other colour), a bad ``timeout``, a breaker, limiter
+            or cache of the wrong type, or two components with the same name.
     """
-    checked_at = clock.time()
     the_plan = plan(
         pool=pool,
         engines=engines,
@@ -82,12 +83,9 @@ def check_health(
         thresholds=thresholds,
         timeout=timeout,
         asynchronous=False,
-        now=checked_at,
+        clock=clock,
     )
-    started = clock.monotonic()
-    outcomes = _run_all([p for p in the_plan.probes if p.decided is None], clock)
-    duration_ms = (clock.monotonic() - started) * 1000.0
-    return finish(the_plan, outcomes, checked_at=checked_at, duration_ms=duration_ms)
+    return finish(the_plan, _run_all(the_plan.to_run(), clock))
 
 
 def readiness(
@@ -140,21 +138,16 @@ def _probe(probe: Probe, clock: Clock) -> Outcome:
 
 
 def _database(engine: Any, timeout: float, clock: Clock, *, with_size: bool) -> Outcome:
-    from sqlalchemy import text
-
+    dialect = engine.dialect.name
+    setup, query = database_queries(dialect, timeout, with_size=with_size)
     with engine.connect() as connection:
-        if engine.dialect.name != "postgresql":
-            started = clock.monotonic()
-            connection.execute(text("SELECT 1"))
-            latency_ms = (clock.monotonic() - started) * 1000.0
-            sample = DatabaseSample(dialect=engine.dialect.name)
-            return Outcome(sample=sample, latency_ms=latency_ms)
-        connection.exec_driver_sql(statement_timeout_sql(timeout))
+        if setup is not None:
+            connection.exec_driver_sql(setup)
         started = clock.monotonic()
-        row = connection.execute(text(postgres_sql(with_size=with_size))).mappings().one()
+        row = connection.execute(query).mappings().one()
         latency_ms = (clock.monotonic() - started) * 1000.0
         connection.rollback()
-    return Outcome(sample=postgres_sample(row), latency_ms=latency_ms)
+    return Outcome(sample=database_sample(dialect, row), latency_ms=latency_ms)
 
 
 def _redis(client: Any, timeout: float, clock: Clock) -> Outcome:
