@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -593,12 +593,15 @@ def _remembered(probe: Probe, outcome: Outcome, the_plan: Plan) -> Outcome:
     return replace(outcome, sample=sample)
 
 
-def finish(the_plan: Plan, outcomes: Mapping[str, Outcome]) -> HealthReport:
-    """The report of a plan from the outcomes of its probes (by probe name), timed now."""
+def finish(the_plan: Plan, outcomes: Sequence[Outcome]) -> HealthReport:
+    """The report of a plan, timed now, from the outcomes of :meth:`Plan.to_run`'s probes
+    (in that order)."""
     duration_ms = (the_plan.clock.monotonic() - the_plan.started) * 1000.0
+    ran = [probe.name for probe in the_plan.to_run()]
+    by_name = dict(zip(ran, outcomes, strict=True))
     components: dict[str, ComponentReport] = {}
     for probe in the_plan.probes:
-        outcome = _remembered(probe, outcomes.get(probe.name, Outcome(timed_out=True)), the_plan)
+        outcome = _remembered(probe, by_name.get(probe.name, Outcome(timed_out=True)), the_plan)
         components[probe.name] = judge(probe, outcome, the_plan.thresholds)
     components.update(the_plan.local or {})
     if the_plan.routing is not None:

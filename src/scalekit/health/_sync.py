@@ -3,12 +3,8 @@
 """The health shells: run the plan's probes side by side, each under its own timeout.
 
 Only I/O lives here (the decisions are in ``_plan.py``, ``_probes.py`` and
-``_core.py``); the colours differ only in how probes run side by side. The
-asyncio shell runs them as tasks: a probe that misses its deadline is
-cancelled and left behind, so cleanup that talks to a frozen server cannot
-hold up the report. The sync shell, generated from this file, runs them in
-daemon threads (``_base.py``), so a probe stuck on a frozen server holds up
-neither the report past its timeout nor the interpreter's exit.
+``_core.py``). The colours differ only in how probes run side by side: tasks
+(``_run``) in asyncio, daemon threads (``_base.py``) in the generated sync shell.
 """
 
 from __future__ import annotations
@@ -51,17 +47,17 @@ def check_health(
     ``pool`` is a :class:`~scalekit.routing.RoutingPool` (each node is
     probed, plus a ``routing:<name>`` component; its lag limits become the lag
     warning levels), ``engines`` a mapping of name to ``Engine``,
-    ``redis`` a client of ``redis`` or a mapping of name to client (standalone or
-    cluster). ``breakers`` (:class:`~scalekit.breaker.CircuitBreaker`),
-    ``limiters`` (:class:`~scalekit.ratelimit.RateLimiter`) and
-    ``caches`` (:class:`~scalekit.cache.Cache`) are each one object, a
-    list, or a mapping of name to object; they are judged from their public
-    state with no I/O (``breaker:<name>``, ``limiter:<name>``,
+    ``redis`` a client of ``redis`` or a mapping of name to client
+    (standalone or cluster). ``breakers`` (:class:`~scalekit.breaker.CircuitBreaker`),
+    ``limiters`` (:class:`~scalekit.ratelimit.RateLimiter`) and ``caches``
+    (:class:`~scalekit.cache.Cache`), of either colour, are each one
+    object, a list, or a mapping of name to object; they are judged from their
+    public state with no I/O (``breaker:<name>``, ``limiter:<name>``,
     ``cache:<name>``: state, whether a fallback is in force, since when), and
-    count at most as a warning. Each probe runs in its own thread under its own
-    ``timeout`` (seconds) and never waits for a pool slot: an engine whose
-    pool is exhausted is reported critical at once, unprobed. Nothing raises
-    for a server that is down; it is reported.
+    count at most as a warning. Probes run side by side, each under its own
+    ``timeout`` (seconds), and never wait for a pool slot: an engine whose pool
+    is exhausted is reported critical at once, unprobed. Nothing raises for a
+    server that is down; it is reported.
 
     Examples:
         >>> report = check_health(engines={"main": engine}, redis=client)  # doctest: +SKIP
@@ -122,10 +118,10 @@ def readiness(
     return replace(report, status=readiness_status(report))
 
 
-def _run_all(probes: list[Probe], clock: Clock) -> dict[str, Outcome]:
-    """Start every probe, then collect each outcome by its probe's deadline."""
+def _run_all(probes: list[Probe], clock: Clock) -> list[Outcome]:
+    """Start every probe, then collect each outcome (in order) by its probe's deadline."""
     runs = [ProbeThread(probe, functools.partial(_probe, probe, clock)) for probe in probes]
-    return {run.probe.name: run.wait() for run in runs}
+    return [run.wait() for run in runs]
 
 
 def _probe(probe: Probe, clock: Clock) -> Outcome:
@@ -138,8 +134,7 @@ def _probe(probe: Probe, clock: Clock) -> Outcome:
 
 
 def _database(engine: Any, timeout: float, clock: Clock, *, with_size: bool) -> Outcome:
-    dialect = engine.dialect.name
-    setup, query = database_queries(dialect, timeout, with_size=with_size)
+    setup, query = database_queries(engine.dialect.name, timeout, with_size=with_size)
     with engine.connect() as connection:
         if setup is not None:
             connection.exec_driver_sql(setup)
@@ -147,14 +142,14 @@ def _database(engine: Any, timeout: float, clock: Clock, *, with_size: bool) -> 
         row = connection.execute(query).mappings().one()
         latency_ms = (clock.monotonic() - started) * 1000.0
         connection.rollback()
-    return Outcome(sample=database_sample(dialect, row), latency_ms=latency_ms)
+    return Outcome(sample=database_sample(engine.dialect.name, row), latency_ms=latency_ms)
 
 
 def _redis(client: Any, timeout: float, clock: Clock) -> Outcome:
     from redis.exceptions import ResponseError
 
-    # A thread cannot be cancelled: a bounded twin of the client (commands
-    # capped at the probe's timeout, never retried), kept per client.
+    # A task past its deadline is cancelled (redis-py then drops the connection), so
+    # asyncio uses the user's own client; a thread cannot be, so it uses a bounded twin.
     twin = bounded_twin(client, timeout)
     started = clock.monotonic()
     twin.ping()
