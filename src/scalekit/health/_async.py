@@ -164,10 +164,10 @@ async def _database(engine: Any, timeout: float, clock: Clock, *, with_size: boo
         if setup is not None:
             await connection.exec_driver_sql(setup)
         started = clock.monotonic()
-        row = (await connection.execute(query)).mappings().one()
+        result = await connection.execute(query)
         latency_ms = (clock.monotonic() - started) * 1000.0
-        await connection.rollback()
-    return Outcome(sample=database_sample(engine.dialect.name, row), latency_ms=latency_ms)
+        sample = database_sample(engine.dialect.name, result)
+    return Outcome(sample=sample, latency_ms=latency_ms)
 
 
 async def _redis(client: Any, timeout: float, clock: Clock) -> Outcome:

@@ -121,8 +121,10 @@ def database_queries(
 ) -> tuple[str | None, TextClause]:
     """What a database probe sends: a statement to run first (or None), then its query.
 
-    PostgreSQL gets the statement timeout and :data:`POSTGRES_SQL`; any other
-    dialect ``SELECT 1``, which only shows that it answers.
+    PostgreSQL gets the statement timeout (``SET LOCAL``: it ends with the
+    probe's transaction, which closing the connection rolls back) and
+    :data:`POSTGRES_SQL`; any other dialect ``SELECT 1``, which only shows that
+    it answers.
     """
     from sqlalchemy import text
 
@@ -131,11 +133,14 @@ def database_queries(
     return statement_timeout_sql(timeout), text(postgres_sql(with_size=with_size))
 
 
-def database_sample(dialect: str, row: Mapping[str, Any]) -> PostgresSample | DatabaseSample:
-    """The sample in the row a database probe's query returned (see :func:`database_queries`)."""
+def database_sample(dialect: str, result: Any) -> PostgresSample | DatabaseSample:
+    """The sample in the ``Result`` of a database probe's query (see :func:`database_queries`).
+
+    Only PostgreSQL's row is read; for any other dialect, that it answered is the sample.
+    """
     if dialect != "postgresql":
         return DatabaseSample(dialect=dialect)
-    return postgres_sample(row)
+    return postgres_sample(result.mappings().one())
 
 
 def _int(value: Any) -> int | None:

@@ -139,10 +139,10 @@ def _database(engine: Any, timeout: float, clock: Clock, *, with_size: bool) -> 
         if setup is not None:
             connection.exec_driver_sql(setup)
         started = clock.monotonic()
-        row = connection.execute(query).mappings().one()
+        result = connection.execute(query)
         latency_ms = (clock.monotonic() - started) * 1000.0
-        connection.rollback()
-    return Outcome(sample=database_sample(engine.dialect.name, row), latency_ms=latency_ms)
+        sample = database_sample(engine.dialect.name, result)
+    return Outcome(sample=sample, latency_ms=latency_ms)
 
 
 def _redis(client: Any, timeout: float, clock: Clock) -> Outcome:
