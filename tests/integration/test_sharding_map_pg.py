@@ -27,6 +27,8 @@ from scalekit.errors import FanOutError, ShardingError, StaleShardMap
 from scalekit.pagination import CursorCodec
 from scalekit.routing import AsyncRoutingPool, RoutingPool
 from scalekit.sharding import (
+    DEFAULT_EPOCH_MS,
+    DEFAULT_ID_LAYOUT,
     AsyncShardCatalog,
     AsyncShardMap,
     ShardCatalog,
@@ -269,6 +271,42 @@ def test_sessionmaker_routes_by_key_and_pool_roles(shards: ShardMap, databases: 
     assert [row[0] for row in databases.rows()[POOLED]] == [1]
 
 
+def shard_aware_id(logical: int, sequence: int = 0) -> int:
+    return DEFAULT_ID_LAYOUT.compose(DEFAULT_EPOCH_MS + 1_000, shard=logical, sequence=sequence)
+
+
+def test_sessionmaker_routes_by_the_shard_in_the_primary_key(
+    shards: ShardMap, databases: Databases
+) -> None:
+    Session = shards.sessionmaker(id_columns=[Order.id])
+    ids = [shard_aware_id(logical, sequence) for logical in range(LOGICAL) for sequence in (0, 1)]
+    with Session() as session:  # no shard key: every object goes by its ID
+        session.add_all(Order(id=i, user_id=n, total=n % 50) for n, i in enumerate(ids))
+        session.commit()
+    owners = shards.assignment.owners
+    for name, found in databases.rows().items():
+        assert sorted(row[0] for row in found) == sorted(
+            i for i in ids if owners[DEFAULT_ID_LAYOUT.shard_of(i)] == name
+        )
+    databases.cluster.wait_for_replicas()
+    replica_ports = {r.port for r in databases.cluster.replicas}
+    with Session() as session:
+        for n, i in enumerate(ids):
+            got = session.get(Order, i)
+            assert got is not None and got.total == n % 50
+        pooled = next(i for i in ids if owners[DEFAULT_ID_LAYOUT.shard_of(i)] == POOLED)
+        port = session.scalar(sa.select(sa.func.inet_server_port()).where(Order.id == pooled))
+        assert port in replica_ports  # a read by ID on a pool goes to a replica
+        session.execute(sa.update(Order).where(Order.id == pooled).values(total=999))
+        session.commit()
+    pooled_engine = databases.primary_engine(POOLED)
+    with pooled_engine.connect() as conn:
+        assert conn.scalar(sa.select(Order.total).where(Order.id == pooled)) == 999
+    pooled_engine.dispose()
+    with Session() as session, pytest.raises(ShardingError, match="several targets"):
+        session.execute(sa.select(Order).where(Order.id.in_(ids)))
+
+
 def test_a_stale_instance_is_refused_after_a_version_bump(databases: Databases) -> None:
     databases.reset()
     assert databases.cluster.primary is not None
@@ -377,6 +415,31 @@ async def test_async_stale_instance_is_refused(databases: Databases) -> None:
         for engine in engines:
             await engine.dispose()
     await catalog_engine.dispose()
+
+
+async def test_async_sessionmaker_routes_by_the_shard_in_the_primary_key(
+    ashards: AsyncShardMap, databases: Databases
+) -> None:
+    Session = ashards.sessionmaker(id_columns=[Order.id])
+    ids = [shard_aware_id(logical) for logical in range(0, LOGICAL, 3)]
+    async with Session() as session:
+        session.add_all(Order(id=i, user_id=n, total=n) for n, i in enumerate(ids))
+        await session.commit()
+    owners = ashards.assignment.owners
+    for name, found in databases.rows().items():
+        assert sorted(row[0] for row in found) == sorted(
+            i for i in ids if owners[DEFAULT_ID_LAYOUT.shard_of(i)] == name
+        )
+    databases.cluster.wait_for_replicas()
+    async with Session() as session:
+        for n, i in enumerate(ids):
+            got = await session.get(Order, i)
+            assert got is not None and got.total == n
+        assert (await session.scalars(sa.select(Order.total).where(Order.id == ids[4]))).all() == [
+            4
+        ]
+        with pytest.raises(ShardingError, match="no shard key"):
+            await session.execute(sa.select(Order))
 
 
 def test_sessionmaker_writes_are_fenced_too(databases: Databases) -> None:

@@ -317,6 +317,16 @@ class ShardMapBase:
                 current=int(current),
             )
 
+    def _owner_of(self, logical: int) -> str:
+        """The target name owning ``logical``. Raises UnknownShard outside the map."""
+        if type(logical) is not int or not 0 <= logical < self._count:
+            raise UnknownShard(
+                f"logical shard {logical!r} is not in this map (0..{self._count - 1}); "
+                "was the ID issued with another layout or map?",
+                shard=logical,
+            )
+        return self._owner_names[logical]
+
     def _route_statement(
         self, session_key: ShardKey | None, shard_key: ShardKey | None, clause: Any
     ) -> tuple[str, int]:

@@ -45,8 +45,9 @@ from scalekit.sharding._core import (
     merge_ordered,
 )
 from scalekit.sharding._hash import KeyType, ShardKey, logical_shard, shard_sql
+from scalekit.sharding._ids import DEFAULT_ID_LAYOUT, IdLayout
 from scalekit.sharding._map import ShardAssignment
-from scalekit.sharding._orm import ShardSession
+from scalekit.sharding._orm import IdRouting, ShardSession
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection, Engine
@@ -261,14 +262,35 @@ class ShardMap(ShardMapBase):
         self._watch_writes(session, name, logical)
         return session
 
-    def sessionmaker(self, **kwargs: Any) -> sessionmaker[Any]:
-        """A session factory whose sessions route each statement by its shard key.
+    def sessionmaker(
+        self,
+        *,
+        id_columns: Sequence[Any] = (),
+        id_layout: IdLayout = DEFAULT_ID_LAYOUT,
+        **kwargs: Any,
+    ) -> sessionmaker[Any]:
+        """A session factory whose sessions route each statement by its shard key or ID.
 
         See :class:`~scalekit.sharding.ShardSession`: the key is the
-        ``shard_key`` execution option, else the session's ``shard_key=``;
-        a statement with neither raises :class:`~scalekit.errors.ShardingError`.
+        ``shard_key`` execution option, else (with ``id_columns``) the logical
+        shard encoded in a shard-aware ID the statement names, else the
+        session's ``shard_key=``; a statement with none raises
+        :class:`~scalekit.errors.ShardingError`. ``id_columns`` lists the
+        columns holding IDs issued for this map's logical shards
+        (``[Order.id, Item.order_id]``), in ``id_layout``::
+
+            Session = shards.sessionmaker(id_columns=[Order.id])
+            async with Session() as session:
+                order = call session.get(Order, order_id)  # on shard_of_id(order_id)'s target
+
         Keyword arguments go to the session factory (not ``bind``).
+
+        Raises:
+            ConfigurationError: ``id_columns`` holds something that is not a
+                column, or ``id_layout`` is not an ``IdLayout``.
         """
+        if id_columns:
+            kwargs["shard_ids"] = IdRouting(id_columns, id_layout)
         factory = sessionmaker(class_=ShardSession, shard_map=self, **kwargs)
         return factory
 
