@@ -7,6 +7,7 @@ with direct connections to each database, never through the map.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
@@ -307,7 +308,9 @@ def test_sessionmaker_routes_by_the_shard_in_the_primary_key(
         session.execute(sa.select(Order).where(Order.id.in_(ids)))
 
 
-def test_a_stale_instance_is_refused_after_a_version_bump(databases: Databases) -> None:
+@contextlib.contextmanager
+def two_instances(databases: Databases) -> Iterator[tuple[ShardMap, ShardMap]]:
+    """Two instances' maps from one catalog (fences installed), version 1: (stale, fresh)."""
     databases.reset()
     assert databases.cluster.primary is not None
     catalog_engine = databases.cluster.primary.engine(databases.catalog)
@@ -319,28 +322,89 @@ def test_a_stale_instance_is_refused_after_a_version_bump(databases: Databases) 
     stale = ShardMap.from_catalog(catalog, targets_a)
     stale.install_fences()
     fresh = ShardMap.from_catalog(catalog, targets_b)
-    key = next(k for k in range(1000) if stale.name_for(k) == POOLED)
-    with stale.session(key) as session:  # allowed at version 1
-        session.add(Order(id=1, user_id=key, total=1))
-        session.commit()
-    fresh.publish(fresh.assignment.with_owners({fresh.shard_for(key): "db0"}))
-    with stale.session(key) as session:
-        session.add(Order(id=2, user_id=key, total=2))
-        with pytest.raises(StaleShardMap) as info:
+    try:
+        yield stale, fresh
+    finally:
+        for shards, targets, engines in (
+            (stale, targets_a, engines_a),
+            (fresh, targets_b, engines_b),
+        ):
+            shards.close()
+            targets[POOLED].close()
+            for engine in engines:
+                engine.dispose()
+        catalog_engine.dispose()
+
+
+def test_a_stale_instance_is_refused_after_a_version_bump(databases: Databases) -> None:
+    with two_instances(databases) as (stale, fresh):
+        key = next(k for k in range(1000) if stale.name_for(k) == POOLED)
+        with stale.session(key) as session:  # allowed at version 1
+            session.add(Order(id=1, user_id=key, total=1))
             session.commit()
-    assert (info.value.target, info.value.version, info.value.current) == (POOLED, 1, 2)
-    assert [row[0] for row in databases.rows()[POOLED]] == [1]
-    assert stale.refresh() is True
-    with stale.session(key) as session:
-        session.add(Order(id=2, user_id=key, total=2))
-        session.commit()
-    assert [row[0] for row in databases.rows()["db0"]] == [2]
-    for shards, targets, engines in ((stale, targets_a, engines_a), (fresh, targets_b, engines_b)):
-        shards.close()
-        targets[POOLED].close()
-        for engine in engines:
-            engine.dispose()
-    catalog_engine.dispose()
+        fresh.publish(fresh.assignment.with_owners({fresh.shard_for(key): "db0"}))
+        with stale.session(key) as session:
+            session.add(Order(id=2, user_id=key, total=2))
+            with pytest.raises(StaleShardMap) as info:
+                session.commit()
+        assert (info.value.target, info.value.version, info.value.current) == (POOLED, 1, 2)
+        assert [row[0] for row in databases.rows()[POOLED]] == [1]
+        assert stale.refresh() is True
+        with stale.session(key) as session:
+            session.add(Order(id=2, user_id=key, total=2))
+            session.commit()
+        assert [row[0] for row in databases.rows()["db0"]] == [2]
+
+
+def test_after_a_move_only_writes_to_the_moved_logical_shard_are_refused(
+    databases: Databases,
+) -> None:
+    with two_instances(databases) as (stale, fresh):
+        keys = range(5000)
+        moved = next(k for k in keys if stale.name_for(k) == POOLED)
+        moved_logical = stale.shard_for(moved)
+        # Another key on the same source, and one on the destination, in unmoved logical shards.
+        same_source = next(
+            k for k in keys if stale.name_for(k) == POOLED and stale.shard_for(k) != moved_logical
+        )
+        on_destination = next(k for k in keys if stale.name_for(k) == "db0")
+        fresh.publish(fresh.assignment.with_owners({moved_logical: "db0"}))
+        Session = stale.sessionmaker()
+        for order_id, key in ((1, same_source), (2, on_destination)):
+            with stale.session(key) as session:  # the stale map routes these right: they commit
+                session.add(Order(id=order_id, user_id=key, total=1))
+                session.commit()
+            with Session(shard_key=key) as session:
+                session.add(Order(id=order_id + 10, user_id=key, total=1))
+                session.commit()
+        with stale.session(moved) as session:
+            session.add(Order(id=3, user_id=moved, total=1))
+            with pytest.raises(StaleShardMap, match=f"logical shard {moved_logical}") as info:
+                session.commit()
+        assert (info.value.target, info.value.version, info.value.current) == (POOLED, 1, 2)
+        with Session(shard_key=moved) as session:
+            session.add(Order(id=4, user_id=moved, total=1))
+            with pytest.raises(StaleShardMap):
+                session.commit()
+        with (
+            Session() as session
+        ):  # a transaction writing a moved and an unmoved shard: all refused
+            for order_id, key in ((5, same_source), (6, moved)):
+                session.execute(
+                    sa.insert(Order).values(id=order_id, user_id=key, total=1),
+                    execution_options={"shard_key": key},
+                )
+            with pytest.raises(StaleShardMap):
+                session.commit()
+        stored = databases.rows()
+        assert sorted(row[0] for row in stored[POOLED]) == [1, 11]
+        assert sorted(row[0] for row in stored["db0"]) == [2, 12]
+        # After a refresh the moved shard's writes go to its new owner.
+        assert stale.refresh() is True
+        with stale.session(moved) as session:
+            session.add(Order(id=3, user_id=moved, total=1))
+            session.commit()
+        assert sorted(row[0] for row in databases.rows()["db0"]) == [2, 3, 12]
 
 
 # -- asyncio --------------------------------------------------------------------------------
@@ -399,12 +463,20 @@ async def test_async_stale_instance_is_refused(databases: Databases) -> None:
     await stale.ainstall_fences()
     fresh = await AsyncShardMap.afrom_catalog(catalog, targets_b)
     key = next(k for k in range(1000) if stale.name_for(k) == "db1")
+    unmoved = next(
+        k
+        for k in range(1000)
+        if stale.name_for(k) == "db1" and k != key and stale.shard_for(k) != stale.shard_for(key)
+    )
     await fresh.apublish(fresh.assignment.with_owners({fresh.shard_for(key): "db3"}))
     async with stale.session(key) as session:
         session.add(Order(id=1, user_id=key, total=1))
         with pytest.raises(StaleShardMap):
             await session.commit()
-    assert databases.rows()["db1"] == []
+    async with stale.session(unmoved) as session:  # its logical shard did not move
+        session.add(Order(id=2, user_id=unmoved, total=1))
+        await session.commit()
+    assert [row[0] for row in databases.rows()["db1"]] == [2]
     assert await stale.arefresh() is True
     async with stale.session(key) as session:
         session.add(Order(id=1, user_id=key, total=1))
@@ -443,40 +515,24 @@ async def test_async_sessionmaker_routes_by_the_shard_in_the_primary_key(
 
 
 def test_sessionmaker_writes_are_fenced_too(databases: Databases) -> None:
-    databases.reset()
-    assert databases.cluster.primary is not None
-    catalog_engine = databases.cluster.primary.engine(databases.catalog)
-    catalog = ShardCatalog(catalog_engine)
-    catalog.install()
-    catalog.publish(assign_balanced(NAMES, LOGICAL))
-    targets_a, engines_a = databases.sync_targets()
-    targets_b, engines_b = databases.sync_targets()
-    stale = ShardMap.from_catalog(catalog, targets_a)
-    stale.install_fences()
-    fresh = ShardMap.from_catalog(catalog, targets_b)
-    pooled_key = next(k for k in range(1000) if stale.name_for(k) == POOLED)
-    other_key = next(k for k in range(1000) if stale.name_for(k) == "db1")
-    fresh.publish(fresh.assignment.with_owners({fresh.shard_for(pooled_key): "db0"}))
-    Session = stale.sessionmaker()
-    with Session() as session:  # db1 is untouched by the move: its write commits
-        session.execute(
-            sa.insert(Order).values(id=1, user_id=other_key, total=1),
-            execution_options={"shard_key": other_key},
-        )
-        session.commit()
-    with Session(shard_key=pooled_key) as session:
-        session.add(Order(id=2, user_id=pooled_key, total=2))
-        with pytest.raises(StaleShardMap) as info:
+    with two_instances(databases) as (stale, fresh):
+        pooled_key = next(k for k in range(1000) if stale.name_for(k) == POOLED)
+        other_key = next(k for k in range(1000) if stale.name_for(k) == "db1")
+        fresh.publish(fresh.assignment.with_owners({fresh.shard_for(pooled_key): "db0"}))
+        Session = stale.sessionmaker()
+        with Session() as session:  # db1 is untouched by the move: its write commits
+            session.execute(
+                sa.insert(Order).values(id=1, user_id=other_key, total=1),
+                execution_options={"shard_key": other_key},
+            )
             session.commit()
-    assert info.value.target == POOLED
-    stored = databases.rows()
-    assert [row[0] for row in stored["db1"]] == [1] and stored[POOLED] == []
-    for shards, targets, engines in ((stale, targets_a, engines_a), (fresh, targets_b, engines_b)):
-        shards.close()
-        targets[POOLED].close()
-        for engine in engines:
-            engine.dispose()
-    catalog_engine.dispose()
+        with Session(shard_key=pooled_key) as session:
+            session.add(Order(id=2, user_id=pooled_key, total=2))
+            with pytest.raises(StaleShardMap) as info:
+                session.commit()
+        assert info.value.target == POOLED
+        stored = databases.rows()
+        assert [row[0] for row in stored["db1"]] == [1] and stored[POOLED] == []
 
 
 async def test_async_fan_out_names_a_timed_out_target(ashards: AsyncShardMap) -> None:

@@ -29,6 +29,7 @@ from scalekit.pagination._plan_cache import cached_plan
 from scalekit.routing._async import AsyncRoutingPool
 from scalekit.sharding._base import ShardMapBase
 from scalekit.sharding._catalog import (
+    TARGET_FENCE,
     catalog_metadata,
     catalog_table,
     check_map_name,
@@ -36,7 +37,8 @@ from scalekit.sharding._catalog import (
     encode_assignment,
     fence_metadata,
     fence_table,
-    moved_targets,
+    fence_upserts,
+    moved_shards,
     moves_table,
 )
 from scalekit.sharding._core import (
@@ -604,22 +606,28 @@ class AsyncShardMap(ShardMapBase):
                     fence_metadata.create_all(conn)
                 exists = (
                     await conn.execute(
-                        sa.select(fence_table.c.version).where(fence_table.c.map_name == self.name)
+                        sa.select(fence_table.c.version).where(
+                            fence_table.c.map_name == self.name,
+                            fence_table.c.logical == TARGET_FENCE,
+                        )
                     )
                 ).first()
                 if exists is None:
                     await conn.execute(
                         fence_table.insert().values(
-                            map_name=self.name, version=self._assignment.version
+                            map_name=self.name,
+                            logical=TARGET_FENCE,
+                            version=self._assignment.version,
                         )
                     )
 
     async def apublish(self, assignment: ShardAssignment) -> None:
         """Publish ``assignment`` (the newest version plus one) and use it here.
 
-        The fences of the targets that gain or lose a logical shard are raised
-        to the new version first, then the catalog row is written, so a stale
-        instance's write there is refused from that moment; a publisher that
+        The fences of the moved logical shards, on the targets they leave or
+        reach, are raised to the new version first, then the catalog row is
+        written, so a stale instance's write to a moved shard is refused from
+        that moment (its writes to other shards go on); a publisher that
         died half way reruns the same call. Moving the rows is not done here:
         publish once they are where the new map says (or while writes to the
         moving shards are blocked).
@@ -639,28 +647,34 @@ class AsyncShardMap(ShardMapBase):
                 f"the newest is {latest.version}"
             )
         self._check_known(assignment)
-        for name in moved_targets(base, assignment):
+        version = assignment.version
+        for name, logicals in moved_shards(base, assignment).items():
+            mine = fence_table.c.map_name == self.name
             async with self._awrite_connection(name) as conn:
-                updated = await conn.execute(
+                # The target row first: its row lock orders this publish after the
+                # fenced commits in flight there, and commits after it wait for it.
+                await conn.execute(
                     fence_table.update()
-                    .where(fence_table.c.map_name == self.name)
-                    .where(fence_table.c.version < assignment.version)
-                    .values(version=assignment.version)
+                    .where(mine, fence_table.c.logical == TARGET_FENCE)
+                    .where(fence_table.c.version < version)
+                    .values(version=version)
                 )
-                if updated.rowcount == 0:
-                    present = (
-                        await conn.execute(
-                            sa.select(fence_table.c.version).where(
-                                fence_table.c.map_name == self.name
-                            )
-                        )
-                    ).first()
-                    if present is None:
-                        await conn.execute(
-                            fence_table.insert().values(
-                                map_name=self.name, version=assignment.version
-                            )
-                        )
+                present = await conn.execute(
+                    sa.select(fence_table.c.logical, fence_table.c.version).where(
+                        mine, fence_table.c.logical.in_([TARGET_FENCE, *logicals])
+                    )
+                )
+                update, insert = fence_upserts(
+                    {row.logical: row.version for row in present}, self.name, logicals, version
+                )
+                if update:
+                    await conn.execute(
+                        fence_table.update()
+                        .where(mine, fence_table.c.logical.in_(update))
+                        .values(version=version)
+                    )
+                if insert:
+                    await conn.execute(fence_table.insert(), insert)
         await catalog.apublish(assignment)
         self._install(assignment)
 

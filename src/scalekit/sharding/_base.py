@@ -18,7 +18,7 @@ from sqlalchemy import event
 from scalekit.errors import ConfigurationError, ShardingError, StaleShardMap, UnknownShard
 from scalekit.routing._base import PoolBase
 from scalekit.routing._statements import FLUSH, classify
-from scalekit.sharding._catalog import check_map_name, fence_table
+from scalekit.sharding._catalog import TARGET_FENCE, check_map_name, fence_table
 from scalekit.sharding._hash import DEFAULT_LOGICAL_SHARDS, ShardKey, _fast_md5, logical_shard
 from scalekit.sharding._map import ShardAssignment, assign_balanced
 
@@ -300,17 +300,27 @@ class ShardMapBase:
                     connection.execute(
                         sa.select(sa.func.pg_advisory_xact_lock_shared(self.lock_class, logical))
                     )
-        statement = (
-            sa.select(fence_table.c.version)
-            .where(fence_table.c.map_name == self.name)
-            .with_for_update(read=True)
+        mine = fence_table.c.map_name == self.name
+        # The target row FOR SHARE: a publish in flight there finishes first.
+        target_row = sa.select(fence_table.c.version).where(
+            mine, fence_table.c.logical == TARGET_FENCE
         )
-        current = connection.execute(statement).scalar()
+        current = connection.execute(target_row.with_for_update(read=True)).scalar()
+        known = [logical for logical in logicals if logical >= 0]
+        if known and len(known) == len(logicals):
+            # Only the shards written matter; read in a statement of its own so that
+            # a publish that committed while this waited is seen.
+            current = connection.execute(
+                sa.select(sa.func.max(fence_table.c.version)).where(
+                    mine, fence_table.c.logical.in_(known)
+                )
+            ).scalar()
         version = self._assignment.version
         if current is not None and current > version:
+            shards = f"logical shard {known[0]}" if len(known) == 1 else "shards"
             raise StaleShardMap(
-                f"shard map {self.name!r} version {version} is stale: target {name!r} "
-                f"requires version {current} (shards moved); the transaction was not "
+                f"shard map {self.name!r} version {version} is stale: {shards} on target "
+                f"{name!r} requires version {current} (moved); the transaction was not "
                 "committed; refresh the map and retry",
                 target=name,
                 version=version,

@@ -7,15 +7,24 @@ each logical shard as JSON. Instances read the highest version; publishing
 inserts ``version + 1``, and the primary key makes two publishers of the same
 version collide instead of overwriting each other.
 
-Each target database holds a fence (``scalekit_shard_fence``): one row per
-map, the lowest map version allowed to write there. Publishing a version
-that moves logical shards to or from a target raises that target's fence to
-the new version *before* the catalog row is written. A write transaction
-reads its target's fence at commit (``FOR SHARE`` on PostgreSQL, so a fence
-update waits for commits in flight and every later commit sees it); when the
-fence is above the instance's map version the commit is refused with
-:class:`~scalekit.errors.StaleShardMap`: the write is not lost in a database
-that no longer owns the shard. Pure definitions here; the shells do the I/O.
+Each target database holds fences (``scalekit_shard_fence``), per map: a
+row per logical shard that ever moved to or from that target, holding the
+version of its last move (the lowest map version allowed to write that
+shard there), and a target row (``logical = -1``) holding the newest version
+that moved any shard to or from it. Publishing a version that moves logical
+shards raises, on each target they leave or reach, the target row and then
+the rows of those shards to the new version, in one transaction, *before*
+the catalog row is written. A write transaction reads its target's fences at
+commit: first the target row ``FOR SHARE`` on PostgreSQL (so a publisher's
+update waits for commits in flight, and a commit that starts during a
+publish waits for it), then, in a statement of its own (a fresh snapshot
+under READ COMMITTED, so a publish that just committed is seen), the rows of
+the logical shards it wrote. When one is above the instance's map version
+the commit is refused with :class:`~scalekit.errors.StaleShardMap`: the
+write is not lost in a database that no longer owns the shard. A stale
+instance's writes to shards that did not move commit: its map still routes
+them right. A write whose logical shard is unknown is checked against the
+target row. Pure definitions here; the shells do the I/O.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ __all__ = [
     "CATALOG_TABLE",
     "FENCE_TABLE",
     "MOVES_TABLE",
+    "TARGET_FENCE",
     "catalog_table",
     "decode_assignment",
     "encode_assignment",
@@ -69,8 +79,13 @@ fence_table = sa.Table(
     FENCE_TABLE,
     fence_metadata,
     sa.Column("map_name", sa.String(200), primary_key=True),
+    sa.Column("logical", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("version", sa.BigInteger, nullable=False),
 )
+"""Per map: ``logical = -1`` the target row, else one row per logical shard that moved."""
+
+TARGET_FENCE = -1
+"""The ``logical`` of a fence's target row."""
 
 
 def check_map_name(name: object) -> str:
@@ -111,16 +126,36 @@ def decode_assignment(row: Any) -> ShardAssignment:
     return ShardAssignment(targets, owners, int(row.version))
 
 
-def moved_targets(old: ShardAssignment, new: ShardAssignment) -> list[str]:
-    """The targets that gain or lose a logical shard from ``old`` to ``new``, in ``new`` order.
+def moved_shards(old: ShardAssignment, new: ShardAssignment) -> dict[str, list[int]]:
+    """The logical shards each target gains or loses from ``old`` to ``new``, in ``new`` order.
 
     Raises:
         ConfigurationError: the logical shard count changed.
     """
     from scalekit.sharding._map import plan_rebalance
 
-    touched: set[str] = set()
+    touched: dict[str, list[int]] = {}
     for move in plan_rebalance(old, new):
-        touched.update((move.source, move.target))
+        touched.setdefault(move.source, []).append(move.logical)
+        touched.setdefault(move.target, []).append(move.logical)
     order = [*new.targets, *(name for name in old.targets if name not in new.targets)]
-    return [name for name in order if name in touched]
+    return {name: sorted(touched[name]) for name in order if name in touched}
+
+
+def fence_upserts(
+    conn_rows: dict[int, int], map_name: str, logicals: list[int], version: int
+) -> tuple[list[int], list[dict[str, Any]]]:
+    """Raising fences to ``version``: the logicals to update, and the rows to insert.
+
+    ``conn_rows`` is what the target holds (logical -> version) for the target
+    row and ``logicals``; the target row comes first in both lists.
+    """
+    update: list[int] = []
+    insert: list[dict[str, Any]] = []
+    for logical in [TARGET_FENCE, *logicals]:
+        present = conn_rows.get(logical)
+        if present is None:
+            insert.append({"map_name": map_name, "logical": logical, "version": version})
+        elif present < version:
+            update.append(logical)
+    return update, insert

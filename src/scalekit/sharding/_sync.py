@@ -28,6 +28,7 @@ from scalekit.pagination._plan_cache import cached_plan
 from scalekit.routing._sync import RoutingPool
 from scalekit.sharding._base import ShardMapBase
 from scalekit.sharding._catalog import (
+    TARGET_FENCE,
     catalog_metadata,
     catalog_table,
     check_map_name,
@@ -35,7 +36,8 @@ from scalekit.sharding._catalog import (
     encode_assignment,
     fence_metadata,
     fence_table,
-    moved_targets,
+    fence_upserts,
+    moved_shards,
     moves_table,
 )
 from scalekit.sharding._core import (
@@ -542,21 +544,27 @@ class ShardMap(ShardMapBase):
             with self._write_connection(name) as conn:
                 fence_metadata.create_all(conn)
                 exists = conn.execute(
-                    sa.select(fence_table.c.version).where(fence_table.c.map_name == self.name)
+                    sa.select(fence_table.c.version).where(
+                        fence_table.c.map_name == self.name,
+                        fence_table.c.logical == TARGET_FENCE,
+                    )
                 ).first()
                 if exists is None:
                     conn.execute(
                         fence_table.insert().values(
-                            map_name=self.name, version=self._assignment.version
+                            map_name=self.name,
+                            logical=TARGET_FENCE,
+                            version=self._assignment.version,
                         )
                     )
 
     def publish(self, assignment: ShardAssignment) -> None:
         """Publish ``assignment`` (the newest version plus one) and use it here.
 
-        The fences of the targets that gain or lose a logical shard are raised
-        to the new version first, then the catalog row is written, so a stale
-        instance's write there is refused from that moment; a publisher that
+        The fences of the moved logical shards, on the targets they leave or
+        reach, are raised to the new version first, then the catalog row is
+        written, so a stale instance's write to a moved shard is refused from
+        that moment (its writes to other shards go on); a publisher that
         died half way reruns the same call. Moving the rows is not done here:
         publish once they are where the new map says (or while writes to the
         moving shards are blocked).
@@ -576,24 +584,34 @@ class ShardMap(ShardMapBase):
                 f"the newest is {latest.version}"
             )
         self._check_known(assignment)
-        for name in moved_targets(base, assignment):
+        version = assignment.version
+        for name, logicals in moved_shards(base, assignment).items():
+            mine = fence_table.c.map_name == self.name
             with self._write_connection(name) as conn:
-                updated = conn.execute(
+                # The target row first: its row lock orders this publish after the
+                # fenced commits in flight there, and commits after it wait for it.
+                conn.execute(
                     fence_table.update()
-                    .where(fence_table.c.map_name == self.name)
-                    .where(fence_table.c.version < assignment.version)
-                    .values(version=assignment.version)
+                    .where(mine, fence_table.c.logical == TARGET_FENCE)
+                    .where(fence_table.c.version < version)
+                    .values(version=version)
                 )
-                if updated.rowcount == 0:
-                    present = conn.execute(
-                        sa.select(fence_table.c.version).where(fence_table.c.map_name == self.name)
-                    ).first()
-                    if present is None:
-                        conn.execute(
-                            fence_table.insert().values(
-                                map_name=self.name, version=assignment.version
-                            )
-                        )
+                present = conn.execute(
+                    sa.select(fence_table.c.logical, fence_table.c.version).where(
+                        mine, fence_table.c.logical.in_([TARGET_FENCE, *logicals])
+                    )
+                )
+                update, insert = fence_upserts(
+                    {row.logical: row.version for row in present}, self.name, logicals, version
+                )
+                if update:
+                    conn.execute(
+                        fence_table.update()
+                        .where(mine, fence_table.c.logical.in_(update))
+                        .values(version=version)
+                    )
+                if insert:
+                    conn.execute(fence_table.insert(), insert)
         catalog.publish(assignment)
         self._install(assignment)
 
