@@ -9,6 +9,7 @@ greenlet bridge).
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -28,8 +29,8 @@ if TYPE_CHECKING:
 
 __all__ = ["ShardMapBase"]
 
-_INT64 = 1 << 63
-_LOW_63 = _INT64 - 1
+_LOW_63 = (1 << 63) - 1
+_pack_int = struct.Struct(">bq").pack
 _CACHE_SIZE = 1 << 16
 _md5 = _fast_md5()
 _from_bytes = int.from_bytes
@@ -157,7 +158,8 @@ class ShardMapBase:
         # owners[logical] -> target: one index on the hot path.
         self._owners = tuple(self._targets[name] for name in assignment.owners)
         self._owner_names = assignment.owners
-        self._count = assignment.logical_shards
+        self._count = count = assignment.logical_shards
+        self._mask = count - 1 if count & (count - 1) == 0 and count <= 1 << 16 else -1
         self._cache: dict[int | str, int] = {}
 
     # -- look-ups ------------------------------------------------------------------------------
@@ -195,14 +197,23 @@ class ShardMapBase:
                 return logical
             # logical_shard inlined for these keys (the same bytes, see _hash.py);
             # anything else goes through it (and its errors).
-            if key_type is int and -_INT64 <= key < _INT64:  # type: ignore[operator]
-                data = b"\x01" + key.to_bytes(8, "big", signed=True)  # type: ignore[union-attr]
-            elif key_type is str and key.isascii():  # type: ignore[union-attr]
+            data: bytes | None
+            if key_type is int:
+                try:
+                    data = _pack_int(1, key)  # tag 0x01, then the signed 8-byte key
+                except struct.error:
+                    data = None  # outside 64 bits: logical_shard raises
+            elif key.isascii():  # type: ignore[union-attr]
                 data = b"\x02" + key.encode()  # type: ignore[union-attr]
             else:
                 data = None
             if data is None:
                 logical = logical_shard(key, self._count)
+            elif (mask := self._mask) >= 0:
+                # A power-of-two count up to 2**16: the low bits of the hash's first
+                # 8 bytes, i.e. of its bytes 6 and 7 (the 63-bit mask cannot matter).
+                digest = _md5(data).digest()
+                logical = (digest[6] << 8 | digest[7]) & mask
             else:
                 logical = (_from_bytes(_md5(data).digest()[:8], "big") & _LOW_63) % self._count
             if len(cache) >= _CACHE_SIZE:
