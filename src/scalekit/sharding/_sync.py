@@ -786,12 +786,16 @@ class ShardMap(ShardMapBase):
             result = conn.execute(statement)
             return {tuple(row[: len(keys)]): row[-1] for row in result}
 
-    def _achecksum(self, name: str, column: Any, logical: int) -> tuple[int, int]:
-        """Rows of the shard in ``column``'s table on ``name``, and the sum of their row hashes."""
+    def _checksum(self, name: str, column: Any, logical: int) -> tuple[int, int]:
+        """Rows of the shard in ``column``'s table on ``name``, and the sum of their row hashes.
+
+        The row hash is ``hashtextextended`` of the row's text (PostgreSQL 11+),
+        a 64-bit hash the server computes about three times faster than an MD5
+        of the same text; both sides of a move compute it the same way, and a
+        difference only sends the catch-up to the per-row MD5 comparison.
+        """
         table = column.table
-        row_hash: Any = sa.literal_column(
-            f"('x' || substr(md5({table.name}::text), 1, 16))::bit(64)::bigint"
-        )
+        row_hash: Any = sa.literal_column(f"hashtextextended({table.name}::text, 0)")
         statement = (
             sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(row_hash), 0))
             .select_from(table)
@@ -805,7 +809,7 @@ class ShardMap(ShardMapBase):
         for column in columns:
             expected, current = self._run_all(
                 [source, to],
-                functools.partial(self._achecksum, column=column, logical=logical),
+                functools.partial(self._checksum, column=column, logical=logical),
                 None,
             )
             if current == expected:
@@ -830,7 +834,7 @@ class ShardMap(ShardMapBase):
                             values = [dict(row) for row in rows]
                             if values:
                                 conn.execute(table.insert(), values)
-            if self._achecksum(to, column, logical) != expected:
+            if self._checksum(to, column, logical) != expected:
                 raise ShardingError(
                     f"verification of logical shard {logical} failed for {table.name!r}: "
                     f"{source!r} and {to!r} differ (count, checksum) after the catch-up; "
