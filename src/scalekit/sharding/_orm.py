@@ -215,8 +215,8 @@ class ShardSession(Session):
 
     def flush(self, objects: Any = None) -> None:
         """Flush, each object to the target of its ID when it has one (see ``id_columns``)."""
-        if self._sk_ids is None:
-            return super().flush(objects)
+        if self._sk_ids is None or "connection_callable" in self.__dict__:
+            return super().flush(objects)  # no IDs, or a flush inside a flush
         # SQLAlchemy's per-instance hook (horizontal_shard's): set for flushes only,
         # because its bulk INSERT refuses to run while it is set.
         self.connection_callable = self._sk_connection_for
