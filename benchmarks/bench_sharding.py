@@ -18,6 +18,8 @@ aggregate over a filtered scan. Interleaved, best of ``--repeat``:
   fan_out (threads)          ShardMap.fan_out over the four, merged
   sequential                 the four reads one after another
   afan_out (tasks)           AsyncShardMap.afan_out over the four
+  4 plain threads            the four reads on a plain thread pool, no merge: the floor
+                             of a threaded fan-out on this machine
 
 Part 3, a move of one logical shard holding ``--move-rows`` rows (one key):
   raw COPY out and in        binary COPY of the rows from one database to another
@@ -40,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import hashlib
 import os
 import sys
@@ -271,10 +274,15 @@ def fan_out_figures(urls: list[str], rows: int, repeat: int) -> None:
         with engines[name].connect() as conn:
             conn.execute(statement).all()
 
+    # The same four reads on four threads of a plain pool, no merge: the floor of a
+    # threaded fan-out on this machine.
+    plain_pool = concurrent.futures.ThreadPoolExecutor(max_workers=len(NAMES))
+
     cases: dict[str, Callable[[], object]] = {
         **{f"single {name}": (lambda name=name: single(name)) for name in NAMES},  # type: ignore[misc]
         "fan_out (threads)": lambda: shards.fan_out(statement),
         "sequential": lambda: [single(name) for name in NAMES],
+        "4 plain threads": lambda: list(plain_pool.map(single, NAMES)),
         "afan_out (tasks)": lambda: loop.run_until_complete(ashards.afan_out(statement)),
     }
     best = dict.fromkeys(cases, float("inf"))
@@ -291,6 +299,7 @@ def fan_out_figures(urls: list[str], rows: int, repeat: int) -> None:
         Result("fan_out (threads)", best["fan_out (threads)"]),
         Result("afan_out (tasks)", best["afan_out (tasks)"]),
         Result("sequential", best["sequential"]),
+        Result("4 plain threads", best["4 plain threads"]),
     ]
     print_table(
         f"fan-out over 4 shards, {rows:,} rows each, {os.cpu_count()} cores (ns per read)",
@@ -299,6 +308,8 @@ def fan_out_figures(urls: list[str], rows: int, repeat: int) -> None:
         peer="sequential",
     )
     print(f"fan_out / slowest shard: {best['fan_out (threads)'] / slowest:.2f}x (target <= 1.3x)")
+    print(f"fan_out / 4 plain threads: {best['fan_out (threads)'] / best['4 plain threads']:.2f}x")
+    plain_pool.shutdown()
     shards.close()
     for engine in engines.values():
         engine.dispose()
@@ -393,6 +404,7 @@ def main() -> None:
     parser.add_argument("--skip-lookups", action="store_true")
     parser.add_argument("--move-rows", type=int, default=200_000, help="0 skips the move")
     parser.add_argument("--move-repeat", type=int, default=3, help="moves (best of)")
+    parser.add_argument("--only-move", action="store_true", help="skip the fan-out figures")
     parser.add_argument(
         "--before", help="an older checkout folder or git rev: compare the look-ups with it"
     )
@@ -410,7 +422,8 @@ def main() -> None:
     if not args.skip_fan_out:
         with databases(args.url) as urls:
             if urls:
-                fan_out_figures(urls, args.rows, args.repeat)
+                if not args.only_move:
+                    fan_out_figures(urls, args.rows, args.repeat)
                 if args.move_rows:
                     catalog_url = str(make_url(urls[0]).set(database="bench_catalog"))
                     admin = sa.create_engine(urls[0], isolation_level="AUTOCOMMIT")

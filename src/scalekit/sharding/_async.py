@@ -692,7 +692,7 @@ class AsyncShardMap(ShardMapBase):
         """Move logical shard ``logical``'s rows of ``tables`` to target ``to``; resumable.
 
         ``tables`` lists each table's shard-key column (``Order.user_id``);
-        every table needs a primary key. PostgreSQL only, on a map with a
+        every table needs a primary key. PostgreSQL (11 or later) only, on a map with a
         catalog. The steps, each recorded in the catalog's
         ``scalekit_shard_moves`` table so that a rerun after a crash resumes:
 
