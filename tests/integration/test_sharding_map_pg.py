@@ -396,8 +396,17 @@ def test_after_a_move_only_writes_to_the_moved_logical_shard_are_refused(
                 )
             with pytest.raises(StaleShardMap):
                 session.commit()
+        by_id = stale.sessionmaker(id_columns=[Order.id])
+        unmoved_id = shard_aware_id(stale.shard_for(same_source))
+        moved_id = shard_aware_id(moved_logical)
+        with by_id() as session:  # routed by the ID's logical shard, fenced by it
+            session.add(Order(id=unmoved_id, user_id=same_source, total=1))
+            session.commit()
+            session.add(Order(id=moved_id, user_id=moved, total=1))
+            with pytest.raises(StaleShardMap, match=f"logical shard {moved_logical}"):
+                session.commit()
         stored = databases.rows()
-        assert sorted(row[0] for row in stored[POOLED]) == [1, 11]
+        assert sorted(row[0] for row in stored[POOLED]) == sorted([1, 11, unmoved_id])
         assert sorted(row[0] for row in stored["db0"]) == [2, 12]
         # After a refresh the moved shard's writes go to its new owner.
         assert stale.refresh() is True

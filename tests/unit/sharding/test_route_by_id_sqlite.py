@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 from scalekit.errors import ConfigurationError, ShardingError, UnknownShard
 from scalekit.sharding import DEFAULT_EPOCH_MS, DEFAULT_ID_LAYOUT, IdLayout, ShardMap
@@ -29,7 +29,8 @@ class Order(Base):
 class Item(Base):
     __tablename__ = "items"
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
-    order_id: Mapped[int] = mapped_column(sa.BigInteger)
+    order_id: Mapped[int] = mapped_column(sa.BigInteger, sa.ForeignKey("orders.id"))
+    order: Mapped[Order] = relationship(backref="items")
 
 
 class Note(Base):  # no ID column: routed by the session's shard_key only
@@ -88,6 +89,11 @@ def test_flush_get_select_update_and_delete_route_by_the_id(
         assert got is not None and got.total == 1000
         got.total = 1001  # an UPDATE flush routed by the object's ID
         session.commit()
+    with Session_() as session:  # a lazy load names the parent's ID: routed by it
+        order = session.get(Order, ids[9])
+        assert order is not None and [item.id for item in order.items] == [9]  # type: ignore[attr-defined]
+        item = session.scalars(sa.select(Item).where(Item.order_id == ids[9])).one()
+        assert item.order is order
     with Session(shards.target(owners[DEFAULT_ID_LAYOUT.shard_of(ids[5])])) as plain:
         assert plain.scalar(sa.select(Order.total).where(Order.id == ids[5])) == 1001
     assert 5 not in {i for found in stored(engines, Item).values() for i in found}
