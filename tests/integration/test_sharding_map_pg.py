@@ -24,19 +24,22 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from scalekit.errors import FanOutError, ShardingError, StaleShardMap
+from scalekit.errors import ConfigurationError, FanOutError, ShardingError, StaleShardMap
 from scalekit.pagination import CursorCodec
 from scalekit.routing import AsyncRoutingPool, RoutingPool
 from scalekit.sharding import (
     DEFAULT_EPOCH_MS,
     DEFAULT_ID_LAYOUT,
+    AsyncRedisShardCatalog,
     AsyncShardCatalog,
     AsyncShardMap,
+    RedisShardCatalog,
     ShardCatalog,
     ShardMap,
     assign_balanced,
     logical_shard,
 )
+from scalekit.testing.servers import RedisClusterHarness, RedisNode
 from tests.harness import PgCluster
 
 pytestmark = pytest.mark.integration
@@ -791,3 +794,84 @@ async def test_async_move_shard(databases: Databases) -> None:
         await engine.dispose()
     await catalog_engine.dispose()
     setup.close()
+
+
+# -- the Redis catalog ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["standalone", "cluster"])
+def test_a_redis_catalog_publishes_and_fences_like_the_table(
+    kind: str, databases: Databases, redis_server: RedisNode, redis_cluster: RedisClusterHarness
+) -> None:
+    databases.reset()
+    client = redis_cluster.client() if kind == "cluster" else redis_server.client()
+    catalog = RedisShardCatalog(client, name=f"m{uuid.uuid4().hex[:8]}")
+    catalog.install()
+    assert catalog.load() is None
+    first = assign_balanced(NAMES, LOGICAL)
+    catalog.publish(first)
+    catalog.publish(first)  # the same map again: a no-op
+    assert catalog.load() == first
+    with pytest.raises(ShardingError, match="next version is 2"):
+        catalog.publish(first.with_owners({0: "db3"}).with_owners({1: "db3"}))
+    targets_a, engines_a = databases.sync_targets()
+    targets_b, engines_b = databases.sync_targets()
+    stale = ShardMap.from_catalog(catalog, targets_a)
+    stale.install_fences()
+    fresh = ShardMap.from_catalog(catalog, targets_b)
+    key = next(k for k in range(1000) if stale.name_for(k) == "db1")
+    unmoved = next(
+        k
+        for k in range(1000)
+        if stale.name_for(k) == "db1" and stale.shard_for(k) != stale.shard_for(key)
+    )
+    fresh.publish(fresh.assignment.with_owners({fresh.shard_for(key): "db3"}))
+    # Another instance that read version 1 before fresh published plans its own version 2:
+    # the compare-and-set script refuses it.
+    late = RedisShardCatalog(client, name=catalog.name)
+    late.load = lambda: first  # type: ignore[method-assign]
+    with pytest.raises(ShardingError, match="published by another instance"):
+        late.publish(first.with_owners({0: "db2"}))
+    assert catalog.load() == fresh.assignment
+    with stale.session(key) as session:
+        session.add(Order(id=1, user_id=key, total=1))
+        with pytest.raises(StaleShardMap):
+            session.commit()
+    with stale.session(unmoved) as session:
+        session.add(Order(id=2, user_id=unmoved, total=1))
+        session.commit()
+    assert stale.refresh() is True and stale.version == 2
+    with pytest.raises(ConfigurationError, match="records its steps in a table"):
+        stale.move_shard(0, to="db1", tables=[Order.user_id])
+    for shards, targets, engines in ((stale, targets_a, engines_a), (fresh, targets_b, engines_b)):
+        shards.close()
+        targets[POOLED].close()
+        for engine in engines:
+            engine.dispose()
+    client.delete(catalog.key)
+    client.close()
+
+
+async def test_an_async_redis_catalog(databases: Databases, redis_server: RedisNode) -> None:
+    databases.reset()
+    client = redis_server.async_client(decode_responses=True)
+    catalog = AsyncRedisShardCatalog(client, name=f"a{uuid.uuid4().hex[:8]}")
+    try:
+        await catalog.ainstall()
+        await catalog.apublish(assign_balanced(NAMES, LOGICAL))
+        targets, engines = databases.async_targets()
+        shards = await AsyncShardMap.afrom_catalog(catalog, targets)
+        await shards.ainstall_fences()
+        key = next(k for k in range(1000) if shards.name_for(k) == "db0")
+        await shards.apublish(shards.assignment.with_owners({shards.shard_for(key): "db1"}))
+        assert (await catalog.aload()) == shards.assignment and shards.version == 2
+        async with shards.session(key) as session:
+            session.add(Order(id=1, user_id=key, total=1))
+            await session.commit()
+        assert [row[0] for row in databases.rows()["db1"]] == [1]
+        targets[POOLED].close()
+        for engine in engines:
+            await engine.dispose()
+    finally:
+        await client.delete(catalog.key)
+        await client.aclose()

@@ -29,17 +29,21 @@ from scalekit.pagination._plan_cache import cached_plan
 from scalekit.routing._async import AsyncRoutingPool
 from scalekit.sharding._base import ShardMapBase
 from scalekit.sharding._catalog import (
+    REDIS_PUBLISH,
     TARGET_FENCE,
     catalog_metadata,
     catalog_table,
     check_map_name,
+    check_publish,
     decode_assignment,
+    decode_redis_catalog,
     encode_assignment,
     fence_metadata,
     fence_table,
     fence_upserts,
     moved_shards,
     moves_table,
+    redis_catalog_key,
 )
 from scalekit.sharding._core import (
     Distribution,
@@ -59,7 +63,7 @@ if TYPE_CHECKING:
     from scalekit.pagination._cursor import CursorCodec
     from scalekit.pagination._keyset import Page
 
-__all__ = ["AsyncShardCatalog", "AsyncShardMap"]
+__all__ = ["AsyncRedisShardCatalog", "AsyncShardCatalog", "AsyncShardMap"]
 
 __unasync__ = {
     "afan_out": "fan_out",
@@ -164,22 +168,8 @@ class AsyncShardCatalog:
                 not follow the newest.
             ConfigurationError: the logical shard count differs from the stored map's.
         """
-        latest = await self.aload()
-        if latest is not None and latest.logical_shards != assignment.logical_shards:
-            raise ConfigurationError(
-                f"the logical shard count changed from {latest.logical_shards} "
-                f"(version {latest.version}) to {assignment.logical_shards}; "
-                "it is fixed once data exists",
-                parameter="logical_shards",
-            )
-        if latest == assignment:
+        if not check_publish(self.name, await self.aload(), assignment):
             return
-        expected = 1 if latest is None else latest.version + 1
-        if assignment.version != expected:
-            raise ShardingError(
-                f"cannot publish version {assignment.version} of shard map {self.name!r}: "
-                f"the next version is {expected}"
-            )
         try:
             async with self.engine.begin() as conn:
                 await conn.execute(
@@ -193,6 +183,69 @@ class AsyncShardCatalog:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} on {self.engine.url!r}>"
+
+
+class AsyncRedisShardCatalog:
+    """The shared, versioned shard map kept in Redis instead of a table.
+
+    One hash per map (``scalekit:shard-catalog:{name}``, a single key, so it
+    works on Redis Cluster) holds the newest version, its target names and
+    its owners; :meth:`apublish` stores the next version with a
+    compare-and-set script. ``client`` is a ``redis.asyncio`` client
+    (standalone, Sentinel or cluster, with or without ``decode_responses``).
+    The fences stay in the target databases; :meth:`AsyncShardMap.amove_shard`
+    records its steps in a table and needs an :class:`AsyncShardCatalog`.
+
+    >>> catalog = AsyncRedisShardCatalog(redis_client)  # doctest: +SKIP
+    >>> await catalog.apublish(assign_balanced(["db0", "db1"]))  # doctest: +SKIP
+    >>> shards = await AsyncShardMap.afrom_catalog(catalog, targets)  # doctest: +SKIP
+
+    Raises:
+        ConfigurationError: a bad ``name``.
+    """
+
+    def __init__(self, client: Any, *, name: str = "default") -> None:
+        self.client = client
+        self.name = check_map_name(name)
+        self.key = redis_catalog_key(self.name)
+
+    async def ainstall(self) -> None:
+        """Nothing to create in Redis (here so that both catalogs are used alike)."""
+
+    async def aload(self) -> ShardAssignment | None:
+        """The newest published assignment of this map, or None when none was published.
+
+        Raises:
+            ConfigurationError: the stored hash is corrupt.
+        """
+        return decode_redis_catalog(self.name, await self.client.hgetall(self.key))
+
+    async def apublish(self, assignment: ShardAssignment) -> None:
+        """Store ``assignment`` as the newest version (it must be the newest plus one, or 1).
+
+        Publishing the same assignment again is a no-op. To move shards use
+        :meth:`AsyncShardMap.apublish`, which raises the targets' fences first.
+
+        Raises:
+            ShardingError: another instance published that version first, or
+                the version does not follow the newest.
+            ConfigurationError: the logical shard count differs from the stored map's.
+        """
+        if not check_publish(self.name, await self.aload(), assignment):
+            return
+        row = encode_assignment(self.name, assignment)
+        code, current = await self.client.eval(
+            REDIS_PUBLISH, 1, self.key, assignment.version, row["targets"], row["owners"]
+        )
+        if int(code) < 0:
+            raise ShardingError(
+                f"cannot publish version {assignment.version} of shard map {self.name!r}: "
+                f"version {int(current)} was published by another instance meanwhile; "
+                "reload and plan again"
+            )
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} at {self.key!r}>"
 
 
 class AsyncShardMap(ShardMapBase):
@@ -233,9 +286,11 @@ class AsyncShardMap(ShardMapBase):
         assignment: ShardAssignment | None = None,
         logical_shards: int | None = None,
         fan_out_timeout: float | None = None,
-        catalog: AsyncShardCatalog | None = None,
+        catalog: AsyncShardCatalog | AsyncRedisShardCatalog | None = None,
     ) -> None:
-        if catalog is not None and not isinstance(catalog, AsyncShardCatalog):
+        if catalog is not None and not isinstance(
+            catalog, AsyncShardCatalog | AsyncRedisShardCatalog
+        ):
             raise ConfigurationError("catalog must be a shard catalog", parameter="catalog")
         if catalog is not None and assignment is None:
             raise ConfigurationError(
@@ -256,7 +311,7 @@ class AsyncShardMap(ShardMapBase):
     @classmethod
     async def afrom_catalog(
         cls,
-        catalog: AsyncShardCatalog,
+        catalog: AsyncShardCatalog | AsyncRedisShardCatalog,
         targets: Mapping[str, Any],
         *,
         fan_out_timeout: float | None = None,
@@ -572,17 +627,27 @@ class AsyncShardMap(ShardMapBase):
     # -- the shared map ------------------------------------------------------------------------
 
     @property
-    def catalog(self) -> AsyncShardCatalog | None:
+    def catalog(self) -> AsyncShardCatalog | AsyncRedisShardCatalog | None:
         """The catalog this map reloads from, or None for a fixed map."""
         return self._catalog
 
-    def _need_catalog(self) -> AsyncShardCatalog:
+    def _need_catalog(self) -> AsyncShardCatalog | AsyncRedisShardCatalog:
         if self._catalog is None:
             raise ConfigurationError(
                 "this shard map has no catalog; build it with afrom_catalog()",
                 parameter="catalog",
             )
         return self._catalog
+
+    def _sql_catalog(self) -> AsyncShardCatalog:
+        catalog = self._need_catalog()
+        if not isinstance(catalog, AsyncShardCatalog):
+            raise ConfigurationError(
+                "moving shards records its steps in a table: build the map from a "
+                "ShardCatalog (a Redis catalog publishes maps, it does not move shards)",
+                parameter="catalog",
+            )
+        return catalog
 
     async def arefresh(self) -> bool:
         """Reload the catalog; use its newest version if newer. Return whether it changed.
@@ -710,13 +775,13 @@ class AsyncShardMap(ShardMapBase):
         killed at any step, a rerun with the same arguments finishes the job.
 
         Raises:
-            ConfigurationError: no catalog, not PostgreSQL, a table without a
-                primary key, or an unknown ``logical``.
+            ConfigurationError: no catalog (or a Redis one), not PostgreSQL, a
+                table without a primary key, or an unknown ``logical``.
             UnknownShard: ``to`` is not a target.
             ShardingError: another move of this shard (to another target) is
                 in progress, or verification failed (nothing was switched).
         """
-        catalog = self._need_catalog()
+        catalog = self._sql_catalog()
         self.target(to)
         if self._dialect().name != "postgresql":
             raise ConfigurationError("move_shard runs on PostgreSQL only", parameter="targets")
@@ -797,7 +862,7 @@ class AsyncShardMap(ShardMapBase):
     async def _amove_step(
         self, logical: int, step: str, after_step: Callable[[str], None] | None
     ) -> str:
-        async with self._need_catalog().engine.begin() as conn:
+        async with self._sql_catalog().engine.begin() as conn:
             await conn.execute(
                 moves_table.update()
                 .where(moves_table.c.map_name == self.name, moves_table.c.logical == logical)

@@ -30,11 +30,12 @@ target row. Pure definitions here; the shells do the I/O.
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 from typing import Any
 
 import sqlalchemy as sa
 
-from scalekit.errors import ConfigurationError
+from scalekit.errors import ConfigurationError, ShardingError
 from scalekit.sharding._map import ShardAssignment
 
 __all__ = [
@@ -86,6 +87,89 @@ fence_table = sa.Table(
 
 TARGET_FENCE = -1
 """The ``logical`` of a fence's target row."""
+
+
+REDIS_CATALOG_PREFIX = "scalekit:shard-catalog"
+
+REDIS_PUBLISH = """
+local current = redis.call('HGET', KEYS[1], 'version')
+local version = tonumber(ARGV[1])
+if current then
+    current = tonumber(current)
+    if current == version then
+        if redis.call('HGET', KEYS[1], 'targets') == ARGV[2]
+                and redis.call('HGET', KEYS[1], 'owners') == ARGV[3] then
+            return {0, current}
+        end
+        return {-1, current}
+    end
+    if version ~= current + 1 then
+        return {-2, current}
+    end
+elseif version ~= 1 then
+    return {-2, 0}
+end
+redis.call('HSET', KEYS[1], 'version', ARGV[1], 'targets', ARGV[2], 'owners', ARGV[3])
+return {1, version}
+"""
+"""Compare-and-set of a Redis catalog's hash: ``{1, v}`` stored, ``{0, v}`` the same
+map was there, ``{-1, v}`` another map holds that version, ``{-2, v}`` not the next."""
+
+
+def check_publish(name: str, latest: ShardAssignment | None, assignment: ShardAssignment) -> bool:
+    """Whether ``assignment`` is still to be stored over ``latest`` (False: it is already).
+
+    Raises:
+        ConfigurationError: the logical shard count differs from the stored map's.
+        ShardingError: the version does not follow the newest.
+    """
+    if latest is not None and latest.logical_shards != assignment.logical_shards:
+        raise ConfigurationError(
+            f"the logical shard count changed from {latest.logical_shards} "
+            f"(version {latest.version}) to {assignment.logical_shards}; "
+            "it is fixed once data exists",
+            parameter="logical_shards",
+        )
+    if latest == assignment:
+        return False
+    expected = 1 if latest is None else latest.version + 1
+    if assignment.version != expected:
+        raise ShardingError(
+            f"cannot publish version {assignment.version} of shard map {name!r}: "
+            f"the next version is {expected}"
+        )
+    return True
+
+
+def redis_catalog_key(name: str, prefix: str = REDIS_CATALOG_PREFIX) -> str:
+    """The Redis key of map ``name``'s catalog hash (one key: cluster-safe)."""
+    return f"{prefix}:{{{name}}}"
+
+
+def decode_redis_catalog(name: str, fields: dict[Any, Any]) -> ShardAssignment | None:
+    """The assignment in a Redis catalog hash (``HGETALL``), or None when it is empty.
+
+    Raises:
+        ConfigurationError: the hash does not hold a valid assignment.
+    """
+    if not fields:
+        return None
+    text = {
+        (key.decode() if isinstance(key, bytes) else key): (
+            value.decode() if isinstance(value, bytes) else value
+        )
+        for key, value in fields.items()
+    }
+    try:
+        version = int(text["version"])
+        row = SimpleNamespace(
+            map_name=name, version=version, targets=text["targets"], owners=text["owners"]
+        )
+    except (KeyError, ValueError) as error:
+        raise ConfigurationError(
+            f"the Redis catalog of shard map {name!r} is corrupt: {error!r}", parameter="catalog"
+        ) from error
+    return decode_assignment(row)
 
 
 def check_map_name(name: object) -> str:

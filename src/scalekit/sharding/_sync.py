@@ -28,17 +28,21 @@ from scalekit.pagination._plan_cache import cached_plan
 from scalekit.routing._sync import RoutingPool
 from scalekit.sharding._base import ShardMapBase
 from scalekit.sharding._catalog import (
+    REDIS_PUBLISH,
     TARGET_FENCE,
     catalog_metadata,
     catalog_table,
     check_map_name,
+    check_publish,
     decode_assignment,
+    decode_redis_catalog,
     encode_assignment,
     fence_metadata,
     fence_table,
     fence_upserts,
     moved_shards,
     moves_table,
+    redis_catalog_key,
 )
 from scalekit.sharding._core import (
     Distribution,
@@ -58,7 +62,7 @@ if TYPE_CHECKING:
     from scalekit.pagination._cursor import CursorCodec
     from scalekit.pagination._keyset import Page
 
-__all__ = ["ShardCatalog", "ShardMap"]
+__all__ = ["RedisShardCatalog", "ShardCatalog", "ShardMap"]
 
 _T = TypeVar("_T")
 _DEFAULT: Any = object()
@@ -125,22 +129,8 @@ class ShardCatalog:
                 not follow the newest.
             ConfigurationError: the logical shard count differs from the stored map's.
         """
-        latest = self.load()
-        if latest is not None and latest.logical_shards != assignment.logical_shards:
-            raise ConfigurationError(
-                f"the logical shard count changed from {latest.logical_shards} "
-                f"(version {latest.version}) to {assignment.logical_shards}; "
-                "it is fixed once data exists",
-                parameter="logical_shards",
-            )
-        if latest == assignment:
+        if not check_publish(self.name, self.load(), assignment):
             return
-        expected = 1 if latest is None else latest.version + 1
-        if assignment.version != expected:
-            raise ShardingError(
-                f"cannot publish version {assignment.version} of shard map {self.name!r}: "
-                f"the next version is {expected}"
-            )
         try:
             with self.engine.begin() as conn:
                 conn.execute(
@@ -154,6 +144,69 @@ class ShardCatalog:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} on {self.engine.url!r}>"
+
+
+class RedisShardCatalog:
+    """The shared, versioned shard map kept in Redis instead of a table.
+
+    One hash per map (``scalekit:shard-catalog:{name}``, a single key, so it
+    works on Redis Cluster) holds the newest version, its target names and
+    its owners; :meth:`publish` stores the next version with a
+    compare-and-set script. ``client`` is a ``redis`` client
+    (standalone, Sentinel or cluster, with or without ``decode_responses``).
+    The fences stay in the target databases; :meth:`ShardMap.move_shard`
+    records its steps in a table and needs an :class:`ShardCatalog`.
+
+    >>> catalog = RedisShardCatalog(redis_client)  # doctest: +SKIP
+    >>> catalog.publish(assign_balanced(["db0", "db1"]))  # doctest: +SKIP
+    >>> shards = ShardMap.from_catalog(catalog, targets)  # doctest: +SKIP
+
+    Raises:
+        ConfigurationError: a bad ``name``.
+    """
+
+    def __init__(self, client: Any, *, name: str = "default") -> None:
+        self.client = client
+        self.name = check_map_name(name)
+        self.key = redis_catalog_key(self.name)
+
+    def install(self) -> None:
+        """Nothing to create in Redis (here so that both catalogs are used alike)."""
+
+    def load(self) -> ShardAssignment | None:
+        """The newest published assignment of this map, or None when none was published.
+
+        Raises:
+            ConfigurationError: the stored hash is corrupt.
+        """
+        return decode_redis_catalog(self.name, self.client.hgetall(self.key))
+
+    def publish(self, assignment: ShardAssignment) -> None:
+        """Store ``assignment`` as the newest version (it must be the newest plus one, or 1).
+
+        Publishing the same assignment again is a no-op. To move shards use
+        :meth:`ShardMap.publish`, which raises the targets' fences first.
+
+        Raises:
+            ShardingError: another instance published that version first, or
+                the version does not follow the newest.
+            ConfigurationError: the logical shard count differs from the stored map's.
+        """
+        if not check_publish(self.name, self.load(), assignment):
+            return
+        row = encode_assignment(self.name, assignment)
+        code, current = self.client.eval(
+            REDIS_PUBLISH, 1, self.key, assignment.version, row["targets"], row["owners"]
+        )
+        if int(code) < 0:
+            raise ShardingError(
+                f"cannot publish version {assignment.version} of shard map {self.name!r}: "
+                f"version {int(current)} was published by another instance meanwhile; "
+                "reload and plan again"
+            )
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} at {self.key!r}>"
 
 
 class ShardMap(ShardMapBase):
@@ -194,9 +247,9 @@ class ShardMap(ShardMapBase):
         assignment: ShardAssignment | None = None,
         logical_shards: int | None = None,
         fan_out_timeout: float | None = None,
-        catalog: ShardCatalog | None = None,
+        catalog: ShardCatalog | RedisShardCatalog | None = None,
     ) -> None:
-        if catalog is not None and not isinstance(catalog, ShardCatalog):
+        if catalog is not None and not isinstance(catalog, ShardCatalog | RedisShardCatalog):
             raise ConfigurationError("catalog must be a shard catalog", parameter="catalog")
         if catalog is not None and assignment is None:
             raise ConfigurationError(
@@ -217,7 +270,7 @@ class ShardMap(ShardMapBase):
     @classmethod
     def from_catalog(
         cls,
-        catalog: ShardCatalog,
+        catalog: ShardCatalog | RedisShardCatalog,
         targets: Mapping[str, Any],
         *,
         fan_out_timeout: float | None = None,
@@ -513,17 +566,27 @@ class ShardMap(ShardMapBase):
     # -- the shared map ------------------------------------------------------------------------
 
     @property
-    def catalog(self) -> ShardCatalog | None:
+    def catalog(self) -> ShardCatalog | RedisShardCatalog | None:
         """The catalog this map reloads from, or None for a fixed map."""
         return self._catalog
 
-    def _need_catalog(self) -> ShardCatalog:
+    def _need_catalog(self) -> ShardCatalog | RedisShardCatalog:
         if self._catalog is None:
             raise ConfigurationError(
                 "this shard map has no catalog; build it with from_catalog()",
                 parameter="catalog",
             )
         return self._catalog
+
+    def _sql_catalog(self) -> ShardCatalog:
+        catalog = self._need_catalog()
+        if not isinstance(catalog, ShardCatalog):
+            raise ConfigurationError(
+                "moving shards records its steps in a table: build the map from a "
+                "ShardCatalog (a Redis catalog publishes maps, it does not move shards)",
+                parameter="catalog",
+            )
+        return catalog
 
     def refresh(self) -> bool:
         """Reload the catalog; use its newest version if newer. Return whether it changed.
@@ -646,13 +709,13 @@ class ShardMap(ShardMapBase):
         killed at any step, a rerun with the same arguments finishes the job.
 
         Raises:
-            ConfigurationError: no catalog, not PostgreSQL, a table without a
-                primary key, or an unknown ``logical``.
+            ConfigurationError: no catalog (or a Redis one), not PostgreSQL, a
+                table without a primary key, or an unknown ``logical``.
             UnknownShard: ``to`` is not a target.
             ShardingError: another move of this shard (to another target) is
                 in progress, or verification failed (nothing was switched).
         """
-        catalog = self._need_catalog()
+        catalog = self._sql_catalog()
         self.target(to)
         if self._dialect().name != "postgresql":
             raise ConfigurationError("move_shard runs on PostgreSQL only", parameter="targets")
@@ -729,7 +792,7 @@ class ShardMap(ShardMapBase):
                 _after_step("cleaned")
 
     def _move_step(self, logical: int, step: str, after_step: Callable[[str], None] | None) -> str:
-        with self._need_catalog().engine.begin() as conn:
+        with self._sql_catalog().engine.begin() as conn:
             conn.execute(
                 moves_table.update()
                 .where(moves_table.c.map_name == self.name, moves_table.c.logical == logical)
