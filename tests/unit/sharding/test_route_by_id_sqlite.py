@@ -89,6 +89,7 @@ def test_flush_get_select_update_and_delete_route_by_the_id(
         assert got is not None and got.total == 1000
         got.total = 1001  # an UPDATE flush routed by the object's ID
         session.commit()
+        assert got.total == 1001  # expired at commit: reloaded by its ID
     with Session_() as session:  # a lazy load names the parent's ID: routed by it
         order = session.get(Order, ids[9])
         assert order is not None and [item.id for item in order.items] == [9]  # type: ignore[attr-defined]
