@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 __all__ = ["SHARD_KEY_OPTION", "IdRouting", "ShardSession"]
 
 SHARD_KEY_OPTION = "shard_key"
+_ID_LIMIT = 1 << 63
 SHARD_LOGICAL = "shard_logicals"
 """Bind argument: the logical shards (one target's) of the IDs a statement names."""
 
@@ -111,7 +112,7 @@ class IdRouting:
             else:
                 value = right.effective_value
             values = list(value) if operator is operators.in_op else [value]
-            if values and all(type(v) is int for v in values):
+            if values and all(type(v) is int and 0 <= v < _ID_LIMIT for v in values):
                 return values
         return None
 

@@ -152,3 +152,4 @@ def test_without_id_columns_nothing_changes_and_bad_configuration_is_refused(
     routing = IdRouting([Order.__table__.c.id], narrow)
     assert routing.ids_in(sa.select(Order).where(Order.id == 5), None) == [5]
     assert routing.ids_in(sa.select(Order).where(Order.total == 5), None) is None
+    assert routing.ids_in(sa.select(Order).where(Order.id == -1), None) is None  # not an ID
