@@ -637,6 +637,32 @@ def _authoritative_rows(databases: Databases, shards: ShardMap) -> list[tuple[in
     )
 
 
+def test_a_move_overwrites_and_removes_stray_rows_of_the_shard_on_the_destination(
+    databases: Databases,
+) -> None:
+    setup = _move_setup(databases, rows=200)
+    try:
+        before = _authoritative_rows(databases, setup.mover)
+        moving = [row for row in before if logical_shard(row[1], LOGICAL) == setup.logical]
+        destination = databases.primary_engine(setup.destination)
+        with destination.begin() as conn:  # written there by mistake, before the move
+            conn.execute(  # the same primary key as a moving row, other values
+                sa.insert(Order).values(id=moving[0][0], user_id=moving[0][1], total=-1)
+            )
+            conn.execute(sa.insert(Order).values(id=9001, user_id=setup.keys[0], total=-2))
+        destination.dispose()
+        kept = list(databases.rows()[setup.destination])
+        setup.mover.move_shard(setup.logical, to=setup.destination, tables=[Order.user_id])
+        stored = databases.rows()
+        assert sorted(stored[setup.destination]) == sorted(
+            [row for row in kept if row[0] not in (moving[0][0], 9001)] + moving
+        )
+        assert not any(logical_shard(r[1], LOGICAL) == setup.logical for r in stored[setup.source])
+        assert _authoritative_rows(databases, setup.mover) == before
+    finally:
+        setup.close()
+
+
 @pytest.mark.parametrize("step", ["copied", "verified", "published", "switched", "cleaned"])
 def test_a_mover_killed_at_each_step_then_rerun_loses_and_duplicates_nothing(
     databases: Databases, step: str

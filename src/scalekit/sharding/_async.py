@@ -82,6 +82,7 @@ __unasync__ = {
     "amove_shard": "move_shard",
     "_amove_step": "_move_step",
     "_acopy_shard": "_copy_shard",
+    "_acopy_table": "_copy_table",
     "_adigests": "_digests",
     "_acatch_up": "_catch_up",
     "_adelete_source": "_delete_source",
@@ -761,8 +762,9 @@ class AsyncShardMap(ShardMapBase):
         catalog. The steps, each recorded in the catalog's
         ``scalekit_shard_moves`` table so that a rerun after a crash resumes:
 
-        1. **copy**: in one transaction on ``to``, delete any leftover rows of
-           the shard there and COPY (binary) the source's rows in; writes go on.
+        1. **copy**: in one transaction on ``to``, COPY (binary) the source's
+           rows in (a rerun first deletes what the interrupted copy left
+           there); writes go on.
         2. **switch**: take the shard's advisory lock on both databases (a
            commit writing to this logical shard waits, others go on), bring
            ``to`` up to date (rows compared by primary key and an MD5 of the
@@ -821,7 +823,7 @@ class AsyncShardMap(ShardMapBase):
                     "rerun with that target to finish it"
                 )
         if step == "started":
-            await self._acopy_shard(logical, source, to, columns)
+            await self._acopy_shard(logical, source, to, columns, fresh=state is None)
             step = await self._amove_step(logical, "copied", _after_step)
         if step == "copied":
             if self._assignment.owners[logical] == source:
@@ -875,40 +877,68 @@ class AsyncShardMap(ShardMapBase):
     def _shard_filter(self, column: Any, logical: int) -> Any:
         return shard_sql(column, self._count) == logical
 
-    async def _acopy_shard(self, logical: int, source: str, to: str, columns: list[Any]) -> None:
-        from sqlalchemy.dialects import postgresql
+    async def _acopy_shard(
+        self, logical: int, source: str, to: str, columns: list[Any], *, fresh: bool = False
+    ) -> None:
+        """COPY the shard's rows of each table from ``source`` into ``to``, in one transaction.
 
-        # The named paramstyle: "%" stays one "%" (COPY takes no parameters).
-        dialect = postgresql.dialect(paramstyle="named")  # type: ignore[no-untyped-call]
-        quote = dialect.identifier_preparer.quote
+        A rerun first deletes what an interrupted copy left on ``to``. A
+        ``fresh`` move skips that delete (a scan of the whole target table
+        computing the shard hash per row): rows of the shard found there
+        anyway (written by mistake) make the COPY fail on their primary key,
+        then the copy of that table is redone after the delete; those with
+        other keys are removed by the catch-up's row comparison.
+        """
+        from psycopg import errors as psycopg_errors  # moves run on PostgreSQL only
+
         async with (
             self._aprimary_connection(source) as source_conn,
             self._awrite_connection(to) as target_conn,
         ):
             for column in columns:
-                table = column.table
-                await target_conn.execute(table.delete().where(self._shard_filter(column, logical)))
-                names = ", ".join(quote(c.name) for c in table.columns)
-                select = sa.select(*table.columns).where(self._shard_filter(column, logical))
-                query = select.compile(dialect=dialect, compile_kwargs={"literal_binds": True})
-                if IS_ASYNC:
-                    source_raw = (await source_conn.get_raw_connection()).driver_connection
-                    target_raw = (await target_conn.get_raw_connection()).driver_connection
-                else:
-                    source_raw = source_conn.connection.driver_connection
-                    target_raw = target_conn.connection.driver_connection
-                assert source_raw is not None and target_raw is not None
-                copy_out_sql = f"COPY ({query}) TO STDOUT (FORMAT BINARY)"
-                copy_in_sql = f"COPY {quote(table.name)} ({names}) FROM STDIN (FORMAT BINARY)"
-                async with (
-                    source_raw.cursor() as out_cursor,
-                    target_raw.cursor() as in_cursor,
-                    out_cursor.copy(copy_out_sql) as copy_out,
-                    in_cursor.copy(copy_in_sql) as copy_in,
-                ):
-                    async for data in copy_out:
-                        await copy_in.write(data)
+                clear = column.table.delete().where(self._shard_filter(column, logical))
+                if not fresh:
+                    await target_conn.execute(clear)
+                    await self._acopy_table(source_conn, target_conn, column, logical)
+                    continue
+                try:
+                    async with target_conn.begin_nested():
+                        await self._acopy_table(source_conn, target_conn, column, logical)
+                except psycopg_errors.UniqueViolation:
+                    await source_conn.rollback()
+                    await target_conn.execute(clear)
+                    await self._acopy_table(source_conn, target_conn, column, logical)
             await source_conn.rollback()
+
+    async def _acopy_table(
+        self, source_conn: AsyncConnection, target_conn: AsyncConnection, column: Any, logical: int
+    ) -> None:
+        from sqlalchemy.dialects import postgresql
+
+        # The named paramstyle: "%" stays one "%" (COPY takes no parameters).
+        dialect = postgresql.dialect(paramstyle="named")  # type: ignore[no-untyped-call]
+        quote = dialect.identifier_preparer.quote
+        table = column.table
+        names = ", ".join(quote(c.name) for c in table.columns)
+        select = sa.select(*table.columns).where(self._shard_filter(column, logical))
+        query = select.compile(dialect=dialect, compile_kwargs={"literal_binds": True})
+        if IS_ASYNC:
+            source_raw = (await source_conn.get_raw_connection()).driver_connection
+            target_raw = (await target_conn.get_raw_connection()).driver_connection
+        else:
+            source_raw = source_conn.connection.driver_connection
+            target_raw = target_conn.connection.driver_connection
+        assert source_raw is not None and target_raw is not None
+        copy_out_sql = f"COPY ({query}) TO STDOUT (FORMAT BINARY)"
+        copy_in_sql = f"COPY {quote(table.name)} ({names}) FROM STDIN (FORMAT BINARY)"
+        async with (
+            source_raw.cursor() as out_cursor,
+            target_raw.cursor() as in_cursor,
+            out_cursor.copy(copy_out_sql) as copy_out,
+            in_cursor.copy(copy_in_sql) as copy_in,
+        ):
+            async for data in copy_out:
+                await copy_in.write(data)
 
     async def _adigests(self, name: str, column: Any, logical: int) -> dict[tuple[Any, ...], str]:
         table = column.table

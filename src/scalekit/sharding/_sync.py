@@ -695,8 +695,9 @@ class ShardMap(ShardMapBase):
         catalog. The steps, each recorded in the catalog's
         ``scalekit_shard_moves`` table so that a rerun after a crash resumes:
 
-        1. **copy**: in one transaction on ``to``, delete any leftover rows of
-           the shard there and COPY (binary) the source's rows in; writes go on.
+        1. **copy**: in one transaction on ``to``, COPY (binary) the source's
+           rows in (a rerun first deletes what the interrupted copy left
+           there); writes go on.
         2. **switch**: take the shard's advisory lock on both databases (a
            commit writing to this logical shard waits, others go on), bring
            ``to`` up to date (rows compared by primary key and an MD5 of the
@@ -753,7 +754,7 @@ class ShardMap(ShardMapBase):
                     "rerun with that target to finish it"
                 )
         if step == "started":
-            self._copy_shard(logical, source, to, columns)
+            self._copy_shard(logical, source, to, columns, fresh=state is None)
             step = self._move_step(logical, "copied", _after_step)
         if step == "copied":
             if self._assignment.owners[logical] == source:
@@ -805,36 +806,64 @@ class ShardMap(ShardMapBase):
     def _shard_filter(self, column: Any, logical: int) -> Any:
         return shard_sql(column, self._count) == logical
 
-    def _copy_shard(self, logical: int, source: str, to: str, columns: list[Any]) -> None:
-        from sqlalchemy.dialects import postgresql
+    def _copy_shard(
+        self, logical: int, source: str, to: str, columns: list[Any], *, fresh: bool = False
+    ) -> None:
+        """COPY the shard's rows of each table from ``source`` into ``to``, in one transaction.
 
-        # The named paramstyle: "%" stays one "%" (COPY takes no parameters).
-        dialect = postgresql.dialect(paramstyle="named")  # type: ignore[no-untyped-call]
-        quote = dialect.identifier_preparer.quote
+        A rerun first deletes what an interrupted copy left on ``to``. A
+        ``fresh`` move skips that delete (a scan of the whole target table
+        computing the shard hash per row): rows of the shard found there
+        anyway (written by mistake) make the COPY fail on their primary key,
+        then the copy of that table is redone after the delete; those with
+        other keys are removed by the catch-up's row comparison.
+        """
+        from psycopg import errors as psycopg_errors  # moves run on PostgreSQL only
+
         with (
             self._primary_connection(source) as source_conn,
             self._write_connection(to) as target_conn,
         ):
             for column in columns:
-                table = column.table
-                target_conn.execute(table.delete().where(self._shard_filter(column, logical)))
-                names = ", ".join(quote(c.name) for c in table.columns)
-                select = sa.select(*table.columns).where(self._shard_filter(column, logical))
-                query = select.compile(dialect=dialect, compile_kwargs={"literal_binds": True})
-                source_raw = source_conn.connection.driver_connection
-                target_raw = target_conn.connection.driver_connection
-                assert source_raw is not None and target_raw is not None
-                copy_out_sql = f"COPY ({query}) TO STDOUT (FORMAT BINARY)"
-                copy_in_sql = f"COPY {quote(table.name)} ({names}) FROM STDIN (FORMAT BINARY)"
-                with (
-                    source_raw.cursor() as out_cursor,
-                    target_raw.cursor() as in_cursor,
-                    out_cursor.copy(copy_out_sql) as copy_out,
-                    in_cursor.copy(copy_in_sql) as copy_in,
-                ):
-                    for data in copy_out:
-                        copy_in.write(data)
+                clear = column.table.delete().where(self._shard_filter(column, logical))
+                if not fresh:
+                    target_conn.execute(clear)
+                    self._copy_table(source_conn, target_conn, column, logical)
+                    continue
+                try:
+                    with target_conn.begin_nested():
+                        self._copy_table(source_conn, target_conn, column, logical)
+                except psycopg_errors.UniqueViolation:
+                    source_conn.rollback()
+                    target_conn.execute(clear)
+                    self._copy_table(source_conn, target_conn, column, logical)
             source_conn.rollback()
+
+    def _copy_table(
+        self, source_conn: Connection, target_conn: Connection, column: Any, logical: int
+    ) -> None:
+        from sqlalchemy.dialects import postgresql
+
+        # The named paramstyle: "%" stays one "%" (COPY takes no parameters).
+        dialect = postgresql.dialect(paramstyle="named")  # type: ignore[no-untyped-call]
+        quote = dialect.identifier_preparer.quote
+        table = column.table
+        names = ", ".join(quote(c.name) for c in table.columns)
+        select = sa.select(*table.columns).where(self._shard_filter(column, logical))
+        query = select.compile(dialect=dialect, compile_kwargs={"literal_binds": True})
+        source_raw = source_conn.connection.driver_connection
+        target_raw = target_conn.connection.driver_connection
+        assert source_raw is not None and target_raw is not None
+        copy_out_sql = f"COPY ({query}) TO STDOUT (FORMAT BINARY)"
+        copy_in_sql = f"COPY {quote(table.name)} ({names}) FROM STDIN (FORMAT BINARY)"
+        with (
+            source_raw.cursor() as out_cursor,
+            target_raw.cursor() as in_cursor,
+            out_cursor.copy(copy_out_sql) as copy_out,
+            in_cursor.copy(copy_in_sql) as copy_in,
+        ):
+            for data in copy_out:
+                copy_in.write(data)
 
     def _digests(self, name: str, column: Any, logical: int) -> dict[tuple[Any, ...], str]:
         table = column.table
