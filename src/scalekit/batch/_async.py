@@ -162,10 +162,11 @@ class _AsyncTarget:
         """The ``(rowcount, rows)`` of the statement :meth:`start` sent, or its error."""
         self.pending = None
         if IS_ASYNC:
-            result: tuple[int, list[Any]] = await handle
+            awaited: tuple[int, list[Any]] = await handle
+            return awaited
         else:
-            result = handle.result()
-        return result
+            result: tuple[int, list[Any]] = handle.result()
+            return result
 
     async def settle(self) -> None:
         """Wait for a statement still running (the load stopped while it ran): its error is moot."""
@@ -220,8 +221,8 @@ async def _copy_rows(connection: Any, op: PgCopy) -> tuple[int, int]:
         if op.oids is not None:
             copy.set_types(list(op.oids))
         if op.blocks is not None:  # encoded beforehand (PgEncode)
-            for block in op.blocks:
-                await copy.write(block)
+            for data in op.blocks:
+                await copy.write(data)
         elif encode is not None:
             # Binary COPY in block mode: rows encoded by psycopg's own encoder,
             # a block at a time, sent with the format's header and trailer.

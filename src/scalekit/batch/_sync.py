@@ -126,7 +126,7 @@ class _Target:
     def finish(self, handle: Any) -> tuple[int, list[Any]]:
         """The ``(rowcount, rows)`` of the statement :meth:`start` sent, or its error."""
         self.pending = None
-        result = handle.result()
+        result: tuple[int, list[Any]] = handle.result()
         return result
 
     def settle(self) -> None:
@@ -178,8 +178,8 @@ def _copy_rows(connection: Any, op: PgCopy) -> tuple[int, int]:
         if op.oids is not None:
             copy.set_types(list(op.oids))
         if op.blocks is not None:  # encoded beforehand (PgEncode)
-            for block in op.blocks:
-                copy.write(block)
+            for data in op.blocks:
+                copy.write(data)
         elif encode is not None:
             # Binary COPY in block mode: rows encoded by psycopg's own encoder,
             # a block at a time, sent with the format's header and trailer.
