@@ -233,16 +233,23 @@ class Background:
     """``call(*args)`` run in a thread: :meth:`result` waits for it, returns or raises.
 
     The blocking shell runs a statement so while its own thread prepares the
-    next chunk (psycopg releases the GIL while it waits for the server).
+    next chunk (psycopg releases the GIL while it waits for the server). The
+    call runs in a copy of the caller's context (``contextvars``), so what
+    instruments the driver (a tracing span, say) sees the caller's.
     """
 
     def __init__(self, call: Callable[..., Any], *args: Any) -> None:
+        import contextvars
         import threading
 
         self._value: Any = None
         self._error: BaseException | None = None
+        context = contextvars.copy_context()
         self._thread = threading.Thread(
-            target=self._run, args=(call, args), name="scalekit-batch", daemon=True
+            target=context.run,
+            args=(self._run, call, args),
+            name="scalekit-batch",
+            daemon=True,
         )
         self._thread.start()
 
