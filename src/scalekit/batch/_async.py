@@ -21,6 +21,7 @@ from scalekit.batch._base import (
     DEFAULT,
     binary_row_encoder,
     copy_blocks,
+    encode_binary_copy,
     is_psycopg,
     make_options,
     probe_binary,
@@ -45,8 +46,11 @@ from scalekit.batch._flow import (
     LoadOptions,
     Op,
     PgCopy,
+    PgEncode,
+    PgFinish,
     PgProbe,
     PgQuery,
+    PgStart,
     ReadRows,
     ReleaseSavepoint,
     Rollback,
@@ -126,6 +130,8 @@ class _AsyncTarget:
     def __init__(self, executor: Any, *, session: bool) -> None:
         self.executor = executor
         self.session = session
+        #: a statement sent by :meth:`start` whose result nobody has asked for yet
+        self.pending: Any = None
 
     async def connection(self) -> Any:
         if self.session:
@@ -137,6 +143,42 @@ class _AsyncTarget:
 
     async def driver_connection(self) -> Any:
         return (await _raw(await self.connection())).driver_connection
+
+    async def start(self, sql: str) -> Any:
+        """Send ``sql`` and return a handle at once; :meth:`finish` waits for its result."""
+        connection = await self.driver_connection()
+        if IS_ASYNC:
+            import asyncio
+
+            self.pending = asyncio.ensure_future(_query(connection, sql))
+            await asyncio.sleep(0)  # the task sends the statement, then waits for the server
+        else:
+            from scalekit.batch._base import Background
+
+            self.pending = Background(_query, connection, sql)
+        return self.pending
+
+    async def finish(self, handle: Any) -> tuple[int, list[Any]]:
+        """The ``(rowcount, rows)`` of the statement :meth:`start` sent, or its error."""
+        self.pending = None
+        if IS_ASYNC:
+            awaited: tuple[int, list[Any]] = await handle
+            return awaited
+        else:
+            result: tuple[int, list[Any]] = handle.result()
+            return result
+
+    async def settle(self) -> None:
+        """Wait for a statement still running (the load stopped while it ran): its error is moot."""
+        pending, self.pending = self.pending, None
+        if pending is None:
+            return
+        if IS_ASYNC:
+            with contextlib.suppress(Exception):
+                await pending
+        else:
+            with contextlib.suppress(Exception):
+                pending.result()
 
     async def savepoint(self) -> Any:
         connection = await self.connection()
@@ -174,11 +216,14 @@ async def _copy_rows(connection: Any, op: PgCopy) -> tuple[int, int]:
 
     cursor = connection.cursor()
     writer = CountingWriter(cursor)
-    encode = binary_row_encoder() if op.oids is not None else None
+    encode = binary_row_encoder() if op.oids is not None and op.blocks is None else None
     async with cursor.copy(op.sql, writer=writer) as copy:
         if op.oids is not None:
             copy.set_types(list(op.oids))
-        if encode is not None:
+        if op.blocks is not None:  # encoded beforehand (PgEncode)
+            for data in op.blocks:
+                await copy.write(data)
+        elif encode is not None:
             # Binary COPY in block mode: rows encoded by psycopg's own encoder,
             # a block at a time, sent with the format's header and trailer.
             oids = op.oids
@@ -203,6 +248,13 @@ async def _copy_rows(connection: Any, op: PgCopy) -> tuple[int, int]:
     return cursor.rowcount, writer.sent
 
 
+async def _query(connection: Any, sql: str, params: Any = None) -> tuple[int, list[Any]]:
+    """Run ``sql`` on a psycopg connection; ``(rowcount, rows)``."""
+    cursor = connection.cursor()
+    await cursor.execute(sql, params, prepare=False)
+    return cursor.rowcount, (await cursor.fetchall() if cursor.description else [])
+
+
 async def _perform(target: _AsyncTarget, rows: _Rows, op: Op, clock: Clock) -> Any:
     kind = type(op)
     if kind is ReadRows:
@@ -213,12 +265,25 @@ async def _perform(target: _AsyncTarget, rows: _Rows, op: Op, clock: Clock) -> A
         return await _copy_rows(await target.driver_connection(), op)
     if kind is PgQuery:
         assert isinstance(op, PgQuery)
-        cursor = (await target.driver_connection()).cursor()
         params = op.params
         if params is not None and op.json_params:
             params = wrap_json(params, op.json_params)
-        await cursor.execute(op.sql, params, prepare=False)
-        return cursor.rowcount, (await cursor.fetchall() if cursor.description else [])
+        return await _query(await target.driver_connection(), op.sql, params)
+    if kind is PgStart:
+        assert isinstance(op, PgStart)
+        return await target.start(op.sql)
+    if kind is PgFinish:
+        assert isinstance(op, PgFinish)
+        return await target.finish(op.handle)
+    if kind is PgEncode:
+        assert isinstance(op, PgEncode)
+        connection = await target.driver_connection()
+        oids = op.oids
+
+        def failed(index: int, row: Sequence[Any], exc: Exception) -> Exception:
+            return RowDumpError(index, probe_binary(connection, oids, row), exc)
+
+        return encode_binary_copy(connection, oids, op.rows, failed)
     if kind is SaExecute:
         assert isinstance(op, SaExecute)
         connection = await target.connection()
@@ -437,4 +502,7 @@ async def _run(
         owns_transaction=owns,
         clock=clock,
     )
-    return await adrive(load.run(), lambda op: _perform(target, rows, op, clock))
+    try:
+        return await adrive(load.run(), lambda op: _perform(target, rows, op, clock))
+    finally:
+        await target.settle()

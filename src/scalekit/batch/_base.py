@@ -36,9 +36,11 @@ __all__ = [
     "COPY_BINARY_TRAILER",
     "COPY_FLUSH_BYTES",
     "DEFAULT",
+    "Background",
     "binary_row_encoder",
     "copy_blocks",
     "CopyAborted",
+    "encode_binary_copy",
     "is_psycopg",
     "make_options",
     "probe_binary",
@@ -201,6 +203,69 @@ def copy_blocks(
             buffer = bytearray()
     buffer += COPY_BINARY_TRAILER
     yield buffer
+
+
+def encode_binary_copy(
+    connection: Any,
+    oids: Sequence[int],
+    rows: Sequence[Sequence[Any]],
+    failed: Callable[[int, Sequence[Any], Exception], Exception],
+) -> list[bytearray]:
+    """The binary COPY data of ``rows`` for ``oids``, whole, as :func:`copy_blocks` makes it.
+
+    For a COPY whose rows are encoded before it starts (while the server is
+    busy with the statement before). Raises ``failed(index, row, error)`` for a
+    row psycopg cannot encode, or ``LookupError`` when psycopg exposes no
+    binary row encoder (the caller then encodes during the COPY).
+    """
+    from psycopg.adapt import Transformer
+    from psycopg.pq import Format
+
+    encode = binary_row_encoder()
+    if encode is None:  # pragma: no cover - a psycopg without the encoder
+        raise LookupError("no binary COPY row encoder in this psycopg")
+    transformer = Transformer(connection.cursor())
+    transformer.set_dumper_types(list(oids), Format.BINARY)
+    return list(copy_blocks(encode, rows, transformer, failed))
+
+
+class Background:
+    """``call(*args)`` run in a thread: :meth:`result` waits for it, returns or raises.
+
+    The blocking shell runs a statement so while its own thread prepares the
+    next chunk (psycopg releases the GIL while it waits for the server). The
+    call runs in a copy of the caller's context (``contextvars``), so what
+    instruments the driver (a tracing span, say) sees the caller's.
+    """
+
+    def __init__(self, call: Callable[..., Any], *args: Any) -> None:
+        import contextvars
+        import threading
+
+        self._value: Any = None
+        self._error: BaseException | None = None
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(
+            target=context.run,
+            args=(self._run, call, args),
+            name="scalekit-batch",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def _run(self, call: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        try:
+            self._value = call(*args)
+        except BaseException as exc:  # handed to the waiting thread
+            self._error = exc
+
+    def result(self) -> Any:
+        """Wait for the call; its value, or raise its error."""
+        self._thread.join()
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+        return self._value
 
 
 def probe_binary(connection: Any, oids: Sequence[int], row: Sequence[Any]) -> int | None:

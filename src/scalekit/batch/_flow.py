@@ -62,8 +62,11 @@ __all__ = [
     "LoadOptions",
     "Op",
     "PgCopy",
+    "PgEncode",
+    "PgFinish",
     "PgProbe",
     "PgQuery",
+    "PgStart",
     "ReadRows",
     "ReleaseSavepoint",
     "Rollback",
@@ -104,6 +107,36 @@ class PgQuery:
 
 
 @dataclass(frozen=True, slots=True)
+class PgStart:
+    """Send ``sql`` on the psycopg connection and return at once; result: a handle.
+
+    The flow does the next chunk's client work (reading, shaping, encoding)
+    while the server runs the statement, then asks for its result with
+    :class:`PgFinish`. Nothing else uses the connection in between.
+    """
+
+    sql: str
+
+
+@dataclass(frozen=True, slots=True)
+class PgFinish:
+    """Wait for the statement a :class:`PgStart` sent; result ``(rowcount, rows)`` or its error."""
+
+    handle: Any
+
+
+@dataclass(frozen=True, slots=True)
+class PgEncode:
+    """Encode ``rows`` as binary COPY data for ``oids``; result: the blocks, for :class:`PgCopy`.
+
+    A row psycopg cannot encode raises :class:`RowDumpError`.
+    """
+
+    rows: Sequence[tuple[Any, ...]]
+    oids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class PgCopy:
     """COPY ``rows`` with ``sql``: binary with ``oids``, text when ``None``.
 
@@ -111,13 +144,15 @@ class PgCopy:
     the indexes of json/jsonb columns whose values the shell wraps for psycopg
     (a text COPY has no types to choose a dumper by).
 
-    A row psycopg cannot encode raises :class:`RowDumpError`.
+    A row psycopg cannot encode raises :class:`RowDumpError`. ``blocks``:
+    ``rows`` already encoded by a :class:`PgEncode` (binary only), sent as they are.
     """
 
     sql: str
     rows: Sequence[tuple[Any, ...]]
     oids: tuple[int, ...] | None
     json_columns: tuple[tuple[int, str], ...] = ()
+    blocks: Sequence[bytes] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +209,9 @@ Op: TypeAlias = (
     | PgQuery
     | PgCopy
     | PgProbe
+    | PgStart
+    | PgFinish
+    | PgEncode
     | SaExecute
     | Commit
     | Rollback
@@ -347,6 +385,23 @@ def default_retry() -> RetryPolicy:
 
 
 @dataclass(slots=True)
+class _Ahead:
+    """The next chunk, read, shaped and encoded while the server wrote the one before.
+
+    Errors are kept for the moment the load would have met them unpipelined:
+    ``read_error`` (the input's own) after the chunk before is done,
+    ``error`` (shaping, dedupe) when this chunk starts. A chunk that could not
+    be encoded has no ``blocks``: its COPY encodes it again, and fails there.
+    """
+
+    raw: list[Any]
+    read_error: Exception | None = None
+    error: Exception | None = None
+    shaped: tuple[list[tuple[Any, ...]], Sequence[int], int, int] | None = None
+    blocks: Sequence[bytes] | None = None
+
+
+@dataclass(slots=True)
 class _Outcome:
     inserted: int = 0
     updated: int = 0
@@ -402,6 +457,16 @@ class Load:
         self._raw: list[Any] = []
         self._raw_first = 0
         self._method: Method = options.method
+        # The input rows read but not yet loaded, and whether the input is exhausted.
+        self._buffer: list[Any] = []
+        self._exhausted = False
+        self._chunk_size = 0
+        # Whether the next chunk is read, shaped and encoded while the server
+        # runs this chunk's INSERT ... SELECT (see :meth:`_prefetch`).
+        self._pipelined = False
+        self._ahead: _Ahead | None = None
+        # The rows of the chunk being written, already encoded for its COPY.
+        self._blocks: Sequence[bytes] | None = None
 
     # -- driver entry --------------------------------------------------------------------
 
@@ -467,18 +532,30 @@ class Load:
             )
         result.method = method
         self._method = method
+        self._buffer, self._exhausted, self._chunk_size = buffer, exhausted, chunk_size
+        # One transaction, no bisecting, no callable dedupe (user code runs in
+        # the order it always did): the next chunk's client work can overlap
+        # the server's work on this one, and any error still stops the load.
+        self._pipelined = (
+            method == "copy_staging"
+            and self._binary
+            and options.transaction == "all_or_nothing"
+            and options.on_error == "raise"
+            and not callable(options.dedupe)
+        )
 
         chunk_index = 0
         while True:
-            while len(buffer) < chunk_size and not exhausted:
-                wanted = chunk_size - len(buffer)
-                more = yield ReadRows(wanted)
-                buffer.extend(more)
-                exhausted = len(more) < wanted
-            if not buffer:
+            ahead, self._ahead = self._ahead, None
+            if ahead is None:
+                raw = yield from self._take()
+            elif ahead.read_error is not None:
+                raise ahead.read_error
+            else:
+                raw = ahead.raw
+            if not raw:
                 break
-            raw, buffer = buffer[:chunk_size], buffer[chunk_size:]
-            yield from self._chunk(chunk_index, raw, position, start)
+            yield from self._chunk(chunk_index, raw, position, start, ahead)
             position += len(raw)
             chunk_index += 1
 
@@ -501,6 +578,18 @@ class Load:
             )
         )
         return result
+
+    def _take(self) -> Flow:
+        """The next chunk's input rows; an empty list at the end of the input."""
+        size = self._chunk_size
+        buffer = self._buffer
+        while len(buffer) < size and not self._exhausted:
+            wanted = size - len(buffer)
+            more = yield ReadRows(wanted)
+            buffer.extend(more)
+            self._exhausted = len(more) < wanted
+        raw, self._buffer = buffer[:size], buffer[size:]
+        return raw
 
     # -- setup ---------------------------------------------------------------------------
 
@@ -594,7 +683,9 @@ class Load:
 
     # -- one chunk -----------------------------------------------------------------------
 
-    def _chunk(self, chunk_index: int, raw: list[Any], first: int, start: float) -> Flow:
+    def _chunk(
+        self, chunk_index: int, raw: list[Any], first: int, start: float, ahead: _Ahead | None
+    ) -> Flow:
         options = self.options
         result = self.result
         shaper = self._shaper
@@ -605,18 +696,15 @@ class Load:
             result.returned.extend([None] * len(raw))
         self._raw, self._raw_first = raw, first
         try:
-            rows, positions, rejected = self._shape(raw, first, chunk_index)
-            duplicates = 0
-            conflict = self._conflict
-            if conflict is not None and conflict.key and options.dedupe is not None and rows:
-                rows, positions, duplicates = dedupe(
-                    rows,
-                    positions,
-                    conflict.key_indices,
-                    options.dedupe,
-                    shaper.as_dict,
-                    lambda value: shaper.shape_one(value, -1),
-                )
+            if ahead is None:
+                rows, positions, rejected = self._shape(raw, first)
+                rows, positions, duplicates = self._dedupe(rows, positions)
+            elif ahead.error is not None:
+                raise ahead.error
+            else:
+                assert ahead.shaped is not None
+                rows, positions, rejected, duplicates = ahead.shaped
+                self._blocks = ahead.blocks
             outcome = _Outcome(rejected=rejected)
             if rows:
                 outcome.add((yield from self._policy(rows, positions)))
@@ -625,6 +713,7 @@ class Load:
             raise AssertionError("unreachable") from exc  # pragma: no cover
         finally:
             self._raw = []
+            self._blocks = None
         result.rows += len(raw)
         result.inserted += outcome.inserted
         result.updated += outcome.updated
@@ -660,8 +749,55 @@ class Load:
                 )
             )
 
+    def _dedupe(
+        self, rows: list[tuple[Any, ...]], positions: Sequence[int]
+    ) -> tuple[list[tuple[Any, ...]], Sequence[int], int]:
+        """One row per conflict key, per the ``dedupe`` option; ``(rows, positions, dropped)``."""
+        shaper = self._shaper
+        conflict = self._conflict
+        policy = self.options.dedupe
+        if shaper is None or conflict is None or not conflict.key or policy is None or not rows:
+            return rows, positions, 0
+        return dedupe(
+            rows,
+            positions,
+            conflict.key_indices,
+            policy,
+            shaper.as_dict,
+            lambda value: shaper.shape_one(value, -1),
+        )
+
+    def _prefetch(self) -> Flow:
+        """Read, shape, dedupe and encode the next chunk into ``self._ahead``.
+
+        Runs while the server writes the current chunk (between :class:`PgStart`
+        and :class:`PgFinish`); raises nothing: each error is kept in the
+        :class:`_Ahead` for the moment the unpipelined load would meet it.
+        """
+        try:
+            raw = yield from self._take()
+        except Exception as exc:
+            self._ahead = _Ahead([], read_error=exc)
+            return
+        ahead = self._ahead = _Ahead(raw)
+        if not raw:
+            return
+        try:
+            rows, positions, rejected = self._shape(raw, self._raw_first + len(self._raw))
+            rows, positions, duplicates = self._dedupe(rows, positions)
+        except Exception as exc:
+            ahead.error = exc
+            return
+        ahead.shaped = (rows, positions, rejected, duplicates)
+        if rows:
+            staged, oids, _ = self._staged(rows)
+            try:
+                ahead.blocks = yield PgEncode(staged, oids)
+            except Exception:  # the chunk's own COPY meets (and reports) it again
+                ahead.blocks = None
+
     def _shape(
-        self, raw: list[Any], first: int, chunk_index: int
+        self, raw: list[Any], first: int
     ) -> tuple[list[tuple[Any, ...]], Sequence[int], int]:
         shaper = self._shaper
         assert shaper is not None
@@ -891,24 +1027,41 @@ class Load:
     def _staging(self, rows: list[tuple[Any, ...]], positions: Sequence[int]) -> Flow:
         pg = self._pg
         assert pg is not None and self._oids is not None
+        blocks, self._blocks = self._blocks, None
         yield PgQuery(pg.create_stage)
-        # Staged rows keep the chunk's order, so a RowDumpError's index is the chunk's.
-        staged: list[tuple[Any, ...]] = rows
-        oids = self._oids
-        json_params = self._json_params
-        if pg.stage_ordinal:  # returned rows are matched back through it
-            staged = [(i, *row) for i, row in enumerate(rows, 1)]
-            oids = (_INT8_OID, *oids)
-            json_params = tuple((i + 1, kind) for i, kind in json_params)
+        staged, oids, json_params = self._staged(rows)
         if self._binary:
-            _, sent = yield PgCopy(pg.copy_stage, staged, oids)
+            _, sent = yield PgCopy(pg.copy_stage, staged, oids, blocks=blocks)
         else:
             _, sent = yield PgCopy(pg.copy_stage_text, staged, None, json_params)
-        count, result_rows = yield PgQuery(pg.from_stage)
+        if self._pipelined:
+            # The server runs the INSERT while the next chunk is made ready.
+            handle = yield PgStart(pg.from_stage)
+            yield from self._prefetch()
+            count, result_rows = yield PgFinish(handle)
+        else:
+            count, result_rows = yield PgQuery(pg.from_stage)
         yield PgQuery(pg.drop_stage)
         outcome = self._interpret(count, result_rows, rows, positions)
         outcome.bytes = sent
         return outcome
+
+    def _staged(
+        self, rows: list[tuple[Any, ...]]
+    ) -> tuple[list[tuple[Any, ...]], tuple[int, ...], tuple[tuple[int, str], ...]]:
+        """The staging COPY's rows, type OIDs and json columns.
+
+        Staged rows keep the chunk's order, so a RowDumpError's index is the chunk's.
+        """
+        assert self._oids is not None and self._pg is not None
+        if not self._pg.stage_ordinal:
+            return rows, self._oids, self._json_params
+        # Returned rows are matched back through the ordinal.
+        return (
+            [(i, *row) for i, row in enumerate(rows, 1)],
+            (_INT8_OID, *self._oids),
+            tuple((i + 1, kind) for i, kind in self._json_params),
+        )
 
     def _unnest(self, rows: list[tuple[Any, ...]], positions: Sequence[int]) -> Flow:
         pg = self._pg

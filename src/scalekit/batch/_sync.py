@@ -22,6 +22,7 @@ from scalekit.batch._base import (
     DEFAULT,
     binary_row_encoder,
     copy_blocks,
+    encode_binary_copy,
     is_psycopg,
     make_options,
     probe_binary,
@@ -46,8 +47,11 @@ from scalekit.batch._flow import (
     LoadOptions,
     Op,
     PgCopy,
+    PgEncode,
+    PgFinish,
     PgProbe,
     PgQuery,
+    PgStart,
     ReadRows,
     ReleaseSavepoint,
     Rollback,
@@ -97,6 +101,8 @@ class _Target:
     def __init__(self, executor: Any, *, session: bool) -> None:
         self.executor = executor
         self.session = session
+        #: a statement sent by :meth:`start` whose result nobody has asked for yet
+        self.pending: Any = None
 
     def connection(self) -> Any:
         if self.session:
@@ -108,6 +114,28 @@ class _Target:
 
     def driver_connection(self) -> Any:
         return _raw(self.connection()).driver_connection
+
+    def start(self, sql: str) -> Any:
+        """Send ``sql`` and return a handle at once; :meth:`finish` waits for its result."""
+        connection = self.driver_connection()
+        from scalekit.batch._base import Background
+
+        self.pending = Background(_query, connection, sql)
+        return self.pending
+
+    def finish(self, handle: Any) -> tuple[int, list[Any]]:
+        """The ``(rowcount, rows)`` of the statement :meth:`start` sent, or its error."""
+        self.pending = None
+        result: tuple[int, list[Any]] = handle.result()
+        return result
+
+    def settle(self) -> None:
+        """Wait for a statement still running (the load stopped while it ran): its error is moot."""
+        pending, self.pending = self.pending, None
+        if pending is None:
+            return
+        with contextlib.suppress(Exception):
+            pending.result()
 
     def savepoint(self) -> Any:
         connection = self.connection()
@@ -145,11 +173,14 @@ def _copy_rows(connection: Any, op: PgCopy) -> tuple[int, int]:
 
     cursor = connection.cursor()
     writer = CountingWriter(cursor)
-    encode = binary_row_encoder() if op.oids is not None else None
+    encode = binary_row_encoder() if op.oids is not None and op.blocks is None else None
     with cursor.copy(op.sql, writer=writer) as copy:
         if op.oids is not None:
             copy.set_types(list(op.oids))
-        if encode is not None:
+        if op.blocks is not None:  # encoded beforehand (PgEncode)
+            for data in op.blocks:
+                copy.write(data)
+        elif encode is not None:
             # Binary COPY in block mode: rows encoded by psycopg's own encoder,
             # a block at a time, sent with the format's header and trailer.
             oids = op.oids
@@ -174,6 +205,13 @@ def _copy_rows(connection: Any, op: PgCopy) -> tuple[int, int]:
     return cursor.rowcount, writer.sent
 
 
+def _query(connection: Any, sql: str, params: Any = None) -> tuple[int, list[Any]]:
+    """Run ``sql`` on a psycopg connection; ``(rowcount, rows)``."""
+    cursor = connection.cursor()
+    cursor.execute(sql, params, prepare=False)
+    return cursor.rowcount, (cursor.fetchall() if cursor.description else [])
+
+
 def _perform(target: _Target, rows: _Rows, op: Op, clock: Clock) -> Any:
     kind = type(op)
     if kind is ReadRows:
@@ -184,12 +222,25 @@ def _perform(target: _Target, rows: _Rows, op: Op, clock: Clock) -> Any:
         return _copy_rows(target.driver_connection(), op)
     if kind is PgQuery:
         assert isinstance(op, PgQuery)
-        cursor = target.driver_connection().cursor()
         params = op.params
         if params is not None and op.json_params:
             params = wrap_json(params, op.json_params)
-        cursor.execute(op.sql, params, prepare=False)
-        return cursor.rowcount, (cursor.fetchall() if cursor.description else [])
+        return _query(target.driver_connection(), op.sql, params)
+    if kind is PgStart:
+        assert isinstance(op, PgStart)
+        return target.start(op.sql)
+    if kind is PgFinish:
+        assert isinstance(op, PgFinish)
+        return target.finish(op.handle)
+    if kind is PgEncode:
+        assert isinstance(op, PgEncode)
+        connection = target.driver_connection()
+        oids = op.oids
+
+        def failed(index: int, row: Sequence[Any], exc: Exception) -> Exception:
+            return RowDumpError(index, probe_binary(connection, oids, row), exc)
+
+        return encode_binary_copy(connection, oids, op.rows, failed)
     if kind is SaExecute:
         assert isinstance(op, SaExecute)
         connection = target.connection()
@@ -400,4 +451,7 @@ def _run(
         owns_transaction=owns,
         clock=clock,
     )
-    return drive(load.run(), lambda op: _perform(target, rows, op, clock))
+    try:
+        return drive(load.run(), lambda op: _perform(target, rows, op, clock))
+    finally:
+        target.settle()
