@@ -446,12 +446,12 @@ class _Limit:
 
     async def check(self, request: Request, route: str) -> None:
         web = current_request()
-        limiter = getattr(web, "limiter", None) if web is not None else None
+        limiter = None if web is None else web.limiter
         if limiter is None:
             limiter = _scalekit_of(request).limiter
         route_limit = self.route_limit
-        key = (route_limit.key or client_address)(request)
-        decision = await _hit(limiter, route_limit.counter_key(key, route), route_limit)
+        key = route_limit.counter_key((route_limit.key or client_address)(request), route)
+        decision = await _hit(limiter, key, route_limit)
         if decision is None:
             return
         if web is not None:
@@ -463,8 +463,11 @@ class _Limit:
 
     async def __call__(self, request: Request) -> None:
         """The dependency: ``Depends(limit("10/minute"))``."""
+        # The route's path template counts per route; the URL (built only without a
+        # route) would cost more than the rest of the check.
         route = request.scope.get("route")
-        await self.check(request, getattr(route, "path", request.url.path))
+        path = getattr(route, "path", None)
+        await self.check(request, request.url.path if path is None else path)
 
     def decorate(self, endpoint: F) -> F:
         """The decorator: ``@limit("10/minute").decorate`` on an ``async def`` endpoint.
