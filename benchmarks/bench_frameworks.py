@@ -420,7 +420,7 @@ def instructions(kind: str, case: str, requests: int, port: int) -> int:
     raise RuntimeError("no totals in callgrind's output")
 
 
-def callgrind_tables(port: int, show: Callable[[str], None]) -> None:
+def callgrind_tables(port: int, show: Callable[[str], None], only: str | None = None) -> None:
     """Instructions per request: two runs per case, differenced (start and exit cancel)."""
     few, many = 100, 600
     for kind, cases, pairs in (
@@ -434,6 +434,8 @@ def callgrind_tables(port: int, show: Callable[[str], None]) -> None:
         ),
         ("wsgi", WSGI_CASES, [("scalekit Flask extension", "Flask-Limiter")]),
     ):
+        if only is not None and kind != only:
+            continue
         per_request: dict[str, float] = {}
         for case in cases:
             show(f"callgrind: {kind} {case}")
@@ -475,7 +477,7 @@ def main() -> None:
 
     if args.callgrind:
         try:
-            callgrind_tables(port, show)
+            callgrind_tables(port, show, args.only)
         finally:
             process.terminate()
             process.wait()

@@ -92,14 +92,15 @@ def client_address(request: Request) -> str:
 def _scope_of(scope: Scope) -> tuple[RequestScope, Any]:
     # The outermost scalekit middleware makes the request scope; inner ones reuse it.
     web = current_request()
-    if web is not None and web.request is not None and web.request.scope is scope:
+    if web is not None and web.serves(scope):
         return web, None
     client = scope.get("client")
-    web = RequestScope(
+    web = RequestScope.lazy(
         scope.get("method", "GET"),
         scope.get("path", ""),
         client[0] if client else None,
-        Request(scope),
+        Request,
+        scope,
     )
     return web, enter_scope(web)
 
@@ -119,11 +120,13 @@ _NAMES = {
 
 
 def _encode(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    # A plain loop (no comprehension frame) and ASCII values (sf-strings and numbers:
+    # str.encode()'s default codec gives the same bytes, with no codec lookup).
     names = _NAMES
-    return [
-        (names.get(name) or name.lower().encode("latin-1"), value.encode("latin-1"))
-        for name, value in headers.items()
-    ]
+    out = []
+    for name, value in headers.items():
+        out.append((names.get(name) or name.lower().encode("latin-1"), value.encode()))
+    return out
 
 
 # ---------------------------------------------------------------------------
