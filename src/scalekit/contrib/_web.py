@@ -85,27 +85,24 @@ class RequestScope:
         token_in: str | None = None,
         token_out: str | None = None,
         limiter: Any = None,
+        *,
+        build: Callable[[Any], Any] | None = None,
+        source: Any = None,
     ) -> None:
+        """``build(source)`` makes ``request`` on first read when none is given.
+
+        (The ASGI middleware passes ``build=Request, source=scope``.)
+        """
         self.method = method
         self.path = path
         self.client = client
         self._request = request
-        self._build: Callable[[Any], Any] | None = None
-        self._source: Any = None
+        self._build = build
+        self._source = source
         self.decisions: list[Decision] = [] if decisions is None else decisions
         self.token_in = token_in
         self.token_out = token_out
         self.limiter = limiter
-
-    @classmethod
-    def lazy(
-        cls, method: str, path: str, client: str | None, build: Callable[[Any], Any], source: Any
-    ) -> RequestScope:
-        """A scope whose ``request`` is ``build(source)``, made on first read (once)."""
-        web = cls(method, path, client)
-        web._build = build
-        web._source = source
-        return web
 
     @property
     def request(self) -> Any:
@@ -120,7 +117,7 @@ class RequestScope:
         self._request = value
 
     def serves(self, source: Any) -> bool:
-        """Whether this scope was made for ``source`` (the ASGI scope of :meth:`lazy`)."""
+        """Whether this scope was made for ``source`` (the ASGI scope given as ``source``)."""
         return self._source is source
 
     def __repr__(self) -> str:

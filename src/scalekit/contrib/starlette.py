@@ -95,12 +95,12 @@ def _scope_of(scope: Scope) -> tuple[RequestScope, Any]:
     if web is not None and web.serves(scope):
         return web, None
     client = scope.get("client")
-    web = RequestScope.lazy(
+    web = RequestScope(
         scope.get("method", "GET"),
         scope.get("path", ""),
         client[0] if client else None,
-        Request,
-        scope,
+        build=Request,
+        source=scope,
     )
     return web, enter_scope(web)
 
@@ -399,19 +399,17 @@ class RateLimitMiddleware:
         self._style = header_style
         self._exempt = frozenset(exempt)
 
-    def _limiter_now(self) -> Any:
-        # Read at each request: a lifespan that restarts (one app, several test
-        # clients) makes a new limiter.
-        if self._scalekit is not None and self._limiter is None:
-            return self._scalekit.limiter
-        return self._limiter
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self._exempt:
             await self.app(scope, receive, send)
             return
         web, reset = _scope_of(scope)
-        web.limiter = self._limiter_now()
+        limiter = self._limiter
+        if limiter is None and self._scalekit is not None:
+            # Read at each request: a lifespan that restarts (one app, several test
+            # clients) makes a new limiter.
+            limiter = self._scalekit.limiter
+        web.limiter = limiter
         try:
             route_limit = self._limits
             if route_limit is not None:
