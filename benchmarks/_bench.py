@@ -20,7 +20,6 @@ __all__ = [
     "before_after_table",
     "compare_with_before",
     "export_src",
-    "interleave_sides",
     "interleaved_best",
     "print_table",
     "serve_cases",
@@ -79,35 +78,6 @@ def print_table(
         print(line)
 
 
-def interleaved_best(
-    workers: Mapping[str, subprocess.Popen[str]],
-    rounds: int,
-    dropped: dict[str, int] | None = None,
-) -> dict[str, dict[str, float]]:
-    """Best figure per case of each worker, over ``rounds`` rounds taken in turn.
-
-    Each worker times one round per line it reads on stdin and answers with a
-    JSON object of case -> figure (null: that round of the case does not
-    count); the order alternates every round, so that machine noise hits
-    every side alike. A case no round counted is left out; ``dropped``, if
-    given, counts the rounds left out per side.
-    """
-    best: dict[str, dict[str, float]] = {side: {} for side in workers}
-    for index in range(rounds):
-        order = list(workers) if index % 2 == 0 else list(reversed(list(workers)))
-        for side in order:
-            proc = workers[side]
-            assert proc.stdin is not None and proc.stdout is not None
-            proc.stdin.write("round\n")
-            proc.stdin.flush()
-            for case, figure in json.loads(proc.stdout.readline()).items():
-                if figure is not None:
-                    best[side][case] = min(best[side].get(case, float("inf")), figure)
-                elif dropped is not None:
-                    dropped[side] = dropped.get(side, 0) + 1
-    return best
-
-
 # -- before/after in one run ---------------------------------------------------------------------
 #
 # ``--before SRC`` runs the same cases against an older scalekit in one run: the script
@@ -140,22 +110,34 @@ def source_path(spec: str, scratch: Path) -> Path:
 
 
 class Side:
-    """One worker process of the calling script, importing scalekit from ``src``."""
+    """One worker process that measures cases on request (its other end: :func:`serve_cases`).
 
-    def __init__(self, label: str, src: Path, script: str, argv: Sequence[str]) -> None:
+    ``command`` starts it, with ``PYTHONPATH`` led by ``src`` (the scalekit it
+    must import, checked on start) and ``env`` added; :meth:`of_script` starts
+    the calling script itself with ``--serve-cases``.
+    """
+
+    def __init__(
+        self, label: str, src: Path, command: Sequence[str], env: Mapping[str, str] | None = None
+    ) -> None:
         self.label = label
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([str(src), env.get("PYTHONPATH", "")]).rstrip(
+        environ = {**os.environ, **(env or {})}
+        environ["PYTHONPATH"] = os.pathsep.join([str(src), environ.get("PYTHONPATH", "")]).rstrip(
             os.pathsep
         )
         self._proc = subprocess.Popen(
-            [sys.executable, script, *argv, SERVE_FLAG],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=env,
-            text=True,
+            list(command), stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=environ, text=True
         )
-        self.names: list[str] = self._ask({"op": "names"})
+        where = Path(str(self._ask({"op": "scalekit"})))
+        if where.resolve() != (src / "scalekit").resolve():
+            self.close()
+            raise RuntimeError(f"the {label} worker imported scalekit from {where}, not {src}")
+        self.names: list[str] = self._ask({"op": "names"})  # type: ignore[assignment]
+
+    @classmethod
+    def of_script(cls, label: str, src: Path, script: str, argv: Sequence[str]) -> Side:
+        """``script`` (the caller's own file) as a worker: ``script *argv --serve-cases``."""
+        return cls(label, src, [sys.executable, script, *argv, SERVE_FLAG])
 
     def _ask(self, request: dict[str, object]) -> object:
         assert self._proc.stdin is not None and self._proc.stdout is not None
@@ -166,44 +148,68 @@ class Side:
             raise RuntimeError(f"the {self.label} worker exited")
         return json.loads(line)
 
-    def measure(self, case: str, number: int) -> float:
-        """ns per call of one measurement of ``number`` calls."""
-        return float(self._ask({"op": "run", "case": case, "number": number}))  # type: ignore[arg-type]
+    def measure(self, case: str, number: int) -> float | None:
+        """One measurement of ``number`` calls (a figure per call), or None: it does not count."""
+        figure = self._ask({"op": "run", "case": case, "number": number})
+        return None if figure is None else float(figure)  # type: ignore[arg-type]
 
     def close(self) -> None:
         assert self._proc.stdin is not None
         self._proc.stdin.close()
-        self._proc.wait(timeout=60)
+        self._proc.wait(timeout=120)
 
 
-def serve_cases(cases: dict[str, Callable[[int], float]]) -> None:
-    """The worker side: answer ``names`` and ``run`` requests on stdin until it closes.
+def serve_cases(cases: Mapping[str, Callable[[int], float | None]]) -> None:
+    """The worker side: answer ``scalekit``, ``names`` and ``run`` requests until stdin closes.
 
-    Each case takes a call count and returns ns per call. The worker's stdout is the
-    channel: anything else it prints goes to stderr.
+    Each case takes a call count and returns its figure per call (ns, usually),
+    or None when the measurement must not count (the case saw an event: a
+    timeout, a fallback). The worker's stdout is the channel: anything else it
+    prints goes to stderr.
     """
+    import scalekit
+
     channel = sys.stdout
     sys.stdout = sys.stderr
     for line in sys.stdin:
         request = json.loads(line)
-        if request["op"] == "names":
-            answer: object = list(cases)
+        if request["op"] == "scalekit":
+            answer: object = str(Path(scalekit.__file__).parent)
+        elif request["op"] == "names":
+            answer = list(cases)
         else:
             answer = cases[request["case"]](int(request["number"]))
         channel.write(json.dumps(answer) + "\n")
         channel.flush()
 
 
-def interleave_sides(
-    sides: Sequence[Side], cases: Sequence[str], number: int, rounds: int
+def interleaved_best(
+    sides: Sequence[Side],
+    rounds: int,
+    number: int,
+    cases: Sequence[str] | None = None,
+    dropped: dict[str, int] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Best ns/call per side and case; within a round, each case runs on every side in turn."""
-    best = {side.label: dict.fromkeys(cases, float("inf")) for side in sides}
-    for _ in range(rounds):
-        for case in cases:
-            for side in sides:
-                if case in side.names:
-                    best[side.label][case] = min(best[side.label][case], side.measure(case, number))
+    """Best figure per side (by label) and case, over ``rounds`` rounds of ``number`` calls.
+
+    Within a round each case runs on every side in turn, the sides' order
+    alternating every round, so that machine noise hits every side alike.
+    ``cases`` defaults to the last side's; a side runs only the cases it
+    names. A measurement that does not count (None) is left out and counted
+    in ``dropped`` per side, if given; a case no round counted is left out.
+    """
+    best: dict[str, dict[str, float]] = {side.label: {} for side in sides}
+    for index in range(rounds):
+        order = list(sides) if index % 2 == 0 else list(reversed(sides))
+        for case in cases if cases is not None else sides[-1].names:
+            for side in order:
+                if case not in side.names:
+                    continue
+                figure = side.measure(case, number)
+                if figure is not None:
+                    best[side.label][case] = min(best[side.label].get(case, float("inf")), figure)
+                elif dropped is not None:
+                    dropped[side.label] = dropped.get(side.label, 0) + 1
     return best
 
 
@@ -214,11 +220,11 @@ def compare_with_before(
     checkout, interleaved; best ns/call per side ("before", "after") and case."""
     with tempfile.TemporaryDirectory(prefix="scalekit-before-") as scratch:
         sides = [
-            Side("before", source_path(before, Path(scratch)), script, argv),
-            Side("after", ROOT / "src", script, argv),
+            Side.of_script("before", source_path(before, Path(scratch)), script, argv),
+            Side.of_script("after", ROOT / "src", script, argv),
         ]
         try:
-            return interleave_sides(sides, sides[1].names, number, rounds)
+            return interleaved_best(sides, rounds, number)
         finally:
             for side in sides:
                 side.close()

@@ -40,6 +40,7 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
+import functools
 import json
 import os
 import re
@@ -56,7 +57,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _bench import export_src, interleaved_best
+from _bench import Side, export_src, interleaved_best, serve_cases
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -156,8 +157,7 @@ def build_cases(url: str, prefix: str) -> tuple[dict[str, Callable[[], Any]], An
 
 
 def worker(url: str, prefix: str, number: int, callgrind_lib: str | None) -> None:
-    """Time one round per line on stdin (or, under callgrind, count once) and print JSON."""
-    import scalekit
+    """Serve measurements of the cases on stdin (or, under callgrind, count once and print JSON)."""
     from scalekit.instrumentation import get_hooks, set_hooks
 
     # Any event while a case runs (an op timeout on a loaded machine, a breaker
@@ -195,7 +195,6 @@ def worker(url: str, prefix: str, number: int, callgrind_lib: str | None) -> Non
     for case in CASES:  # warm up (the specialising interpreter, connections, scripts)
         for colour in COLOURS:
             one(case, colour, 300)
-    print(json.dumps({"scalekit": str(Path(scalekit.__file__).parent)}), flush=True)
     if callgrind_lib is not None:
         helper = ctypes.CDLL(callgrind_lib)
         helper.sk_start()
@@ -209,13 +208,13 @@ def worker(url: str, prefix: str, number: int, callgrind_lib: str | None) -> Non
                 helper.sk_dump(f"{case}|{colour}".encode())
         print(json.dumps({"done": True, "tainted": tainted}), flush=True)
     else:
-        for _ in sys.stdin:
-            times = {
-                f"{case}|{colour}": one(case, colour, number)
+        serve_cases(
+            {
+                f"{case}|{colour}": functools.partial(one, case, colour)
                 for case in CASES
                 for colour in COLOURS
             }
-            print(json.dumps(times), flush=True)
+        )
     for async_cache in (acache, amemory):
         loop.run_until_complete(async_cache.aclose())
     loop.close()
@@ -320,30 +319,18 @@ def wall_clock(
     url: str, trees: dict[str, Path], prefix: str, number: int, rounds: int
 ) -> dict[str, dict[str, float]]:
     """Best ns per call of each case, rounds interleaved between the two workers."""
-    workers = {
-        side: subprocess.Popen(
-            worker_command(url, f"{prefix}{side}", number, None),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env=side_env(src),
-        )
-        for side, src in trees.items()
-    }
+    sides: list[Side] = []
     try:
-        for side, proc in workers.items():
-            assert proc.stdout is not None
-            where = json.loads(proc.stdout.readline())["scalekit"]
-            assert Path(where).resolve() == (trees[side] / "scalekit").resolve(), where
+        for side, src in trees.items():
+            command = worker_command(url, f"{prefix}{side}", number, None)
+            sides.append(Side(side, src, command, {"PYTHONHASHSEED": "0"}))
         dropped: dict[str, int] = {}
-        best = interleaved_best(workers, rounds, dropped)
+        best = interleaved_best(sides, rounds, number, dropped=dropped)
         for side, count in dropped.items():
             print(f"wall clock: {count} figure(s) of {side} dropped (an event: timeout, fallback)")
     finally:
-        for proc in workers.values():
-            assert proc.stdin is not None
-            proc.stdin.close()
-            proc.wait(timeout=120)
+        for worker_side in sides:
+            worker_side.close()
     return best
 
 

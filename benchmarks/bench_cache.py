@@ -35,9 +35,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import subprocess
 import sys
 import threading
 import time
@@ -52,7 +49,7 @@ import redis.asyncio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _bench import interleaved_best, time_per_call
+from _bench import Side, interleaved_best, serve_cases, time_per_call
 
 from scalekit.breaker import CircuitBreaker
 from scalekit.cache import AsyncCache, Cache, LocalCache
@@ -294,8 +291,8 @@ def stampede(url: str, prefix: str) -> None:
 AB_CASES = ("Cache.get hit", "@cache.cached hit", "@AsyncCache.cached hit", "local-tier hit")
 
 
-def ab_worker(url: str, prefix: str, number: int) -> None:
-    """One side of ``--ab``: set up, then time one round per line read from stdin."""
+def ab_worker(url: str, prefix: str) -> None:
+    """One side of ``--ab``: set up, then serve measurements of the cases (see ``_bench.Side``)."""
     client = redis.Redis.from_url(url)
     cache = Cache(client, namespace=prefix, default_ttl=3600)
     local = Cache(None, namespace=prefix + "l", local=LocalCache(maxsize=100, ttl=3600))
@@ -317,7 +314,7 @@ def ab_worker(url: str, prefix: str, number: int) -> None:
 
     loop.run_until_complete(aget_user(1))
 
-    async def async_round() -> float:
+    async def async_round(number: int) -> float:
         for _ in range(200):
             await aget_user(1)
         start = time.perf_counter_ns()
@@ -325,14 +322,16 @@ def ab_worker(url: str, prefix: str, number: int) -> None:
             await aget_user(1)
         return (time.perf_counter_ns() - start) / number
 
-    for _ in sys.stdin:
-        times = {
-            "Cache.get hit": time_per_call(lambda: cache.get("x"), number=number, repeat=1),
-            "@cache.cached hit": time_per_call(lambda: get_user(1), number=number, repeat=1),
-            "@AsyncCache.cached hit": loop.run_until_complete(async_round()),
-            "local-tier hit": time_per_call(lambda: local.get("x"), number=number * 20, repeat=1),
+    serve_cases(
+        {
+            "Cache.get hit": lambda n: time_per_call(lambda: cache.get("x"), number=n, repeat=1),
+            "@cache.cached hit": lambda n: time_per_call(lambda: get_user(1), number=n, repeat=1),
+            "@AsyncCache.cached hit": lambda n: loop.run_until_complete(async_round(n)),
+            "local-tier hit": lambda n: time_per_call(
+                lambda: local.get("x"), number=n * 20, repeat=1
+            ),
         }
-        print(json.dumps(times), flush=True)
+    )
     loop.run_until_complete(acache.aclose())
     loop.run_until_complete(aclient.aclose())
     loop.close()
@@ -343,32 +342,15 @@ def ab_worker(url: str, prefix: str, number: int) -> None:
 def ab(url: str, old_src: Path, prefix: str, number: int, rounds: int) -> None:
     """This tree vs ``old_src``, interleaved round by round in two worker processes."""
     trees = {"old": old_src.resolve(), "new": Path(__file__).resolve().parent.parent / "src"}
-    workers = {}
-    for side, src in trees.items():
-        env = {**os.environ, "PYTHONPATH": str(src)}
-        workers[side] = subprocess.Popen(
-            [
-                sys.executable,
-                __file__,
-                "--url",
-                url,
-                "--number",
-                str(number),
-                "--ab-worker",
-                f"{prefix}{side}",
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
+    workers: list[Side] = []
     try:
-        best = interleaved_best(workers, rounds)
+        for side, src in trees.items():
+            command = [sys.executable, __file__, "--url", url, "--ab-worker", f"{prefix}{side}"]
+            workers.append(Side(side, src, command))
+        best = interleaved_best(workers, rounds, number, AB_CASES)
     finally:
-        for worker in workers.values():
-            assert worker.stdin is not None
-            worker.stdin.close()
-            worker.wait(timeout=60)
+        for worker in workers:
+            worker.close()
     print(f"\nA/B, best of {rounds} interleaved rounds: old = {trees['old']}, new = this tree")
     print(f"{'case':<26} {'old ns':>10} {'new ns':>10} {'change':>8}")
     for case in AB_CASES:
@@ -387,7 +369,7 @@ def main() -> None:
     parser.add_argument("--async-only", action="store_true", help="time the async hits only")
     args = parser.parse_args()
     if args.ab_worker:
-        ab_worker(args.url, args.ab_worker, args.number)
+        ab_worker(args.url, args.ab_worker)
         return
     number, rounds = (500, 2) if args.quick else (1000, 30)
     probe = redis.Redis.from_url(args.url, socket_connect_timeout=1)

@@ -37,6 +37,11 @@ Targets (issue 6): GCRA and token bucket ``hit`` >= 0.90x raw EVALSHA
 headers at the cost of ``hit``, exactly 1 round trip per check. Issue 20: the
 asyncio GCRA and token bucket ``hit`` >= 1.0x a raw async EVALSHA.
 ``--async-only`` times the asyncio table alone.
+
+``--before SRC`` (a checkout folder or a git rev such as ``main``) times the
+asyncio rows of this checkout and of SRC in one run, two worker processes
+taking turns round by round, best of ``--repeat``, and prints both sides'
+ratios to the raw async EVALSHA (wall clock and client CPU).
 """
 
 from __future__ import annotations
@@ -58,7 +63,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import redis
 import redis.asyncio
-from _bench import Result, print_table, time_per_call
+from _bench import (
+    SERVE_FLAG,
+    Result,
+    before_after_table,
+    compare_with_before,
+    print_table,
+    serve_cases,
+    time_per_call,
+)
 from limits import parse as limits_parse
 from limits.storage import RedisStorage
 from limits.strategies import (
@@ -287,6 +300,61 @@ def print_async(url: str, number: int, repeat: int) -> None:
             print(f"  {name:<36} vs async raw EVALSHA: {evalsha / by_name[name]:.2f}x ({what})")
 
 
+def async_cases(url: str) -> dict[str, Callable[[int], float]]:
+    """The asyncio rows as worker cases (``--before``): each returns wall ns per check;
+    its ``: client CPU`` twin returns the client CPU of the run just timed."""
+    loop = asyncio.new_event_loop()
+    table = async_rows()
+    checks = {name: factory(url) for name, factory in table}
+
+    async def warm() -> None:
+        for check in checks.values():  # every key once: scripts loaded, keys created
+            for key in KEYS:
+                await check(key)
+
+    loop.run_until_complete(warm())
+    cpu: dict[str, float] = {}
+
+    def case(name: str) -> Callable[[int], float]:
+        check = checks[name]
+
+        async def run(number: int) -> float:
+            keys = itertools.cycle(KEYS)
+            start, started_cpu = time.perf_counter_ns(), time.process_time_ns()
+            for _ in range(number):
+                await check(next(keys))
+            cpu[name] = (time.process_time_ns() - started_cpu) / number
+            return (time.perf_counter_ns() - start) / number
+
+        return lambda number: loop.run_until_complete(run(number))
+
+    cases: dict[str, Callable[[int], float]] = {}
+    for name in checks:
+        cases[name] = case(name)
+        cases[f"{name}: client CPU"] = lambda _number, name=name: cpu[name]
+    return cases
+
+
+def run_before_after(args: argparse.Namespace) -> None:
+    """The asyncio rows, this checkout against ``--before``, interleaved (issue 20)."""
+    argv = ["--url", args.url]
+    best = compare_with_before(args.before, __file__, argv, args.number, args.repeat)
+    evalsha = "async raw EVALSHA (return 1)"
+    before_after_table(
+        f"asyncio rate limiting, before ({args.before}) / after, ns per check, "
+        f"best of {args.repeat} interleaved rounds of {args.number}",
+        best,
+        baseline=evalsha,
+    )
+    print(f"\n{'vs async raw EVALSHA (ops/s ratio, target >= 1.0)':<60} {'before':>8} {'after':>8}")
+    for name in ("scalekit async gcra hit", "scalekit async token_bucket hit"):
+        for suffix in ("", ": client CPU"):
+            b, a = best["before"], best["after"]
+            peer, ours = evalsha + suffix, name + suffix
+            label = f"{name}{suffix or ' (wall clock)'}"
+            print(f"  {label:<58} {b[peer] / b[ours]:>7.2f}x {a[peer] / a[ours]:>7.2f}x")
+
+
 def cycle(check: Check) -> Callable[[], object]:
     keys = itertools.cycle(KEYS)
     return lambda: check(next(keys))
@@ -344,8 +412,20 @@ def main() -> None:
     parser.add_argument("--number", type=int, default=2000)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--async-only", action="store_true", help="the asyncio table only")
+    parser.add_argument("--before", help="an older checkout folder or git rev to compare with")
+    parser.add_argument(SERVE_FLAG, action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     set_hooks(())  # instrumentation off: time the limiters, not logging
+    if args.serve_cases:
+        serve_cases(async_cases(args.url))
+        return
+    if args.before:
+        admin = connect(args.url)
+        admin.ping()
+        run_before_after(args)
+        print(f"\ndeleted {cleanup(admin)} benchmark keys")
+        admin.close()
+        return
     if args.async_only:
         admin = connect(args.url)
         admin.ping()

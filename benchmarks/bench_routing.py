@@ -28,8 +28,9 @@ It creates and drops a scratch database ``scalekit_bench_routing_<pid>`` (not wi
 primary + 1 streaming replica with the test harness and runs the issue-20
 cases of this checkout and of SRC in one run, interleaved, best of
 ``--rounds``: a wrapped engine used directly vs a pristine engine (target
-<= 1.02x), and a routed read (and its decision) holding a token the replica
-has replayed vs one with no token (target <= 1.05x).
+<= 1.02x), a routed read (and its decision) holding a token the replica
+has replayed vs one with no token (target <= 1.05x), and a Core read through
+``pool.connect(readonly=True)``.
 """
 
 from __future__ import annotations
@@ -353,6 +354,10 @@ def issue20_cases(primary_url: str, replica_url: str) -> dict[str, Callable[[int
         decision_session._sk_reset()  # type: ignore[attr-defined]
         decision_session.get_bind(clause=by_id)
 
+    def core_read() -> None:
+        with pool.connect(readonly=True) as conn:
+            conn.execute(by_id).scalar()
+
     clean = contextvars.copy_context()
     holding = contextvars.copy_context()
     holding.run(pool.import_token, ConsistencyToken(lsn=reached, written_at=time.time()))
@@ -363,6 +368,7 @@ def issue20_cases(primary_url: str, replica_url: str) -> dict[str, Callable[[int
         "routed read, token reached (ORM get)": (holding, get(Routed)),
         "routing decision, no token (get_bind)": (clean, decision),
         "routing decision, token reached (get_bind)": (holding, decision),
+        "routed core read (connect(readonly=True))": (clean, core_read),
     }
 
     def timed(context: contextvars.Context, fn: Callable[[], None]) -> Callable[[int], float]:

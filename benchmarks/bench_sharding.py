@@ -18,6 +18,8 @@ aggregate over a filtered scan. Interleaved, best of ``--repeat``:
   fan_out (threads)          ShardMap.fan_out over the four, merged
   sequential                 the four reads one after another
   afan_out (tasks)           AsyncShardMap.afan_out over the four
+  4 plain threads            the four reads on a plain thread pool, no merge: the floor
+                             of a threaded fan-out on this machine
 
 Part 3, a move of one logical shard holding ``--move-rows`` rows (one key):
   raw COPY out and in        binary COPY of the rows from one database to another
@@ -26,6 +28,11 @@ Part 3, a move of one logical shard holding ``--move-rows`` rows (one key):
   write-blocked window       from the end of the copy to the publish (no writer running)
 
 Run:  python benchmarks/bench_sharding.py [--url URL] [--rows 200000] [--repeat 15]
+      [--move-rows 200000] [--move-repeat 3]
+      python benchmarks/bench_sharding.py --before main [--rounds 7]
+``--before`` (a checkout folder or git rev) times the look-ups of that scalekit and
+of this checkout in two worker processes, interleaved round by round, best of
+``--rounds``; new keys are keys the worker never looked up before.
 On a machine with fewer cores than shards the four scans share the CPUs, so
 fan-out cannot reach the slowest single shard's time; the table says how many
 cores there were.
@@ -35,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import hashlib
 import os
 import sys
@@ -55,7 +63,14 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _bench import Result, print_table
+from _bench import (
+    SERVE_FLAG,
+    Result,
+    before_after_table,
+    compare_with_before,
+    print_table,
+    serve_cases,
+)
 
 from scalekit.sharding import AsyncShardMap, ShardMap
 
@@ -144,6 +159,64 @@ def lookup_figures() -> None:
         print(f"shard_for throughput vs hash(key) % n: {speed:.2f}x (target >= 0.3x)")
 
 
+def lookup_cases() -> dict[str, Callable[[int], float]]:
+    """The look-up cases for ``--before`` workers: CPU ns per call of ``n`` calls.
+
+    A "new keys" measurement takes keys never looked up before in that worker
+    (a counter moves past them), so the map's bounded cache never helps it.
+    """
+    engines = {name: sa.create_engine("sqlite://") for name in NAMES}
+    shards = ShardMap(engines)
+    count = shards.assignment.logical_shards
+    fresh = iter(range(10**12, 2**62))
+
+    def timed(keys: list[Any], fn: Callable[[Any], object]) -> float:
+        start = time.process_time_ns()
+        for key in keys:
+            fn(key)
+        return (time.process_time_ns() - start) / len(keys)
+
+    def new_ints(n: int) -> list[Any]:
+        return [next(fresh) for _ in range(n)]
+
+    def new_strs(n: int) -> list[Any]:
+        return [f"user-{uuid.UUID(int=next(fresh)).hex}" for _ in range(n)]
+
+    repeated_ints = list(range(1000))
+    repeated_strs = [f"user-{uuid.UUID(int=i).hex}" for i in range(1000)]
+    for key in repeated_ints + repeated_strs:
+        shards.shard_for(key)
+    cases: dict[str, Callable[[int], float]] = {}
+    for kind, new, repeated in (
+        ("int", new_ints, repeated_ints),
+        ("str", new_strs, repeated_strs),
+    ):
+        cases[f"hash(key) % n ({kind})"] = lambda n, new=new: timed(
+            new(n), lambda k: hash(k) % count
+        )
+        cases[f"shard_for, new keys ({kind})"] = lambda n, new=new: timed(new(n), shards.shard_for)
+        cases[f"shard_for, 1,000 repeated keys ({kind})"] = lambda n, repeated=repeated: timed(
+            repeated * (n // 1000), shards.shard_for
+        )
+    return cases
+
+
+def run_before_after(before: str, rounds: int) -> None:
+    best = compare_with_before(before, __file__, [], CALLS, rounds)
+    before_after_table(
+        f"shard look-up, before ({before}) / after, CPU ns per call, best of {rounds} "
+        f"interleaved rounds of {CALLS:,} calls",
+        best,
+    )
+    title = "shard_for throughput vs hash(key) % n (target >= 0.3x)"
+    print(f"\n{title:<58} {'before':>8} {'after':>8}")
+    for kind in ("int", "str"):
+        for label in ("new keys", "1,000 repeated keys"):
+            case, base = f"shard_for, {label} ({kind})", f"hash(key) % n ({kind})"
+            b, a = best["before"], best["after"]
+            print(f"{case:<58} {b[base] / b[case]:>7.2f}x {a[base] / a[case]:>7.2f}x")
+
+
 @contextmanager
 def databases(url: str | None) -> Iterator[list[str]]:
     if url is None:
@@ -201,10 +274,15 @@ def fan_out_figures(urls: list[str], rows: int, repeat: int) -> None:
         with engines[name].connect() as conn:
             conn.execute(statement).all()
 
+    # The same four reads on four threads of a plain pool, no merge: the floor of a
+    # threaded fan-out on this machine.
+    plain_pool = concurrent.futures.ThreadPoolExecutor(max_workers=len(NAMES))
+
     cases: dict[str, Callable[[], object]] = {
         **{f"single {name}": (lambda name=name: single(name)) for name in NAMES},  # type: ignore[misc]
         "fan_out (threads)": lambda: shards.fan_out(statement),
         "sequential": lambda: [single(name) for name in NAMES],
+        "4 plain threads": lambda: list(plain_pool.map(single, NAMES)),
         "afan_out (tasks)": lambda: loop.run_until_complete(ashards.afan_out(statement)),
     }
     best = dict.fromkeys(cases, float("inf"))
@@ -221,6 +299,7 @@ def fan_out_figures(urls: list[str], rows: int, repeat: int) -> None:
         Result("fan_out (threads)", best["fan_out (threads)"]),
         Result("afan_out (tasks)", best["afan_out (tasks)"]),
         Result("sequential", best["sequential"]),
+        Result("4 plain threads", best["4 plain threads"]),
     ]
     print_table(
         f"fan-out over 4 shards, {rows:,} rows each, {os.cpu_count()} cores (ns per read)",
@@ -229,6 +308,8 @@ def fan_out_figures(urls: list[str], rows: int, repeat: int) -> None:
         peer="sequential",
     )
     print(f"fan_out / slowest shard: {best['fan_out (threads)'] / slowest:.2f}x (target <= 1.3x)")
+    print(f"fan_out / 4 plain threads: {best['fan_out (threads)'] / best['4 plain threads']:.2f}x")
+    plain_pool.shutdown()
     shards.close()
     for engine in engines.values():
         engine.dispose()
@@ -322,13 +403,27 @@ def main() -> None:
     parser.add_argument("--skip-fan-out", action="store_true")
     parser.add_argument("--skip-lookups", action="store_true")
     parser.add_argument("--move-rows", type=int, default=200_000, help="0 skips the move")
+    parser.add_argument("--move-repeat", type=int, default=3, help="moves (best of)")
+    parser.add_argument("--only-move", action="store_true", help="skip the fan-out figures")
+    parser.add_argument(
+        "--before", help="an older checkout folder or git rev: compare the look-ups with it"
+    )
+    parser.add_argument("--rounds", type=int, default=7, help="--before: rounds (best of)")
+    parser.add_argument(SERVE_FLAG, action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve_cases:
+        serve_cases(lookup_cases())
+        return
+    if args.before:
+        run_before_after(args.before, args.rounds)
+        return
     if not args.skip_lookups:
         lookup_figures()
     if not args.skip_fan_out:
         with databases(args.url) as urls:
             if urls:
-                fan_out_figures(urls, args.rows, args.repeat)
+                if not args.only_move:
+                    fan_out_figures(urls, args.rows, args.repeat)
                 if args.move_rows:
                     catalog_url = str(make_url(urls[0]).set(database="bench_catalog"))
                     admin = sa.create_engine(urls[0], isolation_level="AUTOCOMMIT")
@@ -336,7 +431,7 @@ def main() -> None:
                         conn.exec_driver_sql("DROP DATABASE IF EXISTS bench_catalog")
                         conn.exec_driver_sql("CREATE DATABASE bench_catalog")
                     admin.dispose()
-                    move_figures(urls, catalog_url, args.move_rows, 3)
+                    move_figures(urls, catalog_url, args.move_rows, args.move_repeat)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,9 @@ retry policy still applies; a timeout is never retried.
 On asyncio, taking a connection from the pool and giving it back costs about
 as much as the command (two pool locks, an event dispatch, a readiness
 check), so :class:`AsyncKept` keeps a few connections of its own per event
-loop between commands.
+loop between commands. A timer per command (``asyncio.timeout``) costs a
+third of a cache hit again, so one timer per loop watches every command in
+flight on a kept connection.
 """
 
 from __future__ import annotations
@@ -25,15 +27,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
-import sys
 import weakref
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any
-
-if sys.version_info >= (3, 11):
-    from asyncio import timeout as _timeout
-else:  # pragma: no cover - redis-py depends on async-timeout before 3.11.3
-    from async_timeout import timeout as _timeout  # type: ignore[import-not-found,unused-ignore]
 
 __all__ = [
     "KEEP",
@@ -186,7 +182,7 @@ def keeps_connections(pool: Any) -> bool:
 class _LoopKept:
     """The connections :class:`AsyncKept` keeps in one event loop."""
 
-    __slots__ = ("closed", "idle", "made", "watch")
+    __slots__ = ("closed", "idle", "inflight", "made", "timer", "tripped", "watch")
 
     def __init__(self) -> None:
         self.idle: list[Any] = []
@@ -196,6 +192,12 @@ class _LoopKept:
         self.closed = False
         #: The async generator the loop closes at its shutdown (see :func:`_watch`).
         self.watch: Any = None
+        #: The deadline (loop time) of each connection with a command in flight.
+        self.inflight: dict[Any, float] = {}
+        #: The loop's one pending watchdog timer (:func:`_expire`), if any.
+        self.timer: Any = None
+        #: Connections whose command the watchdog timed out (their error is a timeout).
+        self.tripped: set[Any] = set()
 
 
 class AsyncKept:
@@ -215,7 +217,12 @@ class AsyncKept:
     command takes a pooled connection instead (:func:`asend_packed`).
 
     The pool's ``socket_timeout`` bounds the whole command (send and reply)
-    with one timer rather than one per phase.
+    from its start. One timer per loop (:func:`_expire`) watches the
+    deadlines of the commands in flight, rather than one timer per command,
+    which would cost a third of a cache hit again: a command past its
+    deadline has its reader fail with a timeout and its socket aborted (a
+    connect stays bounded by ``socket_connect_timeout``, which defaults to
+    ``socket_timeout`` as in redis-py).
     """
 
     def __init__(self, pool: Any) -> None:
@@ -225,7 +232,9 @@ class AsyncKept:
         self.keep = KEEP if keeps_connections(pool) else 0
         kwargs = dict(getattr(pool, "connection_kwargs", {}))
         self._timeout: float | None = kwargs.get("socket_timeout")
-        kwargs["socket_timeout"] = None  # one timer over the exchange instead
+        kwargs["socket_timeout"] = None  # the loop's watchdog bounds the exchange instead
+        if kwargs.get("socket_connect_timeout") is None:
+            kwargs["socket_connect_timeout"] = self._timeout  # redis-py's own default
         #: Whether a command first checks an idle connection (``health_check_interval``).
         self._check_health = bool(kwargs.get("health_check_interval"))
         self._kwargs = kwargs
@@ -259,25 +268,33 @@ class AsyncKept:
                 return await asend_packed(self.pool, packed, response_error)
             connection = self.pool.connection_class(**self._kwargs)
             kept.made += 1
+        timeout = self._timeout
+        inflight = kept.inflight
         for retried in (False, True):
             stale = connection.is_connected  # a socket from before: the server may have gone
             try:
-                if self._timeout is None:
+                if timeout is None:
                     await connection.send_packed_command([packed], self._check_health)
                     reply = await connection.read_response()
                 else:
-                    async with _timeout(self._timeout):
+                    deadline = loop.time() + timeout
+                    inflight[connection] = deadline
+                    if kept.timer is None:
+                        kept.timer = loop.call_at(deadline, _expire, kept, loop)
+                    try:
                         await connection.send_packed_command([packed], self._check_health)
                         reply = await connection.read_response()
+                    finally:
+                        del inflight[connection]
             except response_error:
                 await self._put_back(kept, connection)
                 raise
-            except asyncio.TimeoutError:
-                await connection.disconnect(nowait=True)
-                await self._put_back(kept, connection)
-                raise self._timeout_error("Timeout reading from the kept connection") from None
             except BaseException as exc:
                 await connection.disconnect(nowait=True)  # it reconnects on its next command
+                if connection in kept.tripped or isinstance(exc, asyncio.TimeoutError):
+                    kept.tripped.discard(connection)  # timed out by the watchdog: not retried
+                    await self._put_back(kept, connection)
+                    raise self._timeout_error("Timeout reading from the kept connection") from None
                 if retried or not stale or not isinstance(exc, self._connection_error):
                     await self._put_back(kept, connection)
                     if isinstance(exc, self._connection_error):
@@ -290,6 +307,12 @@ class AsyncKept:
                 continue
             if kept.closed:  # the loop shut down (or aclose) while it was in use
                 await connection.disconnect(nowait=True)
+            elif kept.tripped and connection in kept.tripped:
+                # Its reply came in just as the watchdog aborted it: the reply
+                # stands, the socket does not.
+                kept.tripped.discard(connection)
+                await connection.disconnect(nowait=True)
+                kept.idle.append(connection)
             else:
                 kept.idle.append(connection)
             return reply
@@ -369,6 +392,41 @@ async def _watch(
         kept.closed = True
         while kept.idle:
             await _disconnect(kept.idle.pop())
+
+
+#: How soon the watchdog looks again at a command past its deadline still connecting.
+_CONNECTING_RECHECK = 0.01
+
+
+def _expire(kept: _LoopKept, loop: asyncio.AbstractEventLoop) -> None:
+    """The loop's watchdog: time out the commands past their deadline, then sleep till the next.
+
+    A timed-out command's reader fails with ``asyncio.TimeoutError`` (which
+    redis-py's ``read_response`` turns into its own ``TimeoutError``) and its
+    socket is aborted (which also ends a write waiting on a full buffer).
+    One still connecting is bounded by its connect timeout: looked at again
+    shortly. The timer is re-armed only while commands are in flight.
+    """
+    kept.timer = None
+    now = loop.time()
+    nearest = None
+    for connection, deadline in list(kept.inflight.items()):
+        if deadline <= now:
+            reader = getattr(connection, "_reader", None)
+            if reader is None:  # connecting: its connect timeout bounds it
+                deadline = now + _CONNECTING_RECHECK
+            else:
+                kept.inflight[connection] = float("inf")  # tripped once
+                kept.tripped.add(connection)
+                reader.set_exception(asyncio.TimeoutError())
+                writer = getattr(connection, "_writer", None)
+                if writer is not None:
+                    writer.transport.abort()
+                continue
+        if nearest is None or deadline < nearest:
+            nearest = deadline
+    if nearest is not None:
+        kept.timer = loop.call_at(nearest, _expire, kept, loop)
 
 
 async def _drop_idle(pool: Any) -> None:

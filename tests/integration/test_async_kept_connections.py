@@ -307,3 +307,42 @@ async def test_an_outage_still_falls_back_and_recovers(redis_server_factory: Any
         await cache.aclose()
         await limiter.aclose()
         await client.aclose()
+
+
+async def test_a_paused_redis_times_out_on_the_loops_one_watchdog(
+    redis_server_factory: Any,
+) -> None:
+    # The kept connections have no timer per command: one per loop watches the
+    # commands in flight. A paused server times out every one of them, once.
+    node = redis_server_factory()
+    client = redis.asyncio.Redis(host=node.host, port=node.port)
+    limiter = AsyncRateLimiter(client, algorithm="gcra", fallback="allow", op_timeout=0.2)
+    cache = AsyncCache(client, namespace="paused", op_timeout=0.2)
+    try:
+        await cache.set("x", 1)
+        assert await cache.get("x") == 1
+        assert (await limiter.hit("k", LIMIT)).remaining == 999
+        node.pause()
+        try:
+            started = time.monotonic()
+            decision, value = await asyncio.gather(limiter.hit("k", LIMIT), cache.get("x"))
+            assert time.monotonic() - started < 5  # the guard catches a hang only
+            assert decision.fallback == "allow" and value is None
+            for keeper in (_kept(limiter), _kept(cache)):
+                for kept in keeper._loops.values():
+                    assert kept.inflight == {} and kept.tripped == set()
+                    assert not any(c.is_connected for c in kept.idle)  # aborted
+        finally:
+            node.resume()
+        await asyncio.sleep(1.1)  # the limiter's breaker probes again
+        assert await cache.get("x") == 1
+        back = await limiter.hit("k", LIMIT)
+        # The paused server ran the check that timed out too.
+        assert back.fallback is None and back.remaining == 997
+        assert all(c.is_connected for c in _idle(_kept(limiter)) + _idle(_kept(cache)))
+        await asyncio.sleep(0.3)
+        assert all(k.timer is None for k in _kept(limiter)._loops.values())
+    finally:
+        await cache.aclose()
+        await limiter.aclose()
+        await client.aclose()

@@ -7,6 +7,7 @@ with direct connections to each database, never through the map.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
@@ -23,17 +24,22 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from scalekit.errors import FanOutError, ShardingError, StaleShardMap
+from scalekit.errors import ConfigurationError, FanOutError, ShardingError, StaleShardMap
 from scalekit.pagination import CursorCodec
 from scalekit.routing import AsyncRoutingPool, RoutingPool
 from scalekit.sharding import (
+    DEFAULT_EPOCH_MS,
+    DEFAULT_ID_LAYOUT,
+    AsyncRedisShardCatalog,
     AsyncShardCatalog,
     AsyncShardMap,
+    RedisShardCatalog,
     ShardCatalog,
     ShardMap,
     assign_balanced,
     logical_shard,
 )
+from scalekit.testing.servers import RedisClusterHarness, RedisNode
 from tests.harness import PgCluster
 
 pytestmark = pytest.mark.integration
@@ -269,7 +275,45 @@ def test_sessionmaker_routes_by_key_and_pool_roles(shards: ShardMap, databases: 
     assert [row[0] for row in databases.rows()[POOLED]] == [1]
 
 
-def test_a_stale_instance_is_refused_after_a_version_bump(databases: Databases) -> None:
+def shard_aware_id(logical: int, sequence: int = 0) -> int:
+    return DEFAULT_ID_LAYOUT.compose(DEFAULT_EPOCH_MS + 1_000, shard=logical, sequence=sequence)
+
+
+def test_sessionmaker_routes_by_the_shard_in_the_primary_key(
+    shards: ShardMap, databases: Databases
+) -> None:
+    Session = shards.sessionmaker(id_columns=[Order.id])
+    ids = [shard_aware_id(logical, sequence) for logical in range(LOGICAL) for sequence in (0, 1)]
+    with Session() as session:  # no shard key: every object goes by its ID
+        session.add_all(Order(id=i, user_id=n, total=n % 50) for n, i in enumerate(ids))
+        session.commit()
+    owners = shards.assignment.owners
+    for name, found in databases.rows().items():
+        assert sorted(row[0] for row in found) == sorted(
+            i for i in ids if owners[DEFAULT_ID_LAYOUT.shard_of(i)] == name
+        )
+    databases.cluster.wait_for_replicas()
+    replica_ports = {r.port for r in databases.cluster.replicas}
+    with Session() as session:
+        for n, i in enumerate(ids):
+            got = session.get(Order, i)
+            assert got is not None and got.total == n % 50
+        pooled = next(i for i in ids if owners[DEFAULT_ID_LAYOUT.shard_of(i)] == POOLED)
+        port = session.scalar(sa.select(sa.func.inet_server_port()).where(Order.id == pooled))
+        assert port in replica_ports  # a read by ID on a pool goes to a replica
+        session.execute(sa.update(Order).where(Order.id == pooled).values(total=999))
+        session.commit()
+    pooled_engine = databases.primary_engine(POOLED)
+    with pooled_engine.connect() as conn:
+        assert conn.scalar(sa.select(Order.total).where(Order.id == pooled)) == 999
+    pooled_engine.dispose()
+    with Session() as session, pytest.raises(ShardingError, match="several targets"):
+        session.execute(sa.select(Order).where(Order.id.in_(ids)))
+
+
+@contextlib.contextmanager
+def two_instances(databases: Databases) -> Iterator[tuple[ShardMap, ShardMap]]:
+    """Two instances' maps from one catalog (fences installed), version 1: (stale, fresh)."""
     databases.reset()
     assert databases.cluster.primary is not None
     catalog_engine = databases.cluster.primary.engine(databases.catalog)
@@ -281,28 +325,98 @@ def test_a_stale_instance_is_refused_after_a_version_bump(databases: Databases) 
     stale = ShardMap.from_catalog(catalog, targets_a)
     stale.install_fences()
     fresh = ShardMap.from_catalog(catalog, targets_b)
-    key = next(k for k in range(1000) if stale.name_for(k) == POOLED)
-    with stale.session(key) as session:  # allowed at version 1
-        session.add(Order(id=1, user_id=key, total=1))
-        session.commit()
-    fresh.publish(fresh.assignment.with_owners({fresh.shard_for(key): "db0"}))
-    with stale.session(key) as session:
-        session.add(Order(id=2, user_id=key, total=2))
-        with pytest.raises(StaleShardMap) as info:
+    try:
+        yield stale, fresh
+    finally:
+        for shards, targets, engines in (
+            (stale, targets_a, engines_a),
+            (fresh, targets_b, engines_b),
+        ):
+            shards.close()
+            targets[POOLED].close()
+            for engine in engines:
+                engine.dispose()
+        catalog_engine.dispose()
+
+
+def test_a_stale_instance_is_refused_after_a_version_bump(databases: Databases) -> None:
+    with two_instances(databases) as (stale, fresh):
+        key = next(k for k in range(1000) if stale.name_for(k) == POOLED)
+        with stale.session(key) as session:  # allowed at version 1
+            session.add(Order(id=1, user_id=key, total=1))
             session.commit()
-    assert (info.value.target, info.value.version, info.value.current) == (POOLED, 1, 2)
-    assert [row[0] for row in databases.rows()[POOLED]] == [1]
-    assert stale.refresh() is True
-    with stale.session(key) as session:
-        session.add(Order(id=2, user_id=key, total=2))
-        session.commit()
-    assert [row[0] for row in databases.rows()["db0"]] == [2]
-    for shards, targets, engines in ((stale, targets_a, engines_a), (fresh, targets_b, engines_b)):
-        shards.close()
-        targets[POOLED].close()
-        for engine in engines:
-            engine.dispose()
-    catalog_engine.dispose()
+        fresh.publish(fresh.assignment.with_owners({fresh.shard_for(key): "db0"}))
+        with stale.session(key) as session:
+            session.add(Order(id=2, user_id=key, total=2))
+            with pytest.raises(StaleShardMap) as info:
+                session.commit()
+        assert (info.value.target, info.value.version, info.value.current) == (POOLED, 1, 2)
+        assert [row[0] for row in databases.rows()[POOLED]] == [1]
+        assert stale.refresh() is True
+        with stale.session(key) as session:
+            session.add(Order(id=2, user_id=key, total=2))
+            session.commit()
+        assert [row[0] for row in databases.rows()["db0"]] == [2]
+
+
+def test_after_a_move_only_writes_to_the_moved_logical_shard_are_refused(
+    databases: Databases,
+) -> None:
+    with two_instances(databases) as (stale, fresh):
+        keys = range(5000)
+        moved = next(k for k in keys if stale.name_for(k) == POOLED)
+        moved_logical = stale.shard_for(moved)
+        # Another key on the same source, and one on the destination, in unmoved logical shards.
+        same_source = next(
+            k for k in keys if stale.name_for(k) == POOLED and stale.shard_for(k) != moved_logical
+        )
+        on_destination = next(k for k in keys if stale.name_for(k) == "db0")
+        fresh.publish(fresh.assignment.with_owners({moved_logical: "db0"}))
+        Session = stale.sessionmaker()
+        for order_id, key in ((1, same_source), (2, on_destination)):
+            with stale.session(key) as session:  # the stale map routes these right: they commit
+                session.add(Order(id=order_id, user_id=key, total=1))
+                session.commit()
+            with Session(shard_key=key) as session:
+                session.add(Order(id=order_id + 10, user_id=key, total=1))
+                session.commit()
+        with stale.session(moved) as session:
+            session.add(Order(id=3, user_id=moved, total=1))
+            with pytest.raises(StaleShardMap, match=f"logical shard {moved_logical}") as info:
+                session.commit()
+        assert (info.value.target, info.value.version, info.value.current) == (POOLED, 1, 2)
+        with Session(shard_key=moved) as session:
+            session.add(Order(id=4, user_id=moved, total=1))
+            with pytest.raises(StaleShardMap):
+                session.commit()
+        with (
+            Session() as session
+        ):  # a transaction writing a moved and an unmoved shard: all refused
+            for order_id, key in ((5, same_source), (6, moved)):
+                session.execute(
+                    sa.insert(Order).values(id=order_id, user_id=key, total=1),
+                    execution_options={"shard_key": key},
+                )
+            with pytest.raises(StaleShardMap):
+                session.commit()
+        by_id = stale.sessionmaker(id_columns=[Order.id])
+        unmoved_id = shard_aware_id(stale.shard_for(same_source))
+        moved_id = shard_aware_id(moved_logical)
+        with by_id() as session:  # routed by the ID's logical shard, fenced by it
+            session.add(Order(id=unmoved_id, user_id=same_source, total=1))
+            session.commit()
+            session.add(Order(id=moved_id, user_id=moved, total=1))
+            with pytest.raises(StaleShardMap, match=f"logical shard {moved_logical}"):
+                session.commit()
+        stored = databases.rows()
+        assert sorted(row[0] for row in stored[POOLED]) == sorted([1, 11, unmoved_id])
+        assert sorted(row[0] for row in stored["db0"]) == [2, 12]
+        # After a refresh the moved shard's writes go to its new owner.
+        assert stale.refresh() is True
+        with stale.session(moved) as session:
+            session.add(Order(id=3, user_id=moved, total=1))
+            session.commit()
+        assert sorted(row[0] for row in databases.rows()["db0"]) == [2, 3, 12]
 
 
 # -- asyncio --------------------------------------------------------------------------------
@@ -361,12 +475,20 @@ async def test_async_stale_instance_is_refused(databases: Databases) -> None:
     await stale.ainstall_fences()
     fresh = await AsyncShardMap.afrom_catalog(catalog, targets_b)
     key = next(k for k in range(1000) if stale.name_for(k) == "db1")
+    unmoved = next(
+        k
+        for k in range(1000)
+        if stale.name_for(k) == "db1" and k != key and stale.shard_for(k) != stale.shard_for(key)
+    )
     await fresh.apublish(fresh.assignment.with_owners({fresh.shard_for(key): "db3"}))
     async with stale.session(key) as session:
         session.add(Order(id=1, user_id=key, total=1))
         with pytest.raises(StaleShardMap):
             await session.commit()
-    assert databases.rows()["db1"] == []
+    async with stale.session(unmoved) as session:  # its logical shard did not move
+        session.add(Order(id=2, user_id=unmoved, total=1))
+        await session.commit()
+    assert [row[0] for row in databases.rows()["db1"]] == [2]
     assert await stale.arefresh() is True
     async with stale.session(key) as session:
         session.add(Order(id=1, user_id=key, total=1))
@@ -379,41 +501,50 @@ async def test_async_stale_instance_is_refused(databases: Databases) -> None:
     await catalog_engine.dispose()
 
 
-def test_sessionmaker_writes_are_fenced_too(databases: Databases) -> None:
-    databases.reset()
-    assert databases.cluster.primary is not None
-    catalog_engine = databases.cluster.primary.engine(databases.catalog)
-    catalog = ShardCatalog(catalog_engine)
-    catalog.install()
-    catalog.publish(assign_balanced(NAMES, LOGICAL))
-    targets_a, engines_a = databases.sync_targets()
-    targets_b, engines_b = databases.sync_targets()
-    stale = ShardMap.from_catalog(catalog, targets_a)
-    stale.install_fences()
-    fresh = ShardMap.from_catalog(catalog, targets_b)
-    pooled_key = next(k for k in range(1000) if stale.name_for(k) == POOLED)
-    other_key = next(k for k in range(1000) if stale.name_for(k) == "db1")
-    fresh.publish(fresh.assignment.with_owners({fresh.shard_for(pooled_key): "db0"}))
-    Session = stale.sessionmaker()
-    with Session() as session:  # db1 is untouched by the move: its write commits
-        session.execute(
-            sa.insert(Order).values(id=1, user_id=other_key, total=1),
-            execution_options={"shard_key": other_key},
+async def test_async_sessionmaker_routes_by_the_shard_in_the_primary_key(
+    ashards: AsyncShardMap, databases: Databases
+) -> None:
+    Session = ashards.sessionmaker(id_columns=[Order.id])
+    ids = [shard_aware_id(logical) for logical in range(0, LOGICAL, 3)]
+    async with Session() as session:
+        session.add_all(Order(id=i, user_id=n, total=n) for n, i in enumerate(ids))
+        await session.commit()
+    owners = ashards.assignment.owners
+    for name, found in databases.rows().items():
+        assert sorted(row[0] for row in found) == sorted(
+            i for i in ids if owners[DEFAULT_ID_LAYOUT.shard_of(i)] == name
         )
-        session.commit()
-    with Session(shard_key=pooled_key) as session:
-        session.add(Order(id=2, user_id=pooled_key, total=2))
-        with pytest.raises(StaleShardMap) as info:
+    databases.cluster.wait_for_replicas()
+    async with Session() as session:
+        for n, i in enumerate(ids):
+            got = await session.get(Order, i)
+            assert got is not None and got.total == n
+        assert (await session.scalars(sa.select(Order.total).where(Order.id == ids[4]))).all() == [
+            4
+        ]
+        with pytest.raises(ShardingError, match="no shard key"):
+            await session.execute(sa.select(Order))
+
+
+def test_sessionmaker_writes_are_fenced_too(databases: Databases) -> None:
+    with two_instances(databases) as (stale, fresh):
+        pooled_key = next(k for k in range(1000) if stale.name_for(k) == POOLED)
+        other_key = next(k for k in range(1000) if stale.name_for(k) == "db1")
+        fresh.publish(fresh.assignment.with_owners({fresh.shard_for(pooled_key): "db0"}))
+        Session = stale.sessionmaker()
+        with Session() as session:  # db1 is untouched by the move: its write commits
+            session.execute(
+                sa.insert(Order).values(id=1, user_id=other_key, total=1),
+                execution_options={"shard_key": other_key},
+            )
             session.commit()
-    assert info.value.target == POOLED
-    stored = databases.rows()
-    assert [row[0] for row in stored["db1"]] == [1] and stored[POOLED] == []
-    for shards, targets, engines in ((stale, targets_a, engines_a), (fresh, targets_b, engines_b)):
-        shards.close()
-        targets[POOLED].close()
-        for engine in engines:
-            engine.dispose()
-    catalog_engine.dispose()
+        with Session(shard_key=pooled_key) as session:
+            session.add(Order(id=2, user_id=pooled_key, total=2))
+            with pytest.raises(StaleShardMap) as info:
+                session.commit()
+        assert info.value.target == POOLED
+        stored = databases.rows()
+        assert [row[0] for row in stored["db1"]] == [1] and stored[POOLED] == []
 
 
 async def test_async_fan_out_names_a_timed_out_target(ashards: AsyncShardMap) -> None:
@@ -504,6 +635,32 @@ def _authoritative_rows(databases: Databases, shards: ShardMap) -> list[tuple[in
         for row in found
         if owners[logical_shard(row[1], LOGICAL)] == name
     )
+
+
+def test_a_move_overwrites_and_removes_stray_rows_of_the_shard_on_the_destination(
+    databases: Databases,
+) -> None:
+    setup = _move_setup(databases, rows=200)
+    try:
+        before = _authoritative_rows(databases, setup.mover)
+        moving = [row for row in before if logical_shard(row[1], LOGICAL) == setup.logical]
+        destination = databases.primary_engine(setup.destination)
+        with destination.begin() as conn:  # written there by mistake, before the move
+            conn.execute(  # the same primary key as a moving row, other values
+                sa.insert(Order).values(id=moving[0][0], user_id=moving[0][1], total=-1)
+            )
+            conn.execute(sa.insert(Order).values(id=9001, user_id=setup.keys[0], total=-2))
+        destination.dispose()
+        kept = list(databases.rows()[setup.destination])
+        setup.mover.move_shard(setup.logical, to=setup.destination, tables=[Order.user_id])
+        stored = databases.rows()
+        assert sorted(stored[setup.destination]) == sorted(
+            [row for row in kept if row[0] not in (moving[0][0], 9001)] + moving
+        )
+        assert not any(logical_shard(r[1], LOGICAL) == setup.logical for r in stored[setup.source])
+        assert _authoritative_rows(databases, setup.mover) == before
+    finally:
+        setup.close()
 
 
 @pytest.mark.parametrize("step", ["copied", "verified", "published", "switched", "cleaned"])
@@ -663,3 +820,84 @@ async def test_async_move_shard(databases: Databases) -> None:
         await engine.dispose()
     await catalog_engine.dispose()
     setup.close()
+
+
+# -- the Redis catalog ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["standalone", "cluster"])
+def test_a_redis_catalog_publishes_and_fences_like_the_table(
+    kind: str, databases: Databases, redis_server: RedisNode, redis_cluster: RedisClusterHarness
+) -> None:
+    databases.reset()
+    client = redis_cluster.client() if kind == "cluster" else redis_server.client()
+    catalog = RedisShardCatalog(client, name=f"m{uuid.uuid4().hex[:8]}")
+    catalog.install()
+    assert catalog.load() is None
+    first = assign_balanced(NAMES, LOGICAL)
+    catalog.publish(first)
+    catalog.publish(first)  # the same map again: a no-op
+    assert catalog.load() == first
+    with pytest.raises(ShardingError, match="next version is 2"):
+        catalog.publish(first.with_owners({0: "db3"}).with_owners({1: "db3"}))
+    targets_a, engines_a = databases.sync_targets()
+    targets_b, engines_b = databases.sync_targets()
+    stale = ShardMap.from_catalog(catalog, targets_a)
+    stale.install_fences()
+    fresh = ShardMap.from_catalog(catalog, targets_b)
+    key = next(k for k in range(1000) if stale.name_for(k) == "db1")
+    unmoved = next(
+        k
+        for k in range(1000)
+        if stale.name_for(k) == "db1" and stale.shard_for(k) != stale.shard_for(key)
+    )
+    fresh.publish(fresh.assignment.with_owners({fresh.shard_for(key): "db3"}))
+    # Another instance that read version 1 before fresh published plans its own version 2:
+    # the compare-and-set script refuses it.
+    late = RedisShardCatalog(client, name=catalog.name)
+    late.load = lambda: first  # type: ignore[method-assign]
+    with pytest.raises(ShardingError, match="published by another instance"):
+        late.publish(first.with_owners({0: "db2"}))
+    assert catalog.load() == fresh.assignment
+    with stale.session(key) as session:
+        session.add(Order(id=1, user_id=key, total=1))
+        with pytest.raises(StaleShardMap):
+            session.commit()
+    with stale.session(unmoved) as session:
+        session.add(Order(id=2, user_id=unmoved, total=1))
+        session.commit()
+    assert stale.refresh() is True and stale.version == 2
+    with pytest.raises(ConfigurationError, match="records its steps in a table"):
+        stale.move_shard(0, to="db1", tables=[Order.user_id])
+    for shards, targets, engines in ((stale, targets_a, engines_a), (fresh, targets_b, engines_b)):
+        shards.close()
+        targets[POOLED].close()
+        for engine in engines:
+            engine.dispose()
+    client.delete(catalog.key)
+    client.close()
+
+
+async def test_an_async_redis_catalog(databases: Databases, redis_server: RedisNode) -> None:
+    databases.reset()
+    client = redis_server.async_client(decode_responses=True)
+    catalog = AsyncRedisShardCatalog(client, name=f"a{uuid.uuid4().hex[:8]}")
+    try:
+        await catalog.ainstall()
+        await catalog.apublish(assign_balanced(NAMES, LOGICAL))
+        targets, engines = databases.async_targets()
+        shards = await AsyncShardMap.afrom_catalog(catalog, targets)
+        await shards.ainstall_fences()
+        key = next(k for k in range(1000) if shards.name_for(k) == "db0")
+        await shards.apublish(shards.assignment.with_owners({shards.shard_for(key): "db1"}))
+        assert (await catalog.aload()) == shards.assignment and shards.version == 2
+        async with shards.session(key) as session:
+            session.add(Order(id=1, user_id=key, total=1))
+            await session.commit()
+        assert [row[0] for row in databases.rows()["db1"]] == [1]
+        targets[POOLED].close()
+        for engine in engines:
+            await engine.dispose()
+    finally:
+        await client.delete(catalog.key)
+        await client.aclose()

@@ -10,7 +10,9 @@ source) and ``_sync.py`` (generated from it by ``scripts/unasync.py``).
 from __future__ import annotations
 
 import contextlib
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import repeat
 from typing import TYPE_CHECKING, Any, Literal
 
 from scalekit.batch._core import (
@@ -33,8 +35,9 @@ __all__ = [
     "COPY_BINARY_HEADER",
     "COPY_BINARY_TRAILER",
     "COPY_FLUSH_BYTES",
-    "binary_row_encoder",
     "DEFAULT",
+    "binary_row_encoder",
+    "copy_blocks",
     "CopyAborted",
     "is_psycopg",
     "make_options",
@@ -151,6 +154,53 @@ def binary_row_encoder() -> Callable[[Sequence[Any], Any, bytearray], None] | No
         return None
     encode = getattr(_copy_base, "format_row_binary", None)
     return encode if callable(encode) else None
+
+
+#: Rows in the first block of :func:`copy_blocks`; later blocks are sized to
+#: about :data:`COPY_FLUSH_BYTES` from the bytes per row seen so far.
+_FIRST_BLOCK_ROWS = 64
+_MAX_BLOCK_ROWS = 4096
+
+
+def copy_blocks(
+    encode: Callable[[Sequence[Any], Any, bytearray], Any],
+    rows: Sequence[Sequence[Any]],
+    transformer: Any,
+    failed: Callable[[int, Sequence[Any], Exception], Exception],
+) -> Iterator[bytearray]:
+    """Binary COPY data of ``rows`` in blocks of about :data:`COPY_FLUSH_BYTES`.
+
+    The first block starts with the format's header, the last ends with its
+    trailer. A block's rows are encoded by ``encode`` (psycopg's
+    ``format_row_binary``) in one C-level loop (``map`` drained by a
+    zero-length ``deque``): no Python bytecode runs per row. A row that
+    cannot be encoded is found again row by row, and ``failed(index, row,
+    error)`` builds the exception raised for it.
+    """
+    buffer = bytearray(COPY_BINARY_HEADER)
+    total = len(rows)
+    start = 0
+    size = _FIRST_BLOCK_ROWS
+    while start < total:
+        block = rows[start : start + size]
+        try:
+            deque(map(encode, block, repeat(transformer), repeat(buffer)), maxlen=0)
+        except Exception as exc:
+            scratch = bytearray()
+            for offset, row in enumerate(block):
+                try:
+                    encode(row, transformer, scratch)
+                except Exception as error:
+                    raise failed(start + offset, row, error) from error
+            raise failed(start, block[0], exc) from exc  # pragma: no cover - not reproduced
+        start += len(block)
+        if start < total:
+            per_row = max(len(buffer) // len(block), 1)
+            size = max(1, min(_MAX_BLOCK_ROWS, COPY_FLUSH_BYTES // per_row))
+            yield buffer
+            buffer = bytearray()
+    buffer += COPY_BINARY_TRAILER
+    yield buffer
 
 
 def probe_binary(connection: Any, oids: Sequence[int], row: Sequence[Any]) -> int | None:

@@ -702,7 +702,7 @@ def dedupe(
     policy: Dedupe,
     as_dict: Callable[[tuple[Any, ...]], dict[str, Any]] | None = None,
     from_value: Callable[[Any], tuple[Any, ...]] | None = None,
-) -> tuple[list[tuple[Any, ...]], list[int], int]:
+) -> tuple[list[tuple[Any, ...]], Sequence[int], int]:
     """Keep one row per conflict key; return ``(rows, positions, dropped)``.
 
     ``"last"`` keeps the last row of a key, ``"first"`` the first, a callable
@@ -719,6 +719,9 @@ def dedupe(
         return list(rows), list(positions), 0
     single = len(key_indices) == 1
     first_index = key_indices[0]
+    # The common case, every key distinct, found by C-level loops: nothing to drop.
+    if len(set(map(itemgetter(*key_indices), rows))) == len(rows):
+        return list(rows), positions, 0
     kept: dict[Hashable, int] = {}
     out_rows: list[tuple[Any, ...] | None] = []
     out_positions: list[int] = []

@@ -662,11 +662,11 @@ class Load:
 
     def _shape(
         self, raw: list[Any], first: int, chunk_index: int
-    ) -> tuple[list[tuple[Any, ...]], list[int], int]:
+    ) -> tuple[list[tuple[Any, ...]], Sequence[int], int]:
         shaper = self._shaper
         assert shaper is not None
         try:
-            return shaper.shape_rows(raw, first), list(range(first, first + len(raw))), 0
+            return shaper.shape_rows(raw, first), range(first, first + len(raw)), 0
         except RowProblem:
             if self.options.on_error != "isolate":
                 raise
@@ -756,7 +756,7 @@ class Load:
 
     # -- transaction policy and retries -----------------------------------------------------
 
-    def _policy(self, rows: list[tuple[Any, ...]], positions: list[int]) -> Flow:
+    def _policy(self, rows: list[tuple[Any, ...]], positions: Sequence[int]) -> Flow:
         policy = self.options.transaction
         if policy == "per_chunk":
 
@@ -819,7 +819,7 @@ class Load:
 
     # -- writing ---------------------------------------------------------------------------
 
-    def _write(self, rows: list[tuple[Any, ...]], positions: list[int]) -> Flow:
+    def _write(self, rows: list[tuple[Any, ...]], positions: Sequence[int]) -> Flow:
         if self.options.on_error == "isolate":
             return (yield from self._isolate(rows, positions))
         return (yield from self._write_method(rows, positions))
@@ -836,7 +836,7 @@ class Load:
             return False
         return True
 
-    def _isolate(self, rows: list[tuple[Any, ...]], positions: list[int]) -> Flow:
+    def _isolate(self, rows: list[tuple[Any, ...]], positions: Sequence[int]) -> Flow:
         handle = yield Savepoint()
         try:
             outcome = yield from self._write_method(rows, positions)
@@ -853,7 +853,7 @@ class Load:
         yield ReleaseSavepoint(handle)
         return outcome
 
-    def _write_method(self, rows: list[tuple[Any, ...]], positions: list[int]) -> Flow:
+    def _write_method(self, rows: list[tuple[Any, ...]], positions: Sequence[int]) -> Flow:
         method = self._method
         try:
             if method in ("copy", "copy_text"):
@@ -888,28 +888,29 @@ class Load:
             count, sent = yield PgCopy(pg.copy_text, rows, None, self._json_params)
         return _Outcome(inserted=count if count >= 0 else len(rows), bytes=sent)
 
-    def _staging(self, rows: list[tuple[Any, ...]], positions: list[int]) -> Flow:
+    def _staging(self, rows: list[tuple[Any, ...]], positions: Sequence[int]) -> Flow:
         pg = self._pg
         assert pg is not None and self._oids is not None
         yield PgQuery(pg.create_stage)
         # Staged rows keep the chunk's order, so a RowDumpError's index is the chunk's.
-        staged = [(i, *row) for i, row in enumerate(rows, 1)]
+        staged: list[tuple[Any, ...]] = rows
+        oids = self._oids
+        json_params = self._json_params
+        if pg.stage_ordinal:  # returned rows are matched back through it
+            staged = [(i, *row) for i, row in enumerate(rows, 1)]
+            oids = (_INT8_OID, *oids)
+            json_params = tuple((i + 1, kind) for i, kind in json_params)
         if self._binary:
-            _, sent = yield PgCopy(pg.copy_stage, staged, (_INT8_OID, *self._oids))
+            _, sent = yield PgCopy(pg.copy_stage, staged, oids)
         else:
-            _, sent = yield PgCopy(
-                pg.copy_stage_text,
-                staged,
-                None,
-                tuple((i + 1, kind) for i, kind in self._json_params),
-            )
+            _, sent = yield PgCopy(pg.copy_stage_text, staged, None, json_params)
         count, result_rows = yield PgQuery(pg.from_stage)
         yield PgQuery(pg.drop_stage)
         outcome = self._interpret(count, result_rows, rows, positions)
         outcome.bytes = sent
         return outcome
 
-    def _unnest(self, rows: list[tuple[Any, ...]], positions: list[int]) -> Flow:
+    def _unnest(self, rows: list[tuple[Any, ...]], positions: Sequence[int]) -> Flow:
         pg = self._pg
         assert pg is not None
         arrays = [list(column) for column in zip(*rows, strict=True)]
@@ -921,7 +922,7 @@ class Load:
         count: int,
         result_rows: Sequence[Sequence[Any]],
         rows: list[tuple[Any, ...]],
-        positions: list[int],
+        positions: Sequence[int],
     ) -> _Outcome:
         pg = self._pg
         assert pg is not None
@@ -951,7 +952,7 @@ class Load:
             inserted=inserted, updated=updated, skipped=total - written, returned=returned
         )
 
-    def _executemany(self, rows: list[tuple[Any, ...]], positions: list[int]) -> Flow:
+    def _executemany(self, rows: list[tuple[Any, ...]], positions: Sequence[int]) -> Flow:
         sa_statements = self._sa
         assert sa_statements is not None
         keys = sa_statements.param_keys

@@ -77,6 +77,9 @@ class PgStatements:
     from_stage: str
     from_unnest: str
     kind: ResultKind
+    #: Whether the staging table has the ordinal column first (only the
+    #: statements matching returned rows to input rows read it).
+    stage_ordinal: bool = True
 
     @classmethod
     def build(
@@ -101,11 +104,14 @@ class PgStatements:
         copy_text = f"COPY {target} ({cols}) FROM STDIN"
         stage_cols = ", ".join(f"{quote_ident(c)} {t}" for c, t in zip(columns, types, strict=True))
         stage = f"pg_temp.{quote_ident(STAGE)}"
+        # Returned rows are matched to input rows through the ordinal; a load
+        # returning nothing (a count at most) stages the rows alone.
+        stage_ordinal = bool(returning)
+        ordinal = f"{quote_ident(ORD)} int8, " if stage_ordinal else ""
         create_stage = (
-            f"CREATE TEMPORARY TABLE {quote_ident(STAGE)} ({quote_ident(ORD)} int8, {stage_cols})"
-            " ON COMMIT DROP"
+            f"CREATE TEMPORARY TABLE {quote_ident(STAGE)} ({ordinal}{stage_cols}) ON COMMIT DROP"
         )
-        stage_list = f"{quote_ident(ORD)}, {cols}"
+        stage_list = f"{quote_ident(ORD)}, {cols}" if stage_ordinal else cols
         copy_stage = f"COPY {stage} ({stage_list}) FROM STDIN (FORMAT BINARY)"
         copy_stage_text = f"COPY {stage} ({stage_list}) FROM STDIN"
         drop_stage = f"DROP TABLE {stage}"
@@ -208,6 +214,7 @@ class PgStatements:
             from_stage=write(stage, placeholders=False),
             from_unnest=write(unnest_source, placeholders=True),
             kind=kind,
+            stage_ordinal=stage_ordinal,
         )
 
 

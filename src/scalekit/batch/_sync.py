@@ -19,11 +19,9 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 from scalekit._clock import SYSTEM_CLOCK
 from scalekit.batch._base import (
     COPY_ABORTED,
-    COPY_BINARY_HEADER,
-    COPY_BINARY_TRAILER,
-    COPY_FLUSH_BYTES,
     DEFAULT,
     binary_row_encoder,
+    copy_blocks,
     is_psycopg,
     make_options,
     probe_binary,
@@ -152,22 +150,16 @@ def _copy_rows(connection: Any, op: PgCopy) -> tuple[int, int]:
         if op.oids is not None:
             copy.set_types(list(op.oids))
         if encode is not None:
-            # Binary COPY in block mode: rows encoded into one buffer by psycopg's
-            # own encoder, sent in blocks with the format's header and trailer.
-            assert op.oids is not None
-            transformer = copy.formatter.transformer
-            buffer = bytearray(COPY_BINARY_HEADER)
-            for index, row in enumerate(op.rows):
-                try:
-                    encode(row, transformer, buffer)
-                except Exception as exc:
-                    column = probe_binary(connection, op.oids, row)
-                    raise RowDumpError(index, column, exc) from exc
-                if len(buffer) > COPY_FLUSH_BYTES:
-                    copy.write(buffer)
-                    buffer = bytearray()
-            buffer += COPY_BINARY_TRAILER
-            copy.write(buffer)
+            # Binary COPY in block mode: rows encoded by psycopg's own encoder,
+            # a block at a time, sent with the format's header and trailer.
+            oids = op.oids
+            assert oids is not None
+
+            def failed(index: int, row: Sequence[Any], exc: Exception) -> Exception:
+                return RowDumpError(index, probe_binary(connection, oids, row), exc)
+
+            for block in copy_blocks(encode, op.rows, copy.formatter.transformer, failed):
+                copy.write(block)
         else:
             write_row = copy.write_row
             rows = op.rows if not op.json_columns else wrap_json_rows(op.rows, op.json_columns)

@@ -1,19 +1,11 @@
-"""The asyncio driver: await a coroutine function through a breaker.
+"""The call drivers: run a function through a breaker (the sync ones are generated).
 
-The hot path (a local breaker with no result check, closed) reads one
-attribute to be admitted, runs the function with no lock held, and counts
-a success with one atomic step when the core's ``tally_until`` says it
-cannot change anything (no failure streak to end, no failure or slow call in
-the rate window); otherwise it records it under the lock. It reads the clock
-only for a time window or slow-call timing. Everything else goes through
-:func:`_call_full`, which reads the clock and classifies results. Outcomes
-enter the breaker through one function,
+Outcomes enter the breaker through one function,
 :meth:`~scalekit.breaker._base.Recorder.record` (local state) or
-:func:`afinish` (listeners, shared state).
-
-Asyncio: core calls stay synchronous and short (no ``await`` while the lock
-is held), so one breaker serves threads and tasks at once. A cancelled call
-counts as neither success nor failure and frees its permit.
+:func:`afinish` (listeners, shared state); the hot path, and why one breaker
+serves threads and tasks at once, are described on
+:class:`~scalekit.breaker._base.Recorder`. Everything off the hot path goes
+through :func:`_call_full`, which reads the clock and classifies results.
 """
 
 from __future__ import annotations
@@ -41,13 +33,6 @@ __unasync__ = {
     "afinish": "finish",
     "amanual": "manual",
     "_arun": "_run",
-    "The asyncio driver: await a coroutine function": "The sync driver: run a plain function",
-    "Await ``func(*args, **kwargs)``": "Run ``func(*args, **kwargs)``",
-    "an ``async def`` function": "a plain function",
-    "Asyncio: core calls stay synchronous and short (no ``await`` while the lock\n"
-    "is held), so one breaker serves threads and tasks at once. A cancelled call\n"
-    "counts as neither success nor failure and frees its permit.": "Threads: the lock is "
-    "held only for core calls, never around the function.",
 }
 
 P = ParamSpec("P")
@@ -125,7 +110,7 @@ async def acall(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> T:
-    """Await ``func(*args, **kwargs)`` through the breaker (see ``CircuitBreaker.acall``)."""
+    """Run ``func(*args, **kwargs)`` through the breaker (see ``CircuitBreaker.acall``)."""
     if rec.tally:
         core = rec.core
         ticket = core.free_ticket
@@ -205,12 +190,11 @@ async def _call_full(
 def awrap(
     rec: Recorder, func: Callable[P, Coroutine[Any, Any, T]]
 ) -> Callable[P, Coroutine[Any, Any, T]]:
-    """Decorate an ``async def`` function; the wrapper keeps its signature and metadata.
+    """Decorate ``func``; the wrapper keeps its signature and metadata.
 
-    For a local breaker the wrapper inlines :func:`acall`'s hot path (one
-    Python frame less per call), in a clockless variant when neither a time
-    window nor slow-call timing needs the time; with a result check,
-    :func:`_call_full`'s closed-circuit path.
+    A local breaker's wrapper inlines :func:`acall`'s hot path (one frame less
+    per call), clockless when no time window or slow-call timing needs the
+    time; with a result check, :func:`_call_full`'s closed-circuit path.
     """
     core = rec.core
     record = rec.record

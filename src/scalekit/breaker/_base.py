@@ -44,6 +44,14 @@ class Recorder:
     ``itertools.count`` is atomic: no lock). ``clocked``: that hot path
     reads the clock (a time window, or slow-call timing); ``slow_below`` is
     the slow-call threshold (``inf`` without one).
+
+    The drivers' hot path (``tally``, closed) reads one attribute to be
+    admitted, runs the function with no lock held, and counts a success with
+    that one atomic step or else records it under the lock; it reads the clock
+    only for a time window or slow-call timing. Core calls stay synchronous and
+    short (the lock is never held around the function, nor across an
+    ``await``), so one breaker serves threads and tasks at once. A cancelled
+    asyncio call counts as neither success nor failure and frees its permit.
     """
 
     __slots__ = (

@@ -1,19 +1,13 @@
 # This file is generated from src/scalekit/breaker/_async.py by scripts/unasync.py.
 # DO NOT EDIT; edit the async file and run: python scripts/unasync.py
-"""The sync driver: run a plain function through a breaker.
+"""The call drivers: run a function through a breaker (the sync ones are generated).
 
-The hot path (a local breaker with no result check, closed) reads one
-attribute to be admitted, runs the function with no lock held, and counts
-a success with one atomic step when the core's ``tally_until`` says it
-cannot change anything (no failure streak to end, no failure or slow call in
-the rate window); otherwise it records it under the lock. It reads the clock
-only for a time window or slow-call timing. Everything else goes through
-:func:`_call_full`, which reads the clock and classifies results. Outcomes
-enter the breaker through one function,
+Outcomes enter the breaker through one function,
 :meth:`~scalekit.breaker._base.Recorder.record` (local state) or
-:func:`finish` (listeners, shared state).
-
-Threads: the lock is held only for core calls, never around the function.
+:func:`finish` (listeners, shared state); the hot path, and why one breaker
+serves threads and tasks at once, are described on
+:class:`~scalekit.breaker._base.Recorder`. Everything off the hot path goes
+through :func:`_call_full`, which reads the clock and classifies results.
 """
 
 from __future__ import annotations
@@ -178,12 +172,11 @@ def _call_full(
 
 
 def wrap(rec: Recorder, func: Callable[P, T]) -> Callable[P, T]:
-    """Decorate a plain function; the wrapper keeps its signature and metadata.
+    """Decorate ``func``; the wrapper keeps its signature and metadata.
 
-    For a local breaker the wrapper inlines :func:`call`'s hot path (one
-    Python frame less per call), in a clockless variant when neither a time
-    window nor slow-call timing needs the time; with a result check,
-    :func:`_call_full`'s closed-circuit path.
+    A local breaker's wrapper inlines :func:`call`'s hot path (one frame less
+    per call), clockless when no time window or slow-call timing needs the
+    time; with a result check, :func:`_call_full`'s closed-circuit path.
     """
     core = rec.core
     record = rec.record

@@ -1,55 +1,33 @@
-"""The asyncio shell: run the plan's probes as tasks, each under its own timeout.
+"""The health shells: run the plan's probes side by side, each under its own timeout.
 
-Only I/O lives here (the decisions are in ``_plan.py`` and ``_core.py``);
-the colours differ only in how probes run side by side. A probe that misses
-its deadline is cancelled and not awaited, so cleanup that talks to a frozen
-server cannot hold up the report.
+Only I/O lives here (the decisions are in ``_plan.py``, ``_probes.py`` and
+``_core.py``). The colours differ only in how probes run side by side: tasks
+(``_run``) in asyncio, daemon threads (``_base.py``) in the generated sync shell.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
 from scalekit._clock import SYSTEM_CLOCK
 from scalekit._unasync import IS_ASYNC
-from scalekit.health._core import DatabaseSample, HealthReport, Thresholds
+from scalekit.health._base import ProbeThread, bounded_twin
+from scalekit.health._core import HealthReport, Thresholds
 from scalekit.health._plan import DEFAULT_TIMEOUT, IN_FLIGHT, Outcome, Probe, finish, plan
 from scalekit.health._probes import (
-    postgres_sample,
-    postgres_sql,
+    database_queries,
+    database_sample,
     redis_cluster_sample,
     redis_sample,
-    statement_timeout_sql,
 )
 from scalekit.health._ready import READINESS_TIMEOUT, readiness_status
 from scalekit.typing import Clock
 
-if not IS_ASYNC:
-    import functools
-
-    from scalekit.health._base import ProbeThread, bounded_twin
-
-__unasync__ = {
-    "acheck_health": "check_health",
-    "areadiness": "readiness",
-    "The asyncio shell: run the plan's probes as tasks": (
-        "The sync shell: run the plan's probes in threads"
-    ),
-    "A probe that misses\n"
-    "its deadline is cancelled and not awaited, so cleanup that talks to a frozen\n"
-    "server cannot hold up the report.": (
-        "Probes run in\n"
-        "daemon threads, so a probe stuck on a frozen server never holds up the\n"
-        "report past its timeout, nor the interpreter's exit."
-    ),
-    "``redis`` an asyncio client": "``redis`` a client",
-    "its own task": "its own thread",
-    "a sync engine or\n            Redis client": "an asyncio engine\n            or Redis client",
-    "\n    ``breakers``, ``limiters`` and ``caches`` may be of either colour.": "",
-}
+__unasync__ = {"acheck_health": "check_health", "areadiness": "readiness"}
 
 __all__ = ["acheck_health", "areadiness"]
 
@@ -71,18 +49,17 @@ async def acheck_health(
     ``pool`` is a :class:`~scalekit.routing.AsyncRoutingPool` (each node is
     probed, plus a ``routing:<name>`` component; its lag limits become the lag
     warning levels), ``engines`` a mapping of name to ``AsyncEngine``,
-    ``redis`` an asyncio client or a mapping of name to client (standalone or
-    cluster). ``breakers`` (:class:`~scalekit.breaker.CircuitBreaker`),
-    ``limiters`` (:class:`~scalekit.ratelimit.AsyncRateLimiter`) and
-    ``caches`` (:class:`~scalekit.cache.AsyncCache`) are each one object, a
-    list, or a mapping of name to object; they are judged from their public
-    state with no I/O (``breaker:<name>``, ``limiter:<name>``,
+    ``redis`` a client of ``redis.asyncio`` or a mapping of name to client
+    (standalone or cluster). ``breakers`` (:class:`~scalekit.breaker.CircuitBreaker`),
+    ``limiters`` (:class:`~scalekit.ratelimit.AsyncRateLimiter`) and ``caches``
+    (:class:`~scalekit.cache.AsyncCache`), of either colour, are each one
+    object, a list, or a mapping of name to object; they are judged from their
+    public state with no I/O (``breaker:<name>``, ``limiter:<name>``,
     ``cache:<name>``: state, whether a fallback is in force, since when), and
-    count at most as a warning. Each probe runs in its own task under its own
-    ``timeout`` (seconds) and never waits for a pool slot: an engine whose
-    pool is exhausted is reported critical at once, unprobed. Nothing raises
-    for a server that is down; it is reported.
-    ``breakers``, ``limiters`` and ``caches`` may be of either colour.
+    count at most as a warning. Probes run side by side, each under its own
+    ``timeout`` (seconds), and never wait for a pool slot: an engine whose pool
+    is exhausted is reported critical at once, unprobed. Nothing raises for a
+    server that is down; it is reported.
 
     Examples:
         >>> report = await acheck_health(engines={"main": engine}, redis=client)  # doctest: +SKIP
@@ -90,11 +67,10 @@ async def acheck_health(
         ('ok', True)
 
     Raises:
-        ConfigurationError: an argument of the wrong kind (a sync engine or
-            Redis client), a bad ``timeout``, a breaker, limiter or cache of
-            the wrong type, or two components with the same name.
+        ConfigurationError: an argument of the wrong kind (an engine or Redis
+            client of the other colour), a bad ``timeout``, a breaker, limiter
+            or cache of the wrong type, or two components with the same name.
     """
-    checked_at = clock.time()
     the_plan = plan(
         pool=pool,
         engines=engines,
@@ -105,12 +81,9 @@ async def acheck_health(
         thresholds=thresholds,
         timeout=timeout,
         asynchronous=IS_ASYNC,
-        now=checked_at,
+        clock=clock,
     )
-    started = clock.monotonic()
-    outcomes = await _run_all([p for p in the_plan.probes if p.decided is None], clock)
-    duration_ms = (clock.monotonic() - started) * 1000.0
-    return finish(the_plan, outcomes, checked_at=checked_at, duration_ms=duration_ms)
+    return finish(the_plan, await _run_all(the_plan.to_run(), clock))
 
 
 async def areadiness(
@@ -147,17 +120,18 @@ async def areadiness(
     return replace(report, status=readiness_status(report))
 
 
-async def _run_all(probes: list[Probe], clock: Clock) -> dict[str, Outcome]:
-    """Start every probe, then collect each outcome by its probe's deadline."""
+async def _run_all(probes: list[Probe], clock: Clock) -> list[Outcome]:
+    """Start every probe, then collect each outcome (in order) by its probe's deadline."""
     if IS_ASYNC:
-        results = await asyncio.gather(*(_run(probe, clock) for probe in probes))
-        return {probe.name: result for probe, result in zip(probes, results, strict=True)}
+        return await asyncio.gather(*(_run(probe, clock) for probe in probes))
     else:
         runs = [ProbeThread(probe, functools.partial(_probe, probe, clock)) for probe in probes]
-        return {run.probe.name: run.wait() for run in runs}
+        return [run.wait() for run in runs]
 
 
 async def _run(probe: Probe, clock: Clock) -> Outcome:  # unasync: async-only
+    """One probe as a task; past its deadline it is cancelled and left behind, so cleanup
+    that talks to a frozen server cannot hold up the report."""
     if not IN_FLIGHT.claim(probe.target):
         return Outcome(still_running=True)
     task = asyncio.ensure_future(_probe(probe, clock))
@@ -185,34 +159,23 @@ async def _probe(probe: Probe, clock: Clock) -> Outcome:
 
 
 async def _database(engine: Any, timeout: float, clock: Clock, *, with_size: bool) -> Outcome:
-    from sqlalchemy import text
-
+    setup, query = database_queries(engine.dialect.name, timeout, with_size=with_size)
     async with engine.connect() as connection:
-        if engine.dialect.name != "postgresql":
-            started = clock.monotonic()
-            await connection.execute(text("SELECT 1"))
-            latency_ms = (clock.monotonic() - started) * 1000.0
-            sample = DatabaseSample(dialect=engine.dialect.name)
-            return Outcome(sample=sample, latency_ms=latency_ms)
-        await connection.exec_driver_sql(statement_timeout_sql(timeout))
+        if setup is not None:
+            await connection.exec_driver_sql(setup)
         started = clock.monotonic()
-        row = (await connection.execute(text(postgres_sql(with_size=with_size)))).mappings().one()
+        result = await connection.execute(query)
         latency_ms = (clock.monotonic() - started) * 1000.0
-        await connection.rollback()
-    return Outcome(sample=postgres_sample(row), latency_ms=latency_ms)
+        sample = database_sample(engine.dialect.name, result)
+    return Outcome(sample=sample, latency_ms=latency_ms)
 
 
 async def _redis(client: Any, timeout: float, clock: Clock) -> Outcome:
     from redis.exceptions import ResponseError
 
-    if IS_ASYNC:  # noqa: SIM108 (each colour's reason stays beside its line)
-        # The user's own client: a probe past its deadline is cancelled, and
-        # redis-py drops a connection whose command was cancelled.
-        twin = client
-    else:
-        # A thread cannot be cancelled: a bounded twin of the client (commands
-        # capped at the probe's timeout, never retried), kept per client.
-        twin = bounded_twin(client, timeout)
+    # A task past its deadline is cancelled (redis-py then drops the connection), so
+    # asyncio uses the user's own client; a thread cannot be, so it uses a bounded twin.
+    twin = client if IS_ASYNC else bounded_twin(client, timeout)
     started = clock.monotonic()
     await twin.ping()
     latency_ms = (clock.monotonic() - started) * 1000.0

@@ -19,6 +19,9 @@ __all__ = ["ProbeThread", "bounded_twin"]
 class ProbeThread:
     """One probe in a daemon thread; :meth:`wait` gives up at the probe's deadline.
 
+    A probe stuck on a frozen server so holds up neither the report past its
+    timeout nor the interpreter's exit.
+
     ``work`` runs the probe and returns its outcome (it catches the probe's
     own errors). A target whose previous probe is still running is not
     probed again: its outcome is ``still_running``.

@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from scalekit._clock import SYSTEM_CLOCK
 from scalekit.errors import ConfigurationError
 from scalekit.health._core import (
     ComponentReport,
@@ -48,6 +49,7 @@ from scalekit.health._core import (
 )
 from scalekit.health._monitor import monitor_for
 from scalekit.health._probes import breaker_sample, cache_sample, limiter_sample, pool_stats
+from scalekit.typing import Clock
 
 __all__ = ["IN_FLIGHT", "InFlight", "Outcome", "Plan", "Probe", "finish", "judge", "plan"]
 
@@ -99,9 +101,16 @@ class Plan:
     routing_nodes: tuple[str, ...] = ()
     #: Components judged without I/O (breakers, limiters, caches), by report name.
     local: Mapping[str, ComponentReport] | None = None
-    #: When the check started (wall seconds), for :class:`NodeMemo`.
+    #: When the check started (wall seconds), for :class:`NodeMemo` and the report.
     now: float = 0.0
     memo: NodeMemo | None = None
+    #: The check's clock, and its ``monotonic()`` once planned: the report's duration.
+    clock: Clock = SYSTEM_CLOCK
+    started: float = 0.0
+
+    def to_run(self) -> list[Probe]:
+        """The probes that need I/O (the others were decided while planning)."""
+        return [probe for probe in self.probes if probe.decided is None]
 
 
 class _Node:
@@ -428,11 +437,16 @@ def plan(
     thresholds: Thresholds | None = None,
     timeout: float = DEFAULT_TIMEOUT,
     asynchronous: bool,
-    now: float = 0.0,
+    clock: Clock = SYSTEM_CLOCK,
     sightings: Sightings = SIGHTINGS,
     memo: NodeMemo = MEMO,
 ) -> Plan:
-    """The probes of one health check. Raises ConfigurationError for arguments of the wrong kind."""
+    """The probes of one health check, timed by ``clock`` from now.
+
+    Raises:
+        ConfigurationError: an argument of the wrong kind.
+    """
+    now = clock.time()
     timeout = _check_timeout(timeout)
     if thresholds is not None and not isinstance(thresholds, Thresholds):
         raise ConfigurationError("thresholds must be a Thresholds value", parameter="thresholds")
@@ -515,6 +529,8 @@ def plan(
         local=local,
         now=now,
         memo=memo,
+        clock=clock,
+        started=clock.monotonic(),
     )
 
 
@@ -577,17 +593,15 @@ def _remembered(probe: Probe, outcome: Outcome, the_plan: Plan) -> Outcome:
     return replace(outcome, sample=sample)
 
 
-def finish(
-    the_plan: Plan,
-    outcomes: Mapping[str, Outcome],
-    *,
-    checked_at: float,
-    duration_ms: float,
-) -> HealthReport:
-    """The report of a plan from the outcomes of its probes (by probe name)."""
+def finish(the_plan: Plan, outcomes: Sequence[Outcome]) -> HealthReport:
+    """The report of a plan, timed now, from the outcomes of :meth:`Plan.to_run`'s probes
+    (in that order)."""
+    duration_ms = (the_plan.clock.monotonic() - the_plan.started) * 1000.0
+    ran = [probe.name for probe in the_plan.to_run()]
+    by_name = dict(zip(ran, outcomes, strict=True))
     components: dict[str, ComponentReport] = {}
     for probe in the_plan.probes:
-        outcome = _remembered(probe, outcomes.get(probe.name, Outcome(timed_out=True)), the_plan)
+        outcome = _remembered(probe, by_name.get(probe.name, Outcome(timed_out=True)), the_plan)
         components[probe.name] = judge(probe, outcome, the_plan.thresholds)
     components.update(the_plan.local or {})
     if the_plan.routing is not None:
@@ -599,4 +613,4 @@ def finish(
         components[f"routing:{the_plan.routing_name}"] = routing_component(
             the_plan.routing, nodes, fallback_to_primary=the_plan.fallback_to_primary
         )
-    return HealthReport.build(components, checked_at=checked_at, duration_ms=duration_ms)
+    return HealthReport.build(components, checked_at=the_plan.now, duration_ms=duration_ms)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from scalekit.health._core import (
     CLUSTER_SLOTS,
+    DatabaseSample,
     FallbackSample,
     PoolStats,
     PostgresSample,
@@ -19,6 +20,7 @@ from scalekit.health._core import (
 )
 
 if TYPE_CHECKING:
+    from sqlalchemy import TextClause
     from sqlalchemy.pool import Pool
 
 __all__ = [
@@ -26,6 +28,8 @@ __all__ = [
     "POSTGRES_SQL_NO_SIZE",
     "breaker_sample",
     "cache_sample",
+    "database_queries",
+    "database_sample",
     "limiter_sample",
     "pool_stats",
     "postgres_sql",
@@ -110,6 +114,33 @@ def postgres_sql(*, with_size: bool) -> str:
 def statement_timeout_sql(seconds: float) -> str:
     """``SET LOCAL statement_timeout`` for the probe's transaction (whole milliseconds, >= 1)."""
     return f"SET LOCAL statement_timeout = {max(int(seconds * 1000), 1)}"
+
+
+def database_queries(
+    dialect: str, timeout: float, *, with_size: bool
+) -> tuple[str | None, TextClause]:
+    """What a database probe sends: a statement to run first (or None), then its query.
+
+    PostgreSQL gets the statement timeout (``SET LOCAL``: it ends with the
+    probe's transaction, which closing the connection rolls back) and
+    :data:`POSTGRES_SQL`; any other dialect ``SELECT 1``, which only shows that
+    it answers.
+    """
+    from sqlalchemy import text
+
+    if dialect != "postgresql":
+        return None, text("SELECT 1")
+    return statement_timeout_sql(timeout), text(postgres_sql(with_size=with_size))
+
+
+def database_sample(dialect: str, result: Any) -> PostgresSample | DatabaseSample:
+    """The sample in the ``Result`` of a database probe's query (see :func:`database_queries`).
+
+    Only PostgreSQL's row is read; for any other dialect, that it answered is the sample.
+    """
+    if dialect != "postgresql":
+        return DatabaseSample(dialect=dialect)
+    return postgres_sample(result.mappings().one())
 
 
 def _int(value: Any) -> int | None:

@@ -1,11 +1,10 @@
 # This file is generated from src/scalekit/health/_async.py by scripts/unasync.py.
 # DO NOT EDIT; edit the async file and run: python scripts/unasync.py
-"""The sync shell: run the plan's probes in threads, each under its own timeout.
+"""The health shells: run the plan's probes side by side, each under its own timeout.
 
-Only I/O lives here (the decisions are in ``_plan.py`` and ``_core.py``);
-the colours differ only in how probes run side by side. Probes run in
-daemon threads, so a probe stuck on a frozen server never holds up the
-report past its timeout, nor the interpreter's exit.
+Only I/O lives here (the decisions are in ``_plan.py``, ``_probes.py`` and
+``_core.py``). The colours differ only in how probes run side by side: tasks
+(``_run``) in asyncio, daemon threads (``_base.py``) in the generated sync shell.
 """
 
 from __future__ import annotations
@@ -17,14 +16,13 @@ from typing import Any
 
 from scalekit._clock import SYSTEM_CLOCK
 from scalekit.health._base import ProbeThread, bounded_twin
-from scalekit.health._core import DatabaseSample, HealthReport, Thresholds
+from scalekit.health._core import HealthReport, Thresholds
 from scalekit.health._plan import DEFAULT_TIMEOUT, Outcome, Probe, finish, plan
 from scalekit.health._probes import (
-    postgres_sample,
-    postgres_sql,
+    database_queries,
+    database_sample,
     redis_cluster_sample,
     redis_sample,
-    statement_timeout_sql,
 )
 from scalekit.health._ready import READINESS_TIMEOUT, readiness_status
 from scalekit.typing import Clock
@@ -49,17 +47,17 @@ def check_health(
     ``pool`` is a :class:`~scalekit.routing.RoutingPool` (each node is
     probed, plus a ``routing:<name>`` component; its lag limits become the lag
     warning levels), ``engines`` a mapping of name to ``Engine``,
-    ``redis`` a client or a mapping of name to client (standalone or
-    cluster). ``breakers`` (:class:`~scalekit.breaker.CircuitBreaker`),
-    ``limiters`` (:class:`~scalekit.ratelimit.RateLimiter`) and
-    ``caches`` (:class:`~scalekit.cache.Cache`) are each one object, a
-    list, or a mapping of name to object; they are judged from their public
-    state with no I/O (``breaker:<name>``, ``limiter:<name>``,
+    ``redis`` a client of ``redis`` or a mapping of name to client
+    (standalone or cluster). ``breakers`` (:class:`~scalekit.breaker.CircuitBreaker`),
+    ``limiters`` (:class:`~scalekit.ratelimit.RateLimiter`) and ``caches``
+    (:class:`~scalekit.cache.Cache`), of either colour, are each one
+    object, a list, or a mapping of name to object; they are judged from their
+    public state with no I/O (``breaker:<name>``, ``limiter:<name>``,
     ``cache:<name>``: state, whether a fallback is in force, since when), and
-    count at most as a warning. Each probe runs in its own thread under its own
-    ``timeout`` (seconds) and never waits for a pool slot: an engine whose
-    pool is exhausted is reported critical at once, unprobed. Nothing raises
-    for a server that is down; it is reported.
+    count at most as a warning. Probes run side by side, each under its own
+    ``timeout`` (seconds), and never wait for a pool slot: an engine whose pool
+    is exhausted is reported critical at once, unprobed. Nothing raises for a
+    server that is down; it is reported.
 
     Examples:
         >>> report = check_health(engines={"main": engine}, redis=client)  # doctest: +SKIP
@@ -67,11 +65,10 @@ def check_health(
         ('ok', True)
 
     Raises:
-        ConfigurationError: an argument of the wrong kind (an asyncio engine
-            or Redis client), a bad ``timeout``, a breaker, limiter or cache of
-            the wrong type, or two components with the same name.
+        ConfigurationError: an argument of the wrong kind (an engine or Redis
+            client of the other colour), a bad ``timeout``, a breaker, limiter
+            or cache of the wrong type, or two components with the same name.
     """
-    checked_at = clock.time()
     the_plan = plan(
         pool=pool,
         engines=engines,
@@ -82,12 +79,9 @@ def check_health(
         thresholds=thresholds,
         timeout=timeout,
         asynchronous=False,
-        now=checked_at,
+        clock=clock,
     )
-    started = clock.monotonic()
-    outcomes = _run_all([p for p in the_plan.probes if p.decided is None], clock)
-    duration_ms = (clock.monotonic() - started) * 1000.0
-    return finish(the_plan, outcomes, checked_at=checked_at, duration_ms=duration_ms)
+    return finish(the_plan, _run_all(the_plan.to_run(), clock))
 
 
 def readiness(
@@ -124,10 +118,10 @@ def readiness(
     return replace(report, status=readiness_status(report))
 
 
-def _run_all(probes: list[Probe], clock: Clock) -> dict[str, Outcome]:
-    """Start every probe, then collect each outcome by its probe's deadline."""
+def _run_all(probes: list[Probe], clock: Clock) -> list[Outcome]:
+    """Start every probe, then collect each outcome (in order) by its probe's deadline."""
     runs = [ProbeThread(probe, functools.partial(_probe, probe, clock)) for probe in probes]
-    return {run.probe.name: run.wait() for run in runs}
+    return [run.wait() for run in runs]
 
 
 def _probe(probe: Probe, clock: Clock) -> Outcome:
@@ -140,28 +134,22 @@ def _probe(probe: Probe, clock: Clock) -> Outcome:
 
 
 def _database(engine: Any, timeout: float, clock: Clock, *, with_size: bool) -> Outcome:
-    from sqlalchemy import text
-
+    setup, query = database_queries(engine.dialect.name, timeout, with_size=with_size)
     with engine.connect() as connection:
-        if engine.dialect.name != "postgresql":
-            started = clock.monotonic()
-            connection.execute(text("SELECT 1"))
-            latency_ms = (clock.monotonic() - started) * 1000.0
-            sample = DatabaseSample(dialect=engine.dialect.name)
-            return Outcome(sample=sample, latency_ms=latency_ms)
-        connection.exec_driver_sql(statement_timeout_sql(timeout))
+        if setup is not None:
+            connection.exec_driver_sql(setup)
         started = clock.monotonic()
-        row = connection.execute(text(postgres_sql(with_size=with_size))).mappings().one()
+        result = connection.execute(query)
         latency_ms = (clock.monotonic() - started) * 1000.0
-        connection.rollback()
-    return Outcome(sample=postgres_sample(row), latency_ms=latency_ms)
+        sample = database_sample(engine.dialect.name, result)
+    return Outcome(sample=sample, latency_ms=latency_ms)
 
 
 def _redis(client: Any, timeout: float, clock: Clock) -> Outcome:
     from redis.exceptions import ResponseError
 
-    # A thread cannot be cancelled: a bounded twin of the client (commands
-    # capped at the probe's timeout, never retried), kept per client.
+    # A task past its deadline is cancelled (redis-py then drops the connection), so
+    # asyncio uses the user's own client; a thread cannot be, so it uses a bounded twin.
     twin = bounded_twin(client, timeout)
     started = clock.monotonic()
     twin.ping()

@@ -1,11 +1,11 @@
 """The asyncio routing pool over ``AsyncEngine`` objects.
 
-The routing rule lives in ``_core.py`` and its I/O in
-:class:`~scalekit.routing._router.Router`, written once over sync engines;
-what the pools share without I/O is in ``_base.py``. This file holds only the
-entry points that talk to a server, and the sync pool is generated from it.
-Here they run the router inside SQLAlchemy's greenlet bridge (the way
-``AsyncSession`` runs the ORM), over each ``AsyncEngine.sync_engine``.
+The rule lives in ``_core.py``, its I/O in :class:`~scalekit.routing._router.Router`
+(written once over sync engines), and what the pools share without I/O in
+``_base.py``. This file holds only the entry points that talk to a server;
+``_bridge`` runs the router: in SQLAlchemy's greenlet bridge for the asyncio
+pool (as SQLAlchemy's asyncio ORM runs), in the caller's thread for the sync
+one, which is generated from this file.
 """
 
 from __future__ import annotations
@@ -17,25 +17,17 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from sqlalchemy.exc import DBAPIError
 
 from scalekit._unasync import IS_ASYNC
-from scalekit.errors import NoHealthyNode
-from scalekit.routing._base import PoolBase
+from scalekit.routing._base import PoolBase, ReadWalk
 from scalekit.routing._core import ConsistencyToken
 from scalekit.routing._orm import AsyncRoutingSession
 from scalekit.routing._router import READONLY_OPTION
-from scalekit.typing import Clock
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker
 
 __all__ = ["AsyncRoutingPool"]
 
-__unasync__ = {
-    "The asyncio routing pool": "The sync routing pool",
-    "Here they run the router inside SQLAlchemy's greenlet bridge (the way\n"
-    "``AsyncSession`` runs the ORM), over each ``AsyncEngine.sync_engine``.": (
-        "Here they call the router in the caller's thread."
-    ),
-}
+__unasync__ = {"The asyncio routing pool": "The sync routing pool"}
 
 _T = TypeVar("_T")
 
@@ -84,15 +76,6 @@ class AsyncRoutingPool(PoolBase):
 
     _async = IS_ASYNC
 
-    def _greenlet_sleep(self, clock: Clock) -> Callable[[float], None]:  # unasync: async-only
-        # Router I/O runs inside the greenlet bridge, where await_ suspends the task.
-        from sqlalchemy.util import await_only
-
-        def sleep(seconds: float) -> None:
-            await_only(clock.asleep(seconds))
-
-        return sleep
-
     def _engine(self, node: str) -> AsyncEngine:
         engine: AsyncEngine = self._originals[node]
         return engine
@@ -133,33 +116,18 @@ class AsyncRoutingPool(PoolBase):
             await conn.close()
 
     async def _connect_read(self) -> AsyncConnection:
-        # The first node of the read plan that accepts a connection; a node that
-        # refuses is left out of the next plan.
-        router = self._router
-        tried: list[str] = []
-        exclude: frozenset[str] = frozenset()
-        last: BaseException | None = None
-        for _ in range(len(router.engines) + 1):
-            try:
-                plan = await _bridge(router.plan_read, exclude)
-            except NoHealthyNode as exc:
-                if last is None:
-                    raise
-                raise NoHealthyNode("replica", tried=tried, reason=exc.reason) from last
-            for node in plan.attempts:
+        walk = ReadWalk(self._router)
+        for _ in walk.rounds():
+            for node in await _bridge(walk.plan):
                 try:
                     conn = await self._engine(node).connect()
                 except DBAPIError as exc:
-                    if getattr(exc, "scalekit_node", None) != node:
-                        raise
-                    tried.append(node)
-                    exclude = exclude | {node}
-                    last = exc
+                    walk.refused(node, exc)
                     continue
-                if node != router.core.primary:
+                if node != self._router.core.primary:
                     await conn.execution_options(**{READONLY_OPTION: True})
                 return conn
-        raise NoHealthyNode("replica", tried=tried, reason="every node refused") from last
+        walk.exhausted()
 
     @contextlib.asynccontextmanager
     async def begin(self) -> AsyncIterator[AsyncConnection]:

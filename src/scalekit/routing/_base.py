@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from scalekit._clock import SYSTEM_CLOCK
-from scalekit.errors import ConfigurationError
+from scalekit.errors import ConfigurationError, NoHealthyNode
 from scalekit.routing._core import (
     BalancerName,
     ConsistencyMode,
@@ -26,7 +26,7 @@ from scalekit.typing import Clock
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
-__all__ = ["PoolBase"]
+__all__ = ["PoolBase", "ReadWalk"]
 
 
 def _named(
@@ -50,6 +50,58 @@ def _named(
     if single_name is not None and len(engines) == 1:
         return [(single_name, engines[0])]
     return [(f"{prefix}{index}", engine) for index, engine in enumerate(engines, 1)]
+
+
+class ReadWalk:
+    """The bookkeeping of one read-only connect: plans, refusals and the final error.
+
+    The first node of the read plan that accepts a connection wins; a node
+    that refuses is left out of the next plan, and once every node has had
+    its chance the read fails with :class:`~scalekit.errors.NoHealthyNode`
+    (caused by the last refusal). The shells do the connecting.
+    """
+
+    __slots__ = ("_exclude", "_last", "_router", "_tried")
+
+    def __init__(self, router: Router) -> None:
+        self._router = router
+        self._tried: list[str] = []
+        self._exclude: frozenset[str] = frozenset()
+        self._last: BaseException | None = None
+
+    def rounds(self) -> range:
+        """One read plan per round: enough for every node to refuse once."""
+        return range(len(self._router.engines) + 1)
+
+    def plan(self) -> tuple[str, ...]:
+        """The nodes to try, in order, without those that refused (a router call: bridge it).
+
+        Raises:
+            NoHealthyNode: no node left to read from.
+        """
+        try:
+            return self._router.plan_read(self._exclude).attempts
+        except NoHealthyNode as exc:
+            if self._last is None:
+                raise
+            raise NoHealthyNode("replica", tried=self._tried, reason=exc.reason) from self._last
+
+    def refused(self, node: str, exc: BaseException) -> None:
+        """Note that ``node`` refused a connection; re-raise ``exc`` when it is not that."""
+        if getattr(exc, "scalekit_node", None) != node:
+            raise exc
+        self._tried.append(node)
+        self._exclude = self._exclude | {node}
+        self._last = exc
+
+    def exhausted(self) -> NoReturn:
+        """Every round refused.
+
+        Raises:
+            NoHealthyNode: always.
+        """
+        error = NoHealthyNode("replica", tried=self._tried, reason="every node refused")
+        raise error from self._last
 
 
 class PoolBase:
@@ -144,7 +196,16 @@ class PoolBase:
     # -- construction helpers ------------------------------------------------------------------
 
     def _greenlet_sleep(self, clock: Clock) -> Callable[[float], None]:
-        return clock.sleep
+        """How the router sleeps: the clock's ``sleep``, or in an asyncio pool, whose
+        router runs inside the greenlet bridge, ``asleep`` awaited from there."""
+        if not self._async:
+            return clock.sleep
+        from sqlalchemy.util import await_only
+
+        def sleep(seconds: float) -> None:
+            await_only(clock.asleep(seconds))
+
+        return sleep
 
     def _sync_engine(self, engine: object, parameter: str) -> Engine:
         from sqlalchemy import Engine

@@ -2,11 +2,12 @@
 # DO NOT EDIT; edit the async file and run: python scripts/unasync.py
 """The sync routing pool over ``Engine`` objects.
 
-The routing rule lives in ``_core.py`` and its I/O in
-:class:`~scalekit.routing._router.Router`, written once over sync engines;
-what the pools share without I/O is in ``_base.py``. This file holds only the
-entry points that talk to a server, and the sync pool is generated from it.
-Here they call the router in the caller's thread.
+The rule lives in ``_core.py``, its I/O in :class:`~scalekit.routing._router.Router`
+(written once over sync engines), and what the pools share without I/O in
+``_base.py``. This file holds only the entry points that talk to a server;
+``_bridge`` runs the router: in SQLAlchemy's greenlet bridge for the asyncio
+pool (as SQLAlchemy's asyncio ORM runs), in the caller's thread for the sync
+one, which is generated from this file.
 """
 
 from __future__ import annotations
@@ -17,8 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy.exc import DBAPIError
 
-from scalekit.errors import NoHealthyNode
-from scalekit.routing._base import PoolBase
+from scalekit.routing._base import PoolBase, ReadWalk
 from scalekit.routing._core import ConsistencyToken
 from scalekit.routing._orm import RoutingSession
 from scalekit.routing._router import READONLY_OPTION
@@ -113,33 +113,18 @@ class RoutingPool(PoolBase):
             conn.close()
 
     def _connect_read(self) -> Connection:
-        # The first node of the read plan that accepts a connection; a node that
-        # refuses is left out of the next plan.
-        router = self._router
-        tried: list[str] = []
-        exclude: frozenset[str] = frozenset()
-        last: BaseException | None = None
-        for _ in range(len(router.engines) + 1):
-            try:
-                plan = _bridge(router.plan_read, exclude)
-            except NoHealthyNode as exc:
-                if last is None:
-                    raise
-                raise NoHealthyNode("replica", tried=tried, reason=exc.reason) from last
-            for node in plan.attempts:
+        walk = ReadWalk(self._router)
+        for _ in walk.rounds():
+            for node in _bridge(walk.plan):
                 try:
                     conn = self._engine(node).connect()
                 except DBAPIError as exc:
-                    if getattr(exc, "scalekit_node", None) != node:
-                        raise
-                    tried.append(node)
-                    exclude = exclude | {node}
-                    last = exc
+                    walk.refused(node, exc)
                     continue
-                if node != router.core.primary:
+                if node != self._router.core.primary:
                     conn.execution_options(**{READONLY_OPTION: True})
                 return conn
-        raise NoHealthyNode("replica", tried=tried, reason="every node refused") from last
+        walk.exhausted()
 
     @contextlib.contextmanager
     def begin(self) -> Iterator[Connection]:

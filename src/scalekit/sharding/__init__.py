@@ -18,9 +18,10 @@ merges rows read from several shards (aggregates, ordered pages) and
 ``_catalog.py`` holds the catalog and fence tables; ``_base.py`` is what
 both maps share without I/O (look-ups, the commit-time fence check) and
 ``_orm.py`` the ``ShardSession`` routing statements by ``shard_key``;
-``_async.py`` is ``AsyncShardMap`` and ``AsyncShardCatalog`` (the engines and
-routing pools behind the names) and ``_sync.py``, generated from it by
-``scripts/unasync.py``, is ``ShardMap`` and ``ShardCatalog``.
+``_async.py`` is ``AsyncShardMap``, ``AsyncShardCatalog`` and
+``AsyncRedisShardCatalog`` (the engines and routing pools behind the names)
+and ``_sync.py``, generated from it by ``scripts/unasync.py``, is
+``ShardMap``, ``ShardCatalog`` and ``RedisShardCatalog``.
 """
 
 from __future__ import annotations
@@ -74,16 +75,22 @@ from scalekit.sharding._ids_sync import (
 )
 
 if TYPE_CHECKING:
-    from scalekit.sharding._async import AsyncShardCatalog, AsyncShardMap
+    from scalekit.sharding._async import (
+        AsyncRedisShardCatalog,
+        AsyncShardCatalog,
+        AsyncShardMap,
+    )
     from scalekit.sharding._orm import ShardSession
-    from scalekit.sharding._sync import ShardCatalog, ShardMap
+    from scalekit.sharding._sync import RedisShardCatalog, ShardCatalog, ShardMap
 
 __all__ = [
+    "AsyncRedisShardCatalog",
     "AsyncShardCatalog",
     "AsyncShardMap",
     "DEFAULT_LOGICAL_SHARDS",
     "Distribution",
     "FanOutError",
+    "RedisShardCatalog",
     "ShardAssignment",
     "ShardCatalog",
     "ShardMap",
@@ -129,8 +136,10 @@ __all__.sort()
 
 
 _LAZY = {
+    "AsyncRedisShardCatalog": "scalekit.sharding._async",
     "AsyncShardCatalog": "scalekit.sharding._async",
     "AsyncShardMap": "scalekit.sharding._async",
+    "RedisShardCatalog": "scalekit.sharding._sync",
     "ShardCatalog": "scalekit.sharding._sync",
     "ShardMap": "scalekit.sharding._sync",
     "ShardSession": "scalekit.sharding._orm",

@@ -9,6 +9,7 @@ greenlet bridge).
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +19,7 @@ from sqlalchemy import event
 from scalekit.errors import ConfigurationError, ShardingError, StaleShardMap, UnknownShard
 from scalekit.routing._base import PoolBase
 from scalekit.routing._statements import FLUSH, classify
-from scalekit.sharding._catalog import check_map_name, fence_table
+from scalekit.sharding._catalog import TARGET_FENCE, check_map_name, fence_table
 from scalekit.sharding._hash import DEFAULT_LOGICAL_SHARDS, ShardKey, _fast_md5, logical_shard
 from scalekit.sharding._map import ShardAssignment, assign_balanced
 
@@ -28,8 +29,8 @@ if TYPE_CHECKING:
 
 __all__ = ["ShardMapBase"]
 
-_INT64 = 1 << 63
-_LOW_63 = _INT64 - 1
+_LOW_63 = (1 << 63) - 1
+_pack_int = struct.Struct(">bq").pack
 _CACHE_SIZE = 1 << 16
 _md5 = _fast_md5()
 _from_bytes = int.from_bytes
@@ -157,7 +158,8 @@ class ShardMapBase:
         # owners[logical] -> target: one index on the hot path.
         self._owners = tuple(self._targets[name] for name in assignment.owners)
         self._owner_names = assignment.owners
-        self._count = assignment.logical_shards
+        self._count = count = assignment.logical_shards
+        self._mask = count - 1 if count & (count - 1) == 0 and count <= 1 << 16 else -1
         self._cache: dict[int | str, int] = {}
 
     # -- look-ups ------------------------------------------------------------------------------
@@ -195,14 +197,23 @@ class ShardMapBase:
                 return logical
             # logical_shard inlined for these keys (the same bytes, see _hash.py);
             # anything else goes through it (and its errors).
-            if key_type is int and -_INT64 <= key < _INT64:  # type: ignore[operator]
-                data = b"\x01" + key.to_bytes(8, "big", signed=True)  # type: ignore[union-attr]
-            elif key_type is str and key.isascii():  # type: ignore[union-attr]
+            data: bytes | None
+            if key_type is int:
+                try:
+                    data = _pack_int(1, key)  # tag 0x01, then the signed 8-byte key
+                except struct.error:
+                    data = None  # outside 64 bits: logical_shard raises
+            elif key.isascii():  # type: ignore[union-attr]
                 data = b"\x02" + key.encode()  # type: ignore[union-attr]
             else:
                 data = None
             if data is None:
                 logical = logical_shard(key, self._count)
+            elif (mask := self._mask) >= 0:
+                # A power-of-two count up to 2**16: the low bits of the hash's first
+                # 8 bytes, i.e. of its bytes 6 and 7 (the 63-bit mask cannot matter).
+                digest = _md5(data).digest()
+                logical = (digest[6] << 8 | digest[7]) & mask
             else:
                 logical = (_from_bytes(_md5(data).digest()[:8], "big") & _LOW_63) % self._count
             if len(cache) >= _CACHE_SIZE:
@@ -300,22 +311,42 @@ class ShardMapBase:
                     connection.execute(
                         sa.select(sa.func.pg_advisory_xact_lock_shared(self.lock_class, logical))
                     )
-        statement = (
-            sa.select(fence_table.c.version)
-            .where(fence_table.c.map_name == self.name)
-            .with_for_update(read=True)
+        mine = fence_table.c.map_name == self.name
+        # The target row FOR SHARE: a publish in flight there finishes first.
+        target_row = sa.select(fence_table.c.version).where(
+            mine, fence_table.c.logical == TARGET_FENCE
         )
-        current = connection.execute(statement).scalar()
+        current = connection.execute(target_row.with_for_update(read=True)).scalar()
+        known = [logical for logical in logicals if logical >= 0]
+        if known and len(known) == len(logicals):
+            # Only the shards written matter; read in a statement of its own so that
+            # a publish that committed while this waited is seen.
+            current = connection.execute(
+                sa.select(sa.func.max(fence_table.c.version)).where(
+                    mine, fence_table.c.logical.in_(known)
+                )
+            ).scalar()
         version = self._assignment.version
         if current is not None and current > version:
+            shards = f"logical shard {known[0]}" if len(known) == 1 else "shards"
             raise StaleShardMap(
-                f"shard map {self.name!r} version {version} is stale: target {name!r} "
-                f"requires version {current} (shards moved); the transaction was not "
+                f"shard map {self.name!r} version {version} is stale: {shards} on target "
+                f"{name!r} requires version {current} (moved); the transaction was not "
                 "committed; refresh the map and retry",
                 target=name,
                 version=version,
                 current=int(current),
             )
+
+    def _owner_of(self, logical: int) -> str:
+        """The target name owning ``logical``. Raises UnknownShard outside the map."""
+        if type(logical) is not int or not 0 <= logical < self._count:
+            raise UnknownShard(
+                f"logical shard {logical!r} is not in this map (0..{self._count - 1}); "
+                "was the ID issued with another layout or map?",
+                shard=logical,
+            )
+        return self._owner_names[logical]
 
     def _route_statement(
         self, session_key: ShardKey | None, shard_key: ShardKey | None, clause: Any

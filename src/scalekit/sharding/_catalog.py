@@ -7,31 +7,42 @@ each logical shard as JSON. Instances read the highest version; publishing
 inserts ``version + 1``, and the primary key makes two publishers of the same
 version collide instead of overwriting each other.
 
-Each target database holds a fence (``scalekit_shard_fence``): one row per
-map, the lowest map version allowed to write there. Publishing a version
-that moves logical shards to or from a target raises that target's fence to
-the new version *before* the catalog row is written. A write transaction
-reads its target's fence at commit (``FOR SHARE`` on PostgreSQL, so a fence
-update waits for commits in flight and every later commit sees it); when the
-fence is above the instance's map version the commit is refused with
-:class:`~scalekit.errors.StaleShardMap`: the write is not lost in a database
-that no longer owns the shard. Pure definitions here; the shells do the I/O.
+Each target database holds fences (``scalekit_shard_fence``), per map: a
+row per logical shard that ever moved to or from that target, holding the
+version of its last move (the lowest map version allowed to write that
+shard there), and a target row (``logical = -1``) holding the newest version
+that moved any shard to or from it. Publishing a version that moves logical
+shards raises, on each target they leave or reach, the target row and then
+the rows of those shards to the new version, in one transaction, *before*
+the catalog row is written. A write transaction reads its target's fences at
+commit: first the target row ``FOR SHARE`` on PostgreSQL (so a publisher's
+update waits for commits in flight, and a commit that starts during a
+publish waits for it), then, in a statement of its own (a fresh snapshot
+under READ COMMITTED, so a publish that just committed is seen), the rows of
+the logical shards it wrote. When one is above the instance's map version
+the commit is refused with :class:`~scalekit.errors.StaleShardMap`: the
+write is not lost in a database that no longer owns the shard. A stale
+instance's writes to shards that did not move commit: its map still routes
+them right. A write whose logical shard is unknown is checked against the
+target row. Pure definitions here; the shells do the I/O.
 """
 
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 from typing import Any
 
 import sqlalchemy as sa
 
-from scalekit.errors import ConfigurationError
+from scalekit.errors import ConfigurationError, ShardingError
 from scalekit.sharding._map import ShardAssignment
 
 __all__ = [
     "CATALOG_TABLE",
     "FENCE_TABLE",
     "MOVES_TABLE",
+    "TARGET_FENCE",
     "catalog_table",
     "decode_assignment",
     "encode_assignment",
@@ -69,8 +80,96 @@ fence_table = sa.Table(
     FENCE_TABLE,
     fence_metadata,
     sa.Column("map_name", sa.String(200), primary_key=True),
+    sa.Column("logical", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("version", sa.BigInteger, nullable=False),
 )
+"""Per map: ``logical = -1`` the target row, else one row per logical shard that moved."""
+
+TARGET_FENCE = -1
+"""The ``logical`` of a fence's target row."""
+
+
+REDIS_CATALOG_PREFIX = "scalekit:shard-catalog"
+
+REDIS_PUBLISH = """
+local current = redis.call('HGET', KEYS[1], 'version')
+local version = tonumber(ARGV[1])
+if current then
+    current = tonumber(current)
+    if current == version then
+        if redis.call('HGET', KEYS[1], 'targets') == ARGV[2]
+                and redis.call('HGET', KEYS[1], 'owners') == ARGV[3] then
+            return {0, current}
+        end
+        return {-1, current}
+    end
+    if version ~= current + 1 then
+        return {-2, current}
+    end
+elseif version ~= 1 then
+    return {-2, 0}
+end
+redis.call('HSET', KEYS[1], 'version', ARGV[1], 'targets', ARGV[2], 'owners', ARGV[3])
+return {1, version}
+"""
+"""Compare-and-set of a Redis catalog's hash: ``{1, v}`` stored, ``{0, v}`` the same
+map was there, ``{-1, v}`` another map holds that version, ``{-2, v}`` not the next."""
+
+
+def check_publish(name: str, latest: ShardAssignment | None, assignment: ShardAssignment) -> bool:
+    """Whether ``assignment`` is still to be stored over ``latest`` (False: it is already).
+
+    Raises:
+        ConfigurationError: the logical shard count differs from the stored map's.
+        ShardingError: the version does not follow the newest.
+    """
+    if latest is not None and latest.logical_shards != assignment.logical_shards:
+        raise ConfigurationError(
+            f"the logical shard count changed from {latest.logical_shards} "
+            f"(version {latest.version}) to {assignment.logical_shards}; "
+            "it is fixed once data exists",
+            parameter="logical_shards",
+        )
+    if latest == assignment:
+        return False
+    expected = 1 if latest is None else latest.version + 1
+    if assignment.version != expected:
+        raise ShardingError(
+            f"cannot publish version {assignment.version} of shard map {name!r}: "
+            f"the next version is {expected}"
+        )
+    return True
+
+
+def redis_catalog_key(name: str, prefix: str = REDIS_CATALOG_PREFIX) -> str:
+    """The Redis key of map ``name``'s catalog hash (one key: cluster-safe)."""
+    return f"{prefix}:{{{name}}}"
+
+
+def decode_redis_catalog(name: str, fields: dict[Any, Any]) -> ShardAssignment | None:
+    """The assignment in a Redis catalog hash (``HGETALL``), or None when it is empty.
+
+    Raises:
+        ConfigurationError: the hash does not hold a valid assignment.
+    """
+    if not fields:
+        return None
+    text = {
+        (key.decode() if isinstance(key, bytes) else key): (
+            value.decode() if isinstance(value, bytes) else value
+        )
+        for key, value in fields.items()
+    }
+    try:
+        version = int(text["version"])
+        row = SimpleNamespace(
+            map_name=name, version=version, targets=text["targets"], owners=text["owners"]
+        )
+    except (KeyError, ValueError) as error:
+        raise ConfigurationError(
+            f"the Redis catalog of shard map {name!r} is corrupt: {error!r}", parameter="catalog"
+        ) from error
+    return decode_assignment(row)
 
 
 def check_map_name(name: object) -> str:
@@ -111,16 +210,36 @@ def decode_assignment(row: Any) -> ShardAssignment:
     return ShardAssignment(targets, owners, int(row.version))
 
 
-def moved_targets(old: ShardAssignment, new: ShardAssignment) -> list[str]:
-    """The targets that gain or lose a logical shard from ``old`` to ``new``, in ``new`` order.
+def moved_shards(old: ShardAssignment, new: ShardAssignment) -> dict[str, list[int]]:
+    """The logical shards each target gains or loses from ``old`` to ``new``, in ``new`` order.
 
     Raises:
         ConfigurationError: the logical shard count changed.
     """
     from scalekit.sharding._map import plan_rebalance
 
-    touched: set[str] = set()
+    touched: dict[str, list[int]] = {}
     for move in plan_rebalance(old, new):
-        touched.update((move.source, move.target))
+        touched.setdefault(move.source, []).append(move.logical)
+        touched.setdefault(move.target, []).append(move.logical)
     order = [*new.targets, *(name for name in old.targets if name not in new.targets)]
-    return [name for name in order if name in touched]
+    return {name: sorted(touched[name]) for name in order if name in touched}
+
+
+def fence_upserts(
+    conn_rows: dict[int, int], map_name: str, logicals: list[int], version: int
+) -> tuple[list[int], list[dict[str, Any]]]:
+    """Raising fences to ``version``: the logicals to update, and the rows to insert.
+
+    ``conn_rows`` is what the target holds (logical -> version) for the target
+    row and ``logicals``; the target row comes first in both lists.
+    """
+    update: list[int] = []
+    insert: list[dict[str, Any]] = []
+    for logical in [TARGET_FENCE, *logicals]:
+        present = conn_rows.get(logical)
+        if present is None:
+            insert.append({"map_name": map_name, "logical": logical, "version": version})
+        elif present < version:
+            update.append(logical)
+    return update, insert

@@ -28,15 +28,21 @@ from scalekit.pagination._plan_cache import cached_plan
 from scalekit.routing._sync import RoutingPool
 from scalekit.sharding._base import ShardMapBase
 from scalekit.sharding._catalog import (
+    REDIS_PUBLISH,
+    TARGET_FENCE,
     catalog_metadata,
     catalog_table,
     check_map_name,
+    check_publish,
     decode_assignment,
+    decode_redis_catalog,
     encode_assignment,
     fence_metadata,
     fence_table,
-    moved_targets,
+    fence_upserts,
+    moved_shards,
     moves_table,
+    redis_catalog_key,
 )
 from scalekit.sharding._core import (
     Distribution,
@@ -45,8 +51,9 @@ from scalekit.sharding._core import (
     merge_ordered,
 )
 from scalekit.sharding._hash import KeyType, ShardKey, logical_shard, shard_sql
+from scalekit.sharding._ids import DEFAULT_ID_LAYOUT, IdLayout
 from scalekit.sharding._map import ShardAssignment
-from scalekit.sharding._orm import ShardSession
+from scalekit.sharding._orm import IdRouting, ShardSession
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection, Engine
@@ -55,7 +62,7 @@ if TYPE_CHECKING:
     from scalekit.pagination._cursor import CursorCodec
     from scalekit.pagination._keyset import Page
 
-__all__ = ["ShardCatalog", "ShardMap"]
+__all__ = ["RedisShardCatalog", "ShardCatalog", "ShardMap"]
 
 _T = TypeVar("_T")
 _DEFAULT: Any = object()
@@ -122,22 +129,8 @@ class ShardCatalog:
                 not follow the newest.
             ConfigurationError: the logical shard count differs from the stored map's.
         """
-        latest = self.load()
-        if latest is not None and latest.logical_shards != assignment.logical_shards:
-            raise ConfigurationError(
-                f"the logical shard count changed from {latest.logical_shards} "
-                f"(version {latest.version}) to {assignment.logical_shards}; "
-                "it is fixed once data exists",
-                parameter="logical_shards",
-            )
-        if latest == assignment:
+        if not check_publish(self.name, self.load(), assignment):
             return
-        expected = 1 if latest is None else latest.version + 1
-        if assignment.version != expected:
-            raise ShardingError(
-                f"cannot publish version {assignment.version} of shard map {self.name!r}: "
-                f"the next version is {expected}"
-            )
         try:
             with self.engine.begin() as conn:
                 conn.execute(
@@ -151,6 +144,69 @@ class ShardCatalog:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} on {self.engine.url!r}>"
+
+
+class RedisShardCatalog:
+    """The shared, versioned shard map kept in Redis instead of a table.
+
+    One hash per map (``scalekit:shard-catalog:{name}``, a single key, so it
+    works on Redis Cluster) holds the newest version, its target names and
+    its owners; :meth:`publish` stores the next version with a
+    compare-and-set script. ``client`` is a ``redis`` client
+    (standalone, Sentinel or cluster, with or without ``decode_responses``).
+    The fences stay in the target databases; :meth:`ShardMap.move_shard`
+    records its steps in a table and needs an :class:`ShardCatalog`.
+
+    >>> catalog = RedisShardCatalog(redis_client)  # doctest: +SKIP
+    >>> catalog.publish(assign_balanced(["db0", "db1"]))  # doctest: +SKIP
+    >>> shards = ShardMap.from_catalog(catalog, targets)  # doctest: +SKIP
+
+    Raises:
+        ConfigurationError: a bad ``name``.
+    """
+
+    def __init__(self, client: Any, *, name: str = "default") -> None:
+        self.client = client
+        self.name = check_map_name(name)
+        self.key = redis_catalog_key(self.name)
+
+    def install(self) -> None:
+        """Nothing to create in Redis (here so that both catalogs are used alike)."""
+
+    def load(self) -> ShardAssignment | None:
+        """The newest published assignment of this map, or None when none was published.
+
+        Raises:
+            ConfigurationError: the stored hash is corrupt.
+        """
+        return decode_redis_catalog(self.name, self.client.hgetall(self.key))
+
+    def publish(self, assignment: ShardAssignment) -> None:
+        """Store ``assignment`` as the newest version (it must be the newest plus one, or 1).
+
+        Publishing the same assignment again is a no-op. To move shards use
+        :meth:`ShardMap.publish`, which raises the targets' fences first.
+
+        Raises:
+            ShardingError: another instance published that version first, or
+                the version does not follow the newest.
+            ConfigurationError: the logical shard count differs from the stored map's.
+        """
+        if not check_publish(self.name, self.load(), assignment):
+            return
+        row = encode_assignment(self.name, assignment)
+        code, current = self.client.eval(
+            REDIS_PUBLISH, 1, self.key, assignment.version, row["targets"], row["owners"]
+        )
+        if int(code) < 0:
+            raise ShardingError(
+                f"cannot publish version {assignment.version} of shard map {self.name!r}: "
+                f"version {int(current)} was published by another instance meanwhile; "
+                "reload and plan again"
+            )
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} at {self.key!r}>"
 
 
 class ShardMap(ShardMapBase):
@@ -191,9 +247,9 @@ class ShardMap(ShardMapBase):
         assignment: ShardAssignment | None = None,
         logical_shards: int | None = None,
         fan_out_timeout: float | None = None,
-        catalog: ShardCatalog | None = None,
+        catalog: ShardCatalog | RedisShardCatalog | None = None,
     ) -> None:
-        if catalog is not None and not isinstance(catalog, ShardCatalog):
+        if catalog is not None and not isinstance(catalog, ShardCatalog | RedisShardCatalog):
             raise ConfigurationError("catalog must be a shard catalog", parameter="catalog")
         if catalog is not None and assignment is None:
             raise ConfigurationError(
@@ -214,7 +270,7 @@ class ShardMap(ShardMapBase):
     @classmethod
     def from_catalog(
         cls,
-        catalog: ShardCatalog,
+        catalog: ShardCatalog | RedisShardCatalog,
         targets: Mapping[str, Any],
         *,
         fan_out_timeout: float | None = None,
@@ -261,14 +317,35 @@ class ShardMap(ShardMapBase):
         self._watch_writes(session, name, logical)
         return session
 
-    def sessionmaker(self, **kwargs: Any) -> sessionmaker[Any]:
-        """A session factory whose sessions route each statement by its shard key.
+    def sessionmaker(
+        self,
+        *,
+        id_columns: Sequence[Any] = (),
+        id_layout: IdLayout = DEFAULT_ID_LAYOUT,
+        **kwargs: Any,
+    ) -> sessionmaker[Any]:
+        """A session factory whose sessions route each statement by its shard key or ID.
 
         See :class:`~scalekit.sharding.ShardSession`: the key is the
-        ``shard_key`` execution option, else the session's ``shard_key=``;
-        a statement with neither raises :class:`~scalekit.errors.ShardingError`.
+        ``shard_key`` execution option, else (with ``id_columns``) the logical
+        shard encoded in a shard-aware ID the statement names, else the
+        session's ``shard_key=``; a statement with none raises
+        :class:`~scalekit.errors.ShardingError`. ``id_columns`` lists the
+        columns holding IDs issued for this map's logical shards
+        (``[Order.id, Item.order_id]``), in ``id_layout``::
+
+            Session = shards.sessionmaker(id_columns=[Order.id])
+            async with Session() as session:
+                order = call session.get(Order, order_id)  # on shard_of_id(order_id)'s target
+
         Keyword arguments go to the session factory (not ``bind``).
+
+        Raises:
+            ConfigurationError: ``id_columns`` holds something that is not a
+                column, or ``id_layout`` is not an ``IdLayout``.
         """
+        if id_columns:
+            kwargs["shard_ids"] = IdRouting(id_columns, id_layout)
         factory = sessionmaker(class_=ShardSession, shard_map=self, **kwargs)
         return factory
 
@@ -489,17 +566,27 @@ class ShardMap(ShardMapBase):
     # -- the shared map ------------------------------------------------------------------------
 
     @property
-    def catalog(self) -> ShardCatalog | None:
+    def catalog(self) -> ShardCatalog | RedisShardCatalog | None:
         """The catalog this map reloads from, or None for a fixed map."""
         return self._catalog
 
-    def _need_catalog(self) -> ShardCatalog:
+    def _need_catalog(self) -> ShardCatalog | RedisShardCatalog:
         if self._catalog is None:
             raise ConfigurationError(
                 "this shard map has no catalog; build it with from_catalog()",
                 parameter="catalog",
             )
         return self._catalog
+
+    def _sql_catalog(self) -> ShardCatalog:
+        catalog = self._need_catalog()
+        if not isinstance(catalog, ShardCatalog):
+            raise ConfigurationError(
+                "moving shards records its steps in a table: build the map from a "
+                "ShardCatalog (a Redis catalog publishes maps, it does not move shards)",
+                parameter="catalog",
+            )
+        return catalog
 
     def refresh(self) -> bool:
         """Reload the catalog; use its newest version if newer. Return whether it changed.
@@ -520,21 +607,27 @@ class ShardMap(ShardMapBase):
             with self._write_connection(name) as conn:
                 fence_metadata.create_all(conn)
                 exists = conn.execute(
-                    sa.select(fence_table.c.version).where(fence_table.c.map_name == self.name)
+                    sa.select(fence_table.c.version).where(
+                        fence_table.c.map_name == self.name,
+                        fence_table.c.logical == TARGET_FENCE,
+                    )
                 ).first()
                 if exists is None:
                     conn.execute(
                         fence_table.insert().values(
-                            map_name=self.name, version=self._assignment.version
+                            map_name=self.name,
+                            logical=TARGET_FENCE,
+                            version=self._assignment.version,
                         )
                     )
 
     def publish(self, assignment: ShardAssignment) -> None:
         """Publish ``assignment`` (the newest version plus one) and use it here.
 
-        The fences of the targets that gain or lose a logical shard are raised
-        to the new version first, then the catalog row is written, so a stale
-        instance's write there is refused from that moment; a publisher that
+        The fences of the moved logical shards, on the targets they leave or
+        reach, are raised to the new version first, then the catalog row is
+        written, so a stale instance's write to a moved shard is refused from
+        that moment (its writes to other shards go on); a publisher that
         died half way reruns the same call. Moving the rows is not done here:
         publish once they are where the new map says (or while writes to the
         moving shards are blocked).
@@ -554,24 +647,34 @@ class ShardMap(ShardMapBase):
                 f"the newest is {latest.version}"
             )
         self._check_known(assignment)
-        for name in moved_targets(base, assignment):
+        version = assignment.version
+        for name, logicals in moved_shards(base, assignment).items():
+            mine = fence_table.c.map_name == self.name
             with self._write_connection(name) as conn:
-                updated = conn.execute(
+                # The target row first: its row lock orders this publish after the
+                # fenced commits in flight there, and commits after it wait for it.
+                conn.execute(
                     fence_table.update()
-                    .where(fence_table.c.map_name == self.name)
-                    .where(fence_table.c.version < assignment.version)
-                    .values(version=assignment.version)
+                    .where(mine, fence_table.c.logical == TARGET_FENCE)
+                    .where(fence_table.c.version < version)
+                    .values(version=version)
                 )
-                if updated.rowcount == 0:
-                    present = conn.execute(
-                        sa.select(fence_table.c.version).where(fence_table.c.map_name == self.name)
-                    ).first()
-                    if present is None:
-                        conn.execute(
-                            fence_table.insert().values(
-                                map_name=self.name, version=assignment.version
-                            )
-                        )
+                present = conn.execute(
+                    sa.select(fence_table.c.logical, fence_table.c.version).where(
+                        mine, fence_table.c.logical.in_([TARGET_FENCE, *logicals])
+                    )
+                )
+                update, insert = fence_upserts(
+                    {row.logical: row.version for row in present}, self.name, logicals, version
+                )
+                if update:
+                    conn.execute(
+                        fence_table.update()
+                        .where(mine, fence_table.c.logical.in_(update))
+                        .values(version=version)
+                    )
+                if insert:
+                    conn.execute(fence_table.insert(), insert)
         catalog.publish(assignment)
         self._install(assignment)
 
@@ -588,12 +691,13 @@ class ShardMap(ShardMapBase):
         """Move logical shard ``logical``'s rows of ``tables`` to target ``to``; resumable.
 
         ``tables`` lists each table's shard-key column (``Order.user_id``);
-        every table needs a primary key. PostgreSQL only, on a map with a
+        every table needs a primary key. PostgreSQL (11 or later) only, on a map with a
         catalog. The steps, each recorded in the catalog's
         ``scalekit_shard_moves`` table so that a rerun after a crash resumes:
 
-        1. **copy**: in one transaction on ``to``, delete any leftover rows of
-           the shard there and COPY (binary) the source's rows in; writes go on.
+        1. **copy**: in one transaction on ``to``, COPY (binary) the source's
+           rows in (a rerun first deletes what the interrupted copy left
+           there); writes go on.
         2. **switch**: take the shard's advisory lock on both databases (a
            commit writing to this logical shard waits, others go on), bring
            ``to`` up to date (rows compared by primary key and an MD5 of the
@@ -606,13 +710,13 @@ class ShardMap(ShardMapBase):
         killed at any step, a rerun with the same arguments finishes the job.
 
         Raises:
-            ConfigurationError: no catalog, not PostgreSQL, a table without a
-                primary key, or an unknown ``logical``.
+            ConfigurationError: no catalog (or a Redis one), not PostgreSQL, a
+                table without a primary key, or an unknown ``logical``.
             UnknownShard: ``to`` is not a target.
             ShardingError: another move of this shard (to another target) is
                 in progress, or verification failed (nothing was switched).
         """
-        catalog = self._need_catalog()
+        catalog = self._sql_catalog()
         self.target(to)
         if self._dialect().name != "postgresql":
             raise ConfigurationError("move_shard runs on PostgreSQL only", parameter="targets")
@@ -650,7 +754,7 @@ class ShardMap(ShardMapBase):
                     "rerun with that target to finish it"
                 )
         if step == "started":
-            self._copy_shard(logical, source, to, columns)
+            self._copy_shard(logical, source, to, columns, fresh=state is None)
             step = self._move_step(logical, "copied", _after_step)
         if step == "copied":
             if self._assignment.owners[logical] == source:
@@ -689,7 +793,7 @@ class ShardMap(ShardMapBase):
                 _after_step("cleaned")
 
     def _move_step(self, logical: int, step: str, after_step: Callable[[str], None] | None) -> str:
-        with self._need_catalog().engine.begin() as conn:
+        with self._sql_catalog().engine.begin() as conn:
             conn.execute(
                 moves_table.update()
                 .where(moves_table.c.map_name == self.name, moves_table.c.logical == logical)
@@ -702,36 +806,64 @@ class ShardMap(ShardMapBase):
     def _shard_filter(self, column: Any, logical: int) -> Any:
         return shard_sql(column, self._count) == logical
 
-    def _copy_shard(self, logical: int, source: str, to: str, columns: list[Any]) -> None:
-        from sqlalchemy.dialects import postgresql
+    def _copy_shard(
+        self, logical: int, source: str, to: str, columns: list[Any], *, fresh: bool = False
+    ) -> None:
+        """COPY the shard's rows of each table from ``source`` into ``to``, in one transaction.
 
-        # The named paramstyle: "%" stays one "%" (COPY takes no parameters).
-        dialect = postgresql.dialect(paramstyle="named")  # type: ignore[no-untyped-call]
-        quote = dialect.identifier_preparer.quote
+        A rerun first deletes what an interrupted copy left on ``to``. A
+        ``fresh`` move skips that delete (a scan of the whole target table
+        computing the shard hash per row): rows of the shard found there
+        anyway (written by mistake) make the COPY fail on their primary key,
+        then the copy of that table is redone after the delete; those with
+        other keys are removed by the catch-up's row comparison.
+        """
+        from psycopg import errors as psycopg_errors  # moves run on PostgreSQL only
+
         with (
             self._primary_connection(source) as source_conn,
             self._write_connection(to) as target_conn,
         ):
             for column in columns:
-                table = column.table
-                target_conn.execute(table.delete().where(self._shard_filter(column, logical)))
-                names = ", ".join(quote(c.name) for c in table.columns)
-                select = sa.select(*table.columns).where(self._shard_filter(column, logical))
-                query = select.compile(dialect=dialect, compile_kwargs={"literal_binds": True})
-                source_raw = source_conn.connection.driver_connection
-                target_raw = target_conn.connection.driver_connection
-                assert source_raw is not None and target_raw is not None
-                copy_out_sql = f"COPY ({query}) TO STDOUT (FORMAT BINARY)"
-                copy_in_sql = f"COPY {quote(table.name)} ({names}) FROM STDIN (FORMAT BINARY)"
-                with (
-                    source_raw.cursor() as out_cursor,
-                    target_raw.cursor() as in_cursor,
-                    out_cursor.copy(copy_out_sql) as copy_out,
-                    in_cursor.copy(copy_in_sql) as copy_in,
-                ):
-                    for data in copy_out:
-                        copy_in.write(data)
+                clear = column.table.delete().where(self._shard_filter(column, logical))
+                if not fresh:
+                    target_conn.execute(clear)
+                    self._copy_table(source_conn, target_conn, column, logical)
+                    continue
+                try:
+                    with target_conn.begin_nested():
+                        self._copy_table(source_conn, target_conn, column, logical)
+                except psycopg_errors.UniqueViolation:
+                    source_conn.rollback()
+                    target_conn.execute(clear)
+                    self._copy_table(source_conn, target_conn, column, logical)
             source_conn.rollback()
+
+    def _copy_table(
+        self, source_conn: Connection, target_conn: Connection, column: Any, logical: int
+    ) -> None:
+        from sqlalchemy.dialects import postgresql
+
+        # The named paramstyle: "%" stays one "%" (COPY takes no parameters).
+        dialect = postgresql.dialect(paramstyle="named")  # type: ignore[no-untyped-call]
+        quote = dialect.identifier_preparer.quote
+        table = column.table
+        names = ", ".join(quote(c.name) for c in table.columns)
+        select = sa.select(*table.columns).where(self._shard_filter(column, logical))
+        query = select.compile(dialect=dialect, compile_kwargs={"literal_binds": True})
+        source_raw = source_conn.connection.driver_connection
+        target_raw = target_conn.connection.driver_connection
+        assert source_raw is not None and target_raw is not None
+        copy_out_sql = f"COPY ({query}) TO STDOUT (FORMAT BINARY)"
+        copy_in_sql = f"COPY {quote(table.name)} ({names}) FROM STDIN (FORMAT BINARY)"
+        with (
+            source_raw.cursor() as out_cursor,
+            target_raw.cursor() as in_cursor,
+            out_cursor.copy(copy_out_sql) as copy_out,
+            in_cursor.copy(copy_in_sql) as copy_in,
+        ):
+            for data in copy_out:
+                copy_in.write(data)
 
     def _digests(self, name: str, column: Any, logical: int) -> dict[tuple[Any, ...], str]:
         table = column.table
@@ -746,12 +878,16 @@ class ShardMap(ShardMapBase):
             result = conn.execute(statement)
             return {tuple(row[: len(keys)]): row[-1] for row in result}
 
-    def _achecksum(self, name: str, column: Any, logical: int) -> tuple[int, int]:
-        """Rows of the shard in ``column``'s table on ``name``, and the sum of their row hashes."""
+    def _checksum(self, name: str, column: Any, logical: int) -> tuple[int, int]:
+        """Rows of the shard in ``column``'s table on ``name``, and the sum of their row hashes.
+
+        The row hash is ``hashtextextended`` of the row's text (PostgreSQL 11+),
+        a 64-bit hash the server computes about three times faster than an MD5
+        of the same text; both sides of a move compute it the same way, and a
+        difference only sends the catch-up to the per-row MD5 comparison.
+        """
         table = column.table
-        row_hash: Any = sa.literal_column(
-            f"('x' || substr(md5({table.name}::text), 1, 16))::bit(64)::bigint"
-        )
+        row_hash: Any = sa.literal_column(f"hashtextextended({table.name}::text, 0)")
         statement = (
             sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(row_hash), 0))
             .select_from(table)
@@ -765,7 +901,7 @@ class ShardMap(ShardMapBase):
         for column in columns:
             expected, current = self._run_all(
                 [source, to],
-                functools.partial(self._achecksum, column=column, logical=logical),
+                functools.partial(self._checksum, column=column, logical=logical),
                 None,
             )
             if current == expected:
@@ -790,7 +926,7 @@ class ShardMap(ShardMapBase):
                             values = [dict(row) for row in rows]
                             if values:
                                 conn.execute(table.insert(), values)
-            if self._achecksum(to, column, logical) != expected:
+            if self._checksum(to, column, logical) != expected:
                 raise ShardingError(
                     f"verification of logical shard {logical} failed for {table.name!r}: "
                     f"{source!r} and {to!r} differ (count, checksum) after the catch-up; "

@@ -132,6 +132,17 @@ def test_dedupe_composite_key_and_none_policy() -> None:
     assert dedupe(rows, [0, 1, 2], [0, 1], None) == (rows, [0, 1, 2], 0)
 
 
+def test_dedupe_of_distinct_keys_passes_the_rows_and_positions_through() -> None:
+    rows = [(3, "a"), (1, "b"), (None, "c"), (2, "d")]
+    kept, positions, dropped = dedupe(rows, range(10, 14), [0], "last")
+    assert kept == rows and kept is not rows and dropped == 0
+    assert positions == range(10, 14)  # no list of positions built
+    kept, positions, dropped = dedupe([*rows, (None, "e")], range(5), [0], "last")
+    assert dropped == 0 and list(positions) == [0, 1, 2, 3, 4]  # NULL keys never conflict
+    with pytest.raises(TypeError):  # an unhashable key fails as the row-by-row path does
+        dedupe([({"a": 1}, 1)], [0], [0], "last")
+
+
 # -- table shape and rows ----------------------------------------------------------------
 
 

@@ -81,26 +81,39 @@ class FakeConnection:
         self.is_connected = False
         self.connects = 0
         self.sent: list[bytes] = []
+        #: Like redis-py's: the stream its replies are read from (None until connected).
+        self._reader: asyncio.StreamReader | None = None
 
     async def send_packed_command(self, command: list[bytes], check_health: bool = True) -> None:
         if not self.is_connected:
             self.is_connected = True
             self.connects += 1
+            self._reader = asyncio.StreamReader()
         self.sent += command
 
     async def read_response(self) -> Any:
         outcome = self.replies.pop(0)
         if outcome is HANG:
-            await asyncio.sleep(30)
+            assert self._reader is not None
+            try:
+                await asyncio.wait_for(self._reader.readline(), 30)  # no reply comes
+            except asyncio.TimeoutError:  # as redis-py's read_response turns it
+                await self.disconnect()
+                raise redis.TimeoutError("Timeout reading") from None
+        if isinstance(outcome, tuple):  # (LATE, seconds, reply): answers whatever the reader says
+            await asyncio.sleep(outcome[1])
+            return outcome[2]
         if isinstance(outcome, BaseException):
             raise outcome
         return outcome
 
     async def disconnect(self, nowait: bool = False) -> None:
         self.is_connected = False
+        self._reader = None
 
 
 HANG = object()
+LATE = object()
 
 
 class FakePool:
@@ -148,16 +161,52 @@ async def test_a_kept_connection_is_made_with_the_pools_settings_but_one_timer()
     assert await keeper.send(b"PING", redis.ResponseError) == b"1"
     assert await keeper.send(b"PING", redis.ResponseError) == b"2"
     connection = _one(keeper)
-    assert connection.kwargs == {"host": "redis.invalid", "socket_timeout": None}
+    assert connection.kwargs == {
+        "host": "redis.invalid",
+        "socket_timeout": None,  # the keeper's watchdog bounds the exchange
+        "socket_connect_timeout": 0.05,  # as redis-py defaults it
+    }
     assert connection.sent == [b"PING", b"PING"] and connection.connects == 1
     assert pool.borrowed == 0
+    (kept,) = keeper._loops.values()
+    assert kept.inflight == {}
     FakeConnection.replies = [HANG]  # the pool's socket_timeout bounds the whole exchange
     with pytest.raises(redis.TimeoutError):
         await keeper.send(b"PING", redis.ResponseError)
     assert _one(keeper) is connection and not connection.is_connected  # reconnects next time
+    assert kept.inflight == {} and kept.tripped == set()
     FakeConnection.replies = [b"3"]
     assert await keeper.send(b"PING", redis.ResponseError) == b"3"
     assert connection.connects == 2
+    await keeper.aclose()
+
+
+async def test_one_watchdog_times_out_only_the_commands_past_their_deadline() -> None:
+    keeper = AsyncKept(FakePool(socket_timeout=0.2))
+    FakeConnection.replies = [b"warm"]
+    await keeper.send(b"PING", redis.ResponseError)
+    (kept,) = keeper._loops.values()
+
+    async def late(delay: float) -> Any:
+        await asyncio.sleep(delay)
+        return await keeper.send(b"GET", redis.ResponseError)
+
+    # Two commands hang, started 0.1 s apart; one answers at once in between.
+    FakeConnection.replies = [HANG, b"quick", HANG]
+    first = asyncio.ensure_future(late(0))
+    quick = asyncio.ensure_future(late(0.05))
+    second = asyncio.ensure_future(late(0.1))
+    assert await quick == b"quick"
+    with pytest.raises(redis.TimeoutError):
+        await first
+    assert not second.done()  # its own deadline, not the first one's
+    with pytest.raises(redis.TimeoutError):
+        await second
+    assert kept.inflight == {} and kept.tripped == set()
+    await asyncio.sleep(0.3)
+    assert kept.timer is None  # nothing in flight: the watchdog sleeps
+    FakeConnection.replies = [b"after"]
+    assert await keeper.send(b"GET", redis.ResponseError) == b"after"
     await keeper.aclose()
 
 
@@ -271,3 +320,16 @@ def test_a_forked_child_leaves_the_parents_connections_alone() -> None:
         _PARENTS.remove(parents)
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
+
+
+async def test_a_reply_read_as_the_watchdog_aborts_stands_but_its_socket_does_not() -> None:
+    keeper = AsyncKept(FakePool(socket_timeout=0.05))
+    FakeConnection.replies = [(LATE, 0.2, b"late")]
+    assert await keeper.send(b"GET", redis.ResponseError) == b"late"
+    connection = _one(keeper)
+    (kept,) = keeper._loops.values()
+    assert not connection.is_connected and kept.tripped == set() and kept.inflight == {}
+    FakeConnection.replies = [b"next"]
+    assert await keeper.send(b"GET", redis.ResponseError) == b"next"
+    assert connection.connects == 2
+    await keeper.aclose()

@@ -137,17 +137,26 @@ keys = st.one_of(
 )
 
 
-LOOKUP_MAP = ShardMap({"a": sa.create_engine("sqlite://"), "b": sa.create_engine("sqlite://")})
+# Power-of-two counts up to 2**16 take the low bits of the digest; others the modulo.
+LOOKUP_MAPS = [
+    ShardMap(
+        {"a": sa.create_engine("sqlite://"), "b": sa.create_engine("sqlite://")},
+        logical_shards=count,
+    )
+    for count in (1024, 1000, 1, 1 << 16, 1 << 17)
+]
 
 
 @settings(deadline=None)
-@given(st.lists(keys, max_size=30))
-def test_the_map_look_up_cache_agrees_with_logical_shard(batch: list[object]) -> None:
-    shards = LOOKUP_MAP
+@given(st.lists(keys, max_size=30), st.sampled_from(LOOKUP_MAPS))
+def test_the_map_look_up_cache_agrees_with_logical_shard(
+    batch: list[object], shards: ShardMap
+) -> None:
+    count = shards.assignment.logical_shards
     for _ in range(2):  # the second pass hits the cache
         for key in batch:
             try:
-                expected = logical_shard(key)  # type: ignore[arg-type]
+                expected = logical_shard(key, count)  # type: ignore[arg-type]
             except ConfigurationError:
                 with pytest.raises(ConfigurationError):
                     shards.shard_for(key)  # type: ignore[arg-type]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -28,13 +28,8 @@ class Order(Base):
 
 
 @pytest.fixture
-def engines(tmp_path: Path) -> Iterator[dict[str, sa.Engine]]:
-    engines = {name: sa.create_engine(f"sqlite:///{tmp_path / name}.db") for name in NAMES}
-    for engine in engines.values():
-        Base.metadata.create_all(engine)
-    yield engines
-    for engine in engines.values():
-        engine.dispose()
+def engines(sqlite_shards: Callable[[sa.MetaData], dict[str, sa.Engine]]) -> dict[str, sa.Engine]:
+    return sqlite_shards(Base.metadata)
 
 
 def _fill(shards: ShardMap, count: int = 120) -> list[tuple[int, int, int]]:

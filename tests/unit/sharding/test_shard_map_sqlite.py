@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 import sqlalchemy as sa
@@ -27,13 +26,8 @@ class User(Base):
 
 
 @pytest.fixture
-def engines(tmp_path: Path) -> Iterator[dict[str, sa.Engine]]:
-    engines = {name: sa.create_engine(f"sqlite:///{tmp_path / name}.db") for name in NAMES}
-    for engine in engines.values():
-        Base.metadata.create_all(engine)
-    yield engines
-    for engine in engines.values():
-        engine.dispose()
+def engines(sqlite_shards: Callable[[sa.MetaData], dict[str, sa.Engine]]) -> dict[str, sa.Engine]:
+    return sqlite_shards(Base.metadata)
 
 
 def test_routed_writes_land_on_their_shard_and_reads_find_them(
