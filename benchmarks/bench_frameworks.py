@@ -28,7 +28,7 @@ Two columns: wall time per request (Redis round trips included) and this
 process's CPU time per request (``time.process_time``: the client-side work,
 without the wait for Redis).
 
-    python benchmarks/bench_frameworks.py [--requests 2000] [--rounds 7]
+    python benchmarks/bench_frameworks.py [--requests 2000] [--rounds 7] [--only asgi|wsgi]
 
 ``--callgrind`` prints instead another pair of tables: instructions per request in
 this process, counted by valgrind's callgrind (two runs per case, 100 and 600
@@ -217,7 +217,7 @@ def asgi_call(app: Any) -> Callable[[], Awaitable[int]]:
 
 async def time_asgi(
     apps: dict[str, Any], requests: int, rounds: int, show: Callable[[str], None]
-) -> dict[str, float]:
+) -> dict[str, tuple[float, float]]:
     await apps.pop("_setup")()
     floor = apps.pop("_floor")
     calls = {name: asgi_call(app) for name, app in apps.items()}
@@ -420,7 +420,7 @@ def instructions(kind: str, case: str, requests: int, port: int) -> int:
     raise RuntimeError("no totals in callgrind's output")
 
 
-def callgrind_tables(port: int, show: Callable[[str], None]) -> None:
+def callgrind_tables(port: int, show: Callable[[str], None], only: str | None = None) -> None:
     """Instructions per request: two runs per case, differenced (start and exit cancel)."""
     few, many = 100, 600
     for kind, cases, pairs in (
@@ -434,6 +434,8 @@ def callgrind_tables(port: int, show: Callable[[str], None]) -> None:
         ),
         ("wsgi", WSGI_CASES, [("scalekit Flask extension", "Flask-Limiter")]),
     ):
+        if only is not None and kind != only:
+            continue
         per_request: dict[str, float] = {}
         for case in cases:
             show(f"callgrind: {kind} {case}")
@@ -455,6 +457,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000, help="requests per case per round")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument(
+        "--only", choices=["asgi", "wsgi"], help="time one table only (default: both)"
+    )
+    parser.add_argument(
         "--callgrind",
         action="store_true",
         help="count instructions per request under valgrind instead (load-independent; slow)",
@@ -472,27 +477,33 @@ def main() -> None:
 
     if args.callgrind:
         try:
-            callgrind_tables(port, show)
+            callgrind_tables(port, show, args.only)
         finally:
             process.terminate()
             process.wait()
         return
     try:
         print(f"redis-server on 127.0.0.1:{port}; limit {LIMIT}; best of {args.rounds} rounds")
-        asgi = asyncio.run(time_asgi(asgi_apps(port), args.requests, args.rounds, show))
-        wsgi = time_wsgi(wsgi_apps(port), args.requests, args.rounds, show)
+        asgi: dict[str, Any] | None = None
+        wsgi: dict[str, Any] | None = None
+        if args.only != "wsgi":
+            asgi = asyncio.run(time_asgi(asgi_apps(port), args.requests, args.rounds, show))
+        if args.only != "asgi":
+            wsgi = time_wsgi(wsgi_apps(port), args.requests, args.rounds, show)
     finally:
         process.terminate()
         process.wait()
-    table(
-        "ASGI (FastAPI), per request",
-        asgi,
-        [
-            ("scalekit middleware", "slowapi middleware"),
-            ("scalekit Depends(limit)", "fastapi-limiter Depends"),
-        ],
-    )
-    table("WSGI (Flask), per request", wsgi, [("scalekit Flask extension", "Flask-Limiter")])
+    if asgi is not None:
+        table(
+            "ASGI (FastAPI), per request",
+            asgi,
+            [
+                ("scalekit middleware", "slowapi middleware"),
+                ("scalekit Depends(limit)", "fastapi-limiter Depends"),
+            ],
+        )
+    if wsgi is not None:
+        table("WSGI (Flask), per request", wsgi, [("scalekit Flask extension", "Flask-Limiter")])
 
 
 if __name__ == "__main__":

@@ -192,8 +192,11 @@ async def main_async(args: argparse.Namespace) -> None:
     }
     phases = []
     try:
+        started = time.perf_counter()
+        print("  starting the app servers (on, off)...", end="", file=sys.stderr, flush=True)
         for features in modes:
             await wait_ready(f"http://127.0.0.1:{ports[features]}", processes[features])
+        print(f" ready in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
         for features in modes:
             base = f"http://127.0.0.1:{ports[features]}"
             phases.append(await run_phase(base, features, args.clients, args.duration))

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from asgiref.sync import SyncToAsync
 from django.db import connections
 from django.test import AsyncClient, Client, override_settings
 from sqlalchemy.engine import make_url
@@ -35,6 +36,24 @@ def _django_db(url: str) -> dict[str, Any]:
     }
 
 
+def _forget_everywhere(aliases: Any) -> None:
+    """Close and drop the connections of ``aliases`` in this thread and in asgiref's
+    thread-sensitive executor, where Django's ``AsyncClient`` runs sync code (views,
+    middleware): connections are cached per thread, and an earlier test's SQLite
+    ``default`` left there would answer for the primary."""
+
+    def forget() -> None:
+        connections.close_all()
+        for alias in list(aliases):
+            try:
+                del connections[alias]
+            except AttributeError:
+                pass
+
+    forget()
+    SyncToAsync.single_thread_executor.submit(forget).result()
+
+
 @pytest.fixture
 def pg_routed(pg_cluster: Any, pg_url: str) -> Iterator[Any]:
     """Django's aliases on the harness: ``default`` the primary, ``replica1``/``replica2``."""
@@ -50,7 +69,7 @@ def pg_routed(pg_cluster: Any, pg_url: str) -> Iterator[Any]:
         },
     }
     saved = connections.settings
-    connections.close_all()
+    _forget_everywhere(databases)
     connections.settings = connections.configure_settings(databases)
     try:
         with override_settings(
@@ -68,12 +87,7 @@ def pg_routed(pg_cluster: Any, pg_url: str) -> Iterator[Any]:
             _router.reset()
             yield pg_cluster
     finally:
-        connections.close_all()
-        for alias in list(databases):
-            try:
-                del connections[alias]
-            except AttributeError:
-                pass
+        _forget_everywhere(databases)
         connections.settings = saved
         _router.reset()
 
@@ -141,7 +155,7 @@ def test_replica_down_then_failover(pg_cluster_factory: Any) -> None:
     cluster.wait_for_replicas()
     databases = {"default": _django_db(cluster.url), "replica1": _django_db(replica.url)}
     saved = connections.settings
-    connections.close_all()
+    _forget_everywhere(databases)
     connections.settings = connections.configure_settings(databases)
     routing = {"PRIMARY": "default", "REPLICAS": ["replica1"], "CHECK_INTERVAL": 0.05}
     try:

@@ -286,6 +286,25 @@ class AsyncCache(CacheBase):
 
     # ------------------------------------------------------------------ backend calls
 
+    async def guarded_call(
+        self, method: Callable[..., Awaitable[Any]], *args: Any
+    ) -> tuple[bool, Any]:
+        """Run ``method(*args)``, a command of your own on this cache's Redis client,
+        as the cache runs its own: through its breaker and outage fallback.
+
+        For integrations that add commands to the cache's keys (the Django
+        backend's ``add``, ``incr`` and ``touch``): an outage is logged and
+        counted as the cache's own and the breaker sees it.
+
+        Returns:
+            ``(True, result)``, or ``(False, None)`` when Redis was down, the
+            command failed or the breaker refused the call.
+
+        Raises:
+            ConfigurationError: Redis refused an expiry the command gave.
+        """
+        return await self._call(method, *args)
+
     async def _call(self, method: Callable[..., Awaitable[Any]], *args: Any) -> tuple[bool, Any]:
         """``method(*args)`` through the breaker: ``(True, result)``, or ``(False, None)``
         after the fallback bookkeeping (see ``_base.py``, "Outages")."""

@@ -406,6 +406,17 @@ class CacheBase:
 
     # ------------------------------------------------------------------ encoding
 
+    def encode_value(self, value: Any, ttl: float) -> bytes:
+        """The bytes this cache stores for ``value`` living ``ttl`` seconds (its envelope).
+
+        For integrations that write entries with commands of their own (see
+        ``guarded_call``); the cache reads them back as its own entries.
+
+        Raises:
+            SerializationError: the serializer cannot encode ``value``.
+        """
+        return self._build(Kind.VALUE, value, ttl, 0.0, (), ())[1]
+
     def _build(
         self,
         kind: Kind,

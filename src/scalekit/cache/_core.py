@@ -59,6 +59,7 @@ from scalekit.errors import ConfigurationError, SerializationError
 
 __all__ = [
     "EARLY",
+    "ENVELOPE_PREFIX",
     "FRESH",
     "MISS",
     "NOT_FOUND",
@@ -138,6 +139,9 @@ MISS: Final = Action.MISS
 
 _MAGIC: Final = b"\xa7SK"
 _FORMAT: Final = 1
+#: The first bytes of every stored envelope (magic and format): what a script that
+#: reads entries in Redis checks before it trusts one.
+ENVELOPE_PREFIX: Final = _MAGIC + bytes([_FORMAT])
 # magic, format, codec id, kind, created, cost, soft expiry, hard expiry, tag count
 _HEADER: Final = struct.Struct(">3sBBBddddH")
 _TAG_LEN: Final = struct.Struct(">H")

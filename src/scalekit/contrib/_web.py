@@ -20,7 +20,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from scalekit.errors import ConfigurationError
@@ -43,7 +43,6 @@ DEFAULT_TOKEN_HEADER = "X-Scalekit-Token"
 _MIN_SECRET_BYTES = 16
 
 
-@dataclass(slots=True, eq=False)
 class RequestScope:
     """What scalekit knows about the request being served.
 
@@ -53,22 +52,80 @@ class RequestScope:
     shared, so what one part of the request records, the others see).
 
     ``request`` is the framework's request object (a Starlette ``Request``
-    is built lazily from the ASGI scope; Flask's ``request``); ``method`` and
-    ``path`` the request line; ``client`` the peer address (or None);
-    ``decisions`` the rate-limit decisions taken for this request (the
+    is built lazily from the ASGI scope, on first read; Flask's ``request``);
+    ``method`` and ``path`` the request line; ``client`` the peer address (or
+    None); ``decisions`` the rate-limit decisions taken for this request (the
     app-wide one first); ``token_in`` the verified consistency token the
     request brought, ``token_out`` the one its response hands back (None
     when it wrote nothing); ``limiter`` the rate limiter of the request's app.
     """
 
-    method: str
-    path: str
-    client: str | None
-    request: Any = None
-    decisions: list[Decision] = field(default_factory=list)
-    token_in: str | None = None
-    token_out: str | None = None
-    limiter: Any = None
+    # A plain slotted class, not a dataclass: ``request`` is a property, so that
+    # the ASGI middleware builds no Request on the requests that never read it.
+    __slots__ = (
+        "_build",
+        "_request",
+        "_source",
+        "client",
+        "decisions",
+        "limiter",
+        "method",
+        "path",
+        "token_in",
+        "token_out",
+    )
+
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        client: str | None,
+        request: Any = None,
+        decisions: list[Decision] | None = None,
+        token_in: str | None = None,
+        token_out: str | None = None,
+        limiter: Any = None,
+        *,
+        build: Callable[[Any], Any] | None = None,
+        source: Any = None,
+    ) -> None:
+        """``build(source)`` makes ``request`` on first read when none is given.
+
+        (The ASGI middleware passes ``build=Request, source=scope``.)
+        """
+        self.method = method
+        self.path = path
+        self.client = client
+        self._request = request
+        self._build = build
+        self._source = source
+        self.decisions: list[Decision] = [] if decisions is None else decisions
+        self.token_in = token_in
+        self.token_out = token_out
+        self.limiter = limiter
+
+    @property
+    def request(self) -> Any:
+        """The framework's request object (None when there is none)."""
+        request = self._request
+        if request is None and self._build is not None:
+            request = self._request = self._build(self._source)
+        return request
+
+    @request.setter
+    def request(self, value: Any) -> None:
+        self._request = value
+
+    def serves(self, source: Any) -> bool:
+        """Whether this scope was made for ``source`` (the ASGI scope given as ``source``)."""
+        return self._source is source
+
+    def __repr__(self) -> str:
+        return (
+            f"RequestScope(method={self.method!r}, path={self.path!r}, client={self.client!r}, "
+            f"decisions={self.decisions!r}, token_in={self.token_in!r}, "
+            f"token_out={self.token_out!r})"
+        )
 
 
 _current: ContextVar[RequestScope | None] = ContextVar("scalekit_request", default=None)

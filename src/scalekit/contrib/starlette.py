@@ -92,22 +92,41 @@ def client_address(request: Request) -> str:
 def _scope_of(scope: Scope) -> tuple[RequestScope, Any]:
     # The outermost scalekit middleware makes the request scope; inner ones reuse it.
     web = current_request()
-    if web is not None and web.request is not None and web.request.scope is scope:
+    if web is not None and web.serves(scope):
         return web, None
     client = scope.get("client")
     web = RequestScope(
         scope.get("method", "GET"),
         scope.get("path", ""),
         client[0] if client else None,
-        Request(scope),
+        build=Request,
+        source=scope,
     )
     return web, enter_scope(web)
 
 
+# The rate-limit header names as ASGI wants them (lower-case bytes), encoded once.
+_NAMES = {
+    name: name.lower().encode("latin-1")
+    for name in (
+        "RateLimit",
+        "RateLimit-Policy",
+        "Retry-After",
+        "X-RateLimit-Limit",
+        "X-RateLimit-Remaining",
+        "X-RateLimit-Reset",
+    )
+}
+
+
 def _encode(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
-    return [
-        (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()
-    ]
+    # A plain loop (no comprehension frame) and ASCII values (sf-strings and numbers:
+    # str.encode()'s default codec gives the same bytes, with no codec lookup).
+    names = _NAMES
+    out = []
+    for name, value in headers.items():
+        out.append((names.get(name) or name.lower().encode("latin-1"), value.encode()))
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -318,16 +337,18 @@ def get_pool(request: Request) -> Any:
 # ---------------------------------------------------------------------------
 
 
-async def _hit(limiter: Any, key: str, route_limit: RouteLimit) -> Decision | None:
-    try:
-        if len(route_limit.limits) == 1:
-            decision: Decision = await limiter.hit(key, route_limit.limits[0], route_limit.cost)
-        else:
-            decision = await limiter.hit_all(key, route_limit.limits, route_limit.cost)
-    except RateLimiterUnavailable:
-        # fallback="raise": the request passes (never a 500); the limiter logged the outage.
-        return None
-    return decision
+def _hit(limiter: Any, key: str, route_limit: RouteLimit) -> Awaitable[Decision]:
+    """The limiter's check of ``route_limit`` for ``key``, to await.
+
+    Awaiting it raises ``RateLimiterUnavailable`` under ``fallback="raise"``:
+    the callers let the request pass (never a 500; the limiter logged the
+    outage). Not a coroutine of its own: one frame less on every request.
+    """
+    if len(route_limit.limits) == 1:
+        hit: Awaitable[Decision] = limiter.hit(key, route_limit.limits[0], route_limit.cost)
+        return hit
+    every: Awaitable[Decision] = limiter.hit_all(key, route_limit.limits, route_limit.cost)
+    return every
 
 
 class RateLimitMiddleware:
@@ -378,19 +399,17 @@ class RateLimitMiddleware:
         self._style = header_style
         self._exempt = frozenset(exempt)
 
-    def _limiter_now(self) -> Any:
-        # Read at each request: a lifespan that restarts (one app, several test
-        # clients) makes a new limiter.
-        if self._scalekit is not None and self._limiter is None:
-            return self._scalekit.limiter
-        return self._limiter
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self._exempt:
             await self.app(scope, receive, send)
             return
         web, reset = _scope_of(scope)
-        web.limiter = self._limiter_now()
+        limiter = self._limiter
+        if limiter is None and self._scalekit is not None:
+            # Read at each request: a lifespan that restarts (one app, several test
+            # clients) makes a new limiter.
+            limiter = self._scalekit.limiter
+        web.limiter = limiter
         try:
             route_limit = self._limits
             if route_limit is not None:
@@ -399,8 +418,11 @@ class RateLimitMiddleware:
                     key = client[0] if client else "unknown"
                 else:
                     key = self._key(web.request)
-                decision = await _hit(web.limiter, f"app|{key}", route_limit)
-                if decision is not None:
+                try:
+                    decision = await _hit(web.limiter, f"app|{key}", route_limit)
+                except RateLimiterUnavailable:
+                    pass
+                else:
                     web.decisions.append(decision)
                     if not decision.allowed:
                         await self._deny(web, send)
@@ -444,15 +466,25 @@ class _Limit:
             ]
         )
 
-    async def check(self, request: Request, route: str) -> None:
+    async def __call__(self, request: Request, route: str | None = None) -> None:
+        """The dependency: ``Depends(limit("10/minute"))``; counts per ``route``.
+
+        ``route`` defaults to the matched route's path template (else the URL's
+        path). One frame on every limited request: the request scope, the key,
+        one hit.
+        """
+        if route is None:
+            # getattr's default would build the URL on every call: dearer than the rest.
+            route = getattr(request.scope.get("route"), "path", None) or request.url.path
         web = current_request()
-        limiter = getattr(web, "limiter", None) if web is not None else None
+        limiter = None if web is None else web.limiter
         if limiter is None:
             limiter = _scalekit_of(request).limiter
         route_limit = self.route_limit
-        key = (route_limit.key or client_address)(request)
-        decision = await _hit(limiter, route_limit.counter_key(key, route), route_limit)
-        if decision is None:
+        key = route_limit.counter_key((route_limit.key or client_address)(request), route)
+        try:
+            decision = await _hit(limiter, key, route_limit)
+        except RateLimiterUnavailable:
             return
         if web is not None:
             web.decisions.append(decision)
@@ -460,11 +492,6 @@ class _Limit:
             # The middleware adds the headers (Retry-After included) to this 429.
             headers = None if web is not None else combined_headers([decision])
             raise HTTPException(status_code=429, detail="rate limit exceeded", headers=headers)
-
-    async def __call__(self, request: Request) -> None:
-        """The dependency: ``Depends(limit("10/minute"))``."""
-        route = request.scope.get("route")
-        await self.check(request, getattr(route, "path", request.url.path))
 
     def decorate(self, endpoint: F) -> F:
         """The decorator: ``@limit("10/minute").decorate`` on an ``async def`` endpoint.
@@ -485,7 +512,7 @@ class _Limit:
             if request is None:
                 raise RuntimeError("@limit needs the request: add RateLimitMiddleware")
             try:
-                await self.check(request, name)
+                await self(request, name)
             except HTTPException as denied:
                 if "fastapi" in type(request.app).__module__:
                     raise

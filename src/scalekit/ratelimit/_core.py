@@ -78,6 +78,8 @@ __all__ = [
     "concurrency_acquire",
     "evaluate",
     "hash_key_part",
+    "policy_header",
+    "policy_token",
     "storage_key",
 ]
 
@@ -912,6 +914,27 @@ def _policy_header(limits: tuple[Limit, ...]) -> str:
 def _policy_token(limit: Limit) -> str:
     """The policy name of ``limit`` as an sf-string."""
     return _sf_string(limit.policy_name)
+
+
+def policy_token(limit: Limit) -> str:
+    """The name of ``limit``'s policy as the ``RateLimit`` headers write it (a quoted sf-string).
+
+    For integrations that merge the headers of several decisions on one
+    response: two items with one token are one policy.
+
+    >>> policy_token(Limit(10, 60, name="api"))
+    '"api"'
+    """
+    return _policy_token(limit)
+
+
+def policy_header(limits: tuple[Limit, ...]) -> str:
+    """The ``RateLimit-Policy`` value of ``limits`` (``"name";q=<quota>;w=<window>``, ...).
+
+    >>> policy_header((Limit(10, 60, name="api"),))
+    '"api";q=10;w=60'
+    """
+    return _policy_header(limits)
 
 
 def _sf_string(text: str) -> str:

@@ -62,7 +62,16 @@ if TYPE_CHECKING:
     from sqlalchemy import Connection, Engine
     from sqlalchemy.engine import ExceptionContext
 
-__all__ = ["READONLY_OPTION", "Router", "is_connection_error", "mask_url"]
+__all__ = [
+    "POSITION_SQL",
+    "READONLY_OPTION",
+    "REPLAY_SQL",
+    "TOKEN_SQL",
+    "Router",
+    "check_nodes",
+    "is_connection_error",
+    "mask_url",
+]
 
 _log = logging.getLogger("scalekit.routing")
 
@@ -70,17 +79,17 @@ READONLY_OPTION = "scalekit_readonly"
 _WROTE_KEY = "scalekit_wrote"
 # Role, position, the node's clock and (replicas) the commit time of the last replayed
 # transaction, in one round trip per node.
-_POSITION_SQL = (
+POSITION_SQL = (
     "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() "
     "THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_flush_lsn() END::text, "
     "EXTRACT(EPOCH FROM clock_timestamp())::float8, "
     "CASE WHEN pg_is_in_recovery() "
     "THEN EXTRACT(EPOCH FROM pg_last_xact_replay_timestamp())::float8 END"
 )
-_REPLAY_SQL = "SELECT pg_last_wal_replay_lsn()::text"
+REPLAY_SQL = "SELECT pg_last_wal_replay_lsn()::text"
 # Under synchronous_commit=off a commit returns before its record is flushed: only the
 # insert position covers it (commit_position() turns it into the end of the last record).
-_TOKEN_SQL = (
+TOKEN_SQL = (
     "SELECT pg_current_wal_insert_lsn()::text, pg_current_wal_flush_lsn()::text, "
     "current_setting('wal_block_size')::int, "
     "pg_size_bytes(current_setting('wal_segment_size'))"
@@ -334,7 +343,7 @@ class Router:
         if primary is None:
             return None
         try:
-            insert, flush, block_size, segment_size = self._scalar_row(primary, _TOKEN_SQL)
+            insert, flush, block_size, segment_size = self._scalar_row(primary, TOKEN_SQL)
         except Exception as exc:
             if not _is_db_error(exc):
                 raise
@@ -350,7 +359,7 @@ class Router:
     def probe(self, node: str) -> int | None:
         """Read a replica's replayed position (one query); None when it cannot be read."""
         try:
-            (text,) = self._scalar_row(node, _REPLAY_SQL)
+            (text,) = self._scalar_row(node, REPLAY_SQL)
         except Exception as exc:
             if not _is_db_error(exc):
                 raise
@@ -365,52 +374,23 @@ class Router:
         if not self.postgres:
             self.core.mark_checked()
             return
-        roles: dict[str, Target | None] = {}
-        positions: dict[str, tuple[bool, int | None, float | None, float | None]] = {}
-        for node in self.core.names:
-            try:
-                in_recovery, text, server_time, replay_time = self._scalar_row(node, _POSITION_SQL)
-            except Exception as exc:
-                if not _is_db_error(exc):
-                    raise
-                roles[node] = None
-                continue
-            roles[node] = Target.REPLICA if in_recovery else Target.PRIMARY
-            positions[node] = (
-                bool(in_recovery),
-                None if text is None else parse_lsn(text),
-                server_time,
-                replay_time,
-            )
+        check_nodes(self.core, self.name, self._position_row, self._apply_checked_roles)
+
+    def _position_row(self, node: str) -> Any:
+        try:
+            return self._scalar_row(node, POSITION_SQL)
+        except Exception as exc:
+            if not _is_db_error(exc):
+                raise
+            return None
+
+    def _apply_checked_roles(self, roles: dict[str, Target | None]) -> None:
         servers = None
         writable = [node for node, role in roles.items() if role is Target.PRIMARY]
         if len(writable) > 1:
             # Two nodes accept writes: a split brain, or two engines reaching one server.
             servers = {node: self._server_identity(node) for node in writable}
         self.apply_roles(roles, servers)
-        primary = self.core.primary
-        # The primary first, so the replicas' lag is measured against a fresh position.
-        order = sorted(positions, key=lambda n: n != primary)
-        for node in order:
-            in_recovery, lsn, server_time, replay_time = positions[node]
-            if self.core.observe_position(
-                node,
-                in_recovery=in_recovery,
-                lsn=lsn,
-                server_time=server_time,
-                replay_time=replay_time,
-            ):
-                state = self.core.snapshot()[node]
-                emit(
-                    LagChanged(
-                        name=self.name,
-                        node=node,
-                        lagging=state.lagging,
-                        lag_seconds=state.lag_seconds,
-                        lag_bytes=state.lag_bytes,
-                    )
-                )
-        self.core.mark_checked()
 
     def _server_identity(self, node: str) -> tuple[str, str] | None:
         """Which server ``node`` reaches (see ``_SERVER_SQL``); None when it cannot be read."""
@@ -636,6 +616,58 @@ class Router:
             "consistency": self.mode,
             "nodes": nodes,
         }
+
+
+def check_nodes(
+    core: RoutingCore,
+    name: str,
+    read_position: Callable[[str], Sequence[Any] | None],
+    apply_roles: Callable[[dict[str, Target | None]], None],
+) -> None:
+    """Run one health check over every node of ``core``: the rule the shells share.
+
+    ``read_position(node)`` runs :data:`POSITION_SQL` on the node and returns
+    its row, or None when the node cannot be reached; ``apply_roles(roles)``
+    hands the roles (None: unreachable) to ``core.apply_roles`` and reports a
+    failover. The positions are then fed to the core, the primary's first (a
+    replica's lag is measured against it), each lag flip is emitted as
+    :class:`LagChanged` under ``name``, and the check is marked done. Plain
+    calls, no I/O of its own: :class:`Router` (sync, and async through
+    SQLAlchemy's greenlet bridge) and the Django router both drive it.
+    """
+    roles: dict[str, Target | None] = {}
+    positions: dict[str, tuple[bool, int | None, float | None, float | None]] = {}
+    for node in core.names:
+        row = read_position(node)
+        if row is None:
+            roles[node] = None
+            continue
+        in_recovery, text, server_time, replay_time = row
+        roles[node] = Target.REPLICA if in_recovery else Target.PRIMARY
+        lsn = None if text is None else parse_lsn(text)
+        positions[node] = (bool(in_recovery), lsn, server_time, replay_time)
+    apply_roles(roles)
+    primary = core.primary
+    for node in sorted(positions, key=lambda n: n != primary):
+        in_recovery, lsn, server_time, replay_time = positions[node]
+        if core.observe_position(
+            node,
+            in_recovery=in_recovery,
+            lsn=lsn,
+            server_time=server_time,
+            replay_time=replay_time,
+        ):
+            state = core.snapshot()[node]
+            emit(
+                LagChanged(
+                    name=name,
+                    node=node,
+                    lagging=state.lagging,
+                    lag_seconds=state.lag_seconds,
+                    lag_bytes=state.lag_bytes,
+                )
+            )
+    core.mark_checked()
 
 
 def _may_write(context: Any, statement: object) -> bool:

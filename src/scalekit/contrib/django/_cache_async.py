@@ -11,7 +11,7 @@ Reads and timed writes are the scalekit cache's own (its local tier, stampede
 protection, breaker and fallback). What Django adds, ``add``, ``incr``,
 ``touch``, a value kept forever and a ``delete`` that says whether the key
 existed, is one Redis command or script each, run through the same breaker
-(``cache._call``), so an outage takes the cache's documented fallback here too.
+(``cache.guarded_call``), so an outage takes the cache's documented fallback here too.
 Keys are whole Django keys (prefix, version and ``KEY_FUNCTION`` applied).
 """
 
@@ -21,9 +21,8 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from scalekit.cache import AsyncCache
-from scalekit.cache._core import Kind
+from scalekit.cache._core import ENVELOPE_PREFIX
 from scalekit.contrib.django._cache_core import (
-    ENVELOPE_PREFIX,
     FOREVER,
     INCR_LUA,
     TOUCH_LUA,
@@ -68,7 +67,7 @@ class AsyncCacheOps:
             self.cache.local.discard(full)
 
     def _encode(self, value: Any, ttl: float) -> bytes:
-        return self.cache._build(Kind.VALUE, value, ttl, 0.0, (), [])[1]
+        return self.cache.encode_value(value, ttl)
 
     # ------------------------------------------------------------------ raw commands
 
@@ -113,7 +112,7 @@ class AsyncCacheOps:
             full = self._data(key)
             self._forget(full)
             writes.append((full, self._encode(value, FOREVER), ""))
-        ok, _ = await self.cache._call(self._set_raw, writes, False)
+        ok, _ = await self.cache.guarded_call(self._set_raw, writes, False)
         return [] if ok else list(items)
 
     async def add(self, key: str, value: Any, ttl: float | None) -> bool:
@@ -124,7 +123,7 @@ class AsyncCacheOps:
         full = self._data(key)
         data = self._encode(value, lifetime)
         write = [(full, data, store_ms(lifetime))]
-        ok, replies = await self.cache._call(self._set_raw, write, True)
+        ok, replies = await self.cache.guarded_call(self._set_raw, write, True)
         if ok and replies[0]:
             self._forget(full)
             return True
@@ -140,7 +139,7 @@ class AsyncCacheOps:
             ValueError: the result is past ±2**53 (what the script counts exactly).
         """
         full = self._data(key)
-        ok, reply = await self.cache._call(self._incr_raw, full, delta)
+        ok, reply = await self.cache.guarded_call(self._incr_raw, full, delta)
         if not ok or reply is None:
             return None
         if isinstance(reply, int):
@@ -155,18 +154,18 @@ class AsyncCacheOps:
         full = self._data(key)
         self._forget(full)
         if ttl == 0:
-            ok, count = await self.cache._call(self._delete_raw, [full])
+            ok, count = await self.cache.guarded_call(self._delete_raw, [full])
             return bool(ok and count)
         lifetime = FOREVER if ttl is None else ttl
         patch = expiry_patch(self.cache.clock.time(), lifetime)
-        ok, reply = await self.cache._call(self._touch_raw, full, patch, store_ms(lifetime))
+        ok, reply = await self.cache.guarded_call(self._touch_raw, full, patch, store_ms(lifetime))
         return bool(ok and reply)
 
     async def delete(self, key: str) -> bool:
         """Remove ``key``; whether it existed."""
         full = self._data(key)
         self._forget(full)
-        ok, count = await self.cache._call(self._delete_raw, [full])
+        ok, count = await self.cache.guarded_call(self._delete_raw, [full])
         return bool(ok and count)
 
     async def delete_many(self, keys: Iterable[str]) -> None:
@@ -184,4 +183,4 @@ class AsyncCacheOps:
         """Empty the Redis database (as Django's own Redis backend) and the local tier."""
         if self.cache.local is not None:
             self.cache.local.clear()
-        await self.cache._call(self._flush_raw)
+        await self.cache.guarded_call(self._flush_raw)

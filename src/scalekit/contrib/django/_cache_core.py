@@ -19,7 +19,6 @@ from typing import Any, ClassVar, Final
 
 from scalekit.cache import SignedPickleSerializer
 from scalekit.cache._base import MAX_SECONDS
-from scalekit.cache._core import _FORMAT, _MAGIC
 from scalekit.errors import ConfigurationError, SerializationError
 
 __all__ = ["FOREVER", "DjangoCodec", "expiry_patch", "signing_keys", "ttl_of"]
@@ -30,9 +29,8 @@ __all__ = ["FOREVER", "DjangoCodec", "expiry_patch", "signing_keys", "ttl_of"]
 FOREVER: Final = MAX_SECONDS
 
 # Envelope bytes the scripts check (see scalekit.cache._core._HEADER): magic
-# and format (1-4), codec (5), kind (6), created, cost (7-22), soft and hard
+# and format (1-4, ENVELOPE_PREFIX), codec (5), kind (6), created, cost (7-22), soft and hard
 # expiry (23-38), tag count (39-40), payload (41-). The backend stores no tags.
-ENVELOPE_PREFIX: Final = _MAGIC + bytes([_FORMAT])
 _EXPIRIES: Final = struct.Struct(">dd")
 # 2**53: beyond it a Lua number (a double) loses integer precision.
 INCR_LIMIT: Final = 2**53

@@ -6,7 +6,7 @@ Reads and timed writes are the scalekit cache's own (its local tier, stampede
 protection, breaker and fallback). What Django adds, ``add``, ``incr``,
 ``touch``, a value kept forever and a ``delete`` that says whether the key
 existed, is one Redis command or script each, run through the same breaker
-(``cache._call``), so an outage takes the cache's documented fallback here too.
+(``cache.guarded_call``), so an outage takes the cache's documented fallback here too.
 Keys are whole Django keys (prefix, version and ``KEY_FUNCTION`` applied).
 """
 
@@ -16,9 +16,8 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from scalekit.cache import Cache
-from scalekit.cache._core import Kind
+from scalekit.cache._core import ENVELOPE_PREFIX
 from scalekit.contrib.django._cache_core import (
-    ENVELOPE_PREFIX,
     FOREVER,
     INCR_LUA,
     TOUCH_LUA,
@@ -51,7 +50,7 @@ class CacheOps:
             self.cache.local.discard(full)
 
     def _encode(self, value: Any, ttl: float) -> bytes:
-        return self.cache._build(Kind.VALUE, value, ttl, 0.0, (), [])[1]
+        return self.cache.encode_value(value, ttl)
 
     # ------------------------------------------------------------------ raw commands
 
@@ -96,7 +95,7 @@ class CacheOps:
             full = self._data(key)
             self._forget(full)
             writes.append((full, self._encode(value, FOREVER), ""))
-        ok, _ = self.cache._call(self._set_raw, writes, False)
+        ok, _ = self.cache.guarded_call(self._set_raw, writes, False)
         return [] if ok else list(items)
 
     def add(self, key: str, value: Any, ttl: float | None) -> bool:
@@ -107,7 +106,7 @@ class CacheOps:
         full = self._data(key)
         data = self._encode(value, lifetime)
         write = [(full, data, store_ms(lifetime))]
-        ok, replies = self.cache._call(self._set_raw, write, True)
+        ok, replies = self.cache.guarded_call(self._set_raw, write, True)
         if ok and replies[0]:
             self._forget(full)
             return True
@@ -123,7 +122,7 @@ class CacheOps:
             ValueError: the result is past ±2**53 (what the script counts exactly).
         """
         full = self._data(key)
-        ok, reply = self.cache._call(self._incr_raw, full, delta)
+        ok, reply = self.cache.guarded_call(self._incr_raw, full, delta)
         if not ok or reply is None:
             return None
         if isinstance(reply, int):
@@ -138,18 +137,18 @@ class CacheOps:
         full = self._data(key)
         self._forget(full)
         if ttl == 0:
-            ok, count = self.cache._call(self._delete_raw, [full])
+            ok, count = self.cache.guarded_call(self._delete_raw, [full])
             return bool(ok and count)
         lifetime = FOREVER if ttl is None else ttl
         patch = expiry_patch(self.cache.clock.time(), lifetime)
-        ok, reply = self.cache._call(self._touch_raw, full, patch, store_ms(lifetime))
+        ok, reply = self.cache.guarded_call(self._touch_raw, full, patch, store_ms(lifetime))
         return bool(ok and reply)
 
     def delete(self, key: str) -> bool:
         """Remove ``key``; whether it existed."""
         full = self._data(key)
         self._forget(full)
-        ok, count = self.cache._call(self._delete_raw, [full])
+        ok, count = self.cache.guarded_call(self._delete_raw, [full])
         return bool(ok and count)
 
     def delete_many(self, keys: Iterable[str]) -> None:
@@ -167,4 +166,4 @@ class CacheOps:
         """Empty the Redis database (as Django's own Redis backend) and the local tier."""
         if self.cache.local is not None:
             self.cache.local.clear()
-        self.cache._call(self._flush_raw)
+        self.cache.guarded_call(self._flush_raw)

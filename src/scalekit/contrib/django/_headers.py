@@ -14,7 +14,7 @@ import math
 from collections.abc import Sequence
 
 from scalekit.ratelimit import Decision
-from scalekit.ratelimit._core import _policy_header, _policy_token
+from scalekit.ratelimit._core import policy_header, policy_token
 
 __all__ = ["merged_headers"]
 
@@ -23,15 +23,15 @@ def merged_headers(decisions: Sequence[Decision]) -> dict[str, str]:
     """The response headers for ``decisions`` (every limit one request was checked against)."""
     if len(decisions) == 1:
         checked = decisions[0].limits
-        if len(checked) <= 1 or len({_policy_token(limit) for limit in checked}) == len(checked):
+        if len(checked) <= 1 or len({policy_token(limit) for limit in checked}) == len(checked):
             return decisions[0].headers()
     policies: dict[str, str] = {}
     current: dict[str, tuple[int, int]] = {}
     retry_after = 0
     for decision in decisions:
         for limit in decision.limits or (decision.limit,):
-            policies.setdefault(_policy_token(limit), _policy_header((limit,)))
-        token = _policy_token(decision.limit)
+            policies.setdefault(policy_token(limit), policy_header((limit,)))
+        token = policy_token(decision.limit)
         state = (decision.remaining, max(math.ceil(decision.reset_after), 0))
         if token not in current or state[0] < current[token][0]:
             current[token] = state

@@ -38,7 +38,7 @@ from typing import Any
 from scalekit._clock import SYSTEM_CLOCK
 from scalekit.contrib.django import _settings
 from scalekit.instrumentation import emit
-from scalekit.routing import ConsistencyToken, FailoverEvent, LagChanged, NodeEjected, Target
+from scalekit.routing import ConsistencyToken, FailoverEvent, NodeEjected, Target
 from scalekit.routing._core import (
     EMPTY_CONTEXT,
     ContextState,
@@ -48,7 +48,7 @@ from scalekit.routing._core import (
     parse_lsn,
 )
 from scalekit.routing._events import NodeReadmitted
-from scalekit.routing._router import _POSITION_SQL, _REPLAY_SQL, _TOKEN_SQL
+from scalekit.routing._router import POSITION_SQL, REPLAY_SQL, TOKEN_SQL, check_nodes
 from scalekit.typing import Clock
 
 __all__ = ["Routing", "ScalekitRouter", "routing", "use_primary"]
@@ -100,25 +100,24 @@ class Routing:
 
     def refresh(self) -> None:
         """Check every alias's role and WAL position now (PostgreSQL), and apply the results."""
-        from django.db import Error
-
         if not self.postgres:
             self.core.mark_checked()
             return
-        roles: dict[str, Target | None] = {}
-        positions: dict[str, tuple[bool, int | None, float | None, float | None]] = {}
-        for alias in self.core.names:
-            try:
-                in_recovery, text, server_time, replay_time = self._row(alias, _POSITION_SQL)
-            except Error as exc:
-                roles[alias] = None
-                self._failed(alias, exc)
-                self.connections[alias].close()
-                continue
-            self._succeeded(alias)
-            roles[alias] = Target.REPLICA if in_recovery else Target.PRIMARY
-            lsn = None if text is None else parse_lsn(text)
-            positions[alias] = (bool(in_recovery), lsn, server_time, replay_time)
+        check_nodes(self.core, "django", self._position_row, self._apply_roles)
+
+    def _position_row(self, alias: str) -> Any:
+        from django.db import Error
+
+        try:
+            row = self._row(alias, POSITION_SQL)
+        except Error as exc:
+            self._failed(alias, exc)
+            self.connections[alias].close()
+            return None
+        self._succeeded(alias)
+        return row
+
+    def _apply_roles(self, roles: dict[str, Target | None]) -> None:
         change = self.core.apply_roles(roles)
         reported = (change.new_primary, change.split_brain)
         if reported != self._reported:
@@ -131,27 +130,6 @@ class Routing:
                     split_brain=change.split_brain,
                 )
             )
-        primary = self.core.primary
-        for alias in sorted(positions, key=lambda name: name != primary):
-            in_recovery, lsn, server_time, replay_time = positions[alias]
-            if self.core.observe_position(
-                alias,
-                in_recovery=in_recovery,
-                lsn=lsn,
-                server_time=server_time,
-                replay_time=replay_time,
-            ):
-                state = self.core.snapshot()[alias]
-                emit(
-                    LagChanged(
-                        name="django",
-                        node=alias,
-                        lagging=state.lagging,
-                        lag_seconds=state.lag_seconds,
-                        lag_bytes=state.lag_bytes,
-                    )
-                )
-        self.core.mark_checked()
 
     def maybe_refresh(self) -> None:
         core = self.core
@@ -171,7 +149,7 @@ class Routing:
         from django.db import Error
 
         try:
-            (text,) = self._row(alias, _REPLAY_SQL)
+            (text,) = self._row(alias, REPLAY_SQL)
         except Error as exc:
             self.core.observe_replay(alias, None)
             self._failed(alias, exc)
@@ -186,7 +164,7 @@ class Routing:
         if not self.postgres:
             return ConsistencyToken(lsn=None, written_at=now)
         try:
-            insert, flush, block, segment = self._row(self.write_alias(), _TOKEN_SQL)
+            insert, flush, block, segment = self._row(self.write_alias(), TOKEN_SQL)
         except Error:
             return ConsistencyToken(lsn=None, written_at=now)
         position = commit_position(
