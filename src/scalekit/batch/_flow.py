@@ -62,6 +62,9 @@ __all__ = [
     "LoadOptions",
     "Op",
     "PgCopy",
+    "PgCopyBegin",
+    "PgCopyEnd",
+    "PgCopySend",
     "PgEncode",
     "PgFinish",
     "PgProbe",
@@ -156,6 +159,42 @@ class PgCopy:
 
 
 @dataclass(frozen=True, slots=True)
+class PgCopyBegin:
+    """Start a binary COPY ``sql`` for ``oids`` that several chunks are sent through.
+
+    Result: a handle for :class:`PgCopySend` and :class:`PgCopyEnd`, or
+    ``None`` when the shell cannot send encoded blocks (the load then runs
+    one COPY per chunk). Nothing else uses the connection until the COPY ends.
+    """
+
+    sql: str
+    oids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PgCopySend:
+    """Send one chunk's ``blocks`` (from a :class:`PgEncode`) through the open COPY ``handle``.
+
+    The blocks' own format header and trailer are left out: the COPY has one
+    header and one trailer. Result: ``None``, or the server's error.
+    """
+
+    handle: Any
+    blocks: Sequence[bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class PgCopyEnd:
+    """End the open COPY ``handle``; result ``(rowcount, bytes sent)`` or the server's error.
+
+    ``abort``: stop it instead (the server rolls it back); errors are then suppressed.
+    """
+
+    handle: Any
+    abort: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class PgProbe:
     """Can psycopg encode ``row`` in binary for ``oids``?
 
@@ -212,6 +251,9 @@ Op: TypeAlias = (
     | PgStart
     | PgFinish
     | PgEncode
+    | PgCopyBegin
+    | PgCopySend
+    | PgCopyEnd
     | SaExecute
     | Commit
     | Rollback
@@ -270,13 +312,24 @@ def is_row_error(exc: BaseException) -> bool:
 
 _ROLLED_BACK_SQLSTATES = ("40001", "40P01")  # the server rolled the transaction back
 _COPY_METHODS = ("copy", "copy_text", "copy_staging")
+#: The binary COPY format's header (signature, flags, extension length) and
+#: trailer, around each chunk's :class:`PgEncode` blocks (as in ``_base``).
+_COPY_HEADER_BYTES = 19
+_FRAME_BYTES = _COPY_HEADER_BYTES + 2
 _COPY_CONTEXT = re.compile(r"^COPY .*?, line (\d+)(?:, column ([^:]+))?", re.MULTILINE)
+#: A streamed COPY (see :meth:`Load._stream`) is ended, and its chunks
+#: reported, once it holds this many rows: progress still comes along.
+STREAM_ROWS = 1_000_000
 
 
-def _copy_error_row(exc: BaseException) -> tuple[int, str | None] | None:
-    """``(line, column)`` of a COPY's data exception (SQLSTATE class 22), from its CONTEXT."""
+def _copy_error_row(exc: BaseException, *, data_only: bool = True) -> tuple[int, str | None] | None:
+    """``(line, column)`` of a COPY's data exception (SQLSTATE class 22), from its CONTEXT.
+
+    ``data_only=False``: of any server error that names a COPY line (a
+    constraint violation too).
+    """
     code = _sqlstate(exc)
-    if code is None or not code.startswith("22"):
+    if code is None or (data_only and not code.startswith("22")):
         return None
     for candidate in (exc, getattr(exc, "orig", None)):
         context = getattr(getattr(candidate, "diag", None), "context", None)
@@ -545,6 +598,13 @@ class Load:
         )
 
         chunk_index = 0
+        if (
+            method == "copy"
+            and self._binary
+            and options.transaction == "all_or_nothing"
+            and options.on_error == "raise"
+        ):
+            position, chunk_index = yield from self._stream(position, start)
         while True:
             ahead, self._ahead = self._ahead, None
             if ahead is None:
@@ -714,7 +774,30 @@ class Load:
         finally:
             self._raw = []
             self._blocks = None
-        result.rows += len(raw)
+        self._account(
+            chunk_index,
+            len(raw),
+            first,
+            outcome,
+            duplicates,
+            self.clock.monotonic() - chunk_start,
+            start,
+        )
+
+    def _account(
+        self,
+        chunk_index: int,
+        count: int,
+        first: int,
+        outcome: _Outcome,
+        duplicates: int,
+        seconds: float,
+        start: float,
+    ) -> None:
+        """Add a written chunk of ``count`` input rows to the result; its event and progress."""
+        options = self.options
+        result = self.result
+        result.rows += count
         result.inserted += outcome.inserted
         result.updated += outcome.updated
         result.skipped += outcome.skipped
@@ -727,16 +810,16 @@ class Load:
                 result.returned[position] = values
         if options.transaction == "per_chunk":
             result.committed += outcome.inserted + outcome.updated
-            result.resume_position = first + len(raw)
+            result.resume_position = first + count
         emit(
             BatchChunkWritten(
                 name=self.shape.name,
                 chunk_index=chunk_index,
-                rows=len(raw),
+                rows=count,
                 inserted=outcome.inserted,
                 updated=outcome.updated,
                 skipped=outcome.skipped,
-                seconds=self.clock.monotonic() - chunk_start,
+                seconds=seconds,
             )
         )
         if options.progress is not None:
@@ -748,6 +831,130 @@ class Load:
                     elapsed=self.clock.monotonic() - start,
                 )
             )
+
+    # -- one COPY for many chunks -----------------------------------------------------------
+
+    def _stream(self, position: int, start: float) -> Generator[Op, Any, tuple[int, int]]:
+        """Send the chunks through one binary COPY (per :data:`STREAM_ROWS` rows).
+
+        A plain ``"copy"`` load in one transaction with ``on_error="raise"``:
+        the server writes while the next chunk is read, shaped and encoded,
+        and the client waits for it once, when the COPY ends, instead of at
+        every chunk's end. The chunks are the same; each is shaped and encoded
+        whole before any of it is sent. Once the COPY ended, its chunks are
+        reported in order (events, progress: a chunk is reported when it was
+        *written*). A chunk that cannot be shaped or encoded, or an error of
+        the input, ends the COPY first: the chunks before are written and
+        reported, then the error is raised as it would be chunk by chunk.
+        A server error names the COPY line: it is mapped back to its chunk and
+        input row. Returns ``(position, chunks)`` reached (the whole input,
+        unless the shell cannot stream: then the rest is loaded chunk by chunk).
+        """
+        pg, oids, shaper = self._pg, self._oids, self._shaper
+        assert pg is not None and oids is not None and shaper is not None
+        clock = self.clock
+        chunk_index = 0
+        raw = yield from self._take()
+        while raw:
+            try:
+                handle = yield PgCopyBegin(pg.copy, oids)
+            except Exception as exc:
+                yield from self._fail(chunk_index, position, start, exc)
+                raise AssertionError("unreachable") from exc  # pragma: no cover
+            if handle is None:
+                self._buffer[:0] = raw
+                return position, chunk_index
+            # (chunk index, first position, rows, bytes, started) of each chunk sent
+            sent: list[tuple[int, int, int, int, float]] = []
+            stop: Exception | None = None  # met before its chunk was sent
+            read_failed = False
+            ended = False
+            try:
+                lines = 0
+                while raw:
+                    chunk_start = clock.monotonic()
+                    try:
+                        rows = shaper.shape_rows(raw, position)
+                        blocks = yield PgEncode(rows, oids)
+                    except Exception as exc:
+                        if isinstance(exc, RowDumpError):
+                            exc.position = position + exc.index
+                        stop = exc
+                        break
+                    size = sum(len(block) for block in blocks) - _FRAME_BYTES
+                    sent.append((chunk_index, position, len(raw), size, chunk_start))
+                    yield PgCopySend(handle, blocks)
+                    position += len(raw)
+                    chunk_index += 1
+                    lines += len(raw)
+                    if lines >= STREAM_ROWS:
+                        break
+                    try:
+                        raw = yield from self._take()
+                    except Exception as exc:
+                        stop, read_failed = exc, True
+                        raw = []
+                ended = True
+                yield PgCopyEnd(handle)
+            except Exception as exc:
+                if not ended:
+                    yield PgCopyEnd(handle, abort=True)
+                yield from self._stream_failed(sent, (chunk_index, position), start, exc)
+                raise AssertionError("unreachable") from exc  # pragma: no cover
+            end = clock.monotonic()
+            for i, (index, first, count, size, started) in enumerate(sent):
+                following = sent[i + 1][4] if i + 1 < len(sent) else end
+                if i == 0:
+                    size += _COPY_HEADER_BYTES
+                if i + 1 == len(sent):
+                    size += _FRAME_BYTES - _COPY_HEADER_BYTES
+                outcome = _Outcome(inserted=count, bytes=size)
+                self._account(index, count, first, outcome, 0, following - started, start)
+            if stop is not None:
+                if not read_failed:
+                    yield from self._fail(chunk_index, position, start, stop)
+                raise stop
+            if lines >= STREAM_ROWS:
+                raw = yield from self._take()
+        return position, chunk_index
+
+    def _stream_failed(
+        self,
+        sent: list[tuple[int, int, int, int, float]],
+        next_chunk: tuple[int, int],
+        start: float,
+        exc: Exception,
+    ) -> Flow:
+        """Report the chunks of a streamed COPY before the one the server refused; raise for it.
+
+        The server's CONTEXT names the COPY line; without one, the first chunk
+        of the COPY is blamed (``next_chunk``, ``(index, position)``, when none was sent).
+        """
+        if not sent:
+            yield from self._fail(*next_chunk, start, exc)
+        found = _copy_error_row(exc, data_only=False)
+        line = found[0] if found is not None else 0
+        failed = done = 0
+        for i, (_, _, count, _, _) in enumerate(sent):
+            if done < line <= done + count:
+                failed = i
+                break
+            done += count
+        else:
+            done = 0
+        for i in range(failed):
+            index, first, count, size, started = sent[i]
+            outcome = _Outcome(inserted=count, bytes=size)
+            self._account(index, count, first, outcome, 0, sent[i + 1][4] - started, start)
+        index, first, _, _, _ = sent[failed]
+        error: Exception = exc
+        if found is not None and (_sqlstate(exc) or "").startswith("22"):
+            column = found[1]
+            names = self._shaper.names if self._shaper is not None else ()
+            offset = line - 1 - done
+            error = RowDumpError(offset, names.index(column) if column in names else None, exc)
+            error.position = first + offset
+        yield from self._fail(index, first, start, error)
 
     def _dedupe(
         self, rows: list[tuple[Any, ...]], positions: Sequence[int]

@@ -18,6 +18,10 @@ from scalekit.batch._flow import (
     LoadOptions,
     Op,
     PgCopy,
+    PgCopyBegin,
+    PgCopyEnd,
+    PgCopySend,
+    PgEncode,
     PgProbe,
     PgQuery,
     ReadRows,
@@ -43,14 +47,34 @@ class CheckViolation(Exception):
     sqlstate = "23514"
 
 
+class Diag:
+    def __init__(self, context: str | None) -> None:
+        self.context = context
+
+
 class FakePg:
-    """Answers a load's requests; a COPY containing a negative qty fails like a CHECK."""
+    """Answers a load's requests; a COPY containing a negative qty fails like a CHECK.
+
+    A COPY streamed over several chunks (:class:`PgCopyBegin`) fails when it
+    ends, its error naming the COPY line as PostgreSQL's CONTEXT does.
+    """
 
     def __init__(self, rows: list[tuple[int, int]]) -> None:
         self.input = iter(rows)
         self.ops: list[str] = []
         self.committed: list[tuple[Any, ...]] = []
         self.pending: list[list[tuple[Any, ...]]] = [[]]  # one level per open savepoint
+        self.encoded: dict[int, list[tuple[Any, ...]]] = {}
+        self.streamed: list[tuple[Any, ...]] | None = None
+
+    def refuse(self, rows: list[tuple[Any, ...]]) -> Exception | None:
+        """The error of a COPY of ``rows``, its CONTEXT naming the first bad row's line."""
+        for line, row in enumerate(rows, 1):
+            if row[1] < 0:
+                error = CheckViolation("new row violates check constraint")
+                error.diag = Diag(f"COPY t, line {line}: ...")  # type: ignore[attr-defined]
+                return error
+        return None
 
     def __call__(self, op: Op) -> Any:
         self.ops.append(type(op).__name__)
@@ -61,10 +85,32 @@ class FakePg:
         if isinstance(op, PgProbe):
             return None
         if isinstance(op, PgCopy):
-            if any(row[1] < 0 for row in op.rows):
-                raise CheckViolation("new row violates check constraint")
+            error = self.refuse(list(op.rows))
+            if error is not None:
+                raise error
             self.pending[-1].extend(op.rows)
             return len(op.rows), 10 * len(op.rows)
+        if isinstance(op, PgEncode):  # one block: header, 10 bytes a row, trailer
+            block = bytes(21 + 10 * len(op.rows))
+            self.encoded[id(block)] = list(op.rows)
+            return [block]
+        if isinstance(op, PgCopyBegin):
+            self.streamed = []
+            return "copy"
+        if isinstance(op, PgCopySend):
+            assert self.streamed is not None
+            self.streamed.extend(self.encoded.pop(id(op.blocks[0])))
+            return None
+        if isinstance(op, PgCopyEnd):
+            streamed, self.streamed = self.streamed, None
+            assert streamed is not None
+            if op.abort:
+                return None
+            error = self.refuse(streamed)
+            if error is not None:
+                raise error
+            self.pending[-1].extend(streamed)
+            return len(streamed), 21 + 10 * len(streamed)
         if isinstance(op, Savepoint):
             self.pending.append([])
             return len(self.pending)
@@ -161,11 +207,10 @@ def test_a_failed_rollback_is_logged_without_the_row(
         sqlstate = "23514"
 
     class Quoting(FailingCleanup):
-        def __call__(self, op: Op) -> Any:
-            if isinstance(op, PgCopy) and any(row[1] < 0 for row in op.rows):
-                self.ops.append("PgCopy")
-                raise Refused(f"violates check constraint\nDETAIL:  Failing row contains {secret}")
-            return super().__call__(op)
+        def refuse(self, rows: list[tuple[Any, ...]]) -> Exception | None:
+            if any(row[1] < 0 for row in rows):
+                return Refused(f"violates check constraint\nDETAIL:  Failing row contains {secret}")
+            return None
 
     caplog.set_level("DEBUG")
     fake = Quoting([(i, -1 if i == 3 else i) for i in range(8)])
