@@ -242,24 +242,32 @@ class _CopyStream:
         self.writer = writer
         self.stack = contextlib.AsyncExitStack()
         self.copy: Any = None
+        self.oids: Sequence[int] = ()
 
     async def begin(self, sql: str, oids: Sequence[int]) -> None:
         self.copy = await self.stack.enter_async_context(self.cursor.copy(sql, writer=self.writer))
         self.copy.set_types(list(oids))
+        self.oids = oids
         await self.copy.write(COPY_BINARY_HEADER)
 
-    async def send(self, blocks: Sequence[bytes]) -> None:
-        """Write one chunk's blocks, without the header and trailer each chunk's blocks carry."""
-        last = len(blocks) - 1
+    async def send(self, rows: Sequence[Sequence[Any]]) -> int:
+        """Encode and write one chunk's rows, a block at a time; the bytes sent."""
+        connection = self.cursor.connection
+        oids = self.oids
+        encode = binary_row_encoder()
+        assert encode is not None
+        before = self.writer.sent
         write = self.copy.write
-        for index, block in enumerate(blocks):
-            if index == 0 or index == last:
-                block = block[
-                    len(COPY_BINARY_HEADER) if index == 0 else 0 : len(block)
-                    - (len(COPY_BINARY_TRAILER) if index == last else 0)
-                ]
+
+        def failed(index: int, row: Sequence[Any], exc: Exception) -> Exception:
+            return RowDumpError(index, probe_binary(connection, oids, row), exc)
+
+        transformer = self.copy.formatter.transformer
+        for block in copy_blocks(encode, rows, transformer, failed, framed=False):
             if block:
                 await write(block)
+        sent: int = self.writer.sent - before
+        return sent
 
     async def end(self) -> tuple[int, int]:
         try:
@@ -331,8 +339,7 @@ async def _perform(target: _AsyncTarget, rows: _Rows, op: Op, clock: Clock) -> A
         return await _copy_rows(await target.driver_connection(), op)
     if kind is PgCopySend:
         assert isinstance(op, PgCopySend)
-        await op.handle.send(op.blocks)
-        return None
+        return await op.handle.send(op.rows)
     if kind is PgCopyBegin:
         assert isinstance(op, PgCopyBegin)
         if binary_row_encoder() is None:  # pragma: no cover - a psycopg without the encoder

@@ -173,14 +173,17 @@ class PgCopyBegin:
 
 @dataclass(frozen=True, slots=True)
 class PgCopySend:
-    """Send one chunk's ``blocks`` (from a :class:`PgEncode`) through the open COPY ``handle``.
+    """Encode one chunk's ``rows`` and send them through the open COPY ``handle``.
 
-    The blocks' own format header and trailer are left out: the COPY has one
-    header and one trailer. Result: ``None``, or the server's error.
+    Blocks are sent as they are encoded (the server writes meanwhile); the
+    COPY's one header and trailer are sent by its begin and end. Result: the
+    bytes sent. A row psycopg cannot encode raises :class:`RowDumpError`
+    (the COPY then holds part of the chunk: abort it); the server's error
+    may come too.
     """
 
     handle: Any
-    blocks: Sequence[bytes]
+    rows: Sequence[tuple[Any, ...]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,10 +315,6 @@ def is_row_error(exc: BaseException) -> bool:
 
 _ROLLED_BACK_SQLSTATES = ("40001", "40P01")  # the server rolled the transaction back
 _COPY_METHODS = ("copy", "copy_text", "copy_staging")
-#: The binary COPY format's header (signature, flags, extension length) and
-#: trailer, around each chunk's :class:`PgEncode` blocks (as in ``_base``).
-_COPY_HEADER_BYTES = 19
-_FRAME_BYTES = _COPY_HEADER_BYTES + 2
 _COPY_CONTEXT = re.compile(r"^COPY .*?, line (\d+)(?:, column ([^:]+))?", re.MULTILINE)
 #: A streamed COPY (see :meth:`Load._stream`) is ended, and its chunks
 #: reported, once it holds this many rows: progress still comes along.
@@ -452,6 +451,17 @@ class _Ahead:
     error: Exception | None = None
     shaped: tuple[list[tuple[Any, ...]], Sequence[int], int, int] | None = None
     blocks: Sequence[bytes] | None = None
+
+
+@dataclass(slots=True)
+class _Sent:
+    """A chunk sent through a streamed COPY, reported once the COPY ended."""
+
+    index: int
+    first: int
+    rows: int
+    started: float
+    bytes: int = 0
 
 
 @dataclass(slots=True)
@@ -838,15 +848,15 @@ class Load:
         """Send the chunks through one binary COPY (per :data:`STREAM_ROWS` rows).
 
         A plain ``"copy"`` load in one transaction with ``on_error="raise"``:
-        the server writes while the next chunk is read, shaped and encoded,
-        and the client waits for it once, when the COPY ends, instead of at
-        every chunk's end. The chunks are the same; each is shaped and encoded
-        whole before any of it is sent. Once the COPY ended, its chunks are
-        reported in order (events, progress: a chunk is reported when it was
-        *written*). A chunk that cannot be shaped or encoded, or an error of
-        the input, ends the COPY first: the chunks before are written and
-        reported, then the error is raised as it would be chunk by chunk.
-        A server error names the COPY line: it is mapped back to its chunk and
+        the client waits for the server once, when the COPY ends, instead of
+        at every chunk's end. The chunks are the same. Once the COPY ended,
+        its chunks are reported in order (events, progress: a chunk is
+        reported when it was *written*). A chunk that does not fit, or an
+        error of the input, ends the COPY first (the chunks before are
+        written and reported), then raises as it would chunk by chunk. A value
+        psycopg cannot encode aborts the COPY (part of its chunk was sent),
+        the chunks before are reported, then it raises as chunk by chunk. A
+        server error names the COPY line: it is mapped back to its chunk and
         input row. Returns ``(position, chunks)`` reached (the whole input,
         unless the shell cannot stream: then the rest is loaded chunk by chunk).
         """
@@ -864,8 +874,7 @@ class Load:
             if handle is None:
                 self._buffer[:0] = raw
                 return position, chunk_index
-            # (chunk index, first position, rows, bytes, started) of each chunk sent
-            sent: list[tuple[int, int, int, int, float]] = []
+            sent: list[_Sent] = []
             stop: Exception | None = None  # met before its chunk was sent
             read_failed = False
             ended = False
@@ -875,15 +884,12 @@ class Load:
                     chunk_start = clock.monotonic()
                     try:
                         rows = shaper.shape_rows(raw, position)
-                        blocks = yield PgEncode(rows, oids)
                     except Exception as exc:
-                        if isinstance(exc, RowDumpError):
-                            exc.position = position + exc.index
                         stop = exc
                         break
-                    size = sum(len(block) for block in blocks) - _FRAME_BYTES
-                    sent.append((chunk_index, position, len(raw), size, chunk_start))
-                    yield PgCopySend(handle, blocks)
+                    chunk = _Sent(chunk_index, position, len(raw), chunk_start)
+                    sent.append(chunk)
+                    chunk.bytes = yield PgCopySend(handle, rows)
                     position += len(raw)
                     chunk_index += 1
                     lines += len(raw)
@@ -895,21 +901,15 @@ class Load:
                         stop, read_failed = exc, True
                         raw = []
                 ended = True
-                yield PgCopyEnd(handle)
+                _, total = yield PgCopyEnd(handle)
             except Exception as exc:
                 if not ended:
                     yield PgCopyEnd(handle, abort=True)
                 yield from self._stream_failed(sent, (chunk_index, position), start, exc)
                 raise AssertionError("unreachable") from exc  # pragma: no cover
-            end = clock.monotonic()
-            for i, (index, first, count, size, started) in enumerate(sent):
-                following = sent[i + 1][4] if i + 1 < len(sent) else end
-                if i == 0:
-                    size += _COPY_HEADER_BYTES
-                if i + 1 == len(sent):
-                    size += _FRAME_BYTES - _COPY_HEADER_BYTES
-                outcome = _Outcome(inserted=count, bytes=size)
-                self._account(index, count, first, outcome, 0, following - started, start)
+            if sent:  # the COPY's header and trailer
+                sent[-1].bytes += total - sum(chunk.bytes for chunk in sent)
+            self._report(sent, clock.monotonic(), start)
             if stop is not None:
                 if not read_failed:
                     yield from self._fail(chunk_index, position, start, stop)
@@ -918,43 +918,51 @@ class Load:
                 raw = yield from self._take()
         return position, chunk_index
 
-    def _stream_failed(
-        self,
-        sent: list[tuple[int, int, int, int, float]],
-        next_chunk: tuple[int, int],
-        start: float,
-        exc: Exception,
-    ) -> Flow:
-        """Report the chunks of a streamed COPY before the one the server refused; raise for it.
+    def _report(self, chunks: Sequence[_Sent], end: float, start: float) -> None:
+        """Report ``chunks`` as written, in order; the last one's share ends at ``end``."""
+        for i, chunk in enumerate(chunks):
+            following = chunks[i + 1].started if i + 1 < len(chunks) else end
+            outcome = _Outcome(inserted=chunk.rows, bytes=chunk.bytes)
+            self._account(
+                chunk.index, chunk.rows, chunk.first, outcome, 0, following - chunk.started, start
+            )
 
-        The server's CONTEXT names the COPY line; without one, the first chunk
-        of the COPY is blamed (``next_chunk``, ``(index, position)``, when none was sent).
+    def _stream_failed(
+        self, sent: list[_Sent], next_chunk: tuple[int, int], start: float, exc: Exception
+    ) -> Flow:
+        """Report the chunks of a streamed COPY before the failed one; raise for that one.
+
+        A value psycopg could not encode is in the last chunk sent; a
+        server's error names the COPY line in its CONTEXT (without one, the
+        first chunk of the COPY is blamed; ``next_chunk``, ``(index,
+        position)``, when none was sent).
         """
         if not sent:
             yield from self._fail(*next_chunk, start, exc)
-        found = _copy_error_row(exc, data_only=False)
-        line = found[0] if found is not None else 0
-        failed = done = 0
-        for i, (_, _, count, _, _) in enumerate(sent):
-            if done < line <= done + count:
-                failed = i
-                break
-            done += count
-        else:
-            done = 0
-        for i in range(failed):
-            index, first, count, size, started = sent[i]
-            outcome = _Outcome(inserted=count, bytes=size)
-            self._account(index, count, first, outcome, 0, sent[i + 1][4] - started, start)
-        index, first, _, _, _ = sent[failed]
         error: Exception = exc
-        if found is not None and (_sqlstate(exc) or "").startswith("22"):
-            column = found[1]
-            names = self._shaper.names if self._shaper is not None else ()
-            offset = line - 1 - done
-            error = RowDumpError(offset, names.index(column) if column in names else None, exc)
-            error.position = first + offset
-        yield from self._fail(index, first, start, error)
+        failed = 0
+        if isinstance(exc, RowDumpError):
+            failed = len(sent) - 1
+            exc.position = sent[failed].first + exc.index
+        else:
+            found = _copy_error_row(exc, data_only=False)
+            line = found[0] if found is not None else 0
+            done = 0
+            for i, chunk in enumerate(sent):
+                if done < line <= done + chunk.rows:
+                    failed = i
+                    break
+                done += chunk.rows
+            else:
+                found = None
+            if found is not None and (_sqlstate(exc) or "").startswith("22"):
+                column = found[1]
+                names = self._shaper.names if self._shaper is not None else ()
+                offset = line - 1 - done
+                error = RowDumpError(offset, names.index(column) if column in names else None, exc)
+                error.position = sent[failed].first + offset
+        self._report(sent[:failed], sent[failed].started, start)
+        yield from self._fail(sent[failed].index, sent[failed].first, start, error)
 
     def _dedupe(
         self, rows: list[tuple[Any, ...]], positions: Sequence[int]

@@ -21,7 +21,6 @@ from scalekit.batch._flow import (
     PgCopyBegin,
     PgCopyEnd,
     PgCopySend,
-    PgEncode,
     PgProbe,
     PgQuery,
     ReadRows,
@@ -64,7 +63,6 @@ class FakePg:
         self.ops: list[str] = []
         self.committed: list[tuple[Any, ...]] = []
         self.pending: list[list[tuple[Any, ...]]] = [[]]  # one level per open savepoint
-        self.encoded: dict[int, list[tuple[Any, ...]]] = {}
         self.streamed: list[tuple[Any, ...]] | None = None
 
     def refuse(self, rows: list[tuple[Any, ...]]) -> Exception | None:
@@ -90,17 +88,13 @@ class FakePg:
                 raise error
             self.pending[-1].extend(op.rows)
             return len(op.rows), 10 * len(op.rows)
-        if isinstance(op, PgEncode):  # one block: header, 10 bytes a row, trailer
-            block = bytes(21 + 10 * len(op.rows))
-            self.encoded[id(block)] = list(op.rows)
-            return [block]
         if isinstance(op, PgCopyBegin):
             self.streamed = []
             return "copy"
-        if isinstance(op, PgCopySend):
+        if isinstance(op, PgCopySend):  # 10 bytes a row
             assert self.streamed is not None
-            self.streamed.extend(self.encoded.pop(id(op.blocks[0])))
-            return None
+            self.streamed.extend(op.rows)
+            return 10 * len(op.rows)
         if isinstance(op, PgCopyEnd):
             streamed, self.streamed = self.streamed, None
             assert streamed is not None
@@ -259,3 +253,58 @@ def test_unprepared_turns_psycopg_preparing_off_for_the_block_only() -> None:
     other_driver = object()  # sqlite3, asyncpg...: nothing to turn off
     with unprepared(other_driver):
         pass
+
+
+def test_one_transaction_streams_every_chunk_through_one_copy() -> None:
+    fake, result = run([(i, i) for i in range(25)], chunk_size=10)
+    assert result.method == "copy" and result.inserted == 25 and result.chunks == 3
+    assert result.bytes == 21 + 250  # one header and trailer, as one COPY sends
+    assert fake.ops == [
+        "ReadRows",
+        "PgQuery",
+        "PgProbe",
+        "PgCopyBegin",
+        "PgCopySend",
+        "ReadRows",
+        "PgCopySend",
+        "ReadRows",
+        "PgCopySend",  # 5 rows of 10: the input is exhausted
+        "PgCopyEnd",
+        "Commit",
+    ]
+    assert fake.committed == [(i, i) for i in range(25)]
+
+
+def test_a_streamed_copy_maps_the_line_back_to_its_row() -> None:
+    rows = [(i, i) for i in range(30)]
+    rows[23] = (23, -1)
+    with pytest.raises(BatchChunkError) as info:
+        run(rows, chunk_size=10)
+    assert (info.value.chunk_index, info.value.position) == (2, 20)
+    assert isinstance(info.value.__cause__, CheckViolation)
+
+
+class NoStream(FakePg):
+    """A shell that cannot stream (no binary row encoder): a COPY per chunk."""
+
+    def __call__(self, op: Op) -> Any:
+        if isinstance(op, PgCopyBegin):
+            self.ops.append("PgCopyBegin")
+            return None
+        return super().__call__(op)
+
+
+def test_a_shell_that_cannot_stream_copies_per_chunk() -> None:
+    fake = NoStream([(i, i) for i in range(25)])
+    load = Load(
+        table,
+        LoadOptions(retry=None, chunk_size=10),
+        dialect="postgresql",
+        copy_capable=True,
+        owns_transaction=True,
+        clock=FakeClock(),
+    )
+    result = drive(load.run(), fake)
+    assert result.inserted == 25 and result.chunks == 3
+    assert fake.ops.count("PgCopyBegin") == 1 and fake.ops.count("PgCopy") == 3
+    assert fake.committed == [(i, i) for i in range(25)]
