@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import Session
 
 from scalekit.batch import BatchResult, Upsert, abatch_insert, batch_insert
+from scalekit.errors import BatchChunkError
 from scalekit.pagination import paginate
 from scalekit.routing import AsyncRoutingPool, RoutingPool
 from tests.harness import PgCluster, wait_until
@@ -357,5 +358,29 @@ async def test_async_batch_through_pgbouncer(
     try:
         final = 1 if upsert is None else 2
         assert _read(engine, table) == [(i, f"v{final} row {i}", i) for i in range(60)]
+    finally:
+        engine.dispose()
+
+
+async def test_batch_streamed_copy_through_pgbouncer(
+    async_engine: AsyncEngine, pgbouncer: PgBouncer, table: sa.Table
+) -> None:
+    """A plain load in one transaction streams its chunks through one COPY (both
+    shells); a refused row rolls it back and the pooled connection stays usable."""
+    engine = sa.create_engine(pgbouncer.url_for("primary"))
+    try:
+        bad = [{"id": i, "body": "x", "qty": -1 if i == 37 else i} for i in range(60)]
+        with pytest.raises(BatchChunkError) as info:
+            batch_insert(engine, table, bad, chunk_size=10)
+        assert (info.value.chunk_index, info.value.position) == (3, 30)
+        with pytest.raises(BatchChunkError):
+            await abatch_insert(async_engine, table, bad, chunk_size=10)
+        assert _read(engine, table) == []
+        result = batch_insert(engine, table, _rows(60, 1), chunk_size=10)
+        assert (result.method, result.inserted, result.chunks) == ("copy", 60, 6)
+        more = [{"id": i, "body": "y", "qty": i} for i in range(60, 120)]
+        result = await abatch_insert(async_engine, table, more, chunk_size=10)
+        assert result.inserted == 60
+        assert len(_read(engine, table)) == 120
     finally:
         engine.dispose()

@@ -18,7 +18,10 @@ from scalekit._clock import SYSTEM_CLOCK
 from scalekit._unasync import IS_ASYNC
 from scalekit.batch._base import (
     COPY_ABORTED,
+    COPY_BINARY_HEADER,
+    COPY_BINARY_TRAILER,
     DEFAULT,
+    CopyAborted,
     binary_row_encoder,
     copy_blocks,
     encode_binary_copy,
@@ -46,6 +49,9 @@ from scalekit.batch._flow import (
     LoadOptions,
     Op,
     PgCopy,
+    PgCopyBegin,
+    PgCopyEnd,
+    PgCopySend,
     PgEncode,
     PgFinish,
     PgProbe,
@@ -132,6 +138,8 @@ class _AsyncTarget:
         self.session = session
         #: a statement sent by :meth:`start` whose result nobody has asked for yet
         self.pending: Any = None
+        #: a COPY begun by :class:`PgCopyBegin` and not ended yet
+        self.copying: _CopyStream | None = None
 
     async def connection(self) -> Any:
         if self.session:
@@ -169,7 +177,13 @@ class _AsyncTarget:
             return result
 
     async def settle(self) -> None:
-        """Wait for a statement still running (the load stopped while it ran): its error is moot."""
+        """Wait for a statement still running (the load stopped while it ran): its error is moot.
+
+        A COPY still open is aborted.
+        """
+        copying, self.copying = self.copying, None
+        if copying is not None:
+            await copying.abort()
         pending, self.pending = self.pending, None
         if pending is None:
             return
@@ -191,9 +205,12 @@ class _AsyncTarget:
         return await self.executor.begin_nested()
 
 
-async def _copy_rows(connection: Any, op: PgCopy) -> tuple[int, int]:
-    """COPY ``op.rows`` on a psycopg connection; ``(rowcount, bytes sent)``."""
-    from psycopg import Error, OperationalError
+def _counting_writer(cursor: Any) -> Any:
+    """A COPY writer for ``cursor`` that counts the bytes it sends (``.sent``).
+
+    An abort by an exception of ours tells the server why without any row's values.
+    """
+    from psycopg import Error
     from psycopg.copy import AsyncLibpqWriter
 
     class CountingWriter(AsyncLibpqWriter):
@@ -214,8 +231,65 @@ async def _copy_rows(connection: Any, op: PgCopy) -> tuple[int, int]:
             with contextlib.suppress(Error):
                 await super().finish(COPY_ABORTED)
 
+    return CountingWriter(cursor)
+
+
+class _CopyStream:
+    """A binary COPY open across requests, from :class:`PgCopyBegin` to :class:`PgCopyEnd`."""
+
+    def __init__(self, cursor: Any, writer: Any) -> None:
+        self.cursor = cursor
+        self.writer = writer
+        self.stack = contextlib.AsyncExitStack()
+        self.copy: Any = None
+        self.oids: Sequence[int] = ()
+
+    async def begin(self, sql: str, oids: Sequence[int]) -> None:
+        self.copy = await self.stack.enter_async_context(self.cursor.copy(sql, writer=self.writer))
+        self.copy.set_types(list(oids))
+        self.oids = oids
+        await self.copy.write(COPY_BINARY_HEADER)
+
+    async def send(self, rows: Sequence[Sequence[Any]]) -> int:
+        """Encode and write one chunk's rows, a block at a time; the bytes sent."""
+        connection = self.cursor.connection
+        oids = self.oids
+        encode = binary_row_encoder()
+        assert encode is not None
+        before = self.writer.sent
+        write = self.copy.write
+
+        def failed(index: int, row: Sequence[Any], exc: Exception) -> Exception:
+            return RowDumpError(index, probe_binary(connection, oids, row), exc)
+
+        transformer = self.copy.formatter.transformer
+        for block in copy_blocks(encode, rows, transformer, failed, framed=False):
+            if block:
+                await write(block)
+        sent: int = self.writer.sent - before
+        return sent
+
+    async def end(self) -> tuple[int, int]:
+        try:
+            await self.copy.write(COPY_BINARY_TRAILER)
+        except BaseException:
+            await self.abort()
+            raise
+        await self.stack.aclose()
+        return self.cursor.rowcount, self.writer.sent
+
+    async def abort(self) -> None:
+        """Stop the COPY (the server rolls it back); errors are moot."""
+        with contextlib.suppress(Exception):
+            await self.stack.__aexit__(CopyAborted, COPY_ABORTED, None)
+
+
+async def _copy_rows(connection: Any, op: PgCopy) -> tuple[int, int]:
+    """COPY ``op.rows`` on a psycopg connection; ``(rowcount, bytes sent)``."""
+    from psycopg import OperationalError
+
     cursor = connection.cursor()
-    writer = CountingWriter(cursor)
+    writer = _counting_writer(cursor)
     encode = binary_row_encoder() if op.oids is not None and op.blocks is None else None
     async with cursor.copy(op.sql, writer=writer) as copy:
         if op.oids is not None:
@@ -263,6 +337,29 @@ async def _perform(target: _AsyncTarget, rows: _Rows, op: Op, clock: Clock) -> A
     if kind is PgCopy:
         assert isinstance(op, PgCopy)
         return await _copy_rows(await target.driver_connection(), op)
+    if kind is PgCopySend:
+        assert isinstance(op, PgCopySend)
+        return await op.handle.send(op.rows)
+    if kind is PgCopyBegin:
+        assert isinstance(op, PgCopyBegin)
+        if binary_row_encoder() is None:  # pragma: no cover - a psycopg without the encoder
+            return None
+        cursor = (await target.driver_connection()).cursor()
+        stream = _CopyStream(cursor, _counting_writer(cursor))
+        try:
+            await stream.begin(op.sql, op.oids)
+        except BaseException:
+            await stream.abort()
+            raise
+        target.copying = stream
+        return stream
+    if kind is PgCopyEnd:
+        assert isinstance(op, PgCopyEnd)
+        target.copying = None
+        if op.abort:
+            await op.handle.abort()
+            return None
+        return await op.handle.end()
     if kind is PgQuery:
         assert isinstance(op, PgQuery)
         params = op.params

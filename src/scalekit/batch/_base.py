@@ -169,17 +169,20 @@ def copy_blocks(
     rows: Sequence[Sequence[Any]],
     transformer: Any,
     failed: Callable[[int, Sequence[Any], Exception], Exception],
+    *,
+    framed: bool = True,
 ) -> Iterator[bytearray]:
     """Binary COPY data of ``rows`` in blocks of about :data:`COPY_FLUSH_BYTES`.
 
     The first block starts with the format's header, the last ends with its
-    trailer. A block's rows are encoded by ``encode`` (psycopg's
-    ``format_row_binary``) in one C-level loop (``map`` drained by a
-    zero-length ``deque``): no Python bytecode runs per row. A row that
+    trailer (``framed=False``: neither, for a COPY that sends them itself).
+    A block's rows are encoded by ``encode`` (psycopg's ``format_row_binary``)
+    in one C-level loop (``map`` drained by a zero-length ``deque``): no
+    Python bytecode runs per row. A row that
     cannot be encoded is found again row by row, and ``failed(index, row,
     error)`` builds the exception raised for it.
     """
-    buffer = bytearray(COPY_BINARY_HEADER)
+    buffer = bytearray(COPY_BINARY_HEADER if framed else b"")
     total = len(rows)
     start = 0
     size = _FIRST_BLOCK_ROWS
@@ -201,7 +204,8 @@ def copy_blocks(
             size = max(1, min(_MAX_BLOCK_ROWS, COPY_FLUSH_BYTES // per_row))
             yield buffer
             buffer = bytearray()
-    buffer += COPY_BINARY_TRAILER
+    if framed:
+        buffer += COPY_BINARY_TRAILER
     yield buffer
 
 

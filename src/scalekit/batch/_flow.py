@@ -62,6 +62,9 @@ __all__ = [
     "LoadOptions",
     "Op",
     "PgCopy",
+    "PgCopyBegin",
+    "PgCopyEnd",
+    "PgCopySend",
     "PgEncode",
     "PgFinish",
     "PgProbe",
@@ -156,6 +159,45 @@ class PgCopy:
 
 
 @dataclass(frozen=True, slots=True)
+class PgCopyBegin:
+    """Start a binary COPY ``sql`` for ``oids`` that several chunks are sent through.
+
+    Result: a handle for :class:`PgCopySend` and :class:`PgCopyEnd`, or
+    ``None`` when the shell cannot send encoded blocks (the load then runs
+    one COPY per chunk). Nothing else uses the connection until the COPY ends.
+    """
+
+    sql: str
+    oids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PgCopySend:
+    """Encode one chunk's ``rows`` and send them through the open COPY ``handle``.
+
+    Blocks are sent as they are encoded (the server writes meanwhile); the
+    COPY's one header and trailer are sent by its begin and end. Result: the
+    bytes sent. A row psycopg cannot encode raises :class:`RowDumpError`
+    (the COPY then holds part of the chunk: abort it); the server's error
+    may come too.
+    """
+
+    handle: Any
+    rows: Sequence[tuple[Any, ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class PgCopyEnd:
+    """End the open COPY ``handle``; result ``(rowcount, bytes sent)`` or the server's error.
+
+    ``abort``: stop it instead (the server rolls it back); errors are then suppressed.
+    """
+
+    handle: Any
+    abort: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class PgProbe:
     """Can psycopg encode ``row`` in binary for ``oids``?
 
@@ -212,6 +254,9 @@ Op: TypeAlias = (
     | PgStart
     | PgFinish
     | PgEncode
+    | PgCopyBegin
+    | PgCopySend
+    | PgCopyEnd
     | SaExecute
     | Commit
     | Rollback
@@ -271,12 +316,19 @@ def is_row_error(exc: BaseException) -> bool:
 _ROLLED_BACK_SQLSTATES = ("40001", "40P01")  # the server rolled the transaction back
 _COPY_METHODS = ("copy", "copy_text", "copy_staging")
 _COPY_CONTEXT = re.compile(r"^COPY .*?, line (\d+)(?:, column ([^:]+))?", re.MULTILINE)
+#: A streamed COPY (see :meth:`Load._stream`) is ended, and its chunks
+#: reported, once it holds this many rows: progress still comes along.
+STREAM_ROWS = 1_000_000
 
 
-def _copy_error_row(exc: BaseException) -> tuple[int, str | None] | None:
-    """``(line, column)`` of a COPY's data exception (SQLSTATE class 22), from its CONTEXT."""
+def _copy_error_row(exc: BaseException, *, data_only: bool = True) -> tuple[int, str | None] | None:
+    """``(line, column)`` of a COPY's data exception (SQLSTATE class 22), from its CONTEXT.
+
+    ``data_only=False``: of any server error that names a COPY line (a
+    constraint violation too).
+    """
     code = _sqlstate(exc)
-    if code is None or not code.startswith("22"):
+    if code is None or (data_only and not code.startswith("22")):
         return None
     for candidate in (exc, getattr(exc, "orig", None)):
         context = getattr(getattr(candidate, "diag", None), "context", None)
@@ -399,6 +451,17 @@ class _Ahead:
     error: Exception | None = None
     shaped: tuple[list[tuple[Any, ...]], Sequence[int], int, int] | None = None
     blocks: Sequence[bytes] | None = None
+
+
+@dataclass(slots=True)
+class _Sent:
+    """A chunk sent through a streamed COPY, reported once the COPY ended."""
+
+    index: int
+    first: int
+    rows: int
+    started: float
+    bytes: int = 0
 
 
 @dataclass(slots=True)
@@ -545,6 +608,13 @@ class Load:
         )
 
         chunk_index = 0
+        if (
+            method == "copy"
+            and self._binary
+            and options.transaction == "all_or_nothing"
+            and options.on_error == "raise"
+        ):
+            position, chunk_index = yield from self._stream(position, start)
         while True:
             ahead, self._ahead = self._ahead, None
             if ahead is None:
@@ -714,7 +784,30 @@ class Load:
         finally:
             self._raw = []
             self._blocks = None
-        result.rows += len(raw)
+        self._account(
+            chunk_index,
+            len(raw),
+            first,
+            outcome,
+            duplicates,
+            self.clock.monotonic() - chunk_start,
+            start,
+        )
+
+    def _account(
+        self,
+        chunk_index: int,
+        count: int,
+        first: int,
+        outcome: _Outcome,
+        duplicates: int,
+        seconds: float,
+        start: float,
+    ) -> None:
+        """Add a written chunk of ``count`` input rows to the result; its event and progress."""
+        options = self.options
+        result = self.result
+        result.rows += count
         result.inserted += outcome.inserted
         result.updated += outcome.updated
         result.skipped += outcome.skipped
@@ -727,16 +820,16 @@ class Load:
                 result.returned[position] = values
         if options.transaction == "per_chunk":
             result.committed += outcome.inserted + outcome.updated
-            result.resume_position = first + len(raw)
+            result.resume_position = first + count
         emit(
             BatchChunkWritten(
                 name=self.shape.name,
                 chunk_index=chunk_index,
-                rows=len(raw),
+                rows=count,
                 inserted=outcome.inserted,
                 updated=outcome.updated,
                 skipped=outcome.skipped,
-                seconds=self.clock.monotonic() - chunk_start,
+                seconds=seconds,
             )
         )
         if options.progress is not None:
@@ -748,6 +841,128 @@ class Load:
                     elapsed=self.clock.monotonic() - start,
                 )
             )
+
+    # -- one COPY for many chunks -----------------------------------------------------------
+
+    def _stream(self, position: int, start: float) -> Generator[Op, Any, tuple[int, int]]:
+        """Send the chunks through one binary COPY (per :data:`STREAM_ROWS` rows).
+
+        A plain ``"copy"`` load in one transaction with ``on_error="raise"``:
+        the client waits for the server once, when the COPY ends, instead of
+        at every chunk's end. The chunks are the same. Once the COPY ended,
+        its chunks are reported in order (events, progress: a chunk is
+        reported when it was *written*). A chunk that does not fit, or an
+        error of the input, ends the COPY first (the chunks before are
+        written and reported), then raises as it would chunk by chunk. A value
+        psycopg cannot encode aborts the COPY (part of its chunk was sent),
+        the chunks before are reported, then it raises as chunk by chunk. A
+        server error names the COPY line: it is mapped back to its chunk and
+        input row. Returns ``(position, chunks)`` reached (the whole input,
+        unless the shell cannot stream: then the rest is loaded chunk by chunk).
+        """
+        pg, oids, shaper = self._pg, self._oids, self._shaper
+        assert pg is not None and oids is not None and shaper is not None
+        clock = self.clock
+        chunk_index = 0
+        raw = yield from self._take()
+        while raw:
+            try:
+                handle = yield PgCopyBegin(pg.copy, oids)
+            except Exception as exc:
+                yield from self._fail(chunk_index, position, start, exc)
+                raise AssertionError("unreachable") from exc  # pragma: no cover
+            if handle is None:
+                self._buffer[:0] = raw
+                return position, chunk_index
+            sent: list[_Sent] = []
+            stop: Exception | None = None  # met before its chunk was sent
+            read_failed = False
+            ended = False
+            try:
+                lines = 0
+                while raw:
+                    chunk_start = clock.monotonic()
+                    try:
+                        rows = shaper.shape_rows(raw, position)
+                    except Exception as exc:
+                        stop = exc
+                        break
+                    chunk = _Sent(chunk_index, position, len(raw), chunk_start)
+                    sent.append(chunk)
+                    chunk.bytes = yield PgCopySend(handle, rows)
+                    position += len(raw)
+                    chunk_index += 1
+                    lines += len(raw)
+                    if lines >= STREAM_ROWS:
+                        break
+                    try:
+                        raw = yield from self._take()
+                    except Exception as exc:
+                        stop, read_failed = exc, True
+                        raw = []
+                ended = True
+                _, total = yield PgCopyEnd(handle)
+            except Exception as exc:
+                if not ended:
+                    yield PgCopyEnd(handle, abort=True)
+                yield from self._stream_failed(sent, (chunk_index, position), start, exc)
+                raise AssertionError("unreachable") from exc  # pragma: no cover
+            if sent:  # the COPY's header and trailer
+                sent[-1].bytes += total - sum(chunk.bytes for chunk in sent)
+            self._report(sent, clock.monotonic(), start)
+            if stop is not None:
+                if not read_failed:
+                    yield from self._fail(chunk_index, position, start, stop)
+                raise stop
+            if lines >= STREAM_ROWS:
+                raw = yield from self._take()
+        return position, chunk_index
+
+    def _report(self, chunks: Sequence[_Sent], end: float, start: float) -> None:
+        """Report ``chunks`` as written, in order; the last one's share ends at ``end``."""
+        for i, chunk in enumerate(chunks):
+            following = chunks[i + 1].started if i + 1 < len(chunks) else end
+            outcome = _Outcome(inserted=chunk.rows, bytes=chunk.bytes)
+            self._account(
+                chunk.index, chunk.rows, chunk.first, outcome, 0, following - chunk.started, start
+            )
+
+    def _stream_failed(
+        self, sent: list[_Sent], next_chunk: tuple[int, int], start: float, exc: Exception
+    ) -> Flow:
+        """Report the chunks of a streamed COPY before the failed one; raise for that one.
+
+        A value psycopg could not encode is in the last chunk sent; a
+        server's error names the COPY line in its CONTEXT (without one, the
+        first chunk of the COPY is blamed; ``next_chunk``, ``(index,
+        position)``, when none was sent).
+        """
+        if not sent:
+            yield from self._fail(*next_chunk, start, exc)
+        error: Exception = exc
+        failed = 0
+        if isinstance(exc, RowDumpError):
+            failed = len(sent) - 1
+            exc.position = sent[failed].first + exc.index
+        else:
+            found = _copy_error_row(exc, data_only=False)
+            line = found[0] if found is not None else 0
+            done = 0
+            for i, chunk in enumerate(sent):
+                if done < line <= done + chunk.rows:
+                    failed = i
+                    break
+                done += chunk.rows
+            else:
+                found = None
+            if found is not None and (_sqlstate(exc) or "").startswith("22"):
+                column = found[1]
+                names = self._shaper.names if self._shaper is not None else ()
+                offset = line - 1 - done
+                error = RowDumpError(offset, names.index(column) if column in names else None, exc)
+                error.position = sent[failed].first + offset
+        self._report(sent[:failed], sent[failed].started, start)
+        yield from self._fail(sent[failed].index, sent[failed].first, start, error)
 
     def _dedupe(
         self, rows: list[tuple[Any, ...]], positions: Sequence[int]

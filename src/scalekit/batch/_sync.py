@@ -19,7 +19,10 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 from scalekit._clock import SYSTEM_CLOCK
 from scalekit.batch._base import (
     COPY_ABORTED,
+    COPY_BINARY_HEADER,
+    COPY_BINARY_TRAILER,
     DEFAULT,
+    CopyAborted,
     binary_row_encoder,
     copy_blocks,
     encode_binary_copy,
@@ -47,6 +50,9 @@ from scalekit.batch._flow import (
     LoadOptions,
     Op,
     PgCopy,
+    PgCopyBegin,
+    PgCopyEnd,
+    PgCopySend,
     PgEncode,
     PgFinish,
     PgProbe,
@@ -103,6 +109,8 @@ class _Target:
         self.session = session
         #: a statement sent by :meth:`start` whose result nobody has asked for yet
         self.pending: Any = None
+        #: a COPY begun by :class:`PgCopyBegin` and not ended yet
+        self.copying: _CopyStream | None = None
 
     def connection(self) -> Any:
         if self.session:
@@ -130,7 +138,13 @@ class _Target:
         return result
 
     def settle(self) -> None:
-        """Wait for a statement still running (the load stopped while it ran): its error is moot."""
+        """Wait for a statement still running (the load stopped while it ran): its error is moot.
+
+        A COPY still open is aborted.
+        """
+        copying, self.copying = self.copying, None
+        if copying is not None:
+            copying.abort()
         pending, self.pending = self.pending, None
         if pending is None:
             return
@@ -148,9 +162,12 @@ class _Target:
         return self.executor.begin_nested()
 
 
-def _copy_rows(connection: Any, op: PgCopy) -> tuple[int, int]:
-    """COPY ``op.rows`` on a psycopg connection; ``(rowcount, bytes sent)``."""
-    from psycopg import Error, OperationalError
+def _counting_writer(cursor: Any) -> Any:
+    """A COPY writer for ``cursor`` that counts the bytes it sends (``.sent``).
+
+    An abort by an exception of ours tells the server why without any row's values.
+    """
+    from psycopg import Error
     from psycopg.copy import LibpqWriter
 
     class CountingWriter(LibpqWriter):
@@ -171,8 +188,65 @@ def _copy_rows(connection: Any, op: PgCopy) -> tuple[int, int]:
             with contextlib.suppress(Error):
                 super().finish(COPY_ABORTED)
 
+    return CountingWriter(cursor)
+
+
+class _CopyStream:
+    """A binary COPY open across requests, from :class:`PgCopyBegin` to :class:`PgCopyEnd`."""
+
+    def __init__(self, cursor: Any, writer: Any) -> None:
+        self.cursor = cursor
+        self.writer = writer
+        self.stack = contextlib.ExitStack()
+        self.copy: Any = None
+        self.oids: Sequence[int] = ()
+
+    def begin(self, sql: str, oids: Sequence[int]) -> None:
+        self.copy = self.stack.enter_context(self.cursor.copy(sql, writer=self.writer))
+        self.copy.set_types(list(oids))
+        self.oids = oids
+        self.copy.write(COPY_BINARY_HEADER)
+
+    def send(self, rows: Sequence[Sequence[Any]]) -> int:
+        """Encode and write one chunk's rows, a block at a time; the bytes sent."""
+        connection = self.cursor.connection
+        oids = self.oids
+        encode = binary_row_encoder()
+        assert encode is not None
+        before = self.writer.sent
+        write = self.copy.write
+
+        def failed(index: int, row: Sequence[Any], exc: Exception) -> Exception:
+            return RowDumpError(index, probe_binary(connection, oids, row), exc)
+
+        transformer = self.copy.formatter.transformer
+        for block in copy_blocks(encode, rows, transformer, failed, framed=False):
+            if block:
+                write(block)
+        sent: int = self.writer.sent - before
+        return sent
+
+    def end(self) -> tuple[int, int]:
+        try:
+            self.copy.write(COPY_BINARY_TRAILER)
+        except BaseException:
+            self.abort()
+            raise
+        self.stack.close()
+        return self.cursor.rowcount, self.writer.sent
+
+    def abort(self) -> None:
+        """Stop the COPY (the server rolls it back); errors are moot."""
+        with contextlib.suppress(Exception):
+            self.stack.__exit__(CopyAborted, COPY_ABORTED, None)
+
+
+def _copy_rows(connection: Any, op: PgCopy) -> tuple[int, int]:
+    """COPY ``op.rows`` on a psycopg connection; ``(rowcount, bytes sent)``."""
+    from psycopg import OperationalError
+
     cursor = connection.cursor()
-    writer = CountingWriter(cursor)
+    writer = _counting_writer(cursor)
     encode = binary_row_encoder() if op.oids is not None and op.blocks is None else None
     with cursor.copy(op.sql, writer=writer) as copy:
         if op.oids is not None:
@@ -220,6 +294,29 @@ def _perform(target: _Target, rows: _Rows, op: Op, clock: Clock) -> Any:
     if kind is PgCopy:
         assert isinstance(op, PgCopy)
         return _copy_rows(target.driver_connection(), op)
+    if kind is PgCopySend:
+        assert isinstance(op, PgCopySend)
+        return op.handle.send(op.rows)
+    if kind is PgCopyBegin:
+        assert isinstance(op, PgCopyBegin)
+        if binary_row_encoder() is None:  # pragma: no cover - a psycopg without the encoder
+            return None
+        cursor = target.driver_connection().cursor()
+        stream = _CopyStream(cursor, _counting_writer(cursor))
+        try:
+            stream.begin(op.sql, op.oids)
+        except BaseException:
+            stream.abort()
+            raise
+        target.copying = stream
+        return stream
+    if kind is PgCopyEnd:
+        assert isinstance(op, PgCopyEnd)
+        target.copying = None
+        if op.abort:
+            op.handle.abort()
+            return None
+        return op.handle.end()
     if kind is PgQuery:
         assert isinstance(op, PgQuery)
         params = op.params

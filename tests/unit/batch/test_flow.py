@@ -18,6 +18,9 @@ from scalekit.batch._flow import (
     LoadOptions,
     Op,
     PgCopy,
+    PgCopyBegin,
+    PgCopyEnd,
+    PgCopySend,
     PgProbe,
     PgQuery,
     ReadRows,
@@ -43,14 +46,33 @@ class CheckViolation(Exception):
     sqlstate = "23514"
 
 
+class Diag:
+    def __init__(self, context: str | None) -> None:
+        self.context = context
+
+
 class FakePg:
-    """Answers a load's requests; a COPY containing a negative qty fails like a CHECK."""
+    """Answers a load's requests; a COPY containing a negative qty fails like a CHECK.
+
+    A COPY streamed over several chunks (:class:`PgCopyBegin`) fails when it
+    ends, its error naming the COPY line as PostgreSQL's CONTEXT does.
+    """
 
     def __init__(self, rows: list[tuple[int, int]]) -> None:
         self.input = iter(rows)
         self.ops: list[str] = []
         self.committed: list[tuple[Any, ...]] = []
         self.pending: list[list[tuple[Any, ...]]] = [[]]  # one level per open savepoint
+        self.streamed: list[tuple[Any, ...]] | None = None
+
+    def refuse(self, rows: list[tuple[Any, ...]]) -> Exception | None:
+        """The error of a COPY of ``rows``, its CONTEXT naming the first bad row's line."""
+        for line, row in enumerate(rows, 1):
+            if row[1] < 0:
+                error = CheckViolation("new row violates check constraint")
+                error.diag = Diag(f"COPY t, line {line}: ...")  # type: ignore[attr-defined]
+                return error
+        return None
 
     def __call__(self, op: Op) -> Any:
         self.ops.append(type(op).__name__)
@@ -61,10 +83,28 @@ class FakePg:
         if isinstance(op, PgProbe):
             return None
         if isinstance(op, PgCopy):
-            if any(row[1] < 0 for row in op.rows):
-                raise CheckViolation("new row violates check constraint")
+            error = self.refuse(list(op.rows))
+            if error is not None:
+                raise error
             self.pending[-1].extend(op.rows)
             return len(op.rows), 10 * len(op.rows)
+        if isinstance(op, PgCopyBegin):
+            self.streamed = []
+            return "copy"
+        if isinstance(op, PgCopySend):  # 10 bytes a row
+            assert self.streamed is not None
+            self.streamed.extend(op.rows)
+            return 10 * len(op.rows)
+        if isinstance(op, PgCopyEnd):
+            streamed, self.streamed = self.streamed, None
+            assert streamed is not None
+            if op.abort:
+                return None
+            error = self.refuse(streamed)
+            if error is not None:
+                raise error
+            self.pending[-1].extend(streamed)
+            return len(streamed), 21 + 10 * len(streamed)
         if isinstance(op, Savepoint):
             self.pending.append([])
             return len(self.pending)
@@ -161,11 +201,10 @@ def test_a_failed_rollback_is_logged_without_the_row(
         sqlstate = "23514"
 
     class Quoting(FailingCleanup):
-        def __call__(self, op: Op) -> Any:
-            if isinstance(op, PgCopy) and any(row[1] < 0 for row in op.rows):
-                self.ops.append("PgCopy")
-                raise Refused(f"violates check constraint\nDETAIL:  Failing row contains {secret}")
-            return super().__call__(op)
+        def refuse(self, rows: list[tuple[Any, ...]]) -> Exception | None:
+            if any(row[1] < 0 for row in rows):
+                return Refused(f"violates check constraint\nDETAIL:  Failing row contains {secret}")
+            return None
 
     caplog.set_level("DEBUG")
     fake = Quoting([(i, -1 if i == 3 else i) for i in range(8)])
@@ -214,3 +253,58 @@ def test_unprepared_turns_psycopg_preparing_off_for_the_block_only() -> None:
     other_driver = object()  # sqlite3, asyncpg...: nothing to turn off
     with unprepared(other_driver):
         pass
+
+
+def test_one_transaction_streams_every_chunk_through_one_copy() -> None:
+    fake, result = run([(i, i) for i in range(25)], chunk_size=10)
+    assert result.method == "copy" and result.inserted == 25 and result.chunks == 3
+    assert result.bytes == 21 + 250  # one header and trailer, as one COPY sends
+    assert fake.ops == [
+        "ReadRows",
+        "PgQuery",
+        "PgProbe",
+        "PgCopyBegin",
+        "PgCopySend",
+        "ReadRows",
+        "PgCopySend",
+        "ReadRows",
+        "PgCopySend",  # 5 rows of 10: the input is exhausted
+        "PgCopyEnd",
+        "Commit",
+    ]
+    assert fake.committed == [(i, i) for i in range(25)]
+
+
+def test_a_streamed_copy_maps_the_line_back_to_its_row() -> None:
+    rows = [(i, i) for i in range(30)]
+    rows[23] = (23, -1)
+    with pytest.raises(BatchChunkError) as info:
+        run(rows, chunk_size=10)
+    assert (info.value.chunk_index, info.value.position) == (2, 20)
+    assert isinstance(info.value.__cause__, CheckViolation)
+
+
+class NoStream(FakePg):
+    """A shell that cannot stream (no binary row encoder): a COPY per chunk."""
+
+    def __call__(self, op: Op) -> Any:
+        if isinstance(op, PgCopyBegin):
+            self.ops.append("PgCopyBegin")
+            return None
+        return super().__call__(op)
+
+
+def test_a_shell_that_cannot_stream_copies_per_chunk() -> None:
+    fake = NoStream([(i, i) for i in range(25)])
+    load = Load(
+        table,
+        LoadOptions(retry=None, chunk_size=10),
+        dialect="postgresql",
+        copy_capable=True,
+        owns_transaction=True,
+        clock=FakeClock(),
+    )
+    result = drive(load.run(), fake)
+    assert result.inserted == 25 and result.chunks == 3
+    assert fake.ops.count("PgCopyBegin") == 1 and fake.ops.count("PgCopy") == 3
+    assert fake.committed == [(i, i) for i in range(25)]
