@@ -24,6 +24,7 @@ from scalekit.batch._base import (
     CopyAborted,
     binary_row_encoder,
     copy_blocks,
+    dump_failure,
     encode_binary_copy,
     is_psycopg,
     make_options,
@@ -258,11 +259,8 @@ class _CopyStream:
         assert encode is not None
         before = self.writer.sent
         write = self.copy.write
-
-        def failed(index: int, row: Sequence[Any], exc: Exception) -> Exception:
-            return RowDumpError(index, probe_binary(connection, oids, row), exc)
-
         transformer = self.copy.formatter.transformer
+        failed = dump_failure(connection, oids)
         for block in copy_blocks(encode, rows, transformer, failed, framed=False):
             if block:
                 await write(block)
@@ -300,12 +298,8 @@ async def _copy_rows(connection: Any, op: PgCopy) -> tuple[int, int]:
         elif encode is not None:
             # Binary COPY in block mode: rows encoded by psycopg's own encoder,
             # a block at a time, sent with the format's header and trailer.
-            oids = op.oids
-            assert oids is not None
-
-            def failed(index: int, row: Sequence[Any], exc: Exception) -> Exception:
-                return RowDumpError(index, probe_binary(connection, oids, row), exc)
-
+            assert op.oids is not None
+            failed = dump_failure(connection, op.oids)
             for block in copy_blocks(encode, op.rows, copy.formatter.transformer, failed):
                 await copy.write(block)
         else:
@@ -375,12 +369,7 @@ async def _perform(target: _AsyncTarget, rows: _Rows, op: Op, clock: Clock) -> A
     if kind is PgEncode:
         assert isinstance(op, PgEncode)
         connection = await target.driver_connection()
-        oids = op.oids
-
-        def failed(index: int, row: Sequence[Any], exc: Exception) -> Exception:
-            return RowDumpError(index, probe_binary(connection, oids, row), exc)
-
-        return encode_binary_copy(connection, oids, op.rows, failed)
+        return encode_binary_copy(connection, op.oids, op.rows, dump_failure(connection, op.oids))
     if kind is SaExecute:
         assert isinstance(op, SaExecute)
         connection = await target.connection()

@@ -25,7 +25,7 @@ from scalekit.batch._core import (
     TransactionPolicy,
     Upsert,
 )
-from scalekit.batch._flow import LoadOptions, default_retry
+from scalekit.batch._flow import LoadOptions, RowDumpError, default_retry
 
 if TYPE_CHECKING:
     from scalekit.retry import RetryPolicy
@@ -287,6 +287,18 @@ def probe_binary(connection: Any, oids: Sequence[int], row: Sequence[Any]) -> in
         except Exception:
             return index
     return None
+
+
+def dump_failure(
+    connection: Any, oids: Sequence[int]
+) -> Callable[[int, Sequence[Any], Exception], Exception]:
+    """``failed`` for :func:`copy_blocks`: a ``RowDumpError`` naming the row's index
+    and the first of its columns psycopg cannot dump (:func:`probe_binary`)."""
+
+    def failed(index: int, row: Sequence[Any], exc: Exception) -> Exception:
+        return RowDumpError(index, probe_binary(connection, oids, row), exc)
+
+    return failed
 
 
 class CopyAborted(Exception):
