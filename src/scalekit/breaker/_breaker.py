@@ -471,10 +471,13 @@ class CircuitBreaker:
         """
         return _call(self._rec, func, args, kwargs)
 
-    async def acall(
+    def acall(
         self, func: Callable[P, Coroutine[Any, Any, T]], /, *args: P.args, **kwargs: P.kwargs
-    ) -> T:
+    ) -> Coroutine[Any, Any, T]:
         """Await ``func(*args, **kwargs)`` through the breaker.
+
+        A plain method that returns the driver's coroutine (one coroutine per
+        call, not two): ``await breaker.acall(f, x)`` is how it is used.
 
         Raises:
             CircuitOpenError: the breaker rejected the call (and no fallback).
@@ -483,8 +486,7 @@ class CircuitBreaker:
         .. versionchanged:: issue 14
            Was ``call_async``, which stays one release as a deprecated alias.
         """
-        result: T = await _acall(self._rec, func, args, kwargs)
-        return result
+        return _acall(self._rec, func, args, kwargs)
 
     async def call_async(
         self, func: Callable[P, Coroutine[Any, Any, T]], /, *args: P.args, **kwargs: P.kwargs
