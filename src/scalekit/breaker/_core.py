@@ -339,6 +339,7 @@ class BreakerCore:
         "streak",
         "successes",
         "tally",
+        "tally_ticket",
         "tally_until",
         "transitions",
     )
@@ -375,6 +376,10 @@ class BreakerCore:
         #: A success made before this monotonic time, with the current
         #: generation's ticket, may be counted with ``next(tally)`` alone.
         self.tally_until = _NO_TALLY
+        #: The ticket a success may be tallied with when no clock is read:
+        #: :attr:`free_ticket` while :attr:`tally_until` is ``inf``, else ``None``
+        #: (one attribute read on the clockless hot path, not two).
+        self.tally_ticket: int | None = None
         self._open_tally(now)
 
     # -- the lock-free success tally --------------------------------------------------
@@ -396,6 +401,7 @@ class BreakerCore:
             window.add_successes(pending, self._tally_epoch)
         self._tallying = False
         self.tally_until = _NO_TALLY
+        self.tally_ticket = None
 
     def _open_tally(self, now: float) -> None:
         """Publish :attr:`tally_until`: when may a success skip the lock?"""
@@ -416,7 +422,9 @@ class BreakerCore:
                 self.tally_until = _INF
         else:
             self.tally_until = _NO_TALLY
+            self.tally_ticket = None
             return
+        self.tally_ticket = self.free_ticket if self.tally_until == _INF else None
         self._folded = self.tallied()
         self._tallying = True
 

@@ -195,8 +195,7 @@ def wrap(rec: Recorder, func: Callable[P, T]) -> Callable[P, T]:
             except BaseException as exc:
                 record(ticket, classify(exc), None)
                 raise
-            # tally_until is +-inf without a clock: 0.0 stands for "now".
-            if core.tally_until > 0.0 and ticket == core.free_ticket:
+            if ticket == core.tally_ticket:
                 next(tally)
             else:
                 record(ticket, SUCCESS, None)

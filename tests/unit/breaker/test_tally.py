@@ -127,6 +127,10 @@ def drive(policy_name: str, front: str, steps: list[str]) -> None:
         assert metrics.successes == reference.successes + reference.tallied()
         assert metrics.failures == reference.failures
         assert metrics.slow_calls == reference.slow_calls
+        # The clockless hot path's one read stands for tally_until and free_ticket.
+        core = breaker._rec.core
+        clockless = core.free_ticket if core.tally_until == float("inf") else None
+        assert core.tally_ticket == clockless, steps
 
 
 @pytest.mark.parametrize("front", FRONTS)
