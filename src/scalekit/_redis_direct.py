@@ -33,6 +33,7 @@ from typing import Any
 
 __all__ = [
     "KEEP",
+    "PROCESS",
     "AsyncKept",
     "adirect_pool",
     "asend_packed",
@@ -46,6 +47,18 @@ __all__ = [
 
 #: Connections kept between commands, at most: per backend (sync), per event loop (asyncio).
 KEEP = 4
+
+#: This process's id, kept current by an at-fork hook: the kept connections
+#: check it on every command, where ``os.getpid()`` is a system call.
+PROCESS = [os.getpid()]
+
+
+def _forked() -> None:
+    PROCESS[0] = os.getpid()
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - not on Windows (no fork either)
+    os.register_at_fork(after_in_child=_forked)
 
 
 def _wants_command_name(pool: Any) -> bool:
@@ -259,7 +272,7 @@ class AsyncKept:
             return await asend_packed(self.pool, packed, response_error)
         loop = asyncio.get_running_loop()
         kept = self._loops.get(loop)
-        if kept is None or self._pid != os.getpid():
+        if kept is None or self._pid != PROCESS[0]:
             kept = await self._enter(loop)
         try:
             connection = kept.idle.pop()

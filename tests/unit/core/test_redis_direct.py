@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any, ClassVar
 
 import fakeredis
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 from scalekit._redis_direct import (
     _PARENTS,
     KEEP,
+    PROCESS,
     AsyncKept,
     adirect_pool,
     direct_pool,
@@ -320,6 +322,24 @@ def test_a_forked_child_leaves_the_parents_connections_alone() -> None:
         _PARENTS.remove(parents)
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")
+def test_the_process_id_is_current_in_a_forked_child() -> None:
+    # The kept connections compare PROCESS, not os.getpid(), on every command.
+    assert PROCESS[0] == os.getpid()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.write(write, b"1" if PROCESS[0] == os.getpid() else b"0")
+        os._exit(0)
+    os.close(write)
+    try:
+        assert os.read(read, 1) == b"1"
+    finally:
+        os.close(read)
+        os.waitpid(pid, 0)
+    assert PROCESS[0] == os.getpid()
 
 
 async def test_a_reply_read_as_the_watchdog_aborts_stands_but_its_socket_does_not() -> None:
