@@ -241,6 +241,13 @@ class AsyncKept:
     def __init__(self, pool: Any) -> None:
         from redis import exceptions as rex
 
+        try:
+            from redis.asyncio.connection import AbstractConnection
+
+            own_read: Any = AbstractConnection.read_response
+        except ImportError:  # pragma: no cover - an older redis-py: it reads every reply
+            own_read = None
+
         self.pool = pool
         self.keep = KEEP if keeps_connections(pool) else 0
         kwargs = dict(getattr(pool, "connection_kwargs", {}))
@@ -250,6 +257,16 @@ class AsyncKept:
             kwargs["socket_connect_timeout"] = self._timeout  # redis-py's own default
         #: Whether a command first checks an idle connection (``health_check_interval``).
         self._check_health = bool(kwargs.get("health_check_interval"))
+        #: Whether replies may be read by :func:`_read_reply`: raw bytes, no health
+        #: bookkeeping, redis-py's own ``read_response`` (not a subclass's) on a
+        #: Python that has the stream methods it uses. Else redis-py reads every one.
+        self._raw = (
+            _STREAM_READS
+            and not self._check_health
+            and not kwargs.get("decode_responses")
+            and own_read is not None
+            and getattr(pool.connection_class, "read_response", None) is own_read
+        )
         self._kwargs = kwargs
         self._timeout_error = rex.TimeoutError
         self._connection_error = rex.ConnectionError
@@ -288,7 +305,10 @@ class AsyncKept:
             try:
                 if timeout is None:
                     await connection.send_packed_command([packed], self._check_health)
-                    reply = await connection.read_response()
+                    if self._raw:
+                        reply = await _read_reply(connection)
+                    else:
+                        reply = await connection.read_response()
                 else:
                     deadline = loop.time() + timeout
                     inflight[connection] = deadline
@@ -296,7 +316,10 @@ class AsyncKept:
                         kept.timer = loop.call_at(deadline, _expire, kept, loop)
                     try:
                         await connection.send_packed_command([packed], self._check_health)
-                        reply = await connection.read_response()
+                        if self._raw:
+                            reply = await _read_reply(connection)
+                        else:
+                            reply = await connection.read_response()
                     finally:
                         del inflight[connection]
             except response_error:
@@ -389,6 +412,85 @@ class AsyncKept:
             else:
                 kept.idle = idle
                 loop.call_soon_threadsafe(_close_in_loop, kept.watch)
+
+
+#: The private ``asyncio.StreamReader`` methods :func:`_read_reply` waits and
+#: consumes with; without them (another Python), redis-py reads every reply.
+_STREAM_READS = all(
+    hasattr(asyncio.StreamReader, name) for name in ("_wait_for_data", "_maybe_resume_transport")
+)
+
+
+async def _read_reply(connection: Any) -> Any:
+    """The reply to the one command in flight on ``connection``, read straight off its stream.
+
+    redis-py's reader takes a coroutine per line of the reply (a limiter's
+    two-item array is five) and its parser's buffer between: about a fifth of
+    the round trip. Replies of integers, bulk strings, nulls and
+    arrays of them, whole in the stream's buffer, are parsed here as redis-py
+    returns them undecoded; anything else (an error reply, a RESP3 push or
+    type, a reply still arriving, a closed or failed stream) is left for
+    redis-py's ``read_response``, which raises its own errors as before.
+    """
+    reader: Any = connection._reader
+    plain = reader.__class__ is asyncio.StreamReader  # (a bool of its own: mypy keeps Any)
+    if plain:
+        buffer = reader._buffer
+        try:
+            while not buffer and not reader._eof and reader._exception is None:
+                await reader._wait_for_data("read")
+        except Exception:  # the watchdog's timeout, a lost connection: redis-py raises it
+            pass
+        else:
+            if buffer:
+                try:
+                    reply, end = _parse_reply(buffer, 0)
+                except ValueError:  # not RESP: redis-py raises its protocol error
+                    reply = _PARTIAL
+                if reply is not _PARTIAL:
+                    del buffer[:end]
+                    reader._maybe_resume_transport()
+                    return reply
+    return await connection.read_response()
+
+
+#: What :func:`_parse_reply` returns for a reply it leaves to redis-py.
+_PARTIAL: Any = object()
+
+
+def _parse_reply(buffer: bytearray, start: int) -> tuple[Any, int]:
+    """The RESP reply at ``start`` of ``buffer`` and where it ends, or ``_PARTIAL``.
+
+    ``:`` integers, ``$`` bulk strings (bytes), ``*`` arrays of them, and
+    their nulls (``$-1``, ``*-1``) only.
+    """
+    line_end = buffer.find(b"\r\n", start)
+    if line_end < 0:
+        return _PARTIAL, 0
+    kind = buffer[start]
+    if kind == 0x3A:  # ":"
+        return int(buffer[start + 1 : line_end]), line_end + 2
+    if kind == 0x24:  # "$"
+        size = int(buffer[start + 1 : line_end])
+        if size < 0:
+            return None, line_end + 2
+        stop = line_end + 2 + size
+        if len(buffer) < stop + 2:
+            return _PARTIAL, 0
+        return bytes(buffer[line_end + 2 : stop]), stop + 2
+    if kind == 0x2A:  # "*"
+        count = int(buffer[start + 1 : line_end])
+        if count < 0:
+            return None, line_end + 2
+        items = []
+        end = line_end + 2
+        for _ in range(count):
+            item, end = _parse_reply(buffer, end)
+            if item is _PARTIAL:
+                return _PARTIAL, 0
+            items.append(item)
+        return items, end
+    return _PARTIAL, 0
 
 
 async def _watch(
