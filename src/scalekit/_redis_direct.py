@@ -19,7 +19,10 @@ as much as the command (two pool locks, an event dispatch, a readiness
 check), so :class:`AsyncKept` keeps a few connections of its own per event
 loop between commands. A timer per command (``asyncio.timeout``) costs a
 third of a cache hit again, so one timer per loop watches every command in
-flight on a kept connection.
+flight on a kept connection. redis-py's asyncio reply reader costs a fifth
+of the round trip, so the usual replies (integers, bulk strings, arrays of
+them) are read off the connection's stream directly; the rest, errors
+included, still go through redis-py (:func:`_read_reply`).
 """
 
 from __future__ import annotations
