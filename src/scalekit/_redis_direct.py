@@ -19,7 +19,10 @@ as much as the command (two pool locks, an event dispatch, a readiness
 check), so :class:`AsyncKept` keeps a few connections of its own per event
 loop between commands. A timer per command (``asyncio.timeout``) costs a
 third of a cache hit again, so one timer per loop watches every command in
-flight on a kept connection.
+flight on a kept connection. redis-py's asyncio reply reader costs a fifth
+of the round trip, so the usual replies (integers, bulk strings, arrays of
+them) are read off the connection's stream directly; the rest, errors
+included, still go through redis-py (:func:`_read_reply`).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from typing import Any
 
 __all__ = [
     "KEEP",
+    "PROCESS",
     "AsyncKept",
     "adirect_pool",
     "asend_packed",
@@ -46,6 +50,18 @@ __all__ = [
 
 #: Connections kept between commands, at most: per backend (sync), per event loop (asyncio).
 KEEP = 4
+
+#: This process's id, kept current by an at-fork hook: the kept connections
+#: check it on every command, where ``os.getpid()`` is a system call.
+PROCESS = [os.getpid()]
+
+
+def _forked() -> None:
+    PROCESS[0] = os.getpid()
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - not on Windows (no fork either)
+    os.register_at_fork(after_in_child=_forked)
 
 
 def _wants_command_name(pool: Any) -> bool:
@@ -228,6 +244,13 @@ class AsyncKept:
     def __init__(self, pool: Any) -> None:
         from redis import exceptions as rex
 
+        try:
+            from redis.asyncio.connection import AbstractConnection
+
+            own_read: Any = AbstractConnection.read_response
+        except ImportError:  # pragma: no cover - an older redis-py: it reads every reply
+            own_read = None
+
         self.pool = pool
         self.keep = KEEP if keeps_connections(pool) else 0
         kwargs = dict(getattr(pool, "connection_kwargs", {}))
@@ -237,6 +260,16 @@ class AsyncKept:
             kwargs["socket_connect_timeout"] = self._timeout  # redis-py's own default
         #: Whether a command first checks an idle connection (``health_check_interval``).
         self._check_health = bool(kwargs.get("health_check_interval"))
+        #: Whether replies may be read by :func:`_read_reply`: raw bytes, no health
+        #: bookkeeping, redis-py's own ``read_response`` (not a subclass's) on a
+        #: Python that has the stream methods it uses. Else redis-py reads every one.
+        self._raw = (
+            _STREAM_READS
+            and not self._check_health
+            and not kwargs.get("decode_responses")
+            and own_read is not None
+            and getattr(pool.connection_class, "read_response", None) is own_read
+        )
         self._kwargs = kwargs
         self._timeout_error = rex.TimeoutError
         self._connection_error = rex.ConnectionError
@@ -259,7 +292,7 @@ class AsyncKept:
             return await asend_packed(self.pool, packed, response_error)
         loop = asyncio.get_running_loop()
         kept = self._loops.get(loop)
-        if kept is None or self._pid != os.getpid():
+        if kept is None or self._pid != PROCESS[0]:
             kept = await self._enter(loop)
         try:
             connection = kept.idle.pop()
@@ -275,7 +308,10 @@ class AsyncKept:
             try:
                 if timeout is None:
                     await connection.send_packed_command([packed], self._check_health)
-                    reply = await connection.read_response()
+                    if self._raw:
+                        reply = await _read_reply(connection)
+                    else:
+                        reply = await connection.read_response()
                 else:
                     deadline = loop.time() + timeout
                     inflight[connection] = deadline
@@ -283,7 +319,10 @@ class AsyncKept:
                         kept.timer = loop.call_at(deadline, _expire, kept, loop)
                     try:
                         await connection.send_packed_command([packed], self._check_health)
-                        reply = await connection.read_response()
+                        if self._raw:
+                            reply = await _read_reply(connection)
+                        else:
+                            reply = await connection.read_response()
                     finally:
                         del inflight[connection]
             except response_error:
@@ -376,6 +415,85 @@ class AsyncKept:
             else:
                 kept.idle = idle
                 loop.call_soon_threadsafe(_close_in_loop, kept.watch)
+
+
+#: The private ``asyncio.StreamReader`` methods :func:`_read_reply` waits and
+#: consumes with; without them (another Python), redis-py reads every reply.
+_STREAM_READS = all(
+    hasattr(asyncio.StreamReader, name) for name in ("_wait_for_data", "_maybe_resume_transport")
+)
+
+
+async def _read_reply(connection: Any) -> Any:
+    """The reply to the one command in flight on ``connection``, read straight off its stream.
+
+    redis-py's reader takes a coroutine per line of the reply (a limiter's
+    two-item array is five) and its parser's buffer between: about a fifth of
+    the round trip. Replies of integers, bulk strings, nulls and
+    arrays of them, whole in the stream's buffer, are parsed here as redis-py
+    returns them undecoded; anything else (an error reply, a RESP3 push or
+    type, a reply still arriving, a closed or failed stream) is left for
+    redis-py's ``read_response``, which raises its own errors as before.
+    """
+    reader: Any = connection._reader
+    plain = reader.__class__ is asyncio.StreamReader  # (a bool of its own: mypy keeps Any)
+    if plain:
+        buffer = reader._buffer
+        try:
+            while not buffer and not reader._eof and reader._exception is None:
+                await reader._wait_for_data("read")
+        except Exception:  # the watchdog's timeout, a lost connection: redis-py raises it
+            pass
+        else:
+            if buffer:
+                try:
+                    reply, end = _parse_reply(buffer, 0)
+                except ValueError:  # not RESP: redis-py raises its protocol error
+                    reply = _PARTIAL
+                if reply is not _PARTIAL:
+                    del buffer[:end]
+                    reader._maybe_resume_transport()
+                    return reply
+    return await connection.read_response()
+
+
+#: What :func:`_parse_reply` returns for a reply it leaves to redis-py.
+_PARTIAL: Any = object()
+
+
+def _parse_reply(buffer: bytearray, start: int) -> tuple[Any, int]:
+    """The RESP reply at ``start`` of ``buffer`` and where it ends, or ``_PARTIAL``.
+
+    ``:`` integers, ``$`` bulk strings (bytes), ``*`` arrays of them, and
+    their nulls (``$-1``, ``*-1``) only.
+    """
+    line_end = buffer.find(b"\r\n", start)
+    if line_end < 0:
+        return _PARTIAL, 0
+    kind = buffer[start]
+    if kind == 0x3A:  # ":"
+        return int(buffer[start + 1 : line_end]), line_end + 2
+    if kind == 0x24:  # "$"
+        size = int(buffer[start + 1 : line_end])
+        if size < 0:
+            return None, line_end + 2
+        stop = line_end + 2 + size
+        if len(buffer) < stop + 2:
+            return _PARTIAL, 0
+        return bytes(buffer[line_end + 2 : stop]), stop + 2
+    if kind == 0x2A:  # "*"
+        count = int(buffer[start + 1 : line_end])
+        if count < 0:
+            return None, line_end + 2
+        items = []
+        end = line_end + 2
+        for _ in range(count):
+            item, end = _parse_reply(buffer, end)
+            if item is _PARTIAL:
+                return _PARTIAL, 0
+            items.append(item)
+        return items, end
+    return _PARTIAL, 0
 
 
 async def _watch(

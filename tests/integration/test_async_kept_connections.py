@@ -14,10 +14,11 @@ import os
 import time
 from typing import Any
 
+import pytest
 import redis
 import redis.asyncio
 
-from scalekit._redis_direct import KEEP, AsyncKept
+from scalekit._redis_direct import KEEP, AsyncKept, pack_command
 from scalekit.cache import AsyncCache, Cache
 from scalekit.instrumentation import FallbackUsed
 from scalekit.ratelimit import AsyncRateLimiter, Limit
@@ -345,4 +346,38 @@ async def test_a_paused_redis_times_out_on_the_loops_one_watchdog(
     finally:
         await cache.aclose()
         await limiter.aclose()
+        await client.aclose()
+
+
+async def test_every_reply_reads_as_redis_py_reads_it(redis_server: Any) -> None:
+    # Integers, bulk strings, nulls and arrays are read off the stream by
+    # scalekit; errors, simple strings and a value arriving in parts by redis-py.
+    client = redis.asyncio.Redis(host=redis_server.host, port=redis_server.port)
+    keeper = AsyncKept(client.connection_pool)
+    assert keeper._raw
+    big = os.urandom(3 * 1024 * 1024)  # more than one read of the socket
+    await client.delete("kept:list", "kept:big", "kept:missing", "kept:n")
+    await client.rpush("kept:list", b"a", b"", b"\r\n")
+    await client.set("kept:big", big)
+    error = redis.exceptions.ResponseError
+    try:
+        for command, args, expected in [
+            (b"INCRBY", (b"kept:n", b"-5"), -5),
+            (b"GET", (b"kept:missing",), None),
+            (b"LRANGE", (b"kept:list", b"0", b"-1"), [b"a", b"", b"\r\n"]),
+            (b"GET", (b"kept:big",), big),
+            (b"PING", (), b"PONG"),
+            (b"EVAL", (b"return {1, 'x', {2}}", b"0"), [1, b"x", [2]]),
+        ]:
+            packed = pack_command(
+                b"*%d\r\n$%d\r\n%s\r\n" % (len(args) + 1, len(command), command), args
+            )
+            assert await keeper.send(packed, error) == expected
+        with pytest.raises(error, match=r"(?i)unknown command"):
+            await keeper.send(pack_command(b"*1\r\n$7\r\nNOTACMD\r\n", ()), error)
+        assert await keeper.send(pack_command(b"*1\r\n$4\r\nPING\r\n", ()), error) == b"PONG"
+        assert len(_idle(keeper)) == 1  # one connection served them all, still clean
+    finally:
+        await keeper.aclose()
+        await client.delete("kept:list", "kept:big", "kept:n")
         await client.aclose()

@@ -54,9 +54,11 @@ from scalekit.contrib._web import (
     enter_scope,
     known_token,
     leave_scope,
+    retry_after_seconds,
 )
 from scalekit.errors import ConfigurationError, RateLimiterUnavailable
 from scalekit.ratelimit import Decision, HeaderStyle, Limit
+from scalekit.ratelimit._core import ietf_fields
 
 __all__ = [
     "ConsistencyMiddleware",
@@ -117,6 +119,19 @@ _NAMES = {
         "X-RateLimit-Reset",
     )
 }
+
+
+def _rate_headers(decisions: list[Decision], style: HeaderStyle) -> list[tuple[bytes, bytes]]:
+    """The rate-limit headers of ``decisions``, encoded for ASGI."""
+    if style == "ietf" and len(decisions) == 1:
+        # The usual case, on every response: no dict in between.
+        decision = decisions[0]
+        policy, rate = ietf_fields(decision)
+        out = [(b"ratelimit-policy", policy.encode()), (b"ratelimit", rate.encode())]
+        if not decision.allowed:
+            out.append((b"retry-after", b"%d" % retry_after_seconds(decision)))
+        return out
+    return _encode(combined_headers(decisions, style))
 
 
 def _encode(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
@@ -438,14 +453,14 @@ class RateLimitMiddleware:
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start" and web.decisions:
                 headers = list(message.get("headers", ()))
-                headers.extend(_encode(combined_headers(web.decisions, style)))
+                headers.extend(_rate_headers(web.decisions, style))
                 message["headers"] = headers
             await send(message)
 
         return send_with_headers
 
     async def _deny(self, web: RequestScope, send: Send) -> None:
-        headers = _encode(combined_headers(web.decisions, self._style))
+        headers = _rate_headers(web.decisions, self._style)
         headers.append((b"content-type", b"application/json"))
         headers.append((b"content-length", str(len(DENIED_BODY)).encode()))
         await send({"type": "http.response.start", "status": 429, "headers": headers})

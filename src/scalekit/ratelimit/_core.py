@@ -78,6 +78,7 @@ __all__ = [
     "concurrency_acquire",
     "evaluate",
     "hash_key_part",
+    "ietf_fields",
     "policy_header",
     "policy_token",
     "storage_key",
@@ -161,6 +162,9 @@ class Limit:
     # Limits are dict keys on every check (the limiters cache what they derive
     # from one): hash once.
     _hash: int = field(default=0, init=False, repr=False, compare=False)
+    # Its IETF header parts, ``(token, policy item)``, formatted at first use
+    # (see :func:`_ietf_parts`): headers are built on every response.
+    _ietf: tuple[str, str] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __init__(
         self,
@@ -209,6 +213,7 @@ class Limit:
         object.__setattr__(self, "burst", burst)
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "_hash", hash((amount, per, burst, name)))
+        object.__setattr__(self, "_ietf", None)
 
     def __hash__(self) -> int:
         return self._hash
@@ -871,19 +876,20 @@ class Decision:
         Raises:
             ConfigurationError: an unknown style.
         """
-        if style not in ("ietf", "legacy", "both"):
+        if style == "ietf":
+            policy, rate = ietf_fields(self)
+            headers = {"RateLimit-Policy": policy, "RateLimit": rate}
+        elif style == "legacy" or style == "both":
+            headers = {}
+            if style == "both":
+                headers["RateLimit-Policy"], headers["RateLimit"] = ietf_fields(self)
+            headers["X-RateLimit-Limit"] = str(self.limit.amount)
+            headers["X-RateLimit-Remaining"] = str(self.remaining)
+            headers["X-RateLimit-Reset"] = str(max(math.ceil(self.reset_after), 0))
+        else:
             raise ConfigurationError(
                 f"style must be 'ietf', 'legacy' or 'both', got {style!r}", parameter="style"
             )
-        headers: dict[str, str] = {}
-        reset = max(math.ceil(self.reset_after), 0)
-        if style in ("ietf", "both"):
-            headers["RateLimit-Policy"] = _policy_header(self.limits or (self.limit,))
-            headers["RateLimit"] = f"{_policy_token(self.limit)};r={self.remaining};t={reset}"
-        if style in ("legacy", "both"):
-            headers["X-RateLimit-Limit"] = str(self.limit.amount)
-            headers["X-RateLimit-Remaining"] = str(self.remaining)
-            headers["X-RateLimit-Reset"] = str(reset)
         if not self.allowed:
             headers["Retry-After"] = str(max(math.ceil(self.retry_after), 1))
         return headers
@@ -904,16 +910,37 @@ class Decision:
 @functools.lru_cache(maxsize=1024)
 def _policy_header(limits: tuple[Limit, ...]) -> str:
     """The ``RateLimit-Policy`` value of ``limits``."""
-    return ", ".join(
-        f"{_policy_token(limit)};q={limit.amount};w={max(math.ceil(limit.period), 1)}"
-        for limit in limits
-    )
+    return ", ".join((limit._ietf or _ietf_parts(limit))[1] for limit in limits)
 
 
-@functools.lru_cache(maxsize=1024)
+def _ietf_parts(limit: Limit) -> tuple[str, str]:
+    """``limit``'s sf-string token and ``RateLimit-Policy`` item, kept on it once formatted."""
+    token = _sf_string(limit.policy_name)
+    parts = (token, f"{token};q={limit.amount};w={max(math.ceil(limit.period), 1)}")
+    object.__setattr__(limit, "_ietf", parts)
+    return parts
+
+
 def _policy_token(limit: Limit) -> str:
     """The policy name of ``limit`` as an sf-string."""
-    return _sf_string(limit.policy_name)
+    return (limit._ietf or _ietf_parts(limit))[0]
+
+
+def ietf_fields(decision: Decision) -> tuple[str, str]:
+    """``decision``'s ``RateLimit-Policy`` and ``RateLimit`` values (``style="ietf"``).
+
+    What :meth:`Decision.headers` sends, without the dict, for integrations
+    that write the header fields themselves.
+    """
+    limit = decision.limit
+    token, policy = limit._ietf or _ietf_parts(limit)
+    limits = decision.limits
+    if limits and (len(limits) > 1 or limits[0] is not limit):
+        policy = _policy_header(limits)
+    reset = math.ceil(decision.reset_after)
+    if reset < 0:
+        reset = 0
+    return policy, f"{token};r={decision.remaining};t={reset}"
 
 
 def policy_token(limit: Limit) -> str:

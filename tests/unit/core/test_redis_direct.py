@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any, ClassVar
 
 import fakeredis
@@ -14,8 +15,11 @@ from hypothesis import strategies as st
 
 from scalekit._redis_direct import (
     _PARENTS,
+    _PARTIAL,
     KEEP,
+    PROCESS,
     AsyncKept,
+    _parse_reply,
     adirect_pool,
     direct_pool,
     is_final,
@@ -320,6 +324,76 @@ def test_a_forked_child_leaves_the_parents_connections_alone() -> None:
         _PARENTS.remove(parents)
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
+
+
+replies = st.recursive(
+    st.none() | st.integers(-(2**63), 2**63 - 1) | st.binary(max_size=30),
+    lambda items: st.lists(items, max_size=4),
+    max_leaves=12,
+)
+
+
+def _resp(value: Any, null_array: bool = False) -> bytes:
+    """``value`` as Redis (RESP2) writes it."""
+    if value is None:
+        return b"*-1\r\n" if null_array else b"$-1\r\n"
+    if isinstance(value, int):
+        return b":%d\r\n" % value
+    if isinstance(value, bytes):
+        return b"$%d\r\n%s\r\n" % (len(value), value)
+    return b"*%d\r\n" % len(value) + b"".join(_resp(item) for item in value)
+
+
+@settings(max_examples=200, deadline=None)
+@given(reply=replies, null_array=st.booleans())
+def test_replies_parse_as_redis_py_returns_them_and_partial_ones_are_left(
+    reply: Any, null_array: bool
+) -> None:
+    raw = _resp(reply, null_array)
+    assert _parse_reply(bytearray(raw + b"+NEXT\r\n"), 0) == (reply, len(raw))
+    for cut in range(len(raw)):  # a reply still arriving is left to redis-py
+        assert _parse_reply(bytearray(raw[:cut]), 0) == (_PARTIAL, 0)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"-NOSCRIPT No matching script\r\n",
+        b"+OK\r\n",
+        b">2\r\n$7\r\nmessage\r\n:1\r\n",
+        b"_\r\n",
+        b",1.5\r\n",
+        b"#t\r\n",
+        b"%1\r\n:1\r\n:2\r\n",
+        b"*2\r\n:1\r\n-ERR x\r\n",
+    ],
+)
+def test_errors_and_other_types_are_left_to_redis_py(raw: bytes) -> None:
+    assert _parse_reply(bytearray(raw), 0) == (_PARTIAL, 0)
+
+
+def test_a_reply_that_is_not_resp_is_not_parsed() -> None:
+    # _read_reply leaves it to redis-py, which raises its protocol error.
+    with pytest.raises(ValueError, match="invalid literal"):
+        _parse_reply(bytearray(b":x\r\n"), 0)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")
+def test_the_process_id_is_current_in_a_forked_child() -> None:
+    # The kept connections compare PROCESS, not os.getpid(), on every command.
+    assert PROCESS[0] == os.getpid()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.write(write, b"1" if PROCESS[0] == os.getpid() else b"0")
+        os._exit(0)
+    os.close(write)
+    try:
+        assert os.read(read, 1) == b"1"
+    finally:
+        os.close(read)
+        os.waitpid(pid, 0)
+    assert PROCESS[0] == os.getpid()
 
 
 async def test_a_reply_read_as_the_watchdog_aborts_stands_but_its_socket_does_not() -> None:

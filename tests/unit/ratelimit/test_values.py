@@ -201,6 +201,26 @@ def test_header_names_are_valid_structured_field_strings() -> None:
     assert header == '"we\\"ird\\\\n?me";r=0;t=1'
 
 
+def test_headers_from_the_parts_kept_on_each_limit() -> None:
+    # A limit formats its header parts once and keeps them: an equal limit
+    # (another object, or one back from pickle) writes the same headers.
+    limit = Limit(100, per=60, name="api")
+    twin = pickle.loads(pickle.dumps(limit))
+    for reported, checked in ((limit, ()), (limit, (limit,)), (limit, (twin,)), (twin, (limit,))):
+        decision = Decision(True, "k", reported, 50, 29.2, 0.0, checked)
+        assert decision.headers() == {
+            "RateLimit-Policy": '"api";q=100;w=60',
+            "RateLimit": '"api";r=50;t=30',
+        }
+    assert twin == limit and repr(twin) == repr(limit)
+    late = Decision(False, "k", Limit(1, per=0.5), 0, -0.1, 0.2)  # reset in the past: t=0
+    assert late.headers() == {
+        "RateLimit-Policy": '"1-per-0.5s";q=1;w=1',
+        "RateLimit": '"1-per-0.5s";r=0;t=0',
+        "Retry-After": "1",
+    }
+
+
 def test_raise_for_denied_carries_the_decision() -> None:
     decision = Decision(False, "k", Limit(1, per=1), 0, 1.0, 0.5)
     with pytest.raises(RateLimitExceeded) as caught:

@@ -16,7 +16,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from scalekit._redis_bounded import DEFAULT_OP_TIMEOUT, aclose_twin, bounded, check_op_timeout
-from scalekit._redis_direct import AsyncKept, adirect_pool, direct_pool, exchange, is_final
+from scalekit._redis_direct import (
+    PROCESS,
+    AsyncKept,
+    adirect_pool,
+    direct_pool,
+    exchange,
+    is_final,
+)
 from scalekit._unasync import IS_ASYNC
 from scalekit.ratelimit._backends._base import (
     _KEEP,
@@ -226,7 +233,7 @@ class AsyncRedisBackend:
             the pool.
             """
             kept = self._kept
-            if self._owner[0] != os.getpid():  # forked: the kept sockets are the parent's
+            if self._owner[0] != PROCESS[0]:  # forked: the kept sockets are the parent's
                 kept.clear()
                 self._owner[0] = os.getpid()
             try:

@@ -13,7 +13,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from scalekit._redis_bounded import DEFAULT_OP_TIMEOUT, bounded, check_op_timeout, close_twin
-from scalekit._redis_direct import direct_pool, exchange, is_final
+from scalekit._redis_direct import (
+    PROCESS,
+    direct_pool,
+    exchange,
+    is_final,
+)
 from scalekit.ratelimit._backends._base import (
     _KEEP,
     OneKeyRequest,
@@ -159,7 +164,7 @@ class RedisBackend:
         the pool.
         """
         kept = self._kept
-        if self._owner[0] != os.getpid():  # forked: the kept sockets are the parent's
+        if self._owner[0] != PROCESS[0]:  # forked: the kept sockets are the parent's
             kept.clear()
             self._owner[0] = os.getpid()
         try:
