@@ -107,7 +107,12 @@ def test_a_reached_token_reads_fast_and_a_replica_behind_it_is_not_read(
     assert cluster.primary is not None
     primary = cluster.primary.engine()
     replica = cluster.replicas[0].engine()
-    pool = RoutingPool(primary=primary, replicas=[replica], check_interval=None)
+    # lsn_probe_interval=0: a replica whose position was read less than the default
+    # 20 ms before is not probed again, and the read goes to the primary ("token_ahead"):
+    # on a fast run the refresh below is that recent.
+    pool = RoutingPool(
+        primary=primary, replicas=[replica], check_interval=None, lsn_probe_interval=0.0
+    )
     router = pool.router
     Session = pool.sessionmaker()
     try:
@@ -122,7 +127,9 @@ def test_a_reached_token_reads_fast_and_a_replica_behind_it_is_not_read(
         # primary's position after the wait, which other WAL (a checkpoint, the
         # running-xacts record) may have moved past what the replica replayed.
         assert router.current_token() is not None
-        cluster.wait_for_replicas()
+        # The token is the insert position after the commit, which may lie past WAL
+        # another backend inserted and nobody flushed yet: flush it, then wait.
+        cluster.wait_for_replicas(flush=True)
         with Session() as session:  # resolves the token, probes the replica: caught up
             assert session.get(Note, note_id) is not None
             assert session.scalar(IN_RECOVERY) is True

@@ -404,9 +404,21 @@ class PgCluster:
         self.replicas.append(node)
         return node
 
-    def wait_for_replicas(self, timeout: float = 30, nodes: list[PgNode] | None = None) -> None:
-        """Wait until each replica (running, in recovery) has replayed the primary's current LSN."""
+    def wait_for_replicas(
+        self, timeout: float = 30, nodes: list[PgNode] | None = None, *, flush: bool = False
+    ) -> None:
+        """Wait until each replica (running, in recovery) has replayed the primary's current LSN.
+
+        ``flush=True`` first commits a transaction with an xid on the primary, so
+        every WAL record inserted so far (another backend's standby snapshot, say)
+        is flushed and streamed: a read-your-writes token, which may point past
+        such a record, is then reached by the wait.
+        """
         assert self.primary is not None
+        if flush:
+            self.primary.execute(
+                "SELECT set_config('synchronous_commit', 'on', true), pg_current_xact_id()"
+            )
         target = self.primary.current_lsn()
         for replica in nodes if nodes is not None else self.replicas:
             wait_until(
