@@ -39,6 +39,12 @@ WROTE_INFO = "scalekit_shard_wrote"
 """``session.info`` key: target name -> the logical shards a transaction wrote to there."""
 
 
+#: The shared advisory lock of each logical shard a commit wrote (``:shards``, an int list).
+_SHARED_LOCKS = sa.text(
+    "SELECT pg_advisory_xact_lock_shared(:cls, shard) FROM unnest(CAST(:shards AS int[])) AS shard"
+)
+
+
 class ShardMapBase:
     """Shared by :class:`ShardMap` and :class:`AsyncShardMap` (no I/O here)."""
 
@@ -303,21 +309,18 @@ class ShardMapBase:
 
     def _check_fence(self, session: Session, name: str, logicals: list[int]) -> None:
         connection = session.connection(bind_arguments={"shard_target": name})
-        if connection.dialect.name == "postgresql":
+        known = [logical for logical in logicals if logical >= 0]
+        if connection.dialect.name == "postgresql" and known:
             # A mover holds the logical shard's advisory lock while it catches up and
             # switches: a commit writing to that shard waits here until it is done.
-            for logical in logicals:
-                if logical >= 0:
-                    connection.execute(
-                        sa.select(sa.func.pg_advisory_xact_lock_shared(self.lock_class, logical))
-                    )
+            # Every shard written, in one round trip.
+            connection.execute(_SHARED_LOCKS, {"cls": self.lock_class, "shards": known})
         mine = fence_table.c.map_name == self.name
         # The target row FOR SHARE: a publish in flight there finishes first.
         target_row = sa.select(fence_table.c.version).where(
             mine, fence_table.c.logical == TARGET_FENCE
         )
         current = connection.execute(target_row.with_for_update(read=True)).scalar()
-        known = [logical for logical in logicals if logical >= 0]
         if known and len(known) == len(logicals):
             # Only the shards written matter; read in a statement of its own so that
             # a publish that committed while this waited is seen.
