@@ -50,7 +50,7 @@ from scalekit.sharding._core import (
     merge_aggregates,
     merge_ordered,
 )
-from scalekit.sharding._hash import KeyType, ShardKey, logical_shard, shard_sql
+from scalekit.sharding._hash import KeyType, ShardKey, _infer_key_type, logical_shard, shard_sql
 from scalekit.sharding._ids import DEFAULT_ID_LAYOUT, IdLayout
 from scalekit.sharding._map import ShardAssignment
 from scalekit.sharding._orm import IdRouting, ShardSession
@@ -65,6 +65,7 @@ if TYPE_CHECKING:
 __all__ = ["RedisShardCatalog", "ShardCatalog", "ShardMap"]
 
 _T = TypeVar("_T")
+_U = TypeVar("_U")
 _DEFAULT: Any = object()
 
 
@@ -686,6 +687,7 @@ class ShardMap(ShardMapBase):
         to: str,
         *,
         tables: Sequence[Any],
+        cleanup: bool = True,
         _after_step: Callable[[str], None] | None = None,
     ) -> None:
         """Move logical shard ``logical``'s rows of ``tables`` to target ``to``; resumable.
@@ -696,15 +698,24 @@ class ShardMap(ShardMapBase):
         ``scalekit_shard_moves`` table so that a rerun after a crash resumes:
 
         1. **copy**: in one transaction on ``to``, COPY (binary) the source's
-           rows in (a rerun first deletes what the interrupted copy left
-           there); writes go on.
+           rows in, streamed as they come, from one ``REPEATABLE READ``
+           snapshot of the source (rows of the shard already on ``to``,
+           written there by mistake or by an interrupted copy, are deleted
+           first); meanwhile a second source connection counts and checksums
+           that snapshot's rows, and the copied rows are counted and
+           checksummed on ``to``: both must agree. Writes go on.
         2. **switch**: take the shard's advisory lock on both databases (a
            commit writing to this logical shard waits, others go on), bring
-           ``to`` up to date (rows compared by primary key and an MD5 of the
-           row), verify that both hold the same rows (count and checksum),
-           publish the new map version (fences raised: a stale instance's
-           write is refused), release the lock.
-        3. **clean**: delete the shard's rows from the source.
+           ``to`` up to date with the rows changed on the source since the
+           copy's snapshot (found by their transaction ids, not by comparing
+           every row) and verify those rows on both sides (count and
+           checksum), publish the new map version (fences raised: a stale
+           instance's write is refused), release the lock. A rerun whose copy
+           was made by an earlier (killed) mover compares every row instead.
+        3. **clean**: delete the shard's rows from the source (no longer
+           authoritative since the publish), then the move's row. With
+           ``cleanup=False`` the move stops before this step; a later call
+           with the same arguments (and ``cleanup=True``) does it.
 
         Until the switch the source is authoritative, after it the target;
         killed at any step, a rerun with the same arguments finishes the job.
@@ -753,35 +764,17 @@ class ShardMap(ShardMapBase):
                     f"logical shard {logical} is being moved to {state.target!r}, not {to!r}; "
                     "rerun with that target to finish it"
                 )
-        if step == "started":
-            self._copy_shard(logical, source, to, columns, fresh=state is None)
-            step = self._move_step(logical, "copied", _after_step)
-        if step == "copied":
-            if self._assignment.owners[logical] == source:
-                lock = sa.select(sa.func.pg_advisory_lock(self.lock_class, logical))
-                unlock = sa.select(sa.func.pg_advisory_unlock(self.lock_class, logical))
-                with (
-                    self._primary_connection(source) as source_lock,
-                    self._primary_connection(to) as target_lock,
-                ):
-                    source_lock.execute(lock)
-                    target_lock.execute(lock)
-                    source_lock.commit()
-                    target_lock.commit()
-                    try:
-                        self._catch_up(logical, source, to, columns)
-                        if _after_step is not None:
-                            _after_step("verified")
-                        self.publish(self._assignment.with_owners({logical: to}))
-                        if _after_step is not None:
-                            _after_step("published")
-                    finally:
-                        source_lock.execute(unlock)
-                        target_lock.execute(unlock)
-                        source_lock.commit()
-                        target_lock.commit()
-            step = self._move_step(logical, "switched", _after_step)
-        if step == "switched":
+        with contextlib.ExitStack() as stack:
+            # The source's snapshot of this run's copy, kept open until the switch.
+            snapshot: _CopySnapshot | None = None
+            if step == "started":
+                snapshot = self._copy_shard(logical, source, to, columns, stack)
+                step = self._move_step(logical, "copied", _after_step)
+            if step == "copied":
+                if self._assignment.owners[logical] == source:
+                    self._switch(logical, source, to, columns, snapshot, _after_step)
+                step = self._move_step(logical, "switched", _after_step)
+        if step == "switched" and cleanup:
             self._delete_source(logical, source, columns)
             with catalog.engine.begin() as conn:
                 conn.execute(
@@ -791,6 +784,43 @@ class ShardMap(ShardMapBase):
                 )
             if _after_step is not None:
                 _after_step("cleaned")
+
+    def _switch(
+        self,
+        logical: int,
+        source: str,
+        to: str,
+        columns: list[Any],
+        snapshot: _CopySnapshot | None,
+        after_step: Callable[[str], None] | None,
+    ) -> None:
+        """Under the shard's advisory lock on both sides: catch up, verify, publish."""
+        lock = sa.select(sa.func.pg_advisory_lock(self.lock_class, logical))
+        unlock = sa.select(sa.func.pg_advisory_unlock(self.lock_class, logical))
+        with (
+            self._primary_connection(source) as source_lock,
+            self._primary_connection(to) as target_lock,
+        ):
+            source_lock.execute(lock)
+            target_lock.execute(lock)
+            source_lock.commit()
+            target_lock.commit()
+            try:
+                for column in columns:
+                    if snapshot is None:
+                        self._catch_up(logical, source, to, column)
+                    else:
+                        self._catch_up_since(snapshot, logical, source, to, column)
+                if after_step is not None:
+                    after_step("verified")
+                self.publish(self._assignment.with_owners({logical: to}))
+                if after_step is not None:
+                    after_step("published")
+            finally:
+                source_lock.execute(unlock)
+                target_lock.execute(unlock)
+                source_lock.commit()
+                target_lock.commit()
 
     def _move_step(self, logical: int, step: str, after_step: Callable[[str], None] | None) -> str:
         with self._sql_catalog().engine.begin() as conn:
@@ -806,42 +836,119 @@ class ShardMap(ShardMapBase):
     def _shard_filter(self, column: Any, logical: int) -> Any:
         return shard_sql(column, self._count) == logical
 
+    def _both(self, first: Callable[[], _T], second: Callable[[], _U]) -> tuple[_T, _U]:
+        """Run ``first()`` and ``second()`` at once (a task each, or a thread for ``first``)."""
+        future = self._executor().submit(contextvars.copy_context().run, first)
+        try:
+            other = second()
+        finally:
+            concurrent.futures.wait([future])
+        return future.result(), other
+
     def _copy_shard(
-        self, logical: int, source: str, to: str, columns: list[Any], *, fresh: bool = False
-    ) -> None:
+        self,
+        logical: int,
+        source: str,
+        to: str,
+        columns: list[Any],
+        stack: contextlib.ExitStack,
+    ) -> _CopySnapshot:
         """COPY the shard's rows of each table from ``source`` into ``to``, in one transaction.
 
-        A rerun first deletes what an interrupted copy left on ``to``. A
-        ``fresh`` move skips that delete (a scan of the whole target table
-        computing the shard hash per row): rows of the shard found there
-        anyway (written by mistake) make the COPY fail on their primary key,
-        then the copy of that table is redone after the delete; those with
-        other keys are removed by the catch-up's row comparison.
-        """
-        from psycopg import errors as psycopg_errors  # moves run on PostgreSQL only
+        The rows come from one ``REPEATABLE READ`` snapshot of the source,
+        whose transaction stays open on ``stack`` (the catch-up reads what
+        changed since). Rows of the shard already on ``to`` (written there
+        by mistake) are deleted first; a check for them costs a scan of
+        ``to``'s table computing the shard hash of its other rows, as the
+        delete would, but deletes nothing in the usual case. Once a table is
+        copied, the source's rows (in the snapshot) and the copied rows
+        (those this transaction wrote) are counted and checksummed at once,
+        one pass on each side; they must agree.
 
-        with (
-            self._primary_connection(source) as source_conn,
-            self._write_connection(to) as target_conn,
-        ):
+        Raises:
+            ShardingError: the copy differs from the source's snapshot.
+        """
+        source_conn = stack.enter_context(self._primary_connection(source))
+        source_conn.execute(sa.text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
+        horizon = source_conn.execute(
+            sa.text("SELECT txid_snapshot_xmin(txid_current_snapshot()) % 4294967296")
+        ).scalar_one()
+        snapshot = _CopySnapshot(source_conn, int(horizon))
+        with self._write_connection(to) as target_conn:
             for column in columns:
-                clear = column.table.delete().where(self._shard_filter(column, logical))
-                if not fresh:
-                    target_conn.execute(clear)
-                    self._copy_table(source_conn, target_conn, column, logical)
-                    continue
-                try:
-                    with target_conn.begin_nested():
-                        self._copy_table(source_conn, target_conn, column, logical)
-                except psycopg_errors.UniqueViolation:
-                    source_conn.rollback()
-                    target_conn.execute(clear)
-                    self._copy_table(source_conn, target_conn, column, logical)
-            source_conn.rollback()
+                table = column.table
+                shard = self._shard_filter(column, logical)
+                stray = sa.select(sa.exists(sa.select(1).select_from(table).where(shard)))
+                if target_conn.execute(stray).scalar():
+                    target_conn.execute(table.delete().where(shard))
+                where = self._snapshot_filter(source_conn, column, logical)
+                self._copy_table(source_conn, target_conn, column, where)
+                # The rows this transaction wrote are the copied ones (strays were deleted).
+                mine: Any = sa.literal_column("xmin").op("=")(
+                    sa.literal_column("CAST(CAST(txid_current() % 4294967296 AS text) AS xid)")
+                )
+                expected, copied = self._both(
+                    functools.partial(_sum, source_conn, table, where),
+                    functools.partial(_sum, target_conn, table, mine),
+                )
+                if copied != expected:
+                    raise ShardingError(
+                        f"verification of the copy of logical shard {logical} failed for "
+                        f"{table.name!r}: {source!r} has {expected} (count, checksum), "
+                        f"{to!r} got {copied}; nothing was switched"
+                    )
+        return snapshot
+
+    def _snapshot_filter(self, conn: Connection, column: Any, logical: int) -> Any:
+        """A filter selecting the shard's rows of ``column``'s table in ``conn``'s snapshot.
+
+        The shard hash (an MD5 per row) costs more than the rest of a COPY
+        out. Where keys repeat (an order table's ``user_id``), the keys of
+        the shard are found once with the hash computed per distinct key,
+        and the copy and its checksum select ``key IN (those keys)``: the
+        same rows in this snapshot, a hash look-up per row. Int and str keys
+        only, at most ``_MAX_KEYS`` keys, and not when the planner's
+        statistics say that most keys are distinct (then the distinct pass
+        would cost more than it saves): otherwise the hash filter.
+        """
+        shard = self._shard_filter(column, logical)
+        kind = _infer_key_type(column)
+        if kind not in ("int", "str"):
+            return shard
+        table = column.table
+        stats = sa.text(
+            "SELECT s.n_distinct, c.reltuples FROM pg_stats s, pg_class c "
+            "WHERE c.oid = to_regclass(:qualified) AND s.schemaname = "
+            "(SELECT nspname FROM pg_namespace WHERE oid = c.relnamespace) "
+            "AND s.tablename = c.relname AND s.attname = :column"
+        )
+        qualified = table.name if table.schema is None else f"{table.schema}.{table.name}"
+        found = conn.execute(stats, {"qualified": qualified, "column": column.name}).first()
+        if found is not None:
+            distinct, rows = float(found[0]), float(found[1])
+            share = -distinct if distinct < 0 else distinct / max(rows, 1.0)
+            if share > 0.5:
+                return shard
+        # OFFSET 0 keeps the hash above the DISTINCT (once per key, not per row).
+        distinct_keys = sa.select(column.label("k")).distinct().offset(0).subquery()
+        key = distinct_keys.c.k
+        statement = (
+            sa.select(key)
+            .where(shard_sql(key, self._count, key_type=kind) == logical)
+            .limit(_MAX_KEYS + 1)
+        )
+        keys = [row[0] for row in conn.execute(statement)]
+        if len(keys) > _MAX_KEYS:
+            return shard
+        if not keys:
+            return sa.false()
+        values = sa.values(sa.column("k", column.type), name="scalekit_keys", literal_binds=True)
+        return column.in_(sa.select(values.data([(value,) for value in keys]).c.k))
 
     def _copy_table(
-        self, source_conn: Connection, target_conn: Connection, column: Any, logical: int
+        self, source_conn: Connection, target_conn: Connection, column: Any, where: Any
     ) -> None:
+        """Stream one table's rows (``where``) from ``source_conn`` into ``target_conn``."""
         from sqlalchemy.dialects import postgresql
 
         # The named paramstyle: "%" stays one "%" (COPY takes no parameters).
@@ -849,7 +956,7 @@ class ShardMap(ShardMapBase):
         quote = dialect.identifier_preparer.quote
         table = column.table
         names = ", ".join(quote(c.name) for c in table.columns)
-        select = sa.select(*table.columns).where(self._shard_filter(column, logical))
+        select = sa.select(*table.columns).where(where)
         query = select.compile(dialect=dialect, compile_kwargs={"literal_binds": True})
         source_raw = source_conn.connection.driver_connection
         target_raw = target_conn.connection.driver_connection
@@ -868,9 +975,8 @@ class ShardMap(ShardMapBase):
     def _digests(self, name: str, column: Any, logical: int) -> dict[tuple[Any, ...], str]:
         table = column.table
         keys = list(table.primary_key.columns)
-        row_text: Any = sa.literal_column(f"{table.name}::text")
         statement = (
-            sa.select(*keys, sa.func.md5(row_text))
+            sa.select(*keys, sa.func.md5(_row_text(table)))
             .select_from(table)
             .where(self._shard_filter(column, logical))
         )
@@ -881,59 +987,170 @@ class ShardMap(ShardMapBase):
     def _checksum(self, name: str, column: Any, logical: int) -> tuple[int, int]:
         """Rows of the shard in ``column``'s table on ``name``, and the sum of their row hashes.
 
-        The row hash is ``hashtextextended`` of the row's text (PostgreSQL 11+),
-        a 64-bit hash the server computes about three times faster than an MD5
-        of the same text; both sides of a move compute it the same way, and a
-        difference only sends the catch-up to the per-row MD5 comparison.
+        The row hash is ``hashtextextended`` of the text of the row of the
+        table's columns (PostgreSQL 11+), a 64-bit hash the server computes
+        about three times faster than an MD5 of the same text; both sides of
+        a move compute it the same way.
+        """
+        with self._primary_connection(name) as conn:
+            return _sum(conn, column.table, self._shard_filter(column, logical))
+
+    def _catch_up(self, logical: int, source: str, to: str, column: Any) -> None:
+        """Make ``to``'s rows of the shard those of ``source`` by comparing every row."""
+        expected, current = self._run_all(
+            [source, to],
+            functools.partial(self._checksum, column=column, logical=logical),
+            None,
+        )
+        if current == expected:
+            return  # nothing changed since the copy
+        table = column.table
+        keys = list(table.primary_key.columns)
+        on_source = self._digests(source, column, logical)
+        on_target = self._digests(to, column, logical)
+        stale = [key for key, digest in on_target.items() if on_source.get(key) != digest]
+        missing = [key for key, digest in on_source.items() if on_target.get(key) != digest]
+        with self._write_connection(to) as conn:
+            for start in range(0, len(stale), _BATCH):
+                batch = stale[start : start + _BATCH]
+                conn.execute(table.delete().where(sa.tuple_(*keys).in_(batch)))
+            if missing:
+                with self._primary_connection(source) as source_conn:
+                    self._copy_keys(source_conn, conn, table, missing)
+        if self._checksum(to, column, logical) != expected:
+            raise ShardingError(
+                f"verification of logical shard {logical} failed for {table.name!r}: "
+                f"{source!r} and {to!r} differ (count, checksum) after the catch-up; "
+                "nothing was switched"
+            )
+
+    def _copy_keys(
+        self,
+        source_conn: Connection,
+        target_conn: Connection,
+        table: Any,
+        keys: list[tuple[Any, ...]],
+    ) -> None:
+        """Insert on the target the source's current rows with primary keys ``keys``."""
+        columns = list(table.primary_key.columns)
+        for start in range(0, len(keys), _BATCH):
+            batch = keys[start : start + _BATCH]
+            rows = source_conn.execute(
+                sa.select(table).where(sa.tuple_(*columns).in_(batch))
+            ).mappings()
+            values = [dict(row) for row in rows]
+            if values:
+                target_conn.execute(table.insert(), values)
+
+    def _catch_up_since(
+        self, snapshot: _CopySnapshot, logical: int, source: str, to: str, column: Any
+    ) -> None:
+        """Apply to ``to`` the source's changes since the copy's snapshot; verify those rows.
+
+        A row changed since the snapshot is either visible in it with a
+        deleting or updating transaction's id in ``xmax`` (read in the
+        snapshot's own transaction, still open), or visible now with an
+        ``xmin`` at or after the snapshot's oldest running transaction
+        (``age`` compares transaction ids modulo wraparound). Both tests are
+        cheap and come before the shard hash, so each is a plain scan of the
+        table; a superset of the changed keys is harmless (their rows are
+        replaced by the current ones). Those keys' rows are then counted and
+        checksummed on both sides; the rest was verified by the copy.
+
+        Raises:
+            ShardingError: the changed rows differ after the catch-up.
         """
         table = column.table
-        row_hash: Any = sa.literal_column(f"hashtextextended({table.name}::text, 0)")
-        statement = (
-            sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(row_hash), 0))
-            .select_from(table)
-            .where(self._shard_filter(column, logical))
-        )
-        with self._primary_connection(name) as conn:
-            count, checksum = conn.execute(statement).one()
-        return int(count), int(checksum)
-
-    def _catch_up(self, logical: int, source: str, to: str, columns: list[Any]) -> None:
-        for column in columns:
-            expected, current = self._run_all(
-                [source, to],
-                functools.partial(self._checksum, column=column, logical=logical),
-                None,
+        keys = list(table.primary_key.columns)
+        shard = self._shard_filter(column, logical)
+        xmax: Any = sa.literal_column("xmax")
+        xmin: Any = sa.literal_column("xmin")
+        zero: Any = sa.literal_column("CAST('0' AS xid)")
+        horizon: Any = sa.literal_column(f"CAST('{snapshot.horizon}' AS xid)")
+        gone = sa.case((xmax == zero, False), else_=shard)
+        touched = sa.select(*keys).select_from(table).where(gone)
+        newer = sa.func.age(xmin) <= sa.func.age(horizon)
+        changed_now = sa.select(table).where(sa.case((newer, shard), else_=False))
+        found: dict[tuple[Any, ...], None] = {
+            tuple(row): None for row in snapshot.conn.execute(touched)
+        }
+        with self._primary_connection(source) as source_conn:
+            current = source_conn.execute(changed_now).mappings().all()
+            for row in current:
+                found[tuple(row[key] for key in keys)] = None
+            if not found:
+                return  # nothing changed since the copy
+            changed = list(found)
+            with self._write_connection(to) as target_conn:
+                for start in range(0, len(changed), _BATCH):
+                    batch = changed[start : start + _BATCH]
+                    target_conn.execute(table.delete().where(sa.tuple_(*keys).in_(batch)))
+                self._copy_keys(source_conn, target_conn, table, changed)
+            expected = self._keys_checksum(source_conn, table, changed)
+        with self._primary_connection(to) as target_conn:
+            got = self._keys_checksum(target_conn, table, changed)
+        if got != expected:
+            raise ShardingError(
+                f"verification of logical shard {logical} failed for {table.name!r}: "
+                f"{source!r} and {to!r} differ (count, checksum) on the rows changed "
+                "during the copy; nothing was switched"
             )
-            if current == expected:
-                continue  # nothing changed since the copy
-            table = column.table
-            keys = list(table.primary_key.columns)
-            on_source = self._digests(source, column, logical)
-            on_target = self._digests(to, column, logical)
-            stale = [key for key, digest in on_target.items() if on_source.get(key) != digest]
-            missing = [key for key, digest in on_source.items() if on_target.get(key) != digest]
-            with self._write_connection(to) as conn:
-                for start in range(0, len(stale), 1000):
-                    batch = stale[start : start + 1000]
-                    conn.execute(table.delete().where(sa.tuple_(*keys).in_(batch)))
-                if missing:
-                    with self._primary_connection(source) as source_conn:
-                        for start in range(0, len(missing), 1000):
-                            batch = missing[start : start + 1000]
-                            rows = source_conn.execute(
-                                sa.select(table).where(sa.tuple_(*keys).in_(batch))
-                            ).mappings()
-                            values = [dict(row) for row in rows]
-                            if values:
-                                conn.execute(table.insert(), values)
-            if self._checksum(to, column, logical) != expected:
-                raise ShardingError(
-                    f"verification of logical shard {logical} failed for {table.name!r}: "
-                    f"{source!r} and {to!r} differ (count, checksum) after the catch-up; "
-                    "nothing was switched"
-                )
+
+    def _keys_checksum(
+        self, conn: Connection, table: Any, keys: list[tuple[Any, ...]]
+    ) -> tuple[int, int]:
+        columns = list(table.primary_key.columns)
+        count = checksum = 0
+        for start in range(0, len(keys), _BATCH):
+            batch = keys[start : start + _BATCH]
+            rows, total = _sum(conn, table, sa.tuple_(*columns).in_(batch))
+            count += rows
+            checksum += total
+        return count, checksum
 
     def _delete_source(self, logical: int, source: str, columns: list[Any]) -> None:
         with self._write_connection(source) as conn:
             for column in columns:
                 conn.execute(column.table.delete().where(self._shard_filter(column, logical)))
+
+
+_BATCH = 1000
+"""Primary keys per statement when the catch-up reads, deletes or checks rows by key."""
+
+_MAX_KEYS = 100_000
+"""At most this many shard keys per table are listed in a copy's filter."""
+
+
+class _CopySnapshot:
+    """The source's open ``REPEATABLE READ`` transaction of a copy, for the catch-up.
+
+    ``horizon`` is its snapshot's oldest running transaction id (32 bits):
+    every transaction the snapshot does not see is at or after it.
+    """
+
+    __slots__ = ("conn", "horizon")
+
+    def __init__(self, conn: Connection, horizon: int) -> None:
+        self.conn = conn
+        self.horizon = horizon
+
+
+def _sum(conn: Connection, table: Any, where: Any) -> tuple[int, int]:
+    """The count of ``table``'s rows matching ``where`` on ``conn``, and the sum of their hashes."""
+    statement = (
+        sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(_row_hash(table)), 0))
+        .select_from(table)
+        .where(where)
+    )
+    count, checksum = conn.execute(statement).one()
+    return int(count), int(checksum)
+
+
+def _row_text(table: Any) -> Any:
+    """The text of the row of ``table``'s columns, in the model's order (``ROW(...)::text``)."""
+    return sa.cast(sa.func.row(*table.columns), sa.Text)
+
+
+def _row_hash(table: Any) -> Any:
+    """A 64-bit hash of :func:`_row_text` (``hashtextextended``, PostgreSQL 11+)."""
+    return sa.func.hashtextextended(_row_text(table), 0, type_=sa.BigInteger)
