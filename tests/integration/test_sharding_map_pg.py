@@ -763,7 +763,7 @@ shards.move_shard(logical, to=destination, tables=[Order.user_id], _after_step=k
 """
 
 
-@pytest.mark.parametrize("step", ["copied", "verified", "published"])
+@pytest.mark.parametrize("step", ["copied", "verified", "published", "switched"])
 def test_a_mover_process_sigkilled_then_rerun_finishes(databases: Databases, step: str) -> None:
     setup = _move_setup(databases, rows=200)
     _, before = _every_row(databases)
@@ -799,16 +799,113 @@ def test_a_mover_process_sigkilled_then_rerun_finishes(databases: Databases, ste
     setup.close()
 
 
+def _change_the_moving_shard(databases: Databases, setup: MoveSetup) -> None:
+    """Update, delete, insert and re-key rows of the moving shard on its source."""
+    moving = sorted(
+        row[0]
+        for row in databases.rows()[setup.source]
+        if logical_shard(row[1], LOGICAL) == setup.logical
+    )
+    staying = next(  # a row of another logical shard of the source
+        row
+        for row in databases.rows()[setup.source]
+        if logical_shard(row[1], LOGICAL) != setup.logical
+    )
+    new_key = next(k for k in range(5000, 10**6) if setup.mover.shard_for(k) == setup.logical)
+    other_key = staying[1]  # stays on the source: its logical shard does not move
+    source = databases.primary_engine(setup.source)
+    with source.begin() as conn:
+        conn.execute(
+            sa.update(Order).where(Order.id.in_(moving[:3])).values(total=Order.total + 1000)
+        )
+        conn.execute(sa.delete(Order).where(Order.id.in_(moving[3:6])))
+        conn.execute(
+            sa.insert(Order), [{"id": 50_001 + i, "user_id": new_key, "total": i} for i in range(2)]
+        )
+        conn.execute(sa.update(Order).where(Order.id == moving[6]).values(user_id=other_key))
+        conn.execute(sa.update(Order).where(Order.id == staying[0]).values(user_id=new_key))
+    source.dispose()
+
+
+@pytest.mark.parametrize("select", ["keys", "hash"])
+def test_rows_changed_during_the_copy_are_caught_up_at_the_switch(
+    databases: Databases, select: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if select == "hash":  # more keys than listed: the copy selects by the shard hash
+        monkeypatch.setattr("scalekit.sharding._sync._MAX_KEYS", 0)
+    setup = _move_setup(databases)
+    expected: list[list[tuple[int, int, int]]] = []
+
+    def change(done: str) -> None:
+        if done == "copied":
+            _change_the_moving_shard(databases, setup)
+            expected.append(_authoritative_rows(databases, setup.mover))
+
+    try:
+        setup.mover.move_shard(
+            setup.logical, to=setup.destination, tables=[Order.user_id], _after_step=change
+        )
+        where, after = _every_row(databases)
+        assert after == expected[0]
+        assert setup.mover.name_for(POOLED_KEY) == setup.destination
+        assert all(
+            where[order_id] == setup.mover.name_for(user_id) for order_id, user_id, _ in after
+        )
+        assert setup.mover.distribution(Order.user_id).misplaced == dict.fromkeys(NAMES, 0)
+    finally:
+        setup.close()
+
+
+def test_a_move_without_cleanup_switches_and_a_rerun_cleans(databases: Databases) -> None:
+    setup = _move_setup(databases, rows=200)
+    try:
+        _, before = _every_row(databases)
+        steps: list[str] = []
+        setup.mover.move_shard(
+            setup.logical,
+            to=setup.destination,
+            tables=[Order.user_id],
+            cleanup=False,
+            _after_step=steps.append,
+        )
+        assert steps == ["copied", "verified", "published", "switched"]
+        assert setup.mover.version == 2 and setup.mover.name_for(POOLED_KEY) == setup.destination
+        # The source keeps its copy, no longer authoritative; a stale writer is refused there.
+        assert any(
+            logical_shard(row[1], LOGICAL) == setup.logical
+            for row in databases.rows()[setup.source]
+        )
+        assert _authoritative_rows(databases, setup.mover) == before
+        with setup.app.session(POOLED_KEY) as session:
+            session.add(Order(id=60_000, user_id=POOLED_KEY, total=1))
+            with pytest.raises(StaleShardMap):
+                session.commit()
+        setup.mover.move_shard(
+            setup.logical, to=setup.destination, tables=[Order.user_id], _after_step=steps.append
+        )
+        assert steps[-1] == "cleaned"
+        _, after = _every_row(databases)
+        assert after == before
+    finally:
+        setup.close()
+
+
 async def test_async_move_shard(databases: Databases) -> None:
     setup = _move_setup(databases, rows=100)
-    _, before = _every_row(databases)
     assert databases.cluster.primary is not None
     catalog_engine = create_async_engine(databases.cluster.primary.url_for(databases.catalog))
     targets, engines = databases.async_targets()
     shards = await AsyncShardMap.afrom_catalog(AsyncShardCatalog(catalog_engine), targets)
-    await shards.amove_shard(setup.logical, to="db3", tables=[Order.user_id])
+    expected: list[list[tuple[int, int, int]]] = []
+
+    def change(done: str) -> None:  # runs between the copy and the switch
+        if done == "copied":
+            _change_the_moving_shard(databases, setup)
+            expected.append(_authoritative_rows(databases, setup.mover))
+
+    await shards.amove_shard(setup.logical, to="db3", tables=[Order.user_id], _after_step=change)
     where, after = _every_row(databases)
-    assert after == before
+    assert after == expected[0]
     assert all(
         where[order_id] == "db3"
         for order_id, user_id, _ in after

@@ -1109,7 +1109,7 @@ class AsyncShardMap(ShardMapBase):
                 await conn.execute(table.delete().where(sa.tuple_(*keys).in_(batch)))
             if missing:
                 async with self._aprimary_connection(source) as source_conn:
-                    await self._acopy_keys(source_conn, conn, table, missing)
+                    await self._acopy_keys(source_conn, conn, column, logical, missing)
         if await self._achecksum(to, column, logical) != expected:
             raise ShardingError(
                 f"verification of logical shard {logical} failed for {table.name!r}: "
@@ -1121,16 +1121,21 @@ class AsyncShardMap(ShardMapBase):
         self,
         source_conn: AsyncConnection,
         target_conn: AsyncConnection,
-        table: Any,
+        column: Any,
+        logical: int,
         keys: list[tuple[Any, ...]],
     ) -> None:
-        """Insert on the target the source's current rows with primary keys ``keys``."""
+        """Insert on the target the source's current rows of the shard with primary keys ``keys``.
+
+        A row whose shard key was changed to another logical shard is not copied.
+        """
+        table = column.table
         columns = list(table.primary_key.columns)
+        shard = self._shard_filter(column, logical)
         for start in range(0, len(keys), _BATCH):
             batch = keys[start : start + _BATCH]
-            rows = (
-                await source_conn.execute(sa.select(table).where(sa.tuple_(*columns).in_(batch)))
-            ).mappings()
+            statement = sa.select(table).where(sa.tuple_(*columns).in_(batch), shard)
+            rows = (await source_conn.execute(statement)).mappings()
             values = [dict(row) for row in rows]
             if values:
                 await target_conn.execute(table.insert(), values)
@@ -1178,10 +1183,10 @@ class AsyncShardMap(ShardMapBase):
                 for start in range(0, len(changed), _BATCH):
                     batch = changed[start : start + _BATCH]
                     await target_conn.execute(table.delete().where(sa.tuple_(*keys).in_(batch)))
-                await self._acopy_keys(source_conn, target_conn, table, changed)
-            expected = await self._akeys_checksum(source_conn, table, changed)
+                await self._acopy_keys(source_conn, target_conn, column, logical, changed)
+            expected = await self._akeys_checksum(source_conn, column, logical, changed)
         async with self._aprimary_connection(to) as target_conn:
-            got = await self._akeys_checksum(target_conn, table, changed)
+            got = await self._akeys_checksum(target_conn, column, logical, changed)
         if got != expected:
             raise ShardingError(
                 f"verification of logical shard {logical} failed for {table.name!r}: "
@@ -1190,21 +1195,31 @@ class AsyncShardMap(ShardMapBase):
             )
 
     async def _akeys_checksum(
-        self, conn: AsyncConnection, table: Any, keys: list[tuple[Any, ...]]
+        self, conn: AsyncConnection, column: Any, logical: int, keys: list[tuple[Any, ...]]
     ) -> tuple[int, int]:
+        """Count and checksum of the shard's rows with primary keys ``keys`` on ``conn``."""
+        table = column.table
         columns = list(table.primary_key.columns)
+        shard = self._shard_filter(column, logical)
         count = checksum = 0
         for start in range(0, len(keys), _BATCH):
             batch = keys[start : start + _BATCH]
-            rows, total = await _asum(conn, table, sa.tuple_(*columns).in_(batch))
+            rows, total = await _asum(conn, table, sa.and_(sa.tuple_(*columns).in_(batch), shard))
             count += rows
             checksum += total
         return count, checksum
 
     async def _adelete_source(self, logical: int, source: str, columns: list[Any]) -> None:
+        """Delete the shard's rows from the source (no longer authoritative since the publish).
+
+        No write to the shard commits there any more (the fences refuse
+        them), so the shard's keys found first select the same rows as the
+        shard hash when the delete runs.
+        """
         async with self._awrite_connection(source) as conn:
             for column in columns:
-                await conn.execute(column.table.delete().where(self._shard_filter(column, logical)))
+                where = await self._asnapshot_filter(conn, column, logical)
+                await conn.execute(column.table.delete().where(where))
 
 
 _BATCH = 1000

@@ -1016,7 +1016,7 @@ class ShardMap(ShardMapBase):
                 conn.execute(table.delete().where(sa.tuple_(*keys).in_(batch)))
             if missing:
                 with self._primary_connection(source) as source_conn:
-                    self._copy_keys(source_conn, conn, table, missing)
+                    self._copy_keys(source_conn, conn, column, logical, missing)
         if self._checksum(to, column, logical) != expected:
             raise ShardingError(
                 f"verification of logical shard {logical} failed for {table.name!r}: "
@@ -1028,16 +1028,21 @@ class ShardMap(ShardMapBase):
         self,
         source_conn: Connection,
         target_conn: Connection,
-        table: Any,
+        column: Any,
+        logical: int,
         keys: list[tuple[Any, ...]],
     ) -> None:
-        """Insert on the target the source's current rows with primary keys ``keys``."""
+        """Insert on the target the source's current rows of the shard with primary keys ``keys``.
+
+        A row whose shard key was changed to another logical shard is not copied.
+        """
+        table = column.table
         columns = list(table.primary_key.columns)
+        shard = self._shard_filter(column, logical)
         for start in range(0, len(keys), _BATCH):
             batch = keys[start : start + _BATCH]
-            rows = source_conn.execute(
-                sa.select(table).where(sa.tuple_(*columns).in_(batch))
-            ).mappings()
+            statement = sa.select(table).where(sa.tuple_(*columns).in_(batch), shard)
+            rows = source_conn.execute(statement).mappings()
             values = [dict(row) for row in rows]
             if values:
                 target_conn.execute(table.insert(), values)
@@ -1085,10 +1090,10 @@ class ShardMap(ShardMapBase):
                 for start in range(0, len(changed), _BATCH):
                     batch = changed[start : start + _BATCH]
                     target_conn.execute(table.delete().where(sa.tuple_(*keys).in_(batch)))
-                self._copy_keys(source_conn, target_conn, table, changed)
-            expected = self._keys_checksum(source_conn, table, changed)
+                self._copy_keys(source_conn, target_conn, column, logical, changed)
+            expected = self._keys_checksum(source_conn, column, logical, changed)
         with self._primary_connection(to) as target_conn:
-            got = self._keys_checksum(target_conn, table, changed)
+            got = self._keys_checksum(target_conn, column, logical, changed)
         if got != expected:
             raise ShardingError(
                 f"verification of logical shard {logical} failed for {table.name!r}: "
@@ -1097,21 +1102,31 @@ class ShardMap(ShardMapBase):
             )
 
     def _keys_checksum(
-        self, conn: Connection, table: Any, keys: list[tuple[Any, ...]]
+        self, conn: Connection, column: Any, logical: int, keys: list[tuple[Any, ...]]
     ) -> tuple[int, int]:
+        """Count and checksum of the shard's rows with primary keys ``keys`` on ``conn``."""
+        table = column.table
         columns = list(table.primary_key.columns)
+        shard = self._shard_filter(column, logical)
         count = checksum = 0
         for start in range(0, len(keys), _BATCH):
             batch = keys[start : start + _BATCH]
-            rows, total = _sum(conn, table, sa.tuple_(*columns).in_(batch))
+            rows, total = _sum(conn, table, sa.and_(sa.tuple_(*columns).in_(batch), shard))
             count += rows
             checksum += total
         return count, checksum
 
     def _delete_source(self, logical: int, source: str, columns: list[Any]) -> None:
+        """Delete the shard's rows from the source (no longer authoritative since the publish).
+
+        No write to the shard commits there any more (the fences refuse
+        them), so the shard's keys found first select the same rows as the
+        shard hash when the delete runs.
+        """
         with self._write_connection(source) as conn:
             for column in columns:
-                conn.execute(column.table.delete().where(self._shard_filter(column, logical)))
+                where = self._snapshot_filter(conn, column, logical)
+                conn.execute(column.table.delete().where(where))
 
 
 _BATCH = 1000
