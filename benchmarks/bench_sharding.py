@@ -22,15 +22,18 @@ aggregate over a filtered scan. Interleaved, best of ``--repeat``:
                              of a threaded fan-out on this machine
 
 Part 3, a move of one logical shard holding ``--move-rows`` rows (one key):
-  raw COPY out and in        binary COPY of the rows from one database to another
+  raw COPY out and in        binary COPY of the rows from one database to another, the
+                             plain psycopg loop (a read() and a write() per row): the baseline
+  raw COPY, chunked relay    the same, relaying as move_shard does (the rows libpq holds
+                             taken without a wait, written in 128 KiB chunks): a reference
   move_shard to the switch   copy (verified by count and checksum on both sides),
                              write block (catch-up, verify, publish): from then on the
                              target is authoritative (the ratio the target is set on)
   move_shard whole           the above and the cleanup: the delete from the source
   write-blocked window       from the end of the copy to the publish (no writer running)
 
-Run:  python benchmarks/bench_sharding.py [--url URL] [--rows 200000] [--repeat 15]
-      [--move-rows 200000] [--move-repeat 3]
+Run:  python benchmarks/bench_sharding.py [--url URL [--server-pid PID]] [--rows 200000]
+      [--repeat 15] [--move-rows 200000] [--move-repeat 3]
       python benchmarks/bench_sharding.py --before main [--rounds 7]
 ``--before`` (a checkout folder or git rev) times the look-ups of that scalekit and
 of this checkout in two worker processes, interleaved round by round, best of
@@ -320,8 +323,46 @@ def fan_out_figures(urls: list[str], rows: int, repeat: int) -> None:
     loop.close()
 
 
-def move_figures(urls: list[str], catalog_url: str, rows: int, repeat: int) -> None:
-    """A move of ``rows`` rows (one logical shard) vs a raw binary COPY out and in."""
+def server_cpu(pid: int | None) -> float:
+    """CPU seconds of PostgreSQL postmaster ``pid``'s processes (live and exited), 0 without.
+
+    Linux ``/proc``: the children's user and system time plus what the
+    postmaster collected from children that exited.
+    """
+    if pid is None:
+        return 0.0
+    ticks = os.sysconf("SC_CLK_TCK")
+
+    def fields(stat_path: Path) -> list[str]:
+        text = stat_path.read_text()
+        return text[text.rindex(")") + 2 :].split()
+
+    own = fields(Path(f"/proc/{pid}/stat"))
+    total = int(own[13]) + int(own[14])  # cutime, cstime (fields 16, 17)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = fields(entry / "stat")
+        except (OSError, ValueError):
+            continue
+        if stat[1] == str(pid):  # ppid (field 4)
+            total += int(stat[11]) + int(stat[12])  # utime, stime (fields 14, 15)
+    return total / ticks
+
+
+def move_figures(
+    urls: list[str], catalog_url: str, rows: int, repeat: int, server_pid: int | None = None
+) -> None:
+    """A move of ``rows`` rows (one logical shard) vs a raw binary COPY out and in.
+
+    With ``server_pid`` (the postmaster of the server behind ``urls``), CPU
+    seconds of the server and this process are given beside the wall time.
+    """
+
+    def cpu() -> float:
+        return time.process_time() + server_cpu(server_pid)
+
     from scalekit.sharding import ShardCatalog, assign_balanced, logical_shard
 
     engines = {name: sa.create_engine(url) for name, url in zip(NAMES, urls, strict=True)}
@@ -345,8 +386,8 @@ def move_figures(urls: list[str], catalog_url: str, rows: int, repeat: int) -> N
         )
     others = [name for name in NAMES if name != owner]
 
-    def raw_copy(source: str, destination: str) -> float:
-        start = time.perf_counter()
+    def raw_copy(source: str, destination: str, chunked: bool = False) -> tuple[float, float]:
+        start, start_cpu = time.perf_counter(), cpu()
         with engines[source].connect() as out_conn, engines[destination].begin() as in_conn:
             out_raw = out_conn.connection.driver_connection
             in_raw = in_conn.connection.driver_connection
@@ -360,12 +401,27 @@ def move_figures(urls: list[str], catalog_url: str, rows: int, repeat: int) -> N
                 ) as copy_out,
                 in_cursor.copy("COPY bench_orders FROM STDIN (FORMAT BINARY)") as copy_in,
             ):
-                for data in copy_out:
-                    copy_in.write(data)
-        elapsed = time.perf_counter() - start
+                if not chunked:
+                    for data in copy_out:
+                        copy_in.write(data)
+                else:
+                    take, chunk = out_raw.pgconn.get_copy_data, bytearray()
+                    while True:
+                        size, data = take(1)
+                        if size == 0 and not (data := copy_out.read()):
+                            break
+                        chunk += data
+                        if data == b"\xff\xff":  # the trailer
+                            copy_out.read()
+                            break
+                        if len(chunk) >= 1 << 17:
+                            copy_in.write(chunk)
+                            chunk = bytearray()
+                    copy_in.write(chunk)
+        elapsed, used = time.perf_counter() - start, cpu() - start_cpu
         with engines[destination].begin() as conn:
             conn.exec_driver_sql("DELETE FROM bench_orders")
-        return elapsed
+        return elapsed, used
 
     def vacuum() -> None:
         # Both timed copies start from vacuumed tables: a COPY into a table holding the
@@ -375,23 +431,34 @@ def move_figures(urls: list[str], catalog_url: str, rows: int, repeat: int) -> N
                 conn.exec_driver_sql("VACUUM bench_orders")
 
     raw_best = move_best = switch_best = float("inf")
-    block_best = float("inf")
+    block_best = raw_cpu = switch_cpu = move_cpu = float("inf")
+    chunked_best = chunked_cpu = float("inf")
     source = owner
     for round_ in range(repeat):  # owner -> another -> owner -> ...
         destination = others[round_ % len(others)] if source == owner else owner
         vacuum()
-        raw_best = min(raw_best, raw_copy(source, destination))
+        raw_time, raw_used = raw_copy(source, destination)
+        raw_best, raw_cpu = min(raw_best, raw_time), min(raw_cpu, raw_used)
+        vacuum()
+        raw_time, raw_used = raw_copy(source, destination, chunked=True)
+        chunked_best, chunked_cpu = min(chunked_best, raw_time), min(chunked_cpu, raw_used)
         vacuum()
         marks: dict[str, float] = {}
-        start = time.perf_counter()
-        shards.move_shard(
-            logical,
-            to=destination,
-            tables=[Order.user_id],
-            _after_step=lambda step, marks=marks: marks.__setitem__(step, time.perf_counter()),
-        )
+        cpu_at: dict[str, float] = {}
+
+        def mark(
+            step: str, marks: dict[str, float] = marks, cpu_at: dict[str, float] = cpu_at
+        ) -> None:
+            marks[step] = time.perf_counter()
+            if step == "switched":
+                cpu_at[step] = cpu()
+
+        start, start_cpu = time.perf_counter(), cpu()
+        shards.move_shard(logical, to=destination, tables=[Order.user_id], _after_step=mark)
         move_best = min(move_best, time.perf_counter() - start)
+        move_cpu = min(move_cpu, cpu() - start_cpu)
         switch_best = min(switch_best, marks["switched"] - start)
+        switch_cpu = min(switch_cpu, cpu_at["switched"] - start_cpu)
         block_best = min(block_best, marks["published"] - marks["copied"])
         phases = ", ".join(
             f"{step} +{marks[step] - before:.3f}"
@@ -402,6 +469,10 @@ def move_figures(urls: list[str], catalog_url: str, rows: int, repeat: int) -> N
     print(f"\nmove of one logical shard, {rows:,} rows, best of {repeat}")
     print(f"raw COPY out and in        {raw_best:8.3f} s  {rows / raw_best:12,.0f} rows/s  1.00x")
     print(
+        f"raw COPY, chunked relay    {chunked_best:8.3f} s  {rows / chunked_best:12,.0f} rows/s  "
+        f"{raw_best / chunked_best:.2f}x"
+    )
+    print(
         f"move_shard to the switch   {switch_best:8.3f} s  {rows / switch_best:12,.0f} rows/s  "
         f"{raw_best / switch_best:.2f}x (target >= 0.7x)"
     )
@@ -409,7 +480,17 @@ def move_figures(urls: list[str], catalog_url: str, rows: int, repeat: int) -> N
         f"move_shard whole (+delete) {move_best:8.3f} s  {rows / move_best:12,.0f} rows/s  "
         f"{raw_best / move_best:.2f}x"
     )
+    print(
+        f"move to the switch vs the chunked raw COPY: {chunked_best / switch_best:.2f}x, "
+        f"whole move: {chunked_best / move_best:.2f}x"
+    )
     print(f"write-blocked window       {block_best * 1000:8.1f} ms (no concurrent writer)")
+    if server_pid is not None:
+        print(f"CPU seconds (server + client), best of {repeat}:")
+        print(f"  raw COPY out and in      {raw_cpu:8.3f} s  1.00x")
+        print(f"  raw COPY, chunked relay  {chunked_cpu:8.3f} s  {raw_cpu / chunked_cpu:.2f}x")
+        print(f"  move_shard to the switch {switch_cpu:8.3f} s  {raw_cpu / switch_cpu:.2f}x")
+        print(f"  move_shard whole         {move_cpu:8.3f} s  {raw_cpu / move_cpu:.2f}x")
     shards.close()
     for engine in engines.values():
         engine.dispose()
@@ -426,6 +507,9 @@ def main() -> None:
     parser.add_argument("--move-rows", type=int, default=200_000, help="0 skips the move")
     parser.add_argument("--move-repeat", type=int, default=3, help="moves (best of)")
     parser.add_argument("--only-move", action="store_true", help="skip the fan-out figures")
+    parser.add_argument(
+        "--server-pid", type=int, help="the postmaster pid behind --url: CPU seconds of a move"
+    )
     parser.add_argument(
         "--before", help="an older checkout folder or git rev: compare the look-ups with it"
     )
@@ -452,7 +536,9 @@ def main() -> None:
                         conn.exec_driver_sql("DROP DATABASE IF EXISTS bench_catalog")
                         conn.exec_driver_sql("CREATE DATABASE bench_catalog")
                     admin.dispose()
-                    move_figures(urls, catalog_url, args.move_rows, args.move_repeat)
+                    move_figures(
+                        urls, catalog_url, args.move_rows, args.move_repeat, args.server_pid
+                    )
 
 
 if __name__ == "__main__":

@@ -856,6 +856,28 @@ def test_rows_changed_during_the_copy_are_caught_up_at_the_switch(
         setup.close()
 
 
+def test_a_move_of_many_rows_streams_them_all_in_chunks(databases: Databases) -> None:
+    setup = _move_setup(databases, rows=50)
+    try:
+        source = databases.primary_engine(setup.source)
+        with source.begin() as conn:  # about 1 MiB of COPY data: several chunks
+            conn.execute(
+                sa.insert(Order),
+                [
+                    {"id": 100_000 + i, "user_id": setup.keys[i % len(setup.keys)], "total": i}
+                    for i in range(30_000)
+                ],
+            )
+        source.dispose()
+        _, before = _every_row(databases)
+        setup.mover.move_shard(setup.logical, to=setup.destination, tables=[Order.user_id])
+        where, after = _every_row(databases)
+        assert after == before
+        assert sum(where[order_id] == setup.destination for order_id, _, _ in after) > 30_000
+    finally:
+        setup.close()
+
+
 def test_a_move_without_cleanup_switches_and_a_rerun_cleans(databases: Databases) -> None:
     setup = _move_setup(databases, rows=200)
     try:
