@@ -972,9 +972,13 @@ class AsyncShardMap(ShardMapBase):
                     await target_conn.execute(table.delete().where(shard))
                 where = await self._asnapshot_filter(source_conn, column, logical)
                 await self._acopy_table(source_conn, target_conn, column, where)
-                # The rows this transaction wrote are the copied ones (strays were deleted).
+                # The rows this transaction wrote are the copied ones (strays were deleted);
+                # its id as a constant, not a function call per row.
+                xid = (
+                    await target_conn.execute(sa.text("SELECT txid_current() % 4294967296"))
+                ).scalar_one()
                 mine: Any = sa.literal_column("xmin").op("=")(
-                    sa.literal_column("CAST(CAST(txid_current() % 4294967296 AS text) AS xid)")
+                    sa.literal_column(f"CAST('{int(xid)}' AS xid)")
                 )
                 expected, copied = await self._aboth(
                     functools.partial(_asum, source_conn, table, where),
