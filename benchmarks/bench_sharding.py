@@ -4,7 +4,7 @@ Part 1, ``shard_for`` (no I/O, CPU time, best of 7 interleaved runs of
 200,000 calls; each call a new key from a prepared list, so no cache helps,
 except in the "repeated keys" case, where every key was looked up before):
   hash(key) % n              Python's salted hash: fast, but not stable across processes
-  ShardMap.shard_for         the stable MD5-based logical shard (int and str keys)
+  ShardMap.shard_for         the stable logical shard (int keys: a multiplication; str: MD5)
   ShardMap.name_for          the logical shard and its target name
   horizontal_shard chooser   a ``ShardedSession`` shard_chooser doing the same job the
                              usual way (md5 of ``str(key)``, hex digest to int, modulo),

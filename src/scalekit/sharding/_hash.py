@@ -21,24 +21,28 @@ key type                   64-bit hash ``h`` (unsigned)              logical sha
 ``str``/``bytes``/``UUID`` first 8 bytes of the tagged string's MD5  ``(h & (2**63 - 1)) % n``
 ========================== ========================================= ===========================
 
-An int is hashed by multiplication (Fibonacci hashing: the odd multiplier is
-``2**64`` over the golden ratio, ``key`` its signed value or, the same thing
-modulo ``2**64``, its 64-bit two's complement) and the logical shard is taken
-from the product's high bits, which every bit of the key reaches. It is a
-bijection on 64-bit keys, it spreads consecutive keys and keys with a common
-stride (multiples of 1024, of a power of two) evenly, and it costs a few
-integer operations instead of an MD5. Other keys go through MD5, used as a
-mixing function, not for security: it is in every Python (``hashlib``) and
-in every PostgreSQL (``md5(bytea)``). No stable string hash cheaper in
-Python than MD5 is computable by PostgreSQL 15 with built-in functions
-alone (``hashtext`` is internal and byte-order dependent, ``crc32`` arrived
-in PostgreSQL 18, a polynomial hash needs a loop over the bytes).
+An int is hashed by multiplication (Fibonacci hashing; ``key`` is its signed
+value or, the same thing modulo ``2**64``, its 64-bit two's complement) and
+the logical shard is taken from the product's high bits, which every bit of
+the key reaches. The multiplier is about ``2**64 / (2 * golden ratio)``, odd,
+with bit 31 cleared so that both its 32-bit halves are below ``2**31`` (see
+the SQL below). The hash is a bijection on 64-bit keys, it spreads
+consecutive keys and keys with a common stride (multiples of 1024, of a
+power of two) evenly, and it costs a few integer operations instead of an
+MD5. Other keys go through MD5, used as a mixing function, not for
+security: it is in every Python (``hashlib``) and in every PostgreSQL
+(``md5(bytea)``). No stable string hash cheaper in Python than MD5 is
+computable by PostgreSQL 15 with built-in functions alone (``hashtext`` is
+internal and byte-order dependent, ``crc32`` arrived in PostgreSQL 18, a
+polynomial hash needs a loop over the bytes).
 
 The server computes the very same values with built-in functions:
-``numeric`` arithmetic for an int (its product needs 128 bits), ``md5`` of
-``convert_to``, ``uuid_send`` or the bytes for the others;
-:func:`shard_sql` returns that expression for a column. Python's ``hash()``
-is never used: it is salted per process for ``str`` and ``bytes``.
+:func:`shard_sql` returns that expression for a column. For an int it is
+``bigint`` arithmetic on the key's 32-bit halves (a 64-bit product would
+overflow a ``bigint``; no partial product with these halves does), about a
+tenth of the per-row cost of an MD5; for the others ``md5`` of
+``convert_to``, ``uuid_send`` or the bytes. Python's ``hash()`` is never
+used: it is salted per process for ``str`` and ``bytes``.
 
 The type tag keeps ``1``, ``"1"`` and ``b"1"`` apart; it also means a key
 must be hashed with the type it is stored with (an ``int`` id and its
@@ -76,9 +80,9 @@ _TAG_STR = b"\x02"
 _TAG_BYTES = b"\x03"
 _TAG_UUID = b"\x04"
 _LOW_63 = (1 << 63) - 1
-# The int hash: key * _INT_MULTIPLIER mod 2**64 (2**64 over the golden ratio,
-# odd). The hot paths spell these constants as literals (a literal is a
-# constant load, a module global a dict look-up).
+# The int hash: key * _INT_MULTIPLIER mod 2**64 (see the module docstring).
+# The hot paths spell these constants as literals (a literal is a constant
+# load, a module global a dict look-up).
 _INT_MULTIPLIER = 0x4F1BBCDC3FA53E0B
 _MASK_64 = (1 << 64) - 1
 _MASK_32 = (1 << 32) - 1

@@ -129,6 +129,7 @@ class Color(enum.IntEnum):
 
 def test_subclasses_hash_as_their_base_value() -> None:
     assert key_hash(Color.RED) == key_hash(7)
+    assert logical_shard(Color.RED, 1000) == logical_shard(7, 1000)
     assert key_hash(bytearray(b"ab")) == key_hash(b"ab")  # type: ignore[arg-type]
     assert key_hash(memoryview(b"ab")) == key_hash(b"ab")  # type: ignore[arg-type]
 
