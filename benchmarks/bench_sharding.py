@@ -4,7 +4,7 @@ Part 1, ``shard_for`` (no I/O, CPU time, best of 7 interleaved runs of
 200,000 calls; each call a new key from a prepared list, so no cache helps,
 except in the "repeated keys" case, where every key was looked up before):
   hash(key) % n              Python's salted hash: fast, but not stable across processes
-  ShardMap.shard_for         the stable MD5-based logical shard (int and str keys)
+  ShardMap.shard_for         the stable logical shard (int keys: a multiplication; str: MD5)
   ShardMap.name_for          the logical shard and its target name
   horizontal_shard chooser   a ``ShardedSession`` shard_chooser doing the same job the
                              usual way (md5 of ``str(key)``, hex digest to int, modulo),
@@ -113,9 +113,8 @@ def time_interleaved(
     return [Result(name, ns) for name, ns in best.items()]
 
 
-def lookup_figures() -> None:
-    engines = {name: sa.create_engine("sqlite://") for name in NAMES}
-    shards = ShardMap(engines)
+def _horizontal_chooser(engines: dict[str, sa.Engine], shards: ShardMap) -> tuple[Any, Any]:
+    """A ``ShardedSession``'s shard_chooser doing the look-up the usual way, and the mapper."""
     n = shards.assignment.logical_shards
     names = shards.assignment.owners
 
@@ -129,8 +128,14 @@ def lookup_figures() -> None:
         identity_chooser=lambda *a, **k: list(NAMES),
         execute_chooser=lambda context: list(NAMES),
     )
-    mapper = sa.inspect(Order)
-    chooser_of_session = session.shard_chooser
+    return session.shard_chooser, sa.inspect(Order)
+
+
+def lookup_figures() -> None:
+    engines = {name: sa.create_engine("sqlite://") for name in NAMES}
+    shards = ShardMap(engines)
+    n = shards.assignment.logical_shards
+    chooser_of_session, mapper = _horizontal_chooser(engines, shards)
     for kind, keys in (
         ("int", list(range(10**12, 10**12 + CALLS))),
         ("str", [f"user-{uuid.UUID(int=i).hex}" for i in range(CALLS)]),
@@ -189,7 +194,12 @@ def lookup_cases() -> dict[str, Callable[[int], float]]:
     repeated_strs = [f"user-{uuid.UUID(int=i).hex}" for i in range(1000)]
     for key in repeated_ints + repeated_strs:
         shards.shard_for(key)
-    cases: dict[str, Callable[[int], float]] = {}
+    chooser, mapper = _horizontal_chooser(engines, shards)
+    cases: dict[str, Callable[[int], float]] = {
+        "horizontal_shard chooser (int)": lambda n: timed(
+            [Order(id=1, user_id=key) for key in new_ints(n)], lambda o: chooser(mapper, o)
+        )
+    }
     for kind, new, repeated in (
         ("int", new_ints, repeated_ints),
         ("str", new_strs, repeated_strs),
@@ -198,6 +208,7 @@ def lookup_cases() -> dict[str, Callable[[int], float]]:
             new(n), lambda k: hash(k) % count
         )
         cases[f"shard_for, new keys ({kind})"] = lambda n, new=new: timed(new(n), shards.shard_for)
+        cases[f"name_for, new keys ({kind})"] = lambda n, new=new: timed(new(n), shards.name_for)
         cases[f"shard_for, 1,000 repeated keys ({kind})"] = lambda n, repeated=repeated: timed(
             repeated * (n // 1000), shards.shard_for
         )
@@ -213,11 +224,16 @@ def run_before_after(before: str, rounds: int) -> None:
     )
     title = "shard_for throughput vs hash(key) % n (target >= 0.3x)"
     print(f"\n{title:<58} {'before':>8} {'after':>8}")
+    b, a = best["before"], best["after"]
     for kind in ("int", "str"):
-        for label in ("new keys", "1,000 repeated keys"):
-            case, base = f"shard_for, {label} ({kind})", f"hash(key) % n ({kind})"
-            b, a = best["before"], best["after"]
-            print(f"{case:<58} {b[base] / b[case]:>7.2f}x {a[base] / a[case]:>7.2f}x")
+        base = f"hash(key) % n ({kind})"
+        rows = [f"shard_for, new keys ({kind})", f"shard_for, 1,000 repeated keys ({kind})"]
+        rows.append(f"name_for, new keys ({kind})")
+        if kind == "int":
+            rows.append("horizontal_shard chooser (int)")
+        for case in rows:
+            if case in b and case in a:
+                print(f"{case:<58} {b[base] / b[case]:>7.2f}x {a[base] / a[case]:>7.2f}x")
 
 
 @contextmanager
