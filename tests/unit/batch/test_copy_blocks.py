@@ -83,3 +83,23 @@ def test_the_stage_has_the_ordinal_only_to_match_returned_rows(
     assert (ORD in pg.copy_stage_text) is bool(returning)
     if not returning:
         assert ORD not in pg.from_stage
+
+
+@pytest.mark.parametrize(
+    ("upsert", "kind", "returns"),
+    [
+        ("nothing", "inserted", False),
+        (Upsert(index=["id"], update=[]), "inserted", False),
+        (Upsert(index=["id"]), "counts", True),
+        (Upsert(index=["id"], update=[], increment=["hits"]), "counts", True),
+    ],
+)
+def test_a_do_nothing_is_counted_by_its_row_count(upsert: Any, kind: str, returns: bool) -> None:
+    """DO NOTHING writes only inserted rows: no RETURNING (~2.5% of the server's work)."""
+    shape = table_shape(stats)
+    plan = resolve_conflict(upsert, shape, COLUMNS)
+    pg = PgStatements.build(shape, COLUMNS, ["int4", "text", "int4"], plan, None, ())
+    assert pg.kind == kind
+    for sql in (pg.from_stage, pg.from_unnest):
+        assert ("RETURNING" in sql) is returns
+        assert "ON CONFLICT" in sql

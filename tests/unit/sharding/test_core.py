@@ -137,13 +137,14 @@ keys = st.one_of(
 )
 
 
-# Power-of-two counts up to 2**16 take the low bits of the digest; others the modulo.
+# str keys: power-of-two counts up to 2**16 take the low bits of the digest, others the
+# modulo; int keys: a power-of-two count a shift of the hash, others a multiplication.
 LOOKUP_MAPS = [
     ShardMap(
         {"a": sa.create_engine("sqlite://"), "b": sa.create_engine("sqlite://")},
         logical_shards=count,
     )
-    for count in (1024, 1000, 1, 1 << 16, 1 << 17)
+    for count in (1024, 1000, 1, 3, 1 << 16, 1 << 17)
 ]
 
 
@@ -163,6 +164,8 @@ def test_the_map_look_up_cache_agrees_with_logical_shard(
                 continue
             assert shards.shard_for(key) == expected  # type: ignore[arg-type]
             assert shards.name_for(key) == shards.assignment.owners[expected]  # type: ignore[arg-type]
-    for bad in (True, 1.0, 2**63):
+    for bad in (True, False, 1.0, 2**63, -(2**63) - 1, "\ud800"):
         with pytest.raises(ConfigurationError):
             shards.shard_for(bad)  # type: ignore[arg-type]
+        with pytest.raises(ConfigurationError):
+            shards.name_for(bad)  # type: ignore[arg-type]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import random
 import subprocess
 import sys
 import uuid
@@ -17,14 +18,16 @@ from sqlalchemy.dialects import postgresql
 
 from scalekit.errors import ConfigurationError
 from scalekit.sharding._hash import key_bytes, key_hash, logical_shard, shard_sql
+from scalekit.sharding._map import assign_balanced, rebalance
 
 # Pinned: a change to any of these moves every user's rows to another shard.
 GOLDEN = [
-    (0, 6044105449804033167, 143),
-    (1, 16604156616592173822, 766),
-    (-1, 6416078642743546494, 638),
-    (2**63 - 1, 10327836946316057684, 84),
-    (-(2**63), 13550743028566935250, 722),
+    (0, 0, 0),
+    (1, 5700357407514115595, 316),
+    (-1, 12746386666195436021, 707),
+    (42, 18054082231078235598, 1002),
+    (2**63 - 1, 3523014629340660213, 195),
+    (-(2**63), 9223372036854775808, 512),
     ("", 11414527567928523662, 910),
     ("user-42", 5904975736813605264, 400),
     ("ü", 216994256069384371, 179),
@@ -48,6 +51,9 @@ def test_golden_values(key: object, hash64: int, shard: int) -> None:
     assert logical_shard(key) == shard  # type: ignore[arg-type]
 
 
+MULTIPLIER = 0x4F1BBCDC3FA53E0B
+
+
 def test_the_construction_is_the_documented_one() -> None:
     assert key_bytes(1) == b"\x01" + b"\x00" * 7 + b"\x01"
     assert key_bytes(-1) == b"\x01" + b"\xff" * 8
@@ -57,6 +63,24 @@ def test_the_construction_is_the_documented_one() -> None:
     digest = hashlib.md5(b"\x02user-42").digest()
     assert key_hash("user-42") == int.from_bytes(digest[:8], "big")
     assert logical_shard("user-42", 1000) == (key_hash("user-42") & (2**63 - 1)) % 1000
+    # An int: its signed value times the multiplier modulo 2**64, the high bits.
+    assert key_hash(-1) == (-1 * MULTIPLIER) % 2**64 == 2**64 - MULTIPLIER
+    assert logical_shard(-1, 1000) == key_hash(-1) * 1000 >> 64
+    # Both 32-bit halves of the multiplier are below 2**31: shard_sql's bigint
+    # partial products rely on it.
+    assert MULTIPLIER % 2 == 1
+    assert MULTIPLIER >> 32 < 2**31
+    assert MULTIPLIER & (2**32 - 1) < 2**31
+
+
+@given(st.integers(min_value=-(2**63), max_value=2**63 - 1), st.integers(1, 2**70))
+def test_an_int_hash_is_the_multiplication_and_a_bijection(key: int, logical_shards: int) -> None:
+    hash64 = key_hash(key)
+    assert hash64 == key * MULTIPLIER % 2**64
+    # The multiplier is odd, so it has an inverse modulo 2**64: no two 64-bit
+    # keys share a hash.
+    assert hash64 * pow(MULTIPLIER, -1, 2**64) % 2**64 == key % 2**64
+    assert logical_shard(key, logical_shards) == hash64 * logical_shards >> 64
 
 
 def test_types_do_not_collide() -> None:
@@ -105,6 +129,7 @@ class Color(enum.IntEnum):
 
 def test_subclasses_hash_as_their_base_value() -> None:
     assert key_hash(Color.RED) == key_hash(7)
+    assert logical_shard(Color.RED, 1000) == logical_shard(7, 1000)
     assert key_hash(bytearray(b"ab")) == key_hash(b"ab")  # type: ignore[arg-type]
     assert key_hash(memoryview(b"ab")) == key_hash(b"ab")  # type: ignore[arg-type]
 
@@ -145,15 +170,45 @@ def _balance(shards: Counter[int], targets: int, logical_shards: int = 1024) -> 
     return max(abs(count - mean) / mean for count in per_target.values())
 
 
-@pytest.mark.parametrize("targets", [4, 5])
-def test_one_million_int_keys_balance_within_3_percent(targets: int) -> None:
-    shards = Counter(logical_shard(key) for key in range(1_000_000))
+def _random_ints(count: int) -> list[int]:
+    rng = random.Random(16)
+    return [rng.randrange(-(2**63), 2**63) for _ in range(count)]
+
+
+# 1,000,000 int keys of each shape; snowflake-shaped: a millisecond clock in
+# the high bits, then 2 worker bits and a 12-bit sequence.
+INT_KEY_SETS = {
+    "sequential": lambda: range(1_000_000),
+    "sequential-from-10**12": lambda: range(10**12, 10**12 + 1_000_000),
+    "random": lambda: _random_ints(1_000_000),
+    "multiples-of-1024": lambda: range(0, 1024 * 1_000_000, 1024),
+    "multiples-of-1000": lambda: range(0, 1000 * 1_000_000, 1000),
+    "multiples-of-2**32": lambda: range(0, 2**32 * 1_000_000, 2**32),
+    "snowflake": lambda: (
+        (1_700_000_000_000 + i // 50) << 22 | (i % 4) << 12 | i % 4096 for i in range(1_000_000)
+    ),
+}
+
+
+@pytest.mark.parametrize("key_set", list(INT_KEY_SETS))
+def test_one_million_int_keys_balance_within_3_percent(key_set: str) -> None:
+    shards = Counter(logical_shard(key) for key in INT_KEY_SETS[key_set]())
     assert len(shards) == 1024
-    assert _balance(shards, targets) < 0.03
+    for targets in (4, 5):
+        assert _balance(shards, targets) < 0.03
     # Per logical shard the mean is ~977 keys, sigma ~31 (3.2%): +-3% per
     # logical shard is not what chance gives; 7 sigma bounds a broken hash.
     mean = 1_000_000 / 1024
     assert max(abs(count - mean) for count in shards.values()) < 7 * mean**0.5
+
+
+@pytest.mark.parametrize("targets", [4, 5])
+def test_growing_by_one_target_moves_its_share_of_the_keys(targets: int) -> None:
+    before = assign_balanced([f"db{i}" for i in range(targets)])
+    after = rebalance(before, [f"db{i}" for i in range(targets + 1)])
+    keys = [*range(100_000), *_random_ints(100_000), *(f"user-{i}" for i in range(100_000))]
+    moved = sum(before.owners[shard] != after.owners[shard] for shard in map(logical_shard, keys))
+    assert abs(moved / len(keys) - 1 / (targets + 1)) < 0.03 / (targets + 1)
 
 
 @pytest.mark.parametrize(
@@ -186,7 +241,11 @@ def test_shard_sql_infers_the_key_type_and_inlines_constants() -> None:
         sa.column("b", sa.LargeBinary),
         sa.column("u", sa.Uuid),
     )
-    assert "int8send(CAST(t.i AS BIGINT))" in _sql(shard_sql(table.c.i))
+    int_sql = _sql(shard_sql(table.c.i))
+    assert "CAST(t.i AS BIGINT) & 4294967295" in int_sql
+    assert "md5" not in int_sql
+    assert "NUMERIC" not in int_sql  # bigint arithmetic below 2**31 logical shards
+    assert "AS NUMERIC" in _sql(shard_sql(table.c.i, 2**31))
     assert "convert_to(t.s, 'UTF8')" in _sql(shard_sql(table.c.s))
     assert "'\\x03'::bytea || t.b" in _sql(shard_sql(table.c.b))
     assert "uuid_send(t.u)" in _sql(shard_sql(table.c.u, 16))

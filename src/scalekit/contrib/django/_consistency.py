@@ -15,9 +15,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from asgiref.sync import sync_to_async
 
 from scalekit.contrib.django import _router, _settings
+from scalekit.contrib.django._middleware import HybridMiddleware
 from scalekit.errors import ConfigurationError
 from scalekit.routing import ConsistencyToken
 from scalekit.routing._core import ContextState
@@ -25,7 +26,7 @@ from scalekit.routing._core import ContextState
 __all__ = ["ConsistencyMiddleware"]
 
 
-class ConsistencyMiddleware:
+class ConsistencyMiddleware(HybridMiddleware):
     """Scope read-your-writes to a request; carry the token in a header and a cookie.
 
     ``SCALEKIT['CONSISTENCY']``: ``HEADER`` (default ``X-Scalekit-Consistency``,
@@ -35,14 +36,8 @@ class ConsistencyMiddleware:
     in ``DATABASE_ROUTERS``.
     """
 
-    sync_capable = True
-    async_capable = True
-
     def __init__(self, get_response: Callable[[Any], Any]) -> None:
-        self.get_response = get_response
-        self.is_async = iscoroutinefunction(get_response)
-        if self.is_async:
-            markcoroutinefunction(self)
+        super().__init__(get_response)
         options = _settings.section("CONSISTENCY")
         self.header: str = options.get("HEADER", "X-Scalekit-Consistency")
         self.cookie: str | None = options.get("COOKIE", "scalekit_consistency")

@@ -15,11 +15,12 @@ import functools
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from asgiref.sync import iscoroutinefunction
 from django.http import HttpResponse
 
 from scalekit.contrib.django import _settings
 from scalekit.contrib.django._headers import merged_headers
+from scalekit.contrib.django._middleware import HybridMiddleware
 from scalekit.contrib.django._settings import KeyFunction, key_function, parse_rates
 from scalekit.ratelimit import Decision, Limit
 
@@ -118,7 +119,7 @@ def ratelimit(
     return decorate
 
 
-class RateLimitMiddleware:
+class RateLimitMiddleware(HybridMiddleware):
     """An app-wide limit from ``SCALEKIT['RATELIMIT']``, sync and async.
 
     ``DEFAULT`` is the rate every request is held to, per ``KEY`` (``"ip"`` by
@@ -128,14 +129,8 @@ class RateLimitMiddleware:
     thread hop; under WSGI as a plain call.
     """
 
-    sync_capable = True
-    async_capable = True
-
     def __init__(self, get_response: Callable[[Any], Any]) -> None:
-        self.get_response = get_response
-        self.is_async = iscoroutinefunction(get_response)
-        if self.is_async:
-            markcoroutinefunction(self)
+        super().__init__(get_response)
         options = _settings.section("RATELIMIT")
         default = options.get("DEFAULT")
         self.limits: list[Limit] | None = None if default is None else parse_rates(default)
