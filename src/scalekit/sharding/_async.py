@@ -995,11 +995,12 @@ class AsyncShardMap(ShardMapBase):
     async def _asnapshot_filter(self, conn: AsyncConnection, column: Any, logical: int) -> Any:
         """A filter selecting the shard's rows of ``column``'s table in ``conn``'s snapshot.
 
-        The shard hash (an MD5 per row) costs more than the rest of a COPY
-        out. Where keys repeat (an order table's ``user_id``), the keys of
-        the shard are found once with the hash computed per distinct key,
-        and the copy and its checksum select ``key IN (those keys)``: the
-        same rows in this snapshot, a hash look-up per row. Int and str keys
+        The shard hash is computed per row (an MD5 for str keys, more than
+        the rest of a COPY out; a multiplication for int keys). Where keys
+        repeat (an order table's ``user_id``), the keys of the shard are
+        found once with the hash computed per distinct key, and the copy and
+        its checksum select ``key IN (those keys)``: the same rows in this
+        snapshot, a hash look-up per row. Int and str keys
         only, at most ``_MAX_KEYS`` keys, and not when the planner's
         statistics say that most keys are distinct (then the distinct pass
         would cost more than it saves): otherwise the hash filter.
