@@ -148,6 +148,8 @@ class Transition:
 _SLOW: Final = 2
 _INF: Final = float("inf")
 _NO_TALLY: Final = float("-inf")
+#: :attr:`BreakerCore.tally_ticket` when no success may be tallied (hot-path tickets are >= 0).
+_NO_TICKET: Final = -1
 
 
 class CountWindow:
@@ -377,9 +379,11 @@ class BreakerCore:
         #: generation's ticket, may be counted with ``next(tally)`` alone.
         self.tally_until = _NO_TALLY
         #: The ticket a success may be tallied with when no clock is read:
-        #: :attr:`free_ticket` while :attr:`tally_until` is ``inf``, else ``None``
-        #: (one attribute read on the clockless hot path, not two).
-        self.tally_ticket: int | None = None
+        #: :attr:`free_ticket` while :attr:`tally_until` is ``inf``, else ``-1``
+        #: (one attribute read on the clockless hot path, not two; ``-1``, not
+        #: ``None``: no hot-path ticket is negative, and an int compares with
+        #: an int in one specialised step).
+        self.tally_ticket: int | None = _NO_TICKET
         self._open_tally(now)
 
     # -- the lock-free success tally --------------------------------------------------
@@ -401,7 +405,7 @@ class BreakerCore:
             window.add_successes(pending, self._tally_epoch)
         self._tallying = False
         self.tally_until = _NO_TALLY
-        self.tally_ticket = None
+        self.tally_ticket = _NO_TICKET
 
     def _open_tally(self, now: float) -> None:
         """Publish :attr:`tally_until`: when may a success skip the lock?"""
@@ -422,9 +426,9 @@ class BreakerCore:
                 self.tally_until = _INF
         else:
             self.tally_until = _NO_TALLY
-            self.tally_ticket = None
+            self.tally_ticket = _NO_TICKET
             return
-        self.tally_ticket = self.free_ticket if self.tally_until == _INF else None
+        self.tally_ticket = self.free_ticket if self.tally_until == _INF else _NO_TICKET
         self._folded = self.tallied()
         self._tallying = True
 

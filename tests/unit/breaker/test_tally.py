@@ -62,7 +62,7 @@ STEPS = st.lists(
 )
 
 
-def drive(policy_name: str, front: str, steps: list[str]) -> None:
+def drive(policy_name: str, front: str, steps: list[str], keywords: bool = False) -> None:
     kwargs: dict[str, Any] = POLICIES[policy_name]
     clock = FakeClock()
     breaker = CircuitBreaker("tally", clock=clock, **kwargs)
@@ -70,28 +70,32 @@ def drive(policy_name: str, front: str, steps: list[str]) -> None:
     timed = reference.policy.timed
     plan: list[str] = []
 
-    def work() -> int:
+    def work(value: int = 1) -> int:
         step = plan.pop()
         if step == "fail":
             raise Boom
         if step == "slow":
             clock.advance(1.5)
-        return 1
+        return value
 
-    async def awork() -> int:
-        return work()
+    async def awork(value: int = 1) -> int:
+        return work(value)
 
     wrapped, awrapped = breaker(work), breaker(awork)
+    # The hot paths call ``func(*args)`` when no keyword is given.
+    given = {"value": 2} if keywords else {}
+    expected = 2 if keywords else 1
 
     def run() -> None:
         if front == "decorator":
-            wrapped()
+            result = wrapped(**given)
         elif front == "call":
-            breaker.call(work)
+            result = breaker.call(work, **given)
         elif front == "async decorator":
-            asyncio.run(awrapped())
+            result = asyncio.run(awrapped(**given))
         else:
-            asyncio.run(breaker.acall(awork))
+            result = asyncio.run(breaker.acall(awork, **given))
+        assert result == expected
 
     for step in steps:
         if step == "tick":
@@ -129,18 +133,18 @@ def drive(policy_name: str, front: str, steps: list[str]) -> None:
         assert metrics.slow_calls == reference.slow_calls
         # The clockless hot path's one read stands for tally_until and free_ticket.
         core = breaker._rec.core
-        clockless = core.free_ticket if core.tally_until == float("inf") else None
+        clockless = core.free_ticket if core.tally_until == float("inf") else -1
         assert core.tally_ticket == clockless, steps
 
 
 @pytest.mark.parametrize("front", FRONTS)
 @pytest.mark.parametrize("policy_name", list(POLICIES))
 @settings(max_examples=40, deadline=None)
-@given(steps=STEPS)
+@given(steps=STEPS, keywords=st.booleans())
 def test_tallied_successes_decide_as_recorded_ones(
-    policy_name: str, front: str, steps: list[str]
+    policy_name: str, front: str, steps: list[str], keywords: bool
 ) -> None:
-    drive(policy_name, front, steps)
+    drive(policy_name, front, steps, keywords)
 
 
 @pytest.mark.parametrize("front", FRONTS)
