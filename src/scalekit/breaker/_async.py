@@ -112,14 +112,12 @@ async def acall(
     *args: P.args,
     **kwargs: P.kwargs,
 ) -> T:
-    """Await ``func(*args, **kwargs)`` through the breaker.
+    """Await ``func(*args, **kwargs)`` through the breaker: ``CircuitBreaker.acall``.
 
-    >>> await CircuitBreaker("db").acall(max, 1, 2)  # doctest: +SKIP
-    2
-
-    This function *is* the method ``CircuitBreaker.acall`` (bound in the
-    class), so a call runs one frame of scalekit's, with the drivers' one hot
-    path inline (:func:`awrap` has the same steps, specialised per breaker):
+    This function *is* the method (bound in the class; its documented
+    signature is the class's), so a call runs one frame of scalekit's, with
+    the drivers' one hot path inline (:func:`awrap` has the same steps,
+    specialised per breaker):
     a closed local breaker admits with one attribute read, reads the clock
     only for a time window (once, after the call) or slow-call timing (before
     and after), and counts a success that changes nothing with

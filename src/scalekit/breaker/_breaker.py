@@ -457,16 +457,44 @@ class CircuitBreaker:
             return _async.awrap(self._rec, func)
         return _sync.wrap(self._rec, func)
 
-    # The drivers' functions are the methods themselves (one frame per call).
-    call = _sync.call
-    acall = _async.acall
+    if TYPE_CHECKING:
+        # What mypy and the API reference read. At run time the methods are the
+        # drivers' functions themselves (below): one frame per call, not two.
+
+        def call(self, func: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+            """Call ``func(*args, **kwargs)`` through the breaker.
+
+            >>> CircuitBreaker("db").call(max, 1, 2)
+            2
+
+            Raises:
+                CircuitOpenError: the breaker rejected the call (and no fallback).
+                Exception: whatever ``func`` raised, unchanged.
+            """
+
+        async def acall(
+            self, func: Callable[P, Coroutine[Any, Any, T]], /, *args: P.args, **kwargs: P.kwargs
+        ) -> T:
+            """Await ``func(*args, **kwargs)`` through the breaker.
+
+            Raises:
+                CircuitOpenError: the breaker rejected the call (and no fallback).
+                Exception: whatever ``func`` raised, unchanged.
+
+            .. versionchanged:: issue 14
+               Was ``call_async``, which stays one release as a deprecated alias.
+            """
+
+    else:
+        call = _sync.call
+        acall = _async.acall
 
     async def call_async(
         self, func: Callable[P, Coroutine[Any, Any, T]], /, *args: P.args, **kwargs: P.kwargs
     ) -> T:
         """Deprecated alias of :meth:`acall` (removed in the next release)."""
         deprecated("CircuitBreaker.call_async", "CircuitBreaker.acall")
-        result: T = await _async.acall(self, func, *args, **kwargs)
+        result: T = await self.acall(func, *args, **kwargs)
         return result
 
     def acquire(self) -> Permit:

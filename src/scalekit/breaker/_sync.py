@@ -99,14 +99,12 @@ def call(
     *args: P.args,
     **kwargs: P.kwargs,
 ) -> T:
-    """Call ``func(*args, **kwargs)`` through the breaker.
+    """Call ``func(*args, **kwargs)`` through the breaker: ``CircuitBreaker.call``.
 
-    >>> CircuitBreaker("db").call(max, 1, 2)  # doctest: +SKIP
-    2
-
-    This function *is* the method ``CircuitBreaker.call`` (bound in the
-    class), so a call runs one frame of scalekit's, with the drivers' one hot
-    path inline (:func:`wrap` has the same steps, specialised per breaker):
+    This function *is* the method (bound in the class; its documented
+    signature is the class's), so a call runs one frame of scalekit's, with
+    the drivers' one hot path inline (:func:`wrap` has the same steps,
+    specialised per breaker):
     a closed local breaker admits with one attribute read, reads the clock
     only for a time window (once, after the call) or slow-call timing (before
     and after), and counts a success that changes nothing with
