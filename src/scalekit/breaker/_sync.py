@@ -94,51 +94,58 @@ def _run(shared: SharedState, args: list[Any]) -> Any:
 
 def call(
     breaker: CircuitBreaker,
-    func: Callable[P, T],
+    func: Callable[..., T],
     /,
-    *args: P.args,
-    **kwargs: P.kwargs,
+    *args: Any,
+    **kwargs: Any,
 ) -> T:
     """Call ``func(*args, **kwargs)`` through the breaker: ``CircuitBreaker.call``.
 
-    This function *is* the method (bound in the class; its documented
-    signature is the class's), so a call runs one frame of scalekit's, with
-    the drivers' one hot path inline (:func:`wrap` has the same steps,
-    specialised per breaker):
-    a closed local breaker admits with one attribute read, reads the clock
-    only for a time window (once, after the call) or slow-call timing (before
-    and after), and counts a success that changes nothing with
-    ``next(core.tally)``. Everything else goes through :func:`_call_full`.
+    This function *is* the method (bound in the class; its typed signature,
+    for mypy and the API reference, is the class's), so a call runs one frame
+    of scalekit's, with the drivers' one hot path inline (:func:`wrap` has
+    the same steps, specialised per breaker): a closed local breaker admits
+    with one attribute read, reads the clock only for slow-call timing
+    (before and after the call) or a time window (once, after), and counts a
+    success that changes nothing with ``next(core.tally)``. ``func(*args)``
+    when no keyword is given: no dict built and merged per call. Everything
+    else goes through :func:`_call_full`.
 
     Raises:
         CircuitOpenError: the breaker rejected the call (and no fallback).
         Exception: whatever ``func`` raised, unchanged.
     """
     rec = breaker._rec
-    # ``run(*args)`` when no keywords: no dict built and merged per call.
-    run: Callable[..., T] = func
     if not rec.tally:
         return _call_full(rec, func, args, kwargs)
     core = rec.core
     ticket = core.free_ticket
     if ticket is None:
         return _call_full(rec, func, args, kwargs)
-    if not rec.clocked:
+    if rec.timed:
+        # Slow-call timing: the clock before and after the call.
+        monotonic = rec.monotonic
+        start = monotonic()
         try:
-            result = run(*args, **kwargs) if kwargs else run(*args)
+            result = func(*args, **kwargs) if kwargs else func(*args)
         except BaseException as exc:
-            rec.record(ticket, rec.classify(exc), None)
+            rec.record(ticket, rec.classify(exc), monotonic() - start)
             raise
-        if ticket == core.tally_ticket:
+        now = monotonic()
+        if now - start < rec.slow_below and (
+            ticket == core.tally_ticket or (now < core.tally_until and ticket == core.free_ticket)
+        ):
+            # Nothing this success could change: counting is the whole record
+            # (``tally_ticket``: a count window; ``tally_until``: a time window).
             next(core.tally)
         else:
-            rec.record(ticket, SUCCESS, None)
+            rec.record(ticket, SUCCESS, now - start, now)
         return result
-    monotonic = rec.monotonic
-    if not rec.timed:
+    if rec.clocked:
         # A time window: the success's time decides its bucket (one clock read).
+        monotonic = rec.monotonic
         try:
-            result = run(*args, **kwargs) if kwargs else run(*args)
+            result = func(*args, **kwargs) if kwargs else func(*args)
         except BaseException as exc:
             rec.record(ticket, rec.classify(exc), None)
             raise
@@ -148,21 +155,15 @@ def call(
         else:
             rec.record(ticket, SUCCESS, None, now)
         return result
-    start = monotonic()
     try:
-        result = run(*args, **kwargs) if kwargs else run(*args)
+        result = func(*args, **kwargs) if kwargs else func(*args)
     except BaseException as exc:
-        rec.record(ticket, rec.classify(exc), monotonic() - start)
+        rec.record(ticket, rec.classify(exc), None)
         raise
-    now = monotonic()
-    if now - start < rec.slow_below and (
-        ticket == core.tally_ticket or (now < core.tally_until and ticket == core.free_ticket)
-    ):
-        # Nothing this success could change: counting is the whole record
-        # (``tally_ticket``: a count window; ``tally_until``: a time window).
+    if ticket == core.tally_ticket:
         next(core.tally)
     else:
-        rec.record(ticket, SUCCESS, now - start, now)
+        rec.record(ticket, SUCCESS, None)
     return result
 
 
