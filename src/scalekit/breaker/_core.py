@@ -42,7 +42,8 @@ never trip it: the failure and slow-call counts stay zero and the rates
 are positive. The core then publishes :attr:`BreakerCore.tally_until` (the
 end of the current time bucket, or ``inf`` for a count window; ``-inf``
 when a success must be recorded) and the shells count such a success with
-``next(core.tally)`` alone, an atomic ``itertools.count`` step. The core
+``next(core.tally)`` alone, one atomic step of an ``itertools.repeat`` that
+counts down (it returns ``None``: nothing is allocated per success). The core
 folds the tally into the window (:meth:`BreakerCore.fold`) under the lock
 before it records anything else or reads the window, so every decision and
 snapshot sees the successes in arrival order. A success racing a failure
@@ -54,6 +55,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+import sys
 from dataclasses import dataclass
 from typing import Final
 
@@ -150,6 +152,8 @@ _INF: Final = float("inf")
 _NO_TALLY: Final = float("-inf")
 #: :attr:`BreakerCore.tally_ticket` when no success may be tallied (hot-path tickets are >= 0).
 _NO_TICKET: Final = -1
+#: The successes :attr:`BreakerCore.tally` can count (2**63 - 1: centuries of calls).
+_TALLY_SPAN: Final = sys.maxsize
 
 
 class CountWindow:
@@ -371,7 +375,7 @@ class BreakerCore:
         self.transitions: list[Transition] = []
         self.successes = self.failures = self.ignored = self.rejected = self.slow_calls = 0
         #: Successes the shells counted without the lock (see the module docstring).
-        self.tally = itertools.count()
+        self.tally = itertools.repeat(None, _TALLY_SPAN)
         self._folded = 0  # the tally's value already folded into the window
         self._tally_epoch = 0  # the time bucket the tallied successes belong to
         self._tallying = False  # whether tally_until admitted a tally since the last fold
@@ -390,8 +394,8 @@ class BreakerCore:
 
     def tallied(self) -> int:
         """How many successes the shells counted through :attr:`tally` so far."""
-        # repr() reads an itertools.count without advancing it: "count(42)".
-        return int(repr(self.tally)[6:-1])
+        # The repeat's length hint is how many steps it has left.
+        return _TALLY_SPAN - self.tally.__length_hint__()
 
     def fold(self) -> None:
         """Count the tallied successes into the rate window (call under the lock)."""
