@@ -56,6 +56,7 @@ from __future__ import annotations
 import enum
 import itertools
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final
 
@@ -154,6 +155,9 @@ _NO_TALLY: Final = float("-inf")
 _NO_TICKET: Final = -1
 #: The successes :attr:`BreakerCore.tally` can count (2**63 - 1: centuries of calls).
 _TALLY_SPAN: Final = sys.maxsize
+#: Whether the tally is that countdown: a 32-bit build's 2**31 steps could run
+#: out in days, so there it is an ``itertools.count``, read through its repr.
+_COUNTDOWN_TALLY = _TALLY_SPAN >= 2**63 - 1
 
 
 class CountWindow:
@@ -375,7 +379,9 @@ class BreakerCore:
         self.transitions: list[Transition] = []
         self.successes = self.failures = self.ignored = self.rejected = self.slow_calls = 0
         #: Successes the shells counted without the lock (see the module docstring).
-        self.tally = itertools.repeat(None, _TALLY_SPAN)
+        self.tally: Iterator[object] = (
+            itertools.repeat(None, _TALLY_SPAN) if _COUNTDOWN_TALLY else itertools.count()
+        )
         self._folded = 0  # the tally's value already folded into the window
         self._tally_epoch = 0  # the time bucket the tallied successes belong to
         self._tallying = False  # whether tally_until admitted a tally since the last fold
@@ -394,8 +400,12 @@ class BreakerCore:
 
     def tallied(self) -> int:
         """How many successes the shells counted through :attr:`tally` so far."""
-        # The repeat's length hint is how many steps it has left.
-        return _TALLY_SPAN - self.tally.__length_hint__()
+        tally = self.tally
+        if isinstance(tally, itertools.repeat):
+            # The countdown's length hint is how many steps it has left.
+            return _TALLY_SPAN - tally.__length_hint__()
+        # repr() reads an itertools.count without advancing it: "count(42)".
+        return int(repr(tally)[6:-1])
 
     def fold(self) -> None:
         """Count the tallied successes into the rate window (call under the lock)."""

@@ -4,14 +4,16 @@ exactly as the core fed every outcome under the lock (issue 20)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 from typing import Any
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scalekit.breaker import BreakerPolicy, CircuitBreaker
+from scalekit.breaker import BreakerPolicy, CircuitBreaker, _core
 from scalekit.breaker._config import FAILURE, SUCCESS
 from scalekit.breaker._core import BreakerCore
 from scalekit.errors import CircuitOpenError
@@ -145,6 +147,28 @@ def test_tallied_successes_decide_as_recorded_ones(
     policy_name: str, front: str, steps: list[str], keywords: bool
 ) -> None:
     drive(policy_name, front, steps, keywords)
+
+
+@pytest.mark.parametrize("front", FRONTS)
+@pytest.mark.parametrize("policy_name", ["time window", "slow calls, count window"])
+@settings(max_examples=15, deadline=None)
+@given(steps=STEPS)
+def test_the_count_tally_of_32_bit_builds_decides_alike(
+    policy_name: str, front: str, steps: list[str]
+) -> None:
+    # A 32-bit build tallies with an itertools.count (a countdown of 2**31
+    # steps could run out); the same decisions follow.
+    with mock.patch.object(_core, "_COUNTDOWN_TALLY", False):
+        assert isinstance(BreakerCore(BreakerPolicy()).tally, itertools.count)
+        drive(policy_name, front, steps)
+
+
+def test_the_tally_counts_down_on_64_bit_builds() -> None:
+    core = BreakerCore(BreakerPolicy(failure_rate=0.5, window=10))
+    assert isinstance(core.tally, itertools.repeat) is _core._COUNTDOWN_TALLY
+    for _ in range(5):
+        assert next(core.tally) is None or not _core._COUNTDOWN_TALLY
+    assert core.tallied() == 5
 
 
 @pytest.mark.parametrize("front", FRONTS)
