@@ -18,14 +18,25 @@ pybreaker's overhead. These are figures to read, never assertions.
 success-path cases of this checkout and of SRC in one run, interleaved, best
 of ``--rounds``, and prints before/after with each side's overhead as a share
 of pybreaker's (pybreaker is measured in both worker processes).
+
+``--callgrind`` counts instructions per call of the same success-path cases
+instead (this checkout, and SRC with ``--before``), each side once under
+``valgrind --tool=callgrind``: the difference between ``--number`` and twice
+as many calls, so warm-ups and event-loop start-up cancel out. The counts
+repeat on a noisy machine, where wall clock does not.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
+import os
+import re
 import statistics
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -38,12 +49,14 @@ import pybreaker
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _bench import (
+    ROOT,
     SERVE_FLAG,
     Result,
     before_after_table,
     compare_with_before,
     print_table,
     serve_cases,
+    source_path,
     time_per_call,
 )
 
@@ -182,6 +195,104 @@ def run_before_after(args: argparse.Namespace) -> None:
         print(f"{case:<48} {shares[0]:>7.2f}x {shares[1]:>7.2f}x")
 
 
+def is_async_case(case: str) -> bool:
+    return case == "bare await" or "async" in case or "acall" in case
+
+
+def calls_of(case: str, number: int) -> int:
+    """How many calls ``success_path_cases()[case](number)`` makes (async: a fifth)."""
+    return max(number // 5, 1000) if is_async_case(case) else number
+
+
+def callgrind_worker(lib: str, number: int) -> None:
+    """Under callgrind: dump the counters around ``number`` and twice as many calls of each case."""
+    helper = ctypes.CDLL(lib)
+    cases = success_path_cases()
+    for run in cases.values():
+        run(1000)
+    helper.sk_start()
+    for name, run in cases.items():
+        for n in (number, 2 * number):
+            helper.sk_zero()
+            run(n)
+            helper.sk_dump(f"{name}|{calls_of(name, n)}".encode())
+    print("done", flush=True)
+
+
+def run_callgrind(args: argparse.Namespace) -> None:
+    from bench_ab import build_helper
+
+    with tempfile.TemporaryDirectory(prefix="scalekit-callgrind-") as scratch:
+        folder = Path(scratch)
+        lib = build_helper(folder)
+        trees = {"after": ROOT / "src"}
+        if args.before:
+            (folder / "before").mkdir()
+            trees = {"before": source_path(args.before, folder / "before"), **trees}
+        procs = {}
+        for side, src in trees.items():
+            out = folder / f"out-{side}"
+            out.mkdir()
+            command = [
+                "valgrind",
+                "--tool=callgrind",
+                "--instr-atstart=no",
+                f"--callgrind-out-file={out}/cg.%p",
+                sys.executable,
+                __file__,
+                "--callgrind-worker",
+                lib,
+                "--number",
+                str(args.number),
+            ]
+            env = {**os.environ, "PYTHONPATH": str(src), "PYTHONHASHSEED": "0"}
+            procs[side] = (
+                subprocess.Popen(
+                    command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
+                ),
+                out,
+            )
+        per_call: dict[str, dict[str, float]] = {}
+        for side, (proc, out) in procs.items():
+            stdout, _ = proc.communicate(timeout=3600)
+            if proc.returncode != 0 or "done" not in stdout:
+                raise RuntimeError(f"the {side} worker under callgrind failed:\n{stdout}")
+            totals: dict[str, dict[int, int]] = {}
+            for path in out.iterdir():
+                text = path.read_text(errors="replace")
+                label = re.search(r"^desc: Trigger: Client Request: (.+)\|(\d+)$", text, re.M)
+                total = re.search(r"^(?:summary|totals): (\d+)", text, re.M)
+                if label and total:
+                    calls = totals.setdefault(label.group(1).strip(), {})
+                    calls[int(label.group(2))] = int(total.group(1))
+            per_call[side] = {
+                case: (counts[max(counts)] - counts[min(counts)]) / (max(counts) - min(counts))
+                for case, counts in totals.items()
+                if len(counts) == 2
+            }
+    sides = list(per_call)
+    order = [case for case in success_path_cases() if case in per_call["after"]]
+    print(f"\ninstructions per call (callgrind, {args.number:,} calls; async: a fifth)")
+    print(f"{'case':<48}" + "".join(f" {side + ' Ir':>11}" for side in sides), end="")
+    print("  after/before" if len(sides) == 2 else "")
+    for case in order:
+        figures = [per_call[side].get(case, float("nan")) for side in sides]
+        line = f"{case:<48}" + "".join(f" {figure:>11.0f}" for figure in figures)
+        print(line + (f" {figures[1] / figures[0]:>12.3f}x" if len(sides) == 2 else ""))
+    print("\noverhead as a share of pybreaker's @breaker overhead (issue 20 target <= 0.20x)")
+    print(f"{'case':<48}" + "".join(f" {side:>8}" for side in sides))
+    for case in order:
+        if not case.startswith("scalekit"):
+            continue
+        bare = "bare await" if is_async_case(case) else "bare call"
+        shares = []
+        for side in sides:
+            ir = per_call[side]
+            theirs = ir["pybreaker @breaker (closed)"] - ir["bare call"]
+            shares.append((ir[case] - ir[bare]) / theirs)
+        print(f"{case:<48}" + "".join(f" {share:>7.3f}x" for share in shares))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="redis://127.0.0.1:6379/0", help="Redis for shared cases")
@@ -189,10 +300,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10, help="measurements per case (best)")
     parser.add_argument("--threaded-runs", type=int, default=5)
     parser.add_argument("--before", help="an older checkout folder or git rev to compare with")
+    parser.add_argument(
+        "--callgrind", action="store_true", help="count instructions per call (valgrind)"
+    )
+    parser.add_argument("--callgrind-worker", help=argparse.SUPPRESS)
     parser.add_argument(SERVE_FLAG, action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_cases:
         serve_cases(success_path_cases())
+        return
+    if args.callgrind_worker:
+        callgrind_worker(args.callgrind_worker, args.number)
+        return
+    if args.callgrind:
+        run_callgrind(args)
         return
     if args.before:
         run_before_after(args)

@@ -21,6 +21,7 @@ from scalekit.errors import CircuitOpenError
 
 if TYPE_CHECKING:
     from scalekit.breaker._base import Recorder
+    from scalekit.breaker._breaker import CircuitBreaker
     from scalekit.breaker._core import Trigger
     from scalekit.breaker._redis import SharedState
 
@@ -105,40 +106,78 @@ async def _arun(shared: SharedState, args: list[Any]) -> Any:
 
 
 async def acall(
-    rec: Recorder,
+    breaker: CircuitBreaker,
     func: Callable[..., Coroutine[Any, Any, T]],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
+    /,
+    *args: Any,
+    **kwargs: Any,
 ) -> T:
-    """Run ``func(*args, **kwargs)`` through the breaker (see ``CircuitBreaker.acall``)."""
-    if rec.tally:
-        core = rec.core
-        ticket = core.free_ticket
-        if ticket is not None:
-            # The drivers' one hot path; awrap() inlines the same steps.
-            monotonic = rec.monotonic
-            timed = rec.timed
-            clocked = rec.clocked
-            start = monotonic() if timed else 0.0
-            try:
-                result = await func(*args, **kwargs)
-            except BaseException as exc:
-                rec.record(ticket, rec.classify(exc), monotonic() - start if timed else None)
-                raise
-            now = monotonic() if clocked else 0.0
-            if (
-                now < core.tally_until
-                and now - start < rec.slow_below
-                and ticket == core.free_ticket
-            ):
-                # Nothing this success could change: counting is the whole record.
-                next(core.tally)
-            else:
-                rec.record(
-                    ticket, SUCCESS, now - start if timed else None, now if clocked else None
-                )
-            return result
-    return await _call_full(rec, func, args, kwargs)
+    """Await ``func(*args, **kwargs)`` through the breaker: ``CircuitBreaker.acall``.
+
+    This function *is* the method (bound in the class; its typed signature,
+    for mypy and the API reference, is the class's), so a call runs one frame
+    of scalekit's, with the drivers' one hot path inline (:func:`awrap` has
+    the same steps, specialised per breaker): a closed local breaker admits
+    with one attribute read, reads the clock only for slow-call timing
+    (before and after the call) or a time window (once, after), and counts a
+    success that changes nothing with ``next(core.tally)``. ``func(*args)``
+    when no keyword is given: no dict built and merged per call. Everything
+    else goes through :func:`_call_full`.
+
+    Raises:
+        CircuitOpenError: the breaker rejected the call (and no fallback).
+        Exception: whatever ``func`` raised, unchanged.
+    """
+    rec = breaker._rec
+    if not rec.tally:
+        return await _call_full(rec, func, args, kwargs)
+    core = rec.core
+    ticket = core.free_ticket
+    if ticket is None:
+        return await _call_full(rec, func, args, kwargs)
+    if rec.timed:
+        # Slow-call timing: the clock before and after the call.
+        monotonic = rec.monotonic
+        start = monotonic()
+        try:
+            result = await (func(*args, **kwargs) if kwargs else func(*args))
+        except BaseException as exc:
+            rec.record(ticket, rec.classify(exc), monotonic() - start)
+            raise
+        now = monotonic()
+        if now - start < rec.slow_below and (
+            ticket == core.tally_ticket or (now < core.tally_until and ticket == core.free_ticket)
+        ):
+            # Nothing this success could change: counting is the whole record
+            # (``tally_ticket``: a count window; ``tally_until``: a time window).
+            next(core.tally)
+        else:
+            rec.record(ticket, SUCCESS, now - start, now)
+        return result
+    if rec.clocked:
+        # A time window: the success's time decides its bucket (one clock read).
+        monotonic = rec.monotonic
+        try:
+            result = await (func(*args, **kwargs) if kwargs else func(*args))
+        except BaseException as exc:
+            rec.record(ticket, rec.classify(exc), None)
+            raise
+        now = monotonic()
+        if now < core.tally_until and ticket == core.free_ticket:
+            next(core.tally)
+        else:
+            rec.record(ticket, SUCCESS, None, now)
+        return result
+    try:
+        result = await (func(*args, **kwargs) if kwargs else func(*args))
+    except BaseException as exc:
+        rec.record(ticket, rec.classify(exc), None)
+        raise
+    if ticket == core.tally_ticket:
+        next(core.tally)
+    else:
+        rec.record(ticket, SUCCESS, None)
+    return result
 
 
 async def _call_full(
@@ -192,24 +231,28 @@ def awrap(
 ) -> Callable[P, Coroutine[Any, Any, T]]:
     """Decorate ``func``; the wrapper keeps its signature and metadata.
 
-    A local breaker's wrapper inlines :func:`acall`'s hot path (one frame less
-    per call), clockless when no time window or slow-call timing needs the
-    time; with a result check, :func:`_call_full`'s closed-circuit path.
+    A local breaker's wrapper inlines :func:`acall`'s hot path, specialised
+    when the breaker is built: clockless when neither a time window nor
+    slow-call timing needs the time, one clock read (after the call) for a
+    time window alone, two for slow-call timing; with a result check,
+    :func:`_call_full`'s closed-circuit path.
     """
     core = rec.core
     record = rec.record
     classify = rec.classify
+    tally = core.tally
+    # ``run(*args)`` when no keywords: no dict built and merged per call.
+    run: Callable[..., Coroutine[Any, Any, T]] = func
 
     if rec.tally and not rec.clocked:
-        tally = core.tally
 
         @functools.wraps(func)
         async def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
             ticket = core.free_ticket
             if ticket is None:
-                return await _call_full(rec, func, args, kwargs)
+                return await _call_full(rec, run, args, kwargs)
             try:
-                result = await func(*args, **kwargs)
+                result = await (run(*args, **kwargs) if kwargs else run(*args))
             except BaseException as exc:
                 record(ticket, classify(exc), None)
                 raise
@@ -219,28 +262,49 @@ def awrap(
                 record(ticket, SUCCESS, None)
             return result
 
-    elif rec.tally:
-        tally = core.tally
+    elif rec.tally and not rec.timed:
         monotonic = rec.monotonic
-        timed = rec.timed
+
+        @functools.wraps(func)
+        async def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
+            ticket = core.free_ticket
+            if ticket is None:
+                return await _call_full(rec, run, args, kwargs)
+            try:
+                result = await (run(*args, **kwargs) if kwargs else run(*args))
+            except BaseException as exc:
+                record(ticket, classify(exc), None)
+                raise
+            now = monotonic()
+            if now < core.tally_until and ticket == core.free_ticket:
+                next(tally)
+            else:
+                record(ticket, SUCCESS, None, now)
+            return result
+
+    elif rec.tally:
+        monotonic = rec.monotonic
         slow_below = rec.slow_below
 
         @functools.wraps(func)
         async def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
             ticket = core.free_ticket
             if ticket is None:
-                return await _call_full(rec, func, args, kwargs)
-            start = monotonic() if timed else 0.0
+                return await _call_full(rec, run, args, kwargs)
+            start = monotonic()
             try:
-                result = await func(*args, **kwargs)
+                result = await (run(*args, **kwargs) if kwargs else run(*args))
             except BaseException as exc:
-                record(ticket, classify(exc), monotonic() - start if timed else None)
+                record(ticket, classify(exc), monotonic() - start)
                 raise
             now = monotonic()
-            if now < core.tally_until and now - start < slow_below and ticket == core.free_ticket:
+            if now - start < slow_below and (
+                ticket == core.tally_ticket
+                or (now < core.tally_until and ticket == core.free_ticket)
+            ):
                 next(tally)
             else:
-                record(ticket, SUCCESS, now - start if timed else None, now)
+                record(ticket, SUCCESS, now - start, now)
             return result
 
     elif rec.local:
@@ -252,10 +316,10 @@ def awrap(
         async def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
             ticket = core.free_ticket
             if ticket is None:
-                return await _call_full(rec, func, args, kwargs)
+                return await _call_full(rec, run, args, kwargs)
             start = monotonic() if timed else 0.0
             try:
-                result = await func(*args, **kwargs)
+                result = await (run(*args, **kwargs) if kwargs else run(*args))
             except BaseException as exc:
                 record(ticket, classify(exc), monotonic() - start if timed else None)
                 raise
@@ -273,7 +337,7 @@ def awrap(
 
         @functools.wraps(func)
         async def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
-            return await _call_full(rec, func, args, kwargs)
+            return await _call_full(rec, run, args, kwargs)
 
     guarded.breaker = rec.breaker  # type: ignore[attr-defined]
     return guarded

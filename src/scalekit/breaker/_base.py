@@ -40,8 +40,8 @@ class Recorder:
     :meth:`record`. ``tally``: local and no result check, so the drivers'
     hot path applies: a success the core says cannot change anything (see
     :attr:`BreakerCore.tally_until <scalekit.breaker._core.BreakerCore>`) is
-    counted with ``next(successes)`` alone (``next()`` on an
-    ``itertools.count`` is atomic: no lock). ``clocked``: that hot path
+    counted with ``next(successes)`` alone (``next()`` on the core's
+    ``itertools.repeat`` is one atomic step: no lock). ``clocked``: that hot path
     reads the clock (a time window, or slow-call timing); ``slow_below`` is
     the slow-call threshold (``inf`` without one).
 

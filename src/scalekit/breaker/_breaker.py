@@ -24,12 +24,10 @@ from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar, overload
 from scalekit._clock import SYSTEM_CLOCK
 from scalekit._deprecated import deprecated
 from scalekit.breaker import _async, _sync
-from scalekit.breaker._async import acall as _acall
 from scalekit.breaker._base import Recorder
 from scalekit.breaker._config import FAILURE, IGNORED, SUCCESS, BreakerPolicy, ExceptionRule
 from scalekit.breaker._core import CLOSED, DISABLED, BreakerCore, State, Transition, Trigger
 from scalekit.breaker._events import BreakerRejected, BreakerStateChanged
-from scalekit.breaker._sync import call as _call
 from scalekit.errors import CircuitOpenError, ConfigurationError
 from scalekit.instrumentation import emit
 from scalekit.typing import Clock
@@ -459,41 +457,44 @@ class CircuitBreaker:
             return _async.awrap(self._rec, func)
         return _sync.wrap(self._rec, func)
 
-    def call(self, func: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
-        """Call ``func(*args, **kwargs)`` through the breaker.
+    if TYPE_CHECKING:
+        # What mypy and the API reference read. At run time the methods are the
+        # drivers' functions themselves (below): one frame per call, not two.
 
-        >>> CircuitBreaker("db").call(max, 1, 2)
-        2
+        def call(self, func: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+            """Call ``func(*args, **kwargs)`` through the breaker.
 
-        Raises:
-            CircuitOpenError: the breaker rejected the call (and no fallback).
-            Exception: whatever ``func`` raised, unchanged.
-        """
-        return _call(self._rec, func, args, kwargs)
+            >>> CircuitBreaker("db").call(max, 1, 2)
+            2
 
-    def acall(
-        self, func: Callable[P, Coroutine[Any, Any, T]], /, *args: P.args, **kwargs: P.kwargs
-    ) -> Coroutine[Any, Any, T]:
-        """Await ``func(*args, **kwargs)`` through the breaker.
+            Raises:
+                CircuitOpenError: the breaker rejected the call (and no fallback).
+                Exception: whatever ``func`` raised, unchanged.
+            """
 
-        A plain method that returns the driver's coroutine (one coroutine per
-        call, not two): ``await breaker.acall(f, x)`` is how it is used.
+        async def acall(
+            self, func: Callable[P, Coroutine[Any, Any, T]], /, *args: P.args, **kwargs: P.kwargs
+        ) -> T:
+            """Await ``func(*args, **kwargs)`` through the breaker.
 
-        Raises:
-            CircuitOpenError: the breaker rejected the call (and no fallback).
-            Exception: whatever ``func`` raised, unchanged.
+            Raises:
+                CircuitOpenError: the breaker rejected the call (and no fallback).
+                Exception: whatever ``func`` raised, unchanged.
 
-        .. versionchanged:: issue 14
-           Was ``call_async``, which stays one release as a deprecated alias.
-        """
-        return _acall(self._rec, func, args, kwargs)
+            .. versionchanged:: issue 14
+               Was ``call_async``, which stays one release as a deprecated alias.
+            """
+
+    else:
+        call = _sync.call
+        acall = _async.acall
 
     async def call_async(
         self, func: Callable[P, Coroutine[Any, Any, T]], /, *args: P.args, **kwargs: P.kwargs
     ) -> T:
         """Deprecated alias of :meth:`acall` (removed in the next release)."""
         deprecated("CircuitBreaker.call_async", "CircuitBreaker.acall")
-        result: T = await _acall(self._rec, func, args, kwargs)
+        result: T = await self.acall(func, *args, **kwargs)
         return result
 
     def acquire(self) -> Permit:

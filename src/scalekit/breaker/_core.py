@@ -42,7 +42,8 @@ never trip it: the failure and slow-call counts stay zero and the rates
 are positive. The core then publishes :attr:`BreakerCore.tally_until` (the
 end of the current time bucket, or ``inf`` for a count window; ``-inf``
 when a success must be recorded) and the shells count such a success with
-``next(core.tally)`` alone, an atomic ``itertools.count`` step. The core
+``next(core.tally)`` alone, one atomic step of an ``itertools.repeat`` that
+counts down (it returns ``None``: nothing is allocated per success). The core
 folds the tally into the window (:meth:`BreakerCore.fold`) under the lock
 before it records anything else or reads the window, so every decision and
 snapshot sees the successes in arrival order. A success racing a failure
@@ -54,6 +55,8 @@ from __future__ import annotations
 
 import enum
 import itertools
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final
 
@@ -148,6 +151,13 @@ class Transition:
 _SLOW: Final = 2
 _INF: Final = float("inf")
 _NO_TALLY: Final = float("-inf")
+#: :attr:`BreakerCore.tally_ticket` when no success may be tallied (hot-path tickets are >= 0).
+_NO_TICKET: Final = -1
+#: The successes :attr:`BreakerCore.tally` can count (2**63 - 1: centuries of calls).
+_TALLY_SPAN: Final = sys.maxsize
+#: Whether the tally is that countdown: a 32-bit build's 2**31 steps could run
+#: out in days, so there it is an ``itertools.count``, read through its repr.
+_COUNTDOWN_TALLY = _TALLY_SPAN >= 2**63 - 1
 
 
 class CountWindow:
@@ -369,7 +379,9 @@ class BreakerCore:
         self.transitions: list[Transition] = []
         self.successes = self.failures = self.ignored = self.rejected = self.slow_calls = 0
         #: Successes the shells counted without the lock (see the module docstring).
-        self.tally = itertools.count()
+        self.tally: Iterator[object] = (
+            itertools.repeat(None, _TALLY_SPAN) if _COUNTDOWN_TALLY else itertools.count()
+        )
         self._folded = 0  # the tally's value already folded into the window
         self._tally_epoch = 0  # the time bucket the tallied successes belong to
         self._tallying = False  # whether tally_until admitted a tally since the last fold
@@ -377,17 +389,23 @@ class BreakerCore:
         #: generation's ticket, may be counted with ``next(tally)`` alone.
         self.tally_until = _NO_TALLY
         #: The ticket a success may be tallied with when no clock is read:
-        #: :attr:`free_ticket` while :attr:`tally_until` is ``inf``, else ``None``
-        #: (one attribute read on the clockless hot path, not two).
-        self.tally_ticket: int | None = None
+        #: :attr:`free_ticket` while :attr:`tally_until` is ``inf``, else ``-1``
+        #: (one attribute read on the clockless hot path, not two; ``-1``, not
+        #: ``None``: no hot-path ticket is negative, and an int compares with
+        #: an int in one specialised step).
+        self.tally_ticket: int | None = _NO_TICKET
         self._open_tally(now)
 
     # -- the lock-free success tally --------------------------------------------------
 
     def tallied(self) -> int:
         """How many successes the shells counted through :attr:`tally` so far."""
+        tally = self.tally
+        if isinstance(tally, itertools.repeat):
+            # The countdown's length hint is how many steps it has left.
+            return _TALLY_SPAN - tally.__length_hint__()
         # repr() reads an itertools.count without advancing it: "count(42)".
-        return int(repr(self.tally)[6:-1])
+        return int(repr(tally)[6:-1])
 
     def fold(self) -> None:
         """Count the tallied successes into the rate window (call under the lock)."""
@@ -401,7 +419,7 @@ class BreakerCore:
             window.add_successes(pending, self._tally_epoch)
         self._tallying = False
         self.tally_until = _NO_TALLY
-        self.tally_ticket = None
+        self.tally_ticket = _NO_TICKET
 
     def _open_tally(self, now: float) -> None:
         """Publish :attr:`tally_until`: when may a success skip the lock?"""
@@ -422,9 +440,9 @@ class BreakerCore:
                 self.tally_until = _INF
         else:
             self.tally_until = _NO_TALLY
-            self.tally_ticket = None
+            self.tally_ticket = _NO_TICKET
             return
-        self.tally_ticket = self.free_ticket if self.tally_until == _INF else None
+        self.tally_ticket = self.free_ticket if self.tally_until == _INF else _NO_TICKET
         self._folded = self.tallied()
         self._tallying = True
 

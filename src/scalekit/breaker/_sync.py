@@ -21,6 +21,7 @@ from scalekit.errors import CircuitOpenError
 
 if TYPE_CHECKING:
     from scalekit.breaker._base import Recorder
+    from scalekit.breaker._breaker import CircuitBreaker
     from scalekit.breaker._core import Trigger
     from scalekit.breaker._redis import SharedState
 
@@ -92,40 +93,78 @@ def _run(shared: SharedState, args: list[Any]) -> Any:
 
 
 def call(
-    rec: Recorder,
+    breaker: CircuitBreaker,
     func: Callable[..., T],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
+    /,
+    *args: Any,
+    **kwargs: Any,
 ) -> T:
-    """Run ``func(*args, **kwargs)`` through the breaker (see ``CircuitBreaker.call``)."""
-    if rec.tally:
-        core = rec.core
-        ticket = core.free_ticket
-        if ticket is not None:
-            # The drivers' one hot path; wrap() inlines the same steps.
-            monotonic = rec.monotonic
-            timed = rec.timed
-            clocked = rec.clocked
-            start = monotonic() if timed else 0.0
-            try:
-                result = func(*args, **kwargs)
-            except BaseException as exc:
-                rec.record(ticket, rec.classify(exc), monotonic() - start if timed else None)
-                raise
-            now = monotonic() if clocked else 0.0
-            if (
-                now < core.tally_until
-                and now - start < rec.slow_below
-                and ticket == core.free_ticket
-            ):
-                # Nothing this success could change: counting is the whole record.
-                next(core.tally)
-            else:
-                rec.record(
-                    ticket, SUCCESS, now - start if timed else None, now if clocked else None
-                )
-            return result
-    return _call_full(rec, func, args, kwargs)
+    """Call ``func(*args, **kwargs)`` through the breaker: ``CircuitBreaker.call``.
+
+    This function *is* the method (bound in the class; its typed signature,
+    for mypy and the API reference, is the class's), so a call runs one frame
+    of scalekit's, with the drivers' one hot path inline (:func:`wrap` has
+    the same steps, specialised per breaker): a closed local breaker admits
+    with one attribute read, reads the clock only for slow-call timing
+    (before and after the call) or a time window (once, after), and counts a
+    success that changes nothing with ``next(core.tally)``. ``func(*args)``
+    when no keyword is given: no dict built and merged per call. Everything
+    else goes through :func:`_call_full`.
+
+    Raises:
+        CircuitOpenError: the breaker rejected the call (and no fallback).
+        Exception: whatever ``func`` raised, unchanged.
+    """
+    rec = breaker._rec
+    if not rec.tally:
+        return _call_full(rec, func, args, kwargs)
+    core = rec.core
+    ticket = core.free_ticket
+    if ticket is None:
+        return _call_full(rec, func, args, kwargs)
+    if rec.timed:
+        # Slow-call timing: the clock before and after the call.
+        monotonic = rec.monotonic
+        start = monotonic()
+        try:
+            result = func(*args, **kwargs) if kwargs else func(*args)
+        except BaseException as exc:
+            rec.record(ticket, rec.classify(exc), monotonic() - start)
+            raise
+        now = monotonic()
+        if now - start < rec.slow_below and (
+            ticket == core.tally_ticket or (now < core.tally_until and ticket == core.free_ticket)
+        ):
+            # Nothing this success could change: counting is the whole record
+            # (``tally_ticket``: a count window; ``tally_until``: a time window).
+            next(core.tally)
+        else:
+            rec.record(ticket, SUCCESS, now - start, now)
+        return result
+    if rec.clocked:
+        # A time window: the success's time decides its bucket (one clock read).
+        monotonic = rec.monotonic
+        try:
+            result = func(*args, **kwargs) if kwargs else func(*args)
+        except BaseException as exc:
+            rec.record(ticket, rec.classify(exc), None)
+            raise
+        now = monotonic()
+        if now < core.tally_until and ticket == core.free_ticket:
+            next(core.tally)
+        else:
+            rec.record(ticket, SUCCESS, None, now)
+        return result
+    try:
+        result = func(*args, **kwargs) if kwargs else func(*args)
+    except BaseException as exc:
+        rec.record(ticket, rec.classify(exc), None)
+        raise
+    if ticket == core.tally_ticket:
+        next(core.tally)
+    else:
+        rec.record(ticket, SUCCESS, None)
+    return result
 
 
 def _call_full(
@@ -174,24 +213,28 @@ def _call_full(
 def wrap(rec: Recorder, func: Callable[P, T]) -> Callable[P, T]:
     """Decorate ``func``; the wrapper keeps its signature and metadata.
 
-    A local breaker's wrapper inlines :func:`call`'s hot path (one frame less
-    per call), clockless when no time window or slow-call timing needs the
-    time; with a result check, :func:`_call_full`'s closed-circuit path.
+    A local breaker's wrapper inlines :func:`call`'s hot path, specialised
+    when the breaker is built: clockless when neither a time window nor
+    slow-call timing needs the time, one clock read (after the call) for a
+    time window alone, two for slow-call timing; with a result check,
+    :func:`_call_full`'s closed-circuit path.
     """
     core = rec.core
     record = rec.record
     classify = rec.classify
+    tally = core.tally
+    # ``run(*args)`` when no keywords: no dict built and merged per call.
+    run: Callable[..., T] = func
 
     if rec.tally and not rec.clocked:
-        tally = core.tally
 
         @functools.wraps(func)
         def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
             ticket = core.free_ticket
             if ticket is None:
-                return _call_full(rec, func, args, kwargs)
+                return _call_full(rec, run, args, kwargs)
             try:
-                result = func(*args, **kwargs)
+                result = run(*args, **kwargs) if kwargs else run(*args)
             except BaseException as exc:
                 record(ticket, classify(exc), None)
                 raise
@@ -201,28 +244,49 @@ def wrap(rec: Recorder, func: Callable[P, T]) -> Callable[P, T]:
                 record(ticket, SUCCESS, None)
             return result
 
-    elif rec.tally:
-        tally = core.tally
+    elif rec.tally and not rec.timed:
         monotonic = rec.monotonic
-        timed = rec.timed
+
+        @functools.wraps(func)
+        def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
+            ticket = core.free_ticket
+            if ticket is None:
+                return _call_full(rec, run, args, kwargs)
+            try:
+                result = run(*args, **kwargs) if kwargs else run(*args)
+            except BaseException as exc:
+                record(ticket, classify(exc), None)
+                raise
+            now = monotonic()
+            if now < core.tally_until and ticket == core.free_ticket:
+                next(tally)
+            else:
+                record(ticket, SUCCESS, None, now)
+            return result
+
+    elif rec.tally:
+        monotonic = rec.monotonic
         slow_below = rec.slow_below
 
         @functools.wraps(func)
         def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
             ticket = core.free_ticket
             if ticket is None:
-                return _call_full(rec, func, args, kwargs)
-            start = monotonic() if timed else 0.0
+                return _call_full(rec, run, args, kwargs)
+            start = monotonic()
             try:
-                result = func(*args, **kwargs)
+                result = run(*args, **kwargs) if kwargs else run(*args)
             except BaseException as exc:
-                record(ticket, classify(exc), monotonic() - start if timed else None)
+                record(ticket, classify(exc), monotonic() - start)
                 raise
             now = monotonic()
-            if now < core.tally_until and now - start < slow_below and ticket == core.free_ticket:
+            if now - start < slow_below and (
+                ticket == core.tally_ticket
+                or (now < core.tally_until and ticket == core.free_ticket)
+            ):
                 next(tally)
             else:
-                record(ticket, SUCCESS, now - start if timed else None, now)
+                record(ticket, SUCCESS, now - start, now)
             return result
 
     elif rec.local:
@@ -234,10 +298,10 @@ def wrap(rec: Recorder, func: Callable[P, T]) -> Callable[P, T]:
         def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
             ticket = core.free_ticket
             if ticket is None:
-                return _call_full(rec, func, args, kwargs)
+                return _call_full(rec, run, args, kwargs)
             start = monotonic() if timed else 0.0
             try:
-                result = func(*args, **kwargs)
+                result = run(*args, **kwargs) if kwargs else run(*args)
             except BaseException as exc:
                 record(ticket, classify(exc), monotonic() - start if timed else None)
                 raise
@@ -255,7 +319,7 @@ def wrap(rec: Recorder, func: Callable[P, T]) -> Callable[P, T]:
 
         @functools.wraps(func)
         def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
-            return _call_full(rec, func, args, kwargs)
+            return _call_full(rec, run, args, kwargs)
 
     guarded.breaker = rec.breaker  # type: ignore[attr-defined]
     return guarded

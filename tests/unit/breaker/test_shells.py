@@ -674,3 +674,45 @@ def test_needs_every_outcome_says_when_successes_may_go_unreported() -> None:
         def success(self, breaker: object) -> None: ...
 
     assert CircuitBreaker("svc", fail_max=3, listeners=[Listener()]).needs_every_outcome
+
+
+HOT_PATHS = {
+    "fail_max": {"fail_max": 3},
+    "count window": {"failure_rate": 0.5, "window": 8},
+    "time window": {"failure_rate": 0.5, "window_seconds": 4.0},
+    "slow calls, count window": {"slow_call_seconds": 1.0, "slow_call_rate": 0.5, "window": 8},
+    "slow calls, time window": {
+        "slow_call_seconds": 1.0,
+        "slow_call_rate": 0.5,
+        "window_seconds": 4.0,
+    },
+}
+
+
+@pytest.mark.parametrize("policy", list(HOT_PATHS))
+def test_every_hot_path_passes_arguments_and_results(policy: str) -> None:
+    breaker = CircuitBreaker("args", clock=FakeClock(), **HOT_PATHS[policy])
+
+    def work(*args: Any, **kwargs: Any) -> tuple[Any, ...]:
+        return args, kwargs
+
+    async def awork(*args: Any, **kwargs: Any) -> tuple[Any, ...]:
+        return args, kwargs
+
+    async def fronts_async() -> list[Any]:
+        return [
+            await breaker.acall(awork),
+            await breaker.acall(awork, 1, key=2),
+            await breaker(awork)(),
+            await breaker(awork)(1, key=2),
+        ]
+
+    results = [
+        breaker.call(work),
+        breaker.call(work, 1, key=2),
+        breaker(work)(),
+        breaker(work)(1, key=2),
+        *asyncio.run(fronts_async()),
+    ]
+    assert results == [((), {}), ((1,), {"key": 2})] * 4
+    assert breaker.metrics().successes == 8

@@ -4,14 +4,16 @@ exactly as the core fed every outcome under the lock (issue 20)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 from typing import Any
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scalekit.breaker import BreakerPolicy, CircuitBreaker
+from scalekit.breaker import BreakerPolicy, CircuitBreaker, _core
 from scalekit.breaker._config import FAILURE, SUCCESS
 from scalekit.breaker._core import BreakerCore
 from scalekit.errors import CircuitOpenError
@@ -62,7 +64,7 @@ STEPS = st.lists(
 )
 
 
-def drive(policy_name: str, front: str, steps: list[str]) -> None:
+def drive(policy_name: str, front: str, steps: list[str], keywords: bool = False) -> None:
     kwargs: dict[str, Any] = POLICIES[policy_name]
     clock = FakeClock()
     breaker = CircuitBreaker("tally", clock=clock, **kwargs)
@@ -70,28 +72,32 @@ def drive(policy_name: str, front: str, steps: list[str]) -> None:
     timed = reference.policy.timed
     plan: list[str] = []
 
-    def work() -> int:
+    def work(value: int = 1) -> int:
         step = plan.pop()
         if step == "fail":
             raise Boom
         if step == "slow":
             clock.advance(1.5)
-        return 1
+        return value
 
-    async def awork() -> int:
-        return work()
+    async def awork(value: int = 1) -> int:
+        return work(value)
 
     wrapped, awrapped = breaker(work), breaker(awork)
+    # The hot paths call ``func(*args)`` when no keyword is given.
+    given = {"value": 2} if keywords else {}
+    expected = 2 if keywords else 1
 
     def run() -> None:
         if front == "decorator":
-            wrapped()
+            result = wrapped(**given)
         elif front == "call":
-            breaker.call(work)
+            result = breaker.call(work, **given)
         elif front == "async decorator":
-            asyncio.run(awrapped())
+            result = asyncio.run(awrapped(**given))
         else:
-            asyncio.run(breaker.acall(awork))
+            result = asyncio.run(breaker.acall(awork, **given))
+        assert result == expected
 
     for step in steps:
         if step == "tick":
@@ -129,18 +135,40 @@ def drive(policy_name: str, front: str, steps: list[str]) -> None:
         assert metrics.slow_calls == reference.slow_calls
         # The clockless hot path's one read stands for tally_until and free_ticket.
         core = breaker._rec.core
-        clockless = core.free_ticket if core.tally_until == float("inf") else None
+        clockless = core.free_ticket if core.tally_until == float("inf") else -1
         assert core.tally_ticket == clockless, steps
 
 
 @pytest.mark.parametrize("front", FRONTS)
 @pytest.mark.parametrize("policy_name", list(POLICIES))
 @settings(max_examples=40, deadline=None)
-@given(steps=STEPS)
+@given(steps=STEPS, keywords=st.booleans())
 def test_tallied_successes_decide_as_recorded_ones(
+    policy_name: str, front: str, steps: list[str], keywords: bool
+) -> None:
+    drive(policy_name, front, steps, keywords)
+
+
+@pytest.mark.parametrize("front", FRONTS)
+@pytest.mark.parametrize("policy_name", ["time window", "slow calls, count window"])
+@settings(max_examples=15, deadline=None)
+@given(steps=STEPS)
+def test_the_count_tally_of_32_bit_builds_decides_alike(
     policy_name: str, front: str, steps: list[str]
 ) -> None:
-    drive(policy_name, front, steps)
+    # A 32-bit build tallies with an itertools.count (a countdown of 2**31
+    # steps could run out); the same decisions follow.
+    with mock.patch.object(_core, "_COUNTDOWN_TALLY", False):
+        assert isinstance(BreakerCore(BreakerPolicy()).tally, itertools.count)
+        drive(policy_name, front, steps)
+
+
+def test_the_tally_counts_down_on_64_bit_builds() -> None:
+    core = BreakerCore(BreakerPolicy(failure_rate=0.5, window=10))
+    assert isinstance(core.tally, itertools.repeat) is _core._COUNTDOWN_TALLY
+    for _ in range(5):
+        assert next(core.tally) is None or not _core._COUNTDOWN_TALLY
+    assert core.tallied() == 5
 
 
 @pytest.mark.parametrize("front", FRONTS)
