@@ -16,7 +16,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from scalekit._clock import SYSTEM_CLOCK
-from scalekit.breaker._core import BreakerCore, Trigger
+from scalekit.breaker._config import SUCCESS
+from scalekit.breaker._core import _NO_TALLY, BreakerCore, Trigger
 
 if TYPE_CHECKING:
     import threading
@@ -107,6 +108,8 @@ class Recorder:
         self.shared: SharedState | None = None
         self.local = listeners is None
         self.tally = listeners is None and policy.failure_result is None
+        if not self.tally:
+            core.stop_tally()
         self.fast = self.tally and not policy.trip_on_rate and not policy.timed
         self.clocked = policy.timed or policy.window_seconds is not None
         slow = policy.slow_call_seconds
@@ -116,12 +119,32 @@ class Recorder:
         """Keep the state in ``shared`` (Redis): no local fast path from now on."""
         self.shared = shared
         self.local = self.fast = self.tally = False
+        self.core.stop_tally()
 
     def record(
         self, ticket: int, outcome: int, duration: float | None, now: float | None = None
     ) -> None:
-        """Record an outcome in the local core: the one place, for every driver and path."""
+        """Record an outcome in the local core: the one place, for every driver and path.
+
+        A success that cannot change a decision is tallied without the lock,
+        as the hot paths tally it (see :mod:`scalekit.breaker._core`).
+        """
         core = self.core
+        if (
+            self.tally
+            and outcome == SUCCESS
+            and ticket >= 0  # a probe's ticket is negative, as tally_ticket is when closed
+            and (duration is None or duration < self.slow_below)
+        ):
+            if ticket == core.tally_ticket:
+                next(self.successes)
+                return
+            if core.tally_until != _NO_TALLY:
+                if now is None:
+                    now = self.monotonic()
+                if now < core.tally_until and ticket == core.free_ticket:
+                    next(self.successes)
+                    return
         if now is None:
             now = self.monotonic()
         with self.lock:
@@ -146,8 +169,11 @@ class Recorder:
         Raises:
             CircuitOpenError: rejected.
         """
-        now = self.monotonic()
         core = self.core
+        ticket: int | None = core.free_ticket  # closed or disabled: no decision to make
+        if ticket is not None:
+            return ticket
+        now = self.monotonic()
         state: State | None = None
         retry_after: float | None = None
         with self.lock:

@@ -332,6 +332,7 @@ class BreakerCore:
         "_probes",
         "_tally_epoch",
         "_tallying",
+        "_untallied",
         "_window",
         "consecutive_openings",
         "failures",
@@ -385,6 +386,7 @@ class BreakerCore:
         self._folded = 0  # the tally's value already folded into the window
         self._tally_epoch = 0  # the time bucket the tallied successes belong to
         self._tallying = False  # whether tally_until admitted a tally since the last fold
+        self._untallied = False  # the shell never tallies (stop_tally): skip the bookkeeping
         #: A success made before this monotonic time, with the current
         #: generation's ticket, may be counted with ``next(tally)`` alone.
         self.tally_until = _NO_TALLY
@@ -421,8 +423,19 @@ class BreakerCore:
         self.tally_until = _NO_TALLY
         self.tally_ticket = _NO_TICKET
 
+    def stop_tally(self) -> None:
+        """The shell records every success under the lock from now on (listeners, a
+        result check, shared state): fold what was tallied and stop publishing a tally.
+        """
+        self.fold()
+        self._untallied = True
+        self.tally_until = _NO_TALLY
+        self.tally_ticket = _NO_TICKET
+
     def _open_tally(self, now: float) -> None:
         """Publish :attr:`tally_until`: when may a success skip the lock?"""
+        if self._untallied:
+            return
         state = self.state
         window = self._window
         if state is DISABLED or (window is None and state is CLOSED and self.streak == 0):
@@ -443,7 +456,8 @@ class BreakerCore:
             self.tally_ticket = _NO_TICKET
             return
         self.tally_ticket = self.free_ticket if self.tally_until == _INF else _NO_TICKET
-        self._folded = self.tallied()
+        # _folded stays as the last fold left it: a success that raced past a closed
+        # tally is folded at the next fold.
         self._tallying = True
 
     # -- admission -----------------------------------------------------------------

@@ -57,7 +57,7 @@ POLICIES = {
     },
     "fail_max": {"fail_max": 3, "reset_timeout": 1.0},
 }
-FRONTS = ["decorator", "call", "async decorator", "acall"]
+FRONTS = ["decorator", "call", "async decorator", "acall", "guard", "async guard"]
 STEPS = st.lists(
     st.sampled_from(["ok", "ok", "ok", "ok", "fail", "slow", "tick", "wait"]),
     max_size=80,
@@ -95,6 +95,16 @@ def drive(policy_name: str, front: str, steps: list[str], keywords: bool = False
             result = breaker.call(work, **given)
         elif front == "async decorator":
             result = asyncio.run(awrapped(**given))
+        elif front == "guard":  # a permit's success takes the tally too
+            with breaker.guard():
+                result = work(**given)
+        elif front == "async guard":
+
+            async def guarded() -> int:
+                async with breaker.guard():
+                    return await awork(**given)
+
+            result = asyncio.run(guarded())
         else:
             result = asyncio.run(breaker.acall(awork, **given))
         assert result == expected
@@ -227,3 +237,25 @@ def test_threads_tally_every_success_of_a_rate_breaker() -> None:
 
 def _raise() -> None:
     raise Boom
+
+
+def test_a_breaker_that_records_every_success_publishes_no_tally() -> None:
+    # Listeners hear every success: the core keeps no tally for such a breaker.
+    heard: list[object] = []
+
+    class Listener:
+        def success(self, breaker: object) -> None:
+            heard.append(breaker)
+
+    breaker = CircuitBreaker(
+        "heard", failure_rate=0.5, window=8, min_calls=4, listeners=[Listener()]
+    )
+    core = breaker._rec.core
+    for _ in range(5):
+        breaker.call(lambda: 1)
+        with breaker.guard():
+            pass
+        assert core.tally_until == float("-inf")
+        assert core.tally_ticket == -1
+    assert core.tallied() == 0
+    assert breaker.metrics().successes == len(heard) == 10
