@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -18,6 +19,9 @@ __all__ = [
     "Result",
     "Side",
     "before_after_table",
+    "build_callgrind_helper",
+    "callgrind_command",
+    "callgrind_totals",
     "compare_with_before",
     "export_src",
     "interleaved_best",
@@ -247,3 +251,45 @@ def before_after_table(
         if baseline:
             line += f" {before_ns / before[baseline]:>14.2f}x {after_ns / after[baseline]:>13.2f}x"
         print(line)
+
+
+# --- callgrind: instruction counts of labelled stretches of a worker process ---------
+
+CALLGRIND_HELPER = r"""
+#include <valgrind/callgrind.h>
+void sk_start(void) { CALLGRIND_START_INSTRUMENTATION; }
+void sk_zero(void) { CALLGRIND_ZERO_STATS; }
+void sk_dump(const char *label) { CALLGRIND_DUMP_STATS_AT(label); }
+"""
+
+
+def build_callgrind_helper(folder: Path) -> str:
+    """Compile the tiny library a worker loads (ctypes) to start, zero and dump callgrind."""
+    source = folder / "skcallgrind.c"
+    source.write_text(CALLGRIND_HELPER)
+    lib = folder / "skcallgrind.so"
+    subprocess.run(["cc", "-O1", "-shared", "-fPIC", "-o", str(lib), str(source)], check=True)
+    return str(lib)
+
+
+def callgrind_command(worker: Sequence[str], out: Path) -> list[str]:
+    """``worker`` under callgrind, counting from its ``sk_start()``; dumps go into ``out``."""
+    return [
+        "valgrind",
+        "--tool=callgrind",
+        "--instr-atstart=no",
+        f"--callgrind-out-file={out}/cg.%p",
+        *worker,
+    ]
+
+
+def callgrind_totals(out: Path) -> dict[str, int]:
+    """The instructions of each dump in ``out``, by the label the worker gave ``sk_dump``."""
+    totals: dict[str, int] = {}
+    for path in out.iterdir():
+        text = path.read_text(errors="replace")
+        label = re.search(r"^desc: Trigger: Client Request: (.+)$", text, re.M)
+        total = re.search(r"^(?:summary|totals): (\d+)", text, re.M)
+        if label and total:
+            totals[label.group(1).strip()] = int(total.group(1))
+    return totals

@@ -43,7 +43,6 @@ import ctypes
 import functools
 import json
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -57,7 +56,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _bench import Side, export_src, interleaved_best, serve_cases
+from _bench import (
+    Side,
+    build_callgrind_helper,
+    callgrind_command,
+    callgrind_totals,
+    export_src,
+    interleaved_best,
+    serve_cases,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -72,13 +79,6 @@ CASES = (
 )
 COLOURS = ("sync", "async")
 VALUE = {"id": 1, "name": "Ada Lovelace", "email": "ada@example.com", "roles": ["admin"]}
-
-CALLGRIND_HELPER = r"""
-#include <valgrind/callgrind.h>
-void sk_start(void) { CALLGRIND_START_INSTRUMENTATION; }
-void sk_zero(void) { CALLGRIND_ZERO_STATS; }
-void sk_dump(const char *label) { CALLGRIND_DUMP_STATS_AT(label); }
-"""
 
 
 # --- the worker: one side, one process ---------------------------------------------------
@@ -334,30 +334,16 @@ def wall_clock(
     return best
 
 
-def build_helper(folder: Path) -> str:
-    source = folder / "skcallgrind.c"
-    source.write_text(CALLGRIND_HELPER)
-    lib = folder / "skcallgrind.so"
-    subprocess.run(["cc", "-O1", "-shared", "-fPIC", "-o", str(lib), str(source)], check=True)
-    return str(lib)
-
-
 def instruction_counts(
     url: str, trees: dict[str, Path], prefix: str, number: int, folder: Path
 ) -> dict[str, dict[str, float]]:
     """Instructions per call of each case, each side once under callgrind (both at once)."""
-    lib = build_helper(folder)
+    lib = build_callgrind_helper(folder)
     procs = {}
     for side, src in trees.items():
         out = folder / side
         out.mkdir()
-        command = [
-            "valgrind",
-            "--tool=callgrind",
-            "--instr-atstart=no",
-            f"--callgrind-out-file={out}/cg.%p",
-            *worker_command(url, f"{prefix}{side}", number, lib),
-        ]
+        command = callgrind_command(worker_command(url, f"{prefix}{side}", number, lib), out)
         procs[side] = (
             subprocess.Popen(
                 command,
@@ -376,13 +362,9 @@ def instruction_counts(
             raise RuntimeError(f"the {side} worker under callgrind failed:\n{stdout}")
         for key in json.loads(stdout.splitlines()[-1])["tainted"]:
             print(f"callgrind: {side} {key} emitted events (a timeout or a fallback)")
-        counts[side] = {}
-        for path in out.iterdir():
-            text = path.read_text(errors="replace")
-            label = re.search(r"^desc: Trigger: Client Request: (.+)$", text, re.M)
-            total = re.search(r"^(?:summary|totals): (\d+)", text, re.M)
-            if label and total and "|" in label.group(1):
-                counts[side][label.group(1).strip()] = int(total.group(1)) / number
+        counts[side] = {
+            label: total / number for label, total in callgrind_totals(out).items() if "|" in label
+        }
     return counts
 
 

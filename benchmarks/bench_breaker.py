@@ -32,7 +32,6 @@ import argparse
 import asyncio
 import ctypes
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -53,6 +52,9 @@ from _bench import (
     SERVE_FLAG,
     Result,
     before_after_table,
+    build_callgrind_helper,
+    callgrind_command,
+    callgrind_totals,
     compare_with_before,
     print_table,
     serve_cases,
@@ -220,11 +222,9 @@ def callgrind_worker(lib: str, number: int) -> None:
 
 
 def run_callgrind(args: argparse.Namespace) -> None:
-    from bench_ab import build_helper
-
     with tempfile.TemporaryDirectory(prefix="scalekit-callgrind-") as scratch:
         folder = Path(scratch)
-        lib = build_helper(folder)
+        lib = build_callgrind_helper(folder)
         trees = {"after": ROOT / "src"}
         if args.before:
             (folder / "before").mkdir()
@@ -233,18 +233,8 @@ def run_callgrind(args: argparse.Namespace) -> None:
         for side, src in trees.items():
             out = folder / f"out-{side}"
             out.mkdir()
-            command = [
-                "valgrind",
-                "--tool=callgrind",
-                "--instr-atstart=no",
-                f"--callgrind-out-file={out}/cg.%p",
-                sys.executable,
-                __file__,
-                "--callgrind-worker",
-                lib,
-                "--number",
-                str(args.number),
-            ]
+            worker = [sys.executable, __file__, "--callgrind-worker", lib, "--number"]
+            command = callgrind_command([*worker, str(args.number)], out)
             env = {**os.environ, "PYTHONPATH": str(src), "PYTHONHASHSEED": "0"}
             procs[side] = (
                 subprocess.Popen(
@@ -258,13 +248,9 @@ def run_callgrind(args: argparse.Namespace) -> None:
             if proc.returncode != 0 or "done" not in stdout:
                 raise RuntimeError(f"the {side} worker under callgrind failed:\n{stdout}")
             totals: dict[str, dict[int, int]] = {}
-            for path in out.iterdir():
-                text = path.read_text(errors="replace")
-                label = re.search(r"^desc: Trigger: Client Request: (.+)\|(\d+)$", text, re.M)
-                total = re.search(r"^(?:summary|totals): (\d+)", text, re.M)
-                if label and total:
-                    calls = totals.setdefault(label.group(1).strip(), {})
-                    calls[int(label.group(2))] = int(total.group(1))
+            for label, total in callgrind_totals(out).items():
+                case, _, calls = label.rpartition("|")
+                totals.setdefault(case, {})[int(calls)] = total
             per_call[side] = {
                 case: (counts[max(counts)] - counts[min(counts)]) / (max(counts) - min(counts))
                 for case, counts in totals.items()
