@@ -22,6 +22,7 @@ __all__ = [
     "build_callgrind_helper",
     "callgrind_command",
     "callgrind_totals",
+    "run_under_callgrind",
     "compare_with_before",
     "export_src",
     "interleaved_best",
@@ -293,3 +294,35 @@ def callgrind_totals(out: Path) -> dict[str, int]:
         if label and total:
             totals[label.group(1).strip()] = int(total.group(1))
     return totals
+
+
+def run_under_callgrind(
+    workers: Mapping[str, tuple[list[str], dict[str, str]]], folder: Path, done: str
+) -> dict[str, tuple[str, dict[str, int]]]:
+    """Run each side's worker ``(command, env)`` under callgrind, all at once.
+
+    Returns each side's standard output and :func:`callgrind_totals`. A worker
+    that fails, or whose output lacks ``done``, raises ``RuntimeError`` with it.
+    """
+    procs = {}
+    for side, (worker, env) in workers.items():
+        out = folder / f"callgrind-{side}"
+        out.mkdir()
+        procs[side] = (
+            subprocess.Popen(
+                callgrind_command(worker, out),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+                env=env,
+            ),
+            out,
+        )
+    results = {}
+    for side, (proc, out) in procs.items():
+        stdout, _ = proc.communicate(timeout=3600)
+        if proc.returncode != 0 or done not in stdout:
+            raise RuntimeError(f"the {side} worker under callgrind failed:\n{stdout}")
+        results[side] = (stdout, callgrind_totals(out))
+    return results

@@ -59,10 +59,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench import (
     Side,
     build_callgrind_helper,
-    callgrind_command,
-    callgrind_totals,
     export_src,
     interleaved_best,
+    run_under_callgrind,
     serve_cases,
 )
 
@@ -339,32 +338,15 @@ def instruction_counts(
 ) -> dict[str, dict[str, float]]:
     """Instructions per call of each case, each side once under callgrind (both at once)."""
     lib = build_callgrind_helper(folder)
-    procs = {}
-    for side, src in trees.items():
-        out = folder / side
-        out.mkdir()
-        command = callgrind_command(worker_command(url, f"{prefix}{side}", number, lib), out)
-        procs[side] = (
-            subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-                text=True,
-                env=side_env(src),
-            ),
-            out,
-        )
+    workers = {
+        side: (worker_command(url, f"{prefix}{side}", number, lib), side_env(src))
+        for side, src in trees.items()
+    }
     counts: dict[str, dict[str, float]] = {}
-    for side, (proc, out) in procs.items():
-        stdout, _ = proc.communicate(timeout=3600)
-        if proc.returncode != 0 or '"done"' not in stdout:
-            raise RuntimeError(f"the {side} worker under callgrind failed:\n{stdout}")
+    for side, (stdout, totals) in run_under_callgrind(workers, folder, '"done"').items():
         for key in json.loads(stdout.splitlines()[-1])["tainted"]:
             print(f"callgrind: {side} {key} emitted events (a timeout or a fallback)")
-        counts[side] = {
-            label: total / number for label, total in callgrind_totals(out).items() if "|" in label
-        }
+        counts[side] = {label: total / number for label, total in totals.items() if "|" in label}
     return counts
 
 

@@ -33,7 +33,6 @@ import asyncio
 import ctypes
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -53,10 +52,9 @@ from _bench import (
     Result,
     before_after_table,
     build_callgrind_helper,
-    callgrind_command,
-    callgrind_totals,
     compare_with_before,
     print_table,
+    run_under_callgrind,
     serve_cases,
     source_path,
     time_per_call,
@@ -229,26 +227,15 @@ def run_callgrind(args: argparse.Namespace) -> None:
         if args.before:
             (folder / "before").mkdir()
             trees = {"before": source_path(args.before, folder / "before"), **trees}
-        procs = {}
-        for side, src in trees.items():
-            out = folder / f"out-{side}"
-            out.mkdir()
-            worker = [sys.executable, __file__, "--callgrind-worker", lib, "--number"]
-            command = callgrind_command([*worker, str(args.number)], out)
-            env = {**os.environ, "PYTHONPATH": str(src), "PYTHONHASHSEED": "0"}
-            procs[side] = (
-                subprocess.Popen(
-                    command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
-                ),
-                out,
-            )
+        worker = [sys.executable, __file__, "--callgrind-worker", lib, "--number", str(args.number)]
+        workers = {
+            side: (worker, {**os.environ, "PYTHONPATH": str(src), "PYTHONHASHSEED": "0"})
+            for side, src in trees.items()
+        }
         per_call: dict[str, dict[str, float]] = {}
-        for side, (proc, out) in procs.items():
-            stdout, _ = proc.communicate(timeout=3600)
-            if proc.returncode != 0 or "done" not in stdout:
-                raise RuntimeError(f"the {side} worker under callgrind failed:\n{stdout}")
+        for side, (_, labelled) in run_under_callgrind(workers, folder, "done").items():
             totals: dict[str, dict[int, int]] = {}
-            for label, total in callgrind_totals(out).items():
+            for label, total in labelled.items():
                 case, _, calls = label.rpartition("|")
                 totals.setdefault(case, {})[int(calls)] = total
             per_call[side] = {
