@@ -427,10 +427,8 @@ class BreakerCore:
         """The shell records every success under the lock from now on (listeners, a
         result check, shared state): fold what was tallied and stop publishing a tally.
         """
-        self.fold()
+        self.fold()  # a closed tally already publishes -inf and -1
         self._untallied = True
-        self.tally_until = _NO_TALLY
-        self.tally_ticket = _NO_TICKET
 
     def _open_tally(self, now: float) -> None:
         """Publish :attr:`tally_until`: when may a success skip the lock?"""
