@@ -93,6 +93,7 @@ __unasync__ = {
     "_akeys_checksum": "_keys_checksum",
     "_asnapshot_filter": "_snapshot_filter",
     "_asum": "_sum",
+    "_adelete_keys": "_delete_keys",
     "_achecksum": "_checksum",
     "The asyncio shard map and catalog": "The sync shard map and catalog",
     "This file holds only what talks to the databases, and the sync\n"
@@ -1125,15 +1126,12 @@ class AsyncShardMap(ShardMapBase):
         if current == expected:
             return  # nothing changed since the copy
         table = column.table
-        keys = list(table.primary_key.columns)
         on_source = await self._adigests(source, column, logical)
         on_target = await self._adigests(to, column, logical)
         stale = [key for key, digest in on_target.items() if on_source.get(key) != digest]
         missing = [key for key, digest in on_source.items() if on_target.get(key) != digest]
         async with self._awrite_connection(to) as conn:
-            for start in range(0, len(stale), _BATCH):
-                batch = stale[start : start + _BATCH]
-                await conn.execute(table.delete().where(sa.tuple_(*keys).in_(batch)))
+            await _adelete_keys(conn, table, stale)
             if missing:
                 async with self._aprimary_connection(source) as source_conn:
                     await self._acopy_keys(source_conn, conn, column, logical, missing)
@@ -1208,9 +1206,7 @@ class AsyncShardMap(ShardMapBase):
                 return  # nothing changed since the copy
             changed = list(found)
             async with self._awrite_connection(to) as target_conn:
-                for start in range(0, len(changed), _BATCH):
-                    batch = changed[start : start + _BATCH]
-                    await target_conn.execute(table.delete().where(sa.tuple_(*keys).in_(batch)))
+                await _adelete_keys(target_conn, table, changed)
                 await self._acopy_keys(source_conn, target_conn, column, logical, changed)
             expected = await self._akeys_checksum(source_conn, column, logical, changed)
         async with self._aprimary_connection(to) as target_conn:
@@ -1286,6 +1282,13 @@ async def _asum(conn: AsyncConnection, table: Any, where: Any) -> tuple[int, int
     )
     count, checksum = (await conn.execute(statement)).one()
     return int(count), int(checksum)
+
+
+async def _adelete_keys(conn: AsyncConnection, table: Any, keys: list[tuple[Any, ...]]) -> None:
+    """Delete ``table``'s rows with primary keys ``keys`` on ``conn``, ``_BATCH`` at a time."""
+    columns = sa.tuple_(*table.primary_key.columns)
+    for start in range(0, len(keys), _BATCH):
+        await conn.execute(table.delete().where(columns.in_(keys[start : start + _BATCH])))
 
 
 def _row_text(table: Any) -> Any:

@@ -1032,15 +1032,12 @@ class ShardMap(ShardMapBase):
         if current == expected:
             return  # nothing changed since the copy
         table = column.table
-        keys = list(table.primary_key.columns)
         on_source = self._digests(source, column, logical)
         on_target = self._digests(to, column, logical)
         stale = [key for key, digest in on_target.items() if on_source.get(key) != digest]
         missing = [key for key, digest in on_source.items() if on_target.get(key) != digest]
         with self._write_connection(to) as conn:
-            for start in range(0, len(stale), _BATCH):
-                batch = stale[start : start + _BATCH]
-                conn.execute(table.delete().where(sa.tuple_(*keys).in_(batch)))
+            _delete_keys(conn, table, stale)
             if missing:
                 with self._primary_connection(source) as source_conn:
                     self._copy_keys(source_conn, conn, column, logical, missing)
@@ -1115,9 +1112,7 @@ class ShardMap(ShardMapBase):
                 return  # nothing changed since the copy
             changed = list(found)
             with self._write_connection(to) as target_conn:
-                for start in range(0, len(changed), _BATCH):
-                    batch = changed[start : start + _BATCH]
-                    target_conn.execute(table.delete().where(sa.tuple_(*keys).in_(batch)))
+                _delete_keys(target_conn, table, changed)
                 self._copy_keys(source_conn, target_conn, column, logical, changed)
             expected = self._keys_checksum(source_conn, column, logical, changed)
         with self._primary_connection(to) as target_conn:
@@ -1193,6 +1188,13 @@ def _sum(conn: Connection, table: Any, where: Any) -> tuple[int, int]:
     )
     count, checksum = conn.execute(statement).one()
     return int(count), int(checksum)
+
+
+def _delete_keys(conn: Connection, table: Any, keys: list[tuple[Any, ...]]) -> None:
+    """Delete ``table``'s rows with primary keys ``keys`` on ``conn``, ``_BATCH`` at a time."""
+    columns = sa.tuple_(*table.primary_key.columns)
+    for start in range(0, len(keys), _BATCH):
+        conn.execute(table.delete().where(columns.in_(keys[start : start + _BATCH])))
 
 
 def _row_text(table: Any) -> Any:
