@@ -858,12 +858,11 @@ class ShardMap(ShardMapBase):
         The rows come from one ``REPEATABLE READ`` snapshot of the source,
         whose transaction stays open on ``stack`` (the catch-up reads what
         changed since). Rows of the shard already on ``to`` (written there
-        by mistake) are deleted first; a check for them costs a scan of
-        ``to``'s table computing the shard hash of its other rows, as the
-        delete would, but deletes nothing in the usual case. Once a table is
-        copied, the source's rows (in the snapshot) and the copied rows
-        (those this transaction wrote) are counted and checksummed at once,
-        one pass on each side; they must agree.
+        by mistake) are deleted first: a scan of ``to``'s table computing
+        the shard hash of its rows, that deletes nothing in the usual case.
+        Once a table is copied, the source's rows (in the snapshot) and the
+        copied rows (those this transaction wrote) are counted and
+        checksummed at once, one pass on each side; they must agree.
 
         Raises:
             ShardingError: the copy differs from the source's snapshot.
@@ -877,10 +876,8 @@ class ShardMap(ShardMapBase):
         with self._write_connection(to) as target_conn:
             for column in columns:
                 table = column.table
-                shard = self._shard_filter(column, logical)
-                stray = sa.select(sa.exists(sa.select(1).select_from(table).where(shard)))
-                if target_conn.execute(stray).scalar():
-                    target_conn.execute(table.delete().where(shard))
+                # Strays (see above): one scan, that deletes nothing in the usual case.
+                target_conn.execute(table.delete().where(self._shard_filter(column, logical)))
                 where = self._snapshot_filter(source_conn, column, logical)
                 self._copy_table(source_conn, target_conn, column, where)
                 # The rows this transaction wrote are the copied ones (strays were deleted);
